@@ -1,0 +1,682 @@
+//! The device root: deployments side by side, an atomic `current`/`previous` switch, and the
+//! staging of a new version beside the running one.
+//!
+//! Layout under the root (see `ARCHITECTURE.md`, "A device applies an update"):
+//!
+//! ```text
+//! deployments/<version>/   one complete tree per kept version
+//! current  -> deployments/<version>      the running version
+//! previous -> deployments/<version>      what `rollback` returns to
+//! staging/tree/            the next version while it is built
+//! staging/content/<hash>   verified new contents waiting to be placed
+//! staging/downloads/       partial downloads, resumed after a cut
+//! state/manifests/         the signed manifests of the kept versions
+//! state/status.json        the last result, for `status`
+//! ```
+//!
+//! The running tree is only ever read: unchanged files are hardlinked from it, and a file
+//! whose content is kept but whose metadata changes is copied, because hardlinks share
+//! metadata. Every write goes through a `cap_std` directory handle of the staging tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use rustix::fs::{AtFlags, FileType, Mode, Timestamps};
+use rustix::time::Timespec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    apply_delta, delta_path, object_path, Entry, EntryPath, Fetch, Hash, Kind, Meta, Plan,
+    PublicKey, VerifiedManifest,
+};
+use crate::transport::Http;
+use crate::tree;
+
+const STAGING_TREE: &str = "staging/tree";
+const CONTENT: &str = "staging/content";
+const DOWNLOADS: &str = "staging/downloads";
+const MANIFESTS: &str = "state/manifests";
+const STATUS: &str = "state/status.json";
+
+/// What the last update attempt did, kept in `state/status.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub last_result: Option<String>,
+    pub last_version: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: u64,
+}
+
+/// Counts of one deployment.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeployReport {
+    pub version: String,
+    pub from: Option<String>,
+    /// Bytes the plan said this would cost.
+    pub planned_bytes: u64,
+    /// Bytes actually received for objects and deltas.
+    pub downloaded_bytes: u64,
+    pub deltas: u64,
+    pub objects: u64,
+    /// Files shared with the running tree by hardlink.
+    pub linked: u64,
+    /// Files whose content was kept but copied for new metadata, or reused twice.
+    pub copied: u64,
+    /// Files written from downloaded content.
+    pub written: u64,
+}
+
+/// An opened device root.
+pub struct Device {
+    root: PathBuf,
+    dir: Dir,
+}
+
+impl Device {
+    /// Opens (and creates, if needed) the device root at `root`.
+    pub fn open(root: &Path) -> Result<Device> {
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(Error::io(root))?;
+        for d in ["deployments", "staging", "state", MANIFESTS] {
+            dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
+        }
+        Ok(Device {
+            root: root.to_owned(),
+            dir,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, what: impl Into<String>) -> Error {
+        Error::Device {
+            root: self.root.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn io(&self, rel: &str) -> impl FnOnce(io::Error) -> Error {
+        Error::io(self.root.join(rel))
+    }
+
+    /// Takes the device's update lock; held until the returned file is dropped.
+    pub fn lock(&self) -> Result<File> {
+        let f = self
+            .dir
+            .create("state/lock")
+            .map_err(self.io("state/lock"))?
+            .into_std();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| self.err("another deltaroot-agent holds state/lock"))?;
+        Ok(f)
+    }
+
+    fn link_version(&self, name: &str) -> Result<Option<String>> {
+        match self.dir.read_link_contents(name) {
+            Ok(t) => {
+                let t = t.as_os_str().as_bytes();
+                let v = t
+                    .strip_prefix(b"deployments/")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .ok_or_else(|| self.err(format!("{name} does not point into deployments/")))?;
+                Ok(Some(v.to_string()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(self.root.join(name))(e)),
+        }
+    }
+
+    /// The running version.
+    pub fn current(&self) -> Result<Option<String>> {
+        self.link_version("current")
+    }
+
+    /// The version `rollback` returns to.
+    pub fn previous(&self) -> Result<Option<String>> {
+        self.link_version("previous")
+    }
+
+    /// The path of a deployed version's tree.
+    pub fn deployment_path(&self, version: &str) -> PathBuf {
+        self.root.join("deployments").join(version)
+    }
+
+    /// Loads and re-verifies the stored manifest of a deployed version.
+    pub fn manifest(&self, version: &str, trusted: &[PublicKey]) -> Result<VerifiedManifest> {
+        let base = format!("{MANIFESTS}/{version}");
+        let bytes = self
+            .dir
+            .read(format!("{base}.manifest"))
+            .map_err(self.io(&format!("{base}.manifest")))?;
+        let sig = self
+            .dir
+            .read(format!("{base}.sig"))
+            .map_err(self.io(&format!("{base}.sig")))?;
+        VerifiedManifest::verify(bytes, sig, trusted)
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        match self.dir.read(STATUS) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| self.err(format!("{STATUS}: {e}"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::default()),
+            Err(e) => Err(self.io(STATUS)(e)),
+        }
+    }
+
+    /// Records the outcome of an attempt.
+    pub fn record(&self, version: &str, result: &Result<DeployReport>) -> Result<()> {
+        let status = Status {
+            last_result: Some(if result.is_ok() { "ok" } else { "failed" }.into()),
+            last_version: Some(version.to_string()),
+            last_error: result.as_ref().err().map(|e| e.to_string()),
+            updated_at: now(),
+        };
+        let json = serde_json::to_vec_pretty(&status).expect("status serialises");
+        self.write_atomic(STATUS, &json)
+    }
+
+    fn write_atomic(&self, rel: &str, data: &[u8]) -> Result<()> {
+        let tmp = format!("{rel}.tmp");
+        let mut f = self.dir.create(&tmp).map_err(self.io(&tmp))?;
+        f.write_all(data).map_err(self.io(&tmp))?;
+        f.sync_all().map_err(self.io(&tmp))?;
+        self.dir.rename(&tmp, &self.dir, rel).map_err(self.io(rel))
+    }
+
+    /// Builds `target` beside the running version, verifies it and switches to it.
+    /// On any error the running version and the `current` link are untouched.
+    pub fn deploy(
+        &self,
+        target: &VerifiedManifest,
+        http: &Http,
+        trusted: &[PublicKey],
+    ) -> Result<DeployReport> {
+        let m = target.manifest();
+        let current = self.current()?;
+        if current.as_deref() == Some(m.version.as_str()) {
+            return Err(self.err(format!("version {} is already running", m.version)));
+        }
+        let base = match &current {
+            Some(v) => {
+                let cm = self.manifest(v, trusted)?;
+                if cm.manifest().product != m.product {
+                    return Err(self.err(format!(
+                        "running product {} cannot move to product {}",
+                        cm.manifest().product,
+                        m.product
+                    )));
+                }
+                let dir = self
+                    .dir
+                    .open_dir(format!("deployments/{v}"))
+                    .map_err(self.io(&format!("deployments/{v}")))?;
+                Some((cm, dir))
+            }
+            None => None,
+        };
+        let plan = http.plan(&m.product, current.as_deref(), &m.version)?;
+        let before = http.downloaded.get();
+        let mut report = DeployReport {
+            version: m.version.clone(),
+            from: current.clone(),
+            planned_bytes: plan.download_bytes,
+            ..Default::default()
+        };
+        let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
+        self.fetch_contents(target, base_ref, &plan, http, &mut report)?;
+        report.downloaded_bytes = http.downloaded.get() - before;
+        self.build_tree(target, base_ref, &mut report)?;
+        self.verify_staged(target)?;
+        self.commit(target)?;
+        Ok(report)
+    }
+
+    /// Downloads and verifies every content the target needs and the running tree lacks.
+    fn fetch_contents(
+        &self,
+        target: &VerifiedManifest,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+        plan: &Plan,
+        http: &Http,
+        report: &mut DeployReport,
+    ) -> Result<()> {
+        self.dir.create_dir_all(CONTENT).map_err(self.io(CONTENT))?;
+        self.dir
+            .create_dir_all(DOWNLOADS)
+            .map_err(self.io(DOWNLOADS))?;
+        let have: HashMap<Hash, &EntryPath> = base
+            .map(|(m, _)| {
+                m.entries
+                    .iter()
+                    .filter_map(|e| e.file().map(|(h, _)| (h, e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let planned: HashMap<Hash, &Fetch> =
+            plan.items.iter().map(|i| (i.target, &i.fetch)).collect();
+        for (hash, size) in target.manifest().contents() {
+            if have.contains_key(&hash) {
+                continue;
+            }
+            let dest = format!("{CONTENT}/{hash}");
+            if self.dir.exists(&dest) && self.content_ok(&dest, hash, size)? {
+                continue;
+            }
+            match planned.get(&hash) {
+                Some(Fetch::Delta { source, bytes }) if have.contains_key(source) => {
+                    let (_, base_dir) = base.expect("a delta source implies a base tree");
+                    let rel = delta_path(source, &hash);
+                    let dl = format!("{DOWNLOADS}/{source}-{hash}");
+                    http.download(&rel, &self.root.join(&dl), Some(*bytes), *bytes)?;
+                    let delta = self.dir.read(&dl).map_err(self.io(&dl))?;
+                    let src_path = have[source];
+                    let old = base_dir
+                        .read(src_path.as_path())
+                        .map_err(Error::io(src_path.as_path()))?;
+                    let new = apply_delta(&delta, &old, Some((hash, size)))?;
+                    self.write_atomic(&dest, &new)?;
+                    let _ = self.dir.remove_file(&dl);
+                    report.deltas += 1;
+                }
+                fetch => {
+                    let exact = match fetch {
+                        Some(Fetch::Object { bytes }) => Some(*bytes),
+                        _ => None,
+                    };
+                    let max = exact.unwrap_or(size + size / 8 + (1 << 20));
+                    let dl = format!("{DOWNLOADS}/{hash}.zst");
+                    let rel = object_path(&hash);
+                    http.download(&rel, &self.root.join(&dl), exact, max)?;
+                    let res = self.unpack_object(&dl, &dest, hash, size, &rel);
+                    let _ = self.dir.remove_file(&dl);
+                    res?;
+                    report.objects += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn content_ok(&self, rel: &str, hash: Hash, size: u64) -> Result<bool> {
+        let p = self.root.join(rel);
+        let len = std::fs::metadata(&p).map_err(Error::io(&p))?.len();
+        Ok(len == size && tree::hash_file(&p)? == hash)
+    }
+
+    /// Decompresses a downloaded object into the content store, hashing as it goes.
+    fn unpack_object(&self, dl: &str, dest: &str, hash: Hash, size: u64, url: &str) -> Result<()> {
+        let src = self.dir.open(dl).map_err(self.io(dl))?;
+        let tmp = format!("{dest}.tmp");
+        let mut out = self.dir.create(&tmp).map_err(self.io(&tmp))?;
+        let bad = |reason: String| Error::DeltaPayload {
+            what: url.to_string(),
+            method: "zstd",
+            reason,
+        };
+        let mut dec = zstd::stream::read::Decoder::new(src).map_err(|e| bad(e.to_string()))?;
+        dec.window_log_max(31).map_err(|e| bad(e.to_string()))?;
+        let mut dec = dec.take(size + 1);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut len = 0u64;
+        loop {
+            let n = dec.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(self.io(&tmp))?;
+        }
+        let got: Hash = hasher.finalize().into();
+        if len != size {
+            let _ = self.dir.remove_file(&tmp);
+            return Err(Error::ContentLength {
+                what: url.to_string(),
+                got: len,
+                want: size,
+            });
+        }
+        if got != hash {
+            let _ = self.dir.remove_file(&tmp);
+            return Err(Error::ContentHash {
+                what: url.to_string(),
+                got,
+                want: hash,
+            });
+        }
+        out.sync_all().map_err(self.io(&tmp))?;
+        self.dir
+            .rename(&tmp, &self.dir, dest)
+            .map_err(self.io(dest))
+    }
+
+    /// Builds the staging tree from the running tree and the content store.
+    fn build_tree(
+        &self,
+        target: &VerifiedManifest,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+        report: &mut DeployReport,
+    ) -> Result<()> {
+        if self.dir.exists(STAGING_TREE) {
+            self.dir
+                .remove_dir_all(STAGING_TREE)
+                .map_err(self.io(STAGING_TREE))?;
+        }
+        self.dir
+            .create_dir(STAGING_TREE)
+            .map_err(self.io(STAGING_TREE))?;
+        let staging = self
+            .dir
+            .open_dir(STAGING_TREE)
+            .map_err(self.io(STAGING_TREE))?;
+        let content = self.dir.open_dir(CONTENT).map_err(self.io(CONTENT))?;
+        let staging_path = self.root.join(STAGING_TREE);
+        let builder = Builder {
+            staging: &staging,
+            staging_path: &staging_path,
+        };
+
+        // Unchanged files of the running tree, by content and metadata, each usable once by
+        // hardlink; and any running file by content alone, to copy from.
+        let mut linkable: HashMap<(Hash, &Meta), Vec<&EntryPath>> = HashMap::new();
+        let mut by_content: HashMap<Hash, &EntryPath> = HashMap::new();
+        if let Some((bm, _)) = base {
+            for e in &bm.entries {
+                if let Entry::Node {
+                    path,
+                    kind: Kind::File { hash, .. },
+                    meta,
+                } = e
+                {
+                    linkable.entry((*hash, meta)).or_default().push(path);
+                    by_content.entry(*hash).or_insert(path);
+                }
+            }
+            for v in linkable.values_mut() {
+                v.reverse();
+            }
+        }
+        let mut placed: HashSet<Hash> = HashSet::new();
+        let mut dirs: Vec<(&EntryPath, &Meta)> = Vec::new();
+
+        for e in &target.manifest().entries {
+            match e {
+                Entry::Hardlink { path, target } => builder.hardlink(target, path)?,
+                Entry::Node { path, kind, meta } => match kind {
+                    Kind::Dir => {
+                        builder.mkdir(path)?;
+                        dirs.push((path, meta));
+                    }
+                    Kind::File { hash, .. } => {
+                        let reuse = linkable.get_mut(&(*hash, meta)).and_then(Vec::pop);
+                        if let (Some(from), Some((_, bdir))) = (reuse, base) {
+                            bdir.hard_link(from.as_path(), &staging, path.as_path())
+                                .map_err(builder.io(path))?;
+                            report.linked += 1;
+                            continue;
+                        }
+                        if let (Some(from), Some((_, bdir))) = (by_content.get(hash), base) {
+                            bdir.copy(from.as_path(), &staging, path.as_path())
+                                .map_err(builder.io(path))?;
+                            report.copied += 1;
+                        } else {
+                            let name = hash.to_string();
+                            if placed.insert(*hash) {
+                                content
+                                    .hard_link(&name, &staging, path.as_path())
+                                    .map_err(builder.io(path))?;
+                                report.written += 1;
+                            } else {
+                                content
+                                    .copy(&name, &staging, path.as_path())
+                                    .map_err(builder.io(path))?;
+                                report.copied += 1;
+                            }
+                        }
+                        builder.set_meta(path, meta, true)?;
+                    }
+                    Kind::Symlink { target } => {
+                        builder.symlink(target, path)?;
+                        builder.set_meta(path, meta, false)?;
+                    }
+                    Kind::Fifo => {
+                        builder.mknod(path, FileType::Fifo, 0)?;
+                        builder.set_meta(path, meta, true)?;
+                    }
+                    Kind::CharDev { rdev } => {
+                        builder.mknod(path, FileType::CharacterDevice, *rdev)?;
+                        builder.set_meta(path, meta, true)?;
+                    }
+                    Kind::BlockDev { rdev } => {
+                        builder.mknod(path, FileType::BlockDevice, *rdev)?;
+                        builder.set_meta(path, meta, true)?;
+                    }
+                },
+            }
+        }
+        // Directories last and deepest first, so a read-only directory is filled before it
+        // is closed and its mtime is not disturbed by its children.
+        for (path, meta) in dirs.into_iter().rev() {
+            builder.set_meta(path, meta, true)?;
+        }
+        rustix::fs::syncfs(&staging).map_err(|e| Error::io(&staging_path)(e.into()))?;
+        Ok(())
+    }
+
+    /// Scans the staging tree and compares it with the manifest, entry by entry.
+    fn verify_staged(&self, target: &VerifiedManifest) -> Result<()> {
+        let found = tree::scan(&self.root.join(STAGING_TREE))?;
+        let diffs = tree::differences(&target.manifest().entries, &found);
+        if let Some(first) = diffs.first() {
+            return Err(Error::Verify {
+                version: target.manifest().version.clone(),
+                count: diffs.len(),
+                first: first.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves the verified staging tree into place and switches `current` to it.
+    fn commit(&self, target: &VerifiedManifest) -> Result<()> {
+        let v = &target.manifest().version;
+        let dest = format!("deployments/{v}");
+        if self.dir.exists(&dest) {
+            self.dir.remove_dir_all(&dest).map_err(self.io(&dest))?;
+        }
+        let base = format!("{MANIFESTS}/{v}");
+        self.write_atomic(&format!("{base}.manifest"), target.bytes())?;
+        self.write_atomic(&format!("{base}.sig"), target.signature())?;
+        self.dir
+            .rename(STAGING_TREE, &self.dir, &dest)
+            .map_err(self.io(&dest))?;
+        self.sync_dir("deployments")?;
+        let old = self.current()?;
+        if let Some(old) = &old {
+            self.set_link("previous", old)?;
+        }
+        self.set_link("current", v)?;
+        self.collect_garbage()
+    }
+
+    /// Points `name` at `deployments/<version>` by renaming a new symlink over it.
+    fn set_link(&self, name: &str, version: &str) -> Result<()> {
+        let tmp = format!("{name}.new");
+        let _ = self.dir.remove_file(&tmp);
+        self.dir
+            .symlink_contents(format!("deployments/{version}"), &tmp)
+            .map_err(self.io(&tmp))?;
+        self.dir
+            .rename(&tmp, &self.dir, name)
+            .map_err(self.io(name))?;
+        self.sync_dir(".")
+    }
+
+    fn sync_dir(&self, rel: &str) -> Result<()> {
+        let d = self.dir.open_dir(rel).map_err(self.io(rel))?;
+        rustix::fs::fsync(&d).map_err(|e| self.io(rel)(e.into()))
+    }
+
+    /// Swaps `current` and `previous`.
+    pub fn rollback(&self) -> Result<String> {
+        let cur = self
+            .current()?
+            .ok_or_else(|| self.err("nothing is installed"))?;
+        let prev = self
+            .previous()?
+            .ok_or_else(|| self.err("there is no previous version to roll back to"))?;
+        if !self.dir.exists(format!("deployments/{prev}")) {
+            return Err(self.err(format!("previous version {prev} is no longer deployed")));
+        }
+        self.set_link("current", &prev)?;
+        self.set_link("previous", &cur)?;
+        Ok(prev)
+    }
+
+    /// Removes deployments and manifests other than `current` and `previous`, and the
+    /// content store.
+    fn collect_garbage(&self) -> Result<()> {
+        let keep: HashSet<String> = [self.current()?, self.previous()?]
+            .into_iter()
+            .flatten()
+            .collect();
+        for e in self
+            .dir
+            .read_dir("deployments")
+            .map_err(self.io("deployments"))?
+        {
+            let e = e.map_err(self.io("deployments"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                let rel = format!("deployments/{name}");
+                self.dir.remove_dir_all(&rel).map_err(self.io(&rel))?;
+                let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.manifest"));
+                let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.sig"));
+            }
+        }
+        for d in [CONTENT, DOWNLOADS] {
+            if self.dir.exists(d) {
+                self.dir.remove_dir_all(d).map_err(self.io(d))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes entries into the staging tree through its directory handle.
+struct Builder<'a> {
+    staging: &'a Dir,
+    staging_path: &'a Path,
+}
+
+impl Builder<'_> {
+    fn io<'p>(&self, path: &'p EntryPath) -> impl FnOnce(io::Error) -> Error + 'p {
+        let full = self.staging_path.join(path.as_path());
+        move |e| Error::io(full)(e)
+    }
+
+    fn errno<'p>(
+        &self,
+        path: &'p EntryPath,
+        what: &'static str,
+    ) -> impl FnOnce(rustix::io::Errno) -> Error + 'p {
+        let full = self.staging_path.join(path.as_path());
+        move |e| Error::Io {
+            path: full,
+            source: io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}")),
+        }
+    }
+
+    /// The directory handle holding `path` and the last component.
+    fn parent<'p>(&self, path: &'p EntryPath) -> Result<(Dir, &'p [u8])> {
+        let dir = match path.parent() {
+            Some(p) => self.staging.open_dir(p.as_path()).map_err(self.io(&p))?,
+            None => self.staging.try_clone().map_err(self.io(path))?,
+        };
+        Ok((dir, path.file_name()))
+    }
+
+    fn mkdir(&self, path: &EntryPath) -> Result<()> {
+        self.staging
+            .create_dir(path.as_path())
+            .map_err(self.io(path))
+    }
+
+    fn hardlink(&self, target: &EntryPath, path: &EntryPath) -> Result<()> {
+        self.staging
+            .hard_link(target.as_path(), self.staging, path.as_path())
+            .map_err(self.io(path))
+    }
+
+    fn symlink(&self, target: &[u8], path: &EntryPath) -> Result<()> {
+        self.staging
+            .symlink_contents(std::ffi::OsStr::from_bytes(target), path.as_path())
+            .map_err(self.io(path))
+    }
+
+    fn mknod(&self, path: &EntryPath, ft: FileType, rdev: u64) -> Result<()> {
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::mknodat(&dir, name, ft, Mode::from_raw_mode(0o600), rdev)
+            .map_err(self.errno(path, "mknod"))
+    }
+
+    /// Owner, then mode (chown clears setuid), then xattrs (chown clears capabilities),
+    /// then the normalised mtime.
+    fn set_meta(&self, path: &EntryPath, meta: &Meta, chmod: bool) -> Result<()> {
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::chownat(
+            &dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(self.errno(path, "chown"))?;
+        if chmod {
+            rustix::fs::chmodat(&dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(self.errno(path, "chmod"))?;
+        }
+        if !meta.xattrs.is_empty() {
+            // lsetxattr through the directory descriptor: never follows the entry itself,
+            // and works for every entry type, fifos and devices included.
+            let proc = PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()))
+                .join(std::ffi::OsStr::from_bytes(name));
+            for (k, v) in &meta.xattrs {
+                rustix::fs::lsetxattr(
+                    &proc,
+                    std::ffi::OsStr::from_bytes(k),
+                    v,
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .map_err(self.errno(path, "setxattr"))?;
+            }
+        }
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: zero,
+            last_modification: zero,
+        };
+        rustix::fs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.errno(path, "utimensat"))
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,108 @@
+//! The one error type of the device library. Every variant names what it concerns: the
+//! path, URL, version or content address, so the message alone says what went wrong.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::format::hash::Hash;
+use crate::format::wire::WireError;
+
+/// Anything that can go wrong on the device side or while reading the wire format.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- manifests and signatures ---
+    #[error("manifest is malformed: {0}")]
+    ManifestWire(#[from] WireError),
+    #[error("manifest entry {path}: {what}")]
+    ManifestEntry { path: String, what: String },
+    #[error("{field} {value:?} is not a valid name (1-64 of A-Z a-z 0-9 . _ + ~ -, not starting with . or -)")]
+    BadName { field: &'static str, value: String },
+    #[error("{what} is not a deltaroot {kind} key (expected one line `{prefix}<base64>`)")]
+    KeyText {
+        what: String,
+        kind: &'static str,
+        prefix: &'static str,
+    },
+    #[error("signature is {0} bytes, not 64")]
+    SignatureLength(usize),
+    #[error("signature of the manifest does not verify against the trusted key(s) {keys}")]
+    BadSignature { keys: String },
+    #[error("manifest is {0} bytes, over the limit of {max}", max = crate::format::sign::MAX_MANIFEST_BYTES)]
+    ManifestTooLarge(usize),
+    #[error("manifest names product {found:?} version {found_version:?}, expected {expected:?} version {expected_version:?}")]
+    WrongRelease {
+        expected: String,
+        expected_version: String,
+        found: String,
+        found_version: String,
+    },
+
+    // --- deltas and objects ---
+    #[error("delta {what}: malformed: {reason}")]
+    DeltaMalformed { what: String, reason: String },
+    #[error("delta {what}: unknown method {method}")]
+    DeltaMethod { what: String, method: u8 },
+    #[error("delta {what}: {reason}")]
+    DeltaMismatch { what: String, reason: String },
+    #[error("{what}: {method} payload does not decode: {reason}")]
+    DeltaPayload {
+        what: String,
+        method: &'static str,
+        reason: String,
+    },
+    #[error("{what}: content hashes to {got}, expected {want}")]
+    ContentHash { what: String, got: Hash, want: Hash },
+    #[error("{what}: content is {got} bytes, expected {want}")]
+    ContentLength { what: String, got: u64, want: u64 },
+    #[error("plan is missing content {0}: the server has no object for it")]
+    MissingObject(Hash),
+
+    // --- files and trees ---
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {what}")]
+    Unsupported { path: PathBuf, what: String },
+    #[error(
+        "deployment {version} does not match its manifest ({count} differences), first: {first}"
+    )]
+    Verify {
+        version: String,
+        count: usize,
+        first: String,
+    },
+
+    // --- network ---
+    #[error("GET {url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("GET {url}: server answered {status}: {body}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("GET {url}: download ended after {got} of {want} bytes")]
+    Truncated { url: String, got: u64, want: u64 },
+    #[error("GET {url}: answer is larger than the limit of {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+
+    // --- the device ---
+    #[error("device root {root}: {what}")]
+    Device { root: PathBuf, what: String },
+    #[error("configuration {path}: {what}")]
+    Config { path: PathBuf, what: String },
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+/// Result with the crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,243 @@
+//! The delta container: a fixed header naming the method, the source and target content
+//! addresses and the target size, followed by the method's payload (`docs/FORMAT.md`,
+//! "Delta container"). Decoding trusts nothing: every length is checked against the header
+//! and the header against what the caller expects.
+
+use std::fmt;
+use std::io::Read;
+
+use super::hash::{delta_path, Hash};
+use super::wire::Reader;
+use crate::error::Error;
+
+pub const DELTA_MAGIC: &[u8; 8] = b"DRDELTA1";
+/// Header length: magic, method, source hash, target hash, target size.
+pub const HEADER_LEN: usize = 8 + 1 + 32 + 32 + 8;
+/// Largest target a delta may produce (16 GiB).
+pub const MAX_TARGET_SIZE: u64 = 16 << 30;
+
+/// How the payload turns the source into the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// A zstd frame compressed with the source as a referenced prefix ("patch-from").
+    ZstdPatchFrom = 1,
+    /// A bsdiff patch (control triples, diff and extra bytes interleaved), zstd-compressed.
+    BsdiffZstd = 2,
+    /// The target alone, zstd-compressed; the source is ignored.
+    Zstd = 3,
+}
+
+impl Method {
+    pub fn from_u8(b: u8) -> Option<Method> {
+        Some(match b {
+            1 => Method::ZstdPatchFrom,
+            2 => Method::BsdiffZstd,
+            3 => Method::Zstd,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::ZstdPatchFrom => "zstd-patch-from",
+            Method::BsdiffZstd => "bsdiff",
+            Method::Zstd => "zstd",
+        }
+    }
+
+    pub const ALL: [Method; 3] = [Method::ZstdPatchFrom, Method::BsdiffZstd, Method::Zstd];
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The parsed header of a delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaHeader {
+    pub method: Method,
+    pub source: Hash,
+    pub target: Hash,
+    pub target_size: u64,
+}
+
+impl DeltaHeader {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN);
+        out.extend_from_slice(DELTA_MAGIC);
+        out.push(self.method as u8);
+        out.extend_from_slice(&self.source.0);
+        out.extend_from_slice(&self.target.0);
+        out.extend_from_slice(&self.target_size.to_le_bytes());
+        out
+    }
+
+    /// Parses the header of `delta` and returns it with the payload.
+    pub fn decode(delta: &[u8]) -> Result<(DeltaHeader, &[u8]), Error> {
+        let mut r = Reader::new(delta);
+        let malformed = |e: super::wire::WireError| Error::DeltaMalformed {
+            what: "header".into(),
+            reason: e.to_string(),
+        };
+        if r.take(8, "magic").map_err(malformed)? != DELTA_MAGIC {
+            return Err(Error::DeltaMalformed {
+                what: "header".into(),
+                reason: "does not start with DRDELTA1".into(),
+            });
+        }
+        let m = r.u8("method").map_err(malformed)?;
+        let method = Method::from_u8(m).ok_or(Error::DeltaMethod {
+            what: "header".into(),
+            method: m,
+        })?;
+        let source = Hash(r.array("source hash").map_err(malformed)?);
+        let target = Hash(r.array("target hash").map_err(malformed)?);
+        let target_size = r.u64_le("target size").map_err(malformed)?;
+        if target_size > MAX_TARGET_SIZE {
+            return Err(Error::DeltaMalformed {
+                what: delta_path(&source, &target),
+                reason: format!("target size {target_size} is over the limit of {MAX_TARGET_SIZE}"),
+            });
+        }
+        let header = DeltaHeader {
+            method,
+            source,
+            target,
+            target_size,
+        };
+        Ok((header, &delta[HEADER_LEN..]))
+    }
+}
+
+/// Builds a container from a header and an encoded payload.
+pub fn encode_delta(header: &DeltaHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = header.encode();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Applies `delta` to `source` and returns the verified target bytes.
+///
+/// `expect` is the (hash, size) the caller's manifest wants, when it has one. The output is
+/// never allowed to grow past the header's target size, and it is hashed before it is
+/// returned.
+pub fn apply_delta(
+    delta: &[u8],
+    source: &[u8],
+    expect: Option<(Hash, u64)>,
+) -> Result<Vec<u8>, Error> {
+    let (h, payload) = DeltaHeader::decode(delta)?;
+    let what = delta_path(&h.source, &h.target);
+    if let Some((hash, size)) = expect {
+        if h.target != hash || h.target_size != size {
+            return Err(Error::DeltaMismatch {
+                what,
+                reason: format!(
+                    "produces {} ({} bytes), expected {hash} ({size} bytes)",
+                    h.target, h.target_size
+                ),
+            });
+        }
+    }
+    if h.method != Method::Zstd {
+        let have = Hash::of(source);
+        if have != h.source {
+            return Err(Error::DeltaMismatch {
+                what,
+                reason: format!("applies to {}, but the source given is {have}", h.source),
+            });
+        }
+    }
+    let out = decode_payload(&h, payload, source, &what)?;
+    if out.len() as u64 != h.target_size {
+        return Err(Error::ContentLength {
+            what,
+            got: out.len() as u64,
+            want: h.target_size,
+        });
+    }
+    let got = Hash::of(&out);
+    if got != h.target {
+        return Err(Error::ContentHash {
+            what,
+            got,
+            want: h.target,
+        });
+    }
+    Ok(out)
+}
+
+fn decode_payload(
+    h: &DeltaHeader,
+    payload: &[u8],
+    source: &[u8],
+    what: &str,
+) -> Result<Vec<u8>, Error> {
+    let method = h.method;
+    let fail = |e: std::io::Error| Error::DeltaPayload {
+        what: what.to_string(),
+        method: method.name(),
+        reason: e.to_string(),
+    };
+    // Read one byte past the promised size so an over-long stream is caught.
+    let limit = h.target_size + 1;
+    let mut out = Vec::with_capacity(h.target_size as usize);
+    match method {
+        Method::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
+            d.window_log_max(31).map_err(fail)?;
+            d.take(limit).read_to_end(&mut out).map_err(fail)?;
+        }
+        Method::ZstdPatchFrom => {
+            let mut d =
+                zstd::stream::read::Decoder::with_ref_prefix(payload, source).map_err(fail)?;
+            d.window_log_max(31).map_err(fail)?;
+            d.take(limit).read_to_end(&mut out).map_err(fail)?;
+        }
+        Method::BsdiffZstd => {
+            let d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
+            // A bsdiff stream is control triples plus exactly target-size bytes of data, so
+            // bounding the decompressed stream bounds the output too.
+            let mut bounded = d.take(limit.saturating_mul(2) + (1 << 20));
+            bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zstd_delta(source: &[u8], target: &[u8]) -> Vec<u8> {
+        let header = DeltaHeader {
+            method: Method::Zstd,
+            source: Hash::of(source),
+            target: Hash::of(target),
+            target_size: target.len() as u64,
+        };
+        encode_delta(&header, &zstd::bulk::compress(target, 3).unwrap())
+    }
+
+    #[test]
+    fn truncated_and_flipped_deltas_fail_cleanly() {
+        let source = b"old contents".repeat(100);
+        let target = b"new contents".repeat(100);
+        let delta = zstd_delta(&source, &target);
+        assert_eq!(apply_delta(&delta, &source, None).unwrap(), target);
+        for n in [0, 5, HEADER_LEN - 1, HEADER_LEN, delta.len() - 1] {
+            assert!(
+                apply_delta(&delta[..n], &source, None).is_err(),
+                "prefix {n}"
+            );
+        }
+        let mut flipped = delta.clone();
+        let last = flipped.len() - 5;
+        flipped[last] ^= 0x40;
+        assert!(apply_delta(&flipped, &source, None).is_err());
+        let err = apply_delta(&delta, &source, Some((Hash::of(b"x"), 1))).unwrap_err();
+        assert!(matches!(err, Error::DeltaMismatch { .. }), "{err}");
+    }
+}

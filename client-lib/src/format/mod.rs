@@ -1,0 +1,19 @@
+//! The wire format, defined once: entry paths, content addresses, manifests and their
+//! signatures, delta containers, download plans and API bodies. The publisher and the
+//! server import it from here. `docs/FORMAT.md` specifies every byte.
+
+pub mod api;
+pub mod container;
+pub mod hash;
+pub mod manifest;
+pub mod path;
+pub mod plan;
+pub mod sign;
+pub mod wire;
+
+pub use container::{apply_delta, encode_delta, DeltaHeader, Method};
+pub use hash::{delta_path, object_path, Hash};
+pub use manifest::{check_name, Entry, Kind, Manifest, Meta};
+pub use path::{escape_bytes, EntryPath, PathError};
+pub use plan::{compute_plan, Fetch, Plan, PlanItem};
+pub use sign::{PublicKey, SecretKey, VerifiedManifest};
