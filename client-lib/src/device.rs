@@ -406,7 +406,7 @@ impl Device {
                 v.reverse();
             }
         }
-        let mut placed: HashSet<Hash> = HashSet::new();
+        let mut placed: HashMap<Hash, &EntryPath> = HashMap::new();
         let mut dirs: Vec<(&EntryPath, &Meta)> = Vec::new();
 
         for e in &target.manifest().entries {
@@ -429,19 +429,21 @@ impl Device {
                             bdir.copy(from.as_path(), &staging, path.as_path())
                                 .map_err(builder.io(path))?;
                             report.copied += 1;
+                        } else if let Some(first) = placed.get(hash) {
+                            // Content placed once already: a copy, so the two stay
+                            // separate inodes as the manifest says.
+                            staging
+                                .copy(first.as_path(), &staging, path.as_path())
+                                .map_err(builder.io(path))?;
+                            report.copied += 1;
                         } else {
-                            let name = hash.to_string();
-                            if placed.insert(*hash) {
-                                content
-                                    .hard_link(&name, &staging, path.as_path())
-                                    .map_err(builder.io(path))?;
-                                report.written += 1;
-                            } else {
-                                content
-                                    .copy(&name, &staging, path.as_path())
-                                    .map_err(builder.io(path))?;
-                                report.copied += 1;
-                            }
+                            // Moved, not linked: the store never shares an inode (and so
+                            // metadata) with the tree.
+                            content
+                                .rename(hash.to_string(), &staging, path.as_path())
+                                .map_err(builder.io(path))?;
+                            placed.insert(*hash, path);
+                            report.written += 1;
                         }
                         builder.set_meta(path, meta, true)?;
                     }
@@ -469,7 +471,21 @@ impl Device {
         for (path, meta) in dirs.into_iter().rev() {
             builder.set_meta(path, meta, true)?;
         }
-        rustix::fs::syncfs(&staging).map_err(|e| Error::io(&staging_path)(e.into()))?;
+        // The tree's root is not in the manifest: it is always a 0755 directory of root's.
+        let root_dir = rustix::fs::chownat(
+            &self.dir,
+            STAGING_TREE,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::ROOT),
+            AtFlags::empty(),
+        )
+        .and_then(|()| {
+            rustix::fs::chmodat(&self.dir, STAGING_TREE, Mode::from_raw_mode(0o755), AtFlags::empty())
+        });
+        root_dir.map_err(|e| Error::io(&staging_path)(e.into()))?;
+        // Directory handles are O_PATH; syncing needs a real descriptor.
+        let fd = self.dir.open(STAGING_TREE).map_err(self.io(STAGING_TREE))?;
+        rustix::fs::syncfs(&fd).map_err(|e| Error::io(&staging_path)(e.into()))?;
         Ok(())
     }
 
@@ -523,7 +539,7 @@ impl Device {
     }
 
     fn sync_dir(&self, rel: &str) -> Result<()> {
-        let d = self.dir.open_dir(rel).map_err(self.io(rel))?;
+        let d = self.dir.open(rel).map_err(self.io(rel))?;
         rustix::fs::fsync(&d).map_err(|e| self.io(rel)(e.into()))
     }
 

@@ -1,0 +1,185 @@
+//! The `deltaroot` command line: argument types and dispatch. `main.rs` only calls [`run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::engine::{self, EngineOptions};
+use crate::publish::{publish, PublishOptions};
+use crate::sink::{DirSink, ServerSink, Sink};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Publishes image trees as signed releases with per-file deltas"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Engine {
+    /// zstd level for objects and deltas.
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Largest file given to bsdiff, in MiB.
+    #[arg(long, default_value_t = 256)]
+    bsdiff_max_mib: u64,
+}
+
+impl Engine {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            level: self.level,
+            bsdiff_max: self.bsdiff_max_mib << 20,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write NAME.key (mode 0600) and NAME.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Diff OLD and NEW trees (directories or .tar/.tar.zst) into a signed release.
+    Publish {
+        /// The previous tree; omit for a first release.
+        #[arg(num_args = 1..=2, required = true, value_name = "[OLD] NEW")]
+        trees: Vec<PathBuf>,
+        #[arg(long)]
+        product: String,
+        /// Version of OLD, the release devices come from.
+        #[arg(long)]
+        from_version: Option<String>,
+        #[arg(long)]
+        version: String,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// Server base URL to upload to.
+        #[arg(long, conflicts_with = "out", requires = "token")]
+        server: Option<String>,
+        #[arg(long, env = "DELTAROOT_TOKEN")]
+        token: Option<String>,
+        /// Write a static release folder instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        engine: Engine,
+    },
+    /// Diff one file into a delta container (like bsdiff).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        engine: Engine,
+    },
+    /// Apply a delta container to one file (like bspatch).
+    Apply {
+        old: PathBuf,
+        patch: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen { out } => {
+            let (k, p) = crate::keys::keygen(&out)
+                .with_context(|| format!("writing keys {}", out.display()))?;
+            println!("wrote {} and {}", k.display(), p.display());
+        }
+        Command::Publish {
+            trees,
+            product,
+            from_version,
+            version,
+            channel,
+            key,
+            server,
+            token,
+            out,
+            json,
+            quiet,
+            engine,
+        } => {
+            let (old, new) = match trees.as_slice() {
+                [new] => (None, new),
+                [old, new] => (Some(old.as_path()), new),
+                _ => unreachable!("clap bounds the count"),
+            };
+            if old.is_some() != from_version.is_some() {
+                anyhow::bail!("--from-version names the OLD tree: give both or neither");
+            }
+            let key = crate::keys::load(&key)?;
+            let sink: Box<dyn Sink> = match (server, out) {
+                (Some(url), None) => {
+                    Box::new(ServerSink::new(&url, token.as_deref().unwrap_or_default())?)
+                }
+                (None, Some(dir)) => Box::new(DirSink::new(&dir)?),
+                _ => anyhow::bail!("give --server URL --token T, or --out DIR"),
+            };
+            let opts = PublishOptions {
+                product,
+                version,
+                from_version,
+                channel,
+                engine: engine.options(),
+                created: None,
+                progress: !quiet,
+            };
+            let summary = publish(old, new, &key, sink.as_ref(), &opts)
+                .with_context(|| format!("publishing {}", new.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{summary}");
+            }
+        }
+        Command::Diff {
+            old,
+            new,
+            out,
+            engine,
+        } => {
+            let o = std::fs::read(&old).with_context(|| format!("reading {}", old.display()))?;
+            let n = std::fs::read(&new).with_context(|| format!("reading {}", new.display()))?;
+            let best = engine::diff_file(&o, &n, &engine.options())?;
+            std::fs::write(&out, &best.bytes)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: {} bytes by {} ({} -> {} bytes)",
+                out.display(),
+                best.bytes.len(),
+                best.method,
+                o.len(),
+                n.len()
+            );
+        }
+        Command::Apply { old, patch, out } => {
+            let o = std::fs::read(&old).with_context(|| format!("reading {}", old.display()))?;
+            let p =
+                std::fs::read(&patch).with_context(|| format!("reading {}", patch.display()))?;
+            let n = deltaroot_client::format::apply_delta(&p, &o, None)
+                .with_context(|| format!("applying {}", patch.display()))?;
+            std::fs::write(&out, &n).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}: {} bytes, verified", out.display(), n.len());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Input image trees: a directory, or a `.tar` / `.tar.zst` archive unpacked into a
+//! content-addressed scratch folder (so owners, devices and xattrs need no root to read).
+//!
+//! Either way the result is an [`InputTree`]: the manifest entries, sorted, and where to read
+//! each content by hash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use deltaroot_client::format::{Entry, EntryPath, Hash, Kind, Meta};
+use deltaroot_client::tree::{self, FoundKind};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// A scanned input tree.
+pub struct InputTree {
+    pub entries: Vec<Entry>,
+    /// Where each content can be read.
+    content: HashMap<Hash, PathBuf>,
+    /// Keeps a tar's scratch folder alive.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl InputTree {
+    /// Reads a directory or a tar archive (by its name).
+    pub fn open(path: &Path, progress: &dyn Fn(u64)) -> Result<InputTree> {
+        let meta = std::fs::metadata(path).map_err(Error::io(path))?;
+        if meta.is_dir() {
+            Self::from_dir(path, progress)
+        } else {
+            let name = path.to_string_lossy();
+            let zstd = name.ends_with(".tar.zst") || name.ends_with(".tzst");
+            if !zstd && !name.ends_with(".tar") {
+                return Err(Error::Input {
+                    path: path.to_owned(),
+                    what: "not a directory, .tar or .tar.zst".into(),
+                });
+            }
+            Self::from_tar(path, zstd)
+        }
+    }
+
+    /// Scans a directory, hashing files on all cores.
+    pub fn from_dir(root: &Path, progress: &dyn Fn(u64)) -> Result<InputTree> {
+        let found = tree::walk(root)?;
+        let hashes: Vec<Option<Hash>> = found
+            .par_iter()
+            .map(|f| match f.kind {
+                FoundKind::File { .. } => tree::hash_file(&f.abs).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let mut content = HashMap::new();
+        for (f, h) in found.iter().zip(&hashes) {
+            if let (Some(h), FoundKind::File { size }) = (h, &f.kind) {
+                progress(*size);
+                content.entry(*h).or_insert_with(|| f.abs.clone());
+            }
+        }
+        Ok(InputTree {
+            entries: tree::to_entries(&found, &hashes),
+            content,
+            _scratch: None,
+        })
+    }
+
+    fn from_tar(path: &Path, zstd: bool) -> Result<InputTree> {
+        let file = File::open(path).map_err(Error::io(path))?;
+        let reader: Box<dyn Read> = if zstd {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(Error::io(path))?)
+        } else {
+            Box::new(io::BufReader::new(file))
+        };
+        let scratch = tempfile::Builder::new()
+            .prefix("deltaroot-tar-")
+            .tempdir()
+            .map_err(Error::io(std::env::temp_dir()))?;
+        let bad = |what: String| Error::Input {
+            path: path.to_owned(),
+            what,
+        };
+        let mut archive = tar::Archive::new(reader);
+        let mut nodes: BTreeMap<EntryPath, (Kind, Meta)> = BTreeMap::new();
+        let mut links: Vec<(EntryPath, EntryPath)> = Vec::new();
+        let mut content = HashMap::new();
+        for (n, item) in archive.entries().map_err(Error::io(path))?.enumerate() {
+            let mut item = item.map_err(Error::io(path))?;
+            let raw = item.path_bytes().into_owned();
+            let Some(p) = tar_path(&raw).map_err(|e| bad(e.to_string()))? else {
+                continue;
+            };
+            let h = item.header().clone();
+            let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            if let Some(exts) = item.pax_extensions().map_err(Error::io(path))? {
+                for ext in exts {
+                    let ext = ext.map_err(Error::io(path))?;
+                    if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                        xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+            xattrs.sort();
+            let meta = Meta {
+                mode: h.mode().map_err(Error::io(path))? & 0o7777,
+                uid: h.uid().map_err(Error::io(path))? as u32,
+                gid: h.gid().map_err(Error::io(path))? as u32,
+                xattrs,
+            };
+            let dev = || -> Result<u64> {
+                let maj = h.device_major().map_err(Error::io(path))?.unwrap_or(0);
+                let min = h.device_minor().map_err(Error::io(path))?.unwrap_or(0);
+                Ok(rustix::fs::makedev(maj, min))
+            };
+            let link = || -> Result<Vec<u8>> {
+                Ok(item
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(format!("entry {n} has no link name")))?
+                    .into_owned())
+            };
+            let kind = match h.entry_type() {
+                tar::EntryType::Directory => Kind::Dir,
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let tmp = scratch.path().join(format!("incoming-{n}"));
+                    let mut out = File::create(&tmp).map_err(Error::io(&tmp))?;
+                    let mut hasher = blake3::Hasher::new();
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut size = 0u64;
+                    loop {
+                        let k = item.read(&mut buf).map_err(Error::io(path))?;
+                        if k == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..k]);
+                        out.write_all(&buf[..k]).map_err(Error::io(&tmp))?;
+                        size += k as u64;
+                    }
+                    let hash: Hash = hasher.finalize().into();
+                    let dest = scratch.path().join(hash.to_string());
+                    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
+                    content.insert(hash, dest);
+                    Kind::File { size, hash }
+                }
+                tar::EntryType::Symlink => Kind::Symlink { target: link()? },
+                tar::EntryType::Link => {
+                    let t = tar_path(&link()?)
+                        .map_err(|e| bad(e.to_string()))?
+                        .ok_or_else(|| bad("hardlink to the root".into()))?;
+                    links.push((p, t));
+                    continue;
+                }
+                tar::EntryType::Fifo => Kind::Fifo,
+                tar::EntryType::Char => Kind::CharDev { rdev: dev()? },
+                tar::EntryType::Block => Kind::BlockDev { rdev: dev()? },
+                other => return Err(bad(format!("entry {n} has unsupported type {other:?}"))),
+            };
+            nodes.insert(p, (kind, meta));
+        }
+        // Parents a tar leaves implicit become plain 0755 root directories.
+        let implicit: Vec<EntryPath> = nodes
+            .keys()
+            .chain(links.iter().map(|(p, _)| p))
+            .flat_map(|p| std::iter::successors(p.parent(), EntryPath::parent))
+            .filter(|p| !nodes.contains_key(p))
+            .collect();
+        for p in implicit {
+            nodes.insert(
+                p,
+                (
+                    Kind::Dir,
+                    Meta {
+                        mode: 0o755,
+                        ..Meta::default()
+                    },
+                ),
+            );
+        }
+        // A hardlink group is led by its smallest path, as the manifest requires.
+        let mut groups: BTreeMap<EntryPath, Vec<EntryPath>> = BTreeMap::new();
+        for (p, t) in links {
+            if !nodes.contains_key(&t) {
+                return Err(bad(format!(
+                    "hardlink {p} points at {t}, which is not earlier in the archive"
+                )));
+            }
+            groups.entry(t).or_default().push(p);
+        }
+        let mut entries: BTreeMap<EntryPath, Entry> = nodes
+            .into_iter()
+            .map(|(path, (kind, meta))| (path.clone(), Entry::Node { path, kind, meta }))
+            .collect();
+        for (first, others) in groups {
+            let mut all = others;
+            all.push(first.clone());
+            all.sort();
+            let lead = all[0].clone();
+            if lead != first {
+                let Some(Entry::Node { kind, meta, .. }) = entries.remove(&first) else {
+                    unreachable!("group leader is a node");
+                };
+                entries.insert(
+                    lead.clone(),
+                    Entry::Node {
+                        path: lead.clone(),
+                        kind,
+                        meta,
+                    },
+                );
+            }
+            for p in all.into_iter().skip(1) {
+                entries.insert(
+                    p.clone(),
+                    Entry::Hardlink {
+                        path: p,
+                        target: lead.clone(),
+                    },
+                );
+            }
+        }
+        Ok(InputTree {
+            entries: entries.into_values().collect(),
+            content,
+            _scratch: Some(scratch),
+        })
+    }
+
+    /// An empty tree (the "old" side of a first release).
+    pub fn empty() -> InputTree {
+        InputTree {
+            entries: Vec::new(),
+            content: HashMap::new(),
+            _scratch: None,
+        }
+    }
+
+    /// Reads a content by hash.
+    pub fn read(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let p = self.content.get(hash).ok_or_else(|| Error::Input {
+            path: PathBuf::from(hash.to_string()),
+            what: "content is not in this tree".into(),
+        })?;
+        std::fs::read(p).map_err(Error::io(p))
+    }
+}
+
+/// Normalises a tar member name: strips `./` and a trailing `/`; `None` for the root.
+fn tar_path(
+    raw: &[u8],
+) -> std::result::Result<Option<EntryPath>, deltaroot_client::format::PathError> {
+    let mut s = raw;
+    while let Some(rest) = s.strip_prefix(b"./") {
+        s = rest;
+    }
+    while let Some(rest) = s.strip_suffix(b"/") {
+        s = rest;
+    }
+    if s.is_empty() || s == b"." {
+        return Ok(None);
+    }
+    EntryPath::new(s).map(Some)
+}

@@ -1,0 +1,389 @@
+//! Publishing a release: scan both trees, sign the new manifest, encode every missing object
+//! and delta on all cores, hand them to the sink, make the release visible, and summarise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use deltaroot_client::format::api::StoredRequest;
+use deltaroot_client::format::{
+    compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, SecretKey,
+    VerifiedManifest,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::engine::{self, EngineOptions};
+use crate::error::Result;
+use crate::input::InputTree;
+use crate::matching::{self, Pair};
+use crate::sink::Sink;
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    pub product: String,
+    pub version: String,
+    pub from_version: Option<String>,
+    pub channel: String,
+    pub engine: EngineOptions,
+    /// Release time; now when unset.
+    pub created: Option<u64>,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+/// How often a method was the cheapest way to send a content, and the bytes it sent.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MethodWins {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// The closing summary of a publish.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub product: String,
+    pub version: String,
+    pub from_version: Option<String>,
+    pub entries_added: u64,
+    pub entries_removed: u64,
+    pub entries_changed: u64,
+    pub entries_unchanged: u64,
+    /// Regular files whose content changed at the same path.
+    pub files_changed: u64,
+    /// Bytes of all regular files of the new tree.
+    pub image_bytes: u64,
+    /// Bytes of the whole new tree as zstd objects (what a fresh install downloads).
+    pub image_compressed_bytes: u64,
+    /// Bytes a device on `from_version` downloads.
+    pub download_bytes: u64,
+    /// New bytes the device needs (uncompressed).
+    pub new_content_bytes: u64,
+    /// Objects and deltas uploaded by this run (the rest were stored already).
+    pub uploaded_objects: u64,
+    pub uploaded_deltas: u64,
+    pub uploaded_bytes: u64,
+    /// Per method (`zstd` is the whole object): how often it was the cheapest.
+    pub methods: BTreeMap<String, MethodWins>,
+}
+
+fn bar(show: bool, len: u64, msg: &'static str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("template is valid")
+        .progress_chars("=> "),
+    );
+    b.set_message(msg);
+    b
+}
+
+/// Result of the work for one new content.
+struct Encoded {
+    hash: Hash,
+    object_bytes: Option<u64>,
+    delta: Option<(Hash, u64, &'static str)>,
+    uploaded: (u64, u64, u64),
+}
+
+/// Publishes `new` (from `old`, when given) to `sink`.
+pub fn publish(
+    old: Option<&Path>,
+    new: &Path,
+    key: &SecretKey,
+    sink: &dyn Sink,
+    opts: &PublishOptions,
+) -> Result<Summary> {
+    deltaroot_client::format::check_name("product", &opts.product)?;
+    deltaroot_client::format::check_name("version", &opts.version)?;
+    deltaroot_client::format::check_name("channel", &opts.channel)?;
+    let scan_bar = bar(opts.progress, 0, "scanning");
+    let add = |n: u64| {
+        scan_bar.inc_length(n);
+        scan_bar.inc(n);
+    };
+    let old_tree = match old {
+        Some(p) => InputTree::open(p, &add)?,
+        None => InputTree::empty(),
+    };
+    let new_tree = InputTree::open(new, &add)?;
+    scan_bar.finish_and_clear();
+
+    let created = opts.created.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
+    let manifest = Manifest {
+        product: opts.product.clone(),
+        version: opts.version.clone(),
+        created,
+        entries: new_tree.entries.clone(),
+    };
+    let old_manifest = old.map(|_| Manifest {
+        product: opts.product.clone(),
+        version: opts.from_version.clone().unwrap_or_else(|| "old".into()),
+        created: 0,
+        entries: old_tree.entries.clone(),
+    });
+    let signed = VerifiedManifest::sign(manifest, key);
+
+    // What must exist: an object for every content, a delta for every matched pair.
+    let contents = signed.manifest().contents();
+    let mut hashes: Vec<Hash> = contents.keys().copied().collect();
+    hashes.sort();
+    let pairs = matching::pairs(&old_tree.entries, &signed.manifest().entries);
+    let stored = sink.stored(&StoredRequest {
+        objects: hashes.clone(),
+        deltas: pairs.iter().map(|p| (p.old, p.new)).collect(),
+    })?;
+    let object_stored: HashMap<Hash, Option<u64>> =
+        hashes.iter().copied().zip(stored.objects).collect();
+    let delta_stored: HashMap<(Hash, Hash), Option<u64>> = pairs
+        .iter()
+        .map(|p| (p.old, p.new))
+        .zip(stored.deltas)
+        .collect();
+    let pair_of: HashMap<Hash, &Pair> = pairs.iter().map(|p| (p.new, p)).collect();
+
+    // Largest first, so the longest jobs start early and cores stay busy to the end.
+    let mut jobs: Vec<Hash> = hashes.clone();
+    jobs.sort_by_key(|h| std::cmp::Reverse(contents[h]));
+    let total: u64 = jobs.iter().map(|h| contents[h]).sum();
+    let work_bar = bar(opts.progress, total, "encoding");
+    let failed: Mutex<Option<crate::error::Error>> = Mutex::new(None);
+    let results: Vec<Encoded> = jobs
+        .par_iter()
+        .filter_map(|h| {
+            if failed.lock().expect("not poisoned").is_some() {
+                return None;
+            }
+            let r = encode_one(
+                *h,
+                &old_tree,
+                &new_tree,
+                &object_stored,
+                &delta_stored,
+                pair_of.get(h).copied(),
+                sink,
+                &opts.engine,
+            );
+            work_bar.inc(contents[h]);
+            match r {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    failed.lock().expect("not poisoned").get_or_insert(e);
+                    None
+                }
+            }
+        })
+        .collect();
+    work_bar.finish_and_clear();
+    if let Some(e) = failed.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+
+    let object_bytes: HashMap<Hash, u64> = results
+        .iter()
+        .filter_map(|r| r.object_bytes.map(|b| (r.hash, b)))
+        .collect();
+    let deltas: Vec<(Hash, Hash, u64)> = results
+        .iter()
+        .filter_map(|r| r.delta.map(|(s, b, _)| (s, r.hash, b)))
+        .collect();
+    let delta_method: HashMap<Hash, &'static str> = results
+        .iter()
+        .filter_map(|r| r.delta.map(|(_, _, m)| (r.hash, m)))
+        .collect();
+    let by_target: HashMap<Hash, Vec<(Hash, u64)>> = deltas
+        .iter()
+        .map(|(s, t, b)| (*t, vec![(*s, *b)]))
+        .collect();
+    let plan = compute_plan(
+        old_manifest.as_ref(),
+        signed.manifest(),
+        |h| object_bytes.get(h).copied(),
+        |t| by_target.get(t).cloned().unwrap_or_default(),
+    )?;
+
+    let public = key.public().to_text();
+    let answer = sink.publish(
+        &signed,
+        &public,
+        &opts.channel,
+        old_manifest.as_ref(),
+        &deltas,
+    )?;
+
+    let mut s = Summary {
+        product: opts.product.clone(),
+        version: opts.version.clone(),
+        from_version: opts.from_version.clone(),
+        image_bytes: signed.manifest().total_file_bytes(),
+        image_compressed_bytes: object_bytes.values().sum(),
+        download_bytes: answer.download_bytes.unwrap_or(plan.download_bytes),
+        ..Summary::default()
+    };
+    for item in &plan.items {
+        s.new_content_bytes += item.size;
+        let name = match &item.fetch {
+            Fetch::Object { .. } => "zstd",
+            Fetch::Delta { .. } => delta_method.get(&item.target).copied().unwrap_or("delta"),
+        };
+        let w = s.methods.entry(name.to_string()).or_default();
+        w.count += 1;
+        w.bytes += item.fetch.bytes();
+    }
+    for r in &results {
+        s.uploaded_objects += r.uploaded.0;
+        s.uploaded_deltas += r.uploaded.1;
+        s.uploaded_bytes += r.uploaded.2;
+    }
+    count_entries(&old_tree.entries, &signed.manifest().entries, &mut s);
+    Ok(s)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_one(
+    hash: Hash,
+    old_tree: &InputTree,
+    new_tree: &InputTree,
+    object_stored: &HashMap<Hash, Option<u64>>,
+    delta_stored: &HashMap<(Hash, Hash), Option<u64>>,
+    pair: Option<&Pair>,
+    sink: &dyn Sink,
+    eng: &EngineOptions,
+) -> Result<Encoded> {
+    let mut uploaded = (0, 0, 0);
+    let mut data: Option<Vec<u8>> = None;
+    let object_bytes = match object_stored.get(&hash).copied().flatten() {
+        Some(b) => b,
+        None => {
+            let d = new_tree.read(&hash)?;
+            let z = engine::compress_object(&d, eng.level)?;
+            sink.put(&object_path(&hash), &z)?;
+            uploaded = (1, 0, z.len() as u64);
+            data = Some(d);
+            z.len() as u64
+        }
+    };
+    let mut delta = None;
+    if let Some(p) = pair {
+        match delta_stored.get(&(p.old, p.new)).copied().flatten() {
+            Some(b) => delta = Some((p.old, b, "delta")),
+            None => {
+                let new = match data {
+                    Some(d) => d,
+                    None => new_tree.read(&hash)?,
+                };
+                let old = old_tree.read(&p.old)?;
+                let cands = engine::candidates(&old, &new, eng)?;
+                if let Some(best) = cands.into_iter().next() {
+                    // A delta no smaller than the object is never sent, so never stored.
+                    if (best.bytes.len() as u64) < object_bytes {
+                        sink.put(&delta_path(&p.old, &p.new), &best.bytes)?;
+                        uploaded.1 += 1;
+                        uploaded.2 += best.bytes.len() as u64;
+                        delta = Some((p.old, best.bytes.len() as u64, best.method.name()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Encoded {
+        hash,
+        object_bytes: Some(object_bytes),
+        delta,
+        uploaded,
+    })
+}
+
+fn count_entries(old: &[Entry], new: &[Entry], s: &mut Summary) {
+    let old_by: HashMap<_, _> = old.iter().map(|e| (e.path(), e)).collect();
+    let new_by: HashMap<_, _> = new.iter().map(|e| (e.path(), e)).collect();
+    for e in new {
+        match old_by.get(e.path()) {
+            None => s.entries_added += 1,
+            Some(o) if *o == e => s.entries_unchanged += 1,
+            Some(o) => {
+                s.entries_changed += 1;
+                if let (Some((a, _)), Some((b, _))) = (o.file(), e.file()) {
+                    if a != b {
+                        s.files_changed += 1;
+                    }
+                }
+            }
+        }
+    }
+    s.entries_removed = old
+        .iter()
+        .filter(|e| !new_by.contains_key(e.path()))
+        .count() as u64;
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use deltaroot_client::agent::human_bytes as hb;
+        let pct = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
+        writeln!(
+            f,
+            "published {} {} (from {})",
+            self.product,
+            self.version,
+            self.from_version.as_deref().unwrap_or("nothing")
+        )?;
+        writeln!(
+            f,
+            "  entries: {} changed ({} file contents), {} added, {} removed, {} unchanged",
+            self.entries_changed,
+            self.files_changed,
+            self.entries_added,
+            self.entries_removed,
+            self.entries_unchanged
+        )?;
+        writeln!(
+            f,
+            "  image: {} in files, {} as zstd objects",
+            hb(self.image_bytes),
+            hb(self.image_compressed_bytes)
+        )?;
+        writeln!(
+            f,
+            "  a device on {} downloads {} ({:.1}% of the image, {:.1}% of the compressed image) for {} of new content",
+            self.from_version.as_deref().unwrap_or("nothing"),
+            hb(self.download_bytes),
+            pct(self.download_bytes, self.image_bytes),
+            pct(self.download_bytes, self.image_compressed_bytes),
+            hb(self.new_content_bytes)
+        )?;
+        for (m, w) in &self.methods {
+            writeln!(
+                f,
+                "  {m:>16}: cheapest for {} contents, {}",
+                w.count,
+                hb(w.bytes)
+            )?;
+        }
+        write!(
+            f,
+            "  uploaded {} objects and {} deltas, {}",
+            self.uploaded_objects,
+            self.uploaded_deltas,
+            hb(self.uploaded_bytes)
+        )
+    }
+}

@@ -1,0 +1,225 @@
+//! Where a release goes: a running server (`--server`), or a static release folder
+//! (`--out`) laid out with the same relative paths as the server's URLs, so any static web
+//! server or CDN can serve it.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use deltaroot_client::format::api::{
+    ErrorBody, PublishRequest, PublishResponse, StoredRequest, StoredResponse,
+};
+use deltaroot_client::format::{
+    compute_plan, delta_path, object_path, Hash, Manifest, VerifiedManifest,
+};
+
+use crate::error::{Error, Result};
+
+/// A destination for objects, deltas and the signed manifest.
+pub trait Sink: Sync {
+    /// Stored sizes of the objects and deltas asked about.
+    fn stored(&self, req: &StoredRequest) -> Result<StoredResponse>;
+    /// Stores an object (`objects/…`) or a delta (`deltas/…`).
+    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()>;
+    /// Makes the release visible, all at once. `old` is the release devices come from and
+    /// `deltas` the (source, target, bytes) deltas stored for its changed files.
+    fn publish(
+        &self,
+        signed: &VerifiedManifest,
+        public_key: &str,
+        channel: &str,
+        old: Option<&Manifest>,
+        deltas: &[(Hash, Hash, u64)],
+    ) -> Result<PublishResponse>;
+}
+
+/// Uploads to a deltaroot server.
+pub struct ServerSink {
+    base: String,
+    token: String,
+    client: reqwest::blocking::Client,
+}
+
+impl ServerSink {
+    pub fn new(base: &str, token: &str) -> Result<ServerSink> {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(3600))
+            .build()
+            .map_err(|e| Error::Http {
+                url: base.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(ServerSink {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            client,
+        })
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder, url: &str) -> Result<Vec<u8>> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| Error::Http {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().map_err(|e| Error::Http {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+        if !status.is_success() {
+            let text = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(300).collect());
+            return Err(Error::Server {
+                url: url.into(),
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let bytes = self.send(self.client.post(url).json(body), url)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Http {
+            url: url.into(),
+            reason: format!("answer is not the expected JSON: {e}"),
+        })
+    }
+}
+
+impl Sink for ServerSink {
+    fn stored(&self, req: &StoredRequest) -> Result<StoredResponse> {
+        self.json(&format!("{}/v1/stored", self.base), req)
+    }
+
+    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let url = format!("{}/{rel}", self.base);
+        self.send(self.client.put(&url).body(bytes.to_vec()), &url)
+            .map(drop)
+    }
+
+    fn publish(
+        &self,
+        signed: &VerifiedManifest,
+        public_key: &str,
+        channel: &str,
+        old: Option<&Manifest>,
+        _deltas: &[(Hash, Hash, u64)],
+    ) -> Result<PublishResponse> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let m = signed.manifest();
+        let req = PublishRequest {
+            manifest: b64.encode(signed.bytes()),
+            signature: b64.encode(signed.signature()),
+            public_key: public_key.to_string(),
+            channel: Some(channel.to_string()),
+            from_version: old.map(|o| o.version.clone()),
+        };
+        self.json(
+            &format!("{}/v1/products/{}/releases", self.base, m.product),
+            &req,
+        )
+    }
+}
+
+/// Writes a static release folder.
+pub struct DirSink {
+    root: PathBuf,
+}
+
+impl DirSink {
+    pub fn new(root: &Path) -> Result<DirSink> {
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        Ok(DirSink {
+            root: root.to_owned(),
+        })
+    }
+
+    fn size(&self, rel: &str) -> Option<u64> {
+        std::fs::metadata(self.root.join(rel)).ok().map(|m| m.len())
+    }
+
+    fn write(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let dest = self.root.join(rel);
+        let dir = dest.parent().expect("relative paths have a parent");
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+        tmp.write_all(bytes).map_err(Error::io(&dest))?;
+        tmp.as_file().sync_all().map_err(Error::io(&dest))?;
+        tmp.persist(&dest).map_err(|e| Error::io(&dest)(e.error))?;
+        Ok(())
+    }
+}
+
+impl Sink for DirSink {
+    fn stored(&self, req: &StoredRequest) -> Result<StoredResponse> {
+        Ok(StoredResponse {
+            objects: req
+                .objects
+                .iter()
+                .map(|h| self.size(&object_path(h)))
+                .collect(),
+            deltas: req
+                .deltas
+                .iter()
+                .map(|(s, t)| self.size(&delta_path(s, t)))
+                .collect(),
+        })
+    }
+
+    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        self.write(rel, bytes)
+    }
+
+    fn publish(
+        &self,
+        signed: &VerifiedManifest,
+        _public_key: &str,
+        channel: &str,
+        old: Option<&Manifest>,
+        deltas: &[(Hash, Hash, u64)],
+    ) -> Result<PublishResponse> {
+        let m = signed.manifest();
+        let base = format!("v1/products/{}", m.product);
+        let mut to: HashMap<Hash, Vec<(Hash, u64)>> = HashMap::new();
+        for (s, t, b) in deltas {
+            to.entry(*t).or_default().push((*s, *b));
+        }
+        let plan = compute_plan(
+            old,
+            m,
+            |h| self.size(&object_path(h)),
+            |t| to.get(t).cloned().unwrap_or_default(),
+        )?;
+        let from = old.map(|o| o.version.as_str()).unwrap_or("-");
+        let plan_json = serde_json::to_vec_pretty(&plan).expect("plans serialise");
+        self.write(&format!("{base}/plans/{from}/{}", m.version), &plan_json)?;
+        if old.is_some() {
+            let fresh = compute_plan(None, m, |h| self.size(&object_path(h)), |_| Vec::new())?;
+            let json = serde_json::to_vec_pretty(&fresh).expect("plans serialise");
+            self.write(&format!("{base}/plans/-/{}", m.version), &json)?;
+        }
+        let rel = format!("{base}/releases/{}", m.version);
+        self.write(&format!("{rel}/manifest"), signed.bytes())?;
+        self.write(&format!("{rel}/manifest.sig"), signed.signature())?;
+        self.write(
+            &format!("{base}/channels/{channel}/latest"),
+            format!("{}\n", m.version).as_bytes(),
+        )?;
+        Ok(PublishResponse {
+            product: m.product.clone(),
+            version: m.version.clone(),
+            channel: Some(channel.to_string()),
+            download_bytes: Some(plan.download_bytes),
+        })
+    }
+}

@@ -1,0 +1,538 @@
+//! HTTP handlers: the device API (update checks, manifests, plans), immutable object and
+//! delta downloads, and the publisher's uploads. Routes are listed in [`router`].
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::Ordering;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use deltaroot_client::format::api::{
+    CheckResponse, PublishRequest, PublishResponse, StoredRequest, StoredResponse, UpdateOffer,
+};
+use deltaroot_client::format::{
+    check_name, compute_plan, delta_path, object_path, DeltaHeader, Hash, Plan, PublicKey,
+    VerifiedManifest,
+};
+use futures::StreamExt;
+
+use crate::db::{NewRelease, ReleaseRow};
+use crate::error::{Error, Result};
+use crate::App;
+
+/// Every route of the server.
+pub fn router(app: App) -> Router {
+    let limit = app.max_upload;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/stored", post(stored))
+        .route(
+            "/v1/products/{product}/releases",
+            post(publish).get(list_releases),
+        )
+        .route(
+            "/v1/products/{product}/releases/{version}/{file}",
+            get(manifest),
+        )
+        .route("/v1/products/{product}/plans/{from}/{to}", get(plan))
+        .route(
+            "/v1/products/{product}/channels/{channel}/check",
+            get(check),
+        )
+        .route(
+            "/objects/{fan}/{name}",
+            get(get_object).put(put_object).head(get_object),
+        )
+        .route(
+            "/deltas/{fan}/{name}",
+            get(get_delta).put(put_delta).head(get_delta),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn authorize(app: &App, headers: &HeaderMap) -> Result<String> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(Error::Unauthorized)?;
+    app.db.token_name(token).await?.ok_or(Error::Unauthorized)
+}
+
+fn name(field: &'static str, v: &str) -> Result<()> {
+    check_name(field, v).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+fn parse_hash(s: &str) -> Result<Hash> {
+    s.parse()
+        .map_err(|e: deltaroot_client::format::hash::BadHash| Error::BadRequest(e.to_string()))
+}
+
+async fn stored(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(req): Json<StoredRequest>,
+) -> Result<Json<StoredResponse>> {
+    authorize(&app, &headers).await?;
+    let sizes = app.db.object_sizes(&req.objects).await?;
+    Ok(Json(StoredResponse {
+        objects: req.objects.iter().map(|h| sizes.get(h).copied()).collect(),
+        deltas: app.db.delta_sizes(&req.deltas).await?,
+    }))
+}
+
+/// Objects are checked before they are stored: the body must be one zstd stream whose
+/// content hashes to the name.
+async fn put_object(
+    State(app): State<App>,
+    Path((fan, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode> {
+    authorize(&app, &headers).await?;
+    let hash = parse_hash(&name)?;
+    let rel = object_path(&hash);
+    if fan != hash.fanout() {
+        return Err(Error::BadRequest(format!(
+            "object {hash} belongs under objects/{}/",
+            hash.fanout()
+        )));
+    }
+    let data = body.clone();
+    let (got, size) = tokio::task::spawn_blocking(move || -> Result<(Hash, u64)> {
+        let mut dec = zstd::stream::read::Decoder::new(&data[..])
+            .map_err(|e| Error::BadRequest(format!("object is not zstd: {e}")))?;
+        dec.window_log_max(31)
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = dec
+                .read(&mut buf)
+                .map_err(|e| Error::BadRequest(format!("object does not decompress: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        Ok((hasher.finalize().into(), size))
+    })
+    .await
+    .map_err(|e| Error::BadRequest(e.to_string()))??;
+    if got != hash {
+        return Err(Error::BadRequest(format!(
+            "object content hashes to {got}, not {hash}"
+        )));
+    }
+    let len = body.len() as u64;
+    app.store.put(&rel, body).await?;
+    app.db.add_object(&hash, len, size).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn put_delta(
+    State(app): State<App>,
+    Path((fan, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode> {
+    authorize(&app, &headers).await?;
+    let (s, t) = name
+        .split_once('-')
+        .ok_or_else(|| Error::BadRequest(format!("{name:?} is not <source>-<target>")))?;
+    let (source, target) = (parse_hash(s)?, parse_hash(t)?);
+    if fan != target.fanout() {
+        return Err(Error::BadRequest(format!(
+            "delta belongs under deltas/{}/",
+            target.fanout()
+        )));
+    }
+    let (h, _) = DeltaHeader::decode(&body)?;
+    if h.source != source || h.target != target {
+        return Err(Error::BadRequest(format!(
+            "delta header says {} -> {}, the path says {source} -> {target}",
+            h.source, h.target
+        )));
+    }
+    let len = body.len() as u64;
+    app.store.put(&delta_path(&source, &target), body).await?;
+    app.db
+        .add_delta(&source, &target, len, h.method as u8)
+        .await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_object(
+    State(app): State<App>,
+    Path((fan, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let hash = parse_hash(&name)?;
+    if fan != hash.fanout() {
+        return Err(Error::NotFound(format!("no object {fan}/{name}")));
+    }
+    serve_immutable(&app, &object_path(&hash), &name, &headers, "object").await
+}
+
+async fn get_delta(
+    State(app): State<App>,
+    Path((fan, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let Some((s, t)) = name.split_once('-') else {
+        return Err(Error::NotFound(format!("no delta {fan}/{name}")));
+    };
+    let (source, target) = (parse_hash(s)?, parse_hash(t)?);
+    serve_immutable(
+        &app,
+        &delta_path(&source, &target),
+        &name,
+        &headers,
+        "delta",
+    )
+    .await
+}
+
+/// Parses a single `bytes=` range against a length.
+fn parse_range(v: &str, len: u64) -> Option<std::ops::Range<u64>> {
+    let spec = v.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let r = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        len.saturating_sub(n)..len
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len
+        } else {
+            b.parse::<u64>().ok()?.saturating_add(1).min(len)
+        };
+        start..end
+    };
+    (r.start < r.end).then_some(r)
+}
+
+/// Serves an immutable file: long cache lifetime, ETag, and single-range requests.
+async fn serve_immutable(
+    app: &App,
+    rel: &str,
+    name: &str,
+    headers: &HeaderMap,
+    kind: &'static str,
+) -> Result<Response> {
+    let len = app
+        .store
+        .size(rel)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no {kind} {rel}")))?;
+    let etag = format!("\"{name}\"");
+    let mut resp = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(resp
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid response"));
+    }
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) => {
+            let r = parse_range(v, len).ok_or_else(|| {
+                Error::RangeNotSatisfiable(format!("range {v:?} does not fit {rel} of {len} bytes"))
+            })?;
+            resp = resp.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            );
+            r
+        }
+        None => 0..len,
+    };
+    resp = resp.header(header::CONTENT_LENGTH, range.end - range.start);
+    if len == 0 {
+        return Ok(resp.body(Body::empty()).expect("valid response"));
+    }
+    let counter = app.metrics.clone();
+    let stream = app.store.get_range(rel, range).await?.map(move |chunk| {
+        if let Ok(c) = &chunk {
+            let n = c.len() as u64;
+            match kind {
+                "object" => counter.object_bytes.fetch_add(n, Ordering::Relaxed),
+                _ => counter.delta_bytes.fetch_add(n, Ordering::Relaxed),
+            };
+        }
+        chunk
+    });
+    Ok(resp
+        .body(Body::from_stream(stream))
+        .expect("valid response"))
+}
+
+async fn publish(
+    State(app): State<App>,
+    Path(product): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<PublishRequest>,
+) -> Result<(StatusCode, Json<PublishResponse>)> {
+    let who = authorize(&app, &headers).await?;
+    name("product", &product)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes = b64
+        .decode(&req.manifest)
+        .map_err(|e| Error::BadRequest(format!("manifest is not base64: {e}")))?;
+    let sig = b64
+        .decode(&req.signature)
+        .map_err(|e| Error::BadRequest(format!("signature is not base64: {e}")))?;
+    let key = PublicKey::from_text(&req.public_key)?;
+    let signed = VerifiedManifest::verify(bytes, sig, std::slice::from_ref(&key))?;
+    let m = signed.manifest();
+    if m.product != product {
+        return Err(Error::BadRequest(format!(
+            "manifest is for product {}, not {product}",
+            m.product
+        )));
+    }
+    if let Some(c) = &req.channel {
+        name("channel", c)?;
+    }
+    // Every content must be stored before the release can exist.
+    let hashes: Vec<Hash> = m.contents().into_keys().collect();
+    let sizes = app.db.object_sizes(&hashes).await?;
+    if let Some(missing) = hashes.iter().find(|h| !sizes.contains_key(h)) {
+        let n = hashes.iter().filter(|h| !sizes.contains_key(h)).count();
+        return Err(Error::BadRequest(format!(
+            "release {} lacks {n} objects, first {missing}: upload them first",
+            m.version
+        )));
+    }
+    let id = app
+        .db
+        .insert_release(&NewRelease {
+            product: &product,
+            public_key: &key.to_text(),
+            version: &m.version,
+            created: m.created as i64,
+            manifest: signed.bytes(),
+            signature: signed.signature(),
+            image_bytes: m.total_file_bytes() as i64,
+            entries: m.entries.len() as i64,
+            published_by: &who,
+            channel: req.channel.as_deref(),
+        })
+        .await?;
+    tracing::info!(product, version = m.version, by = who, "release published");
+    let mut download_bytes = None;
+    if let Some(from) = &req.from_version {
+        if let Some(old) = app.db.release(&product, from).await? {
+            let to = app
+                .db
+                .release(&product, &m.version)
+                .await?
+                .expect("just inserted");
+            download_bytes = Some(
+                plan_for(&app, &product, Some(&old), &to)
+                    .await?
+                    .download_bytes,
+            );
+        }
+    }
+    let _ = id;
+    Ok((
+        StatusCode::CREATED,
+        Json(PublishResponse {
+            product,
+            version: m.version.clone(),
+            channel: req.channel,
+            download_bytes,
+        }),
+    ))
+}
+
+async fn list_releases(
+    State(app): State<App>,
+    Path(product): Path<String>,
+) -> Result<Json<Vec<ReleaseRow>>> {
+    name("product", &product)?;
+    if app.db.product(&product).await?.is_none() {
+        return Err(Error::NotFound(format!("no product {product}")));
+    }
+    Ok(Json(app.db.releases(&product).await?))
+}
+
+async fn find_release(app: &App, product: &str, version: &str) -> Result<ReleaseRow> {
+    name("product", product)?;
+    name("version", version)?;
+    app.db
+        .release(product, version)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("product {product} has no release {version}")))
+}
+
+async fn manifest(
+    State(app): State<App>,
+    Path((product, version, file)): Path<(String, String, String)>,
+) -> Result<Response> {
+    let r = find_release(&app, &product, &version).await?;
+    let (m, s) = app.db.manifest(r.id).await?;
+    let body = match file.as_str() {
+        "manifest" => m,
+        "manifest.sig" => s,
+        other => return Err(Error::NotFound(format!("release {version} has no {other}"))),
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Loads a release's manifest, re-verified with its product's key.
+async fn load_manifest(app: &App, product: &str, r: &ReleaseRow) -> Result<VerifiedManifest> {
+    let (_, key) = app
+        .db
+        .product(product)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
+    let key = PublicKey::from_text(&key)?;
+    let (m, s) = app.db.manifest(r.id).await?;
+    Ok(VerifiedManifest::verify(m, s, &[key])?)
+}
+
+/// The stored plan for a pair, computed and saved on first use.
+async fn plan_for(
+    app: &App,
+    product: &str,
+    from: Option<&ReleaseRow>,
+    to: &ReleaseRow,
+) -> Result<Plan> {
+    if let Some(p) = app.db.plan(from.map(|r| r.id), to.id).await? {
+        return Ok(p);
+    }
+    let to_m = load_manifest(app, product, to).await?;
+    let from_m = match from {
+        Some(r) => Some(load_manifest(app, product, r).await?),
+        None => None,
+    };
+    let targets: Vec<Hash> = to_m.manifest().contents().into_keys().collect();
+    let sizes = app.db.object_sizes(&targets).await?;
+    let deltas: HashMap<Hash, Vec<(Hash, u64)>> = app.db.deltas_to(&targets).await?;
+    let plan = compute_plan(
+        from_m.as_ref().map(|m| m.manifest()),
+        to_m.manifest(),
+        |h| sizes.get(h).copied(),
+        |t| deltas.get(t).cloned().unwrap_or_default(),
+    )?;
+    app.db.save_plan(from.map(|r| r.id), to.id, &plan).await?;
+    Ok(plan)
+}
+
+async fn plan(
+    State(app): State<App>,
+    Path((product, from, to)): Path<(String, String, String)>,
+) -> Result<Json<Plan>> {
+    let to = find_release(&app, &product, &to).await?;
+    let from = match from.as_str() {
+        "-" => None,
+        v => Some(find_release(&app, &product, v).await?),
+    };
+    Ok(Json(plan_for(&app, &product, from.as_ref(), &to).await?))
+}
+
+async fn check(
+    State(app): State<App>,
+    Path((product, channel)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<CheckResponse>> {
+    name("product", &product)?;
+    name("channel", &channel)?;
+    app.metrics.checks.fetch_add(1, Ordering::Relaxed);
+    if app.db.product(&product).await?.is_none() {
+        return Err(Error::NotFound(format!("no product {product}")));
+    }
+    let latest = app.db.channel(&product, &channel).await?;
+    let current = match q.get("current") {
+        Some(v) => {
+            name("version", v)?;
+            app.db.release(&product, v).await?
+        }
+        None => None,
+    };
+    let mut update = None;
+    if let Some(l) = &latest {
+        let newer = match &current {
+            Some(c) => c.id != l.id && l.created >= c.created,
+            None => q.get("current").map(String::as_str) != Some(l.version.as_str()),
+        };
+        if newer {
+            let plan = plan_for(&app, &product, current.as_ref(), l).await?;
+            update = Some(UpdateOffer {
+                version: l.version.clone(),
+                download_bytes: plan.download_bytes,
+                image_bytes: l.image_bytes as u64,
+            });
+        }
+    }
+    Ok(Json(CheckResponse {
+        product,
+        channel,
+        latest: latest.map(|l| l.version),
+        update,
+    }))
+}
+
+async fn metrics(State(app): State<App>) -> String {
+    let m = &app.metrics;
+    format!(
+        "# TYPE deltaroot_served_bytes_total counter\n\
+         deltaroot_served_bytes_total{{kind=\"object\"}} {}\n\
+         deltaroot_served_bytes_total{{kind=\"delta\"}} {}\n\
+         # TYPE deltaroot_update_checks_total counter\n\
+         deltaroot_update_checks_total {}\n",
+        m.object_bytes.load(Ordering::Relaxed),
+        m.delta_bytes.load(Ordering::Relaxed),
+        m.checks.load(Ordering::Relaxed),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Some(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Some(90..100));
+        assert_eq!(parse_range("bytes=95-200", 100), Some(95..100));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}
