@@ -480,7 +480,12 @@ impl Device {
             AtFlags::empty(),
         )
         .and_then(|()| {
-            rustix::fs::chmodat(&self.dir, STAGING_TREE, Mode::from_raw_mode(0o755), AtFlags::empty())
+            rustix::fs::chmodat(
+                &self.dir,
+                STAGING_TREE,
+                Mode::from_raw_mode(0o755),
+                AtFlags::empty(),
+            )
         });
         root_dir.map_err(|e| Error::io(&staging_path)(e.into()))?;
         // Directory handles are O_PATH; syncing needs a real descriptor.

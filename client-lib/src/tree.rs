@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::format::{Entry, EntryPath, Hash, Kind, Meta};
+use crate::format::{Entry, EntryPath, Hash, Kind, Meta, Xattrs};
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -111,7 +111,7 @@ fn walk_dir(dir: &Path, rel: Option<&EntryPath>, out: &mut Vec<Found>) -> Result
 }
 
 /// The extended attributes of `path` (not following a symlink), sorted by name.
-pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+pub fn read_xattrs(path: &Path) -> Result<Xattrs, Error> {
     let err = |e: rustix::io::Errno| Error::Io {
         path: path.to_owned(),
         source: e.into(),

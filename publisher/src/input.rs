@@ -93,7 +93,7 @@ impl InputTree {
                 continue;
             };
             let h = item.header().clone();
-            let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut xattrs: deltaroot_client::format::Xattrs = Vec::new();
             if let Some(exts) = item.pax_extensions().map_err(Error::io(path))? {
                 for ext in exts {
                     let ext = ext.map_err(Error::io(path))?;

@@ -70,6 +70,11 @@ impl Db {
         Ok(Db { pool })
     }
 
+    /// The connection pool, for tests and tools that inspect the database.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn create_token(&self, name: &str, token: &str) -> Result<()> {
         sqlx::query("INSERT INTO tokens (name, token_hash, created_at) VALUES (?, ?, ?)")
             .bind(name)

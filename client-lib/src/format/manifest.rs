@@ -21,6 +21,9 @@ pub const MAX_XATTR_VALUE: usize = 65536;
 /// Most xattrs on one entry.
 pub const MAX_XATTRS: u64 = 1024;
 
+/// Extended attributes: (name, value) pairs sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Metadata of an inode.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
@@ -29,7 +32,7 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     /// Extended attributes, sorted by name, names unique.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
 }
 
 /// What an entry is.
@@ -223,7 +226,7 @@ impl Manifest {
                 let uid = r.varint_max(u64::from(u32::MAX), "uid")? as u32;
                 let gid = r.varint_max(u64::from(u32::MAX), "gid")? as u32;
                 let nx = r.varint_max(MAX_XATTRS, "xattr count")?;
-                let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                let mut xattrs: Xattrs = Vec::new();
                 for _ in 0..nx {
                     let name = r.bytes(255, "xattr name")?.to_vec();
                     let value = r.bytes(MAX_XATTR_VALUE, "xattr value")?.to_vec();

@@ -13,7 +13,7 @@ pub mod wire;
 
 pub use container::{apply_delta, encode_delta, DeltaHeader, Method};
 pub use hash::{delta_path, object_path, Hash};
-pub use manifest::{check_name, Entry, Kind, Manifest, Meta};
+pub use manifest::{check_name, Entry, Kind, Manifest, Meta, Xattrs};
 pub use path::{escape_bytes, EntryPath, PathError};
 pub use plan::{compute_plan, Fetch, Plan, PlanItem};
 pub use sign::{PublicKey, SecretKey, VerifiedManifest};

@@ -1,0 +1,421 @@
+//! End to end: the real server on a loopback port, the publisher uploading two releases of
+//! the spine fixture tree, and a device root installed, updated, attacked and rolled back.
+//!
+//! Needs root (the fixture holds device nodes, owners and `security.*` xattrs), python3 and
+//! gcc; `fixtures/spine-tree/README.md` says what the trees hold.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use deltaroot_client::agent::{Agent, Settings, UpdateOutcome};
+use deltaroot_client::format::{Entry, EntryPath, SecretKey};
+use deltaroot_client::tree;
+use deltaroot_publisher::engine::EngineOptions;
+use deltaroot_publisher::publish::{publish, PublishOptions, Summary};
+use deltaroot_publisher::sink::ServerSink;
+use deltaroot_server::App;
+
+/// The fixture trees, made once per test run.
+fn fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the spine tests need root: the fixture holds device nodes, owners and security xattrs"
+        );
+        let dir = std::env::temp_dir().join(format!("deltaroot-spine-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/spine-tree/make.py");
+        let st = std::process::Command::new("python3")
+            .arg(&script)
+            .arg("--force")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("python3 runs");
+        assert!(st.success(), "{} failed", script.display());
+        dir
+    })
+}
+
+/// A server on a free loopback port with its own data folder.
+struct Server {
+    url: String,
+    token: String,
+    data: tempfile::TempDir,
+    app: App,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let app = rt.block_on(App::open(data.path(), 1 << 30)).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = deltaroot_server::new_token();
+        rt.block_on(app.db.create_token("ci", &token)).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(deltaroot_server::serve(listener, app.clone(), async {
+            let _ = rx.await;
+        }));
+        Server {
+            url,
+            token,
+            data,
+            app,
+            rt,
+            stop: Some(tx),
+        }
+    }
+
+    fn publish(
+        &self,
+        key: &SecretKey,
+        old: Option<(&str, &Path)>,
+        version: &str,
+        new: &Path,
+    ) -> Summary {
+        let sink = ServerSink::new(&self.url, &self.token).unwrap();
+        let opts = PublishOptions {
+            product: "demo".into(),
+            version: version.into(),
+            from_version: old.map(|o| o.0.to_string()),
+            channel: "stable".into(),
+            engine: EngineOptions {
+                level: 9,
+                ..EngineOptions::default()
+            },
+            created: None,
+            progress: false,
+        };
+        publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
+    }
+
+    fn store_path(&self, rel: &str) -> PathBuf {
+        self.data.path().join("store").join(rel)
+    }
+
+    fn served(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.app.metrics.object_bytes.load(Ordering::Relaxed)
+            + self.app.metrics.delta_bytes.load(Ordering::Relaxed)
+    }
+
+    fn sql(&self, q: &str, bind: Vec<u8>) {
+        let pool = self.app.db.pool().clone();
+        self.rt
+            .block_on(sqlx::query(q).bind(bind).execute(&pool))
+            .unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn key(seed: u8) -> (SecretKey, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::from_seed([seed; 32]);
+    let pubp = dir.path().join("release.pub");
+    std::fs::write(&pubp, key.public().to_text()).unwrap();
+    (key, pubp, dir)
+}
+
+fn agent(server: &Server, root: &Path, trust: &Path) -> Agent {
+    Agent::new(Settings {
+        root: Some(root.to_owned()),
+        server: Some(server.url.clone()),
+        product: Some("demo".into()),
+        trust: vec![trust.to_owned()],
+        ..Settings::default()
+    })
+    .unwrap()
+}
+
+/// Asserts a deployed tree equals a source tree: types, bytes, modes, owners, xattrs,
+/// symlink targets and hardlink groups.
+fn assert_same_tree(want: &Path, got: &Path) {
+    let w = tree::scan(want).unwrap();
+    let g = tree::scan(got).unwrap();
+    let diffs = tree::differences(&w, &g);
+    assert!(
+        diffs.is_empty(),
+        "{} differs from {}:\n{}",
+        got.display(),
+        want.display(),
+        diffs.join("\n")
+    );
+}
+
+fn inode(p: &Path) -> u64 {
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+fn files(entries: &[Entry]) -> HashMap<EntryPath, &Entry> {
+    entries.iter().map(|e| (e.path().clone(), e)).collect()
+}
+
+/// Server, key, releases 1 and 2, and a device on 1.
+struct World {
+    server: Server,
+    trust: PathBuf,
+    root: tempfile::TempDir,
+    _keys: tempfile::TempDir,
+    update_summary: Summary,
+}
+
+fn world() -> World {
+    let fx = fixture();
+    let server = Server::start();
+    let (k, trust, keys) = key(1);
+    server.publish(&k, None, "1.0", &fx.join("v1"));
+    let update_summary = server.publish(&k, Some(("1.0", &fx.join("v1"))), "2.0", &fx.join("v2"));
+    let root = tempfile::tempdir().unwrap();
+    agent(&server, root.path(), &trust).install("1.0").unwrap();
+    World {
+        server,
+        trust,
+        root,
+        _keys: keys,
+        update_summary,
+    }
+}
+
+#[test]
+fn publish_install_update_and_roll_back_a_whole_tree() {
+    let fx = fixture();
+    let w = world();
+    let a = agent(&w.server, w.root.path(), &w.trust);
+    let dep = |v: &str| w.root.path().join("deployments").join(v);
+    assert_same_tree(&fx.join("v1"), &dep("1.0"));
+
+    let offer = a.check().unwrap().update.expect("2.0 is offered");
+    assert_eq!(offer.version, "2.0");
+    assert_eq!(offer.download_bytes, w.update_summary.download_bytes);
+
+    let before = w.server.served();
+    let report = match a.update().unwrap() {
+        UpdateOutcome::Updated(r) => r,
+        other => panic!("expected an update, got {other:?}"),
+    };
+    let served = w.server.served() - before;
+    assert_eq!(served, report.downloaded_bytes);
+    assert!(
+        served <= w.update_summary.download_bytes,
+        "served {served} bytes, the summary promised {}",
+        w.update_summary.download_bytes
+    );
+    assert!(
+        report.deltas > 0,
+        "some files must come as deltas: {report:?}"
+    );
+    assert_same_tree(&fx.join("v2"), &dep("2.0"));
+    // The previous deployment is untouched by the update: metadata-only changes did not
+    // leak into it through a shared inode.
+    assert_same_tree(&fx.join("v1"), &dep("1.0"));
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
+    assert_eq!(a.device.previous().unwrap().as_deref(), Some("1.0"));
+
+    // Unchanged files share inodes with the previous deployment; metadata-only changes don't.
+    let v1 = files(&tree::scan(&fx.join("v1")).unwrap())
+        .into_iter()
+        .map(|(p, e)| (p, e.clone()))
+        .collect::<HashMap<_, _>>();
+    let v2 = tree::scan(&fx.join("v2")).unwrap();
+    let mut shared = 0;
+    for e in &v2 {
+        let Entry::Node {
+            path,
+            kind: deltaroot_client::format::Kind::File { .. },
+            ..
+        } = e
+        else {
+            continue;
+        };
+        let (new_ino, old_ino) = (
+            inode(&dep("2.0").join(path.as_path())),
+            dep("1.0").join(path.as_path()),
+        );
+        match v1.get(path) {
+            Some(old) if old == e => {
+                assert_eq!(
+                    new_ino,
+                    inode(&old_ino),
+                    "{path} is unchanged but not shared"
+                );
+                shared += 1;
+            }
+            Some(_) if old_ino.exists() => {
+                assert_ne!(
+                    new_ino,
+                    inode(&old_ino),
+                    "{path} changed but shares the old inode"
+                )
+            }
+            _ => {}
+        }
+    }
+    assert!(shared >= 10, "only {shared} unchanged files checked");
+    for p in ["etc/mode-change", "etc/owner-change", "etc/xattr-change"] {
+        assert_ne!(
+            inode(&dep("2.0").join(p)),
+            inode(&dep("1.0").join(p)),
+            "{p}"
+        );
+    }
+
+    assert!(matches!(
+        a.update().unwrap(),
+        UpdateOutcome::UpToDate { .. }
+    ));
+    assert_eq!(a.rollback().unwrap(), "1.0");
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("1.0"));
+    assert_same_tree(&fx.join("v1"), &w.root.path().join("current"));
+}
+
+/// Runs an update that must fail with a message containing `want`, and checks the device
+/// still runs 1.0, intact.
+fn refused(w: &World, want: &str) {
+    let a = agent(&w.server, w.root.path(), &w.trust);
+    let err = match a.update() {
+        Ok(o) => panic!("update succeeded: {o:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(want),
+        "error {err:?} does not mention {want:?}"
+    );
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("1.0"));
+    assert_same_tree(&fixture().join("v1"), &w.root.path().join("current"));
+    assert_eq!(
+        a.status().unwrap().last.last_result.as_deref(),
+        Some("failed")
+    );
+}
+
+fn release_2_changed_object(w: &World) -> PathBuf {
+    let plan: deltaroot_client::format::Plan =
+        reqwest::blocking::get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
+            .unwrap()
+            .json()
+            .unwrap();
+    let item = plan
+        .items
+        .iter()
+        .find(|i| matches!(i.fetch, deltaroot_client::format::Fetch::Object { .. }) && i.size > 100)
+        .expect("the plan fetches some object whole");
+    w.server
+        .store_path(&deltaroot_client::format::object_path(&item.target))
+}
+
+#[test]
+fn flipped_manifest_byte_is_refused() {
+    let w = world();
+    w.server.sql(
+        "UPDATE releases SET manifest = manifest || ? WHERE version = '2.0'",
+        vec![0],
+    );
+    refused(&w, "signature of the manifest does not verify");
+}
+
+#[test]
+fn signature_by_another_key_is_refused() {
+    let w = world();
+    let other = SecretKey::from_seed([2; 32]);
+    let pool = w.server.app.db.pool().clone();
+    let m: Vec<u8> = w
+        .server
+        .rt
+        .block_on(
+            sqlx::query_scalar("SELECT manifest FROM releases WHERE version = '2.0'")
+                .fetch_one(&pool),
+        )
+        .unwrap();
+    w.server.sql(
+        "UPDATE releases SET signature = ? WHERE version = '2.0'",
+        other.sign(&m).to_vec(),
+    );
+    refused(&w, "signature of the manifest does not verify");
+}
+
+#[test]
+fn object_that_hashes_wrong_is_refused() {
+    let w = world();
+    let p = release_2_changed_object(&w);
+    let len = std::fs::metadata(&p).unwrap().len() as usize;
+    // Same length, valid zstd, other content.
+    let mut other = zstd::bulk::compress(&vec![7u8; 4096], 1).unwrap();
+    other.resize(len.max(other.len()), 0);
+    std::fs::write(&p, &other[..len]).unwrap();
+    refused(&w, "objects/");
+}
+
+#[test]
+fn truncated_download_is_refused() {
+    let w = world();
+    let p = release_2_changed_object(&w);
+    let data = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &data[..data.len() / 2]).unwrap();
+    refused(&w, "download ended after");
+}
+
+#[test]
+fn corrupt_delta_is_refused() {
+    let w = world();
+    let deltas = w.server.data.path().join("store/deltas");
+    let mut found = false;
+    for fan in std::fs::read_dir(&deltas).unwrap() {
+        for d in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            let p = d.unwrap().path();
+            let mut data = std::fs::read(&p).unwrap();
+            let last = data.len() - 1;
+            data[last] ^= 0xff;
+            std::fs::write(&p, data).unwrap();
+            found = true;
+        }
+    }
+    assert!(found, "release 2.0 has deltas");
+    refused(&w, "deltas/");
+}
+
+#[test]
+fn first_release_by_another_key_is_forbidden() {
+    let w = world();
+    let (k, _, _keys) = key(3);
+    let sink = ServerSink::new(&w.server.url, &w.server.token).unwrap();
+    let opts = PublishOptions {
+        product: "demo".into(),
+        version: "3.0".into(),
+        from_version: None,
+        channel: "stable".into(),
+        engine: EngineOptions::default(),
+        created: None,
+        progress: false,
+    };
+    let err = publish(None, &fixture().join("v2"), &k, &sink, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("403") && err.contains("signed by another key"),
+        "{err}"
+    );
+    let bad = ServerSink::new(&w.server.url, "drt_wrong").unwrap();
+    let err = publish(None, &fixture().join("v2"), &k, &bad, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("401"), "{err}");
+}
