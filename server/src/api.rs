@@ -6,7 +6,7 @@ use std::io::Read;
 use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,6 +57,35 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
+/// A JSON body whose rejection answers like every other error: `{"error": "..."}`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| JsonBody(v))
+            .map_err(|rej| Error::BadRequest(rej.body_text()))
+    }
+}
+
+/// An upload body, refused with a JSON 413 past the server's limit.
+pub struct Upload(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Upload {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Upload)
+            .map_err(|rej| match rej.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge(rej.body_text()),
+                _ => Error::BadRequest(rej.body_text()),
+            })
+    }
+}
+
 async fn authorize(app: &App, headers: &HeaderMap) -> Result<String> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -78,7 +107,7 @@ fn parse_hash(s: &str) -> Result<Hash> {
 async fn stored(
     State(app): State<App>,
     headers: HeaderMap,
-    Json(req): Json<StoredRequest>,
+    JsonBody(req): JsonBody<StoredRequest>,
 ) -> Result<Json<StoredResponse>> {
     authorize(&app, &headers).await?;
     let sizes = app.db.object_sizes(&req.objects).await?;
@@ -94,7 +123,7 @@ async fn put_object(
     State(app): State<App>,
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    Upload(body): Upload,
 ) -> Result<StatusCode> {
     authorize(&app, &headers).await?;
     let hash = parse_hash(&name)?;
@@ -143,7 +172,7 @@ async fn put_delta(
     State(app): State<App>,
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    Upload(body): Upload,
 ) -> Result<StatusCode> {
     authorize(&app, &headers).await?;
     let (s, t) = name
@@ -290,7 +319,7 @@ async fn publish(
     State(app): State<App>,
     Path(product): Path<String>,
     headers: HeaderMap,
-    Json(req): Json<PublishRequest>,
+    JsonBody(req): JsonBody<PublishRequest>,
 ) -> Result<(StatusCode, Json<PublishResponse>)> {
     let who = authorize(&app, &headers).await?;
     name("product", &product)?;

@@ -18,6 +18,8 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     RangeNotSatisfiable(String),
+    #[error("upload is too large: {0}")]
+    TooLarge(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
@@ -47,6 +49,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store {
                 source: object_store::Error::NotFound { .. },
                 ..

@@ -419,3 +419,146 @@ fn first_release_by_another_key_is_forbidden() {
         .to_string();
     assert!(err.contains("401"), "{err}");
 }
+
+#[test]
+fn downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx() {
+    let w = world();
+    let c = reqwest::blocking::Client::new();
+    let url = |p: &str| format!("{}/{p}", w.server.url);
+    let obj = release_2_changed_object(&w);
+    let rel = obj
+        .strip_prefix(w.server.data.path().join("store"))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let whole = std::fs::read(&obj).unwrap();
+
+    let r = c.get(url(&rel)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    assert_eq!(r.bytes().unwrap(), whole);
+
+    let r = c
+        .get(url(&rel))
+        .header("range", "bytes=10-19")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 10-19/{}", whole.len())
+    );
+    assert_eq!(r.bytes().unwrap(), whole[10..20]);
+    let r = c
+        .get(url(&rel))
+        .header("range", format!("bytes={}-", whole.len()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = c
+        .get(url(&rel))
+        .header("if-none-match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    let status = |r: reqwest::blocking::Response| {
+        let s = r.status().as_u16();
+        let text = r.text().unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{s}: not JSON: {text}"));
+        (s, body["error"].as_str().unwrap_or_default().to_string())
+    };
+    let (s, e) = status(
+        c.get(url("v1/products/nope/channels/stable/check"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((s, e.contains("no product nope")), (404, true), "{e}");
+    let (s, e) = status(
+        c.get(url("v1/products/demo/channels/stable/check?current=..%2Fx"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 400, "{e}");
+    let (s, _) = status(c.get(url("objects/00/not-a-hash")).send().unwrap());
+    assert_eq!(s, 400);
+    let (s, e) = status(
+        c.get(url("v1/products/demo/releases/9.9/manifest"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((s, e.contains("no release 9.9")), (404, true), "{e}");
+
+    // Uploads: no token, a wrong token, content that does not hash to its name, a bad delta.
+    let h = deltaroot_client::format::Hash::of(b"hello");
+    let path = url(&deltaroot_client::format::object_path(&h));
+    let body = zstd::bulk::compress(b"hello", 3).unwrap();
+    assert_eq!(
+        c.put(&path).body(body.clone()).send().unwrap().status(),
+        401
+    );
+    assert_eq!(
+        c.put(&path)
+            .bearer_auth("drt_nope")
+            .body(body.clone())
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    let other = zstd::bulk::compress(b"jello", 3).unwrap();
+    let (s, e) = status(
+        c.put(&path)
+            .bearer_auth(&w.server.token)
+            .body(other)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((s, e.contains("hashes to")), (400, true), "{e}");
+    assert_eq!(
+        c.get(&path).send().unwrap().status(),
+        404,
+        "a refused upload stores nothing"
+    );
+    let (s, _) = status(
+        c.put(&path)
+            .bearer_auth(&w.server.token)
+            .body(b"not zstd".to_vec())
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s, 400);
+    assert_eq!(
+        c.put(&path)
+            .bearer_auth(&w.server.token)
+            .body(body)
+            .send()
+            .unwrap()
+            .status(),
+        201
+    );
+    let dpath = url(&deltaroot_client::format::delta_path(&h, &h));
+    let (s, e) = status(
+        c.put(&dpath)
+            .bearer_auth(&w.server.token)
+            .body(b"DRDELTA1".to_vec())
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((s, e.contains("malformed")), (400, true), "{e}");
+    let (s, e) = status(
+        c.post(url("v1/products/demo/releases"))
+            .bearer_auth(&w.server.token)
+            .header("content-type", "application/json")
+            .body("{\"manifest\": 3}")
+            .send()
+            .unwrap(),
+    );
+    assert!(s == 400 || s == 422, "{s} {e}");
+}

@@ -1,0 +1,259 @@
+//! The `deltaroot` command as a release engineer runs it: tar input, a static release folder
+//! served by a plain static web server and installed from by a device, and single-file
+//! `diff`/`apply`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use deltaroot_client::agent::{Agent, Settings};
+use deltaroot_client::tree;
+use deltaroot_publisher::input::InputTree;
+
+const BIN: &str = env!("CARGO_BIN_EXE_deltaroot");
+
+fn fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these tests need root for the fixture"
+        );
+        let dir = std::env::temp_dir().join(format!("deltaroot-pub-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/spine-tree/make.py");
+        let ok = Command::new("python3")
+            .arg(&script)
+            .arg("--force")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        dir
+    })
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "deltaroot {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn tar_and_tar_zst_read_like_the_directory() {
+    let fx = fixture().join("v2");
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = tmp.path().join("v2.tar");
+    let st = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-C"])
+        .arg(&fx)
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let zst = tmp.path().join("v2.tar.zst");
+    std::fs::write(
+        &zst,
+        zstd::encode_all(std::fs::File::open(&tar).unwrap(), 3).unwrap(),
+    )
+    .unwrap();
+    let dir = InputTree::open(&fx, &|_| {}).unwrap();
+    for archive in [&tar, &zst] {
+        let t = InputTree::open(archive, &|_| {}).unwrap();
+        let diffs = tree::differences(&dir.entries, &t.entries);
+        assert!(
+            diffs.is_empty(),
+            "{}:\n{}",
+            archive.display(),
+            diffs.join("\n")
+        );
+        for e in &t.entries {
+            if let Some((h, _)) = e.file() {
+                assert_eq!(deltaroot_client::format::Hash::of(&t.read(&h).unwrap()), h);
+            }
+        }
+    }
+}
+
+/// A plain static file server (Python's http.server) over the release folder.
+struct Static(std::process::Child, String);
+
+impl Static {
+    fn start(dir: &Path) -> Static {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Static(child, url)
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn static_release_folder_installs_a_device() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("rel");
+    run(&["keygen", "--out", key.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    let (o, k) = (out.to_str().unwrap(), key.with_extension("key"));
+    let k = k.to_str().unwrap();
+    let v1 = fx.join("v1");
+    let v2 = fx.join("v2");
+    run(&[
+        "publish",
+        v1.to_str().unwrap(),
+        "--product",
+        "demo",
+        "--version",
+        "1",
+        "--key",
+        k,
+        "--out",
+        o,
+        "--quiet",
+        "--level",
+        "3",
+    ]);
+    let summary = run(&[
+        "publish",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "--product",
+        "demo",
+        "--from-version",
+        "1",
+        "--version",
+        "2",
+        "--key",
+        k,
+        "--out",
+        o,
+        "--quiet",
+        "--level",
+        "3",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert!(
+        summary["download_bytes"].as_u64().unwrap()
+            < summary["image_compressed_bytes"].as_u64().unwrap() / 5
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("v1/products/demo/channels/stable/latest")).unwrap(),
+        "2\n"
+    );
+
+    let web = Static::start(&out);
+    let agent = Agent::new(Settings {
+        root: Some(tmp.path().join("device")),
+        server: Some(web.1.clone()),
+        product: Some("demo".into()),
+        trust: vec![key.with_extension("pub")],
+        ..Settings::default()
+    })
+    .unwrap();
+    agent.install("1").unwrap();
+    let r = agent.install("2").unwrap();
+    assert_eq!(
+        r.downloaded_bytes,
+        summary["download_bytes"].as_u64().unwrap()
+    );
+    let diffs = tree::differences(
+        &tree::scan(&v2).unwrap(),
+        &tree::scan(&tmp.path().join("device/current")).unwrap(),
+    );
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+#[test]
+fn single_file_diff_and_apply_round_trip_and_refuse_the_wrong_base() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, new) = (fx.join("v1/usr/bin/hello"), fx.join("v2/usr/bin/hello"));
+    let patch = tmp.path().join("hello.patch");
+    let back = tmp.path().join("hello.new");
+    let said = run(&[
+        "diff",
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+        "--out",
+        patch.to_str().unwrap(),
+    ]);
+    assert!(said.contains("bytes by"), "{said}");
+    assert!(std::fs::metadata(&patch).unwrap().len() < std::fs::metadata(&new).unwrap().len() / 4);
+    run(&[
+        "apply",
+        old.to_str().unwrap(),
+        patch.to_str().unwrap(),
+        "--out",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&new).unwrap());
+
+    let wrong = fx.join("v1/etc/passwd");
+    let out = Command::new(BIN)
+        .args([
+            "apply",
+            wrong.to_str().unwrap(),
+            patch.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("applies to"), "{err}");
+    let mut cut = std::fs::read(&patch).unwrap();
+    cut.truncate(cut.len() - 3);
+    std::fs::write(&patch, cut).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "apply",
+            old.to_str().unwrap(),
+            patch.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(tmp.path().join("y"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !tmp.path().join("y").exists(),
+        "a failed apply writes nothing"
+    );
+}
