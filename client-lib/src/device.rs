@@ -277,14 +277,15 @@ impl Device {
                     let rel = delta_path(source, &hash);
                     let dl = format!("{DOWNLOADS}/{source}-{hash}");
                     http.download(&rel, &self.root.join(&dl), Some(*bytes), *bytes)?;
-                    let delta = self.dir.read(&dl).map_err(self.io(&dl))?;
+                    let delta = self.dir.read(&dl).map_err(self.io(&dl));
+                    // A download that does not apply is not kept for a resume.
+                    let _ = self.dir.remove_file(&dl);
                     let src_path = have[source];
                     let old = base_dir
                         .read(src_path.as_path())
                         .map_err(Error::io(src_path.as_path()))?;
-                    let new = apply_delta(&delta, &old, Some((hash, size)))?;
+                    let new = apply_delta(&delta?, &old, Some((hash, size)))?;
                     self.write_atomic(&dest, &new)?;
-                    let _ = self.dir.remove_file(&dl);
                     report.deltas += 1;
                 }
                 fetch => {
@@ -323,7 +324,8 @@ impl Device {
             reason,
         };
         let mut dec = zstd::stream::read::Decoder::new(src).map_err(|e| bad(e.to_string()))?;
-        dec.window_log_max(31).map_err(|e| bad(e.to_string()))?;
+        dec.window_log_max(crate::format::container::MAX_WINDOW_LOG)
+            .map_err(|e| bad(e.to_string()))?;
         let mut dec = dec.take(size + 1);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 16];

@@ -103,7 +103,8 @@ impl Http {
     ) -> Result<CheckResponse> {
         let mut path = format!("v1/products/{product}/channels/{channel}/check");
         if let Some(v) = current {
-            path.push_str(&format!("?current={v}"));
+            // Names allow `+`, which a query string would read as a space.
+            path.push_str(&format!("?current={}", v.replace('+', "%2B")));
         }
         self.get_json(&path)
     }
@@ -155,8 +156,19 @@ impl Http {
     }
 
     fn download_once(&self, url: &str, dest: &Path, max: u64) -> Result<u64> {
-        let have = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
-        let resp = self.get(url, have)?;
+        let mut have = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        if have >= max {
+            // A leftover as long as the whole file cannot be resumed: start again.
+            let _ = std::fs::remove_file(dest);
+            have = 0;
+        }
+        let resp = match self.get(url, have) {
+            Err(Error::HttpStatus { status: 416, .. }) if have > 0 => {
+                let _ = std::fs::remove_file(dest);
+                self.get(url, 0)?
+            }
+            other => other?,
+        };
         let resumed = have > 0 && resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
         let mut file: File = if resumed {
             OpenOptions::new().append(true).open(dest)

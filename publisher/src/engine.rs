@@ -29,10 +29,13 @@ impl Default for EngineOptions {
     }
 }
 
-/// Smallest window log (zstd's) that covers `n` bytes, clamped to what zstd accepts.
+/// Smallest window log (zstd's) that covers `n` bytes, clamped to what every decoder accepts.
 fn window_log_for(n: usize) -> u32 {
-    let bits = usize::BITS - n.max(1).leading_zeros();
-    bits.clamp(10, 31)
+    let bits = usize::BITS - n.max(2).saturating_sub(1).leading_zeros();
+    bits.clamp(
+        10,
+        deltaroot_client::format::container::MAX_WINDOW_LOG.min(30),
+    )
 }
 
 /// Compresses a whole object: what a device fetches when no delta is smaller.
@@ -82,7 +85,7 @@ pub struct Candidate {
 
 /// Encodes `new` against `old` with every applicable delta method, checks that each one
 /// applies back to `new` exactly, and returns them smallest first. Methods that fail to
-/// encode are skipped; one that encodes but does not round-trip is an error (a bug to see).
+/// encode, or encode but do not round-trip (logged as a bug), are skipped.
 pub fn candidates(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Vec<Candidate>> {
     let header = |method| DeltaHeader {
         method,
@@ -104,21 +107,17 @@ pub fn candidates(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Vec<Ca
         let Ok(payload) = payload else { continue };
         let h = header(method);
         let bytes = encode_delta(&h, &payload);
-        let back = apply_delta(&bytes, old, Some((h.target, h.target_size))).map_err(|e| {
-            Error::RoundTrip {
-                method: method.name(),
-                what: format!("{} -> {}", h.source, h.target),
-                reason: e.to_string(),
+        // A candidate that does not round-trip is a bug to report, not a reason to stop a
+        // publish: it is dropped and the others compete.
+        match apply_delta(&bytes, old, Some((h.target, h.target_size))) {
+            Ok(back) if back == new => out.push(Candidate { method, bytes }),
+            Ok(_) => {
+                tracing::warn!(%method, source = %h.source, target = %h.target, "candidate output differs; dropped")
             }
-        })?;
-        if back != new {
-            return Err(Error::RoundTrip {
-                method: method.name(),
-                what: format!("{} -> {}", h.source, h.target),
-                reason: "output differs".into(),
-            });
+            Err(e) => {
+                tracing::warn!(%method, source = %h.source, target = %h.target, error = %e, "candidate does not apply; dropped")
+            }
         }
-        out.push(Candidate { method, bytes });
     }
     out.sort_by_key(|c| c.bytes.len());
     Ok(out)

@@ -15,12 +15,6 @@ pub enum Error {
     Input { path: PathBuf, what: String },
     #[error(transparent)]
     Format(#[from] deltaroot_client::Error),
-    #[error("{method} delta {what} does not round-trip: {reason}")]
-    RoundTrip {
-        method: &'static str,
-        what: String,
-        reason: String,
-    },
     #[error("{method} encoding of {what} failed: {reason}")]
     Encode {
         method: &'static str,

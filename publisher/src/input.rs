@@ -102,9 +102,18 @@ impl InputTree {
                     }
                 }
             }
-            xattrs.sort();
+            xattrs.sort_by(|a, b| a.0.cmp(&b.0));
+            // A later record of the same name wins, as when extracting.
+            xattrs.reverse();
+            xattrs.dedup_by(|a, b| a.0 == b.0);
+            xattrs.reverse();
             let meta = Meta {
-                mode: h.mode().map_err(Error::io(path))? & 0o7777,
+                // Linux symlinks always have mode 0777, whatever the archive says.
+                mode: if h.entry_type() == tar::EntryType::Symlink {
+                    0o777
+                } else {
+                    h.mode().map_err(Error::io(path))? & 0o7777
+                },
                 uid: h.uid().map_err(Error::io(path))? as u32,
                 gid: h.gid().map_err(Error::io(path))? as u32,
                 xattrs,
@@ -180,10 +189,16 @@ impl InputTree {
         // A hardlink group is led by its smallest path, as the manifest requires.
         let mut groups: BTreeMap<EntryPath, Vec<EntryPath>> = BTreeMap::new();
         for (p, t) in links {
-            if !nodes.contains_key(&t) {
-                return Err(bad(format!(
-                    "hardlink {p} points at {t}, which is not earlier in the archive"
-                )));
+            match nodes.get(&t) {
+                None => {
+                    return Err(bad(format!(
+                        "hardlink {p} points at {t}, which is not earlier in the archive"
+                    )))
+                }
+                Some((Kind::Dir, _)) => {
+                    return Err(bad(format!("hardlink {p} points at directory {t}")))
+                }
+                Some(_) => {}
             }
             groups.entry(t).or_default().push(p);
         }

@@ -13,8 +13,12 @@ pub fn keygen(name: &Path) -> Result<(PathBuf, PathBuf)> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| Error::Usage(format!("no randomness: {e}")))?;
     let key = SecretKey::from_seed(seed);
-    let key_path = name.with_extension("key");
-    let pub_path = name.with_extension("pub");
+    let with = |ext: &str| {
+        let mut s = name.as_os_str().to_owned();
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    let (key_path, pub_path) = (with(".key"), with(".pub"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

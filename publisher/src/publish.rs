@@ -104,6 +104,9 @@ pub fn publish(
     deltaroot_client::format::check_name("product", &opts.product)?;
     deltaroot_client::format::check_name("version", &opts.version)?;
     deltaroot_client::format::check_name("channel", &opts.channel)?;
+    if let Some(v) = &opts.from_version {
+        deltaroot_client::format::check_name("from-version", v)?;
+    }
     let scan_bar = bar(opts.progress, 0, "scanning");
     let add = |n: u64| {
         scan_bar.inc_length(n);
@@ -135,6 +138,12 @@ pub fn publish(
         entries: old_tree.entries.clone(),
     });
     let signed = VerifiedManifest::sign(manifest, key);
+    // Read back what devices will read: a manifest they would refuse is never published.
+    VerifiedManifest::verify(
+        signed.bytes().to_vec(),
+        signed.signature().to_vec(),
+        &[key.public()],
+    )?;
 
     // What must exist: an object for every content, a delta for every matched pair.
     let contents = signed.manifest().contents();

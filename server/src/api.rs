@@ -66,7 +66,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| JsonBody(v))
-            .map_err(|rej| Error::BadRequest(rej.body_text()))
+            .map_err(|rej| match rej.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge(rej.body_text()),
+                _ => Error::BadRequest(rej.body_text()),
+            })
     }
 }
 
@@ -134,11 +137,15 @@ async fn put_object(
             hash.fanout()
         )));
     }
+    // Stored files are immutable: plans and caches rely on their sizes.
+    if app.db.object_sizes(&[hash]).await?.contains_key(&hash) {
+        return Ok(StatusCode::OK);
+    }
     let data = body.clone();
     let (got, size) = tokio::task::spawn_blocking(move || -> Result<(Hash, u64)> {
         let mut dec = zstd::stream::read::Decoder::new(&data[..])
             .map_err(|e| Error::BadRequest(format!("object is not zstd: {e}")))?;
-        dec.window_log_max(31)
+        dec.window_log_max(deltaroot_client::format::container::MAX_WINDOW_LOG)
             .map_err(|e| Error::BadRequest(e.to_string()))?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -185,6 +192,9 @@ async fn put_delta(
             target.fanout()
         )));
     }
+    if app.db.delta_sizes(&[(source, target)]).await?[0].is_some() {
+        return Ok(StatusCode::OK);
+    }
     let (h, _) = DeltaHeader::decode(&body)?;
     if h.source != source || h.target != target {
         return Err(Error::BadRequest(format!(
@@ -221,6 +231,9 @@ async fn get_delta(
         return Err(Error::NotFound(format!("no delta {fan}/{name}")));
     };
     let (source, target) = (parse_hash(s)?, parse_hash(t)?);
+    if fan != target.fanout() {
+        return Err(Error::NotFound(format!("no delta {fan}/{name}")));
+    }
     serve_immutable(
         &app,
         &delta_path(&source, &target),
@@ -231,26 +244,49 @@ async fn get_delta(
     .await
 }
 
-/// Parses a single `bytes=` range against a length.
-fn parse_range(v: &str, len: u64) -> Option<std::ops::Range<u64>> {
-    let spec = v.strip_prefix("bytes=")?;
+/// What a `Range` header asks of a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsk {
+    /// Malformed, multi-range or another unit: ignored, the whole file is served (RFC 9110).
+    Whole,
+    Part(std::ops::Range<u64>),
+    Unsatisfiable,
+}
+
+fn parse_range(v: &str, len: u64) -> RangeAsk {
+    let Some(spec) = v.strip_prefix("bytes=") else {
+        return RangeAsk::Whole;
+    };
     if spec.contains(',') {
-        return None;
+        return RangeAsk::Whole;
     }
-    let (a, b) = spec.split_once('-')?;
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeAsk::Whole;
+    };
     let r = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeAsk::Whole;
+        };
         len.saturating_sub(n)..len
     } else {
-        let start: u64 = a.parse().ok()?;
+        let Ok(start) = a.parse::<u64>() else {
+            return RangeAsk::Whole;
+        };
         let end = if b.is_empty() {
             len
         } else {
-            b.parse::<u64>().ok()?.saturating_add(1).min(len)
+            match b.parse::<u64>() {
+                Ok(e) if e >= start => e.saturating_add(1).min(len),
+                _ => return RangeAsk::Whole,
+            }
         };
         start..end
     };
-    (r.start < r.end).then_some(r)
+    if r.start < r.end {
+        RangeAsk::Part(r)
+    } else {
+        RangeAsk::Unsatisfiable
+    }
 }
 
 /// Serves an immutable file: long cache lifetime, ETag, and single-range requests.
@@ -282,18 +318,31 @@ async fn serve_immutable(
             .body(Body::empty())
             .expect("valid response"));
     }
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) => {
-            let r = parse_range(v, len).ok_or_else(|| {
-                Error::RangeNotSatisfiable(format!("range {v:?} does not fit {rel} of {len} bytes"))
-            })?;
+    let ask = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) => parse_range(v, len),
+        None => RangeAsk::Whole,
+    };
+    let range = match ask {
+        RangeAsk::Whole => 0..len,
+        RangeAsk::Part(r) => {
             resp = resp.status(StatusCode::PARTIAL_CONTENT).header(
                 header::CONTENT_RANGE,
                 format!("bytes {}-{}/{len}", r.start, r.end - 1),
             );
             r
         }
-        None => 0..len,
+        RangeAsk::Unsatisfiable => {
+            let body = serde_json::to_vec(&deltaroot_client::format::api::ErrorBody {
+                error: format!("range does not fit {rel} of {len} bytes"),
+            })
+            .expect("serialises");
+            return Ok(resp
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .expect("valid response"));
+        }
     };
     resp = resp.header(header::CONTENT_LENGTH, range.end - range.start);
     if len == 0 {
@@ -487,9 +536,14 @@ async fn plan(
     Path((product, from, to)): Path<(String, String, String)>,
 ) -> Result<Json<Plan>> {
     let to = find_release(&app, &product, &to).await?;
+    // A device on a version the server does not know gets what a fresh install needs,
+    // as the update check promised it.
     let from = match from.as_str() {
         "-" => None,
-        v => Some(find_release(&app, &product, v).await?),
+        v => {
+            name("version", v)?;
+            app.db.release(&product, v).await?
+        }
     };
     Ok(Json(plan_for(&app, &product, from.as_ref(), &to).await?))
 }
@@ -552,16 +606,17 @@ async fn metrics(State(app): State<App>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, RangeAsk::*};
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some(0..10));
-        assert_eq!(parse_range("bytes=90-", 100), Some(90..100));
-        assert_eq!(parse_range("bytes=-10", 100), Some(90..100));
-        assert_eq!(parse_range("bytes=95-200", 100), Some(95..100));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90..100));
+        assert_eq!(parse_range("bytes=95-200", 100), Part(95..100));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("bytes=9-2", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
     }
 }

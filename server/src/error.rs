@@ -16,8 +16,6 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
-    RangeNotSatisfiable(String),
     #[error("upload is too large: {0}")]
     TooLarge(String),
     #[error("database: {0}")]
@@ -48,7 +46,6 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Store {
                 source: object_store::Error::NotFound { .. },

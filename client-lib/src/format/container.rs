@@ -15,6 +15,12 @@ pub const DELTA_MAGIC: &[u8; 8] = b"DRDELTA1";
 pub const HEADER_LEN: usize = 8 + 1 + 32 + 32 + 8;
 /// Largest target a delta may produce (16 GiB).
 pub const MAX_TARGET_SIZE: u64 = 16 << 30;
+/// Largest zstd window a decoder accepts: 2 GiB, or 1 GiB where pointers are 32 bits.
+pub const MAX_WINDOW_LOG: u32 = if cfg!(target_pointer_width = "32") {
+    30
+} else {
+    31
+};
 
 /// How the payload turns the source into the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -183,24 +189,25 @@ fn decode_payload(
     };
     // Read one byte past the promised size so an over-long stream is caught.
     let limit = h.target_size + 1;
-    let mut out = Vec::with_capacity(h.target_size as usize);
+    // The header is untrusted until the output hashes right: reserve modestly.
+    let mut out = Vec::with_capacity(h.target_size.min(64 << 20) as usize);
     match method {
         Method::Zstd => {
             let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-            d.window_log_max(31).map_err(fail)?;
+            d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
             d.take(limit).read_to_end(&mut out).map_err(fail)?;
         }
         Method::ZstdPatchFrom => {
             let mut d =
                 zstd::stream::read::Decoder::with_ref_prefix(payload, source).map_err(fail)?;
-            d.window_log_max(31).map_err(fail)?;
+            d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
             d.take(limit).read_to_end(&mut out).map_err(fail)?;
         }
         Method::BsdiffZstd => {
             let d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-            // A bsdiff stream is control triples plus exactly target-size bytes of data, so
-            // bounding the decompressed stream bounds the output too.
-            let mut bounded = d.take(limit.saturating_mul(2) + (1 << 20));
+            // A bsdiff stream is 24-byte control triples plus exactly target-size bytes of
+            // data; even one triple per output byte fits this bound, and it bounds the output.
+            let mut bounded = d.take(limit.saturating_mul(26) + (1 << 20));
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
         }
     }

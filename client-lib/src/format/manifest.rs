@@ -185,7 +185,7 @@ impl Manifest {
         let count = r.varint_max(MAX_ENTRIES, "entry count")?;
         // Each entry takes at least four bytes, which bounds the allocation by the input.
         let mut entries = Vec::with_capacity((count as usize).min(bytes.len() / 4));
-        // path -> (index, is_dir, is_node)
+        // path -> (is_dir, is_node)
         let mut seen: HashMap<EntryPath, (bool, bool)> = HashMap::new();
         for _ in 0..count {
             let path_bytes = r.bytes(MAX_PATH_LEN, "entry path")?;
