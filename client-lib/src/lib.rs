@@ -15,5 +15,6 @@ pub mod format;
 pub use error::{Error, Result};
 pub mod agent;
 pub mod device;
+pub mod elf;
 pub mod transport;
 pub mod tree;

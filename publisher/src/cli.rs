@@ -84,6 +84,9 @@ enum Command {
         new: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Use only this method (elf, bsdiff, zstd-patch-from, zstd) instead of the smallest.
+        #[arg(long)]
+        method: Option<String>,
         #[command(flatten)]
         engine: Engine,
     },
@@ -155,11 +158,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             old,
             new,
             out,
+            method,
             engine,
         } => {
             let o = std::fs::read(&old).with_context(|| format!("reading {}", old.display()))?;
             let n = std::fs::read(&new).with_context(|| format!("reading {}", new.display()))?;
-            let best = engine::diff_file(&o, &n, &engine.options())?;
+            let only = match method.as_deref() {
+                None => None,
+                Some(m) => Some(
+                    deltaroot_client::format::Method::ALL
+                        .into_iter()
+                        .find(|x| x.name() == m)
+                        .with_context(|| format!("unknown method {m:?}"))?,
+                ),
+            };
+            let best =
+                engine::diff_file_with(&o, &n, &engine.options(), only)?.with_context(|| {
+                    format!(
+                        "method {} does not apply to these files",
+                        method.unwrap_or_default()
+                    )
+                })?;
             std::fs::write(&out, &best.bytes)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(

@@ -69,6 +69,23 @@ fn zstd_patch_from(old: &[u8], new: &[u8], level: i32) -> std::io::Result<Vec<u8
     enc.finish()
 }
 
+fn is_elf(data: &[u8]) -> bool {
+    data.starts_with(b"\x7fELF")
+}
+
+fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+    enc.set_pledged_src_size(Some(raw.len() as u64))?;
+    enc.include_checksum(false)?;
+    let wlog = window_log_for(raw.len());
+    enc.window_log(wlog)?;
+    if wlog > 27 {
+        enc.long_distance_matching(true)?;
+    }
+    enc.write_all(raw)?;
+    enc.finish()
+}
+
 fn bsdiff_zstd(old: &[u8], new: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     let mut patch = Vec::new();
     bsdiff::diff(old, new, &mut patch)?;
@@ -97,11 +114,18 @@ pub fn candidates(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Vec<Ca
     let mut methods = vec![Method::ZstdPatchFrom];
     if (old.len() as u64) <= opts.bsdiff_max && (new.len() as u64) <= opts.bsdiff_max {
         methods.push(Method::BsdiffZstd);
+        if is_elf(old) && is_elf(new) {
+            methods.push(Method::Elf);
+        }
     }
     for method in methods {
         let payload = match method {
             Method::ZstdPatchFrom => zstd_patch_from(old, new, opts.level),
             Method::BsdiffZstd => bsdiff_zstd(old, new, opts.level),
+            Method::Elf => match crate::elf::encode(old, new)? {
+                Some(raw) => compress_payload(&raw, opts.level),
+                None => continue,
+            },
             Method::Zstd => unreachable!("whole objects are not deltas"),
         };
         let Ok(payload) = payload else { continue };
@@ -125,6 +149,17 @@ pub fn candidates(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Vec<Ca
 
 /// The single-file `deltaroot diff`: the smallest container, a whole-file one included.
 pub fn diff_file(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Candidate> {
+    Ok(diff_file_with(old, new, opts, None)?.expect("the whole-file container always exists"))
+}
+
+/// Like [`diff_file`], restricted to one method when `only` is set (`None` when that method
+/// does not apply to these files).
+pub fn diff_file_with(
+    old: &[u8],
+    new: &[u8],
+    opts: &EngineOptions,
+    only: Option<Method>,
+) -> Result<Option<Candidate>> {
     let mut all = candidates(old, new, opts)?;
     let whole = DeltaHeader {
         method: Method::Zstd,
@@ -136,8 +171,9 @@ pub fn diff_file(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Candida
         method: Method::Zstd,
         bytes: encode_delta(&whole, &compress_object(new, opts.level)?),
     });
+    all.retain(|c| only.is_none_or(|m| m == c.method));
     all.sort_by_key(|c| c.bytes.len());
-    Ok(all.swap_remove(0))
+    Ok(all.into_iter().next())
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 //! - [`input`]: reading a tree (directory or tar) into manifest entries and contents.
 //! - [`matching`]: finding the old version of each changed file, renames included.
 //! - [`engine`]: per-file delta methods, round-trip checked, smallest kept.
+//! - [`elf`]: the encoder of the ELF-aware method.
 //! - [`publish`]: the whole run, on all cores, with progress and a summary.
 //! - [`sink`]: uploading to a server or writing a static release folder.
 //! - [`keys`]: signing keys.
 //! - [`cli`]: the `deltaroot` command line.
 
 pub mod cli;
+pub mod elf;
 pub mod engine;
 pub mod error;
 pub mod input;

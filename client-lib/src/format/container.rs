@@ -31,6 +31,8 @@ pub enum Method {
     BsdiffZstd = 2,
     /// The target alone, zstd-compressed; the source is ignored.
     Zstd = 3,
+    /// ELF-aware: references normalised to the source, bsdiff, corrections (see `crate::elf`).
+    Elf = 4,
 }
 
 impl Method {
@@ -39,6 +41,7 @@ impl Method {
             1 => Method::ZstdPatchFrom,
             2 => Method::BsdiffZstd,
             3 => Method::Zstd,
+            4 => Method::Elf,
             _ => return None,
         })
     }
@@ -48,10 +51,16 @@ impl Method {
             Method::ZstdPatchFrom => "zstd-patch-from",
             Method::BsdiffZstd => "bsdiff",
             Method::Zstd => "zstd",
+            Method::Elf => "elf",
         }
     }
 
-    pub const ALL: [Method; 3] = [Method::ZstdPatchFrom, Method::BsdiffZstd, Method::Zstd];
+    pub const ALL: [Method; 4] = [
+        Method::ZstdPatchFrom,
+        Method::BsdiffZstd,
+        Method::Zstd,
+        Method::Elf,
+    ];
 }
 
 impl fmt::Display for Method {
@@ -175,6 +184,12 @@ pub fn apply_delta(
     Ok(out)
 }
 
+/// Most bytes a bsdiff stream for a target of `size` bytes may hold: one 24-byte record per
+/// output byte at worst, plus the data.
+fn bsdiff_bound(size: u64) -> u64 {
+    (size + 1).saturating_mul(26) + (1 << 20)
+}
+
 fn decode_payload(
     h: &DeltaHeader,
     payload: &[u8],
@@ -207,8 +222,33 @@ fn decode_payload(
             let d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
             // A bsdiff stream is 24-byte control triples plus exactly target-size bytes of
             // data; even one triple per output byte fits this bound, and it bounds the output.
-            let mut bounded = d.take(limit.saturating_mul(26) + (1 << 20));
+            let mut bounded = d.take(bsdiff_bound(h.target_size));
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
+        }
+        Method::Elf => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
+            d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
+            // The payload holds a bsdiff stream and at most a few varints per reference.
+            let mut raw = Vec::new();
+            d.take(bsdiff_bound(h.target_size).saturating_mul(2))
+                .read_to_end(&mut raw)
+                .map_err(fail)?;
+            let elf = |e: crate::elf::ElfError| Error::DeltaPayload {
+                what: what.to_string(),
+                method: method.name(),
+                reason: e.to_string(),
+            };
+            let (stream, corrections) = crate::elf::parse_payload(&raw).map_err(elf)?;
+            let mut cursor = stream;
+            bsdiff::patch(source, &mut cursor, &mut out).map_err(fail)?;
+            if out.len() as u64 != h.target_size {
+                return Err(Error::ContentLength {
+                    what: what.to_string(),
+                    got: out.len() as u64,
+                    want: h.target_size,
+                });
+            }
+            crate::elf::restore(source, &mut out, stream, &corrections).map_err(elf)?;
         }
     }
     Ok(out)

@@ -1,0 +1,857 @@
+//! The ELF-aware delta method (container method 4): references normalised before diffing.
+//!
+//! When one function grows, every call, jump, RIP-relative operand and pointer that crosses it
+//! changes value, and a byte-level diff pays for each. This method finds those references in
+//! both versions of an ELF file, rewrites each reference of the new file so that it holds the
+//! value the *old* file would hold at the matching place (the "normalised" image), and diffs
+//! the old file against that. The device undoes the rewrite after patching.
+//!
+//! The pieces, shared by the publisher's encoder and the device's decoder so that both see
+//! exactly the same references:
+//!
+//! - [`Layout`]: an ELF's headers: class, type, architecture, `PT_LOAD` segments and sections,
+//!   read with goblin and checked against the file's length.
+//! - Reference discovery, in three phases whose locations never depend on the values being
+//!   restored: (A) the address fields of relocation tables (`r_offset`, and the addends of
+//!   relative relocations) and symbol tables (`st_value`); (B) pointer slots named by the
+//!   relocations restored in phase A (`R_X86_64_RELATIVE`, `IRELATIVE`, `JUMP_SLOT`) and by
+//!   `SHT_RELR` tables; (C) `rel32` branch displacements and RIP-relative operands found by a
+//!   linear sweep of every executable section with iced-x86.
+//! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
+//!   recovered from the control records of the bsdiff stream in the patch, so the decoder
+//!   derives the same map the encoder used to check its work.
+//! - [`restore`]: the decoder proper. For each reference in order it predicts the new value
+//!   from the normalised one by mapping the target through the equivalences, then adds the
+//!   correction the patch carries for that reference (almost always none).
+//!
+//! Everything read from the patch or from the patched image is bounds-checked: a hostile
+//! patch yields an error, never a panic or an unbounded allocation.
+
+use std::ops::Range;
+
+use goblin::container::{Container, Ctx};
+use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
+use goblin::elf::program_header::PT_LOAD;
+use goblin::elf::section_header::{SHF_EXECINSTR, SHT_DYNSYM, SHT_PROGBITS, SHT_RELA, SHT_SYMTAB};
+use goblin::elf::{Elf, ProgramHeader, SectionHeader};
+
+use crate::format::wire::{put_varint, Reader};
+
+/// `SHT_RELR`: packed relative relocations.
+const SHT_RELR: u32 = 19;
+const R_X86_64_JUMP_SLOT: u32 = 7;
+const R_X86_64_RELATIVE: u32 = 8;
+const R_X86_64_IRELATIVE: u32 = 37;
+const STT_SECTION: u8 = 3;
+/// Section indices at or above this are reserved (ABS, COMMON, …).
+const SHN_LORESERVE: u16 = 0xff00;
+
+/// Architectures the method understands; the byte is stored in the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64 = 1,
+}
+
+/// Why an image cannot be handled by this method.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ElfError(pub String);
+
+fn bad(what: impl Into<String>) -> ElfError {
+    ElfError(what.into())
+}
+
+/// An ELF file's headers, as far as this method needs them.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub arch: Arch,
+    /// Relocatable objects (kernel modules) use file offsets as addresses.
+    pub relocatable: bool,
+    loads: Vec<Load>,
+    sections: Vec<Section>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    vaddr: u64,
+    offset: u64,
+    memsz: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Section {
+    kind: u32,
+    flags: u64,
+    addr: u64,
+    offset: u64,
+    size: u64,
+    link: u32,
+    info: u32,
+    entsize: u64,
+}
+
+impl Section {
+    /// The section's bytes as a range of the file, when it lies inside it.
+    fn file_range(&self, len: usize) -> Option<Range<usize>> {
+        let start = usize::try_from(self.offset).ok()?;
+        let end = start.checked_add(usize::try_from(self.size).ok()?)?;
+        (end <= len).then_some(start..end)
+    }
+}
+
+impl Layout {
+    /// Reads the headers of a 64-bit little-endian x86-64 ELF file.
+    pub fn parse(image: &[u8]) -> Result<Layout, ElfError> {
+        let header = Elf::parse_header(image).map_err(|e| bad(format!("not an ELF file: {e}")))?;
+        if header.e_ident[goblin::elf::header::EI_CLASS] != goblin::elf::header::ELFCLASS64
+            || header.e_ident[goblin::elf::header::EI_DATA] != goblin::elf::header::ELFDATA2LSB
+        {
+            return Err(bad("only 64-bit little-endian ELF is supported"));
+        }
+        let arch = match header.e_machine {
+            EM_X86_64 => Arch::X86_64,
+            m => return Err(bad(format!("ELF machine {m} is not supported"))),
+        };
+        let relocatable = match header.e_type {
+            ET_REL => true,
+            ET_DYN | ET_EXEC => false,
+            t => return Err(bad(format!("ELF type {t} is not supported"))),
+        };
+        let ctx = Ctx::new(Container::Big, goblin::container::Endian::Little);
+        let phs =
+            ProgramHeader::parse(image, header.e_phoff as usize, header.e_phnum as usize, ctx)
+                .map_err(|e| bad(format!("program headers: {e}")))?;
+        let shs =
+            SectionHeader::parse(image, header.e_shoff as usize, header.e_shnum as usize, ctx)
+                .map_err(|e| bad(format!("section headers: {e}")))?;
+        let loads = phs
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD)
+            .map(|p| Load {
+                vaddr: p.p_vaddr,
+                offset: p.p_offset,
+                memsz: p.p_memsz.max(p.p_filesz),
+            })
+            .collect();
+        let sections = shs
+            .iter()
+            .map(|s| Section {
+                kind: s.sh_type,
+                flags: s.sh_flags,
+                addr: s.sh_addr,
+                offset: s.sh_offset,
+                size: s.sh_size,
+                link: s.sh_link,
+                info: s.sh_info,
+                entsize: s.sh_entsize,
+            })
+            .collect();
+        Ok(Layout {
+            arch,
+            relocatable,
+            loads,
+            sections,
+        })
+    }
+
+    /// File offset (extended past the file for `.bss`) of an address.
+    fn to_offset(&self, addr: u64) -> Option<u64> {
+        if self.relocatable {
+            return Some(addr);
+        }
+        self.loads
+            .iter()
+            .find(|l| addr >= l.vaddr && addr - l.vaddr < l.memsz)
+            .map(|l| addr - l.vaddr + l.offset)
+    }
+
+    /// Address of a file offset (extended past the file for `.bss`).
+    fn to_addr(&self, offset: u64) -> Option<u64> {
+        if self.relocatable {
+            return Some(offset);
+        }
+        self.loads
+            .iter()
+            .find(|l| offset >= l.offset && offset - l.offset < l.memsz)
+            .map(|l| offset - l.offset + l.vaddr)
+    }
+
+    /// Where a section's content starts, as an address of this method's address space.
+    fn section_base(&self, index: usize) -> Option<u64> {
+        let s = self.sections.get(index)?;
+        Some(if self.relocatable { s.offset } else { s.addr })
+    }
+}
+
+/// One reference: a little-endian field at `loc` whose value is `target - base` (wrapping;
+/// sign-extended when 4 bytes wide). `base` is 0 for absolute addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ref {
+    pub loc: usize,
+    pub width: u8,
+    pub base: u64,
+}
+
+impl Ref {
+    fn read(&self, image: &[u8]) -> Option<u64> {
+        let b = image.get(self.loc..self.loc + self.width as usize)?;
+        Some(match self.width {
+            4 => i32::from_le_bytes(b.try_into().ok()?) as i64 as u64,
+            _ => u64::from_le_bytes(b.try_into().ok()?),
+        })
+    }
+
+    fn write(&self, image: &mut [u8], value: u64) {
+        let w = self.width as usize;
+        if let Some(b) = image.get_mut(self.loc..self.loc + w) {
+            b.copy_from_slice(&value.to_le_bytes()[..w]);
+        }
+    }
+
+    fn target(&self, image: &[u8]) -> Option<u64> {
+        self.read(image).map(|v| self.base.wrapping_add(v))
+    }
+}
+
+fn read_u64(image: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        image.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+fn read_u16(image: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        image.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+/// Entries of a table section: (file offset of each entry).
+fn entries(s: &Section, len: usize, size: usize) -> impl Iterator<Item = usize> {
+    let range = s.file_range(len).filter(|_| s.entsize == size as u64);
+    range.into_iter().flat_map(move |r| {
+        (r.start..r.end)
+            .step_by(size)
+            .filter(move |&e| e + size <= r.end)
+    })
+}
+
+/// Phase A: address fields of relocation and symbol tables.
+pub fn phase_a(layout: &Layout, image: &[u8]) -> Vec<Ref> {
+    let mut out = Vec::new();
+    let len = image.len();
+    for s in &layout.sections {
+        match s.kind {
+            SHT_RELA => {
+                let symtab = layout.sections.get(s.link as usize);
+                for e in entries(s, len, 24) {
+                    let Some(info) = read_u64(image, e + 8) else {
+                        continue;
+                    };
+                    let (sym, kind) = ((info >> 32) as usize, info as u32);
+                    if layout.relocatable {
+                        // r_offset is relative to the section the table relocates.
+                        if let Some(base) = layout.section_base(s.info as usize) {
+                            out.push(Ref {
+                                loc: e,
+                                width: 8,
+                                base,
+                            });
+                        }
+                        // An addend against a section symbol is an offset into that section.
+                        if let Some(base) =
+                            symtab.and_then(|t| section_symbol_base(layout, image, t, sym))
+                        {
+                            out.push(Ref {
+                                loc: e + 16,
+                                width: 8,
+                                base,
+                            });
+                        }
+                    } else {
+                        out.push(Ref {
+                            loc: e,
+                            width: 8,
+                            base: 0,
+                        });
+                        if kind == R_X86_64_RELATIVE || kind == R_X86_64_IRELATIVE {
+                            out.push(Ref {
+                                loc: e + 16,
+                                width: 8,
+                                base: 0,
+                            });
+                        }
+                    }
+                }
+            }
+            SHT_SYMTAB | SHT_DYNSYM => {
+                for e in entries(s, len, 24) {
+                    let Some(shndx) = read_u16(image, e + 6) else {
+                        continue;
+                    };
+                    if shndx == 0 || shndx >= SHN_LORESERVE {
+                        continue;
+                    }
+                    let base = if layout.relocatable {
+                        match layout.section_base(shndx as usize) {
+                            Some(b) => b,
+                            None => continue,
+                        }
+                    } else {
+                        0
+                    };
+                    out.push(Ref {
+                        loc: e + 8,
+                        width: 8,
+                        base,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The base of a section symbol's section, when symbol `index` of `symtab` is one.
+fn section_symbol_base(
+    layout: &Layout,
+    image: &[u8],
+    symtab: &Section,
+    index: usize,
+) -> Option<u64> {
+    if symtab.kind != SHT_SYMTAB || symtab.entsize != 24 {
+        return None;
+    }
+    let r = symtab.file_range(image.len())?;
+    let at = r.start.checked_add(index.checked_mul(24)?)?;
+    if at + 24 > r.end {
+        return None;
+    }
+    if image[at + 4] & 0xf != STT_SECTION {
+        return None;
+    }
+    let shndx = read_u16(image, at + 6)?;
+    if shndx == 0 || shndx >= SHN_LORESERVE {
+        return None;
+    }
+    layout.section_base(shndx as usize)
+}
+
+/// Phase B: pointer slots named by relocations (read from `image` as restored so far).
+pub fn phase_b(layout: &Layout, image: &[u8]) -> Vec<Ref> {
+    if layout.relocatable {
+        return Vec::new();
+    }
+    let len = image.len();
+    let mut slots = Vec::new();
+    for s in &layout.sections {
+        match s.kind {
+            SHT_RELA => {
+                for e in entries(s, len, 24) {
+                    let (Some(off), Some(info)) = (read_u64(image, e), read_u64(image, e + 8))
+                    else {
+                        continue;
+                    };
+                    if matches!(
+                        info as u32,
+                        R_X86_64_RELATIVE | R_X86_64_IRELATIVE | R_X86_64_JUMP_SLOT
+                    ) {
+                        slots.push(off);
+                    }
+                }
+            }
+            SHT_RELR => {
+                let mut next = 0u64;
+                for e in entries(s, len, 8) {
+                    let Some(word) = read_u64(image, e) else {
+                        continue;
+                    };
+                    if word & 1 == 0 {
+                        slots.push(word);
+                        next = word.wrapping_add(8);
+                    } else {
+                        for bit in 1..64u64 {
+                            if word >> bit & 1 == 1 {
+                                slots.push(next.wrapping_add((bit - 1) * 8));
+                            }
+                        }
+                        next = next.wrapping_add(63 * 8);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    slots
+        .into_iter()
+        .filter_map(|a| layout.to_offset(a))
+        .filter_map(|o| usize::try_from(o).ok())
+        .filter(|&o| o.checked_add(8).is_some_and(|end| end <= len))
+        .map(|loc| Ref {
+            loc,
+            width: 8,
+            base: 0,
+        })
+        .collect()
+}
+
+/// Phase C: rel32 branches and RIP-relative operands of every executable section.
+pub fn phase_c(layout: &Layout, image: &[u8]) -> Vec<Ref> {
+    use iced_x86::{Decoder, DecoderOptions, Instruction};
+    let mut out = Vec::new();
+    for (i, s) in layout.sections.iter().enumerate() {
+        if s.kind != SHT_PROGBITS || s.flags & u64::from(SHF_EXECINSTR) == 0 {
+            continue;
+        }
+        let (Some(range), Some(ip)) = (s.file_range(image.len()), layout.section_base(i)) else {
+            continue;
+        };
+        let start = range.start;
+        let code = &image[range];
+        let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+        let mut ins = Instruction::default();
+        while dec.can_decode() {
+            let at = dec.position();
+            dec.decode_out(&mut ins);
+            if ins.is_invalid() {
+                continue;
+            }
+            let next_ip = ins.next_ip();
+            let offs = dec.get_constant_offsets(&ins);
+            if ins.is_ip_rel_memory_operand() && offs.displacement_size() == 4 {
+                out.push(Ref {
+                    loc: start + at + offs.displacement_offset(),
+                    width: 4,
+                    base: next_ip,
+                });
+            } else if offs.immediate_size() == 4 && is_near_branch(&ins) {
+                out.push(Ref {
+                    loc: start + at + offs.immediate_offset(),
+                    width: 4,
+                    base: next_ip,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn is_near_branch(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::OpKind;
+    (0..ins.op_count()).any(|i| {
+        matches!(
+            ins.op_kind(i),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        )
+    })
+}
+
+/// Shortest aligned range that counts as a match between the files.
+pub const MIN_EQUIVALENCE: u64 = 64;
+
+/// Matching ranges of the old and new files, as a piecewise shift of file offsets.
+///
+/// The forward map (old to new) is the function the decoder uses: an old offset moves by the
+/// shift of the range with the largest old start at or below it. The inverse is derived from
+/// that function's pieces, so that `to_new(to_old_exact(x)) == x` wherever a preimage exists.
+#[derive(Clone, Debug, Default)]
+pub struct Equivalences {
+    /// (old start, new start), sorted by old start: the forward map's pieces.
+    by_old: Vec<(u64, u64)>,
+    /// (new start, new end, old start) of each forward piece, sorted by new start.
+    pieces: Vec<(u64, u64, u64)>,
+}
+
+impl Equivalences {
+    /// From a list of (old start, new start, length); ranges shorter than
+    /// [`MIN_EQUIVALENCE`] are chance matches and are ignored.
+    pub fn new(ranges: &[(u64, u64, u64)]) -> Equivalences {
+        let mut by_old: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter(|r| r.2 >= MIN_EQUIVALENCE)
+            .map(|r| (r.0, r.1))
+            .collect();
+        by_old.sort_unstable();
+        by_old.dedup_by_key(|p| p.0);
+        let mut pieces: Vec<(u64, u64, u64)> = by_old
+            .iter()
+            .enumerate()
+            .map(|(i, &(o, n))| {
+                let end = by_old.get(i + 1).map_or(u64::MAX, |next| next.0);
+                (n, n.saturating_add(end - o), o)
+            })
+            .collect();
+        pieces.sort_unstable();
+        Equivalences { by_old, pieces }
+    }
+
+    /// Reads the aligned ranges from the control records of a raw bsdiff stream.
+    pub fn from_bsdiff(stream: &[u8]) -> Result<Equivalences, ElfError> {
+        let mut ranges = Vec::new();
+        let (mut old, mut new, mut at) = (0i128, 0u64, 0usize);
+        while at < stream.len() {
+            let rec = stream
+                .get(at..at + 24)
+                .ok_or_else(|| bad("bsdiff stream ends inside a record"))?;
+            let mix = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
+            let copy = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+            let raw = i64::from_le_bytes(rec[16..24].try_into().expect("8 bytes"));
+            let seek = if raw < 0 {
+                -i128::from(raw & i64::MAX)
+            } else {
+                i128::from(raw)
+            };
+            if old >= 0 && old <= i128::from(u64::MAX) {
+                ranges.push((old as u64, new, mix));
+            }
+            let body = mix
+                .checked_add(copy)
+                .ok_or_else(|| bad("bsdiff record overflows"))?;
+            at = usize::try_from(body)
+                .ok()
+                .and_then(|b| (at + 24).checked_add(b))
+                .ok_or_else(|| bad("bsdiff record overflows"))?;
+            new = new.saturating_add(body);
+            old += i128::from(mix) + seek;
+        }
+        Ok(Equivalences::new(&ranges))
+    }
+
+    /// The forward map: where an old offset went.
+    fn forward(&self, old: u64) -> Option<u64> {
+        let i = self.by_old.partition_point(|p| p.0 <= old);
+        let (from, to) = self.by_old.get(i.checked_sub(1)?)?;
+        to.checked_add(old - from)
+    }
+
+    /// An old offset that the forward map sends to `new`, when there is one (the piece with
+    /// the largest new start at or below `new` that covers it).
+    fn backward(&self, new: u64) -> Option<u64> {
+        let i = self.pieces.partition_point(|p| p.0 <= new);
+        self.pieces[..i]
+            .iter()
+            .rev()
+            .take(8)
+            .find(|p| new < p.1)
+            .map(|&(n, _, o)| o + (new - n))
+    }
+
+    /// Where a new offset was in the old file, approximately: the shift of the nearest piece
+    /// at or below it, covering or not. Used for bases, which both sides map the same way.
+    fn backward_approx(&self, new: u64) -> Option<u64> {
+        let i = self.pieces.partition_point(|p| p.0 <= new);
+        let &(n, _, o) = self.pieces.get(i.checked_sub(1)?)?;
+        o.checked_add(new - n)
+    }
+}
+
+/// Maps addresses between the old and new images through the equivalences.
+pub struct AddressMap<'a> {
+    pub old: &'a Layout,
+    pub new: &'a Layout,
+    pub eq: &'a Equivalences,
+}
+
+impl AddressMap<'_> {
+    /// Where an address of the new image was in the old one, for a base: approximate, and
+    /// computed the same way by encoder and decoder (identity when unknown).
+    pub fn base_to_old(&self, addr: u64) -> u64 {
+        self.new
+            .to_offset(addr)
+            .and_then(|o| self.eq.backward_approx(o))
+            .and_then(|o| self.old.to_addr(o))
+            .unwrap_or(addr)
+    }
+
+    /// Where an address of the old image went in the new one (identity when unknown): the
+    /// decoder's prediction of a target.
+    pub fn to_new(&self, addr: u64) -> u64 {
+        self.old
+            .to_offset(addr)
+            .and_then(|o| self.eq.forward(o))
+            .and_then(|o| self.new.to_addr(o))
+            .unwrap_or(addr)
+    }
+
+    /// An old address that [`Self::to_new`] sends to `addr`; failing that, an approximation.
+    pub fn target_to_old(&self, addr: u64) -> u64 {
+        let exact = self
+            .new
+            .to_offset(addr)
+            .and_then(|o| self.eq.backward(o))
+            .and_then(|o| self.old.to_addr(o))
+            .filter(|&a| self.to_new(a) == addr);
+        exact.unwrap_or_else(|| self.base_to_old(addr))
+    }
+
+    /// The value a reference of the new image takes once normalised to the old image.
+    pub fn normalise(&self, r: &Ref, value: u64) -> u64 {
+        let target = r.base.wrapping_add(value);
+        if r.base == 0 {
+            self.target_to_old(target)
+        } else {
+            self.target_to_old(target)
+                .wrapping_sub(self.base_to_old(r.base))
+        }
+    }
+
+    /// The decoder's prediction of a reference's new value from its normalised value.
+    pub fn predict(&self, r: &Ref, normalised: u64) -> u64 {
+        if r.base == 0 {
+            self.to_new(normalised)
+        } else {
+            let old_target = self.base_to_old(r.base).wrapping_add(normalised);
+            self.to_new(old_target).wrapping_sub(r.base)
+        }
+    }
+}
+
+/// One discovery phase.
+type Phase = fn(&Layout, &[u8]) -> Vec<Ref>;
+
+/// Corrections by reference index, increasing: (index, difference from the prediction).
+pub type Corrections = Vec<(usize, i64)>;
+
+/// Sign-folds a difference so small ones of either sign encode in few bytes.
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// The difference between an actual and a predicted value, in the reference's width.
+fn correction(r: &Ref, actual: u64, predicted: u64) -> i64 {
+    match r.width {
+        4 => (actual as u32).wrapping_sub(predicted as u32) as i32 as i64,
+        _ => actual.wrapping_sub(predicted) as i64,
+    }
+}
+
+/// Runs the decoder's restore over `image` (the normalised image, restored in place),
+/// calling `fix(index, ref, predicted)` to learn the correction of each reference.
+/// Returns the number of references visited.
+pub fn walk_restore(
+    old: &Layout,
+    image: &mut [u8],
+    eq: &Equivalences,
+    mut fix: impl FnMut(usize, &Ref, u64) -> Result<i64, ElfError>,
+) -> Result<usize, ElfError> {
+    let new = Layout::parse(image)?;
+    let map = AddressMap { old, new: &new, eq };
+    let mut index = 0usize;
+    let phases: [Phase; 3] = [phase_a, phase_b, phase_c];
+    for phase in phases {
+        let refs = phase(&new, image);
+        for r in &refs {
+            let Some(normalised) = r.read(image) else {
+                continue;
+            };
+            let predicted = map.predict(r, normalised);
+            let c = fix(index, r, predicted)?;
+            let value = match r.width {
+                4 => (predicted as u32).wrapping_add(c as u32) as u64,
+                _ => predicted.wrapping_add(c as u64),
+            };
+            r.write(image, value);
+            index += 1;
+        }
+    }
+    Ok(index)
+}
+
+/// Writes the corrections stream: for each nonzero correction, the gap in reference indices
+/// since the previous one and the zigzag value, as varints, after a varint count.
+pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, corrections.len() as u64);
+    let mut prev = 0usize;
+    for &(i, c) in corrections {
+        put_varint(&mut out, (i - prev) as u64);
+        put_varint(&mut out, zigzag(c));
+        prev = i;
+    }
+    out
+}
+
+/// Reads a corrections stream written by [`encode_corrections`], bounded by its own length.
+pub fn decode_corrections(r: &mut Reader<'_>) -> Result<Vec<(usize, i64)>, ElfError> {
+    let err = |e: crate::format::wire::WireError| bad(format!("corrections: {e}"));
+    // Each correction takes at least two bytes, which bounds the count by the input.
+    let n = r.varint("correction count").map_err(err)?;
+    let mut out = Vec::with_capacity((n as usize).min(1 << 20));
+    let mut at = 0usize;
+    for _ in 0..n {
+        let gap = r.varint("correction gap").map_err(err)?;
+        at = usize::try_from(gap)
+            .ok()
+            .and_then(|g| at.checked_add(g))
+            .ok_or_else(|| bad("correction index overflows"))?;
+        if !out.is_empty() && gap == 0 {
+            return Err(bad("corrections are not in increasing order"));
+        }
+        out.push((at, unzigzag(r.varint("correction").map_err(err)?)));
+    }
+    Ok(out)
+}
+
+/// Builds a method-4 payload (before compression): the architecture byte, the bsdiff stream
+/// from the old image to the normalised one, and the corrections.
+pub fn build_payload(arch: Arch, stream: &[u8], corrections: &[(usize, i64)]) -> Vec<u8> {
+    let mut out = vec![arch as u8];
+    put_varint(&mut out, stream.len() as u64);
+    out.extend_from_slice(stream);
+    out.extend_from_slice(&encode_corrections(corrections));
+    out
+}
+
+/// Splits a decompressed method-4 payload into its bsdiff stream and corrections.
+pub fn parse_payload(raw: &[u8]) -> Result<(&[u8], Corrections), ElfError> {
+    let mut r = Reader::new(raw);
+    let err = |e: crate::format::wire::WireError| bad(format!("payload: {e}"));
+    match r.u8("architecture").map_err(err)? {
+        1 => {}
+        a => return Err(bad(format!("payload names unknown architecture {a}"))),
+    }
+    let stream = r.bytes(raw.len(), "bsdiff stream").map_err(err)?;
+    let corrections = decode_corrections(&mut r)?;
+    if !r.is_empty() {
+        return Err(bad(format!("payload has trailing bytes at {}", r.offset())));
+    }
+    Ok((stream, corrections))
+}
+
+/// Restores the new image from the normalised one with the patch's corrections.
+pub fn restore(
+    old: &[u8],
+    normalised: &mut [u8],
+    bsdiff_stream: &[u8],
+    corrections: &[(usize, i64)],
+) -> Result<(), ElfError> {
+    let old_layout = Layout::parse(old)?;
+    let eq = Equivalences::from_bsdiff(bsdiff_stream)?;
+    let mut next = corrections.iter().peekable();
+    let visited = walk_restore(&old_layout, normalised, &eq, |i, _, _| {
+        Ok(match next.peek() {
+            Some(&&(at, c)) if at == i => {
+                next.next();
+                c
+            }
+            _ => 0,
+        })
+    })?;
+    if let Some((at, _)) = next.next() {
+        return Err(bad(format!(
+            "correction for reference {at}, but the image has only {visited} references"
+        )));
+    }
+    Ok(())
+}
+
+/// The encoder's side of the same walk: the corrections that turn `normalised` into `new`.
+pub fn find_corrections(
+    old: &Layout,
+    normalised: &[u8],
+    new: &[u8],
+    eq: &Equivalences,
+) -> Result<Vec<(usize, i64)>, ElfError> {
+    let mut image = normalised.to_vec();
+    let mut out = Vec::new();
+    walk_restore(old, &mut image, eq, |i, r, predicted| {
+        let actual = r
+            .read(new)
+            .ok_or_else(|| bad("reference outside the new image"))?;
+        let c = correction(r, actual, predicted);
+        if c != 0 {
+            out.push((i, c));
+        }
+        Ok(c)
+    })?;
+    if image != new {
+        return Err(bad(
+            "restoring the normalised image does not give the new image",
+        ));
+    }
+    Ok(out)
+}
+
+/// Every reference of `image` in restore order, with its phase: what the encoder normalises.
+pub fn all_refs(layout: &Layout, image: &[u8]) -> Vec<Ref> {
+    let mut refs = phase_a(layout, image);
+    refs.extend(phase_b(layout, image));
+    refs.extend(phase_c(layout, image));
+    refs
+}
+
+/// Reads a reference's value from an image (for the encoder).
+pub fn read_ref(r: &Ref, image: &[u8]) -> Option<u64> {
+    r.read(image)
+}
+
+/// Writes a reference's value into an image (for the encoder).
+pub fn write_ref(r: &Ref, image: &mut [u8], value: u64) {
+    r.write(image, value)
+}
+
+/// The target address of a reference (for the encoder's blanking and statistics).
+pub fn ref_target(r: &Ref, image: &[u8]) -> Option<u64> {
+    r.target(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zigzag_round_trips() {
+        for v in [0i64, 1, -1, 4096, -4097, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+
+    #[test]
+    fn corrections_round_trip_and_reject_disorder() {
+        let c = vec![(3, 5), (10, -2), (11, 1 << 40)];
+        let bytes = encode_corrections(&c);
+        assert_eq!(decode_corrections(&mut Reader::new(&bytes)).unwrap(), c);
+        let mut bad = Vec::new();
+        put_varint(&mut bad, 2);
+        put_varint(&mut bad, 1);
+        put_varint(&mut bad, 0);
+        put_varint(&mut bad, 0);
+        put_varint(&mut bad, 0);
+        assert!(decode_corrections(&mut Reader::new(&bad)).is_err());
+        for n in 0..bytes.len() {
+            assert!(decode_corrections(&mut Reader::new(&bytes[..n])).is_err());
+        }
+    }
+
+    #[test]
+    fn backward_inverts_forward_where_a_preimage_exists() {
+        let eq = Equivalences::new(&[
+            (100, 200, 500),
+            (1000, 900, 100),
+            (400, 2000, 300),
+            (5000, 7000, 10),
+        ]);
+        assert_eq!(eq.forward(120), Some(220));
+        assert_eq!(eq.forward(1005), Some(905));
+        assert_eq!(eq.forward(50), None);
+        for new in [205, 250, 905, 2010, 2500] {
+            let old = eq.backward(new).unwrap();
+            assert_eq!(eq.forward(old), Some(new), "{new}");
+        }
+        assert_eq!(eq.backward(150), None);
+    }
+
+    #[test]
+    fn non_elf_and_truncated_images_are_refused() {
+        assert!(Layout::parse(b"not an elf at all").is_err());
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        assert!(Layout::parse(&me).is_ok());
+        for n in [0, 16, 63, 64, 100] {
+            assert!(Layout::parse(&me[..n]).is_err(), "{n}");
+        }
+    }
+}
