@@ -24,6 +24,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -44,6 +46,8 @@ const CONTENT: &str = "staging/content";
 const DOWNLOADS: &str = "staging/downloads";
 const MANIFESTS: &str = "state/manifests";
 const STATUS: &str = "state/status.json";
+/// Downloads and delta applications in flight at once.
+const FETCH_THREADS: usize = 4;
 
 /// What the last update attempt did, kept in `state/status.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,7 +228,7 @@ impl Device {
             None => None,
         };
         let plan = http.plan(&m.product, current.as_deref(), &m.version)?;
-        let before = http.downloaded.get();
+        let before = http.downloaded.load(Ordering::Relaxed);
         let mut report = DeployReport {
             version: m.version.clone(),
             from: current.clone(),
@@ -233,7 +237,7 @@ impl Device {
         };
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
         self.fetch_contents(target, base_ref, &plan, http, &mut report)?;
-        report.downloaded_bytes = http.downloaded.get() - before;
+        report.downloaded_bytes = http.downloaded.load(Ordering::Relaxed) - before;
         self.build_tree(target, base_ref, &mut report)?;
         self.verify_staged(target)?;
         self.commit(target)?;
@@ -263,48 +267,104 @@ impl Device {
             .unwrap_or_default();
         let planned: HashMap<Hash, &Fetch> =
             plan.items.iter().map(|i| (i.target, &i.fetch)).collect();
+        let mut jobs: Vec<(Hash, u64)> = Vec::new();
         for (hash, size) in target.manifest().contents() {
-            if have.contains_key(&hash) {
-                continue;
-            }
             let dest = format!("{CONTENT}/{hash}");
-            if self.dir.exists(&dest) && self.content_ok(&dest, hash, size)? {
+            if have.contains_key(&hash)
+                || (self.dir.exists(&dest) && self.content_ok(&dest, hash, size)?)
+            {
                 continue;
             }
-            match planned.get(&hash) {
-                Some(Fetch::Delta { source, bytes }) if have.contains_key(source) => {
-                    let (_, base_dir) = base.expect("a delta source implies a base tree");
-                    let rel = delta_path(source, &hash);
-                    let dl = format!("{DOWNLOADS}/{source}-{hash}");
-                    http.download(&rel, &self.root.join(&dl), Some(*bytes), *bytes)?;
-                    let delta = self.dir.read(&dl).map_err(self.io(&dl));
-                    // A download that does not apply is not kept for a resume.
-                    let _ = self.dir.remove_file(&dl);
-                    let src_path = have[source];
-                    let old = base_dir
-                        .read(src_path.as_path())
-                        .map_err(Error::io(src_path.as_path()))?;
-                    let new = apply_delta(&delta?, &old, Some((hash, size)))?;
-                    self.write_atomic(&dest, &new)?;
-                    report.deltas += 1;
-                }
-                fetch => {
-                    let exact = match fetch {
-                        Some(Fetch::Object { bytes }) => Some(*bytes),
-                        _ => None,
+            jobs.push((hash, size));
+        }
+        // Largest first, on a few threads: downloads wait on the network, deltas on a core.
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.1));
+        let next = AtomicUsize::new(0);
+        let (deltas, objects) = (AtomicU64::new(0), AtomicU64::new(0));
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..FETCH_THREADS.min(jobs.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(hash, size)) = jobs.get(i) else {
+                        break;
                     };
-                    let max = exact.unwrap_or(size + size / 8 + (1 << 20));
-                    let dl = format!("{DOWNLOADS}/{hash}.zst");
-                    let rel = object_path(&hash);
-                    http.download(&rel, &self.root.join(&dl), exact, max)?;
-                    let res = self.unpack_object(&dl, &dest, hash, size, &rel);
-                    let _ = self.dir.remove_file(&dl);
-                    res?;
-                    report.objects += 1;
-                }
+                    if failed.lock().expect("not poisoned").is_some() {
+                        break;
+                    }
+                    let fetch = planned.get(&hash).copied();
+                    match self.fetch_one(hash, size, fetch, &have, base, http) {
+                        Ok(true) => deltas.fetch_add(1, Ordering::Relaxed),
+                        Ok(false) => objects.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failed.lock().expect("not poisoned").get_or_insert(e);
+                            break;
+                        }
+                    };
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        report.deltas += deltas.into_inner();
+        report.objects += objects.into_inner();
+        Ok(())
+    }
+
+    /// Fetches one content into the content store; `true` when it came as a delta.
+    fn fetch_one(
+        &self,
+        hash: Hash,
+        size: u64,
+        fetch: Option<&Fetch>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+        http: &Http,
+    ) -> Result<bool> {
+        let dest = format!("{CONTENT}/{hash}");
+        match (fetch, base) {
+            (Some(Fetch::Delta { source, bytes }), Some((_, base_dir)))
+                if have.contains_key(source) =>
+            {
+                let rel = delta_path(source, &hash);
+                let dl = format!("{DOWNLOADS}/{source}-{hash}");
+                http.download(&rel, &self.root.join(&dl), Some(*bytes), *bytes)?;
+                let delta = self.dir.read(&dl).map_err(self.io(&dl));
+                // A download that does not apply is not kept for a resume.
+                let _ = self.dir.remove_file(&dl);
+                let src_path = have[source];
+                let old = base_dir
+                    .read(src_path.as_path())
+                    .map_err(Error::io(src_path.as_path()))?;
+                let new = apply_delta(&delta?, &old, Some((hash, size)))?;
+                self.write_content(&dest, &new)?;
+                Ok(true)
+            }
+            _ => {
+                let exact = match fetch {
+                    Some(Fetch::Object { bytes }) => Some(*bytes),
+                    _ => None,
+                };
+                let max = exact.unwrap_or(size + size / 8 + (1 << 20));
+                let dl = format!("{DOWNLOADS}/{hash}.zst");
+                let rel = object_path(&hash);
+                http.download(&rel, &self.root.join(&dl), exact, max)?;
+                let res = self.unpack_object(&dl, &dest, hash, size, &rel);
+                let _ = self.dir.remove_file(&dl);
+                res?;
+                Ok(false)
             }
         }
-        Ok(())
+    }
+
+    /// Writes a verified content into the store. Not synced one by one: the staged tree is
+    /// synced as a whole before anything points at it, and the store is re-verified by hash
+    /// when an interrupted attempt is resumed.
+    fn write_content(&self, rel: &str, data: &[u8]) -> Result<()> {
+        let tmp = format!("{rel}.tmp");
+        self.dir.write(&tmp, data).map_err(self.io(&tmp))?;
+        self.dir.rename(&tmp, &self.dir, rel).map_err(self.io(rel))
     }
 
     fn content_ok(&self, rel: &str, hash: Hash, size: u64) -> Result<bool> {
