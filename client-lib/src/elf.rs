@@ -485,36 +485,18 @@ impl Equivalences {
         Equivalences { by_old, pieces }
     }
 
-    /// Reads the aligned ranges from the control records of a raw bsdiff stream.
-    pub fn from_bsdiff(stream: &[u8]) -> Result<Equivalences, ElfError> {
-        let mut ranges = Vec::new();
-        let (mut old, mut new, mut at) = (0i128, 0u64, 0usize);
-        while at < stream.len() {
-            let rec = stream
-                .get(at..at + 24)
-                .ok_or_else(|| bad("bsdiff stream ends inside a record"))?;
-            let mix = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
-            let copy = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-            let raw = i64::from_le_bytes(rec[16..24].try_into().expect("8 bytes"));
-            let seek = if raw < 0 {
-                -i128::from(raw & i64::MAX)
-            } else {
-                i128::from(raw)
-            };
+    /// The aligned ranges of a patch's control records.
+    pub fn from_controls(controls: &[Control]) -> Equivalences {
+        let mut ranges = Vec::with_capacity(controls.len());
+        let (mut old, mut new) = (0i128, 0u64);
+        for c in controls {
             if old >= 0 && old <= i128::from(u64::MAX) {
-                ranges.push((old as u64, new, mix));
+                ranges.push((old as u64, new, c.mix));
             }
-            let body = mix
-                .checked_add(copy)
-                .ok_or_else(|| bad("bsdiff record overflows"))?;
-            at = usize::try_from(body)
-                .ok()
-                .and_then(|b| (at + 24).checked_add(b))
-                .ok_or_else(|| bad("bsdiff record overflows"))?;
-            new = new.saturating_add(body);
-            old += i128::from(mix) + seek;
+            new = new.saturating_add(c.mix).saturating_add(c.copy);
+            old += i128::from(c.mix) + i128::from(c.seek);
         }
-        Ok(Equivalences::new(&ranges))
+        Equivalences::new(&ranges)
     }
 
     /// The forward map: where an old offset went.
@@ -542,6 +524,146 @@ impl Equivalences {
         let i = self.pieces.partition_point(|p| p.0 <= new);
         let &(n, _, o) = self.pieces.get(i.checked_sub(1)?)?;
         o.checked_add(new - n)
+    }
+}
+
+/// One bsdiff record: add `mix` bytes of diff to the old file at the cursor, append `copy`
+/// extra bytes, then move the old cursor by `mix + seek`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub mix: u64,
+    pub copy: u64,
+    pub seek: i64,
+}
+
+/// A bsdiff patch split into its three streams (records, diff bytes, extra bytes), which
+/// compress far better apart: the diff bytes of a normalised image are nearly all zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SplitPatch {
+    pub controls: Vec<Control>,
+    pub diff: Vec<u8>,
+    pub extra: Vec<u8>,
+}
+
+impl SplitPatch {
+    /// Splits the raw stream of the `bsdiff` crate.
+    pub fn from_bsdiff(stream: &[u8]) -> Result<SplitPatch, ElfError> {
+        let mut p = SplitPatch::default();
+        let mut at = 0usize;
+        while at < stream.len() {
+            let rec = stream
+                .get(at..at + 24)
+                .ok_or_else(|| bad("bsdiff stream ends inside a record"))?;
+            let mix = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
+            let copy = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+            let raw = i64::from_le_bytes(rec[16..24].try_into().expect("8 bytes"));
+            let seek = if raw < 0 { -(raw & i64::MAX) } else { raw };
+            let (m, c) = (usize::try_from(mix), usize::try_from(copy));
+            let (Ok(m), Ok(c)) = (m, c) else {
+                return Err(bad("bsdiff record overflows"));
+            };
+            let body = stream
+                .get(at + 24..)
+                .and_then(|b| b.get(..m.checked_add(c)?))
+                .ok_or_else(|| bad("bsdiff stream ends inside a record"))?;
+            p.diff.extend_from_slice(&body[..m]);
+            p.extra.extend_from_slice(&body[m..]);
+            p.controls.push(Control { mix, copy, seek });
+            at += 24 + m + c;
+        }
+        Ok(p)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.controls.len() as u64);
+        for c in &self.controls {
+            put_varint(out, c.mix);
+            put_varint(out, c.copy);
+            put_varint(out, zigzag(c.seek));
+        }
+        put_varint(out, self.diff.len() as u64);
+        out.extend_from_slice(&self.diff);
+        put_varint(out, self.extra.len() as u64);
+        out.extend_from_slice(&self.extra);
+    }
+
+    fn decode(r: &mut Reader<'_>, max_output: u64) -> Result<SplitPatch, ElfError> {
+        let err = |e: crate::format::wire::WireError| bad(format!("patch: {e}"));
+        // Each record takes at least three bytes, which bounds the count by the input.
+        let n = r.varint("record count").map_err(err)?;
+        let mut controls = Vec::with_capacity((n as usize).min(1 << 20));
+        let (mut total_mix, mut total_copy) = (0u64, 0u64);
+        for _ in 0..n {
+            let mix = r.varint("mix length").map_err(err)?;
+            let copy = r.varint("copy length").map_err(err)?;
+            let seek = unzigzag(r.varint("seek").map_err(err)?);
+            total_mix = total_mix
+                .checked_add(mix)
+                .ok_or_else(|| bad("patch lengths overflow"))?;
+            total_copy = total_copy
+                .checked_add(copy)
+                .ok_or_else(|| bad("patch lengths overflow"))?;
+            controls.push(Control { mix, copy, seek });
+        }
+        if total_mix.saturating_add(total_copy) > max_output {
+            return Err(bad(format!(
+                "patch produces {} bytes, more than the {max_output} announced",
+                total_mix.saturating_add(total_copy)
+            )));
+        }
+        let diff = r
+            .bytes(total_mix as usize, "diff bytes")
+            .map_err(err)?
+            .to_vec();
+        let extra = r
+            .bytes(total_copy as usize, "extra bytes")
+            .map_err(err)?
+            .to_vec();
+        if diff.len() as u64 != total_mix || extra.len() as u64 != total_copy {
+            return Err(bad("diff or extra stream does not match the records"));
+        }
+        Ok(SplitPatch {
+            controls,
+            diff,
+            extra,
+        })
+    }
+
+    /// Applies the patch to `old`; every read is checked against the inputs.
+    pub fn apply(&self, old: &[u8]) -> Result<Vec<u8>, ElfError> {
+        let mut out = Vec::with_capacity(self.diff.len() + self.extra.len());
+        let (mut oldpos, mut d, mut e) = (0i128, 0usize, 0usize);
+        for c in &self.controls {
+            let (mix, copy) = (c.mix as usize, c.copy as usize);
+            let diff = self
+                .diff
+                .get(d..d + mix)
+                .ok_or_else(|| bad("diff stream too short"))?;
+            let start =
+                usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+            let src = old
+                .get(
+                    start
+                        ..start
+                            .checked_add(mix)
+                            .ok_or_else(|| bad("record overflows"))?,
+                )
+                .ok_or_else(|| bad("record reads past the old file"))?;
+            out.extend(diff.iter().zip(src).map(|(a, b)| a.wrapping_add(*b)));
+            out.extend_from_slice(
+                self.extra
+                    .get(e..e + copy)
+                    .ok_or_else(|| bad("extra stream too short"))?,
+            );
+            d += mix;
+            e += copy;
+            oldpos += i128::from(c.mix) + i128::from(c.seek);
+        }
+        Ok(out)
+    }
+
+    pub fn equivalences(&self) -> Equivalences {
+        Equivalences::from_controls(&self.controls)
     }
 }
 
@@ -696,43 +818,44 @@ pub fn decode_corrections(r: &mut Reader<'_>) -> Result<Vec<(usize, i64)>, ElfEr
     Ok(out)
 }
 
-/// Builds a method-4 payload (before compression): the architecture byte, the bsdiff stream
+/// Builds a method-4 payload (before compression): the architecture byte, the split patch
 /// from the old image to the normalised one, and the corrections.
-pub fn build_payload(arch: Arch, stream: &[u8], corrections: &[(usize, i64)]) -> Vec<u8> {
+pub fn build_payload(arch: Arch, patch: &SplitPatch, corrections: &[(usize, i64)]) -> Vec<u8> {
     let mut out = vec![arch as u8];
-    put_varint(&mut out, stream.len() as u64);
-    out.extend_from_slice(stream);
+    patch.encode(&mut out);
     out.extend_from_slice(&encode_corrections(corrections));
     out
 }
 
-/// Splits a decompressed method-4 payload into its bsdiff stream and corrections.
-pub fn parse_payload(raw: &[u8]) -> Result<(&[u8], Corrections), ElfError> {
+/// Decodes a method-4 payload and rebuilds the new image from `old`: patch, then restore
+/// the references. `max_output` bounds everything allocated for the result.
+pub fn decode(old: &[u8], raw: &[u8], max_output: u64) -> Result<Vec<u8>, ElfError> {
     let mut r = Reader::new(raw);
     let err = |e: crate::format::wire::WireError| bad(format!("payload: {e}"));
     match r.u8("architecture").map_err(err)? {
         1 => {}
         a => return Err(bad(format!("payload names unknown architecture {a}"))),
     }
-    let stream = r.bytes(raw.len(), "bsdiff stream").map_err(err)?;
+    let patch = SplitPatch::decode(&mut r, max_output)?;
     let corrections = decode_corrections(&mut r)?;
     if !r.is_empty() {
         return Err(bad(format!("payload has trailing bytes at {}", r.offset())));
     }
-    Ok((stream, corrections))
+    let mut image = patch.apply(old)?;
+    restore(old, &mut image, &patch.equivalences(), &corrections)?;
+    Ok(image)
 }
 
 /// Restores the new image from the normalised one with the patch's corrections.
-pub fn restore(
+fn restore(
     old: &[u8],
     normalised: &mut [u8],
-    bsdiff_stream: &[u8],
+    eq: &Equivalences,
     corrections: &[(usize, i64)],
 ) -> Result<(), ElfError> {
     let old_layout = Layout::parse(old)?;
-    let eq = Equivalences::from_bsdiff(bsdiff_stream)?;
     let mut next = corrections.iter().peekable();
-    let visited = walk_restore(&old_layout, normalised, &eq, |i, _, _| {
+    let visited = walk_restore(&old_layout, normalised, eq, |i, _, _| {
         Ok(match next.peek() {
             Some(&&(at, c)) if at == i => {
                 next.next();

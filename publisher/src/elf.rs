@@ -15,7 +15,7 @@
 //!    predicted value is not the real one, the correction. The candidate exists only if the
 //!    restore gives the new image back byte for byte.
 
-use deltaroot_client::elf::{self, AddressMap, Equivalences, Layout};
+use deltaroot_client::elf::{self, AddressMap, Layout, SplitPatch};
 
 use crate::error::{Error, Result};
 
@@ -44,7 +44,9 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     };
     let mut first = Vec::new();
     bsdiff::diff(&blank(old, &refs_old), &blank(new, &refs_new), &mut first).map_err(fail)?;
-    let eq0 = Equivalences::from_bsdiff(&first).map_err(|e| encode_err(e.0))?;
+    let eq0 = SplitPatch::from_bsdiff(&first)
+        .map_err(|e| encode_err(e.0))?
+        .equivalences();
     let map0 = AddressMap {
         old: &lo,
         new: &ln,
@@ -58,7 +60,8 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     }
     let mut stream = Vec::new();
     bsdiff::diff(old, &normalised, &mut stream).map_err(fail)?;
-    let eq1 = Equivalences::from_bsdiff(&stream).map_err(|e| encode_err(e.0))?;
+    let patch = SplitPatch::from_bsdiff(&stream).map_err(|e| encode_err(e.0))?;
+    let eq1 = patch.equivalences();
     let corrections = match elf::find_corrections(&lo, &normalised, new, &eq1) {
         Ok(c) => c,
         Err(e) => {
@@ -71,7 +74,7 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
         corrections = corrections.len(),
         "ELF references normalised"
     );
-    Ok(Some(elf::build_payload(ln.arch, &stream, &corrections)))
+    Ok(Some(elf::build_payload(ln.arch, &patch, &corrections)))
 }
 
 fn encode_err(reason: String) -> Error {

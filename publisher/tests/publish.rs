@@ -257,3 +257,112 @@ fn single_file_diff_and_apply_round_trip_and_refuse_the_wrong_base() {
         "a failed apply writes nothing"
     );
 }
+
+/// Real ELF pairs from `fixtures/elf-pairs`, built once per run.
+fn elf_pairs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("deltaroot-elf-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/elf-pairs/make.sh");
+        let ok = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{} failed", script.display());
+        dir
+    })
+}
+
+fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
+    use deltaroot_client::format::Method;
+    let opts = deltaroot_publisher::engine::EngineOptions {
+        level: 19,
+        ..Default::default()
+    };
+    let c = deltaroot_publisher::engine::candidates(old, new, &opts).unwrap();
+    let bsdiff = c
+        .iter()
+        .find(|c| c.method == Method::BsdiffZstd)
+        .unwrap()
+        .bytes
+        .len();
+    let elf = c
+        .into_iter()
+        .find(|c| c.method == Method::Elf)
+        .expect("the ELF method applies");
+    (bsdiff, elf.bytes)
+}
+
+#[test]
+fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
+    for pair in ["calc-pie", "calc-static", "shapes-so", "calc-o"] {
+        let dir = elf_pairs().join("x86_64").join(pair);
+        let (old, new) = (
+            std::fs::read(dir.join("old")).unwrap(),
+            std::fs::read(dir.join("new")).unwrap(),
+        );
+        let (bsdiff, elf) = elf_candidate(&old, &new);
+        let back = deltaroot_client::format::apply_delta(&elf, &old, None).unwrap();
+        assert_eq!(back, new, "{pair}");
+        assert!(
+            elf.len() < bsdiff,
+            "{pair}: elf {} bytes, bsdiff {bsdiff}",
+            elf.len()
+        );
+    }
+    // The publisher's own fixture tree: the executable and the library whose soname changed.
+    for (o, n) in [
+        ("v1/usr/bin/hello", "v2/usr/bin/hello"),
+        ("v1/usr/lib/libgreet.so.1", "v2/usr/lib/libgreet.so.2"),
+    ] {
+        let (old, new) = (
+            std::fs::read(fixture().join(o)).unwrap(),
+            std::fs::read(fixture().join(n)).unwrap(),
+        );
+        let (_, elf) = elf_candidate(&old, &new);
+        assert_eq!(
+            deltaroot_client::format::apply_delta(&elf, &old, None).unwrap(),
+            new,
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn hostile_elf_patches_fail_cleanly() {
+    let dir = elf_pairs().join("x86_64/calc-pie");
+    let (old, new) = (
+        std::fs::read(dir.join("old")).unwrap(),
+        std::fs::read(dir.join("new")).unwrap(),
+    );
+    let (_, elf) = elf_candidate(&old, &new);
+    let apply = |p: &[u8]| deltaroot_client::format::apply_delta(p, &old, None);
+    for n in 0..elf.len() {
+        assert!(apply(&elf[..n]).is_err(), "prefix of {n} bytes accepted");
+    }
+    let mut rejected = 0;
+    for i in 0..elf.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut p = elf.clone();
+            p[i] ^= bit;
+            // Never a panic; anything that is accepted must still be the verified target.
+            match apply(&p) {
+                Ok(out) => assert_eq!(out, new),
+                Err(_) => rejected += 1,
+            }
+        }
+    }
+    assert!(rejected > elf.len(), "only {rejected} flips rejected");
+    // A well-formed payload for another file, and garbage that decompresses.
+    let header = &elf[..deltaroot_client::format::container::HEADER_LEN];
+    for junk in [
+        vec![1u8; 64],
+        vec![1, 0, 0, 0, 0, 0],
+        b"\x01\xff\xff\xff\xff\x0f".to_vec(),
+    ] {
+        let mut p = header.to_vec();
+        p.extend(zstd::bulk::compress(&junk, 3).unwrap());
+        assert!(apply(&p).is_err());
+    }
+}

@@ -238,17 +238,7 @@ fn decode_payload(
                 method: method.name(),
                 reason: e.to_string(),
             };
-            let (stream, corrections) = crate::elf::parse_payload(&raw).map_err(elf)?;
-            let mut cursor = stream;
-            bsdiff::patch(source, &mut cursor, &mut out).map_err(fail)?;
-            if out.len() as u64 != h.target_size {
-                return Err(Error::ContentLength {
-                    what: what.to_string(),
-                    got: out.len() as u64,
-                    want: h.target_size,
-                });
-            }
-            crate::elf::restore(source, &mut out, stream, &corrections).map_err(elf)?;
+            out = crate::elf::decode(source, &raw, h.target_size).map_err(elf)?;
         }
     }
     Ok(out)

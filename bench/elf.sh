@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# ELF benchmark: deltaroot's single-file engine against C bsdiff 4.3, xdelta3 -9,
+# zstd -19 --patch-from, Chromium's Zucchini (+ zstd -19) and qbsdiff, on the real ELF pairs
+# of the corpus (`../shared/corpus.sh`). Every patch is applied back and compared with the
+# new file. Writes bench/results/elf.md (and elf.tsv with every measurement).
+#
+#   bench/elf.sh [PAIR ...]     # default: every pair under $CORPUS_DIR/elf
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+CORPUS_DIR=${CORPUS_DIR:-$HOME/corpus}
+[ -d "$CORPUS_DIR/elf" ] || CORPUS_DIR=$CORPUS_DIR bash "$here/../shared/corpus.sh"
+need=()
+command -v bsdiff >/dev/null || need+=(bsdiff)
+command -v xdelta3 >/dev/null || need+=(xdelta3)
+command -v clang++-19 >/dev/null || need+=(clang-19)  # Zucchini is C++23
+command -v zstd >/dev/null || need+=(zstd)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher
+CXX=clang++-19 cargo build --release --quiet --manifest-path "$here/bench/peers/Cargo.toml"
+dr=$here/target/release/deltaroot
+peers=$here/bench/peers/target/release/deltaroot-bench-peers
+work=$(mktemp -d /tmp/deltaroot-elf.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+pairs=("$@")
+[ ${#pairs[@]} -gt 0 ] || pairs=($(ls "$CORPUS_DIR/elf"))
+tsv=$here/bench/results/elf.tsv
+printf 'pair\ttool\told\tnew\tpatch\tgen_s\tgen_kib\tapply_s\tapply_kib\n' >"$tsv"
+
+measure() { # measure FILE CMD... : appends "seconds kib" of the command to FILE
+  /usr/bin/env time -f '%e %M' -o "$1" "${@:2}" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; return 1; }
+}
+row() { # row PAIR TOOL PATCH
+  local pair=$1 tool=$2 patch=$3
+  if ! cmp -s "$work/out" "$new"; then echo "$pair/$tool: applying the patch did not give the new file" >&2; exit 1; fi
+  read -r gs gk <"$work/gen.t"; read -r as ak <"$work/apply.t"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$tool" "$(stat -c %s "$old")" "$(stat -c %s "$new")" \
+    "$(stat -c %s "$patch")" "$gs" "$gk" "$as" "$ak" >>"$tsv"
+}
+both() { # both GEN1 ; GEN2 ... run as one measured shell
+  measure "$1" bash -c "$2"
+}
+for pair in "${pairs[@]}"; do
+  old=$CORPUS_DIR/elf/$pair/old new=$CORPUS_DIR/elf/$pair/new
+  [ -f "$old" ] || continue
+  echo "== $pair ($(stat -c %s "$new") bytes)" >&2
+  # deltaroot: the publisher's choice, and the ELF method alone where it applies
+  measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr" --level 19
+  measure "$work/apply.t" "$dr" apply "$old" "$work/dr" --out "$work/out"
+  row "$pair" deltaroot "$work/dr"
+  if measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr-elf" --level 19 --method elf 2>/dev/null; then
+    measure "$work/apply.t" "$dr" apply "$old" "$work/dr-elf" --out "$work/out"
+    row "$pair" deltaroot-elf "$work/dr-elf"
+  fi
+  measure "$work/gen.t" bsdiff "$old" "$new" "$work/bsdiff"
+  measure "$work/apply.t" bspatch "$old" "$work/out" "$work/bsdiff"
+  row "$pair" bsdiff "$work/bsdiff"
+  measure "$work/gen.t" "$peers" qbsdiff "$old" "$new" "$work/qbsdiff"
+  measure "$work/apply.t" "$peers" qbspatch "$old" "$work/qbsdiff" "$work/out"
+  row "$pair" qbsdiff "$work/qbsdiff"
+  measure "$work/gen.t" xdelta3 -9 -e -f -s "$old" "$new" "$work/xdelta3"
+  measure "$work/apply.t" xdelta3 -d -f -s "$old" "$work/xdelta3" "$work/out"
+  row "$pair" xdelta3 "$work/xdelta3"
+  measure "$work/gen.t" zstd -q -f -19 --long=31 --patch-from="$old" "$new" -o "$work/zstd"
+  measure "$work/apply.t" zstd -q -f -d --long=31 --patch-from="$old" "$work/zstd" -o "$work/out"
+  row "$pair" zstd "$work/zstd"
+  if both "$work/gen.t" "'$peers' zucchini-gen '$old' '$new' '$work/zraw' && zstd -q -f -19 --long=31 '$work/zraw' -o '$work/zucchini'"; then
+    both "$work/apply.t" "zstd -q -f -d --long=31 '$work/zucchini' -o '$work/zraw2' && '$peers' zucchini-apply '$old' '$work/zraw2' '$work/out'"
+    row "$pair" zucchini+zstd "$work/zucchini"
+  fi
+done
+python3 "$here/bench/elf_report.py" "$tsv" >"$here/bench/results/elf.md"
+cat "$here/bench/results/elf.md"

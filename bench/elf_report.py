@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Turns bench/results/elf.tsv into the markdown table of bench/results/elf.md."""
+import collections, csv, os, sys
+
+USER = ["libcrypto", "libcrypto-1step", "libpython3.11", "python3.11", "postgres", "libc",
+        "libsystemd-shared", "git", "libcurl", "libnode"]
+TOOLS = ["deltaroot", "deltaroot-elf", "zucchini+zstd", "bsdiff", "qbsdiff", "xdelta3", "zstd"]
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+by = collections.defaultdict(dict)
+for r in rows:
+    by[r["pair"]][r["tool"]] = r
+pairs = [p for p in by]
+kb = lambda n: f"{int(n)/1000:,.1f}"
+
+print("# ELF benchmark\n")
+print(f"Real ELF pairs from the corpus, one run on this machine ({os.cpu_count()} cores). Patch sizes in kB;")
+print("every patch was applied back and compared with the new file. `deltaroot` is what the publisher")
+print("sends (the smallest of its methods), `deltaroot-elf` the ELF-aware method alone.\n")
+print("| pair | new size | " + " | ".join(TOOLS) + " | dr / zucchini | dr / bsdiff |")
+print("|---|---:|" + "---:|" * len(TOOLS) + "---:|---:|")
+for p in pairs:
+    t = by[p]
+    cells = [kb(t[x]["patch"]) if x in t else "–" for x in TOOLS]
+    dr = int(t["deltaroot"]["patch"])
+    rz = f"{dr/int(t['zucchini+zstd']['patch']):.3f}" if "zucchini+zstd" in t else "–"
+    rb = f"{dr/int(t['bsdiff']['patch']):.3f}" if "bsdiff" in t else "–"
+    print(f"| {p} | {kb(t['deltaroot']['new'])} | " + " | ".join(cells) + f" | {rz} | {rb} |")
+
+def total(group, tool):
+    return sum(int(by[p][tool]["patch"]) for p in group if tool in by[p])
+
+user = [p for p in USER if p in by]
+mods = [p for p in by if p.startswith("ko-")]
+print("\n## Targets\n")
+print("| set | deltaroot | zucchini+zstd | C bsdiff | qbsdiff | ratio | target |")
+print("|---|---:|---:|---:|---:|---:|---|")
+if user:
+    d, z, b = total(user, "deltaroot"), total(user, "zucchini+zstd"), total(user, "bsdiff")
+    print(f"| {len(user)} x86-64 user-space pairs | {kb(d)} | {kb(z)} | {kb(b)} | | {d/z:.3f} of Zucchini | <= 0.9 |")
+    print(f"| | | | | | {d/b:.3f} of C bsdiff | <= 0.6 |")
+    worse = [p for p in user if int(by[p]["deltaroot"]["patch"]) > int(by[p]["bsdiff"]["patch"])]
+    print(f"| pairs worse than C bsdiff | {len(worse)} {' '.join(worse)} | | | | | 0 |")
+if mods:
+    d, b, q = total(mods, "deltaroot"), total(mods, "bsdiff"), total(mods, "qbsdiff")
+    print(f"| {len(mods)} kernel modules | {kb(d)} | {kb(total(mods, 'zucchini+zstd'))} | {kb(b)} | {kb(q)} | {d/min(b, q):.3f} of the better bsdiff | <= 0.95 |")
+
+print("\n## Time and memory\n")
+print("Generation and apply wall time (s) and peak RSS (MiB); ratios are deltaroot over Zucchini+zstd.\n")
+print("| pair | MB | dr gen s | zucc gen s | gen ratio | dr gen MiB | zucc gen MiB | dr MB/s | dr apply MiB | zucc apply MiB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for p in pairs:
+    t = by[p]
+    d = t["deltaroot"]
+    z = t.get("zucchini+zstd")
+    mb = int(d["new"]) / 1e6
+    gs = float(d["gen_s"])
+    zr = f"{gs/float(z['gen_s']):.2f}" if z and float(z["gen_s"]) > 0 else "–"
+    print(f"| {p} | {mb:.1f} | {gs:.2f} | {z['gen_s'] if z else '–'} | {zr} | {int(d['gen_kib'])//1024} | "
+          f"{int(z['gen_kib'])//1024 if z else '–'} | {mb/max(gs, 0.01):.2f} | {int(d['apply_kib'])//1024} | "
+          f"{int(z['apply_kib'])//1024 if z else '–'} |")
