@@ -19,7 +19,7 @@ echo "== sample trees in $work/trees"
 python3 "$here/fixtures/spine-tree/make.py" --force "$work/trees" >/dev/null
 "$bin/deltaroot" keygen --out "$work/release" >/dev/null 2>&1 || true
 token=$("$bin/deltaroot-server" token create "demo-$$" --data "$work/server")
-"$bin/deltaroot-server" serve --listen "127.0.0.1:$port" --data "$work/server" 2>"$work/server.log" &
+"$bin/deltaroot-server" serve --plain-http --listen "127.0.0.1:$port" --data "$work/server" 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 50); do curl -fs "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 

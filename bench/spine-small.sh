@@ -24,7 +24,7 @@ url=http://127.0.0.1:$port
 
 "$bin/deltaroot" keygen --out "$work/release" >/dev/null
 token=$("$bin/deltaroot-server" token create bench --data "$work/data")
-"$bin/deltaroot-server" serve --listen "127.0.0.1:$port" --data "$work/data" 2>"$work/server.log" &
+"$bin/deltaroot-server" serve --plain-http --listen "127.0.0.1:$port" --data "$work/data" 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 50); do curl -fs "$url/healthz" >/dev/null && break; sleep 0.1; done
 

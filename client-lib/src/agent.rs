@@ -7,9 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeployReport, Device, Status};
 use crate::error::{Error, Result};
-use crate::format::api::CheckResponse;
-use crate::format::{check_name, PublicKey, VerifiedManifest};
+use crate::format::api::{CheckResponse, RESULTS};
+use crate::format::{check_name, PublicKey, SignedDowngrade, VerifiedManifest};
 use crate::transport::Http;
+
+/// Where a device id is kept when the machine has none, under the device root.
+pub const DEVICE_ID_FILE: &str = "state/device-id";
+/// The machine's own id, preferred when present (systemd's `machine-id(5)`).
+pub const MACHINE_ID: &str = "/etc/machine-id";
 
 /// Agent settings, from a TOML file and/or the command line.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -27,6 +32,15 @@ pub struct Settings {
     /// Public key files of trusted publishers.
     #[serde(default)]
     pub trust: Vec<PathBuf>,
+    /// How the device names itself in checks (rollout waves, check-ins). Default: the
+    /// machine's `/etc/machine-id`, else an id generated once into `state/device-id`.
+    pub device_id: Option<String>,
+    /// Follow this exact version instead of the channel (moves to it even if older: the
+    /// device's own configuration says so).
+    pub pin: Option<String>,
+    /// PEM certificate of a private certificate authority that signed the server's
+    /// certificate, for HTTPS.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Settings {
@@ -44,7 +58,16 @@ impl Settings {
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
         }
-        take!(root, server, objects_url, product, channel);
+        take!(
+            root,
+            server,
+            objects_url,
+            product,
+            channel,
+            device_id,
+            pin,
+            ca_cert
+        );
         if !over.trust.is_empty() {
             self.trust = over.trust;
         }
@@ -59,6 +82,9 @@ pub struct Agent {
     pub product: String,
     pub channel: String,
     pub trusted: Vec<PublicKey>,
+    /// Sent with every check.
+    pub device_id: String,
+    pub pin: Option<String>,
 }
 
 /// What `update` did.
@@ -66,6 +92,63 @@ pub struct Agent {
 pub enum UpdateOutcome {
     UpToDate { version: Option<String> },
     Updated(DeployReport),
+}
+
+/// A device id: 1 to 128 of `A-Z a-z 0-9 . _ : -` (the server checks the same).
+pub fn check_device_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config {
+            path: PathBuf::from("(settings)"),
+            what: format!("device id {id:?} is not 1-128 of A-Z a-z 0-9 . _ : -"),
+        })
+    }
+}
+
+/// The device's id: `machine_id` (normally `/etc/machine-id`) if it holds one, else the id
+/// kept in `<root>/state/device-id`, generated on first use from 16 random bytes.
+pub fn resolve_device_id(root: &Path, machine_id: &Path) -> Result<String> {
+    if let Ok(text) = std::fs::read_to_string(machine_id) {
+        let id = text.trim();
+        if check_device_id(id).is_ok() {
+            return Ok(id.to_string());
+        }
+    }
+    let path = root.join(DEVICE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_string();
+            check_device_id(&id).map_err(|_| Error::Config {
+                path: path.clone(),
+                what: format!("{id:?} is not a device id"),
+            })?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 16];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+                .map_err(Error::io("/dev/urandom"))?;
+            let id = hex::encode(raw);
+            write_atomic(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(Error::io(&path)(e)),
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    std::io::Write::write_all(&mut f, data).map_err(Error::io(&tmp))?;
+    f.sync_all().map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
 }
 
 /// What `status` shows.
@@ -101,12 +184,59 @@ impl Agent {
                 PublicKey::from_text(&text)
             })
             .collect::<Result<Vec<_>>>()?;
+        let device = Device::open(&root)?;
+        let device_id = match s.device_id {
+            Some(id) => {
+                check_device_id(&id)?;
+                id
+            }
+            None => resolve_device_id(&root, Path::new(MACHINE_ID))?,
+        };
+        if let Some(p) = &s.pin {
+            check_name("pin", p)?;
+        }
         Ok(Agent {
-            device: Device::open(&root)?,
-            http: Http::new(&server, s.objects_url.as_deref())?,
+            device,
+            http: Http::with_ca_cert(&server, s.objects_url.as_deref(), s.ca_cert.as_deref())?,
             product,
             channel,
             trusted,
+            device_id,
+            pin: s.pin,
+        })
+    }
+
+    /// The query of a check: what runs, who asks, how the last attempt went, any pin.
+    fn check_query(&self, current: Option<&str>) -> Result<String> {
+        // Names allow `+`, which a query string would read as a space.
+        let enc = |v: &str| v.replace('+', "%2B");
+        let mut q = vec![format!("device={}", enc(&self.device_id))];
+        if let Some(v) = current {
+            q.push(format!("current={}", enc(v)));
+        }
+        let last = self.device.status()?;
+        if let (Some(r), Some(v)) = (&last.last_result, &last.last_version) {
+            if RESULTS.contains(&r.as_str()) && check_name("version", v).is_ok() {
+                q.push(format!("result={r}&attempted={}", enc(v)));
+            }
+        }
+        if let Some(p) = &self.pin {
+            q.push(format!("pin={}", enc(p)));
+        }
+        Ok(q.join("&"))
+    }
+
+    fn ask(&self, current: Option<&str>) -> Result<CheckResponse> {
+        let path = format!(
+            "v1/products/{}/channels/{}/check?{}",
+            self.product,
+            self.channel,
+            self.check_query(current)?
+        );
+        let bytes = self.http.get_bytes(&path, 1 << 20)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Http {
+            url: path,
+            reason: format!("answer is not the expected JSON: {e}"),
         })
     }
 
@@ -136,34 +266,44 @@ impl Agent {
         result
     }
 
-    /// Asks the server what the channel offers this device.
+    /// Asks the server what the channel offers this device (a check-in).
     pub fn check(&self) -> Result<CheckResponse> {
         let current = self.device.current()?;
-        self.http
-            .check(&self.product, &self.channel, current.as_deref())
+        self.ask(current.as_deref())
     }
 
-    /// Moves to what the channel offers, if it is newer than what runs.
+    /// Moves to what the channel (or the pin) offers. An older release than the running one
+    /// is refused unless the device pins it or the offer carries a downgrade statement
+    /// signed by a trusted key that names this product, channel and version and was issued
+    /// after the running release was created.
     pub fn update(&self) -> Result<UpdateOutcome> {
         let _lock = self.device.lock()?;
         let current = self.device.current()?;
-        let answer = self
-            .http
-            .check(&self.product, &self.channel, current.as_deref())?;
+        let answer = self.ask(current.as_deref())?;
         let Some(offer) = answer.update else {
             return Ok(UpdateOutcome::UpToDate { version: current });
         };
         let result = self.fetch_manifest(&offer.version).and_then(|m| {
             if let Some(cur) = &current {
                 let running = self.device.manifest(cur, &self.trusted)?;
-                if m.manifest().created < running.manifest().created {
-                    return Err(Error::Device {
+                let running_created = running.manifest().created;
+                let pinned = self.pin.as_deref() == Some(offer.version.as_str());
+                if m.manifest().created < running_created && !pinned {
+                    let refuse = |why: String| Error::Device {
                         root: self.device.root().to_owned(),
                         what: format!(
-                            "refusing {}: it is older than the running {cur}; install it by name to downgrade",
+                            "refusing {}: it is older than the running {cur} and {why}; install it by name to downgrade",
                             offer.version
                         ),
-                    });
+                    };
+                    let Some(statement) = &offer.downgrade else {
+                        return Err(refuse("the server sent no signed downgrade".into()));
+                    };
+                    SignedDowngrade::from_offer(statement, &self.trusted)
+                        .and_then(|s| {
+                            s.allows(&self.product, &self.channel, &offer.version, running_created)
+                        })
+                        .map_err(|e| refuse(format!("its downgrade statement is refused: {e}")))?;
                 }
             }
             self.device.deploy(&m, &self.http, &self.trusted)
@@ -182,9 +322,24 @@ impl Agent {
         })
     }
 
+    /// Switches back to the previous version and records `rolled-back` for the version left,
+    /// so the next check reports it (and the server does not offer it again).
     pub fn rollback(&self) -> Result<String> {
         let _lock = self.device.lock()?;
-        self.device.rollback()
+        let left = self.device.current()?;
+        let now_running = self.device.rollback()?;
+        let status = Status {
+            last_result: Some("rolled-back".into()),
+            last_version: left,
+            last_error: None,
+            updated_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let json = serde_json::to_vec_pretty(&status).expect("status serialises");
+        write_atomic(&self.device.root().join("state/status.json"), &json)?;
+        Ok(now_running)
     }
 }
 

@@ -30,7 +30,7 @@
 use std::ops::Range;
 
 use goblin::container::{Container, Ctx};
-use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
+use goblin::elf::header::{EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
 use goblin::elf::program_header::PT_LOAD;
 use goblin::elf::section_header::{SHF_EXECINSTR, SHT_DYNSYM, SHT_PROGBITS, SHT_RELA, SHT_SYMTAB};
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
@@ -39,9 +39,6 @@ use crate::format::wire::{put_varint, Reader};
 
 /// `SHT_RELR`: packed relative relocations.
 const SHT_RELR: u32 = 19;
-const R_X86_64_JUMP_SLOT: u32 = 7;
-const R_X86_64_RELATIVE: u32 = 8;
-const R_X86_64_IRELATIVE: u32 = 37;
 const STT_SECTION: u8 = 3;
 /// Section indices at or above this are reserved (ABS, COMMON, …).
 const SHN_LORESERVE: u16 = 0xff00;
@@ -50,6 +47,33 @@ const SHN_LORESERVE: u16 = 0xff00;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     X86_64 = 1,
+    AArch64 = 2,
+}
+
+impl Arch {
+    fn from_u8(b: u8) -> Option<Arch> {
+        match b {
+            1 => Some(Arch::X86_64),
+            2 => Some(Arch::AArch64),
+            _ => None,
+        }
+    }
+
+    /// Relocation types whose addend is an address: RELATIVE and IRELATIVE.
+    fn is_relative(self, kind: u32) -> bool {
+        match self {
+            Arch::X86_64 => kind == 8 || kind == 37,
+            Arch::AArch64 => kind == 1027 || kind == 1032,
+        }
+    }
+
+    /// JUMP_SLOT: the slot holds a PLT address until the dynamic linker binds it.
+    fn is_jump_slot(self, kind: u32) -> bool {
+        match self {
+            Arch::X86_64 => kind == 7,
+            Arch::AArch64 => kind == 1026,
+        }
+    }
 }
 
 /// Why an image cannot be handled by this method.
@@ -110,6 +134,7 @@ impl Layout {
         }
         let arch = match header.e_machine {
             EM_X86_64 => Arch::X86_64,
+            EM_AARCH64 => Arch::AArch64,
             m => return Err(bad(format!("ELF machine {m} is not supported"))),
         };
         let relocatable = match header.e_type {
@@ -183,33 +208,151 @@ impl Layout {
     }
 }
 
-/// One reference: a little-endian field at `loc` whose value is `target - base` (wrapping;
-/// sign-extended when 4 bytes wide). `base` is 0 for absolute addresses.
+/// How a reference's value is stored in its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefKind {
+    /// A 64-bit little-endian address or offset.
+    Abs64,
+    /// x86-64: a 32-bit little-endian displacement from the next instruction.
+    Rel32,
+    /// AArch64 B/BL: imm26 words from the instruction.
+    A64Branch26,
+    /// AArch64 B.cond, CBZ/CBNZ, LDR literal: imm19 words from the instruction.
+    A64Imm19,
+    /// AArch64 TBZ/TBNZ: imm14 words from the instruction.
+    A64Imm14,
+    /// AArch64 ADR: a 21-bit byte offset from the instruction.
+    A64Adr,
+    /// AArch64 ADRP: a 21-bit offset in 4 KiB pages from the instruction's page.
+    A64Adrp,
+}
+
+impl RefKind {
+    fn size(self) -> usize {
+        if self == RefKind::Abs64 {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// Width of the value field in bits.
+    fn bits(self) -> u32 {
+        match self {
+            RefKind::Abs64 => 64,
+            RefKind::Rel32 => 32,
+            RefKind::A64Branch26 => 26,
+            RefKind::A64Imm19 => 19,
+            RefKind::A64Imm14 => 14,
+            RefKind::A64Adr | RefKind::A64Adrp => 21,
+        }
+    }
+
+    /// log2 of the bytes one unit of the field stands for.
+    fn shift(self) -> u32 {
+        match self {
+            RefKind::Abs64 | RefKind::Rel32 | RefKind::A64Adr => 0,
+            RefKind::A64Branch26 | RefKind::A64Imm19 | RefKind::A64Imm14 => 2,
+            RefKind::A64Adrp => 12,
+        }
+    }
+
+    /// The field's value, sign-extended.
+    fn get(self, b: &[u8]) -> i64 {
+        if self == RefKind::Abs64 {
+            return i64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        let raw = match self {
+            RefKind::Rel32 => w,
+            RefKind::A64Branch26 => w & 0x03ff_ffff,
+            RefKind::A64Imm19 => (w >> 5) & 0x7ffff,
+            RefKind::A64Imm14 => (w >> 5) & 0x3fff,
+            _ => ((w >> 5) & 0x7ffff) << 2 | (w >> 29) & 3,
+        };
+        sign_extend(u64::from(raw), self.bits())
+    }
+
+    /// Writes `value` (truncated to the field) into the field, keeping the other bits.
+    fn set(self, b: &mut [u8], value: i64) {
+        if self == RefKind::Abs64 {
+            b.copy_from_slice(&value.to_le_bytes());
+            return;
+        }
+        let v = value as u32;
+        let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
+        let w = match self {
+            RefKind::Rel32 => v,
+            RefKind::A64Branch26 => (w & !0x03ff_ffff) | (v & 0x03ff_ffff),
+            RefKind::A64Imm19 => (w & !(0x7ffff << 5)) | (v & 0x7ffff) << 5,
+            RefKind::A64Imm14 => (w & !(0x3fff << 5)) | (v & 0x3fff) << 5,
+            _ => (w & !(0x7ffff << 5 | 3 << 29)) | ((v >> 2) & 0x7ffff) << 5 | (v & 3) << 29,
+        };
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+fn sign_extend(v: u64, bits: u32) -> i64 {
+    if bits >= 64 {
+        v as i64
+    } else {
+        ((v << (64 - bits)) as i64) >> (64 - bits)
+    }
+}
+
+/// One reference: a field at `loc` whose value, scaled, is `target - base` (wrapping).
+/// `base` is 0 for absolute addresses; for ADRP it is the instruction, whose page counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ref {
     pub loc: usize,
-    pub width: u8,
+    pub kind: RefKind,
     pub base: u64,
 }
 
 impl Ref {
-    fn read(&self, image: &[u8]) -> Option<u64> {
-        let b = image.get(self.loc..self.loc + self.width as usize)?;
-        Some(match self.width {
-            4 => i32::from_le_bytes(b.try_into().ok()?) as i64 as u64,
-            _ => u64::from_le_bytes(b.try_into().ok()?),
-        })
-    }
-
-    fn write(&self, image: &mut [u8], value: u64) {
-        let w = self.width as usize;
-        if let Some(b) = image.get_mut(self.loc..self.loc + w) {
-            b.copy_from_slice(&value.to_le_bytes()[..w]);
+    fn abs(loc: usize, base: u64) -> Ref {
+        Ref {
+            loc,
+            kind: RefKind::Abs64,
+            base,
         }
     }
 
+    fn bytes<'a>(&self, image: &'a [u8]) -> Option<&'a [u8]> {
+        image.get(self.loc..self.loc.checked_add(self.kind.size())?)
+    }
+
+    fn read(&self, image: &[u8]) -> Option<i64> {
+        self.bytes(image).map(|b| self.kind.get(b))
+    }
+
+    fn write(&self, image: &mut [u8], value: i64) {
+        let end = self.loc.saturating_add(self.kind.size());
+        if let Some(b) = image.get_mut(self.loc..end) {
+            self.kind.set(b, value);
+        }
+    }
+
+    /// The address the base stands for: ADRP counts from the instruction's page.
+    fn anchor(&self, base: u64) -> u64 {
+        if self.kind == RefKind::A64Adrp {
+            base & !0xfff
+        } else {
+            base
+        }
+    }
+
+    fn target_of(&self, base: u64, value: i64) -> u64 {
+        self.anchor(base)
+            .wrapping_add((value as u64).wrapping_shl(self.kind.shift()))
+    }
+
+    fn value_of(&self, base: u64, target: u64) -> i64 {
+        (target.wrapping_sub(self.anchor(base)) as i64) >> self.kind.shift()
+    }
+
     fn target(&self, image: &[u8]) -> Option<u64> {
-        self.read(image).map(|v| self.base.wrapping_add(v))
+        self.read(image).map(|v| self.target_of(self.base, v))
     }
 }
 
@@ -251,34 +394,18 @@ pub fn phase_a(layout: &Layout, image: &[u8]) -> Vec<Ref> {
                     if layout.relocatable {
                         // r_offset is relative to the section the table relocates.
                         if let Some(base) = layout.section_base(s.info as usize) {
-                            out.push(Ref {
-                                loc: e,
-                                width: 8,
-                                base,
-                            });
+                            out.push(Ref::abs(e, base));
                         }
                         // An addend against a section symbol is an offset into that section.
                         if let Some(base) =
                             symtab.and_then(|t| section_symbol_base(layout, image, t, sym))
                         {
-                            out.push(Ref {
-                                loc: e + 16,
-                                width: 8,
-                                base,
-                            });
+                            out.push(Ref::abs(e + 16, base));
                         }
                     } else {
-                        out.push(Ref {
-                            loc: e,
-                            width: 8,
-                            base: 0,
-                        });
-                        if kind == R_X86_64_RELATIVE || kind == R_X86_64_IRELATIVE {
-                            out.push(Ref {
-                                loc: e + 16,
-                                width: 8,
-                                base: 0,
-                            });
+                        out.push(Ref::abs(e, 0));
+                        if layout.arch.is_relative(kind) {
+                            out.push(Ref::abs(e + 16, 0));
                         }
                     }
                 }
@@ -299,11 +426,7 @@ pub fn phase_a(layout: &Layout, image: &[u8]) -> Vec<Ref> {
                     } else {
                         0
                     };
-                    out.push(Ref {
-                        loc: e + 8,
-                        width: 8,
-                        base,
-                    });
+                    out.push(Ref::abs(e + 8, base));
                 }
             }
             _ => {}
@@ -352,10 +475,7 @@ pub fn phase_b(layout: &Layout, image: &[u8]) -> Vec<Ref> {
                     else {
                         continue;
                     };
-                    if matches!(
-                        info as u32,
-                        R_X86_64_RELATIVE | R_X86_64_IRELATIVE | R_X86_64_JUMP_SLOT
-                    ) {
+                    if layout.arch.is_relative(info as u32) || layout.arch.is_jump_slot(info as u32) {
                         slots.push(off);
                     }
                 }
@@ -387,17 +507,12 @@ pub fn phase_b(layout: &Layout, image: &[u8]) -> Vec<Ref> {
         .filter_map(|a| layout.to_offset(a))
         .filter_map(|o| usize::try_from(o).ok())
         .filter(|&o| o.checked_add(8).is_some_and(|end| end <= len))
-        .map(|loc| Ref {
-            loc,
-            width: 8,
-            base: 0,
-        })
+        .map(|loc| Ref::abs(loc, 0))
         .collect()
 }
 
-/// Phase C: rel32 branches and RIP-relative operands of every executable section.
+/// Phase C: PC-relative references in the code of every executable section.
 pub fn phase_c(layout: &Layout, image: &[u8]) -> Vec<Ref> {
-    use iced_x86::{Decoder, DecoderOptions, Instruction};
     let mut out = Vec::new();
     for (i, s) in layout.sections.iter().enumerate() {
         if s.kind != SHT_PROGBITS || s.flags & u64::from(SHF_EXECINSTR) == 0 {
@@ -406,8 +521,18 @@ pub fn phase_c(layout: &Layout, image: &[u8]) -> Vec<Ref> {
         let (Some(range), Some(ip)) = (s.file_range(image.len()), layout.section_base(i)) else {
             continue;
         };
-        let start = range.start;
-        let code = &image[range];
+        match layout.arch {
+            Arch::X86_64 => x86_code(&image[range.clone()], range.start, ip, &mut out),
+            Arch::AArch64 => a64_code(&image[range.clone()], range.start, ip, &mut out),
+        }
+    }
+    out
+}
+
+/// rel32 branches and RIP-relative operands, by a linear sweep with iced-x86.
+fn x86_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) {
+    use iced_x86::{Decoder, DecoderOptions, Instruction};
+    {
         let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
         let mut ins = Instruction::default();
         while dec.can_decode() {
@@ -421,19 +546,46 @@ pub fn phase_c(layout: &Layout, image: &[u8]) -> Vec<Ref> {
             if ins.is_ip_rel_memory_operand() && offs.displacement_size() == 4 {
                 out.push(Ref {
                     loc: start + at + offs.displacement_offset(),
-                    width: 4,
+                    kind: RefKind::Rel32,
                     base: next_ip,
                 });
             } else if offs.immediate_size() == 4 && is_near_branch(&ins) {
                 out.push(Ref {
                     loc: start + at + offs.immediate_offset(),
-                    width: 4,
+                    kind: RefKind::Rel32,
                     base: next_ip,
                 });
             }
         }
     }
-    out
+}
+
+/// AArch64: every aligned instruction word that holds a PC-relative field.
+fn a64_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) {
+    for (n, word) in code.chunks_exact(4).enumerate() {
+        let w = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+        let kind = if w & 0x7c00_0000 == 0x1400_0000 {
+            RefKind::A64Branch26
+        } else if w & 0xff00_0010 == 0x5400_0000
+            || w & 0x7e00_0000 == 0x3400_0000
+            || w & 0x3b00_0000 == 0x1800_0000
+        {
+            RefKind::A64Imm19
+        } else if w & 0x7e00_0000 == 0x3600_0000 {
+            RefKind::A64Imm14
+        } else if w & 0x9f00_0000 == 0x1000_0000 {
+            RefKind::A64Adr
+        } else if w & 0x9f00_0000 == 0x9000_0000 {
+            RefKind::A64Adrp
+        } else {
+            continue;
+        };
+        out.push(Ref {
+            loc: start + 4 * n,
+            kind,
+            base: ip.wrapping_add(4 * n as u64),
+        });
+    }
 }
 
 fn is_near_branch(ins: &iced_x86::Instruction) -> bool {
@@ -706,24 +858,23 @@ impl AddressMap<'_> {
         exact.unwrap_or_else(|| self.base_to_old(addr))
     }
 
-    /// The value a reference of the new image takes once normalised to the old image.
-    pub fn normalise(&self, r: &Ref, value: u64) -> u64 {
-        let target = r.base.wrapping_add(value);
+    /// The field value a reference of the new image takes once normalised to the old image.
+    pub fn normalise(&self, r: &Ref, value: i64) -> i64 {
+        let target = r.target_of(r.base, value);
         if r.base == 0 {
-            self.target_to_old(target)
+            self.target_to_old(target) as i64
         } else {
-            self.target_to_old(target)
-                .wrapping_sub(self.base_to_old(r.base))
+            r.value_of(self.base_to_old(r.base), self.target_to_old(target))
         }
     }
 
-    /// The decoder's prediction of a reference's new value from its normalised value.
-    pub fn predict(&self, r: &Ref, normalised: u64) -> u64 {
+    /// The decoder's prediction of a reference's new field value from its normalised one.
+    pub fn predict(&self, r: &Ref, normalised: i64) -> i64 {
         if r.base == 0 {
-            self.to_new(normalised)
+            self.to_new(normalised as u64) as i64
         } else {
-            let old_target = self.base_to_old(r.base).wrapping_add(normalised);
-            self.to_new(old_target).wrapping_sub(r.base)
+            let old_target = r.target_of(self.base_to_old(r.base), normalised);
+            r.value_of(r.base, self.to_new(old_target))
         }
     }
 }
@@ -743,12 +894,9 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// The difference between an actual and a predicted value, in the reference's width.
-fn correction(r: &Ref, actual: u64, predicted: u64) -> i64 {
-    match r.width {
-        4 => (actual as u32).wrapping_sub(predicted as u32) as i32 as i64,
-        _ => actual.wrapping_sub(predicted) as i64,
-    }
+/// The difference between an actual and a predicted field value, modulo the field.
+fn correction(r: &Ref, actual: i64, predicted: i64) -> i64 {
+    sign_extend(actual.wrapping_sub(predicted) as u64, r.kind.bits())
 }
 
 /// Runs the decoder's restore over `image` (the normalised image, restored in place),
@@ -758,7 +906,7 @@ pub fn walk_restore(
     old: &Layout,
     image: &mut [u8],
     eq: &Equivalences,
-    mut fix: impl FnMut(usize, &Ref, u64) -> Result<i64, ElfError>,
+    mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
     let new = Layout::parse(image)?;
     let map = AddressMap { old, new: &new, eq };
@@ -772,11 +920,7 @@ pub fn walk_restore(
             };
             let predicted = map.predict(r, normalised);
             let c = fix(index, r, predicted)?;
-            let value = match r.width {
-                4 => (predicted as u32).wrapping_add(c as u32) as u64,
-                _ => predicted.wrapping_add(c as u64),
-            };
-            r.write(image, value);
+            r.write(image, predicted.wrapping_add(c));
             index += 1;
         }
     }
@@ -832,9 +976,12 @@ pub fn build_payload(arch: Arch, patch: &SplitPatch, corrections: &[(usize, i64)
 pub fn decode(old: &[u8], raw: &[u8], max_output: u64) -> Result<Vec<u8>, ElfError> {
     let mut r = Reader::new(raw);
     let err = |e: crate::format::wire::WireError| bad(format!("payload: {e}"));
-    match r.u8("architecture").map_err(err)? {
-        1 => {}
-        a => return Err(bad(format!("payload names unknown architecture {a}"))),
+    let arch = r.u8("architecture").map_err(err)?;
+    let Some(arch) = Arch::from_u8(arch) else {
+        return Err(bad(format!("payload names unknown architecture {arch}")));
+    };
+    if Layout::parse(old)?.arch != arch {
+        return Err(bad("payload is for another architecture than the source"));
     }
     let patch = SplitPatch::decode(&mut r, max_output)?;
     let corrections = decode_corrections(&mut r)?;
@@ -908,12 +1055,12 @@ pub fn all_refs(layout: &Layout, image: &[u8]) -> Vec<Ref> {
 }
 
 /// Reads a reference's value from an image (for the encoder).
-pub fn read_ref(r: &Ref, image: &[u8]) -> Option<u64> {
+pub fn read_ref(r: &Ref, image: &[u8]) -> Option<i64> {
     r.read(image)
 }
 
 /// Writes a reference's value into an image (for the encoder).
-pub fn write_ref(r: &Ref, image: &mut [u8], value: u64) {
+pub fn write_ref(r: &Ref, image: &mut [u8], value: i64) {
     r.write(image, value)
 }
 

@@ -294,23 +294,37 @@ fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
     (bsdiff, elf.bytes)
 }
 
-#[test]
-fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
+fn elf_pairs_round_trip_and_beat_bsdiff(arch: &str) {
     for pair in ["calc-pie", "calc-static", "shapes-so", "calc-o"] {
-        let dir = elf_pairs().join("x86_64").join(pair);
+        let dir = elf_pairs().join(arch).join(pair);
+        assert!(
+            dir.exists(),
+            "{} was not built (is the compiler for {arch} installed?)",
+            dir.display()
+        );
         let (old, new) = (
             std::fs::read(dir.join("old")).unwrap(),
             std::fs::read(dir.join("new")).unwrap(),
         );
         let (bsdiff, elf) = elf_candidate(&old, &new);
         let back = deltaroot_client::format::apply_delta(&elf, &old, None).unwrap();
-        assert_eq!(back, new, "{pair}");
+        assert_eq!(back, new, "{arch}/{pair}");
         assert!(
             elf.len() < bsdiff,
-            "{pair}: elf {} bytes, bsdiff {bsdiff}",
+            "{arch}/{pair}: elf {} bytes, bsdiff {bsdiff}",
             elf.len()
         );
     }
+}
+
+#[test]
+fn elf_method_round_trips_and_beats_bsdiff_on_real_aarch64_binaries() {
+    elf_pairs_round_trip_and_beat_bsdiff("aarch64");
+}
+
+#[test]
+fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
+    elf_pairs_round_trip_and_beat_bsdiff("x86_64");
     // The publisher's own fixture tree: the executable and the library whose soname changed.
     for (o, n) in [
         ("v1/usr/bin/hello", "v2/usr/bin/hello"),
@@ -331,7 +345,12 @@ fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
 
 #[test]
 fn hostile_elf_patches_fail_cleanly() {
-    let dir = elf_pairs().join("x86_64/calc-pie");
+    for arch in ["x86_64", "aarch64"] {
+        hostile_patches_fail_cleanly(&elf_pairs().join(arch).join("calc-pie"));
+    }
+}
+
+fn hostile_patches_fail_cleanly(dir: &Path) {
     let (old, new) = (
         std::fs::read(dir.join("old")).unwrap(),
         std::fs::read(dir.join("new")).unwrap(),
@@ -354,12 +373,13 @@ fn hostile_elf_patches_fail_cleanly() {
         }
     }
     assert!(rejected > elf.len(), "only {rejected} flips rejected");
-    // A well-formed payload for another file, and garbage that decompresses.
+    // Garbage that decompresses, behind a valid header.
     let header = &elf[..deltaroot_client::format::container::HEADER_LEN];
     for junk in [
         vec![1u8; 64],
         vec![1, 0, 0, 0, 0, 0],
         b"\x01\xff\xff\xff\xff\x0f".to_vec(),
+        vec![2, 0, 0, 0, 0],
     ] {
         let mut p = header.to_vec();
         p.extend(zstd::bulk::compress(&junk, 3).unwrap());

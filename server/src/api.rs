@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use deltaroot_client::format::api::{
     CheckResponse, PublishRequest, PublishResponse, StoredRequest, StoredResponse, UpdateOffer,
+    RESULTS,
 };
 use deltaroot_client::format::{
     check_name, compute_plan, delta_path, object_path, DeltaHeader, Hash, Plan, PublicKey,
@@ -21,16 +22,51 @@ use deltaroot_client::format::{
 };
 use futures::StreamExt;
 
-use crate::db::{NewRelease, ReleaseRow};
+use crate::db::{CheckIn, NewRelease, ReleaseRow};
 use crate::error::{Error, Result};
+use crate::fleet::{check_device_id, decide, Ask};
 use crate::App;
+
+/// Every route of the server: methods and path, as in `openapi.json` and `/metrics`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("POST", "/v1/stored"),
+    ("GET POST", "/v1/products/{product}/releases"),
+    ("GET", "/v1/products/{product}/releases/{version}/{file}"),
+    ("GET", "/v1/products/{product}/plans/{from}/{to}"),
+    ("GET", "/v1/products/{product}/channels/{channel}/check"),
+    ("GET", "/v1/products/{product}/channels"),
+    ("GET", "/v1/products/{product}/channels/{channel}"),
+    ("POST", "/v1/products/{product}/channels/{channel}/promote"),
+    ("POST", "/v1/products/{product}/channels/{channel}/pause"),
+    ("POST", "/v1/products/{product}/channels/{channel}/resume"),
+    ("POST", "/v1/products/{product}/channels/{channel}/rollback"),
+    ("POST", "/v1/products/{product}/channels/{channel}/rollout"),
+    ("GET", "/v1/products/{product}/audit"),
+    ("GET", "/v1/products/{product}/devices/{device}"),
+    ("GET HEAD PUT", "/objects/{fan}/{name}"),
+    ("GET HEAD PUT", "/deltas/{fan}/{name}"),
+];
+
+/// The OpenAPI 3.1 document of the API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Every route of the server.
 pub fn router(app: App) -> Router {
+    use crate::channels as ch;
     let limit = app.max_upload;
+    let metrics = app.metrics.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/v1/stored", post(stored))
         .route(
             "/v1/products/{product}/releases",
@@ -45,6 +81,30 @@ pub fn router(app: App) -> Router {
             "/v1/products/{product}/channels/{channel}/check",
             get(check),
         )
+        .route("/v1/products/{product}/channels", get(ch::list))
+        .route("/v1/products/{product}/channels/{channel}", get(ch::status))
+        .route(
+            "/v1/products/{product}/channels/{channel}/promote",
+            post(ch::promote),
+        )
+        .route(
+            "/v1/products/{product}/channels/{channel}/pause",
+            post(ch::pause),
+        )
+        .route(
+            "/v1/products/{product}/channels/{channel}/resume",
+            post(ch::resume),
+        )
+        .route(
+            "/v1/products/{product}/channels/{channel}/rollback",
+            post(ch::rollback),
+        )
+        .route(
+            "/v1/products/{product}/channels/{channel}/rollout",
+            post(ch::rollout),
+        )
+        .route("/v1/products/{product}/audit", get(ch::audit))
+        .route("/v1/products/{product}/devices/{device}", get(ch::device))
         .route(
             "/objects/{fan}/{name}",
             get(get_object).put(put_object).head(get_object),
@@ -53,6 +113,10 @@ pub fn router(app: App) -> Router {
             "/deltas/{fan}/{name}",
             get(get_delta).put(put_delta).head(get_delta),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
 }
@@ -89,7 +153,8 @@ impl<S: Send + Sync> FromRequest<S> for Upload {
     }
 }
 
-async fn authorize(app: &App, headers: &HeaderMap) -> Result<String> {
+/// The name of the token the request carries, or 401.
+pub async fn authorize(app: &App, headers: &HeaderMap) -> Result<String> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -98,7 +163,7 @@ async fn authorize(app: &App, headers: &HeaderMap) -> Result<String> {
     app.db.token_name(token).await?.ok_or(Error::Unauthorized)
 }
 
-fn name(field: &'static str, v: &str) -> Result<()> {
+pub fn name(field: &'static str, v: &str) -> Result<()> {
     check_name(field, v).map_err(|e| Error::BadRequest(e.to_string()))
 }
 
@@ -297,41 +362,39 @@ async fn serve_immutable(
     headers: &HeaderMap,
     kind: &'static str,
 ) -> Result<Response> {
-    let len = app
-        .store
-        .size(rel)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no {kind} {rel}")))?;
+    let not_found = || Error::NotFound(format!("no {kind} {rel}"));
     let etag = format!("\"{name}\"");
     let mut resp = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, "application/octet-stream");
-    if headers
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let revalidate = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    // The length is needed before the body only to answer a range or a revalidation.
+    let known_len = if range_header.is_some() || revalidate {
+        Some(app.store.size(rel).await?.ok_or_else(not_found)?)
+    } else {
+        None
+    };
+    if revalidate {
         return Ok(resp
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())
             .expect("valid response"));
     }
-    let ask = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) => parse_range(v, len),
-        None => RangeAsk::Whole,
+    let ask = match (range_header, known_len) {
+        (Some(v), Some(len)) => parse_range(v, len),
+        _ => RangeAsk::Whole,
     };
     let range = match ask {
-        RangeAsk::Whole => 0..len,
-        RangeAsk::Part(r) => {
-            resp = resp.status(StatusCode::PARTIAL_CONTENT).header(
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{len}", r.start, r.end - 1),
-            );
-            r
-        }
+        RangeAsk::Whole => None,
+        RangeAsk::Part(r) => Some(r),
         RangeAsk::Unsatisfiable => {
+            let len = known_len.unwrap_or(0);
             let body = serde_json::to_vec(&deltaroot_client::format::api::ErrorBody {
                 error: format!("range does not fit {rel} of {len} bytes"),
             })
@@ -344,12 +407,30 @@ async fn serve_immutable(
                 .expect("valid response"));
         }
     };
-    resp = resp.header(header::CONTENT_LENGTH, range.end - range.start);
-    if len == 0 {
-        return Ok(resp.body(Body::empty()).expect("valid response"));
+    if known_len == Some(0) {
+        return Ok(resp
+            .header(header::CONTENT_LENGTH, 0)
+            .body(Body::empty())
+            .expect("valid response"));
     }
+    let (len, stream) = app
+        .store
+        .open_range(rel, range.clone())
+        .await?
+        .ok_or_else(not_found)?;
+    let sent = match &range {
+        Some(r) => {
+            resp = resp.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            );
+            r.end - r.start
+        }
+        None => len,
+    };
+    resp = resp.header(header::CONTENT_LENGTH, sent);
     let counter = app.metrics.clone();
-    let stream = app.store.get_range(rel, range).await?.map(move |chunk| {
+    let stream = stream.map(move |chunk| {
         if let Ok(c) = &chunk {
             let n = c.len() as u64;
             match kind {
@@ -416,6 +497,8 @@ async fn publish(
             channel: req.channel.as_deref(),
         })
         .await?;
+    app.fleet
+        .invalidate(&product, app.db.product(&product).await?.map(|p| p.0));
     tracing::info!(product, version = m.version, by = who, "release published");
     let mut download_bytes = None;
     if let Some(from) = &req.from_version {
@@ -455,7 +538,7 @@ async fn list_releases(
     Ok(Json(app.db.releases(&product).await?))
 }
 
-async fn find_release(app: &App, product: &str, version: &str) -> Result<ReleaseRow> {
+pub async fn find_release(app: &App, product: &str, version: &str) -> Result<ReleaseRow> {
     name("product", product)?;
     name("version", version)?;
     app.db
@@ -492,7 +575,7 @@ async fn manifest(
 }
 
 /// Loads a release's manifest, re-verified with its product's key.
-async fn load_manifest(app: &App, product: &str, r: &ReleaseRow) -> Result<VerifiedManifest> {
+pub async fn load_manifest(app: &App, product: &str, r: &ReleaseRow) -> Result<VerifiedManifest> {
     let (_, key) = app
         .db
         .product(product)
@@ -503,13 +586,19 @@ async fn load_manifest(app: &App, product: &str, r: &ReleaseRow) -> Result<Verif
     Ok(VerifiedManifest::verify(m, s, &[key])?)
 }
 
-/// The stored plan for a pair, computed and saved on first use.
-async fn plan_for(
+/// The stored plan for a pair, computed and saved on first use (one computation at a time
+/// per replica, so a crowd asking for the same new pair computes it once).
+pub async fn plan_for(
     app: &App,
     product: &str,
     from: Option<&ReleaseRow>,
     to: &ReleaseRow,
 ) -> Result<Plan> {
+    static COMPUTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if let Some(p) = app.db.plan(from.map(|r| r.id), to.id).await? {
+        return Ok(p);
+    }
+    let _one = COMPUTING.lock().await;
     if let Some(p) = app.db.plan(from.map(|r| r.id), to.id).await? {
         return Ok(p);
     }
@@ -528,6 +617,8 @@ async fn plan_for(
         |t| deltas.get(t).cloned().unwrap_or_default(),
     )?;
     app.db.save_plan(from.map(|r| r.id), to.id, &plan).await?;
+    app.fleet
+        .set_plan_size(from.map(|r| r.id), to.id, plan.download_bytes);
     Ok(plan)
 }
 
@@ -548,6 +639,17 @@ async fn plan(
     Ok(Json(plan_for(&app, &product, from.as_ref(), &to).await?))
 }
 
+/// A query parameter that must be a name when present.
+fn query_name<'a>(q: &'a HashMap<String, String>, key: &'static str) -> Result<Option<&'a str>> {
+    match q.get(key) {
+        Some(v) => {
+            name(key, v)?;
+            Ok(Some(v.as_str()))
+        }
+        None => Ok(None),
+    }
+}
+
 async fn check(
     State(app): State<App>,
     Path((product, channel)): Path<(String, String)>,
@@ -555,53 +657,123 @@ async fn check(
 ) -> Result<Json<CheckResponse>> {
     name("product", &product)?;
     name("channel", &channel)?;
+    let ask = Ask {
+        current: query_name(&q, "current")?,
+        attempted: query_name(&q, "attempted")?,
+        pin: query_name(&q, "pin")?,
+        device: match q.get("device") {
+            Some(d) => {
+                check_device_id(d)?;
+                Some(d.as_str())
+            }
+            None => None,
+        },
+        result: match q.get("result") {
+            Some(r) if RESULTS.contains(&r.as_str()) => Some(r.as_str()),
+            Some(r) => {
+                return Err(Error::BadRequest(format!(
+                    "result {:?} is not one of {}",
+                    r.chars().take(40).collect::<String>(),
+                    RESULTS.join(", ")
+                )))
+            }
+            None => None,
+        },
+    };
     app.metrics.checks.fetch_add(1, Ordering::Relaxed);
-    if app.db.product(&product).await?.is_none() {
-        return Err(Error::NotFound(format!("no product {product}")));
+    let p = app
+        .fleet
+        .product(&product)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
+    let ch = app.fleet.channel(p.id, &channel).await?;
+    let now = crate::fleet::now();
+    let d = decide(&p, &channel, ch.as_deref(), &ask, now)?;
+    if let Some(device) = ask.device {
+        app.fleet.record(CheckIn {
+            product_id: p.id,
+            device_id: device.to_string(),
+            channel: channel.clone(),
+            current: ask.current.map(str::to_string),
+            result: ask.result.map(str::to_string),
+            attempted: ask.attempted.map(str::to_string),
+            at: now,
+        });
     }
-    let latest = app.db.channel(&product, &channel).await?;
-    let current = match q.get("current") {
-        Some(v) => {
-            name("version", v)?;
-            app.db.release(&product, v).await?
+    let update = match d.offer {
+        Some((target, downgrade)) => {
+            let from = ask.current.and_then(|v| p.by_version.get(v));
+            let bytes = match app.fleet.plan_size(from.map(|r| r.id), target.id) {
+                Some(b) => b,
+                None => {
+                    plan_for(&app, &product, from.map(|r| r.as_ref()), &target)
+                        .await?
+                        .download_bytes
+                }
+            };
+            Some(UpdateOffer {
+                version: target.version.clone(),
+                download_bytes: bytes,
+                image_bytes: target.image_bytes as u64,
+                downgrade,
+            })
         }
         None => None,
     };
-    let mut update = None;
-    if let Some(l) = &latest {
-        let newer = match &current {
-            Some(c) => c.id != l.id && l.created >= c.created,
-            None => q.get("current").map(String::as_str) != Some(l.version.as_str()),
-        };
-        if newer {
-            let plan = plan_for(&app, &product, current.as_ref(), l).await?;
-            update = Some(UpdateOffer {
-                version: l.version.clone(),
-                download_bytes: plan.download_bytes,
-                image_bytes: l.image_bytes as u64,
-            });
-        }
-    }
     Ok(Json(CheckResponse {
         product,
         channel,
-        latest: latest.map(|l| l.version),
+        latest: d.latest,
         update,
+        paused: d.paused,
+        next_check_secs: Some(app.fleet.next_check_secs()),
     }))
 }
 
-async fn metrics(State(app): State<App>) -> String {
-    let m = &app.metrics;
-    format!(
-        "# TYPE deltaroot_served_bytes_total counter\n\
-         deltaroot_served_bytes_total{{kind=\"object\"}} {}\n\
-         deltaroot_served_bytes_total{{kind=\"delta\"}} {}\n\
-         # TYPE deltaroot_update_checks_total counter\n\
-         deltaroot_update_checks_total {}\n",
-        m.object_bytes.load(Ordering::Relaxed),
-        m.delta_bytes.load(Ordering::Relaxed),
-        m.checks.load(Ordering::Relaxed),
-    )
+/// Ready when the database and the object store answer.
+async fn readyz(State(app): State<App>) -> Result<&'static str> {
+    app.db
+        .ping()
+        .await
+        .map_err(|e| Error::Unavailable(format!("database {}: {e}", app.db.url())))?;
+    app.store
+        .ping()
+        .await
+        .map_err(|e| Error::Unavailable(format!("object store {}: {e}", app.store.url())))?;
+    Ok("ready")
+}
+
+async fn metrics_text(State(app): State<App>) -> Result<Response> {
+    let mut s = app.metrics.render();
+    s.push_str(
+        "# HELP deltaroot_channel_paused 1 while an operator pauses the channel.\n\
+         # TYPE deltaroot_channel_paused gauge\n\
+         # HELP deltaroot_rollout_percent Share of devices offered the channel's release now.\n\
+         # TYPE deltaroot_rollout_percent gauge\n\
+         # HELP deltaroot_rollout_stopped 1 while the channel's rollout is stopped.\n\
+         # TYPE deltaroot_rollout_stopped gauge\n",
+    );
+    let now = crate::fleet::now();
+    for (p, c, paused, ro) in app.db.all_channels().await? {
+        let l = format!("product=\"{p}\",channel=\"{c}\"");
+        s.push_str(&format!(
+            "deltaroot_channel_paused{{{l}}} {}\n",
+            u8::from(paused)
+        ));
+        if let Some(ro) = ro {
+            let pct = if ro.state == "active" {
+                ro.percent_at(now)
+            } else {
+                0.0
+            };
+            s.push_str(&format!("deltaroot_rollout_percent{{{l}}} {pct}\n"));
+            s.push_str(&format!(
+                "deltaroot_rollout_stopped{{{l}}} {}\n",
+                u8::from(ro.state == "stopped")
+            ));
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response())
 }
 
 #[cfg(test)]

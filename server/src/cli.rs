@@ -1,40 +1,224 @@
 //! The `deltaroot-server` command line. `main.rs` only calls [`run`].
+//!
+//! `serve` and `token create` work on the server's own state; the operator commands
+//! (`releases`, `channels`, `status`, `promote`, `pause`, `resume`, `rollback`, `rollout`,
+//! `audit`, `device`) talk to a running server over its API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use deltaroot_client::format::api::PromoteRequest;
+use deltaroot_client::format::SecretKey;
 
-use crate::App;
+use crate::client::{show_channel, Client};
+use crate::{App, Config};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Stores deltaroot releases and serves them to devices"
+    about = "Stores deltaroot releases, serves them to devices, and steers the fleet"
 )]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the server keeps its state.
+#[derive(Args)]
+struct Storage {
+    /// Folder for the default SQLite database and object folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// `sqlite://PATH` or `postgres://USER:PASS@HOST/DB` (default: SQLite in --data).
+    #[arg(long, env = "DELTAROOT_DATABASE")]
+    database: Option<String>,
+    /// `s3://BUCKET/PREFIX` (endpoint and credentials from AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, …) or a folder (default: --data/store).
+    #[arg(long, env = "DELTAROOT_OBJECTS")]
+    objects: Option<String>,
+}
+
+impl Storage {
+    fn config(&self) -> Config {
+        Config {
+            database: self.database.clone(),
+            objects: self.objects.clone(),
+            s3: crate::store::S3Options::from_env(),
+            ..Config::in_folder(&self.data)
+        }
+    }
+}
+
+/// How to reach a running server.
+#[derive(Args)]
+struct Remote {
+    /// The server's base URL.
+    #[arg(long, env = "DELTAROOT_SERVER")]
+    server: String,
+    /// An operator (upload) token.
+    #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM certificate of a private certificate authority the server's certificate is
+    /// signed by.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    #[arg(long)]
+    product: String,
+    /// Print JSON instead of lines for people.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Remote {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(
+            &self.server,
+            self.token.as_deref(),
+            self.ca_cert.as_deref(),
+        )?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API, manifests, objects and deltas.
     Serve {
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
-        /// Folder with the SQLite database and the object store.
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        storage: Storage,
+        /// PEM certificate chain for HTTPS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for HTTPS.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP instead of HTTPS (behind a proxy, or for tests).
+        #[arg(long, conflicts_with = "tls_cert")]
+        plain_http: bool,
         /// Largest upload, in MiB.
         #[arg(long, default_value_t = 4096)]
         max_upload_mib: usize,
+        /// How often devices should poll, in seconds (answers spread it by --poll-jitter).
+        #[arg(long, default_value_t = 3600)]
+        poll_secs: u64,
+        #[arg(long, default_value_t = 0.2)]
+        poll_jitter: f64,
+        /// How long a replica answers checks from cached channel state, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        cache_ms: u64,
+        /// How often failure rates of rollouts are checked, in seconds.
+        #[arg(long, default_value_t = 5)]
+        watch_secs: u64,
+        /// Longest wait for requests in flight (downloads) at shutdown, in seconds.
+        #[arg(long, default_value_t = 300)]
+        grace_secs: u64,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Manage upload tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// List a product's releases, newest first.
+    Releases {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a product's channels with their rollouts.
+    Channels {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one channel and its rollout (share, failures, state).
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+    },
+    /// Point a channel at a release, at once or in waves.
+    Promote {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        version: String,
+        /// Share of devices offered the release at first (0-100).
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Raise the share by this much every --step-secs.
+        #[arg(long)]
+        step_percent: Option<f64>,
+        #[arg(long)]
+        step_secs: Option<u64>,
+        /// A release every older device must install first.
+        #[arg(long)]
+        floor: Option<String>,
+        /// Stop when more than this share (0-1) of reporting devices failed or rolled back.
+        #[arg(long)]
+        max_failure_rate: Option<f64>,
+        /// ...once at least this many devices reported.
+        #[arg(long)]
+        min_reports: Option<u64>,
+    },
+    /// Stop offering updates on a channel.
+    Pause {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+    },
+    /// Offer updates on a paused channel again.
+    Resume {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+    },
+    /// Roll a channel back to an older release: signs a downgrade statement with the
+    /// product's release key, so devices accept the older version.
+    Rollback {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        version: String,
+        /// The release key file (`deltaroot keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Set the share of a channel's rollout by hand (also restarts a stopped one).
+    Rollout {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        percent: f64,
+    },
+    /// Show the audit log: who changed what, when.
+    Audit {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a device's last check-in.
+    Device {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
     },
 }
 
@@ -43,9 +227,59 @@ enum TokenCommand {
     /// Create an upload token and print it (it is stored only as a hash).
     Create {
         name: String,
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        storage: Storage,
     },
+}
+
+/// Logs to stderr, as text or one JSON object per line.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Parses the command line and runs it on a runtime of the right size.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Serve { threads, .. } => *threads,
+        _ => Some(1),
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        rt.worker_threads(n.max(1));
+    }
+    rt.enable_all().build()?.block_on(run(cli))
+}
+
+fn print<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).expect("serialises"));
+    } else {
+        println!("{}", text(v));
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 /// Runs a parsed command line.
@@ -53,30 +287,180 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
-            data,
+            storage,
+            tls_cert,
+            tls_key,
+            plain_http,
             max_upload_mib,
+            poll_secs,
+            poll_jitter,
+            cache_ms,
+            watch_secs,
+            grace_secs,
+            threads: _,
+            log_format,
         } => {
-            let app = App::open(&data, max_upload_mib << 20)
-                .await
-                .with_context(|| format!("opening {}", data.display()))?;
+            init_logging(log_format);
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(c), Some(k)) => Some(crate::tls_config(c, k)?),
+                _ if plain_http => None,
+                _ => anyhow::bail!(
+                    "HTTPS needs --tls-cert and --tls-key; pass --plain-http to serve plain HTTP"
+                ),
+            };
+            let config = Config {
+                max_upload: max_upload_mib << 20,
+                cache_ttl: Duration::from_millis(cache_ms),
+                poll: crate::fleet::PollSettings {
+                    secs: poll_secs.max(1),
+                    jitter: poll_jitter,
+                },
+                watch_every: Some(Duration::from_secs(watch_secs.max(1))),
+                ..storage.config()
+            };
+            let app = App::start(&config).await.with_context(|| {
+                format!("opening the server's state ({})", storage.data.display())
+            })?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
-            tracing::info!(addr = %listener.local_addr()?, data = %data.display(), "serving");
-            crate::serve(listener, app, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                https = tls.is_some(),
+                database = app.db.url(),
+                objects = app.store.url(),
+                "serving"
+            );
+            crate::serve_with(
+                listener,
+                app,
+                tls,
+                Duration::from_secs(grace_secs),
+                shutdown_signal(),
+            )
             .await?;
+            tracing::info!("stopped");
         }
         Command::Token {
-            command: TokenCommand::Create { name, data },
+            command: TokenCommand::Create { name, storage },
         } => {
-            let app = App::open(&data, 0)
-                .await
-                .with_context(|| format!("opening {}", data.display()))?;
+            init_logging(LogFormat::Text);
+            let app = App::start(&Config {
+                watch_every: None,
+                ..storage.config()
+            })
+            .await
+            .with_context(|| format!("opening {}", storage.data.display()))?;
             let token = crate::new_token();
             app.db.create_token(&name, &token).await?;
             println!("{token}");
+        }
+        Command::Releases { remote } => {
+            let rs = remote.client()?.releases(&remote.product).await?;
+            print(remote.json, &rs, |rs| {
+                rs.iter()
+                    .map(|r| {
+                        format!(
+                            "{}\tcreated {}\t{} entries\t{} bytes\tby {}",
+                            r.version, r.created, r.entries, r.image_bytes, r.published_by
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Channels { remote } => {
+            let cs = remote.client()?.channels(&remote.product).await?;
+            print(remote.json, &cs, |cs| {
+                cs.iter().map(show_channel).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Command::Status { remote, channel } => {
+            let c = remote.client()?.channel(&remote.product, &channel).await?;
+            print(remote.json, &c, show_channel);
+        }
+        Command::Promote {
+            remote,
+            channel,
+            version,
+            percent,
+            step_percent,
+            step_secs,
+            floor,
+            max_failure_rate,
+            min_reports,
+        } => {
+            let req = PromoteRequest {
+                version,
+                percent,
+                step_percent,
+                step_secs,
+                floor,
+                max_failure_rate,
+                min_reports,
+            };
+            let c = remote
+                .client()?
+                .promote(&remote.product, &channel, &req)
+                .await?;
+            print(remote.json, &c, show_channel);
+        }
+        Command::Pause { remote, channel } => {
+            let c = remote.client()?.pause(&remote.product, &channel).await?;
+            print(remote.json, &c, show_channel);
+        }
+        Command::Resume { remote, channel } => {
+            let c = remote.client()?.resume(&remote.product, &channel).await?;
+            print(remote.json, &c, show_channel);
+        }
+        Command::Rollback {
+            remote,
+            channel,
+            version,
+            key,
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let key = SecretKey::from_text(&text)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let c = remote
+                .client()?
+                .rollback(&remote.product, &channel, &version, &key)
+                .await?;
+            print(remote.json, &c, show_channel);
+        }
+        Command::Rollout {
+            remote,
+            channel,
+            percent,
+        } => {
+            let c = remote
+                .client()?
+                .rollout(&remote.product, &channel, percent)
+                .await?;
+            print(remote.json, &c, show_channel);
+        }
+        Command::Audit { remote } => {
+            let a = remote.client()?.audit(&remote.product).await?;
+            print(remote.json, &a, |a| {
+                a.iter()
+                    .map(|e| {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            e.at,
+                            e.who,
+                            e.channel.as_deref().unwrap_or("-"),
+                            e.action,
+                            e.detail
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Device { remote, id } => {
+            let d = remote.client()?.device(&remote.product, &id).await?;
+            print(remote.json, &d, |d| d.to_string());
         }
     }
     Ok(())

@@ -18,6 +18,18 @@ pub enum Error {
     Conflict(String),
     #[error("upload is too large: {0}")]
     TooLarge(String),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("configuration: {0}")]
+    BadConfig(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("connecting to database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
@@ -36,6 +48,20 @@ pub enum Error {
     },
     #[error(transparent)]
     Format(#[from] deltaroot_client::Error),
+    #[error("{method} {url}: {source}")]
+    Request {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{method} {url}: server answered {status}: {message}")]
+    Remote {
+        method: &'static str,
+        url: String,
+        status: u16,
+        message: String,
+    },
 }
 
 impl Error {
@@ -47,6 +73,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store {
                 source: object_store::Error::NotFound { .. },
                 ..

@@ -9,13 +9,26 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use deltaroot_client::agent::{Agent, Settings, UpdateOutcome};
+use deltaroot_client::agent::UpdateOutcome;
 use deltaroot_client::format::{Entry, EntryPath, SecretKey};
 use deltaroot_client::tree;
 use deltaroot_publisher::engine::EngineOptions;
 use deltaroot_publisher::publish::{publish, PublishOptions, Summary};
 use deltaroot_publisher::sink::ServerSink;
-use deltaroot_server::App;
+
+mod common;
+use common::{agent, key, Backend, Server};
+
+on_both_backends!(
+    publish_install_update_and_roll_back_a_whole_tree,
+    flipped_manifest_byte_is_refused,
+    signature_by_another_key_is_refused,
+    object_that_hashes_wrong_is_refused,
+    truncated_download_is_refused,
+    corrupt_delta_is_refused,
+    first_release_by_another_key_is_forbidden,
+    downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx,
+);
 
 /// The fixture trees, made once per test run.
 fn fixture() -> &'static Path {
@@ -39,111 +52,28 @@ fn fixture() -> &'static Path {
     })
 }
 
-/// A server on a free loopback port with its own data folder.
-struct Server {
-    url: String,
-    token: String,
-    data: tempfile::TempDir,
-    app: App,
-    rt: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let data = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let app = rt.block_on(App::open(data.path(), 1 << 30)).unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let token = deltaroot_server::new_token();
-        rt.block_on(app.db.create_token("ci", &token)).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(deltaroot_server::serve(listener, app.clone(), async {
-            let _ = rx.await;
-        }));
-        Server {
-            url,
-            token,
-            data,
-            app,
-            rt,
-            stop: Some(tx),
-        }
-    }
-
-    fn publish(
-        &self,
-        key: &SecretKey,
-        old: Option<(&str, &Path)>,
-        version: &str,
-        new: &Path,
-    ) -> Summary {
-        let sink = ServerSink::new(&self.url, &self.token).unwrap();
-        let opts = PublishOptions {
-            product: "demo".into(),
-            version: version.into(),
-            from_version: old.map(|o| o.0.to_string()),
-            channel: "stable".into(),
-            engine: EngineOptions {
-                level: 9,
-                ..EngineOptions::default()
-            },
-            created: None,
-            progress: false,
-        };
-        publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
-    }
-
-    fn store_path(&self, rel: &str) -> PathBuf {
-        self.data.path().join("store").join(rel)
-    }
-
-    fn served(&self) -> u64 {
-        use std::sync::atomic::Ordering;
-        self.app.metrics.object_bytes.load(Ordering::Relaxed)
-            + self.app.metrics.delta_bytes.load(Ordering::Relaxed)
-    }
-
-    fn sql(&self, q: &str, bind: Vec<u8>) {
-        let pool = self.app.db.pool().clone();
-        self.rt
-            .block_on(sqlx::query(q).bind(bind).execute(&pool))
-            .unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-fn key(seed: u8) -> (SecretKey, PathBuf, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SecretKey::from_seed([seed; 32]);
-    let pubp = dir.path().join("release.pub");
-    std::fs::write(&pubp, key.public().to_text()).unwrap();
-    (key, pubp, dir)
-}
-
-fn agent(server: &Server, root: &Path, trust: &Path) -> Agent {
-    Agent::new(Settings {
-        root: Some(root.to_owned()),
-        server: Some(server.url.clone()),
-        product: Some("demo".into()),
-        trust: vec![trust.to_owned()],
-        ..Settings::default()
-    })
-    .unwrap()
+/// Publishes `new` (over `old`) as `version` of product `demo` on channel `stable`.
+fn publish_to(
+    server: &Server,
+    key: &SecretKey,
+    old: Option<(&str, &Path)>,
+    version: &str,
+    new: &Path,
+) -> Summary {
+    let sink = ServerSink::new(&server.plain_url, &server.token).unwrap();
+    let opts = PublishOptions {
+        product: "demo".into(),
+        version: version.into(),
+        from_version: old.map(|o| o.0.to_string()),
+        channel: "stable".into(),
+        engine: EngineOptions {
+            level: 9,
+            ..EngineOptions::default()
+        },
+        created: None,
+        progress: false,
+    };
+    deltaroot_publisher::publish::publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
 }
 
 /// Asserts a deployed tree equals a source tree: types, bytes, modes, owners, xattrs,
@@ -178,12 +108,18 @@ struct World {
     update_summary: Summary,
 }
 
-fn world() -> World {
+fn world(backend: Backend) -> World {
     let fx = fixture();
-    let server = Server::start();
+    let server = Server::start(backend);
     let (k, trust, keys) = key(1);
-    server.publish(&k, None, "1.0", &fx.join("v1"));
-    let update_summary = server.publish(&k, Some(("1.0", &fx.join("v1"))), "2.0", &fx.join("v2"));
+    publish_to(&server, &k, None, "1.0", &fx.join("v1"));
+    let update_summary = publish_to(
+        &server,
+        &k,
+        Some(("1.0", &fx.join("v1"))),
+        "2.0",
+        &fx.join("v2"),
+    );
     let root = tempfile::tempdir().unwrap();
     agent(&server, root.path(), &trust).install("1.0").unwrap();
     World {
@@ -195,10 +131,9 @@ fn world() -> World {
     }
 }
 
-#[test]
-fn publish_install_update_and_roll_back_a_whole_tree() {
+fn publish_install_update_and_roll_back_a_whole_tree(backend: Backend) {
     let fx = fixture();
-    let w = world();
+    let w = world(backend);
     let a = agent(&w.server, w.root.path(), &w.trust);
     let dep = |v: &str| w.root.path().join("deployments").join(v);
     assert_same_tree(&fx.join("v1"), &dep("1.0"));
@@ -307,96 +242,97 @@ fn refused(w: &World, want: &str) {
     );
 }
 
-fn release_2_changed_object(w: &World) -> PathBuf {
-    let plan: deltaroot_client::format::Plan =
-        reqwest::blocking::get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
-            .unwrap()
-            .json()
-            .unwrap();
+/// The store path of an object release 2.0 fetches whole.
+fn release_2_changed_object(w: &World) -> String {
+    let plan: deltaroot_client::format::Plan = w
+        .server
+        .http()
+        .get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let item = plan
         .items
         .iter()
         .find(|i| matches!(i.fetch, deltaroot_client::format::Fetch::Object { .. }) && i.size > 100)
         .expect("the plan fetches some object whole");
-    w.server
-        .store_path(&deltaroot_client::format::object_path(&item.target))
+    deltaroot_client::format::object_path(&item.target)
 }
 
-#[test]
-fn flipped_manifest_byte_is_refused() {
-    let w = world();
-    w.server.sql(
-        "UPDATE releases SET manifest = manifest || ? WHERE version = '2.0'",
-        vec![0],
-    );
+fn flipped_manifest_byte_is_refused(backend: Backend) {
+    let w = world(backend);
+    let mut m = manifest_2(&w);
+    m[20] ^= 1;
+    w.server
+        .sql("UPDATE releases SET manifest = $1 WHERE version = '2.0'", m);
     refused(&w, "signature of the manifest does not verify");
 }
 
-#[test]
-fn signature_by_another_key_is_refused() {
-    let w = world();
-    let other = SecretKey::from_seed([2; 32]);
+fn manifest_2(w: &World) -> Vec<u8> {
     let pool = w.server.app.db.pool().clone();
-    let m: Vec<u8> = w
-        .server
+    w.server
         .rt
         .block_on(
             sqlx::query_scalar("SELECT manifest FROM releases WHERE version = '2.0'")
                 .fetch_one(&pool),
         )
-        .unwrap();
+        .unwrap()
+}
+
+fn signature_by_another_key_is_refused(backend: Backend) {
+    let w = world(backend);
+    let other = SecretKey::from_seed([2; 32]);
+    let m = manifest_2(&w);
     w.server.sql(
-        "UPDATE releases SET signature = ? WHERE version = '2.0'",
+        "UPDATE releases SET signature = $1 WHERE version = '2.0'",
         other.sign(&m).to_vec(),
     );
     refused(&w, "signature of the manifest does not verify");
 }
 
-#[test]
-fn object_that_hashes_wrong_is_refused() {
-    let w = world();
+fn object_that_hashes_wrong_is_refused(backend: Backend) {
+    let w = world(backend);
     let p = release_2_changed_object(&w);
-    let len = std::fs::metadata(&p).unwrap().len() as usize;
+    let len = w.server.read_stored(&p).len();
     // Same length, valid zstd, other content.
     let mut other = zstd::bulk::compress(&vec![7u8; 4096], 1).unwrap();
     other.resize(len.max(other.len()), 0);
-    std::fs::write(&p, &other[..len]).unwrap();
+    w.server.write_stored(&p, other[..len].to_vec());
     refused(&w, "objects/");
 }
 
-#[test]
-fn truncated_download_is_refused() {
-    let w = world();
+fn truncated_download_is_refused(backend: Backend) {
+    let w = world(backend);
     let p = release_2_changed_object(&w);
-    let data = std::fs::read(&p).unwrap();
-    std::fs::write(&p, &data[..data.len() / 2]).unwrap();
+    let data = w.server.read_stored(&p);
+    w.server.write_stored(&p, data[..data.len() / 2].to_vec());
     refused(&w, "download ended after");
 }
 
-#[test]
-fn corrupt_delta_is_refused() {
-    let w = world();
-    let deltas = w.server.data.path().join("store/deltas");
-    let mut found = false;
-    for fan in std::fs::read_dir(&deltas).unwrap() {
-        for d in std::fs::read_dir(fan.unwrap().path()).unwrap() {
-            let p = d.unwrap().path();
-            let mut data = std::fs::read(&p).unwrap();
-            let last = data.len() - 1;
-            data[last] ^= 0xff;
-            std::fs::write(&p, data).unwrap();
-            found = true;
-        }
+fn corrupt_delta_is_refused(backend: Backend) {
+    let w = world(backend);
+    let pool = w.server.app.db.pool().clone();
+    let pairs: Vec<(String, String)> = w
+        .server
+        .rt
+        .block_on(sqlx::query_as("SELECT source, target FROM deltas").fetch_all(&pool))
+        .unwrap();
+    assert!(!pairs.is_empty(), "release 2.0 has deltas");
+    for (s, t) in pairs {
+        let rel = deltaroot_client::format::delta_path(&s.parse().unwrap(), &t.parse().unwrap());
+        let mut data = w.server.read_stored(&rel);
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        w.server.write_stored(&rel, data);
     }
-    assert!(found, "release 2.0 has deltas");
     refused(&w, "deltas/");
 }
 
-#[test]
-fn first_release_by_another_key_is_forbidden() {
-    let w = world();
+fn first_release_by_another_key_is_forbidden(backend: Backend) {
+    let w = world(backend);
     let (k, _, _keys) = key(3);
-    let sink = ServerSink::new(&w.server.url, &w.server.token).unwrap();
+    let sink = ServerSink::new(&w.server.plain_url, &w.server.token).unwrap();
     let opts = PublishOptions {
         product: "demo".into(),
         version: "3.0".into(),
@@ -413,26 +349,19 @@ fn first_release_by_another_key_is_forbidden() {
         err.contains("403") && err.contains("signed by another key"),
         "{err}"
     );
-    let bad = ServerSink::new(&w.server.url, "drt_wrong").unwrap();
+    let bad = ServerSink::new(&w.server.plain_url, "drt_wrong").unwrap();
     let err = publish(None, &fixture().join("v2"), &k, &bad, &opts)
         .unwrap_err()
         .to_string();
     assert!(err.contains("401"), "{err}");
 }
 
-#[test]
-fn downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx() {
-    let w = world();
-    let c = reqwest::blocking::Client::new();
+fn downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx(backend: Backend) {
+    let w = world(backend);
+    let c = w.server.http();
     let url = |p: &str| format!("{}/{p}", w.server.url);
-    let obj = release_2_changed_object(&w);
-    let rel = obj
-        .strip_prefix(w.server.data.path().join("store"))
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let whole = std::fs::read(&obj).unwrap();
+    let rel = release_2_changed_object(&w);
+    let whole = w.server.read_stored(&rel);
 
     let r = c.get(url(&rel)).send().unwrap();
     assert_eq!(r.status(), 200);

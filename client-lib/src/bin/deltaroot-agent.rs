@@ -32,6 +32,16 @@ struct Cli {
     /// Trusted publisher public key file; repeat for several.
     #[arg(long)]
     trust: Vec<PathBuf>,
+    /// This device's id in checks (default: /etc/machine-id, else one generated into
+    /// <root>/state/device-id).
+    #[arg(long)]
+    device_id: Option<String>,
+    /// Follow this exact version instead of the channel.
+    #[arg(long)]
+    pin: Option<String>,
+    /// PEM certificate of a private certificate authority for the server's HTTPS.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
@@ -70,6 +80,9 @@ fn main() -> anyhow::Result<()> {
         product: cli.product,
         channel: cli.channel,
         trust: cli.trust,
+        device_id: cli.device_id,
+        pin: cli.pin,
+        ca_cert: cli.ca_cert,
     };
     let agent = Agent::new(file.merge(flags)).context("configuring the agent")?;
     let show = |v: &dyn Show| {

@@ -3,6 +3,7 @@
 //! server import it from here. `docs/FORMAT.md` specifies every byte.
 
 pub mod api;
+pub mod channel;
 pub mod container;
 pub mod hash;
 pub mod manifest;
@@ -11,6 +12,7 @@ pub mod plan;
 pub mod sign;
 pub mod wire;
 
+pub use channel::{Downgrade, SignedDowngrade};
 pub use container::{apply_delta, encode_delta, DeltaHeader, Method};
 pub use hash::{delta_path, object_path, Hash};
 pub use manifest::{check_name, Entry, Kind, Manifest, Meta, Xattrs};

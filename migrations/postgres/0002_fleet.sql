@@ -1,0 +1,54 @@
+-- Fleet: channels that can be paused and rolled back, staged rollouts, device check-ins and
+-- the audit log. Append-only: never edit a migration once released.
+
+-- PostgreSQL: the same as sqlite/0002_fleet.sql.
+-- A promotion, at once (100 %) or in waves; a channel points at its newest one.
+CREATE TABLE rollouts (
+    id                  BIGSERIAL PRIMARY KEY,
+    product_id          BIGINT NOT NULL REFERENCES products (id),
+    channel             TEXT NOT NULL,
+    release_id          BIGINT NOT NULL REFERENCES releases (id),
+    previous_release_id BIGINT REFERENCES releases (id),   -- offered to devices outside the wave
+    floor_release_id    BIGINT REFERENCES releases (id),   -- every older device installs it first
+    start_percent       DOUBLE PRECISION NOT NULL,
+    step_percent        DOUBLE PRECISION NOT NULL,
+    step_secs           BIGINT NOT NULL,
+    max_failure_rate    DOUBLE PRECISION,                               -- NULL: never stops by itself
+    min_reports         BIGINT NOT NULL,
+    started_at          BIGINT NOT NULL,                   -- steps count from here
+    created_at          BIGINT NOT NULL,                   -- failure reports count from here
+    state               TEXT NOT NULL,                      -- active | stopped | superseded
+    reason              TEXT,
+    created_by          TEXT NOT NULL
+);
+
+ALTER TABLE channels ADD COLUMN paused BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE channels ADD COLUMN rollout_id BIGINT REFERENCES rollouts (id);
+-- The signed downgrade statement (docs/FORMAT.md) in force since a rollback, and its signature.
+ALTER TABLE channels ADD COLUMN downgrade BYTEA;
+ALTER TABLE channels ADD COLUMN downgrade_sig BYTEA;
+
+-- The last check-in of each device, written in batches.
+CREATE TABLE devices (
+    product_id      BIGINT NOT NULL REFERENCES products (id),
+    device_id       TEXT NOT NULL,
+    channel         TEXT NOT NULL,
+    current_version TEXT,
+    last_result     TEXT,                                   -- ok | failed | rolled-back
+    attempted       TEXT,                                   -- the version of that last attempt
+    seen_at         BIGINT NOT NULL,
+    PRIMARY KEY (product_id, device_id)
+);
+CREATE INDEX devices_by_attempted ON devices (product_id, attempted);
+
+-- Who changed what, when.
+CREATE TABLE audit (
+    id      BIGSERIAL PRIMARY KEY,
+    at      BIGINT NOT NULL,
+    who     TEXT NOT NULL,                                  -- token name, or `server`
+    product TEXT NOT NULL,
+    channel TEXT,
+    action  TEXT NOT NULL,                                  -- publish promote pause resume rollback rollout stop
+    detail  TEXT NOT NULL                                   -- JSON
+);
+CREATE INDEX audit_by_product ON audit (product, id);

@@ -1,0 +1,375 @@
+//! Operator routes: promote a release to a channel (at once or in waves), pause and resume
+//! it, roll it back with a signed downgrade, set a rollout's share by hand, and read channel
+//! status, devices and the audit log. Every route needs an upload token; every change is in
+//! the audit log under the token's name.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use deltaroot_client::format::api::{
+    AuditEntry, ChannelStatus, PromoteRequest, RollbackRequest, RolloutRequest, RolloutStatus,
+};
+use deltaroot_client::format::{PublicKey, SignedDowngrade};
+
+use crate::api::{authorize, find_release, name};
+use crate::db::{DeviceRow, NewRollout};
+use crate::error::{Error, Result};
+use crate::fleet::{check_device_id, ProductView};
+use crate::App;
+
+/// A downgrade statement issued more than this far in the future is refused (clock skew).
+const MAX_SKEW_SECS: i64 = 3600;
+
+async fn product(app: &App, product: &str) -> Result<std::sync::Arc<ProductView>> {
+    name("product", product)?;
+    // Operators read their own writes: no cached copy.
+    app.fleet.invalidate(product, None);
+    app.fleet
+        .product(product)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no product {product}")))
+}
+
+fn percent(field: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(Error::BadRequest(format!(
+            "{field} must be between 0 and 100, not {v}"
+        )))
+    }
+}
+
+/// The status of one channel as operators see it.
+async fn channel_status(app: &App, p: &ProductView, channel: &str) -> Result<ChannelStatus> {
+    let row =
+        app.db.channel_state(p.id, channel).await?.ok_or_else(|| {
+            Error::NotFound(format!("product {} has no channel {channel}", p.name))
+        })?;
+    let version_of = |id: i64| p.by_id.get(&id).map(|r| r.version.clone());
+    let downgrade = match &row.downgrade {
+        Some((s, _)) => Some(
+            deltaroot_client::format::Downgrade::decode(s)
+                .map_err(|e| Error::Corrupt(format!("downgrade of {channel}: {e}")))?
+                .version,
+        ),
+        None => None,
+    };
+    let rollout = match &row.rollout {
+        Some(ro) => {
+            let version = version_of(ro.release_id).unwrap_or_default();
+            let (reports, failures) = app.db.reports(p.id, &version, ro.created_at).await?;
+            Some(RolloutStatus {
+                id: ro.id,
+                version,
+                previous: ro.previous_release_id.and_then(version_of),
+                floor: ro.floor_release_id.and_then(version_of),
+                state: ro.state.clone(),
+                reason: ro.reason.clone(),
+                percent: if ro.state == "stopped" {
+                    0.0
+                } else {
+                    ro.percent_at(crate::db::now())
+                },
+                start_percent: ro.start_percent,
+                step_percent: ro.step_percent,
+                step_secs: ro.step_secs as u64,
+                max_failure_rate: ro.max_failure_rate,
+                min_reports: ro.min_reports as u64,
+                started_at: ro.started_at,
+                reports,
+                failures,
+            })
+        }
+        None => None,
+    };
+    Ok(ChannelStatus {
+        product: p.name.clone(),
+        channel: channel.to_string(),
+        version: version_of(row.release_id),
+        paused: row.paused,
+        downgrade,
+        rollout,
+        updated_at: row.updated_at,
+    })
+}
+
+/// After a change: this replica forgets its cached copy, and answers the new status.
+async fn changed(app: &App, p: &ProductView, channel: &str) -> Result<Json<ChannelStatus>> {
+    app.fleet.invalidate(&p.name, Some(p.id));
+    Ok(Json(channel_status(app, p, channel).await?))
+}
+
+pub async fn list(
+    State(app): State<App>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ChannelStatus>>> {
+    authorize(&app, &headers).await?;
+    let p = product(&app, &p).await?;
+    let mut out = Vec::new();
+    for c in app.db.channel_names(p.id).await? {
+        out.push(channel_status(&app, &p, &c).await?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn status(
+    State(app): State<App>,
+    Path((p, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ChannelStatus>> {
+    authorize(&app, &headers).await?;
+    name("channel", &channel)?;
+    let p = product(&app, &p).await?;
+    Ok(Json(channel_status(&app, &p, &channel).await?))
+}
+
+pub async fn promote(
+    State(app): State<App>,
+    Path((p, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+    crate::api::JsonBody(req): crate::api::JsonBody<PromoteRequest>,
+) -> Result<Json<ChannelStatus>> {
+    let who = authorize(&app, &headers).await?;
+    name("channel", &channel)?;
+    name("version", &req.version)?;
+    let p = product(&app, &p).await?;
+    let start = percent("percent", req.percent.unwrap_or(100.0))?;
+    let step = percent("step_percent", req.step_percent.unwrap_or(0.0))?;
+    let step_secs = req.step_secs.unwrap_or(0);
+    if step > 0.0 && step_secs == 0 {
+        return Err(Error::BadRequest(
+            "step_percent needs step_secs (how often to take a step)".into(),
+        ));
+    }
+    if let Some(r) = req.max_failure_rate {
+        if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+            return Err(Error::BadRequest(format!(
+                "max_failure_rate is a share between 0 and 1, not {r}"
+            )));
+        }
+    }
+    let target = find_release(&app, &p.name, &req.version).await?;
+    let floor = match &req.floor {
+        Some(f) => {
+            let f = find_release(&app, &p.name, f).await?;
+            if f.created > target.created {
+                return Err(Error::BadRequest(format!(
+                    "floor {} is newer than {}",
+                    f.version, target.version
+                )));
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    if let Some(cur) = app.db.channel_state(p.id, &channel).await? {
+        if let Some(c) = p.by_id.get(&cur.release_id) {
+            if target.created < c.created {
+                return Err(Error::Conflict(format!(
+                    "{} is older than {} on {channel}: roll back with a signed downgrade instead",
+                    target.version, c.version
+                )));
+            }
+        }
+    }
+    app.db
+        .promote(
+            p.id,
+            &p.name,
+            &channel,
+            &NewRollout {
+                release_id: target.id,
+                version: target.version.clone(),
+                floor_release_id: floor.as_ref().map(|f| f.id),
+                floor: floor.as_ref().map(|f| f.version.clone()),
+                percent: start,
+                step_percent: step,
+                step_secs: step_secs.min(i64::MAX as u64) as i64,
+                max_failure_rate: req.max_failure_rate,
+                min_reports: req.min_reports.unwrap_or(10).min(i64::MAX as u64) as i64,
+            },
+            &who,
+        )
+        .await?;
+    tracing::info!(
+        product = p.name,
+        channel,
+        version = target.version,
+        percent = start,
+        by = who,
+        "promoted"
+    );
+    changed(&app, &p, &channel).await
+}
+
+async fn set_paused(
+    app: App,
+    p: String,
+    channel: String,
+    headers: HeaderMap,
+    paused: bool,
+) -> Result<Json<ChannelStatus>> {
+    let who = authorize(&app, &headers).await?;
+    name("channel", &channel)?;
+    let p = product(&app, &p).await?;
+    if !app
+        .db
+        .set_paused(p.id, &p.name, &channel, paused, &who)
+        .await?
+    {
+        return Err(Error::NotFound(format!(
+            "product {} has no channel {channel}",
+            p.name
+        )));
+    }
+    tracing::info!(
+        product = p.name,
+        channel,
+        paused,
+        by = who,
+        "channel paused or resumed"
+    );
+    changed(&app, &p, &channel).await
+}
+
+pub async fn pause(
+    State(app): State<App>,
+    Path((p, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ChannelStatus>> {
+    set_paused(app, p, channel, headers, true).await
+}
+
+pub async fn resume(
+    State(app): State<App>,
+    Path((p, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ChannelStatus>> {
+    set_paused(app, p, channel, headers, false).await
+}
+
+pub async fn rollback(
+    State(app): State<App>,
+    Path((p, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+    crate::api::JsonBody(req): crate::api::JsonBody<RollbackRequest>,
+) -> Result<Json<ChannelStatus>> {
+    let who = authorize(&app, &headers).await?;
+    name("channel", &channel)?;
+    let p = product(&app, &p).await?;
+    let key = PublicKey::from_text(&p.key)?;
+    let signed =
+        SignedDowngrade::from_offer(&req.downgrade, std::slice::from_ref(&key)).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e} (it must be signed with the product's release key {})",
+                key.id()
+            ))
+        })?;
+    let s = signed.statement();
+    if s.product != p.name || s.channel != channel {
+        return Err(Error::BadRequest(format!(
+            "the statement is for {}/{}, not {}/{channel}",
+            s.product, s.channel, p.name
+        )));
+    }
+    let now = crate::db::now();
+    if s.issued as i64 > now + MAX_SKEW_SECS {
+        return Err(Error::BadRequest(format!(
+            "the statement is issued at {}, in the future (now {now})",
+            s.issued
+        )));
+    }
+    let target = find_release(&app, &p.name, &s.version).await?;
+    if let Some(cur) = app.db.channel_state(p.id, &channel).await? {
+        if let Some(c) = p.by_id.get(&cur.release_id) {
+            if (s.issued as i64) < c.created {
+                return Err(Error::BadRequest(format!(
+                    "the statement was issued before {} was created: devices would refuse it; sign a new one",
+                    c.version
+                )));
+            }
+        }
+    }
+    app.db
+        .rollback(
+            p.id,
+            &p.name,
+            &channel,
+            target.id,
+            &target.version,
+            signed.bytes(),
+            signed.signature(),
+            &who,
+        )
+        .await?;
+    tracing::warn!(
+        product = p.name,
+        channel,
+        version = target.version,
+        by = who,
+        "channel rolled back"
+    );
+    changed(&app, &p, &channel).await
+}
+
+pub async fn rollout(
+    State(app): State<App>,
+    Path((p, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+    crate::api::JsonBody(req): crate::api::JsonBody<RolloutRequest>,
+) -> Result<Json<ChannelStatus>> {
+    let who = authorize(&app, &headers).await?;
+    name("channel", &channel)?;
+    let p = product(&app, &p).await?;
+    let pct = percent("percent", req.percent)?;
+    if !app
+        .db
+        .set_rollout_percent(p.id, &p.name, &channel, pct, &who)
+        .await?
+    {
+        return Err(Error::NotFound(format!(
+            "product {} has no rollout on channel {channel}",
+            p.name
+        )));
+    }
+    changed(&app, &p, &channel).await
+}
+
+pub async fn audit(
+    State(app): State<App>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AuditEntry>>> {
+    authorize(&app, &headers).await?;
+    let p = product(&app, &p).await?;
+    let rows = app.db.audit(&p.name, 1000).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| AuditEntry {
+                at: r.at,
+                who: r.who,
+                product: r.product,
+                channel: r.channel,
+                action: r.action,
+                detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::Null),
+            })
+            .collect(),
+    ))
+}
+
+pub async fn device(
+    State(app): State<App>,
+    Path((p, device)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<DeviceRow>> {
+    authorize(&app, &headers).await?;
+    check_device_id(&device)?;
+    let p = product(&app, &p).await?;
+    app.db
+        .device(p.id, &device)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("product {} has no device {device}", p.name)))
+}

@@ -1,0 +1,615 @@
+//! The fleet: what each device is offered (channels, staged rollouts, floors, pins, signed
+//! downgrades), check-ins written in batches so a poll never waits on the database, and the
+//! watcher that stops a rollout when too many devices report failures.
+//!
+//! Update checks are answered from memory: product and channel state is cached for
+//! `cache_ttl` (this replica drops its copy at once when an operator changes something
+//! through it; other replicas see the change within `cache_ttl`), plan sizes are cached
+//! until the plan is rebuilt.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use deltaroot_client::format::api::DowngradeOffer;
+use deltaroot_client::format::Downgrade;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{self, ChannelRow, CheckIn, Db, ReleaseRow};
+use crate::error::{Error, Result};
+use crate::Metrics;
+
+/// Check-ins waiting to be written; past this, polls are still answered but not recorded.
+const QUEUE: usize = 1 << 16;
+/// Most check-ins written in one transaction.
+const BATCH: usize = 4096;
+
+/// How often devices should poll.
+#[derive(Clone, Copy, Debug)]
+pub struct PollSettings {
+    pub secs: u64,
+    /// Spread around `secs`, as a fraction: 0.2 answers between 0.8 and 1.2 × `secs`.
+    pub jitter: f64,
+}
+
+/// A product and all its releases, as the check needs them.
+#[derive(Debug)]
+pub struct ProductView {
+    pub id: i64,
+    pub name: String,
+    pub key: String,
+    pub by_version: HashMap<String, Arc<ReleaseRow>>,
+    pub by_id: HashMap<i64, Arc<ReleaseRow>>,
+}
+
+/// A channel's state with its downgrade statement decoded once.
+#[derive(Debug)]
+pub struct ChannelView {
+    pub row: ChannelRow,
+    /// The version the signed downgrade names, and the statement as devices receive it.
+    pub downgrade: Option<(String, DowngradeOffer)>,
+}
+
+/// What a device asks with its check.
+#[derive(Clone, Debug, Default)]
+pub struct Ask<'a> {
+    pub current: Option<&'a str>,
+    pub device: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub attempted: Option<&'a str>,
+    pub pin: Option<&'a str>,
+}
+
+/// The answer to one check.
+#[derive(Clone, Debug, Default)]
+pub struct Decision {
+    pub latest: Option<String>,
+    pub paused: bool,
+    /// The release to move to, with the operator's statement when it is a downgrade.
+    pub offer: Option<(Arc<ReleaseRow>, Option<DowngradeOffer>)>,
+}
+
+enum Msg {
+    CheckIn(CheckIn),
+    Flush(oneshot::Sender<()>),
+}
+
+type Cached<K, V> = RwLock<HashMap<K, (Instant, Option<Arc<V>>)>>;
+
+pub struct Fleet {
+    db: Db,
+    ttl: Duration,
+    pub poll: PollSettings,
+    products: Cached<String, ProductView>,
+    channels: Cached<(i64, String), ChannelView>,
+    plan_sizes: RwLock<HashMap<(i64, i64), u64>>,
+    queue: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a device falls in a rollout: a stable number in [0, 100) from its id.
+pub fn bucket(product: &str, channel: &str, device: &str) -> f64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"deltaroot-rollout\0");
+    h.update(product.as_bytes());
+    h.update(b"\0");
+    h.update(channel.as_bytes());
+    h.update(b"\0");
+    h.update(device.as_bytes());
+    let b = h.finalize();
+    let n = u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"));
+    (n % 1_000_000) as f64 / 10_000.0
+}
+
+/// Is this device in a wave of `percent`? Devices that send no id join only at 100 %.
+pub fn selected(product: &str, channel: &str, device: Option<&str>, percent: f64) -> bool {
+    if percent >= 100.0 {
+        return true;
+    }
+    match device {
+        Some(d) => bucket(product, channel, d) < percent,
+        None => false,
+    }
+}
+
+/// A device id: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
+pub fn check_device_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "device id {:?} is not 1-128 of A-Z a-z 0-9 . _ : -",
+            id.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
+/// The pure decision: what `ask` gets from this channel at `now`.
+pub fn decide(
+    p: &ProductView,
+    channel_name: &str,
+    ch: Option<&ChannelView>,
+    ask: &Ask<'_>,
+    now: i64,
+) -> Result<Decision> {
+    let mut d = Decision {
+        latest: ch.and_then(|c| p.by_id.get(&c.row.release_id).map(|r| r.version.clone())),
+        paused: ch.is_some_and(|c| c.row.paused),
+        offer: None,
+    };
+    let current = ask.current.and_then(|v| p.by_version.get(v));
+    let downgrade_for = |t: &ReleaseRow| {
+        ch.and_then(|c| c.downgrade.as_ref())
+            .filter(|(v, _)| *v == t.version)
+            .map(|(_, o)| o.clone())
+    };
+    // A device that pins a version is steered by its own configuration.
+    if let Some(pin) = ask.pin {
+        let t = p
+            .by_version
+            .get(pin)
+            .ok_or_else(|| Error::NotFound(format!("product {} has no release {pin}", p.name)))?;
+        if ask.current != Some(pin) {
+            d.offer = Some((t.clone(), downgrade_for(t)));
+        }
+        return Ok(d);
+    }
+    let Some(ch) = ch else { return Ok(d) };
+    if ch.row.paused {
+        return Ok(d);
+    }
+    let mut target = p.by_id.get(&ch.row.release_id).cloned();
+    if let Some(ro) = ch
+        .row
+        .rollout
+        .as_ref()
+        .filter(|r| r.release_id == ch.row.release_id)
+    {
+        let inside = match ro.state.as_str() {
+            "active" => selected(&p.name, channel_name, ask.device, ro.percent_at(now)),
+            "stopped" => false,
+            _ => true,
+        };
+        if !inside {
+            target = ro
+                .previous_release_id
+                .and_then(|id| p.by_id.get(&id).cloned());
+        }
+        if let (Some(floor), Some(cur), Some(t)) = (
+            ro.floor_release_id.and_then(|id| p.by_id.get(&id)),
+            current,
+            target.as_ref(),
+        ) {
+            if cur.created < floor.created && floor.created < t.created {
+                target = Some(floor.clone());
+            }
+        }
+    }
+    let Some(t) = target else { return Ok(d) };
+    // A device that rolled back from this release is not offered it again.
+    if ask.result == Some("rolled-back") && ask.attempted == Some(t.version.as_str()) {
+        return Ok(d);
+    }
+    let downgrade = downgrade_for(&t);
+    d.offer = match current {
+        Some(c) if c.id == t.id => None,
+        Some(c) if t.created >= c.created => Some((t, downgrade)),
+        // Older than what the device runs: only with the operator's signed statement.
+        Some(_) => downgrade.map(|o| (t, Some(o))),
+        None if ask.current == Some(t.version.as_str()) => None,
+        None => Some((t, downgrade)),
+    };
+    Ok(d)
+}
+
+impl Fleet {
+    /// Starts the check-in writer on the current tokio runtime.
+    pub fn start(db: Db, ttl: Duration, poll: PollSettings, metrics: Arc<Metrics>) -> Arc<Fleet> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let fleet = Arc::new(Fleet {
+            db: db.clone(),
+            ttl,
+            poll,
+            products: RwLock::default(),
+            channels: RwLock::default(),
+            plan_sizes: RwLock::default(),
+            queue: tx,
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(write_checkins(db, rx, metrics));
+        fleet
+    }
+
+    fn cached<K: std::hash::Hash + Eq, V>(
+        &self,
+        map: &Cached<K, V>,
+        k: &K,
+    ) -> Option<Option<Arc<V>>> {
+        let m = map.read().expect("cache lock");
+        match m.get(k) {
+            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// A product with its releases, or `None` if it does not exist.
+    pub async fn product(&self, name: &str) -> Result<Option<Arc<ProductView>>> {
+        let key = name.to_string();
+        if let Some(v) = self.cached(&self.products, &key) {
+            return Ok(v);
+        }
+        let view = match self.db.product(name).await? {
+            None => None,
+            Some((id, pubkey)) => {
+                let mut by_version = HashMap::new();
+                let mut by_id = HashMap::new();
+                for r in self.db.releases(name).await? {
+                    let r = Arc::new(r);
+                    by_version.insert(r.version.clone(), r.clone());
+                    by_id.insert(r.id, r);
+                }
+                Some(Arc::new(ProductView {
+                    id,
+                    name: name.to_string(),
+                    key: pubkey,
+                    by_version,
+                    by_id,
+                }))
+            }
+        };
+        self.products
+            .write()
+            .expect("cache lock")
+            .insert(key, (Instant::now(), view.clone()));
+        Ok(view)
+    }
+
+    /// A channel's state, or `None` if the channel was never set.
+    pub async fn channel(&self, product_id: i64, name: &str) -> Result<Option<Arc<ChannelView>>> {
+        let key = (product_id, name.to_string());
+        if let Some(v) = self.cached(&self.channels, &key) {
+            return Ok(v);
+        }
+        let view = match self.db.channel_state(product_id, name).await? {
+            None => None,
+            Some(row) => {
+                let downgrade = match &row.downgrade {
+                    Some((statement, sig)) => {
+                        let s = Downgrade::decode(statement).map_err(|e| {
+                            Error::Corrupt(format!("downgrade statement of channel {name}: {e}"))
+                        })?;
+                        let b64 = base64::engine::general_purpose::STANDARD;
+                        Some((
+                            s.version,
+                            DowngradeOffer {
+                                statement: b64.encode(statement),
+                                signature: b64.encode(sig),
+                            },
+                        ))
+                    }
+                    None => None,
+                };
+                Some(Arc::new(ChannelView { row, downgrade }))
+            }
+        };
+        self.channels
+            .write()
+            .expect("cache lock")
+            .insert(key, (Instant::now(), view.clone()));
+        Ok(view)
+    }
+
+    /// Forgets what this replica cached about a product, after an operator changed it.
+    pub fn invalidate(&self, product: &str, product_id: Option<i64>) {
+        self.products.write().expect("cache lock").remove(product);
+        if let Some(id) = product_id {
+            self.channels
+                .write()
+                .expect("cache lock")
+                .retain(|(p, _), _| *p != id);
+        }
+    }
+
+    pub fn plan_size(&self, from: Option<i64>, to: i64) -> Option<u64> {
+        self.plan_sizes
+            .read()
+            .expect("cache lock")
+            .get(&(from.unwrap_or(0), to))
+            .copied()
+    }
+
+    pub fn set_plan_size(&self, from: Option<i64>, to: i64, bytes: u64) {
+        self.plan_sizes
+            .write()
+            .expect("cache lock")
+            .insert((from.unwrap_or(0), to), bytes);
+    }
+
+    /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).
+    pub fn record(&self, c: CheckIn) {
+        match self.queue.try_send(Msg::CheckIn(c)) {
+            Ok(()) => self.metrics.checkins.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self
+                .metrics
+                .checkins_dropped
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Waits until every check-in queued before this call is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A time-based poll interval around the configured one.
+    pub fn next_check_secs(&self) -> u64 {
+        let spread = self.poll.jitter.clamp(0.0, 1.0);
+        let f = 1.0 - spread + 2.0 * spread * unit_random();
+        ((self.poll.secs as f64) * f).round().max(1.0) as u64
+    }
+
+    /// Stops every watched rollout whose failure rate is over its limit; returns the ids
+    /// this call stopped.
+    pub async fn watch_rollouts(&self) -> Result<Vec<i64>> {
+        let mut stopped = Vec::new();
+        for (product_id, product, channel, ro, version) in self.db.watched_rollouts().await? {
+            let Some(max) = ro.max_failure_rate else {
+                continue;
+            };
+            let (reports, failures) = self.db.reports(product_id, &version, ro.created_at).await?;
+            if reports == 0 || reports < ro.min_reports as u64 {
+                continue;
+            }
+            let rate = failures as f64 / reports as f64;
+            if rate > max {
+                let reason = format!(
+                    "{failures} of {reports} devices failed or rolled back {version} ({:.1} % > {:.1} %)",
+                    rate * 100.0,
+                    max * 100.0
+                );
+                let detail = serde_json::json!({
+                    "version": version, "reports": reports, "failures": failures,
+                    "max_failure_rate": max, "reason": reason,
+                });
+                if self
+                    .db
+                    .stop_rollout(ro.id, &product, &channel, &reason, detail)
+                    .await?
+                {
+                    tracing::warn!(product, channel, version, reason, "rollout stopped");
+                    self.metrics
+                        .rollouts_stopped
+                        .fetch_add(1, Ordering::Relaxed);
+                    stopped.push(ro.id);
+                }
+                self.invalidate(&product, Some(product_id));
+            }
+        }
+        Ok(stopped)
+    }
+}
+
+/// A number in [0, 1) from a per-thread xorshift generator seeded by the OS.
+fn unit_random() -> f64 {
+    use std::cell::Cell as StdCell;
+    thread_local! {
+        static STATE: StdCell<u64> = StdCell::new({
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).expect("the OS has randomness");
+            u64::from_le_bytes(b) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// Writes queued check-ins: whatever has piled up while the last batch was written goes in
+/// the next transaction.
+async fn write_checkins(db: Db, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        buf.clear();
+        if rx.recv_many(&mut buf, BATCH).await == 0 {
+            return;
+        }
+        let mut batch = Vec::with_capacity(buf.len());
+        let mut acks = Vec::new();
+        for m in buf.drain(..) {
+            match m {
+                Msg::CheckIn(c) => batch.push(c),
+                Msg::Flush(tx) => acks.push(tx),
+            }
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            match db.record_checkins(&batch).await {
+                Ok(()) => metrics.checkins_written.fetch_add(n, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::error!(error = %e, count = n, "writing check-ins failed");
+                    metrics.checkins_failed.fetch_add(n, Ordering::Relaxed)
+                }
+            };
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
+
+/// Today, for check-ins.
+pub fn now() -> i64 {
+    db::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Rollout;
+
+    fn rel(id: i64, v: &str, created: i64) -> Arc<ReleaseRow> {
+        Arc::new(ReleaseRow {
+            id,
+            version: v.into(),
+            created,
+            image_bytes: 0,
+            entries: 0,
+            published_at: 0,
+            published_by: "t".into(),
+        })
+    }
+
+    fn product() -> ProductView {
+        let rs = [rel(1, "1", 100), rel(2, "2", 200), rel(3, "3", 300)];
+        ProductView {
+            id: 1,
+            name: "p".into(),
+            key: String::new(),
+            by_version: rs.iter().map(|r| (r.version.clone(), r.clone())).collect(),
+            by_id: rs.iter().map(|r| (r.id, r.clone())).collect(),
+        }
+    }
+
+    fn channel(release: i64, rollout: Option<Rollout>) -> ChannelView {
+        ChannelView {
+            row: ChannelRow {
+                release_id: release,
+                paused: false,
+                downgrade: None,
+                rollout,
+                updated_at: 0,
+            },
+            downgrade: None,
+        }
+    }
+
+    fn wave(percent: f64, floor: Option<i64>, state: &str) -> Rollout {
+        Rollout {
+            id: 9,
+            release_id: 3,
+            previous_release_id: Some(2),
+            floor_release_id: floor,
+            start_percent: percent,
+            step_percent: 0.0,
+            step_secs: 0,
+            max_failure_rate: None,
+            min_reports: 1,
+            started_at: 0,
+            created_at: 0,
+            state: state.into(),
+            reason: None,
+        }
+    }
+
+    fn offered(ch: &ChannelView, ask: Ask<'_>) -> Option<String> {
+        decide(&product(), "stable", Some(ch), &ask, 1000)
+            .unwrap()
+            .offer
+            .map(|(r, _)| r.version.clone())
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket("p", "c", "dev-1"), bucket("p", "c", "dev-1"));
+        let n = (0..10_000)
+            .filter(|i| selected("p", "c", Some(&format!("dev-{i}")), 25.0))
+            .count();
+        assert!((2300..2700).contains(&n), "{n}");
+        assert!(!selected("p", "c", None, 99.0));
+        assert!(selected("p", "c", None, 100.0));
+    }
+
+    #[test]
+    fn newer_offered_older_never_without_a_statement() {
+        let ch = channel(2, None);
+        let ask = |c| Ask {
+            current: c,
+            ..Ask::default()
+        };
+        assert_eq!(offered(&ch, ask(Some("1"))).as_deref(), Some("2"));
+        assert_eq!(offered(&ch, ask(Some("2"))), None);
+        assert_eq!(offered(&ch, ask(Some("3"))), None);
+        assert_eq!(offered(&ch, ask(None)).as_deref(), Some("2"));
+        assert_eq!(offered(&ch, ask(Some("unknown"))).as_deref(), Some("2"));
+        let mut paused = channel(2, None);
+        paused.row.paused = true;
+        assert_eq!(offered(&paused, ask(Some("1"))), None);
+        let mut down = channel(2, None);
+        down.downgrade = Some((
+            "2".into(),
+            DowngradeOffer {
+                statement: "s".into(),
+                signature: "g".into(),
+            },
+        ));
+        let d = decide(&product(), "stable", Some(&down), &ask(Some("3")), 0).unwrap();
+        let (r, st) = d.offer.unwrap();
+        assert_eq!((r.version.as_str(), st.is_some()), ("2", true));
+    }
+
+    #[test]
+    fn waves_floors_stops_and_pins() {
+        let outside = (0..1000)
+            .map(|i| format!("d{i}"))
+            .find(|d| bucket("p", "stable", d) >= 50.0)
+            .unwrap();
+        let inside = (0..1000)
+            .map(|i| format!("d{i}"))
+            .find(|d| bucket("p", "stable", d) < 50.0)
+            .unwrap();
+        let ch = channel(3, Some(wave(50.0, None, "active")));
+        fn ask<'a>(d: &'a str, c: Option<&'a str>) -> Ask<'a> {
+            Ask {
+                current: c,
+                device: Some(d),
+                ..Ask::default()
+            }
+        }
+        let inside_ask = ask(&inside, Some("2"));
+        assert_eq!(offered(&ch, inside_ask).as_deref(), Some("3"));
+        assert_eq!(offered(&ch, ask(&outside, Some("2"))), None);
+        assert_eq!(offered(&ch, ask(&outside, Some("1"))).as_deref(), Some("2"));
+        let stopped = channel(3, Some(wave(50.0, None, "stopped")));
+        assert_eq!(offered(&stopped, ask(&inside, Some("2"))), None);
+        assert_eq!(offered(&stopped, ask(&inside, Some("3"))), None);
+        let floored = channel(3, Some(wave(100.0, Some(2), "active")));
+        assert_eq!(
+            offered(&floored, ask(&inside, Some("1"))).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            offered(&floored, ask(&inside, Some("2"))).as_deref(),
+            Some("3")
+        );
+        assert_eq!(offered(&floored, ask(&inside, None)).as_deref(), Some("3"));
+        let pinned = Ask {
+            current: Some("3"),
+            pin: Some("1"),
+            ..Ask::default()
+        };
+        assert_eq!(offered(&ch, pinned).as_deref(), Some("1"));
+        let rolled_back = Ask {
+            current: Some("2"),
+            device: Some(&inside),
+            result: Some("rolled-back"),
+            attempted: Some("3"),
+            ..Ask::default()
+        };
+        assert_eq!(offered(&ch, rolled_back), None);
+    }
+}

@@ -1,0 +1,186 @@
+//! Prometheus counters behind `/metrics`: requests and latency per route, bytes served,
+//! update checks and check-ins, and the state of each channel's rollout. Counters are plain
+//! atomics indexed by route, so counting costs no lock on the hot path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::api::ROUTES;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct RouteStats {
+    /// Answers by status class: 1xx … 5xx.
+    by_class: [AtomicU64; 5],
+    /// Cumulative counts per bucket, and one for +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// Counters of one server process.
+pub struct Metrics {
+    pub object_bytes: AtomicU64,
+    pub delta_bytes: AtomicU64,
+    pub checks: AtomicU64,
+    /// Check-ins queued, written, dropped because the queue was full, and lost to a
+    /// database error.
+    pub checkins: AtomicU64,
+    pub checkins_written: AtomicU64,
+    pub checkins_dropped: AtomicU64,
+    pub checkins_failed: AtomicU64,
+    pub rollouts_stopped: AtomicU64,
+    routes: Vec<RouteStats>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            object_bytes: AtomicU64::new(0),
+            delta_bytes: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+            checkins: AtomicU64::new(0),
+            checkins_written: AtomicU64::new(0),
+            checkins_dropped: AtomicU64::new(0),
+            checkins_failed: AtomicU64::new(0),
+            rollouts_stopped: AtomicU64::new(0),
+            routes: ROUTES.iter().map(|_| RouteStats::default()).collect(),
+        }
+    }
+}
+
+impl Metrics {
+    fn observe(&self, route: usize, status: u16, secs: f64) {
+        let Some(r) = self.routes.get(route) else {
+            return;
+        };
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        r.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let b = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        r.buckets[b].fetch_add(1, Ordering::Relaxed);
+        r.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text of the counters (the rollout gauges are appended by the caller).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let c = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let _ = writeln!(
+            s,
+            "# HELP deltaroot_served_bytes_total Bytes of objects and deltas sent.\n\
+             # TYPE deltaroot_served_bytes_total counter\n\
+             deltaroot_served_bytes_total{{kind=\"object\"}} {}\n\
+             deltaroot_served_bytes_total{{kind=\"delta\"}} {}",
+            self.object_bytes.load(Ordering::Relaxed),
+            self.delta_bytes.load(Ordering::Relaxed)
+        );
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        c(
+            &mut s,
+            "deltaroot_update_checks_total",
+            "Update checks answered.",
+            ld(&self.checks),
+        );
+        c(
+            &mut s,
+            "deltaroot_checkins_total",
+            "Check-ins queued for writing.",
+            ld(&self.checkins),
+        );
+        c(
+            &mut s,
+            "deltaroot_checkins_written_total",
+            "Check-ins written to the database.",
+            ld(&self.checkins_written),
+        );
+        c(
+            &mut s,
+            "deltaroot_checkins_dropped_total",
+            "Check-ins not recorded because the queue was full.",
+            ld(&self.checkins_dropped),
+        );
+        c(
+            &mut s,
+            "deltaroot_checkins_failed_total",
+            "Check-ins lost to a database error.",
+            ld(&self.checkins_failed),
+        );
+        c(
+            &mut s,
+            "deltaroot_rollouts_stopped_total",
+            "Rollouts this replica stopped on failures.",
+            ld(&self.rollouts_stopped),
+        );
+        s.push_str(
+            "# HELP deltaroot_http_requests_total Answers by route and status class.\n\
+             # TYPE deltaroot_http_requests_total counter\n",
+        );
+        for ((_, path), r) in ROUTES.iter().zip(&self.routes) {
+            for (i, n) in r.by_class.iter().enumerate() {
+                let n = ld(n);
+                if n > 0 {
+                    let _ = writeln!(
+                        s,
+                        "deltaroot_http_requests_total{{route=\"{path}\",status=\"{}xx\"}} {n}",
+                        i + 1
+                    );
+                }
+            }
+        }
+        s.push_str(
+            "# HELP deltaroot_http_request_duration_seconds Time to the answer's headers.\n\
+             # TYPE deltaroot_http_request_duration_seconds histogram\n",
+        );
+        for ((_, path), r) in ROUTES.iter().zip(&self.routes) {
+            let total: u64 = r.buckets.iter().map(ld).sum();
+            if total == 0 {
+                continue;
+            }
+            let mut acc = 0;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                acc += ld(&r.buckets[i]);
+                let _ = writeln!(
+                    s,
+                    "deltaroot_http_request_duration_seconds_bucket{{route=\"{path}\",le=\"{b}\"}} {acc}"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "deltaroot_http_request_duration_seconds_bucket{{route=\"{path}\",le=\"+Inf\"}} {total}\n\
+                 deltaroot_http_request_duration_seconds_sum{{route=\"{path}\"}} {}\n\
+                 deltaroot_http_request_duration_seconds_count{{route=\"{path}\"}} {total}",
+                ld(&r.sum_micros) as f64 / 1e6
+            );
+        }
+        s
+    }
+}
+
+/// Middleware (a route layer, so the matched route is known): counts and times answers.
+pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| ROUTES.iter().position(|(_, r)| *r == p.as_str()));
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    if let Some(i) = route {
+        m.observe(i, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    }
+    resp
+}
