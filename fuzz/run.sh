@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the decoder fuzz targets for a bounded time each (default 60 s), seeded with real
+# ELF patches built from fixtures/elf-pairs. Fails if a target finds a crash.
+#   fuzz/run.sh [SECONDS]
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+secs=${1:-60}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+# cargo fuzz needs nightly-only flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
+export RUSTC_BOOTSTRAP=1
+work=$(mktemp -d /tmp/deltaroot-fuzz.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+bash "$here/fixtures/elf-pairs/make.sh" "$work/pairs" >/dev/null
+mkdir -p "$work/seeds"
+cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p deltaroot-publisher --example fuzz_seed
+for pair in "$work"/pairs/*/*; do
+  name=$(basename "$(dirname "$pair")")-$(basename "$pair")
+  "$here/target/release/examples/fuzz_seed" "$pair/old" "$pair/new" "$work/seeds/$name"
+done
+cd "$here/fuzz"
+for target in elf_decode apply_delta; do
+  mkdir -p "$work/corpus-$target"
+  echo "fuzzing $target for ${secs}s" >&2
+  cargo fuzz run "$target" "$work/corpus-$target" "$work/seeds" -- \
+    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1 2>&1 | tail -n 15
+done
