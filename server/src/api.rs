@@ -778,7 +778,38 @@ async fn metrics_text(State(app): State<App>) -> Result<Response> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_range, RangeAsk::*};
+    use super::{parse_range, RangeAsk::*, OPENAPI, ROUTES};
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for m in ["get", "post", "put", "head", "delete", "patch"] {
+                if item.get(m).is_some() {
+                    documented.insert((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let routed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .flat_map(|(ms, p)| ms.split(' ').map(|m| (m.to_string(), p.to_string())))
+            .collect();
+        assert_eq!(documented, routed);
+        // Every schema reference resolves.
+        let text = OPENAPI;
+        for r in text.split("\"#/components/").skip(1) {
+            let name = r.split('"').next().unwrap();
+            let mut parts = name.split('/');
+            let (kind, n) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(
+                doc["components"][kind].get(n).is_some(),
+                "dangling reference {name}"
+            );
+        }
+    }
 
     #[test]
     fn ranges() {

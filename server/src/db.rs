@@ -1046,12 +1046,18 @@ async fn promote_in(
     .bind(channel)
     .execute(&mut **tx)
     .await?;
-    let rollout_id: i64 = sqlx::query(
+    let rollout_id: i64 = sqlx::query(&format!(
         "INSERT INTO rollouts (product_id, channel, release_id, previous_release_id, floor_release_id,
             start_percent, step_percent, step_secs, max_failure_rate, min_reports, started_at, created_at,
             state, reason, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', NULL, $13) RETURNING id",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {}, $9, $10, $11, 'active', NULL, $12) RETURNING id",
+        // A literal, not a parameter: through the Any driver PostgreSQL keeps the type of the
+        // first NULL it saw for a cached statement and then refuses a float.
+        match r.max_failure_rate {
+            Some(v) if v.is_finite() => format!("{v:?}"),
+            _ => "NULL".to_string(),
+        }
+    ))
     .bind(product_id)
     .bind(channel)
     .bind(r.release_id)
@@ -1060,7 +1066,6 @@ async fn promote_in(
     .bind(r.percent)
     .bind(r.step_percent)
     .bind(r.step_secs)
-    .bind(r.max_failure_rate)
     .bind(r.min_reports)
     .bind(t)
     .bind(t)

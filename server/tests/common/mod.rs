@@ -129,7 +129,7 @@ pub struct Place {
 impl Place {
     pub fn new(backend: Backend, rt: &tokio::runtime::Runtime, data: &Path) -> Place {
         let mut config = Config::in_folder(data);
-        config.max_upload = 64 << 20;
+        config.max_upload = 16 << 20;
         config.cache_ttl = Duration::from_millis(200);
         config.watch_every = None;
         config.poll.secs = 600;
@@ -183,9 +183,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 impl Server {
     pub fn start(backend: Backend) -> Server {
+        Server::start_with(backend, |_| {})
+    }
+
+    /// A server whose configuration `f` changes first.
+    pub fn start_with(backend: Backend, f: impl FnOnce(&mut Config)) -> Server {
         let data = tempfile::tempdir().unwrap();
         let rt = runtime();
-        let place = Place::new(backend, &rt, data.path());
+        let mut place = Place::new(backend, &rt, data.path());
+        f(&mut place.config);
         let token = deltaroot_server::new_token();
         let s = Server::on(place, data, rt, token.clone());
         s.rt.block_on(s.app.db.create_token("ci", &token)).unwrap();
