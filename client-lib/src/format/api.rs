@@ -82,7 +82,6 @@ pub struct RolloutRequest {
 
 /// `POST /v1/products/{product}/channels/{channel}/rollback`: a signed downgrade.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     #[serde(flatten)]
     pub downgrade: DowngradeOffer,
