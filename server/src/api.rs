@@ -509,7 +509,7 @@ async fn publish(
                 .await?
                 .expect("just inserted");
             download_bytes = Some(
-                plan_for(&app, &product, Some(&old), &to)
+                plan_only(&app, &product, Some(&old), &to)
                     .await?
                     .download_bytes,
             );
@@ -587,21 +587,72 @@ pub async fn load_manifest(app: &App, product: &str, r: &ReleaseRow) -> Result<V
 }
 
 /// The stored plan for a pair, computed and saved on first use (one computation at a time
-/// per replica, so a crowd asking for the same new pair computes it once).
+/// per replica, so a crowd asking for the same new pair computes it once). A new plan from
+/// an older release starts building the deltas it lacks in the background.
 pub async fn plan_for(
     app: &App,
     product: &str,
     from: Option<&ReleaseRow>,
     to: &ReleaseRow,
 ) -> Result<Plan> {
-    static COMPUTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let (plan, fresh) = stored_or_computed(app, product, from, to).await?;
+    if let (true, Some(f)) = (fresh, from) {
+        if plan
+            .items
+            .iter()
+            .any(|i| matches!(i.fetch, deltaroot_client::format::Fetch::Object { .. }))
+        {
+            crate::deltas::spawn(app, product, f, to);
+        }
+    }
+    Ok(plan)
+}
+
+/// Like [`plan_for`], without starting delta builds (the publisher made this pair's).
+pub async fn plan_only(
+    app: &App,
+    product: &str,
+    from: Option<&ReleaseRow>,
+    to: &ReleaseRow,
+) -> Result<Plan> {
+    Ok(stored_or_computed(app, product, from, to).await?.0)
+}
+
+static COMPUTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn stored_or_computed(
+    app: &App,
+    product: &str,
+    from: Option<&ReleaseRow>,
+    to: &ReleaseRow,
+) -> Result<(Plan, bool)> {
     if let Some(p) = app.db.plan(from.map(|r| r.id), to.id).await? {
-        return Ok(p);
+        return Ok((p, false));
     }
     let _one = COMPUTING.lock().await;
     if let Some(p) = app.db.plan(from.map(|r| r.id), to.id).await? {
-        return Ok(p);
+        return Ok((p, false));
     }
+    Ok((compute(app, product, from, to).await?, true))
+}
+
+/// Computes the plan again from the deltas stored now, and saves it.
+pub async fn recompute_plan(
+    app: &App,
+    product: &str,
+    from: Option<&ReleaseRow>,
+    to: &ReleaseRow,
+) -> Result<Plan> {
+    let _one = COMPUTING.lock().await;
+    compute(app, product, from, to).await
+}
+
+async fn compute(
+    app: &App,
+    product: &str,
+    from: Option<&ReleaseRow>,
+    to: &ReleaseRow,
+) -> Result<Plan> {
     let to_m = load_manifest(app, product, to).await?;
     let from_m = match from {
         Some(r) => Some(load_manifest(app, product, r).await?),
@@ -703,13 +754,20 @@ async fn check(
     let update = match d.offer {
         Some((target, downgrade)) => {
             let from = ask.current.and_then(|v| p.by_version.get(v));
-            let bytes = match app.fleet.plan_size(from.map(|r| r.id), target.id) {
+            let from_id = from.map(|r| r.id);
+            let bytes = match app.fleet.plan_size(from_id, target.id) {
                 Some(b) => b,
-                None => {
-                    plan_for(&app, &product, from.map(|r| r.as_ref()), &target)
-                        .await?
-                        .download_bytes
-                }
+                None => match app.db.plan_size(from_id, target.id).await? {
+                    Some(b) => {
+                        app.fleet.set_plan_size(from_id, target.id, b);
+                        b
+                    }
+                    None => {
+                        plan_for(&app, &product, from.map(|r| r.as_ref()), &target)
+                            .await?
+                            .download_bytes
+                    }
+                },
             };
             Some(UpdateOffer {
                 version: target.version.clone(),

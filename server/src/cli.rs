@@ -122,6 +122,10 @@ enum Command {
         /// Longest wait for requests in flight (downloads) at shutdown, in seconds.
         #[arg(long, default_value_t = 300)]
         grace_secs: u64,
+        /// zstd level of the deltas the server builds for release pairs the publisher did
+        /// not diff (a device several versions behind).
+        #[arg(long, default_value_t = 19)]
+        delta_level: i32,
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
@@ -297,6 +301,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cache_ms,
             watch_secs,
             grace_secs,
+            delta_level,
             threads: _,
             log_format,
         } => {
@@ -316,6 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     jitter: poll_jitter,
                 },
                 watch_every: Some(Duration::from_secs(watch_secs.max(1))),
+                delta_level,
                 ..storage.config()
             };
             let app = App::start(&config).await.with_context(|| {

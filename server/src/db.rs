@@ -555,6 +555,21 @@ impl Db {
         }
     }
 
+    /// The download size of a stored plan.
+    pub async fn plan_size(&self, from: Option<i64>, to: i64) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT download_bytes FROM plans WHERE from_release = $1 AND to_release = $2",
+        )
+        .bind(from.unwrap_or(0))
+        .bind(to)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>(0)? as u64),
+            None => None,
+        })
+    }
+
     pub async fn save_plan(&self, from: Option<i64>, to: i64, plan: &Plan) -> Result<()> {
         sqlx::query(
             "INSERT INTO plans (from_release, to_release, plan, download_bytes, created_at) VALUES ($1, $2, $3, $4, $5)

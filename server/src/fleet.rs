@@ -84,7 +84,7 @@ pub struct Fleet {
     pub poll: PollSettings,
     products: Cached<String, ProductView>,
     channels: Cached<(i64, String), ChannelView>,
-    plan_sizes: RwLock<HashMap<(i64, i64), u64>>,
+    plan_sizes: RwLock<HashMap<(i64, i64), (Instant, u64)>>,
     queue: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
 }
@@ -317,19 +317,25 @@ impl Fleet {
         }
     }
 
+    /// A plan's download size, cached like channel state (a plan changes when the server
+    /// has built deltas for its pair, possibly on another replica).
     pub fn plan_size(&self, from: Option<i64>, to: i64) -> Option<u64> {
-        self.plan_sizes
+        match self
+            .plan_sizes
             .read()
             .expect("cache lock")
             .get(&(from.unwrap_or(0), to))
-            .copied()
+        {
+            Some((at, b)) if at.elapsed() < self.ttl => Some(*b),
+            _ => None,
+        }
     }
 
     pub fn set_plan_size(&self, from: Option<i64>, to: i64, bytes: u64) {
         self.plan_sizes
             .write()
             .expect("cache lock")
-            .insert((from.unwrap_or(0), to), bytes);
+            .insert((from.unwrap_or(0), to), (Instant::now(), bytes));
     }
 
     /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).

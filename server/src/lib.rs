@@ -6,6 +6,7 @@
 //! - [`db`]: products, releases, channels, rollouts, plans, tokens and devices in SQLite
 //!   or PostgreSQL.
 //! - [`store`]: objects and deltas in a local folder or S3-compatible storage.
+//! - [`deltas`]: deltas for release pairs the publisher did not diff, built in the background.
 //! - [`metrics`]: Prometheus counters.
 //! - [`client`]: the operator commands' HTTP client.
 //! - [`cli`]: the `deltaroot-server` command line.
@@ -15,6 +16,7 @@ pub mod channels;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod deltas;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
@@ -44,6 +46,8 @@ pub struct Config {
     pub poll: fleet::PollSettings,
     /// How often the rollout watcher looks at failure rates (`None`: never by itself).
     pub watch_every: Option<Duration>,
+    /// zstd level of the deltas the server builds for pairs the publisher did not diff.
+    pub delta_level: i32,
 }
 
 impl Config {
@@ -61,6 +65,7 @@ impl Config {
                 jitter: 0.2,
             },
             watch_every: Some(Duration::from_secs(5)),
+            delta_level: 19,
         }
     }
 }
@@ -74,6 +79,9 @@ pub struct App {
     pub fleet: Arc<fleet::Fleet>,
     /// Largest upload body, in bytes.
     pub max_upload: usize,
+    /// Delta builds running on this replica.
+    pub builds: Arc<deltas::Builds>,
+    pub delta_level: i32,
 }
 
 /// Where the embedded default keeps its files.
@@ -138,6 +146,8 @@ impl App {
             metrics,
             fleet,
             max_upload: config.max_upload,
+            builds: Arc::default(),
+            delta_level: config.delta_level,
         })
     }
 }

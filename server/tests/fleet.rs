@@ -548,7 +548,17 @@ fn device_several_versions_behind_and_floors(backend: Backend) {
     let root = tempfile::tempdir().unwrap();
     let a = agent(&f.server, root.path(), &f.trust);
     a.install("1.0").unwrap();
+    // The first check computes the plan 1.0 -> 4.0 with what the publisher made (deltas
+    // between neighbours only: bin/app comes whole) and starts building the missing deltas.
+    let first = a.check().unwrap().update.unwrap();
+    f.server.op(f.server.app.builds.idle());
     let offer = a.check().unwrap().update.unwrap();
+    assert!(
+        offer.download_bytes < first.download_bytes,
+        "after the background build {} must be less than {}",
+        offer.download_bytes,
+        first.download_bytes
+    );
     let fresh = f.check("").update.unwrap();
     assert_eq!(
         (offer.version.as_str(), fresh.version.as_str()),
@@ -569,6 +579,7 @@ fn device_several_versions_behind_and_floors(backend: Backend) {
         ("4.0", Some("1.0"))
     );
     assert_eq!(report.downloaded_bytes, offer.download_bytes);
+    assert!(report.deltas >= 1, "{report:?}");
     same_tree(f.tree_of(4), &root.path().join("current"));
 
     // A floor: a device older than 3.0 installs 3.0 first, then 4.0.
