@@ -178,9 +178,18 @@ pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .and_then(|p| ROUTES.iter().position(|(_, r)| *r == p.as_str()));
     let start = Instant::now();
+    let method = req.method().clone();
     let resp = next.run(req).await;
+    let secs = start.elapsed().as_secs_f64();
     if let Some(i) = route {
-        m.observe(i, resp.status().as_u16(), start.elapsed().as_secs_f64());
+        m.observe(i, resp.status().as_u16(), secs);
+        tracing::debug!(
+            %method,
+            route = ROUTES[i].1,
+            status = resp.status().as_u16(),
+            micros = (secs * 1e6) as u64,
+            "request"
+        );
     }
     resp
 }
