@@ -475,7 +475,8 @@ pub fn phase_b(layout: &Layout, image: &[u8]) -> Vec<Ref> {
                     else {
                         continue;
                     };
-                    if layout.arch.is_relative(info as u32) || layout.arch.is_jump_slot(info as u32) {
+                    if layout.arch.is_relative(info as u32) || layout.arch.is_jump_slot(info as u32)
+                    {
                         slots.push(off);
                     }
                 }
@@ -698,34 +699,6 @@ pub struct SplitPatch {
 }
 
 impl SplitPatch {
-    /// Splits the raw stream of the `bsdiff` crate.
-    pub fn from_bsdiff(stream: &[u8]) -> Result<SplitPatch, ElfError> {
-        let mut p = SplitPatch::default();
-        let mut at = 0usize;
-        while at < stream.len() {
-            let rec = stream
-                .get(at..at + 24)
-                .ok_or_else(|| bad("bsdiff stream ends inside a record"))?;
-            let mix = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
-            let copy = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-            let raw = i64::from_le_bytes(rec[16..24].try_into().expect("8 bytes"));
-            let seek = if raw < 0 { -(raw & i64::MAX) } else { raw };
-            let (m, c) = (usize::try_from(mix), usize::try_from(copy));
-            let (Ok(m), Ok(c)) = (m, c) else {
-                return Err(bad("bsdiff record overflows"));
-            };
-            let body = stream
-                .get(at + 24..)
-                .and_then(|b| b.get(..m.checked_add(c)?))
-                .ok_or_else(|| bad("bsdiff stream ends inside a record"))?;
-            p.diff.extend_from_slice(&body[..m]);
-            p.extra.extend_from_slice(&body[m..]);
-            p.controls.push(Control { mix, copy, seek });
-            at += 24 + m + c;
-        }
-        Ok(p)
-    }
-
     fn encode(&self, out: &mut Vec<u8>) {
         put_varint(out, self.controls.len() as u64);
         for c in &self.controls {

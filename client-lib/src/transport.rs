@@ -53,12 +53,10 @@ impl Http {
             })?;
             builder = builder.add_root_certificate(cert);
         }
-        let client = builder
-            .build()
-            .map_err(|e| Error::Http {
-                url: server.to_string(),
-                reason: e.to_string(),
-            })?;
+        let client = builder.build().map_err(|e| Error::Http {
+            url: server.to_string(),
+            reason: e.to_string(),
+        })?;
         let trim = |s: &str| s.trim_end_matches('/').to_string();
         Ok(Http {
             api: trim(server),

@@ -6,7 +6,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: fuzz_seed OLD NEW OUT");
     };
     let (old, new) = (std::fs::read(old)?, std::fs::read(new)?);
-    let payload = deltaroot_publisher::elf::encode(&old, &new)?
+    let payload = deltaroot_publisher::elf::encode(&old, &new, &Default::default())?
         .ok_or_else(|| anyhow::anyhow!("the ELF method does not apply to these files"))?;
     let mut seed = (old.len() as u32).to_le_bytes().to_vec();
     seed.extend_from_slice(&old);

@@ -15,20 +15,28 @@
 //!    predicted value is not the real one, the correction. The candidate exists only if the
 //!    restore gives the new image back byte for byte.
 
-use deltaroot_client::elf::{self, AddressMap, Layout, SplitPatch};
+use deltaroot_client::elf::{self, AddressMap, Layout};
 
-use crate::error::{Error, Result};
+use crate::bsdiff::Index;
+use crate::error::Result;
 
-/// Encodes the method-4 payload (uncompressed), or `None` when the files are not both
-/// supported ELF images of one architecture.
-pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
+/// Encodes the method-4 payload (uncompressed) from `old` to `new`, or `None` when the files
+/// are not both supported ELF images of one architecture.
+///
+/// `index` holds the suffix array of `old` once built: the caller may reuse it for other
+/// methods. It is built here after the first pass, whose own index (of the blanked image)
+/// is freed by then, so the two never take memory at once.
+pub fn encode<'a>(
+    old: &'a [u8],
+    new: &[u8],
+    index: &std::cell::OnceCell<Index<'a>>,
+) -> Result<Option<Vec<u8>>> {
     let (Ok(lo), Ok(ln)) = (Layout::parse(old), Layout::parse(new)) else {
         return Ok(None);
     };
     if lo.arch != ln.arch || lo.relocatable != ln.relocatable {
         return Ok(None);
     }
-    let refs_old = elf::all_refs(&lo, old);
     let refs_new = elf::all_refs(&ln, new);
     let blank = |image: &[u8], refs: &[elf::Ref]| {
         let mut b = image.to_vec();
@@ -37,16 +45,10 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
         }
         b
     };
-    let fail = |e: std::io::Error| Error::Encode {
-        method: "elf",
-        what: "bsdiff".into(),
-        reason: e.to_string(),
+    let eq0 = {
+        let blank_old = blank(old, &elf::all_refs(&lo, old));
+        crate::bsdiff::diff(&blank_old, &blank(new, &refs_new)).equivalences()
     };
-    let mut first = Vec::new();
-    bsdiff::diff(&blank(old, &refs_old), &blank(new, &refs_new), &mut first).map_err(fail)?;
-    let eq0 = SplitPatch::from_bsdiff(&first)
-        .map_err(|e| encode_err(e.0))?
-        .equivalences();
     let map0 = AddressMap {
         old: &lo,
         new: &ln,
@@ -58,9 +60,7 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
             elf::write_ref(r, &mut normalised, map0.normalise(r, v));
         }
     }
-    let mut stream = Vec::new();
-    bsdiff::diff(old, &normalised, &mut stream).map_err(fail)?;
-    let patch = SplitPatch::from_bsdiff(&stream).map_err(|e| encode_err(e.0))?;
+    let patch = index.get_or_init(|| Index::new(old)).diff(&normalised);
     let eq1 = patch.equivalences();
     let corrections = match elf::find_corrections(&lo, &normalised, new, &eq1) {
         Ok(c) => c,
@@ -75,12 +75,4 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
         "ELF references normalised"
     );
     Ok(Some(elf::build_payload(ln.arch, &patch, &corrections)))
-}
-
-fn encode_err(reason: String) -> Error {
-    Error::Encode {
-        method: "elf",
-        what: "equivalences".into(),
-        reason,
-    }
 }

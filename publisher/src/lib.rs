@@ -4,11 +4,13 @@
 //! - [`matching`]: finding the old version of each changed file, renames included.
 //! - [`engine`]: per-file delta methods, round-trip checked, smallest kept.
 //! - [`elf`]: the encoder of the ELF-aware method.
+//! - [`bsdiff`]: bsdiff's matching on an SA-IS suffix array, for methods 2 and 4.
 //! - [`publish`]: the whole run, on all cores, with progress and a summary.
 //! - [`sink`]: uploading to a server or writing a static release folder.
 //! - [`keys`]: signing keys.
 //! - [`cli`]: the `deltaroot` command line.
 
+pub mod bsdiff;
 pub mod cli;
 pub mod elf;
 pub mod engine;

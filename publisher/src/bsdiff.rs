@@ -1,0 +1,221 @@
+//! bsdiff's matching, on a suffix array built with SA-IS (the `suffix_array` crate).
+//!
+//! The `bsdiff` crate's own diff sorts suffixes with qsufsort into 64-bit indices: slow, and
+//! sixteen bytes of memory per byte of the old file. SA-IS with 32-bit indices is several
+//! times faster and needs four. The matching loop is Colin Percival's: extend an approximate
+//! match forwards and backwards, and emit a record whenever a better exact match appears.
+//! The output is a [`SplitPatch`]: records, diff bytes and extra bytes as separate streams,
+//! which the ELF method stores as they are and method 2 interleaves into the `bsdiff` crate's
+//! stream format (so devices apply it with that crate's `patch`).
+
+use deltaroot_client::elf::{Control, SplitPatch};
+use suffix_array::SuffixArray;
+
+/// Length of the common prefix of two slices.
+fn common(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// An old file indexed for matching: built once, diffed against any number of new files
+/// (the engine diffs one old file against its new version and against the ELF method's
+/// normalised image).
+pub struct Index<'a> {
+    old: &'a [u8],
+    sa: SuffixArray<'a>,
+}
+
+impl<'a> Index<'a> {
+    /// Sorts the suffixes of `old` (SA-IS, four bytes of memory per byte of `old`).
+    pub fn new(old: &'a [u8]) -> Index<'a> {
+        let mut sa = SuffixArray::new(old);
+        sa.enable_buckets();
+        Index { old, sa }
+    }
+
+    /// The indexed file.
+    pub fn old(&self) -> &'a [u8] {
+        self.old
+    }
+
+    /// The longest match of `pattern` in the old file: (position, length).
+    fn search(&self, pattern: &[u8]) -> (usize, usize) {
+        let r = self.sa.search_lcp(pattern);
+        if r.start >= self.old.len() {
+            return (0, 0);
+        }
+        (r.start, common(&self.old[r.start..], pattern))
+    }
+
+    /// Diffs the indexed old file against `new`.
+    pub fn diff(&self, new: &[u8]) -> SplitPatch {
+        diff_indexed(self, new)
+    }
+}
+
+/// Diffs `old` against `new`.
+pub fn diff(old: &[u8], new: &[u8]) -> SplitPatch {
+    Index::new(old).diff(new)
+}
+
+fn diff_indexed(index: &Index<'_>, new: &[u8]) -> SplitPatch {
+    let old = index.old;
+    let mut patch = SplitPatch::default();
+    let (oldsize, newsize) = (old.len() as isize, new.len() as isize);
+    let (mut scan, mut len, mut pos) = (0isize, 0isize, 0isize);
+    let (mut lastscan, mut lastpos, mut lastoffset) = (0isize, 0isize, 0isize);
+    let at = |buf: &[u8], i: isize| buf[i as usize];
+    while scan < newsize {
+        let mut oldscore = 0isize;
+        scan += len;
+        let mut scsc = scan;
+        while scan < newsize {
+            let (p, l) = index.search(&new[scan as usize..]);
+            (pos, len) = (p as isize, l as isize);
+            while scsc < scan + len {
+                if scsc + lastoffset < oldsize && at(old, scsc + lastoffset) == at(new, scsc) {
+                    oldscore += 1;
+                }
+                scsc += 1;
+            }
+            if (len == oldscore && len != 0) || len > oldscore + 8 {
+                break;
+            }
+            if scan + lastoffset < oldsize && at(old, scan + lastoffset) == at(new, scan) {
+                oldscore -= 1;
+            }
+            scan += 1;
+        }
+        if len != oldscore || scan == newsize {
+            // Extend the previous match forwards...
+            let (mut s, mut sf, mut lenf) = (0isize, 0isize, 0isize);
+            let mut i = 0isize;
+            while lastscan + i < scan && lastpos + i < oldsize {
+                if at(old, lastpos + i) == at(new, lastscan + i) {
+                    s += 1;
+                }
+                i += 1;
+                if s * 2 - i > sf * 2 - lenf {
+                    sf = s;
+                    lenf = i;
+                }
+            }
+            // ...and the new one backwards.
+            let mut lenb = 0isize;
+            if scan < newsize {
+                let (mut s, mut sb) = (0isize, 0isize);
+                let mut i = 1isize;
+                while scan >= lastscan + i && pos >= i {
+                    if at(old, pos - i) == at(new, scan - i) {
+                        s += 1;
+                    }
+                    if s * 2 - i > sb * 2 - lenb {
+                        sb = s;
+                        lenb = i;
+                    }
+                    i += 1;
+                }
+            }
+            // Where they overlap, split at the best point.
+            if lastscan + lenf > scan - lenb {
+                let overlap = (lastscan + lenf) - (scan - lenb);
+                let (mut s, mut ss, mut lens) = (0isize, 0isize, 0isize);
+                for i in 0..overlap {
+                    if at(new, lastscan + lenf - overlap + i)
+                        == at(old, lastpos + lenf - overlap + i)
+                    {
+                        s += 1;
+                    }
+                    if at(new, scan - lenb + i) == at(old, pos - lenb + i) {
+                        s -= 1;
+                    }
+                    if s > ss {
+                        ss = s;
+                        lens = i + 1;
+                    }
+                }
+                lenf += lens - overlap;
+                lenb -= lens;
+            }
+            for i in 0..lenf {
+                patch
+                    .diff
+                    .push(at(new, lastscan + i).wrapping_sub(at(old, lastpos + i)));
+            }
+            let extra_end = scan - lenb;
+            patch
+                .extra
+                .extend_from_slice(&new[(lastscan + lenf) as usize..extra_end as usize]);
+            patch.controls.push(Control {
+                mix: lenf as u64,
+                copy: (extra_end - (lastscan + lenf)) as u64,
+                seek: ((pos - lenb) - (lastpos + lenf)) as i64,
+            });
+            lastscan = scan - lenb;
+            lastpos = pos - lenb;
+            lastoffset = pos - scan;
+        }
+    }
+    patch
+}
+
+/// The `bsdiff` crate's stream format: each record as three little-endian 64-bit words
+/// (the seek in sign-magnitude), followed by its diff and extra bytes.
+pub fn interleave(p: &SplitPatch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.diff.len() + p.extra.len() + 24 * p.controls.len());
+    let (mut d, mut e) = (0usize, 0usize);
+    for c in &p.controls {
+        out.extend_from_slice(&c.mix.to_le_bytes());
+        out.extend_from_slice(&c.copy.to_le_bytes());
+        let seek = if c.seek < 0 {
+            c.seek.unsigned_abs() | 1 << 63
+        } else {
+            c.seek as u64
+        };
+        out.extend_from_slice(&seek.to_le_bytes());
+        out.extend_from_slice(&p.diff[d..d + c.mix as usize]);
+        out.extend_from_slice(&p.extra[e..e + c.copy as usize]);
+        d += c.mix as usize;
+        e += c.copy as usize;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 7) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn patches_apply_back_through_both_decoders() {
+        let old = pseudo_random(50_000, 3);
+        let mut new = old.clone();
+        new.splice(1000..1000, b"inserted".iter().copied());
+        new.drain(30_000..30_500);
+        new[40_000] ^= 0xff;
+        for (o, n) in [
+            (&old, &new),
+            (&Vec::new(), &new),
+            (&old, &Vec::new()),
+            (&new, &old),
+        ] {
+            let p = diff(o, n);
+            assert_eq!(&p.apply(o).unwrap(), n);
+            let mut back = Vec::new();
+            bsdiff::patch(o, &mut &interleave(&p)[..], &mut back).unwrap();
+            assert_eq!(&back, n);
+        }
+        let p = diff(&old, &new);
+        assert!(p.extra.len() < 64, "extra {} bytes", p.extra.len());
+    }
+}
