@@ -18,8 +18,10 @@ use crate::error::{Error, Result};
 
 /// How many values go in one `IN (…)` list.
 const CHUNK: usize = 500;
-/// Devices written by one `INSERT` of a check-in batch (7 parameters each).
-const CHECKIN_ROWS: usize = 100;
+/// Devices written by one `INSERT` of a check-in batch (7 parameters each). sqlx looks up
+/// SQLite parameters by name, which costs time quadratic in their number: at 100 rows that
+/// lookup was a third of the check-in writer's time under the load benchmark.
+const CHECKIN_ROWS: usize = 20;
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -896,7 +898,12 @@ impl Db {
         for c in batch {
             last.insert((c.product_id, c.device_id.as_str()), c);
         }
-        let rows: Vec<&CheckIn> = last.into_values().collect();
+        let mut rows: Vec<&CheckIn> = last.into_values().collect();
+        // In key order, each insert lands next to the last one in the B-tree (SQLite: ~20 %
+        // less CPU for a batch of random device ids).
+        rows.sort_unstable_by(|a, b| {
+            (a.product_id, &a.device_id).cmp(&(b.product_id, &b.device_id))
+        });
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(CHECKIN_ROWS) {
             let values = (0..chunk.len())
