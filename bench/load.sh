@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Load benchmark, loopback only, about two minutes after the build: deltaroot-server over
+# HTTPS next to Debian's nginx serving the same files from disk with the same certificate,
+# both measured in this one run by the same client (wrk, 2 threads) on this machine.
+#
+#  1. update checks: 256 connections, each request a different device id (so every check is
+#     a recorded check-in), against a channel with a 50 % staged rollout, on SQLite;
+#     reference: nginx serving a small static file of the same size as a check answer;
+#  2. object downloads: 16 connections fetching a 64 MiB object; reference: nginx, same file.
+#
+# Writes bench/results/load.md. Needs nginx, wrk, openssl, curl (apt-get install nginx wrk).
+# Targets: checks/s >= 0.6 x nginx's small-file requests/s with p99 < 20 ms; object
+# throughput >= 0.8 x nginx's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-256}
+THREADS=${THREADS:-2}  # deltaroot-server worker threads
+for t in nginx wrk openssl curl; do
+  command -v "$t" >/dev/null || { echo "load.sh needs $t (apt-get install nginx wrk openssl curl)" >&2; exit 1; }
+done
+target=${CARGO_TARGET_DIR:-target}
+cargo build --release -q -p deltaroot-server -p deltaroot-publisher
+bin=$target/release
+work=$(mktemp -d /tmp/deltaroot-load.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 1 100); do curl -skf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+
+# --- state: two releases of a small tree plus one 64 MiB incompressible file ---
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+  -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+mkdir -p "$work/v1/etc" "$work/v2/etc" "$work/data"
+for v in 1 2; do
+  for i in $(seq 1 50); do echo "file $i of release $v" >"$work/v$v/etc/f$i"; done
+done
+head -c $((64 << 20)) /dev/urandom >"$work/v2/etc/big.bin"
+"$bin/deltaroot" keygen --out "$work/release" >/dev/null
+token=$("$bin/deltaroot-server" token create bench --data "$work/data")
+p=$(port)
+"$bin/deltaroot-server" serve --plain-http --listen "127.0.0.1:$p" --data "$work/data" 2>"$work/publish-server.log" &
+pid=$!; wait_up "http://127.0.0.1:$p/healthz"
+pub=("$bin/deltaroot" publish --product bench --key "$work/release.key" --server "http://127.0.0.1:$p" --token "$token" --level 3 --quiet --json)
+"${pub[@]}" --version 1.0 --channel ci "$work/v1" >/dev/null
+"${pub[@]}" --version 2.0 --from-version 1.0 --channel ci "$work/v1" "$work/v2" >/dev/null
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+# --- deltaroot-server over HTTPS, SQLite ---
+dp=$(port)
+"$bin/deltaroot-server" serve --listen "127.0.0.1:$dp" --data "$work/data" \
+  --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --threads "$THREADS" 2>"$work/server.log" &
+pids+=($!)
+url=https://127.0.0.1:$dp
+wait_up "$url/healthz"
+op() { "$bin/deltaroot-server" "$@" --server "$url" --token "$token" --ca-cert "$work/cert.pem" --product bench; }
+op promote --channel stable 1.0 >/dev/null
+op promote --channel stable 2.0 --percent 50 >/dev/null
+big=$(curl -sk --cacert "$work/cert.pem" "$url/v1/products/bench/plans/1.0/2.0" \
+  | python3 -c 'import json,sys; p=json.load(sys.stdin); print(max(p["items"], key=lambda i: i["size"])["target"])')
+obj=objects/${big:0:2}/$big
+sample=$(curl -sk "$url/v1/products/bench/channels/stable/check?device=dev-1&current=1.0&result=ok&attempted=1.0")
+
+# --- nginx over HTTPS: the same object folder, a small file as large as a check answer ---
+np=$(port)
+mkdir -p "$work/nginx/tmp"
+printf '%s' "$sample" >"$work/data/store/small.json"
+# nginx's workers run as an unprivileged user when started by root: let them read the store.
+chmod -R a+rX "$work"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx/tmp; proxy_temp_path $work/nginx/tmp;
+  fastcgi_temp_path $work/nginx/tmp; uwsgi_temp_path $work/nginx/tmp; scgi_temp_path $work/nginx/tmp;
+  server {
+    listen 127.0.0.1:$np ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    root $work/data/store;
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work/nginx"
+nurl=https://127.0.0.1:$np
+wait_up "$nurl/small.json" || { cat "$work/nginx-error.log" >&2; exit 1; }
+
+cat >"$work/checks.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  local id = math.random(1, 1000000)
+  local cur = (id % 4 == 0) and "2.0" or "1.0"
+  return wrk.format("GET", "/v1/products/bench/channels/stable/check?device=dev-" .. id ..
+    "&current=" .. cur .. "&result=ok&attempted=" .. cur)
+end
+LUA
+
+run() { # name, then wrk arguments; prints the wrk output to $work/$name.txt
+  local name=$1; shift
+  wrk -t2 -d"$DURATION" --latency "$@" >"$work/$name.txt" 2>&1
+  cat "$work/$name.txt" >&2
+}
+echo "== nginx: small file, $CONNS connections" >&2
+run nginx-small -c"$CONNS" "$nurl/small.json"
+echo "== deltaroot: update checks, $CONNS connections" >&2
+before=$(curl -sk "$url/metrics")
+run dr-checks -c"$CONNS" -s "$work/checks.lua" "$url/"
+sleep 1
+after=$(curl -sk "$url/metrics")
+echo "== nginx: 64 MiB object, 16 connections" >&2
+run nginx-object -c16 --timeout 30s "$nurl/$obj"
+echo "== deltaroot: 64 MiB object, 16 connections" >&2
+run dr-object -c16 --timeout 30s "$url/$obj"
+
+metric() { awk -v m="$1" '$1 == m {print $2}' <<<"$2"; }
+export CHECKINS_WRITTEN=$(( $(metric deltaroot_checkins_written_total "$after") - $(metric deltaroot_checkins_written_total "$before") ))
+export CHECKINS_DROPPED=$(( $(metric deltaroot_checkins_dropped_total "$after") - $(metric deltaroot_checkins_dropped_total "$before") ))
+export DEVICES=$(python3 -c "import sqlite3; print(sqlite3.connect('$work/data/deltaroot.db').execute('select count(*) from devices').fetchone()[0])")
+export SAMPLE="$sample" CONNS DURATION THREADS
+mkdir -p bench/results
+python3 - "$work" >bench/results/load.md <<'PY'
+import os, re, sys, subprocess, datetime
+work = sys.argv[1]
+def parse(name):
+    t = open(f"{work}/{name}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+    tr = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", t)
+    mult = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[tr.group(2)]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", t)
+    ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[p99.group(2)]
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+    sock = re.search(r"Socket errors: (.*)", t)
+    return dict(rps=rps, bps=float(tr.group(1)) * mult, p99=ms,
+                non2xx=int(errs.group(1)) if errs else 0, sock=sock.group(1) if sock else "none")
+ns, dc, no, do = (parse(n) for n in ["nginx-small", "dr-checks", "nginx-object", "dr-object"])
+r_checks = dc["rps"] / ns["rps"]
+r_obj = do["bps"] / no["bps"]
+ok = lambda b: "**met**" if b else "**missed**"
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+print(f"""# Load benchmark (`bench/load.sh`)
+
+Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), loopback,
+everything on the same 2 cores: wrk (2 threads), deltaroot-server ({os.environ["THREADS"]} worker threads,
+SQLite, HTTPS with rustls), nginx 1.22 (2 workers, HTTPS with OpenSSL, same certificate).
+{os.environ['DURATION']} per run.
+
+| what | deltaroot-server | nginx (reference) | ratio | target |
+|---|---|---|---|---|
+| update checks/s, {os.environ['CONNS']} connections (nginx: small static file) | {dc['rps']:,.0f} | {ns['rps']:,.0f} | **{r_checks:.2f}** | ≥ 0.6: {ok(r_checks >= 0.6)} |
+| p99 latency, same runs | {dc['p99']:.2f} ms | {ns['p99']:.2f} ms | | < 20 ms: {ok(dc['p99'] < 20)} |
+| object download throughput, 64 MiB object, 16 connections | {do['bps']/2**20:,.0f} MiB/s | {no['bps']/2**20:,.0f} MiB/s | **{r_obj:.2f}** | ≥ 0.8: {ok(r_obj >= 0.8)} |
+
+Errors: checks non-2xx {dc['non2xx']}, socket errors {dc['sock']}; nginx small non-2xx
+{ns['non2xx']}; objects non-2xx {do['non2xx']} / nginx {no['non2xx']}.
+
+Check-ins: every check carried a random device id of 1 000 000 (`checks.lua`), a current
+version and a last result; {int(os.environ['CHECKINS_WRITTEN']):,} were written to SQLite in batches during
+the run and {int(os.environ['CHECKINS_DROPPED']):,} dropped from a full queue; the `devices` table then held
+{int(os.environ['DEVICES']):,} devices. The channel had release 2.0 in a 50 % staged rollout
+over 1.0, so each answer hashed the device id into the wave.
+
+A check answer (nginx served a file of the same {len(os.environ['SAMPLE'])} bytes):
+
+```json
+{os.environ['SAMPLE']}
+```
+
+Raw wrk output:
+
+""")
+for n in ["nginx-small", "dr-checks", "nginx-object", "dr-object"]:
+    print(f"### {n}\n\n```\n{open(f'{work}/{n}.txt').read().strip()}\n```\n")
+PY
+cat bench/results/load.md
