@@ -65,6 +65,34 @@ fn every_listed_route_is_served() {
     }
 }
 
+/// HTTPS negotiates HTTP/2 by ALPN with a client that offers it and HTTP/1.1 with one that
+/// does not; plain HTTP (only when asked for) speaks HTTP/1.1.
+#[test]
+fn https_speaks_http2_and_http1() {
+    let f = fleet(Backend::Sqlite, 1, "1.0");
+    let url = format!("{}/healthz", f.server.url);
+    let h2 = f.server.http().get(&url).send().unwrap();
+    assert_eq!(
+        (h2.version(), h2.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+    let pem = std::fs::read(&common::tls().cert).unwrap();
+    let h1 = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .http1_only()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .unwrap();
+    assert_eq!(
+        (h1.version(), h1.status().as_u16()),
+        (reqwest::Version::HTTP_11, 200)
+    );
+    let plain = reqwest::blocking::get(format!("{}/healthz", f.server.plain_url)).unwrap();
+    assert_eq!(plain.version(), reqwest::Version::HTTP_11);
+}
+
 /// Release `n` of a small tree: some files change every release, one never does.
 fn tree(n: u32) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
