@@ -183,22 +183,11 @@ pub fn interleave(p: &SplitPatch) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 7) as u8
-            })
-            .collect()
-    }
+    use crate::testing::pseudo_random;
 
     #[test]
     fn patches_apply_back_through_both_decoders() {
-        let old = pseudo_random(50_000, 3);
+        let old = pseudo_random(50_000, 3, 7);
         let mut new = old.clone();
         new.splice(1000..1000, b"inserted".iter().copied());
         new.drain(30_000..30_500);

@@ -253,22 +253,11 @@ pub fn diff_file_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::testing::pseudo_random;
 
     #[test]
     fn every_candidate_round_trips_and_beats_whole_on_small_edits() {
-        let old = pseudo_random(200_000, 1);
+        let old = pseudo_random(200_000, 1, 256);
         let mut new = old.clone();
         new[1000..1010].copy_from_slice(b"0123456789");
         new.splice(50_000..50_000, b"inserted bytes".iter().copied());
@@ -293,7 +282,7 @@ mod tests {
 
     #[test]
     fn unrelated_files_fall_back_to_whole() {
-        let old = pseudo_random(10_000, 1);
+        let old = pseudo_random(10_000, 1, 256);
         let new = b"short text".repeat(50);
         let best = diff_file(&old, &new, &EngineOptions::default()).unwrap();
         assert_eq!(apply_delta(&best.bytes, &old, None).unwrap(), new);

@@ -22,3 +22,21 @@ pub mod publish;
 pub mod sink;
 
 pub use error::{Error, Result};
+
+/// Test data shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `n` bytes of xorshift64 from `seed`, each below `alphabet` (256: any byte; a small
+    /// alphabet makes data with many short repeats).
+    pub fn pseudo_random(n: usize, seed: u64, alphabet: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % alphabet) as u8
+            })
+            .collect()
+    }
+}
