@@ -712,7 +712,26 @@ impl SplitPatch {
         out.extend_from_slice(&self.extra);
     }
 
-    fn decode(r: &mut Reader<'_>, max_output: u64) -> Result<SplitPatch, ElfError> {
+    /// Applies the patch to `old`; every read is checked against the inputs.
+    pub fn apply(&self, old: &[u8]) -> Result<Vec<u8>, ElfError> {
+        apply_records(&self.controls, &self.diff, &self.extra, old)
+    }
+
+    pub fn equivalences(&self) -> Equivalences {
+        Equivalences::from_controls(&self.controls)
+    }
+}
+
+/// A split patch as it lies in a decompressed payload: the records parsed, the diff and
+/// extra streams borrowed, so decoding holds no second copy of them.
+struct PatchView<'a> {
+    controls: Vec<Control>,
+    diff: &'a [u8],
+    extra: &'a [u8],
+}
+
+impl<'a> PatchView<'a> {
+    fn decode(r: &mut Reader<'a>, max_output: u64) -> Result<PatchView<'a>, ElfError> {
         let err = |e: crate::format::wire::WireError| bad(format!("patch: {e}"));
         // Each record takes at least three bytes, which bounds the count by the input.
         let n = r.varint("record count").map_err(err)?;
@@ -736,60 +755,53 @@ impl SplitPatch {
                 total_mix.saturating_add(total_copy)
             )));
         }
-        let diff = r
-            .bytes(total_mix as usize, "diff bytes")
-            .map_err(err)?
-            .to_vec();
-        let extra = r
-            .bytes(total_copy as usize, "extra bytes")
-            .map_err(err)?
-            .to_vec();
+        let diff = r.bytes(total_mix as usize, "diff bytes").map_err(err)?;
+        let extra = r.bytes(total_copy as usize, "extra bytes").map_err(err)?;
         if diff.len() as u64 != total_mix || extra.len() as u64 != total_copy {
             return Err(bad("diff or extra stream does not match the records"));
         }
-        Ok(SplitPatch {
+        Ok(PatchView {
             controls,
             diff,
             extra,
         })
     }
+}
 
-    /// Applies the patch to `old`; every read is checked against the inputs.
-    pub fn apply(&self, old: &[u8]) -> Result<Vec<u8>, ElfError> {
-        let mut out = Vec::with_capacity(self.diff.len() + self.extra.len());
-        let (mut oldpos, mut d, mut e) = (0i128, 0usize, 0usize);
-        for c in &self.controls {
-            let (mix, copy) = (c.mix as usize, c.copy as usize);
-            let diff = self
-                .diff
-                .get(d..d + mix)
-                .ok_or_else(|| bad("diff stream too short"))?;
-            let start =
-                usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
-            let src = old
-                .get(
-                    start
-                        ..start
-                            .checked_add(mix)
-                            .ok_or_else(|| bad("record overflows"))?,
-                )
-                .ok_or_else(|| bad("record reads past the old file"))?;
-            out.extend(diff.iter().zip(src).map(|(a, b)| a.wrapping_add(*b)));
-            out.extend_from_slice(
-                self.extra
-                    .get(e..e + copy)
-                    .ok_or_else(|| bad("extra stream too short"))?,
-            );
-            d += mix;
-            e += copy;
-            oldpos += i128::from(c.mix) + i128::from(c.seek);
-        }
-        Ok(out)
+/// Runs bsdiff records over `old`; every read is checked against the inputs.
+fn apply_records(
+    controls: &[Control],
+    diff: &[u8],
+    extra: &[u8],
+    old: &[u8],
+) -> Result<Vec<u8>, ElfError> {
+    let mut out = Vec::with_capacity(diff.len() + extra.len());
+    let (mut oldpos, mut d, mut e) = (0i128, 0usize, 0usize);
+    for c in controls {
+        let (mix, copy) = (c.mix as usize, c.copy as usize);
+        let diff = diff
+            .get(d..d + mix)
+            .ok_or_else(|| bad("diff stream too short"))?;
+        let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+        let src = old
+            .get(
+                start
+                    ..start
+                        .checked_add(mix)
+                        .ok_or_else(|| bad("record overflows"))?,
+            )
+            .ok_or_else(|| bad("record reads past the old file"))?;
+        out.extend(diff.iter().zip(src).map(|(a, b)| a.wrapping_add(*b)));
+        out.extend_from_slice(
+            extra
+                .get(e..e + copy)
+                .ok_or_else(|| bad("extra stream too short"))?,
+        );
+        d += mix;
+        e += copy;
+        oldpos += i128::from(c.mix) + i128::from(c.seek);
     }
-
-    pub fn equivalences(&self) -> Equivalences {
-        Equivalences::from_controls(&self.controls)
-    }
+    Ok(out)
 }
 
 /// Maps addresses between the old and new images through the equivalences.
@@ -946,23 +958,32 @@ pub fn build_payload(arch: Arch, patch: &SplitPatch, corrections: &[(usize, i64)
 
 /// Decodes a method-4 payload and rebuilds the new image from `old`: patch, then restore
 /// the references. `max_output` bounds everything allocated for the result.
-pub fn decode(old: &[u8], raw: &[u8], max_output: u64) -> Result<Vec<u8>, ElfError> {
-    let mut r = Reader::new(raw);
-    let err = |e: crate::format::wire::WireError| bad(format!("payload: {e}"));
-    let arch = r.u8("architecture").map_err(err)?;
-    let Some(arch) = Arch::from_u8(arch) else {
-        return Err(bad(format!("payload names unknown architecture {arch}")));
+pub fn decode(old: &[u8], raw: Vec<u8>, max_output: u64) -> Result<Vec<u8>, ElfError> {
+    let (mut image, eq, corrections) = {
+        let mut r = Reader::new(&raw);
+        let err = |e: crate::format::wire::WireError| bad(format!("payload: {e}"));
+        let arch = r.u8("architecture").map_err(err)?;
+        let Some(arch) = Arch::from_u8(arch) else {
+            return Err(bad(format!("payload names unknown architecture {arch}")));
+        };
+        if Layout::parse(old)?.arch != arch {
+            return Err(bad("payload is for another architecture than the source"));
+        }
+        let patch = PatchView::decode(&mut r, max_output)?;
+        let corrections = decode_corrections(&mut r)?;
+        if !r.is_empty() {
+            return Err(bad(format!("payload has trailing bytes at {}", r.offset())));
+        }
+        let image = apply_records(&patch.controls, patch.diff, patch.extra, old)?;
+        (
+            image,
+            Equivalences::from_controls(&patch.controls),
+            corrections,
+        )
     };
-    if Layout::parse(old)?.arch != arch {
-        return Err(bad("payload is for another architecture than the source"));
-    }
-    let patch = SplitPatch::decode(&mut r, max_output)?;
-    let corrections = decode_corrections(&mut r)?;
-    if !r.is_empty() {
-        return Err(bad(format!("payload has trailing bytes at {}", r.offset())));
-    }
-    let mut image = patch.apply(old)?;
-    restore(old, &mut image, &patch.equivalences(), &corrections)?;
+    // The payload is as large as the image: freed before the restore pass.
+    drop(raw);
+    restore(old, &mut image, &eq, &corrections)?;
     Ok(image)
 }
 

@@ -229,16 +229,23 @@ fn decode_payload(
             let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
             d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
             // The payload holds a bsdiff stream and at most a few varints per reference.
-            let mut raw = Vec::new();
-            d.take(bsdiff_bound(h.target_size).saturating_mul(2))
-                .read_to_end(&mut raw)
-                .map_err(fail)?;
+            // Sized from the frame's content size where it is plausible (about the target's
+            // size), so the buffer does not grow by doubling to twice what it holds.
+            let bound = bsdiff_bound(h.target_size).saturating_mul(2);
+            let hint = zstd::zstd_safe::get_frame_content_size(payload)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+                .min(h.target_size.saturating_mul(2).saturating_add(1 << 20))
+                .min(bound);
+            let mut raw = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+            d.take(bound).read_to_end(&mut raw).map_err(fail)?;
             let elf = |e: crate::elf::ElfError| Error::DeltaPayload {
                 what: what.to_string(),
                 method: method.name(),
                 reason: e.to_string(),
             };
-            out = crate::elf::decode(source, &raw, h.target_size).map_err(elf)?;
+            out = crate::elf::decode(source, raw, h.target_size).map_err(elf)?;
         }
     }
     Ok(out)
