@@ -187,7 +187,7 @@ impl Layout {
         self.loads
             .iter()
             .find(|l| addr >= l.vaddr && addr - l.vaddr < l.memsz)
-            .map(|l| addr - l.vaddr + l.offset)
+            .and_then(|l| (addr - l.vaddr).checked_add(l.offset))
     }
 
     /// Address of a file offset (extended past the file for `.bss`).
@@ -198,7 +198,7 @@ impl Layout {
         self.loads
             .iter()
             .find(|l| offset >= l.offset && offset - l.offset < l.memsz)
-            .map(|l| offset - l.offset + l.vaddr)
+            .and_then(|l| (offset - l.offset).checked_add(l.vaddr))
     }
 
     /// Where a section's content starts, as an address of this method's address space.
@@ -1066,6 +1066,32 @@ pub fn ref_target(r: &Ref, image: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A load segment whose file offset or address is near 2^64 (found by the fuzzer): the
+    /// address map answers "unmapped" instead of overflowing.
+    #[test]
+    fn hostile_load_segments_do_not_overflow_the_address_map() {
+        let layout = Layout {
+            arch: Arch::X86_64,
+            relocatable: false,
+            loads: vec![
+                Load {
+                    vaddr: 0x1000,
+                    offset: u64::MAX - 4,
+                    memsz: 0x100,
+                },
+                Load {
+                    vaddr: u64::MAX - 4,
+                    offset: 0x9000,
+                    memsz: 0x100,
+                },
+            ],
+            sections: Vec::new(),
+        };
+        assert_eq!(layout.to_offset(0x1010), None);
+        assert_eq!(layout.to_addr(0x9010), None);
+        assert_eq!(layout.to_offset(0x1000), Some(u64::MAX - 4));
+    }
 
     #[test]
     fn zigzag_round_trips() {
