@@ -60,21 +60,34 @@ pub fn compress_object(data: &[u8], level: i32) -> Result<Vec<u8>> {
 /// of the window each, for pairs where another method is expected to win (corpus `libcurl`:
 /// 69,304 bytes instead of 68,397, in 12 MiB instead of 30).
 fn zstd_patch_from(old: &[u8], new: &[u8], level: i32, light: bool) -> std::io::Result<Vec<u8>> {
-    use zstd::stream::raw::CParameter;
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, old)?;
-    enc.set_pledged_src_size(Some(new.len() as u64))?;
-    enc.include_checksum(false)?;
     let wlog = window_log_for(old.len() + new.len());
+    delta_frame(&mut enc, new.len(), wlog, light.then_some((2, 2)))?;
+    enc.write_all(new)?;
+    enc.finish()
+}
+
+/// The frame settings of every delta payload (FORMAT.md §6.2): content size, no checksum,
+/// window log `wlog`, long-distance matching past 2^27. `cap` lowers the chain and hash
+/// tables to the window log minus the given amounts (no effect on small windows).
+fn delta_frame(
+    enc: &mut zstd::stream::write::Encoder<'_, Vec<u8>>,
+    size: usize,
+    wlog: u32,
+    cap: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use zstd::stream::raw::CParameter;
+    enc.set_pledged_src_size(Some(size as u64))?;
+    enc.include_checksum(false)?;
     enc.window_log(wlog)?;
-    if light && wlog > 16 {
-        enc.set_parameter(CParameter::ChainLog(wlog - 2))?;
-        enc.set_parameter(CParameter::HashLog(wlog - 2))?;
+    if let Some((chain, hash)) = cap.filter(|_| wlog > 16) {
+        enc.set_parameter(CParameter::ChainLog(wlog - chain))?;
+        enc.set_parameter(CParameter::HashLog(wlog - hash))?;
     }
     if wlog > 27 {
         enc.long_distance_matching(true)?;
     }
-    enc.write_all(new)?;
-    enc.finish()
+    Ok(())
 }
 
 /// Highest zstd level for patch-from on a pair of ELF images (see [`candidates_of`]).
@@ -90,19 +103,13 @@ fn is_elf(data: &[u8]) -> bool {
 /// (corpus `git`, ELF payload: 10,485 bytes with level 19's tables, 10,480 with the capped
 /// ones, in a fifth of the memory).
 fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    use zstd::stream::raw::CParameter;
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-    enc.set_pledged_src_size(Some(raw.len() as u64))?;
-    enc.include_checksum(false)?;
-    let wlog = window_log_for(raw.len());
-    enc.window_log(wlog)?;
-    if level >= 16 && wlog > 16 {
-        enc.set_parameter(CParameter::ChainLog(wlog - 2))?;
-        enc.set_parameter(CParameter::HashLog(wlog - 4))?;
-    }
-    if wlog > 27 {
-        enc.long_distance_matching(true)?;
-    }
+    delta_frame(
+        &mut enc,
+        raw.len(),
+        window_log_for(raw.len()),
+        (level >= 16).then_some((2, 4)),
+    )?;
     enc.write_all(raw)?;
     enc.finish()
 }
@@ -142,9 +149,9 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
 /// (the publisher already runs one file per core). The suffix-array methods share one index
 /// of `old`, built after the ELF method's first pass has freed its own. For a pair of ELF
 /// images the ELF method is the one expected to win, and zstd patch-from runs light (capped
-/// tables) at [`ELF_PATCH_FROM_LEVEL`] at most: on x86-64 binaries its optimal parser at level 19 takes
-/// ~25x longer for a larger patch (corpus `git`: 173,644 bytes in 5.9 s at 19, 168,855 bytes
-/// in 0.19 s at 9).
+/// tables) at [`ELF_PATCH_FROM_LEVEL`] at most: on x86-64 binaries its optimal parser at
+/// level 19 takes ~25x longer for a larger patch (corpus `git`: 173,644 bytes in 5.9 s at 19,
+/// 168,855 bytes in 0.19 s at 9).
 fn candidates_of(
     old: &[u8],
     new: &[u8],
@@ -183,10 +190,11 @@ fn candidates_of(
         encoded.push((method, payload));
     }
     drop(index);
+    let (source, target) = (Hash::of(old), Hash::of(new));
     let header = |method| DeltaHeader {
         method,
-        source: Hash::of(old),
-        target: Hash::of(new),
+        source,
+        target,
         target_size: new.len() as u64,
     };
     let mut out = Vec::new();
@@ -225,8 +233,8 @@ pub fn diff_file_with(
 ) -> Result<Option<Candidate>> {
     let mut all = candidates_of(old, new, opts, only)?;
     // The whole file at the full level costs more than every delta of an ELF pair together;
-    // it is worth it only where a fast estimate (zstd level 3, never more than ~2x larger)
-    // comes near the best delta.
+    // it is worth it only where a fast estimate (zstd level 3, on the corpus never 2x the
+    // level-19 size) comes within 4x of the best delta.
     let whole_may_win = || -> Result<bool> {
         let Some(best) = all.first() else {
             return Ok(true);
