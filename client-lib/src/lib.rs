@@ -16,5 +16,6 @@ pub use error::{Error, Result};
 pub mod agent;
 pub mod device;
 pub mod elf;
+pub mod gzip;
 pub mod transport;
 pub mod tree;

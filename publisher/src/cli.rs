@@ -27,14 +27,28 @@ struct Engine {
     /// Largest file given to bsdiff, in MiB.
     #[arg(long, default_value_t = 256)]
     bsdiff_max_mib: u64,
+    /// Use only this delta method (elf, gzip, bsdiff, zstd-patch-from; zstd: whole files)
+    /// instead of the smallest of all, to measure what one method sends.
+    #[arg(long, value_name = "METHOD")]
+    method: Option<String>,
 }
 
 impl Engine {
-    fn options(&self) -> EngineOptions {
-        EngineOptions {
+    fn options(&self) -> anyhow::Result<EngineOptions> {
+        let only = match self.method.as_deref() {
+            None => None,
+            Some(m) => Some(
+                deltaroot_client::format::Method::ALL
+                    .into_iter()
+                    .find(|x| x.name() == m)
+                    .with_context(|| format!("unknown method {m:?}"))?,
+            ),
+        };
+        Ok(EngineOptions {
             level: self.level,
             bsdiff_max: self.bsdiff_max_mib << 20,
-        }
+            only,
+        })
     }
 }
 
@@ -75,6 +89,9 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Write every download (path, size, method, bytes; largest first) as TSV to FILE.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         #[command(flatten)]
         engine: Engine,
     },
@@ -84,9 +101,6 @@ enum Command {
         new: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Use only this method (elf, bsdiff, zstd-patch-from, zstd) instead of the smallest.
-        #[arg(long)]
-        method: Option<String>,
         #[command(flatten)]
         engine: Engine,
     },
@@ -119,6 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             json,
             quiet,
+            report,
             engine,
         } => {
             let (old, new) = match trees.as_slice() {
@@ -142,12 +157,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 from_version,
                 channel,
-                engine: engine.options(),
+                engine: engine.options()?,
                 created: None,
                 progress: !quiet,
             };
             let summary = publish(old, new, &key, sink.as_ref(), &opts)
                 .with_context(|| format!("publishing {}", new.display()))?;
+            if let Some(path) = &report {
+                crate::publish::write_report(&summary, path)
+                    .with_context(|| format!("writing report {}", path.display()))?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -158,27 +177,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             old,
             new,
             out,
-            method,
             engine,
         } => {
             let o = std::fs::read(&old).with_context(|| format!("reading {}", old.display()))?;
             let n = std::fs::read(&new).with_context(|| format!("reading {}", new.display()))?;
-            let only = match method.as_deref() {
-                None => None,
-                Some(m) => Some(
-                    deltaroot_client::format::Method::ALL
-                        .into_iter()
-                        .find(|x| x.name() == m)
-                        .with_context(|| format!("unknown method {m:?}"))?,
-                ),
-            };
-            let best =
-                engine::diff_file_with(&o, &n, &engine.options(), only)?.with_context(|| {
-                    format!(
-                        "method {} does not apply to these files",
-                        method.unwrap_or_default()
-                    )
-                })?;
+            let opts = engine.options()?;
+            let best = engine::diff_file(&o, &n, &opts)?.with_context(|| {
+                format!(
+                    "method {} does not apply to these files",
+                    engine.method.unwrap_or_default()
+                )
+            })?;
             std::fs::write(&out, &best.bytes)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(

@@ -2,7 +2,8 @@
 //! to apply back to the exact new bytes, and the smallest kept.
 //!
 //! Methods: zstd with the old file as a referenced prefix ("patch-from"), bsdiff with a
-//! zstd-compressed patch, and the whole file compressed with zstd (the object itself).
+//! zstd-compressed patch, ELF-aware (`crate::elf`), gzip contents (`crate::gzip`), and the
+//! whole file compressed with zstd (the object itself).
 //! New methods slot in as one more candidate in [`candidates`].
 
 use std::io::Write;
@@ -18,6 +19,8 @@ pub struct EngineOptions {
     pub level: i32,
     /// Files larger than this are not given to bsdiff (its suffix sort needs ~9x memory).
     pub bsdiff_max: u64,
+    /// Only this method (`Zstd`: whole files only), to measure one method alone.
+    pub only: Option<Method>,
 }
 
 impl Default for EngineOptions {
@@ -25,6 +28,7 @@ impl Default for EngineOptions {
         EngineOptions {
             level: 19,
             bsdiff_max: 256 << 20,
+            only: None,
         }
     }
 }
@@ -59,7 +63,12 @@ pub fn compress_object(data: &[u8], level: i32) -> Result<Vec<u8>> {
 /// zstd with `old` as a referenced prefix. `light` caps the match finder's tables at a quarter
 /// of the window each, for pairs where another method is expected to win (corpus `libcurl`:
 /// 69,304 bytes instead of 68,397, in 12 MiB instead of 30).
-fn zstd_patch_from(old: &[u8], new: &[u8], level: i32, light: bool) -> std::io::Result<Vec<u8>> {
+pub(crate) fn zstd_patch_from(
+    old: &[u8],
+    new: &[u8],
+    level: i32,
+    light: bool,
+) -> std::io::Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, old)?;
     let wlog = window_log_for(old.len() + new.len());
     delta_frame(&mut enc, new.len(), wlog, light.then_some((2, 2)))?;
@@ -102,7 +111,7 @@ fn is_elf(data: &[u8]) -> bool {
 /// long runs of zero bytes and literal inserts, where the deeper search finds nothing more
 /// (corpus `git`, ELF payload: 10,485 bytes with level 19's tables, 10,480 with the capped
 /// ones, in a fifth of the memory).
-fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+pub(crate) fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
     delta_frame(
         &mut enc,
@@ -126,12 +135,15 @@ pub struct Candidate {
 /// applies back to `new` exactly, and returns them smallest first. Methods that fail to
 /// encode, or encode but do not round-trip (logged as a bug), are skipped.
 pub fn candidates(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Vec<Candidate>> {
-    candidates_of(old, new, opts, None)
+    candidates_of(old, new, opts, opts.only)
 }
 
 /// The delta methods that apply to this pair, or just `only` where it applies.
 fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method>) -> Vec<Method> {
     let mut methods = Vec::new();
+    if deltaroot_client::gzip::is_gzip(old) && deltaroot_client::gzip::is_gzip(new) {
+        methods.push(Method::Gzip);
+    }
     if (old.len() as u64) <= opts.bsdiff_max && (new.len() as u64) <= opts.bsdiff_max {
         if is_elf(old) && is_elf(new) {
             methods.push(Method::Elf);
@@ -185,6 +197,11 @@ fn candidates_of(
                 Some(raw) => compress_payload(&raw, opts.level),
                 None => continue,
             },
+            Method::Gzip => match crate::gzip::encode(old, new, opts) {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            },
             Method::Zstd => unreachable!("whole objects are not deltas"),
         };
         encoded.push((method, payload));
@@ -218,19 +235,10 @@ fn candidates_of(
     Ok(out)
 }
 
-/// The single-file `deltaroot diff`: the smallest container, a whole-file one included.
-pub fn diff_file(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Candidate> {
-    Ok(diff_file_with(old, new, opts, None)?.expect("the whole-file container always exists"))
-}
-
-/// Like [`diff_file`], restricted to one method when `only` is set (`None` when that method
-/// does not apply to these files).
-pub fn diff_file_with(
-    old: &[u8],
-    new: &[u8],
-    opts: &EngineOptions,
-    only: Option<Method>,
-) -> Result<Option<Candidate>> {
+/// The single-file `deltaroot diff`: the smallest container, a whole-file one included, or
+/// with `opts.only` set, that method's (`None` when it does not apply to these files).
+pub fn diff_file(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Option<Candidate>> {
+    let only = opts.only;
     let mut all = candidates_of(old, new, opts, only)?;
     // The whole file at the full level costs more than every delta of an ELF pair together;
     // it is worth it only where a fast estimate (zstd level 3, on the corpus never 2x the
@@ -284,7 +292,7 @@ mod tests {
                 cand.bytes.len()
             );
         }
-        let best = diff_file(&old, &new, &opts).unwrap();
+        let best = diff_file(&old, &new, &opts).unwrap().unwrap();
         assert_ne!(best.method, Method::Zstd);
     }
 
@@ -292,7 +300,9 @@ mod tests {
     fn unrelated_files_fall_back_to_whole() {
         let old = pseudo_random(10_000, 1, 256);
         let new = b"short text".repeat(50);
-        let best = diff_file(&old, &new, &EngineOptions::default()).unwrap();
+        let best = diff_file(&old, &new, &EngineOptions::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(apply_delta(&best.bytes, &old, None).unwrap(), new);
     }
 }

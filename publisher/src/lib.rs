@@ -15,6 +15,7 @@ pub mod cli;
 pub mod elf;
 pub mod engine;
 pub mod error;
+pub mod gzip;
 pub mod input;
 pub mod keys;
 pub mod matching;

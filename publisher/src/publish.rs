@@ -67,6 +67,21 @@ pub struct Summary {
     pub uploaded_bytes: u64,
     /// Per method (`zstd` is the whole object): how often it was the cheapest.
     pub methods: BTreeMap<String, MethodWins>,
+    /// Every content a device on `from_version` downloads, largest download first.
+    pub downloads: Vec<Download>,
+}
+
+/// One content a device downloads, and what it costs.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Download {
+    /// A path of the new tree with this content.
+    pub path: String,
+    /// Uncompressed size.
+    pub size: u64,
+    /// `zstd` for the whole object, else the delta's method.
+    pub method: String,
+    /// Bytes on the wire.
+    pub bytes: u64,
 }
 
 fn bar(show: bool, len: u64, msg: &'static str) -> ProgressBar {
@@ -241,6 +256,12 @@ pub fn publish(
         download_bytes: answer.download_bytes.unwrap_or(plan.download_bytes),
         ..Summary::default()
     };
+    let path_of: HashMap<Hash, &deltaroot_client::format::EntryPath> = signed
+        .manifest()
+        .entries
+        .iter()
+        .filter_map(|e| e.file().map(|(h, _)| (h, e.path())))
+        .collect();
     for item in &plan.items {
         s.new_content_bytes += item.size;
         let name = match &item.fetch {
@@ -250,7 +271,18 @@ pub fn publish(
         let w = s.methods.entry(name.to_string()).or_default();
         w.count += 1;
         w.bytes += item.fetch.bytes();
+        s.downloads.push(Download {
+            path: path_of
+                .get(&item.target)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            size: item.size,
+            method: name.to_string(),
+            bytes: item.fetch.bytes(),
+        });
     }
+    s.downloads
+        .sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
     for r in &results {
         s.uploaded_objects += r.uploaded.0;
         s.uploaded_deltas += r.uploaded.1;
@@ -313,6 +345,17 @@ fn encode_one(
         delta,
         uploaded,
     })
+}
+
+/// Writes `summary.downloads` as TSV with a header line.
+pub fn write_report(summary: &Summary, path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(w, "bytes\tmethod\tsize\tpath")?;
+    for d in &summary.downloads {
+        writeln!(w, "{}\t{}\t{}\t{}", d.bytes, d.method, d.size, d.path)?;
+    }
+    w.flush()
 }
 
 fn count_entries(old: &[Entry], new: &[Entry], s: &mut Summary) {
@@ -385,6 +428,19 @@ impl std::fmt::Display for Summary {
                 "  {m:>16}: cheapest for {} contents, {}",
                 w.count,
                 hb(w.bytes)
+            )?;
+        }
+        if !self.downloads.is_empty() {
+            writeln!(f, "  largest downloads:")?;
+        }
+        for d in self.downloads.iter().take(5) {
+            writeln!(
+                f,
+                "  {:>10} {:>16} {} ({})",
+                hb(d.bytes),
+                d.method,
+                d.path,
+                hb(d.size)
             )?;
         }
         write!(

@@ -280,7 +280,13 @@ fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
         level: 19,
         ..Default::default()
     };
-    let only = |m| deltaroot_publisher::engine::diff_file_with(old, new, &opts, Some(m)).unwrap();
+    let only = |m| {
+        let opts = deltaroot_publisher::engine::EngineOptions {
+            only: Some(m),
+            ..opts
+        };
+        deltaroot_publisher::engine::diff_file(old, new, &opts).unwrap()
+    };
     let bsdiff = only(Method::BsdiffZstd)
         .expect("bsdiff applies")
         .bytes
@@ -387,4 +393,82 @@ fn hostile_patches_fail_cleanly(dir: &Path) {
         p.extend(zstd::bulk::compress(&junk, 3).unwrap());
         assert!(apply(&p).is_err());
     }
+}
+
+/// A Debian-style changelog of `entries` releases, newest first.
+fn changelog(entries: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in (0..entries).rev() {
+        out.extend_from_slice(
+            format!(
+                "deltaroot ({i}.{}) stable; urgency=medium\n\n  * Fix #{} in the agent.\n  * Publisher: {} files.\n\n -- Release Team <release@example.org>  Mon, {} Mar 2026 10:00:00 +0000\n\n",
+                i % 7,
+                i * 7919 % 10007,
+                i * 31 % 997,
+                1 + i % 28
+            )
+            .as_bytes(),
+        );
+    }
+    out
+}
+
+/// Compresses `raw` with the real GNU gzip, as Debian compresses documentation.
+fn gnu_gzip(raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-9n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip is installed");
+    child.stdin.take().unwrap().write_all(raw).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn gzip_documents_are_diffed_decompressed_and_rebuilt_bit_for_bit() {
+    use deltaroot_client::format::{apply_delta, Hash, Method};
+    let opts = deltaroot_publisher::engine::EngineOptions {
+        level: 19,
+        ..Default::default()
+    };
+    // A changelog under 64 KiB gains an entry; GNU gzip compressed both.
+    let (old, new) = (gnu_gzip(&changelog(250)), gnu_gzip(&changelog(251)));
+    let c = deltaroot_publisher::engine::candidates(&old, &new, &opts).unwrap();
+    assert_eq!(
+        c[0].method,
+        Method::Gzip,
+        "{:?}",
+        c.iter()
+            .map(|c| (c.method, c.bytes.len()))
+            .collect::<Vec<_>>()
+    );
+    let generic = c.iter().find(|c| c.method != Method::Gzip).unwrap();
+    assert!(
+        c[0].bytes.len() * 4 < generic.bytes.len(),
+        "gzip {} bytes, {} {} bytes",
+        c[0].bytes.len(),
+        generic.method,
+        generic.bytes.len()
+    );
+    let patch = c[0].bytes.clone();
+    let apply = |p: &[u8]| apply_delta(p, &old, Some((Hash::of(&new), new.len() as u64)));
+    assert_eq!(apply(&patch).unwrap(), new);
+    // Hostile versions: every prefix fails, and no bit flip is a panic or a wrong output.
+    for n in 0..patch.len() {
+        assert!(apply(&patch[..n]).is_err(), "prefix of {n} bytes accepted");
+    }
+    for i in deltaroot_client::format::container::HEADER_LEN..patch.len() {
+        let mut p = patch.clone();
+        p[i] ^= 0x10;
+        if let Ok(out) = apply(&p) {
+            assert_eq!(out, new);
+        }
+    }
+    // Applied to a source that is not gzip, it fails naming what is wrong.
+    let err = apply_delta(&patch, b"plain", None).unwrap_err().to_string();
+    assert!(err.contains("applies to"), "{err}");
 }

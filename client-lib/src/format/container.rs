@@ -33,6 +33,9 @@ pub enum Method {
     Zstd = 3,
     /// ELF-aware: references normalised to the source, bsdiff, corrections (see `crate::elf`).
     Elf = 4,
+    /// gzip files: a delta between the decompressed contents, compressed again bit for bit
+    /// (see `crate::gzip`).
+    Gzip = 5,
 }
 
 impl Method {
@@ -42,6 +45,7 @@ impl Method {
             2 => Method::BsdiffZstd,
             3 => Method::Zstd,
             4 => Method::Elf,
+            5 => Method::Gzip,
             _ => return None,
         })
     }
@@ -52,14 +56,16 @@ impl Method {
             Method::BsdiffZstd => "bsdiff",
             Method::Zstd => "zstd",
             Method::Elf => "elf",
+            Method::Gzip => "gzip",
         }
     }
 
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 5] = [
         Method::ZstdPatchFrom,
         Method::BsdiffZstd,
         Method::Zstd,
         Method::Elf,
+        Method::Gzip,
     ];
 }
 
@@ -246,6 +252,38 @@ fn decode_payload(
                 reason: e.to_string(),
             };
             out = crate::elf::decode(source, raw, h.target_size).map_err(elf)?;
+        }
+        Method::Gzip => {
+            use crate::gzip;
+            let p =
+                gzip::Patch::decode(payload, source.len() as u64, h.target_size).map_err(fail)?;
+            let old = gzip::member(source).map_err(fail)?;
+            let raw_old = gzip::inflate(old.deflate, p.source_size).map_err(fail)?;
+            if raw_old.len() as u64 != p.source_size {
+                return Err(fail(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "source inflates to {} bytes, the patch says {}",
+                        raw_old.len(),
+                        p.source_size
+                    ),
+                )));
+            }
+            let inner = DeltaHeader {
+                method: p.inner,
+                target_size: p.target_size,
+                ..*h
+            };
+            let raw_new = decode_payload(&inner, p.payload, &raw_old, what)?;
+            drop(raw_old);
+            if raw_new.len() as u64 != p.target_size {
+                return Err(Error::ContentLength {
+                    what: format!("{what} (decompressed)"),
+                    got: raw_new.len() as u64,
+                    want: p.target_size,
+                });
+            }
+            out = gzip::rebuild(p.header, &raw_new, p.level).map_err(fail)?;
         }
     }
     Ok(out)

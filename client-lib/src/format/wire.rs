@@ -99,6 +99,13 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+
     /// A length-prefixed byte string of at most `max` bytes.
     pub fn bytes(&mut self, max: usize, what: &str) -> Result<&'a [u8], WireError> {
         let n = self.varint_max(max as u64, what)? as usize;
