@@ -19,3 +19,4 @@ pub mod elf;
 pub mod gzip;
 pub mod transport;
 pub mod tree;
+pub mod xz;

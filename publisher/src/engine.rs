@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 /// Tuning of the engine.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineOptions {
-    /// zstd level for objects and delta payloads.
+    /// zstd level for delta payloads and for the objects an update downloads.
     pub level: i32,
+    /// zstd level for the objects of contents a delta sends (what only a fresh install
+    /// downloads); `level` is used where the delta does not clearly win.
+    pub install_level: i32,
     /// Files larger than this are not given to bsdiff (its suffix sort needs ~9x memory).
     pub bsdiff_max: u64,
     /// Only this method (`Zstd`: whole files only), to measure one method alone.
@@ -27,6 +30,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             level: 19,
+            install_level: 16,
             bsdiff_max: 256 << 20,
             only: None,
         }
@@ -144,6 +148,9 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
     if deltaroot_client::gzip::is_gzip(old) && deltaroot_client::gzip::is_gzip(new) {
         methods.push(Method::Gzip);
     }
+    if crate::xz::holds_stream(new) && crate::xz::holds_stream(old) {
+        methods.push(Method::Xz);
+    }
     if (old.len() as u64) <= opts.bsdiff_max && (new.len() as u64) <= opts.bsdiff_max {
         if is_elf(old) && is_elf(new) {
             methods.push(Method::Elf);
@@ -155,7 +162,8 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
     methods
 }
 
-/// [`candidates`], restricted to `only` when it is set.
+/// The payload of each of `methods` that encodes this pair, in order; an error of one method
+/// is kept beside it, so the others still compete.
 ///
 /// The methods run one after another, so peak memory is the largest one's, not their sum
 /// (the publisher already runs one file per core). The suffix-array methods share one index
@@ -164,16 +172,12 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
 /// tables) at [`ELF_PATCH_FROM_LEVEL`] at most: on x86-64 binaries its optimal parser at
 /// level 19 takes ~25x longer for a larger patch (corpus `git`: 173,644 bytes in 5.9 s at 19,
 /// 168,855 bytes in 0.19 s at 9).
-fn candidates_of(
-    old: &[u8],
-    new: &[u8],
-    opts: &EngineOptions,
-    only: Option<Method>,
-) -> Result<Vec<Candidate>> {
-    let methods = methods_for(old, new, opts, only);
+type Payloads = Vec<(Method, std::io::Result<Vec<u8>>)>;
+
+fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) -> Result<Payloads> {
     let index = std::cell::OnceCell::new();
-    let mut encoded: Vec<(Method, std::io::Result<Vec<u8>>)> = Vec::new();
-    for &method in &methods {
+    let mut encoded: Payloads = Vec::new();
+    for &method in methods {
         let payload = match method {
             Method::ZstdPatchFrom => {
                 let elf = methods.contains(&Method::Elf);
@@ -202,11 +206,44 @@ fn candidates_of(
                 Ok(None) => continue,
                 Err(e) => Err(e),
             },
+            Method::Xz => match crate::xz::encode(old, new, opts) {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            },
             Method::Zstd => unreachable!("whole objects are not deltas"),
         };
         encoded.push((method, payload));
     }
-    drop(index);
+    Ok(encoded)
+}
+
+/// The smallest payload of the byte-level and ELF methods for this pair (what the `gzip` and
+/// `xz` methods send between decompressed contents), not applied back on its own: the
+/// enclosing candidate is.
+pub(crate) fn smallest_payload(
+    old: &[u8],
+    new: &[u8],
+    opts: &EngineOptions,
+) -> Result<Option<(Method, Vec<u8>)>> {
+    let methods: Vec<Method> = methods_for(old, new, opts, None)
+        .into_iter()
+        .filter(|m| crate::xz::INNER.contains(m))
+        .collect();
+    Ok(payloads(old, new, opts, &methods)?
+        .into_iter()
+        .filter_map(|(m, p)| p.ok().map(|p| (m, p)))
+        .min_by_key(|(_, p)| p.len()))
+}
+
+/// [`candidates`], restricted to `only` when it is set.
+fn candidates_of(
+    old: &[u8],
+    new: &[u8],
+    opts: &EngineOptions,
+    only: Option<Method>,
+) -> Result<Vec<Candidate>> {
+    let encoded = payloads(old, new, opts, &methods_for(old, new, opts, only))?;
     let (source, target) = (Hash::of(old), Hash::of(new));
     let header = |method| DeltaHeader {
         method,

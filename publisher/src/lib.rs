@@ -11,6 +11,7 @@
 //! - [`cli`]: the `deltaroot` command line.
 
 pub mod bsdiff;
+pub mod budget;
 pub mod cli;
 pub mod elf;
 pub mod engine;
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod matching;
 pub mod publish;
 pub mod sink;
+pub mod xz;
 
 pub use error::{Error, Result};
 

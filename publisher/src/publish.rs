@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::budget::Budget;
 use crate::engine::{self, EngineOptions};
 use crate::error::Result;
 use crate::input::InputTree;
@@ -32,7 +33,13 @@ pub struct PublishOptions {
     pub created: Option<u64>,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Peak memory the run should stay under, in bytes: encoding jobs are scheduled so the
+    /// estimates of those running, plus what the scan holds, fit (see `crate::budget`).
+    pub memory_budget: u64,
 }
+
+/// The default `memory_budget`: 2 GiB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 2 << 30;
 
 /// How often a method was the cheapest way to send a content, and the bytes it sent.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -183,13 +190,22 @@ pub fn publish(
     jobs.sort_by_key(|h| std::cmp::Reverse(contents[h]));
     let total: u64 = jobs.iter().map(|h| contents[h]).sum();
     let work_bar = bar(opts.progress, total, "encoding");
+    // What the scans and manifests hold counts against the budget; the jobs share the rest
+    // (never less than 64 MiB, so a tight budget still makes progress, one job at a time).
+    let held = crate::budget::tree_bytes(old_tree.entries.len() + new_tree.entries.len());
+    let budget = Budget::new(opts.memory_budget.saturating_sub(held).max(64 << 20));
     let failed: Mutex<Option<crate::error::Error>> = Mutex::new(None);
+    // One job per task: rayon otherwise hands each thread runs of jobs it works through
+    // alone, and a run that holds a few large pairs kept one core idle for minutes
+    // (trees/kernel: 128% CPU on 2 cores).
     let results: Vec<Encoded> = jobs
         .par_iter()
+        .with_max_len(1)
         .filter_map(|h| {
             if failed.lock().expect("not poisoned").is_some() {
                 return None;
             }
+            let started = std::time::Instant::now();
             let r = encode_one(
                 *h,
                 &old_tree,
@@ -199,8 +215,15 @@ pub fn publish(
                 pair_of.get(h).copied(),
                 sink,
                 &opts.engine,
+                &budget,
             );
             work_bar.inc(contents[h]);
+            tracing::debug!(
+                content = %h,
+                bytes = contents[h],
+                seconds = started.elapsed().as_secs_f64(),
+                "encoded"
+            );
             match r {
                 Ok(e) => Some(e),
                 Err(e) => {
@@ -292,6 +315,9 @@ pub fn publish(
     Ok(s)
 }
 
+/// Encodes what is missing of one content: its object, and its delta when it has an old
+/// version. Its share of the memory budget is taken once its files are read (for a delta the
+/// estimate depends on what they hold) and given back when it returns.
 #[allow(clippy::too_many_arguments)]
 fn encode_one(
     hash: Hash,
@@ -302,43 +328,75 @@ fn encode_one(
     pair: Option<&Pair>,
     sink: &dyn Sink,
     eng: &EngineOptions,
+    budget: &Budget,
 ) -> Result<Encoded> {
     let mut uploaded = (0, 0, 0);
-    let mut data: Option<Vec<u8>> = None;
-    let object_bytes = match object_stored.get(&hash).copied().flatten() {
+    let stored_object = object_stored.get(&hash).copied().flatten();
+    let due = pair.filter(|p| delta_stored.get(&(p.old, p.new)).copied().flatten().is_none());
+    if let (Some(object_bytes), None) = (stored_object, due) {
+        // Published before: nothing to read or encode.
+        let delta = pair.and_then(|p| {
+            delta_stored[&(p.old, p.new)].map(|bytes| (p.old, bytes, "delta"))
+        });
+        return Ok(Encoded {
+            hash,
+            object_bytes: Some(object_bytes),
+            delta,
+            uploaded,
+        });
+    }
+    let (new, old, _share) = match due {
+        None => {
+            let share = budget.reserve(crate::budget::estimate(None, new_tree.size(&hash)?));
+            (new_tree.read(&hash)?, None, share)
+        }
+        Some(p) => {
+            let (new, old) = (new_tree.read(&hash)?, old_tree.read(&p.old)?);
+            let share = budget.reserve(crate::budget::estimate_pair(&old, &new));
+            (new, Some(old), share)
+        }
+    };
+    // The delta stored before, or the best one encoded now.
+    let mut stored_delta = None;
+    let mut fresh = None;
+    if let Some(p) = pair {
+        match (delta_stored.get(&(p.old, p.new)).copied().flatten(), &old) {
+            (Some(b), _) => stored_delta = Some((p.old, b, "delta")),
+            (None, Some(old)) => {
+                if let Some(best) = engine::candidates(old, &new, eng)?.into_iter().next() {
+                    fresh = Some((p.old, best.bytes, best.method.name()));
+                }
+            }
+            (None, None) => unreachable!("a due delta has its old file read"),
+        }
+    }
+    drop(old);
+    let delta_bytes = fresh.as_ref().map(|(_, b, _)| b.len() as u64);
+    let object_bytes = match stored_object {
         Some(b) => b,
         None => {
-            let d = new_tree.read(&hash)?;
-            let z = engine::compress_object(&d, eng.level)?;
+            // Where a delta sends this content, its object serves fresh installs only: the
+            // faster install level, unless the delta does not clearly win.
+            let mut z = engine::compress_object(&new, eng.install_level.min(eng.level))?;
+            let clear_win = delta_bytes.is_some_and(|d| d.saturating_mul(2) < z.len() as u64);
+            if !clear_win && eng.install_level < eng.level {
+                z = engine::compress_object(&new, eng.level)?;
+            }
             sink.put(&object_path(&hash), &z)?;
             uploaded = (1, 0, z.len() as u64);
-            data = Some(d);
             z.len() as u64
         }
     };
-    let mut delta = None;
-    if let Some(p) = pair {
-        match delta_stored.get(&(p.old, p.new)).copied().flatten() {
-            Some(b) => delta = Some((p.old, b, "delta")),
-            None => {
-                let new = match data {
-                    Some(d) => d,
-                    None => new_tree.read(&hash)?,
-                };
-                let old = old_tree.read(&p.old)?;
-                let cands = engine::candidates(&old, &new, eng)?;
-                if let Some(best) = cands.into_iter().next() {
-                    // A delta no smaller than the object is never sent, so never stored.
-                    if (best.bytes.len() as u64) < object_bytes {
-                        sink.put(&delta_path(&p.old, &p.new), &best.bytes)?;
-                        uploaded.1 += 1;
-                        uploaded.2 += best.bytes.len() as u64;
-                        delta = Some((p.old, best.bytes.len() as u64, best.method.name()));
-                    }
-                }
-            }
+    let delta = match fresh {
+        // A delta no smaller than the object is never sent, so never stored.
+        Some((old, bytes, method)) if (bytes.len() as u64) < object_bytes => {
+            sink.put(&delta_path(&old, &hash), &bytes)?;
+            uploaded.1 += 1;
+            uploaded.2 += bytes.len() as u64;
+            Some((old, bytes.len() as u64, method))
         }
-    }
+        _ => stored_delta,
+    };
     Ok(Encoded {
         hash,
         object_bytes: Some(object_bytes),

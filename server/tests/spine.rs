@@ -72,6 +72,7 @@ fn publish_to(
         },
         created: None,
         progress: false,
+        memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
     };
     deltaroot_publisher::publish::publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
 }
@@ -341,6 +342,7 @@ fn first_release_by_another_key_is_forbidden(backend: Backend) {
         engine: EngineOptions::default(),
         created: None,
         progress: false,
+        memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
     };
     let err = publish(None, &fixture().join("v2"), &k, &sink, &opts)
         .unwrap_err()

@@ -36,6 +36,9 @@ pub enum Method {
     /// gzip files: a delta between the decompressed contents, compressed again bit for bit
     /// (see `crate::gzip`).
     Gzip = 5,
+    /// Files holding an xz stream (a compressed kernel): the contents and the bytes around the
+    /// stream diffed apart, the stream compressed again bit for bit (see `crate::xz`).
+    Xz = 6,
 }
 
 impl Method {
@@ -46,6 +49,7 @@ impl Method {
             3 => Method::Zstd,
             4 => Method::Elf,
             5 => Method::Gzip,
+            6 => Method::Xz,
             _ => return None,
         })
     }
@@ -57,15 +61,17 @@ impl Method {
             Method::Zstd => "zstd",
             Method::Elf => "elf",
             Method::Gzip => "gzip",
+            Method::Xz => "xz",
         }
     }
 
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::ZstdPatchFrom,
         Method::BsdiffZstd,
         Method::Zstd,
         Method::Elf,
         Method::Gzip,
+        Method::Xz,
     ];
 }
 
@@ -284,6 +290,56 @@ fn decode_payload(
                 });
             }
             out = gzip::rebuild(p.header, &raw_new, p.level).map_err(fail)?;
+        }
+        Method::Xz => {
+            use crate::xz;
+            let p = xz::Patch::decode(payload, source.len() as u64, h.target_size)
+                .map_err(fail)?;
+            let invalid = |reason: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
+            // decode() bounded both by the source's length.
+            let (at, len) = (p.source_at as usize, p.source_len as usize);
+            let (raw_old, used) =
+                xz::decode_stream(&source[at..at + len], p.source_size).map_err(fail)?;
+            if used != len || raw_old.len() as u64 != p.source_size {
+                return Err(invalid(format!(
+                    "source stream is {used} bytes holding {}, the patch says {len} holding {}",
+                    raw_old.len(),
+                    p.source_size
+                )));
+            }
+            let part = |method, size| DeltaHeader {
+                method,
+                target_size: size,
+                ..*h
+            };
+            let frame = decode_payload(
+                &part(Method::ZstdPatchFrom, p.frame_size),
+                p.frame,
+                &xz::frame_of(source, at, len),
+                what,
+            )?;
+            let raw_new = decode_payload(&part(p.inner, p.target_size), p.payload, &raw_old, what)?;
+            drop(raw_old);
+            if frame.len() as u64 != p.frame_size
+                || raw_new.len() as u64 != p.target_size
+                || p.target_at > p.frame_size
+            {
+                return Err(invalid(format!(
+                    "frame of {} bytes (want {}, stream at {}), contents of {} bytes (want {})",
+                    frame.len(),
+                    p.frame_size,
+                    p.target_at,
+                    raw_new.len(),
+                    p.target_size
+                )));
+            }
+            let stream = xz::encode(&raw_new, &p.options, None).map_err(fail)?;
+            drop(raw_new);
+            let cut = p.target_at as usize;
+            out = Vec::with_capacity(frame.len() + stream.len());
+            out.extend_from_slice(&frame[..cut]);
+            out.extend_from_slice(&stream);
+            out.extend_from_slice(&frame[cut..]);
         }
     }
     Ok(out)

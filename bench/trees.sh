@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# deltaroot against OSTree static deltas on the corpus's real tree pairs, side by side in one
+# run on this machine. For trees/small and trees/kernel (A -> B):
+#   - full image: tar of B, zstd -19;
+#   - OSTree (Debian's ostree): commit A and B to an archive repository, generate the static
+#     delta A -> B, apply it offline on a device repository holding A and check B out;
+#   - deltaroot: publish A as 1 and B as 2 to a deltaroot-server on loopback, install 1 on a
+#     device folder, update it to 2, and count the bytes the server served;
+#   - deltaroot per method: B published from A with one delta method alone (objects always).
+# Writes bench/results/trees.md, trees.tsv and trees.svg.
+#
+#   bench/trees.sh                  # builds the corpus first if it is missing
+#   TREES=small bench/trees.sh      # one tree only
+#   PER_METHOD=0 bench/trees.sh     # skip the one-method runs
+#   MEMORY_MIB=2048                 # the publisher's memory budget (--memory-mib)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+CORPUS_DIR=${CORPUS_DIR:-$HOME/corpus}
+TREES=${TREES:-small kernel}
+PER_METHOD=${PER_METHOD:-1}
+MEMORY_MIB=${MEMORY_MIB:-2048}
+for t in $TREES; do
+  if [ ! -d "$CORPUS_DIR/trees/$t/B" ]; then
+    CORPUS_DIR=$CORPUS_DIR bash "$here/../shared/corpus.sh"
+    break
+  fi
+done
+command -v ostree >/dev/null || { echo "needs Debian's ostree (apt-get install ostree)" >&2; exit 1; }
+command -v zstd >/dev/null || { echo "needs zstd (apt-get install zstd)" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 1; }
+cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+bin=$here/target/release
+work=$(mktemp -d /var/tmp/deltaroot-trees.XXXXXX)
+trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+out=$work/out
+mkdir -p "$out"
+
+# timed NAME CMD... : wall seconds and peak RSS (KiB) of CMD into $out/NAME.time
+timed() { /usr/bin/time -f '%e %M' -o "$out/$1.time" "${@:2}"; }
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$out/values.tsv"; } # tree key value
+
+"$bin/deltaroot" keygen --out "$work/release" >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url=http://127.0.0.1:$port
+token=$("$bin/deltaroot-server" token create bench --data "$work/data")
+"$bin/deltaroot-server" serve --plain-http --listen "127.0.0.1:$port" --data "$work/data" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 50); do curl -fs "$url/healthz" >/dev/null && break; sleep 0.1; done
+served() { curl -fs "$url/metrics" | awk '/^deltaroot_served_bytes_total/ {s += $2} END {printf "%d\n", s}'; }
+
+for t in $TREES; do
+  A=$CORPUS_DIR/trees/$t/A
+  B=$CORPUS_DIR/trees/$t/B
+  w=$work/$t
+  mkdir -p "$w"
+  sync
+  echo "== $t: full image" >&2
+  timed "$t-full" sh -c "tar -C '$B' -cf - . | zstd -19 -T0 -q -o '$w/full.tar.zst'"
+  record "$t" full_bytes "$(stat -c %s "$w/full.tar.zst")"
+  record "$t" image_bytes "$(du -sb --apparent-size "$B" | cut -f1)"
+  rm -f "$w/full.tar.zst"
+
+  echo "== $t: OSTree" >&2
+  repo=$w/ostree-repo
+  ostree --repo="$repo" init --mode=archive
+  timed "$t-ostree-commit-a" ostree --repo="$repo" commit -b "$t" --tree=dir="$A" --no-xattrs -s A >/dev/null
+  timed "$t-ostree-commit-b" ostree --repo="$repo" commit -b "$t" --tree=dir="$B" --no-xattrs -s B >/dev/null
+  timed "$t-ostree-delta" ostree --repo="$repo" static-delta generate --from="$t^" --to="$t" \
+    --inline --filename="$w/ostree.delta" >/dev/null
+  record "$t" ostree_bytes "$(stat -c %s "$w/ostree.delta")"
+  dev=$w/ostree-device
+  ostree --repo="$dev" init --mode=bare-user
+  ostree --repo="$dev" pull-local "$repo" "$(ostree --repo="$repo" rev-parse "$t^")" >/dev/null
+  bcommit=$(ostree --repo="$repo" rev-parse "$t")
+  sync
+  timed "$t-ostree-apply" sh -c "ostree --repo='$dev' static-delta apply-offline '$w/ostree.delta' &&
+    ostree --repo='$dev' checkout -U '$bcommit' '$w/ostree-deploy'"
+  rm -rf "$repo" "$dev" "$w/ostree-deploy" "$w/ostree.delta"
+
+  echo "== $t: deltaroot" >&2
+  pub=("$bin/deltaroot" publish --product "$t" --key "$work/release.key" --server "$url" --token "$token"
+    --memory-mib "$MEMORY_MIB" --quiet --json)
+  timed "$t-dr-publish-a" "${pub[@]}" "$A" --version 1 >"$w/pub1.json"
+  sync
+  timed "$t-dr-publish" "${pub[@]}" "$A" "$B" --from-version 1 --version 2 --report "$w/report.tsv" >"$w/pub2.json"
+  agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json)
+  "${agent[@]}" install 1 >/dev/null
+  before=$(served)
+  sync
+  timed "$t-dr-apply" "${agent[@]}" update >"$w/update.json"
+  after=$(served)
+  record "$t" dr_bytes "$((after - before))"
+  record "$t" dr_promised "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/pub2.json")"
+  python3 - "$w/report.tsv" "$t" >>"$out/values.tsv" <<'PY'
+import csv, sys
+by = {}
+for r in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
+    c = by.setdefault(r["method"], [0, 0])
+    c[0] += 1
+    c[1] += int(r["bytes"])
+for m, (n, b) in sorted(by.items()):
+    print(f"{sys.argv[2]}\tchosen_{m}\t{n} {b}")
+PY
+  cp "$w/report.tsv" "$out/$t-report.tsv"
+
+  if [ "$PER_METHOD" = 1 ]; then
+    for m in zstd zstd-patch-from bsdiff elf gzip; do
+      echo "== $t: deltaroot, $m alone" >&2
+      # The objects are stored already (hardlinked from the server's folder), so each run
+      # encodes only its deltas; its summary says what a device would download. Whole files
+      # alone are compressed afresh, all at the update level.
+      rm -rf "$w/only"
+      mkdir -p "$w/only"
+      [ "$m" = zstd ] || cp -al "$work/data/store/objects" "$w/only/objects"
+      timed "$t-only-$m" "$bin/deltaroot" publish --product "$t" --key "$work/release.key" --out "$w/only" \
+        --memory-mib "$MEMORY_MIB" --quiet --json --method "$m" "$A" "$B" --from-version 1 --version 2 >"$w/only.json"
+      record "$t" "only_$m" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/only.json")"
+    done
+    rm -rf "$w/only"
+  fi
+  rm -rf "$w/device"
+done
+
+for f in "$out"/*.time; do
+  n=$(basename "$f" .time)
+  read -r secs kib <"$f"
+  printf '%s\t%s\t%s\n' "${n%%-*}" "time_${n#*-}" "$secs $kib" >>"$out/values.tsv"
+done
+cp "$out/values.tsv" "$here/bench/results/trees.tsv"
+python3 "$here/bench/trees_report.py" "$here/bench/results/trees.tsv" "$here/bench/results/trees.md" "$here/bench/results/trees.svg"
+cat "$here/bench/results/trees.md"

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Turns bench/trees.sh's values (tree, key, value per line) into a markdown table and an SVG
+chart. Ratios are against OSTree's static delta measured in the same run."""
+import os
+import sys
+from collections import defaultdict
+
+TARGETS = {"small": 0.6, "kernel": 0.8}
+OSTREE_SAYS = {"small": 14.6e6, "kernel": 23.0e6}  # the issue's figures, for reference
+
+src, md_path, svg_path = sys.argv[1:4]
+v = defaultdict(dict)
+for line in open(src):
+    tree, key, value = line.rstrip("\n").split("\t")
+    v[tree][key] = value
+
+
+def t(tree, name):
+    """(seconds, MiB) of a timed step."""
+    s, kib = v[tree][f"time_{name}"].split()
+    return float(s), int(kib) / 1024
+
+
+mb = lambda b: f"{b / 1e6:,.2f}"
+out = []
+p = out.append
+p("# deltaroot and OSTree on real trees\n")
+p(f"One run of `bench/trees.sh` on this machine ({os.cpu_count()} cores). Download: bytes a device on A")
+p("fetches to reach B (deltaroot: counted by the server as served). Generation: OSTree commits B")
+p("(its objects, zlib) and generates the static delta; deltaroot publishes B from A (objects for")
+p("fresh installs at zstd -19 and every delta). Apply: OSTree `static-delta apply-offline` then")
+p("`checkout` of B; deltaroot `deltaroot-agent update` (download from loopback, verify, build the")
+p("staging tree, switch). Peak memory is the peak RSS of the step's largest process.\n")
+trees = [x for x in ("small", "kernel") if x in v]
+for tree in trees:
+    d = v[tree]
+    image = int(d["image_bytes"])
+    ost = int(d["ostree_bytes"])
+    dr = int(d["dr_bytes"])
+    oc_s, oc_m = t(tree, "ostree-commit-b")
+    og_s, og_m = t(tree, "ostree-delta")
+    oa_s, oa_m = t(tree, "ostree-apply")
+    dg_s, dg_m = t(tree, "dr-publish")
+    da_s, da_m = t(tree, "dr-apply")
+    f_s, _ = t(tree, "full")
+    p(f"## trees/{tree} ({mb(image)} MB of files in B)\n")
+    p("| what | download MB | % of image | vs OSTree | generation s | generation peak MiB | apply s | apply peak MiB |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|")
+    row = lambda name, b, gs="", gm="", a="", am="": p(
+        f"| {name} | {mb(b)} | {100 * b / image:.2f}% | {b / ost:.3f} | {gs} | {gm} | {a} | {am} |"
+    )
+    row("full image (tar, zstd -19)", int(d["full_bytes"]), f"{f_s:.1f}")
+    row("OSTree static delta", ost, f"{oc_s + og_s:.1f} ({oc_s:.1f} commit + {og_s:.1f} delta)",
+        f"{max(oc_m, og_m):.0f}", f"{oa_s:.1f}", f"{oa_m:.0f}")
+    row("**deltaroot**", dr, f"**{dg_s:.1f}**", f"**{dg_m:.0f}**", f"**{da_s:.1f}**", f"**{da_m:.0f}**")
+    for key in sorted(k for k in d if k.startswith("only_")):
+        m = key[5:]
+        s, mem = t(tree, f"only-{m}")
+        label = "whole files only (zstd -19 objects)" if m == "zstd" else f"deltaroot, `{m}` alone"
+        row(label, int(d[key]), f"{s:.1f}*", f"{mem:.0f}*")
+    p("")
+    p("\\* one-method runs reuse the stored objects, so their times cover the deltas alone.\n")
+    chosen = sorted((k[7:], d[k].split()) for k in d if k.startswith("chosen_"))
+    if chosen:
+        p("What deltaroot's download is made of (the cheapest method per content):\n")
+        p("| method | contents | MB |")
+        p("|---|---:|---:|")
+        for m, (n, b) in chosen:
+            p(f"| {m} | {n} | {mb(int(b))} |")
+        p("")
+    p(f"Served / promised by the publisher: {dr / int(d['dr_promised']):.4f}.\n")
+
+p("## Targets\n")
+p("| tree | download vs OSTree | target | generation vs OSTree | target | apply vs OSTree | target | publish peak MiB | target |")
+p("|---|---:|---|---:|---|---:|---|---:|---|")
+for tree in trees:
+    d = v[tree]
+    ost, dr = int(d["ostree_bytes"]), int(d["dr_bytes"])
+    oc_s, _ = t(tree, "ostree-commit-b")
+    og_s, _ = t(tree, "ostree-delta")
+    oa_s, _ = t(tree, "ostree-apply")
+    dg_s, dg_m = t(tree, "dr-publish")
+    da_s, _ = t(tree, "dr-apply")
+    p(f"| {tree} | {dr / ost:.3f} | <= {TARGETS[tree]} | {dg_s / (oc_s + og_s):.2f} | <= 1 | {da_s / oa_s:.2f} | <= 1.5 | {dg_m:.0f} | <= 2048 |")
+p("")
+open(md_path, "w").write("\n".join(out))
+
+# Chart: download MB per approach, one panel per tree; generation and apply seconds beside.
+bars = []
+for tree in trees:
+    d = v[tree]
+    items = [("full image", int(d["full_bytes"]), "#bbbbbb"), ("OSTree", int(d["ostree_bytes"]), "#d9822b"),
+             ("deltaroot", int(d["dr_bytes"]), "#2b6cb0")]
+    for key in sorted(k for k in d if k.startswith("only_") and k != "only_zstd"):
+        items.append((f"{key[5:]} alone", int(d[key]), "#90b4e0"))
+    bars.append((tree, items))
+W, row_h, left, right = 760, 22, 150, 110
+height = sum(40 + row_h * len(items) for _, items in bars) + 40
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{W}" height="{height}" fill="white"/>',
+       f'<text x="10" y="20" font-size="14" font-weight="bold">Download from A to B, MB </text>']
+y = 40
+for tree, items in bars:
+    scale = (W - left - right) / max(b for _, b, _ in items)
+    svg.append(f'<text x="10" y="{y + 14}" font-weight="bold">trees/{tree}</text>')
+    y += 22
+    for name, b, color in items:
+        w = max(1, b * scale)
+        svg.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{name}</text>')
+        svg.append(f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row_h - 6}" fill="{color}"/>')
+        svg.append(f'<text x="{left + w + 4:.1f}" y="{y + 14}">{b / 1e6:.2f} MB</text>')
+        y += row_h
+    y += 18
+svg.append("</svg>")
+open(svg_path, "w").write("\n".join(svg))
