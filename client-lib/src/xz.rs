@@ -322,7 +322,9 @@ mod tests {
 
     #[test]
     fn streams_inside_files_decode_and_encode_again_bit_for_bit() {
-        let raw: Vec<u8> = (0..300_000u32).flat_map(|i| (i / 7).to_le_bytes()).collect();
+        let raw: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i / 7).to_le_bytes())
+            .collect();
         let opts = Options {
             check: 1,
             bcj: Bcj::X86,
@@ -356,7 +358,10 @@ mod tests {
         for o in [
             Options { check: 3, ..ok },
             Options { preset: 10, ..ok },
-            Options { dict: MAX_DICT + 1, ..ok },
+            Options {
+                dict: MAX_DICT + 1,
+                ..ok
+            },
             Options { dict: 1, ..ok },
         ] {
             assert!(encode(b"x", &o, None).is_err(), "{o:?}");

@@ -87,10 +87,7 @@ pub fn estimate_pair(old: &[u8], new: &[u8]) -> u64 {
     } else {
         1
     };
-    estimate(
-        Some(old.len() as u64 * factor),
-        new.len() as u64 * factor,
-    )
+    estimate(Some(old.len() as u64 * factor), new.len() as u64 * factor)
 }
 
 /// Memory the scanned trees and manifests hold for `entries` entries (paths, metadata,

@@ -332,12 +332,17 @@ fn encode_one(
 ) -> Result<Encoded> {
     let mut uploaded = (0, 0, 0);
     let stored_object = object_stored.get(&hash).copied().flatten();
-    let due = pair.filter(|p| delta_stored.get(&(p.old, p.new)).copied().flatten().is_none());
+    let due = pair.filter(|p| {
+        delta_stored
+            .get(&(p.old, p.new))
+            .copied()
+            .flatten()
+            .is_none()
+    });
     if let (Some(object_bytes), None) = (stored_object, due) {
         // Published before: nothing to read or encode.
-        let delta = pair.and_then(|p| {
-            delta_stored[&(p.old, p.new)].map(|bytes| (p.old, bytes, "delta"))
-        });
+        let delta =
+            pair.and_then(|p| delta_stored[&(p.old, p.new)].map(|bytes| (p.old, bytes, "delta")));
         return Ok(Encoded {
             hash,
             object_bytes: Some(object_bytes),

@@ -216,7 +216,11 @@ impl Sink for DirSink {
         )?;
         let from = old.map(|o| o.version.as_str()).unwrap_or("-");
         let plan_json = serde_json::to_vec_pretty(&plan).expect("plans serialise");
-        self.write(&format!("{base}/plans/{from}/{}", m.version), &plan_json, true)?;
+        self.write(
+            &format!("{base}/plans/{from}/{}", m.version),
+            &plan_json,
+            true,
+        )?;
         if old.is_some() {
             let fresh = compute_plan(None, m, |h| self.size(&object_path(h)), |_| Vec::new())?;
             let json = serde_json::to_vec_pretty(&fresh).expect("plans serialise");

@@ -170,7 +170,9 @@ mod tests {
         let opts = EngineOptions::default();
         let old = image(&contents(1), b"setup v1 ", 6);
         let new = image(&contents(2), b"setup v2 ", 6);
-        let patch = engine::candidates(&old, &new, &opts).unwrap()[0].bytes.clone();
+        let patch = engine::candidates(&old, &new, &opts).unwrap()[0]
+            .bytes
+            .clone();
         let apply = |p: &[u8]| apply_delta(p, &old, Some((Hash::of(&new), new.len() as u64)));
         for n in 0..patch.len() {
             assert!(apply(&patch[..n]).is_err(), "prefix of {n} bytes accepted");

@@ -293,9 +293,9 @@ fn decode_payload(
         }
         Method::Xz => {
             use crate::xz;
-            let p = xz::Patch::decode(payload, source.len() as u64, h.target_size)
-                .map_err(fail)?;
-            let invalid = |reason: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
+            let p = xz::Patch::decode(payload, source.len() as u64, h.target_size).map_err(fail)?;
+            let invalid =
+                |reason: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
             // decode() bounded both by the source's length.
             let (at, len) = (p.source_at as usize, p.source_len as usize);
             let (raw_old, used) =
