@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the decoder fuzz targets for a bounded time each (default 60 s), seeded with real
-# ELF patches built from fixtures/elf-pairs. Fails if a target finds a crash.
+# ELF patches built from fixtures/elf-pairs, and gzip and xz deltas of files compressed by
+# the real gzip and xz. Fails if a target finds a crash.
 #   fuzz/run.sh [SECONDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,16 @@ cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p deltaroot-pu
 for pair in "$work"/pairs/*/*; do
   name=$(basename "$(dirname "$pair")")-$(basename "$pair")
   "$here/target/release/examples/fuzz_seed" "$pair/old" "$pair/new" "$work/seeds/$name"
+done
+# Two versions of a short text, compressed as Debian does (gzip -9n) and as a kernel is (xz).
+seq 1 2000 >"$work/text1"
+{ echo "entry 0"; seq 1 1990; } >"$work/text2"
+for v in 1 2; do
+  gzip -9n -c "$work/text$v" >"$work/text$v.gz"
+  xz --check=crc32 -6 -c "$work/text$v" >"$work/text$v.xz"
+done
+for ext in gz xz; do
+  "$here/target/release/examples/fuzz_seed" --delta "$work/text1.$ext" "$work/text2.$ext" "$work/seeds/text-$ext"
 done
 cd "$here/fuzz"
 for target in elf_decode apply_delta; do
