@@ -104,7 +104,7 @@ PY
   cp "$w/report.tsv" "$out/$t-report.tsv"
 
   if [ "$PER_METHOD" = 1 ]; then
-    for m in zstd zstd-patch-from bsdiff elf gzip; do
+    for m in zstd zstd-patch-from bsdiff elf gzip xz; do
       echo "== $t: deltaroot, $m alone" >&2
       # The objects are stored already (hardlinked from the server's folder), so each run
       # encodes only its deltas; its summary says what a device would download. Whole files
