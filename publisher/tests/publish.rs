@@ -167,11 +167,35 @@ fn static_release_folder_installs_a_device() {
         "--level",
         "3",
         "--json",
+        "--memory-mib",
+        "64",
+        "--report",
+        tmp.path().join("report.tsv").to_str().unwrap(),
     ]);
     let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
     assert!(
         summary["download_bytes"].as_u64().unwrap()
             < summary["image_compressed_bytes"].as_u64().unwrap() / 5
+    );
+    // The report lists every download, largest first, and adds up to the summary's total.
+    let report = std::fs::read_to_string(tmp.path().join("report.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = report
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    let bytes: Vec<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(
+        !rows.is_empty() && bytes.windows(2).all(|w| w[0] >= w[1]),
+        "{report}"
+    );
+    assert_eq!(
+        bytes.iter().sum::<u64>(),
+        summary["download_bytes"].as_u64().unwrap()
+    );
+    assert!(
+        rows.iter().all(|r| r.len() == 4 && !r[3].is_empty()),
+        "{report}"
     );
     assert_eq!(
         std::fs::read_to_string(out.join("v1/products/demo/channels/stable/latest")).unwrap(),
