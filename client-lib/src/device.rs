@@ -323,39 +323,60 @@ impl Device {
         http: &Http,
     ) -> Result<bool> {
         let dest = format!("{CONTENT}/{hash}");
-        match (fetch, base) {
-            (Some(Fetch::Delta { source, bytes }), Some((_, base_dir)))
-                if have.contains_key(source) =>
-            {
-                let rel = delta_path(source, &hash);
-                let dl = format!("{DOWNLOADS}/{source}-{hash}");
-                http.download(&rel, &self.root.join(&dl), Some(*bytes), *bytes)?;
-                let delta = self.dir.read(&dl).map_err(self.io(&dl));
-                // A download that does not apply is not kept for a resume.
-                let _ = self.dir.remove_file(&dl);
-                let src_path = have[source];
-                let old = base_dir
-                    .read(src_path.as_path())
-                    .map_err(Error::io(src_path.as_path()))?;
-                let new = apply_delta(&delta?, &old, Some((hash, size)))?;
-                self.write_content(&dest, &new)?;
-                Ok(true)
-            }
-            _ => {
-                let exact = match fetch {
-                    Some(Fetch::Object { bytes }) => Some(*bytes),
-                    _ => None,
-                };
-                let max = exact.unwrap_or(size + size / 8 + (1 << 20));
-                let dl = format!("{DOWNLOADS}/{hash}.zst");
-                let rel = object_path(&hash);
-                http.download(&rel, &self.root.join(&dl), exact, max)?;
-                let res = self.unpack_object(&dl, &dest, hash, size, &rel);
-                let _ = self.dir.remove_file(&dl);
-                res?;
-                Ok(false)
+        if let (Some(Fetch::Delta { source, bytes }), Some((_, base_dir))) = (fetch, base) {
+            if let Some(src_path) = have.get(source) {
+                match self.fetch_delta(hash, size, *source, *bytes, src_path, base_dir, http) {
+                    Ok(new) => {
+                        self.write_content(&dest, &new)?;
+                        return Ok(true);
+                    }
+                    // A delta that is missing or does not give the content (damaged in
+                    // storage, or a method this agent does not know) costs bytes, not the
+                    // update: the whole object is verified the same way.
+                    Err(e) if e.is_unusable_delta() => {
+                        tracing::warn!(content = %hash, error = %e, "delta unusable; fetching the whole object");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
+        let exact = match fetch {
+            Some(Fetch::Object { bytes }) => Some(*bytes),
+            _ => None,
+        };
+        let max = exact.unwrap_or(size + size / 8 + (1 << 20));
+        let dl = format!("{DOWNLOADS}/{hash}.zst");
+        let rel = object_path(&hash);
+        http.download(&rel, &self.root.join(&dl), exact, max)?;
+        let res = self.unpack_object(&dl, &dest, hash, size, &rel);
+        let _ = self.dir.remove_file(&dl);
+        res?;
+        Ok(false)
+    }
+
+    /// Downloads the delta `source` -> `hash` and applies it to the running tree's copy of
+    /// `source`, returning the verified content.
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_delta(
+        &self,
+        hash: Hash,
+        size: u64,
+        source: Hash,
+        bytes: u64,
+        src_path: &EntryPath,
+        base_dir: &Dir,
+        http: &Http,
+    ) -> Result<Vec<u8>> {
+        let rel = delta_path(&source, &hash);
+        let dl = format!("{DOWNLOADS}/{source}-{hash}");
+        http.download(&rel, &self.root.join(&dl), Some(bytes), bytes)?;
+        let delta = self.dir.read(&dl).map_err(self.io(&dl));
+        // A download that does not apply is not kept for a resume.
+        let _ = self.dir.remove_file(&dl);
+        let old = base_dir
+            .read(src_path.as_path())
+            .map_err(Error::io(src_path.as_path()))?;
+        apply_delta(&delta?, &old, Some((hash, size)))
     }
 
     /// Writes a verified content into the store. Not synced one by one: the staged tree is

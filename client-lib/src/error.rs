@@ -102,6 +102,26 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
+
+    /// A delta that cannot give its content: damaged, of an unknown method, not on the
+    /// server, or larger than its plan said. The device fetches the whole object instead;
+    /// network and local errors are not this.
+    pub fn is_unusable_delta(&self) -> bool {
+        matches!(
+            self,
+            Error::DeltaMalformed { .. }
+                | Error::DeltaMethod { .. }
+                | Error::DeltaMismatch { .. }
+                | Error::DeltaPayload { .. }
+                | Error::ContentHash { .. }
+                | Error::ContentLength { .. }
+                | Error::TooLarge { .. }
+                | Error::HttpStatus {
+                    status: 404 | 410,
+                    ..
+                }
+        )
+    }
 }
 
 /// Result with the crate's error.
