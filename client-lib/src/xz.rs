@@ -100,7 +100,7 @@ impl Options {
 
 /// Offset of the first xz stream header in `data`.
 pub fn find_stream(data: &[u8]) -> Option<usize> {
-    data.windows(XZ_MAGIC.len()).position(|w| w == XZ_MAGIC)
+    memchr::memmem::find(data, &XZ_MAGIC)
 }
 
 /// Decodes the one xz stream at the start of `data` (bytes after it are left alone) into at

@@ -218,17 +218,18 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
     Ok(encoded)
 }
 
-/// The smallest payload of the byte-level and ELF methods for this pair (what the `gzip` and
-/// `xz` methods send between decompressed contents), not applied back on its own: the
-/// enclosing candidate is.
+/// The smallest payload among `allowed` of the methods that apply to this pair (what the
+/// `gzip` and `xz` methods send between decompressed contents), not applied back on its own:
+/// the enclosing candidate is.
 pub(crate) fn smallest_payload(
     old: &[u8],
     new: &[u8],
     opts: &EngineOptions,
+    allowed: &[Method],
 ) -> Result<Option<(Method, Vec<u8>)>> {
     let methods: Vec<Method> = methods_for(old, new, opts, None)
         .into_iter()
-        .filter(|m| crate::xz::INNER.contains(m))
+        .filter(|m| allowed.contains(m))
         .collect();
     Ok(payloads(old, new, opts, &methods)?
         .into_iter()

@@ -51,21 +51,16 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
     let Ok(raw_old) = gzip::inflate(o.deflate, limit(old.len())) else {
         return Ok(None);
     };
-    let mut inner = vec![(
-        Method::ZstdPatchFrom,
-        engine::zstd_patch_from(&raw_old, &raw_new, opts.level, false)?,
-    )];
-    if (raw_old.len() as u64) <= opts.bsdiff_max && (raw_new.len() as u64) <= opts.bsdiff_max {
-        let diff = crate::bsdiff::Index::new(&raw_old).diff(&raw_new);
-        inner.push((
-            Method::BsdiffZstd,
-            engine::compress_payload(&crate::bsdiff::interleave(&diff), opts.level)?,
-        ));
-    }
-    let (method, payload) = inner
-        .into_iter()
-        .min_by_key(|(_, p)| p.len())
-        .expect("patch-from always runs");
+    let inner = engine::smallest_payload(
+        &raw_old,
+        &raw_new,
+        opts,
+        &[Method::ZstdPatchFrom, Method::BsdiffZstd],
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let Some((method, payload)) = inner else {
+        return Ok(None);
+    };
     Ok(Some(
         Patch {
             level,

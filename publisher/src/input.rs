@@ -251,21 +251,11 @@ impl InputTree {
     }
 
     /// Reads a content by hash.
-    /// Size of a content, from its file's metadata.
-    pub fn size(&self, hash: &Hash) -> Result<u64> {
-        let p = self.path_of(hash)?;
-        Ok(std::fs::metadata(p).map_err(Error::io(p))?.len())
-    }
-
-    fn path_of(&self, hash: &Hash) -> Result<&PathBuf> {
-        self.content.get(hash).ok_or_else(|| Error::Input {
+    pub fn read(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let p = self.content.get(hash).ok_or_else(|| Error::Input {
             path: PathBuf::from(hash.to_string()),
             what: "content is not in this tree".into(),
-        })
-    }
-
-    pub fn read(&self, hash: &Hash) -> Result<Vec<u8>> {
-        let p = self.path_of(hash)?;
+        })?;
         std::fs::read(p).map_err(Error::io(p))
     }
 }

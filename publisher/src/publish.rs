@@ -332,50 +332,38 @@ fn encode_one(
 ) -> Result<Encoded> {
     let mut uploaded = (0, 0, 0);
     let stored_object = object_stored.get(&hash).copied().flatten();
-    let due = pair.filter(|p| {
+    let stored_delta = pair.and_then(|p| {
         delta_stored
             .get(&(p.old, p.new))
             .copied()
             .flatten()
-            .is_none()
+            .map(|bytes| (p.old, bytes, "delta"))
     });
+    // The pair whose delta is still to be encoded.
+    let due = pair.filter(|_| stored_delta.is_none());
     if let (Some(object_bytes), None) = (stored_object, due) {
         // Published before: nothing to read or encode.
-        let delta =
-            pair.and_then(|p| delta_stored[&(p.old, p.new)].map(|bytes| (p.old, bytes, "delta")));
         return Ok(Encoded {
             hash,
             object_bytes: Some(object_bytes),
-            delta,
+            delta: stored_delta,
             uploaded,
         });
     }
-    let (new, old, _share) = match due {
-        None => {
-            let share = budget.reserve(crate::budget::estimate(None, new_tree.size(&hash)?));
-            (new_tree.read(&hash)?, None, share)
-        }
-        Some(p) => {
-            let (new, old) = (new_tree.read(&hash)?, old_tree.read(&p.old)?);
-            let share = budget.reserve(crate::budget::estimate_pair(&old, &new));
-            (new, Some(old), share)
-        }
+    let new = new_tree.read(&hash)?;
+    let old = due.map(|p| old_tree.read(&p.old)).transpose()?;
+    let _share = budget.reserve(match &old {
+        Some(old) => crate::budget::estimate_pair(old, &new),
+        None => crate::budget::estimate(None, new.len() as u64),
+    });
+    // The best delta encoded now, if one was due.
+    let fresh = match (due, old) {
+        (Some(p), Some(old)) => engine::candidates(&old, &new, eng)?
+            .into_iter()
+            .next()
+            .map(|best| (p.old, best.bytes, best.method.name())),
+        _ => None,
     };
-    // The delta stored before, or the best one encoded now.
-    let mut stored_delta = None;
-    let mut fresh = None;
-    if let Some(p) = pair {
-        match (delta_stored.get(&(p.old, p.new)).copied().flatten(), &old) {
-            (Some(b), _) => stored_delta = Some((p.old, b, "delta")),
-            (None, Some(old)) => {
-                if let Some(best) = engine::candidates(old, &new, eng)?.into_iter().next() {
-                    fresh = Some((p.old, best.bytes, best.method.name()));
-                }
-            }
-            (None, None) => unreachable!("a due delta has its old file read"),
-        }
-    }
-    drop(old);
     let delta_bytes = fresh.as_ref().map(|(_, b, _)| b.len() as u64);
     let object_bytes = match stored_object {
         Some(b) => b,

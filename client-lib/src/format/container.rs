@@ -209,11 +209,12 @@ fn decode_payload(
     what: &str,
 ) -> Result<Vec<u8>, Error> {
     let method = h.method;
-    let fail = |e: std::io::Error| Error::DeltaPayload {
+    let invalid = |reason: String| Error::DeltaPayload {
         what: what.to_string(),
         method: method.name(),
-        reason: e.to_string(),
+        reason,
     };
+    let fail = |e: std::io::Error| invalid(e.to_string());
     // Read one byte past the promised size so an over-long stream is caught.
     let limit = h.target_size + 1;
     // The header is untrusted until the output hashes right: reserve modestly.
@@ -252,12 +253,8 @@ fn decode_payload(
                 .min(bound);
             let mut raw = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
             d.take(bound).read_to_end(&mut raw).map_err(fail)?;
-            let elf = |e: crate::elf::ElfError| Error::DeltaPayload {
-                what: what.to_string(),
-                method: method.name(),
-                reason: e.to_string(),
-            };
-            out = crate::elf::decode(source, raw, h.target_size).map_err(elf)?;
+            out = crate::elf::decode(source, raw, h.target_size)
+                .map_err(|e| invalid(e.to_string()))?;
         }
         Method::Gzip => {
             use crate::gzip;
@@ -266,13 +263,10 @@ fn decode_payload(
             let old = gzip::member(source).map_err(fail)?;
             let raw_old = gzip::inflate(old.deflate, p.source_size).map_err(fail)?;
             if raw_old.len() as u64 != p.source_size {
-                return Err(fail(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "source inflates to {} bytes, the patch says {}",
-                        raw_old.len(),
-                        p.source_size
-                    ),
+                return Err(invalid(format!(
+                    "source inflates to {} bytes, the patch says {}",
+                    raw_old.len(),
+                    p.source_size
                 )));
             }
             let inner = DeltaHeader {
@@ -294,8 +288,6 @@ fn decode_payload(
         Method::Xz => {
             use crate::xz;
             let p = xz::Patch::decode(payload, source.len() as u64, h.target_size).map_err(fail)?;
-            let invalid =
-                |reason: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
             // decode() bounded both by the source's length.
             let (at, len) = (p.source_at as usize, p.source_len as usize);
             let (raw_old, used) =
