@@ -25,9 +25,15 @@ for t in $TREES; do
     break
   fi
 done
-command -v ostree >/dev/null || { echo "needs Debian's ostree (apt-get install ostree)" >&2; exit 1; }
-command -v zstd >/dev/null || { echo "needs zstd (apt-get install zstd)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)" >&2; exit 1; }
+need=()
+command -v ostree >/dev/null || need+=(ostree)
+command -v zstd >/dev/null || need+=(zstd)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} from Debian's packages" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" ||
+    { echo "needs Debian's ${need[*]} (apt-get install ${need[*]})" >&2; exit 1; }
+fi
 cargo build --release --quiet --manifest-path "$here/Cargo.toml"
 bin=$here/target/release
 work=$(mktemp -d /var/tmp/deltaroot-trees.XXXXXX)
