@@ -34,9 +34,12 @@ use rustix::time::Timespec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::container::{apply_payload, unwrapped_bound, Payload};
+use crate::format::plan::entry_matches;
 use crate::format::{
-    apply_delta, delta_path, object_path, Entry, EntryPath, Fetch, Hash, Kind, Meta, Plan,
-    PublicKey, VerifiedManifest,
+    apply_delta, delta_path, object_path, pack_path, DeltaHeader, Entry, EntryKind, EntryPath,
+    Fetch, Hash, Kind, Meta, PackEntry, PackReader, PackRef, Plan, PlanItem, PublicKey,
+    VerifiedManifest,
 };
 use crate::transport::Http;
 use crate::tree;
@@ -69,6 +72,8 @@ pub struct DeployReport {
     pub downloaded_bytes: u64,
     pub deltas: u64,
     pub objects: u64,
+    /// Packs downloaded (their contents count among `deltas` and `objects`).
+    pub packs: u64,
     /// Files shared with the running tree by hardlink.
     pub linked: u64,
     /// Files whose content was kept but copied for new metadata, or reused twice.
@@ -277,6 +282,34 @@ impl Device {
             }
             jobs.push((hash, size));
         }
+        // Packs first: what a pack does not give (missing, damaged, or an entry that does not
+        // apply) is fetched alone below, as if there were no pack.
+        let needed: HashSet<Hash> = jobs.iter().map(|j| j.0).collect();
+        let mut given: HashSet<Hash> = HashSet::new();
+        for (n, pack) in plan.packs.iter().enumerate() {
+            let want: HashMap<Hash, &PlanItem> = plan
+                .items
+                .iter()
+                .filter(|i| i.pack == Some(n) && needed.contains(&i.target))
+                .map(|i| (i.target, i))
+                .collect();
+            if want.is_empty() {
+                continue;
+            }
+            match self.fetch_pack(pack, &want, &have, base, http) {
+                Ok((d, o)) => {
+                    report.packs += 1;
+                    report.deltas += d.len() as u64;
+                    report.objects += o.len() as u64;
+                    given.extend(d.into_iter().chain(o));
+                }
+                Err(e) if e.is_unusable_delta() => {
+                    tracing::warn!(pack = %pack.hash, error = %e, "pack unusable; fetching its contents alone");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        jobs.retain(|j| !given.contains(&j.0));
         // Largest first, on a few threads: downloads wait on the network, deltas on a core.
         jobs.sort_by_key(|j| std::cmp::Reverse(j.1));
         let next = AtomicUsize::new(0);
@@ -377,6 +410,169 @@ impl Device {
             .read(src_path.as_path())
             .map_err(Error::io(src_path.as_path()))?;
         apply_delta(&delta?, &old, Some((hash, size)))
+    }
+
+    /// Downloads a pack, checks its index against the plan and stores every content it gives
+    /// (on a few threads while the next bodies are read). Returns the contents given as
+    /// deltas and as objects; an entry that does not give its content is logged and left to
+    /// be fetched alone, and so are the entries after a body that cannot be read.
+    fn fetch_pack(
+        &self,
+        pack: &PackRef,
+        want: &HashMap<Hash, &PlanItem>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+        http: &Http,
+    ) -> Result<(Vec<Hash>, Vec<Hash>)> {
+        let rel = pack_path(&pack.hash);
+        let dl = format!("{DOWNLOADS}/{}.pack", pack.hash);
+        let path = self.root.join(&dl);
+        http.download(&rel, &path, Some(pack.bytes), pack.bytes)?;
+        let got = tree::hash_file(&path)?;
+        if got != pack.hash {
+            let _ = self.dir.remove_file(&dl);
+            return Err(Error::ContentHash {
+                what: rel,
+                got,
+                want: pack.hash,
+            });
+        }
+        let file = self.dir.open(&dl).map_err(self.io(&dl))?;
+        let res = self.unpack(&rel, file, want, have, base);
+        let _ = self.dir.remove_file(&dl);
+        res
+    }
+
+    fn unpack(
+        &self,
+        rel: &str,
+        file: cap_std::fs::File,
+        want: &HashMap<Hash, &PlanItem>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+    ) -> Result<(Vec<Hash>, Vec<Hash>)> {
+        let mut reader = PackReader::open(rel, file)?;
+        for e in reader.index() {
+            if !want
+                .get(&e.target)
+                .is_some_and(|i| entry_matches(e.kind, &i.fetch))
+            {
+                return Err(Error::PackMalformed {
+                    pack: rel.to_string(),
+                    reason: format!("entry {} is not one the plan fetches through it", e.target),
+                });
+            }
+        }
+        let given: Mutex<(Vec<Hash>, Vec<Hash>)> = Mutex::new((Vec::new(), Vec::new()));
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(PackEntry, Vec<u8>)>(FETCH_THREADS);
+        let rx = Mutex::new(rx);
+        std::thread::scope(|scope| {
+            for _ in 0..FETCH_THREADS {
+                scope.spawn(|| loop {
+                    let next = rx.lock().expect("not poisoned").recv();
+                    let Ok((e, body)) = next else { break };
+                    let item = want[&e.target];
+                    match self.apply_entry(&e, &body, item, have, base) {
+                        Ok(()) => {
+                            let mut g = given.lock().expect("not poisoned");
+                            match e.kind {
+                                EntryKind::Object => g.1.push(e.target),
+                                EntryKind::Delta(_) => g.0.push(e.target),
+                            }
+                        }
+                        Err(err) if err.is_unusable_delta() => {
+                            tracing::warn!(content = %e.target, error = %err, "pack entry unusable; fetching it alone");
+                        }
+                        Err(err) => {
+                            failed.lock().expect("not poisoned").get_or_insert(err);
+                            break;
+                        }
+                    }
+                });
+            }
+            loop {
+                if failed.lock().expect("not poisoned").is_some() {
+                    break;
+                }
+                let next = reader.next_body(|e| {
+                    let item = want[&e.target];
+                    match e.kind {
+                        EntryKind::Object => item.size,
+                        EntryKind::Delta(m) => unwrapped_bound(m, item.size, item.fetch.bytes()),
+                    }
+                });
+                match next {
+                    Ok(Some(entry)) => {
+                        if tx.send(entry).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(pack = rel, error = %e, "pack ends early; fetching the rest alone");
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+        });
+        if let Some(e) = failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        Ok(given.into_inner().expect("not poisoned"))
+    }
+
+    /// Stores the content one pack entry gives, verified.
+    fn apply_entry(
+        &self,
+        e: &PackEntry,
+        body: &[u8],
+        item: &PlanItem,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+    ) -> Result<()> {
+        let dest = format!("{CONTENT}/{}", e.target);
+        match (e.kind, &item.fetch) {
+            (EntryKind::Delta(method), Fetch::Delta { source, .. }) => {
+                let (Some(src_path), Some((_, base_dir))) = (have.get(source), base) else {
+                    return Err(Error::DeltaMismatch {
+                        what: delta_path(source, &e.target),
+                        reason: "the running tree does not hold its source".into(),
+                    });
+                };
+                let old = base_dir
+                    .read(src_path.as_path())
+                    .map_err(Error::io(src_path.as_path()))?;
+                let h = DeltaHeader {
+                    method,
+                    source: *source,
+                    target: e.target,
+                    target_size: item.size,
+                };
+                let new = apply_payload(&h, Payload::Unwrapped(body), &old)?;
+                self.write_content(&dest, &new)
+            }
+            _ => {
+                let what = format!("{} in a pack", object_path(&e.target));
+                if body.len() as u64 != item.size {
+                    return Err(Error::ContentLength {
+                        what,
+                        got: body.len() as u64,
+                        want: item.size,
+                    });
+                }
+                let got = Hash::of(body);
+                if got != e.target {
+                    return Err(Error::ContentHash {
+                        what,
+                        got,
+                        want: e.target,
+                    });
+                }
+                self.write_content(&dest, body)
+            }
+        }
     }
 
     /// Writes a verified content into the store. Not synced one by one: the staged tree is

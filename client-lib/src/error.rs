@@ -54,6 +54,8 @@ pub enum Error {
     ContentHash { what: String, got: Hash, want: Hash },
     #[error("{what}: content is {got} bytes, expected {want}")]
     ContentLength { what: String, got: u64, want: u64 },
+    #[error("pack {pack}: malformed: {reason}")]
+    PackMalformed { pack: String, reason: String },
     #[error("plan is missing content {0}: the server has no object for it")]
     MissingObject(Hash),
 
@@ -113,6 +115,7 @@ impl Error {
                 | Error::DeltaMethod { .. }
                 | Error::DeltaMismatch { .. }
                 | Error::DeltaPayload { .. }
+                | Error::PackMalformed { .. }
                 | Error::ContentHash { .. }
                 | Error::ContentLength { .. }
                 | Error::TooLarge { .. }

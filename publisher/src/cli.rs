@@ -98,9 +98,13 @@ enum Command {
         /// side by side (one larger than the whole budget runs alone).
         #[arg(long, default_value_t = 2048, value_name = "MIB")]
         memory_mib: u64,
-        /// Write every download (path, size, method, bytes; largest first) as TSV to FILE.
+        /// Write every download (bytes, method, size, packed, path; largest first) as TSV to
+        /// FILE; a packed download counts its share of the pack.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Send every download of the update alone instead of packing the small ones together.
+        #[arg(long)]
+        no_packs: bool,
         #[command(flatten)]
         engine: Engine,
     },
@@ -144,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
             memory_mib,
             report,
+            no_packs,
             engine,
         } => {
             let (old, new) = match trees.as_slice() {
@@ -171,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 created: None,
                 progress: !quiet,
                 memory_budget: memory_mib << 20,
+                packs: !no_packs,
             };
             let summary = publish(old, new, &key, sink.as_ref(), &opts)
                 .with_context(|| format!("publishing {}", new.display()))?;

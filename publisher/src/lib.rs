@@ -5,6 +5,7 @@
 //! - [`engine`]: per-file delta methods, round-trip checked, smallest kept.
 //! - [`elf`]: the encoder of the ELF-aware method.
 //! - [`bsdiff`]: bsdiff's matching on an SA-IS suffix array, for methods 2 and 4.
+//! - [`packing`]: packing a release pair's small downloads into a few compressed packs.
 //! - [`publish`]: the whole run, on all cores, with progress and a summary.
 //! - [`sink`]: uploading to a server or writing a static release folder.
 //! - [`keys`]: signing keys.
@@ -20,6 +21,7 @@ pub mod gzip;
 pub mod input;
 pub mod keys;
 pub mod matching;
+pub mod packing;
 pub mod publish;
 pub mod sink;
 pub mod xz;

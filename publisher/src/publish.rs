@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use deltaroot_client::format::api::StoredRequest;
 use deltaroot_client::format::{
-    compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, SecretKey,
+    attach_packs, compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, SecretKey,
     VerifiedManifest,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,6 +36,8 @@ pub struct PublishOptions {
     /// Peak memory the run should stay under, in bytes: encoding jobs are scheduled so the
     /// estimates of those running, plus what the scan holds, fit (see `crate::budget`).
     pub memory_budget: u64,
+    /// Pack the pair's small downloads together (`--no-packs` turns it off).
+    pub packs: bool,
 }
 
 /// The default `memory_budget`: 2 GiB.
@@ -76,6 +78,9 @@ pub struct Summary {
     pub methods: BTreeMap<String, MethodWins>,
     /// Every content a device on `from_version` downloads, largest download first.
     pub downloads: Vec<Download>,
+    /// Packs made for devices on `from_version`, and how many downloads they hold.
+    pub packs: u64,
+    pub packed: u64,
 }
 
 /// One content a device downloads, and what it costs.
@@ -87,7 +92,10 @@ pub struct Download {
     pub size: u64,
     /// `zstd` for the whole object, else the delta's method.
     pub method: String,
-    /// Bytes on the wire.
+    /// Sent in a pack.
+    pub packed: bool,
+    /// Bytes on the wire; for a packed download its share of the pack (in proportion to its
+    /// size alone).
     pub bytes: u64,
 }
 
@@ -254,12 +262,29 @@ pub fn publish(
         .iter()
         .map(|(s, t, b)| (*t, vec![(*s, *b)]))
         .collect();
-    let plan = compute_plan(
+    let mut plan = compute_plan(
         old_manifest.as_ref(),
         signed.manifest(),
         |h| object_bytes.get(h).copied(),
         |t| by_target.get(t).cloned().unwrap_or_default(),
     )?;
+    let path_of: HashMap<Hash, &deltaroot_client::format::EntryPath> = signed
+        .manifest()
+        .entries
+        .iter()
+        .filter_map(|e| e.file().map(|(h, _)| (h, e.path())))
+        .collect();
+    // Packs only for devices coming from the old release: a fresh install fetches objects.
+    let packs = match old_manifest {
+        Some(_) if opts.packs => {
+            let spinner = bar(opts.progress, 0, "packing");
+            let packs = crate::packing::build(&plan, &path_of, sink, opts.engine.level, &budget)?;
+            spinner.finish_and_clear();
+            attach_packs(&mut plan, &packs);
+            packs
+        }
+        _ => Vec::new(),
+    };
 
     let public = key.public().to_text();
     let answer = sink.publish(
@@ -268,6 +293,7 @@ pub fn publish(
         &opts.channel,
         old_manifest.as_ref(),
         &deltas,
+        &packs,
     )?;
 
     let mut s = Summary {
@@ -279,13 +305,9 @@ pub fn publish(
         download_bytes: answer.download_bytes.unwrap_or(plan.download_bytes),
         ..Summary::default()
     };
-    let path_of: HashMap<Hash, &deltaroot_client::format::EntryPath> = signed
-        .manifest()
-        .entries
-        .iter()
-        .filter_map(|e| e.file().map(|(h, _)| (h, e.path())))
-        .collect();
-    for item in &plan.items {
+    s.packs = plan.packs.len() as u64;
+    s.packed = plan.items.iter().filter(|i| i.pack.is_some()).count() as u64;
+    for (item, cost) in plan.items.iter().zip(plan.item_costs()) {
         s.new_content_bytes += item.size;
         let name = match &item.fetch {
             Fetch::Object { .. } => "zstd",
@@ -293,7 +315,7 @@ pub fn publish(
         };
         let w = s.methods.entry(name.to_string()).or_default();
         w.count += 1;
-        w.bytes += item.fetch.bytes();
+        w.bytes += cost;
         s.downloads.push(Download {
             path: path_of
                 .get(&item.target)
@@ -301,7 +323,8 @@ pub fn publish(
                 .unwrap_or_default(),
             size: item.size,
             method: name.to_string(),
-            bytes: item.fetch.bytes(),
+            packed: item.pack.is_some(),
+            bytes: cost,
         });
     }
     s.downloads
@@ -402,9 +425,14 @@ fn encode_one(
 pub fn write_report(summary: &Summary, path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(w, "bytes\tmethod\tsize\tpath")?;
+    writeln!(w, "bytes\tmethod\tsize\tpacked\tpath")?;
     for d in &summary.downloads {
-        writeln!(w, "{}\t{}\t{}\t{}", d.bytes, d.method, d.size, d.path)?;
+        let packed = if d.packed { "yes" } else { "no" };
+        writeln!(
+            w,
+            "{}\t{}\t{}\t{packed}\t{}",
+            d.bytes, d.method, d.size, d.path
+        )?;
     }
     w.flush()
 }
@@ -479,6 +507,13 @@ impl std::fmt::Display for Summary {
                 "  {m:>16}: cheapest for {} contents, {}",
                 w.count,
                 hb(w.bytes)
+            )?;
+        }
+        if self.packs > 0 {
+            writeln!(
+                f,
+                "  {} small downloads travel in {} pack(s) (counted above by their share)",
+                self.packed, self.packs
             )?;
         }
         if !self.downloads.is_empty() {

@@ -11,7 +11,8 @@ use deltaroot_client::format::api::{
     ErrorBody, PublishRequest, PublishResponse, StoredRequest, StoredResponse,
 };
 use deltaroot_client::format::{
-    compute_plan, delta_path, object_path, Hash, Manifest, VerifiedManifest,
+    attach_packs, compute_plan, delta_path, object_path, Hash, Manifest, PackIndex,
+    VerifiedManifest,
 };
 
 use crate::error::{Error, Result};
@@ -20,10 +21,13 @@ use crate::error::{Error, Result};
 pub trait Sink: Sync {
     /// Stored sizes of the objects and deltas asked about.
     fn stored(&self, req: &StoredRequest) -> Result<StoredResponse>;
-    /// Stores an object (`objects/…`) or a delta (`deltas/…`).
+    /// Stores an object (`objects/…`), a delta (`deltas/…`) or a pack (`packs/…`).
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()>;
-    /// Makes the release visible, all at once. `old` is the release devices come from and
-    /// `deltas` the (source, target, bytes) deltas stored for its changed files.
+    /// Reads back a stored object or delta.
+    fn get(&self, rel: &str) -> Result<Vec<u8>>;
+    /// Makes the release visible, all at once. `old` is the release devices come from,
+    /// `deltas` the (source, target, bytes) deltas stored for its changed files and `packs`
+    /// the packs stored for devices coming from `old`.
     fn publish(
         &self,
         signed: &VerifiedManifest,
@@ -31,6 +35,7 @@ pub trait Sink: Sync {
         channel: &str,
         old: Option<&Manifest>,
         deltas: &[(Hash, Hash, u64)],
+        packs: &[PackIndex],
     ) -> Result<PublishResponse>;
 }
 
@@ -107,6 +112,11 @@ impl Sink for ServerSink {
             .map(drop)
     }
 
+    fn get(&self, rel: &str) -> Result<Vec<u8>> {
+        let url = format!("{}/{rel}", self.base);
+        self.send(self.client.get(&url), &url)
+    }
+
     fn publish(
         &self,
         signed: &VerifiedManifest,
@@ -114,6 +124,7 @@ impl Sink for ServerSink {
         channel: &str,
         old: Option<&Manifest>,
         _deltas: &[(Hash, Hash, u64)],
+        packs: &[PackIndex],
     ) -> Result<PublishResponse> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let m = signed.manifest();
@@ -123,6 +134,7 @@ impl Sink for ServerSink {
             public_key: public_key.to_string(),
             channel: Some(channel.to_string()),
             from_version: old.map(|o| o.version.clone()),
+            packs: packs.iter().map(|p| p.hash).collect(),
         };
         self.json(
             &format!("{}/v1/products/{}/releases", self.base, m.product),
@@ -192,6 +204,11 @@ impl Sink for DirSink {
         self.write(rel, bytes, false)
     }
 
+    fn get(&self, rel: &str) -> Result<Vec<u8>> {
+        let path = self.root.join(rel);
+        std::fs::read(&path).map_err(Error::io(path))
+    }
+
     fn publish(
         &self,
         signed: &VerifiedManifest,
@@ -199,6 +216,7 @@ impl Sink for DirSink {
         channel: &str,
         old: Option<&Manifest>,
         deltas: &[(Hash, Hash, u64)],
+        packs: &[PackIndex],
     ) -> Result<PublishResponse> {
         // The objects and deltas reach the disk before anything names them.
         self.sync_all()?;
@@ -208,12 +226,13 @@ impl Sink for DirSink {
         for (s, t, b) in deltas {
             to.entry(*t).or_default().push((*s, *b));
         }
-        let plan = compute_plan(
+        let mut plan = compute_plan(
             old,
             m,
             |h| self.size(&object_path(h)),
             |t| to.get(t).cloned().unwrap_or_default(),
         )?;
+        attach_packs(&mut plan, packs);
         let from = old.map(|o| o.version.as_str()).unwrap_or("-");
         let plan_json = serde_json::to_vec_pretty(&plan).expect("plans serialise");
         self.write(

@@ -194,9 +194,26 @@ fn static_release_folder_installs_a_device() {
         summary["download_bytes"].as_u64().unwrap()
     );
     assert!(
-        rows.iter().all(|r| r.len() == 4 && !r[3].is_empty()),
+        rows.iter().all(|r| r.len() == 5 && !r[4].is_empty()),
         "{report}"
     );
+    // The small changed files went in packs, which the plan file names.
+    assert!(summary["packs"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(
+        rows.iter().filter(|r| r[3] == "yes").count() > 40,
+        "{report}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("v1/products/demo/plans/1/2")).unwrap())
+            .unwrap();
+    for p in plan["packs"].as_array().unwrap() {
+        let hash = p["hash"].as_str().unwrap();
+        let file = out.join(format!("packs/{}/{hash}", &hash[..2]));
+        assert_eq!(
+            std::fs::metadata(file).unwrap().len(),
+            p["bytes"].as_u64().unwrap()
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(out.join("v1/products/demo/channels/stable/latest")).unwrap(),
         "2\n"

@@ -17,8 +17,8 @@ use deltaroot_client::format::api::{
     RESULTS,
 };
 use deltaroot_client::format::{
-    check_name, compute_plan, delta_path, object_path, DeltaHeader, Hash, Plan, PublicKey,
-    VerifiedManifest,
+    attach_packs, check_name, compute_plan, delta_path, object_path, pack_path, DeltaHeader,
+    EntryKind, Hash, PackEntry, PackReader, Plan, PublicKey, VerifiedManifest,
 };
 use futures::StreamExt;
 
@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/products/{product}/devices/{device}"),
     ("GET HEAD PUT", "/objects/{fan}/{name}"),
     ("GET HEAD PUT", "/deltas/{fan}/{name}"),
+    ("GET HEAD PUT", "/packs/{fan}/{name}"),
 ];
 
 /// The OpenAPI 3.1 document of the API.
@@ -112,6 +113,10 @@ pub fn router(app: App) -> Router {
         .route(
             "/deltas/{fan}/{name}",
             get(get_delta).put(put_delta).head(get_delta),
+        )
+        .route(
+            "/packs/{fan}/{name}",
+            get(get_pack).put(put_pack).head(get_pack),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
@@ -275,6 +280,56 @@ async fn put_delta(
     Ok(StatusCode::CREATED)
 }
 
+/// Packs are checked before they are stored: the body must hash to the name, and its index
+/// and bodies must read to the end of the stream (the bodies are not applied).
+async fn put_pack(
+    State(app): State<App>,
+    Path((fan, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Upload(body): Upload,
+) -> Result<StatusCode> {
+    authorize(&app, &headers).await?;
+    let hash = parse_hash(&name)?;
+    if fan != hash.fanout() {
+        return Err(Error::BadRequest(format!(
+            "pack {hash} belongs under packs/{}/",
+            hash.fanout()
+        )));
+    }
+    if !app.db.packs_stored(&[hash]).await?.is_empty() {
+        return Ok(StatusCode::OK);
+    }
+    let data = body.clone();
+    let index = tokio::task::spawn_blocking(move || -> Result<Vec<PackEntry>> {
+        let got = Hash::of(&data);
+        if got != hash {
+            return Err(Error::BadRequest(format!(
+                "pack hashes to {got}, not {hash}"
+            )));
+        }
+        Ok(PackReader::open(&pack_path(&hash), &data[..])?.check_all()?)
+    })
+    .await
+    .map_err(|e| Error::BadRequest(e.to_string()))??;
+    let entries: Vec<(EntryKind, Hash)> = index.iter().map(|e| (e.kind, e.target)).collect();
+    let len = body.len() as u64;
+    app.store.put(&pack_path(&hash), body).await?;
+    app.db.add_pack(&hash, len, &entries).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_pack(
+    State(app): State<App>,
+    Path((fan, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let hash = parse_hash(&name)?;
+    if fan != hash.fanout() {
+        return Err(Error::NotFound(format!("no pack {fan}/{name}")));
+    }
+    serve_immutable(&app, &pack_path(&hash), &name, &headers, "pack").await
+}
+
 async fn get_object(
     State(app): State<App>,
     Path((fan, name)): Path<(String, String)>,
@@ -435,6 +490,7 @@ async fn serve_immutable(
             let n = c.len() as u64;
             match kind {
                 "object" => counter.object_bytes.fetch_add(n, Ordering::Relaxed),
+                "pack" => counter.pack_bytes.fetch_add(n, Ordering::Relaxed),
                 _ => counter.delta_bytes.fetch_add(n, Ordering::Relaxed),
             };
         }
@@ -472,6 +528,28 @@ async fn publish(
     if let Some(c) = &req.channel {
         name("channel", c)?;
     }
+    // Packs belong to the pair from `from_version`, which must exist, and must be stored.
+    let from_release = match &req.from_version {
+        Some(v) => {
+            name("from_version", v)?;
+            app.db.release(&product, v).await?
+        }
+        None => None,
+    };
+    if !req.packs.is_empty() {
+        let Some(from) = &from_release else {
+            return Err(Error::BadRequest(
+                "packs need a from_version the server holds".into(),
+            ));
+        };
+        let _ = from;
+        let stored = app.db.packs_stored(&req.packs).await?;
+        if let Some(missing) = req.packs.iter().find(|p| !stored.contains(p)) {
+            return Err(Error::BadRequest(format!(
+                "pack {missing} is not stored: upload it first"
+            )));
+        }
+    }
     // Every content must be stored before the release can exist.
     let hashes: Vec<Hash> = m.contents().into_keys().collect();
     let sizes = app.db.object_sizes(&hashes).await?;
@@ -495,25 +573,27 @@ async fn publish(
             entries: m.entries.len() as i64,
             published_by: &who,
             channel: req.channel.as_deref(),
+            packs: from_release
+                .as_ref()
+                .filter(|_| !req.packs.is_empty())
+                .map(|r| (r.id, &req.packs[..])),
         })
         .await?;
     app.fleet
         .invalidate(&product, app.db.product(&product).await?.map(|p| p.0));
     tracing::info!(product, version = m.version, by = who, "release published");
     let mut download_bytes = None;
-    if let Some(from) = &req.from_version {
-        if let Some(old) = app.db.release(&product, from).await? {
-            let to = app
-                .db
-                .release(&product, &m.version)
+    if let Some(old) = &from_release {
+        let to = app
+            .db
+            .release(&product, &m.version)
+            .await?
+            .expect("just inserted");
+        download_bytes = Some(
+            plan_only(&app, &product, Some(old), &to)
                 .await?
-                .expect("just inserted");
-            download_bytes = Some(
-                plan_only(&app, &product, Some(&old), &to)
-                    .await?
-                    .download_bytes,
-            );
-        }
+                .download_bytes,
+        );
     }
     let _ = id;
     Ok((
@@ -661,12 +741,15 @@ async fn compute(
     let targets: Vec<Hash> = to_m.manifest().contents().into_keys().collect();
     let sizes = app.db.object_sizes(&targets).await?;
     let deltas: HashMap<Hash, Vec<(Hash, u64)>> = app.db.deltas_to(&targets).await?;
-    let plan = compute_plan(
+    let mut plan = compute_plan(
         from_m.as_ref().map(|m| m.manifest()),
         to_m.manifest(),
         |h| sizes.get(h).copied(),
         |t| deltas.get(t).cloned().unwrap_or_default(),
     )?;
+    if let Some(f) = from {
+        attach_packs(&mut plan, &app.db.plan_packs(Some(f.id), to.id).await?);
+    }
     app.db.save_plan(from.map(|r| r.id), to.id, &plan).await?;
     app.fleet
         .set_plan_size(from.map(|r| r.id), to.id, plan.download_bytes);

@@ -6,10 +6,10 @@
 //! Every statement is written in the SQL both understand (`$n` parameters, `ON CONFLICT`,
 //! `RETURNING`); migrations live in `../migrations/{sqlite,postgres}`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use deltaroot_client::format::{Hash, Plan};
+use deltaroot_client::format::{EntryKind, Hash, PackIndex, Plan};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;
 use sqlx::{Executor, Row};
@@ -70,6 +70,8 @@ pub struct NewRelease<'a> {
     pub entries: i64,
     pub published_by: &'a str,
     pub channel: Option<&'a str>,
+    /// Packs made for devices coming from this release (by id), tried in order.
+    pub packs: Option<(i64, &'a [Hash])>,
 }
 
 /// A channel's state: the release it points at, pause, rollback statement, rollout.
@@ -557,6 +559,83 @@ impl Db {
         }
     }
 
+    /// Records a stored pack and its index.
+    pub async fn add_pack(
+        &self,
+        hash: &Hash,
+        bytes: u64,
+        entries: &[(EntryKind, Hash)],
+    ) -> Result<()> {
+        let text: Vec<String> = entries
+            .iter()
+            .map(|(k, t)| format!("{}:{t}", k.to_u8()))
+            .collect();
+        sqlx::query(
+            "INSERT INTO packs (hash, bytes, entries, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash.to_string())
+        .bind(bytes as i64)
+        .bind(text.join(" "))
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Which of `hashes` are stored packs.
+    pub async fn packs_stored(&self, hashes: &[Hash]) -> Result<HashSet<Hash>> {
+        let mut out = HashSet::new();
+        for chunk in hashes.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT hash FROM packs WHERE hash IN ({})",
+                params(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for h in chunk {
+                q = q.bind(h.to_string());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                if let Ok(h) = row.try_get::<String, _>(0)?.parse() {
+                    out.insert(h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The packs made for a release pair, in order, with their indexes.
+    pub async fn plan_packs(&self, from: Option<i64>, to: i64) -> Result<Vec<PackIndex>> {
+        let rows = sqlx::query(
+            "SELECT k.hash, k.bytes, k.entries FROM plan_packs pp JOIN packs k ON k.hash = pp.pack
+             WHERE pp.from_release = $1 AND pp.to_release = $2 ORDER BY pp.position",
+        )
+        .bind(from.unwrap_or(0))
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (hash, bytes, text): (String, i64, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let corrupt = || Error::Corrupt(format!("stored pack {hash} has an unreadable index"));
+            let entries = text
+                .split_whitespace()
+                .map(|e| {
+                    let (k, t) = e.split_once(':')?;
+                    Some((EntryKind::from_u8(k.parse().ok()?)?, t.parse().ok()?))
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(corrupt)?;
+            out.push(PackIndex {
+                hash: hash.parse().map_err(|_| corrupt())?,
+                bytes: bytes as u64,
+                entries,
+            });
+        }
+        Ok(out)
+    }
+
     /// The download size of a stored plan.
     pub async fn plan_size(&self, from: Option<i64>, to: i64) -> Result<Option<u64>> {
         let row = sqlx::query(
@@ -663,6 +742,19 @@ impl Db {
             serde_json::json!({ "version": r.version }),
         )
         .await?;
+        if let Some((from, packs)) = r.packs {
+            for (position, pack) in packs.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO plan_packs (from_release, to_release, position, pack) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(from)
+                .bind(id)
+                .bind(position as i64)
+                .bind(pack.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         if let Some(c) = r.channel {
             promote_in(
                 &mut tx,

@@ -31,6 +31,7 @@ struct RouteStats {
 pub struct Metrics {
     pub object_bytes: AtomicU64,
     pub delta_bytes: AtomicU64,
+    pub pack_bytes: AtomicU64,
     pub checks: AtomicU64,
     /// Check-ins queued, written, dropped because the queue was full, and lost to a
     /// database error.
@@ -47,6 +48,7 @@ impl Default for Metrics {
         Metrics {
             object_bytes: AtomicU64::new(0),
             delta_bytes: AtomicU64::new(0),
+            pack_bytes: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             checkins: AtomicU64::new(0),
             checkins_written: AtomicU64::new(0),
@@ -82,12 +84,14 @@ impl Metrics {
         };
         let _ = writeln!(
             s,
-            "# HELP deltaroot_served_bytes_total Bytes of objects and deltas sent.\n\
+            "# HELP deltaroot_served_bytes_total Bytes of objects, deltas and packs sent.\n\
              # TYPE deltaroot_served_bytes_total counter\n\
              deltaroot_served_bytes_total{{kind=\"object\"}} {}\n\
-             deltaroot_served_bytes_total{{kind=\"delta\"}} {}",
+             deltaroot_served_bytes_total{{kind=\"delta\"}} {}\n\
+             deltaroot_served_bytes_total{{kind=\"pack\"}} {}",
             self.object_bytes.load(Ordering::Relaxed),
-            self.delta_bytes.load(Ordering::Relaxed)
+            self.delta_bytes.load(Ordering::Relaxed),
+            self.pack_bytes.load(Ordering::Relaxed)
         );
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         c(

@@ -159,6 +159,7 @@ fn publish_release(server: &Server, k: &SecretKey, trees: &[tempfile::TempDir], 
         created: Some(1_000_000 + u64::from(n) * 1000),
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
+        packs: true,
     };
     publish(old, trees[n as usize - 1].path(), k, &sink, &opts).unwrap();
 }

@@ -26,6 +26,7 @@ on_both_backends!(
     object_that_hashes_wrong_is_refused,
     truncated_download_is_refused,
     corrupt_delta_falls_back_to_the_object,
+    damaged_pack_falls_back_to_its_items,
     first_release_by_another_key_is_forbidden,
     downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx,
 );
@@ -73,6 +74,7 @@ fn publish_to(
         created: None,
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
+        packs: true,
     };
     deltaroot_publisher::publish::publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
 }
@@ -159,6 +161,10 @@ fn publish_install_update_and_roll_back_a_whole_tree(backend: Backend) {
         report.deltas > 0,
         "some files must come as deltas: {report:?}"
     );
+    // The small downloads came in packs, as the plan said.
+    let s = &w.update_summary;
+    assert!(s.packs > 0 && s.packed > 1, "nothing was packed: {s:?}");
+    assert_eq!(report.packs, s.packs, "{report:?}");
     assert_same_tree(&fx.join("v2"), &dep("2.0"));
     // The previous deployment is untouched by the update: metadata-only changes did not
     // leak into it through a shared inode.
@@ -243,8 +249,10 @@ fn refused(w: &World, want: &str) {
     );
 }
 
-/// The store path of an object release 2.0 fetches whole.
+/// The store path of an object release 2.0 fetches whole. Its packs are damaged first, so
+/// the object is fetched alone.
 fn release_2_changed_object(w: &World) -> String {
+    damage_packs(w);
     let plan: deltaroot_client::format::Plan = w
         .server
         .http()
@@ -311,8 +319,53 @@ fn truncated_download_is_refused(backend: Backend) {
     refused(&w, "download ended after");
 }
 
+/// The stored paths of every pack.
+fn packs(w: &World) -> Vec<String> {
+    let pool = w.server.app.db.pool().clone();
+    let hashes: Vec<(String,)> = w
+        .server
+        .rt
+        .block_on(sqlx::query_as("SELECT hash FROM packs").fetch_all(&pool))
+        .unwrap();
+    hashes
+        .into_iter()
+        .map(|(h,)| deltaroot_client::format::pack_path(&h.parse().unwrap()))
+        .collect()
+}
+
+/// Flips a byte in the middle of every stored pack.
+fn damage_packs(w: &World) {
+    let packs = packs(w);
+    assert!(!packs.is_empty(), "release 2.0 has packs");
+    for rel in &packs {
+        let mut data = w.server.read_stored(rel);
+        let mid = data.len() / 2;
+        data[mid] ^= 0x01;
+        w.server.write_stored(rel, data);
+    }
+}
+
+fn damaged_pack_falls_back_to_its_items(backend: Backend) {
+    let w = world(backend);
+    damage_packs(&w);
+    // The pack does not hash to its name: its items come alone, deltas where the plan
+    // has them, and the update lands.
+    let a = agent(&w.server, w.root.path(), &w.trust);
+    let report = match a.update().unwrap() {
+        UpdateOutcome::Updated(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(report.packs, 0, "{report:?}");
+    assert!(report.deltas > 40, "{report:?}");
+    assert!(report.downloaded_bytes > report.planned_bytes);
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
+    assert_same_tree(&fixture().join("v2"), &w.root.path().join("current"));
+}
+
 fn corrupt_delta_falls_back_to_the_object(backend: Backend) {
     let w = world(backend);
+    // Packs hold copies of the deltas: damage them, so every delta comes alone.
+    damage_packs(&w);
     let pool = w.server.app.db.pool().clone();
     let pairs: Vec<(String, String)> = w
         .server
@@ -353,6 +406,7 @@ fn first_release_by_another_key_is_forbidden(backend: Backend) {
         created: None,
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
+        packs: true,
     };
     let err = publish(None, &fixture().join("v2"), &k, &sink, &opts)
         .unwrap_err()

@@ -166,6 +166,9 @@ pub struct PublishRequest {
     pub channel: Option<String>,
     /// The release devices are expected to come from; its plan is computed at once.
     pub from_version: Option<String>,
+    /// Packs (stored first) for devices coming from `from_version`, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<Hash>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -145,6 +145,47 @@ pub fn encode_delta(header: &DeltaHeader, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A delta's payload: as its container stores it, or as a pack holds it (§7.1: for methods
+/// 2, 3 and 4 the stream their zstd frame holds, for the others the same bytes).
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    Stored(&'a [u8]),
+    Unwrapped(&'a [u8]),
+}
+
+/// Whether a pack holds this method's payload decompressed.
+pub fn unwraps(method: Method) -> bool {
+    matches!(method, Method::Zstd | Method::BsdiffZstd | Method::Elf)
+}
+
+/// The payload of a stored delta as a pack holds it, at most `max` bytes.
+pub fn unwrap_payload(h: &DeltaHeader, payload: &[u8], max: u64) -> Result<Vec<u8>, Error> {
+    if !unwraps(h.method) {
+        return Ok(payload.to_vec());
+    }
+    let mut out = Vec::new();
+    let fail = |e: std::io::Error| Error::DeltaPayload {
+        what: delta_path(&h.source, &h.target),
+        method: h.method.name(),
+        reason: e.to_string(),
+    };
+    let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
+    d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
+    d.take(max).read_to_end(&mut out).map_err(fail)?;
+    Ok(out)
+}
+
+/// Most bytes an unwrapped payload of `method` for a target of `size` may hold; for the
+/// methods a pack does not unwrap, `stored` (the delta's size in the plan) less its header.
+pub fn unwrapped_bound(method: Method, size: u64, stored: u64) -> u64 {
+    match method {
+        Method::Zstd => size,
+        Method::BsdiffZstd => bsdiff_bound(size),
+        Method::Elf => bsdiff_bound(size).saturating_mul(2),
+        _ => stored.saturating_sub(HEADER_LEN as u64),
+    }
+}
+
 /// Applies `delta` to `source` and returns the verified target bytes.
 ///
 /// `expect` is the (hash, size) the caller's manifest wants, when it has one. The output is
@@ -156,11 +197,10 @@ pub fn apply_delta(
     expect: Option<(Hash, u64)>,
 ) -> Result<Vec<u8>, Error> {
     let (h, payload) = DeltaHeader::decode(delta)?;
-    let what = delta_path(&h.source, &h.target);
     if let Some((hash, size)) = expect {
         if h.target != hash || h.target_size != size {
             return Err(Error::DeltaMismatch {
-                what,
+                what: delta_path(&h.source, &h.target),
                 reason: format!(
                     "produces {} ({} bytes), expected {hash} ({size} bytes)",
                     h.target, h.target_size
@@ -168,6 +208,17 @@ pub fn apply_delta(
             });
         }
     }
+    apply_payload(&h, Payload::Stored(payload), source)
+}
+
+/// Applies a payload whose header the caller knows (from a container, or from its plan for
+/// a pack's entry) and returns the verified target bytes.
+pub fn apply_payload(
+    h: &DeltaHeader,
+    payload: Payload<'_>,
+    source: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let what = delta_path(&h.source, &h.target);
     if h.method != Method::Zstd {
         let have = Hash::of(source);
         if have != h.source {
@@ -177,7 +228,7 @@ pub fn apply_delta(
             });
         }
     }
-    let out = decode_payload(&h, payload, source, &what)?;
+    let out = decode_payload(h, payload, source, &what)?;
     if out.len() as u64 != h.target_size {
         return Err(Error::ContentLength {
             what,
@@ -202,12 +253,28 @@ fn bsdiff_bound(size: u64) -> u64 {
     (size + 1).saturating_mul(26) + (1 << 20)
 }
 
+/// The stream a method-2, 3 or 4 payload holds: its zstd frame decompressed as it is read,
+/// or the bytes themselves when a pack held them unwrapped.
+fn framed<'a>(payload: Payload<'a>) -> std::io::Result<Box<dyn Read + 'a>> {
+    Ok(match payload {
+        Payload::Stored(p) => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(p)?;
+            d.window_log_max(MAX_WINDOW_LOG)?;
+            Box::new(d)
+        }
+        Payload::Unwrapped(p) => Box::new(p),
+    })
+}
+
 fn decode_payload(
     h: &DeltaHeader,
-    payload: &[u8],
+    payload: Payload<'_>,
     source: &[u8],
     what: &str,
 ) -> Result<Vec<u8>, Error> {
+    let framed_payload = payload;
+    // Methods 1, 5 and 6 read the same bytes either way.
+    let (Payload::Stored(payload) | Payload::Unwrapped(payload)) = payload;
     let method = h.method;
     let invalid = |reason: String| Error::DeltaPayload {
         what: what.to_string(),
@@ -221,8 +288,7 @@ fn decode_payload(
     let mut out = Vec::with_capacity(h.target_size.min(64 << 20) as usize);
     match method {
         Method::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-            d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
+            let d = framed(framed_payload).map_err(fail)?;
             d.take(limit).read_to_end(&mut out).map_err(fail)?;
         }
         Method::ZstdPatchFrom => {
@@ -232,25 +298,27 @@ fn decode_payload(
             d.take(limit).read_to_end(&mut out).map_err(fail)?;
         }
         Method::BsdiffZstd => {
-            let d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
+            let d = framed(framed_payload).map_err(fail)?;
             // A bsdiff stream is 24-byte control triples plus exactly target-size bytes of
             // data; even one triple per output byte fits this bound, and it bounds the output.
             let mut bounded = d.take(bsdiff_bound(h.target_size));
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
         }
         Method::Elf => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-            d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
+            let d = framed(framed_payload).map_err(fail)?;
             // The payload holds a bsdiff stream and at most a few varints per reference.
             // Sized from the frame's content size where it is plausible (about the target's
             // size), so the buffer does not grow by doubling to twice what it holds.
             let bound = bsdiff_bound(h.target_size).saturating_mul(2);
-            let hint = zstd::zstd_safe::get_frame_content_size(payload)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-                .min(h.target_size.saturating_mul(2).saturating_add(1 << 20))
-                .min(bound);
+            let hint = match framed_payload {
+                Payload::Stored(p) => zstd::zstd_safe::get_frame_content_size(p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
+                Payload::Unwrapped(p) => p.len() as u64,
+            }
+            .min(h.target_size.saturating_mul(2).saturating_add(1 << 20))
+            .min(bound);
             let mut raw = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
             d.take(bound).read_to_end(&mut raw).map_err(fail)?;
             out = crate::elf::decode(source, raw, h.target_size)
@@ -274,7 +342,7 @@ fn decode_payload(
                 target_size: p.target_size,
                 ..*h
             };
-            let raw_new = decode_payload(&inner, p.payload, &raw_old, what)?;
+            let raw_new = decode_payload(&inner, Payload::Stored(p.payload), &raw_old, what)?;
             drop(raw_old);
             if raw_new.len() as u64 != p.target_size {
                 return Err(Error::ContentLength {
@@ -306,11 +374,16 @@ fn decode_payload(
             };
             let frame = decode_payload(
                 &part(Method::ZstdPatchFrom, p.frame_size),
-                p.frame,
+                Payload::Stored(p.frame),
                 &xz::frame_of(source, at, len),
                 what,
             )?;
-            let raw_new = decode_payload(&part(p.inner, p.target_size), p.payload, &raw_old, what)?;
+            let raw_new = decode_payload(
+                &part(p.inner, p.target_size),
+                Payload::Stored(p.payload),
+                &raw_old,
+                what,
+            )?;
             drop(raw_old);
             if frame.len() as u64 != p.frame_size
                 || raw_new.len() as u64 != p.target_size

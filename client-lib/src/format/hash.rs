@@ -83,6 +83,11 @@ pub fn delta_path(source: &Hash, target: &Hash) -> String {
     format!("deltas/{}/{}-{}", target.fanout(), source, target)
 }
 
+/// Relative storage path of a pack: `packs/<first byte hex>/<hash of the pack's bytes>`.
+pub fn pack_path(hash: &Hash) -> String {
+    format!("packs/{}/{}", hash.fanout(), hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

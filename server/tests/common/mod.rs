@@ -272,6 +272,7 @@ impl Server {
         use std::sync::atomic::Ordering;
         self.app.metrics.object_bytes.load(Ordering::Relaxed)
             + self.app.metrics.delta_bytes.load(Ordering::Relaxed)
+            + self.app.metrics.pack_bytes.load(Ordering::Relaxed)
     }
 
     /// Runs a statement with one bytes parameter (`$1`).
