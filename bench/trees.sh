@@ -97,6 +97,7 @@ for t in $TREES; do
   after=$(served)
   record "$t" dr_bytes "$((after - before))"
   record "$t" dr_promised "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/pub2.json")"
+  record "$t" dr_unpacked "$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j["unpacked_bytes"], j["packs"], j["packed"])' "$w/pub2.json")"
   python3 - "$w/report.tsv" "$t" >>"$out/values.tsv" <<'PY'
 import csv, sys
 by = {}

@@ -56,6 +56,9 @@ for tree in trees:
     row("OSTree static delta", ost, f"{oc_s + og_s:.1f} ({oc_s:.1f} commit + {og_s:.1f} delta)",
         f"{max(oc_m, og_m):.0f}", f"{oa_s:.1f}", f"{oa_m:.0f}")
     row("**deltaroot**", dr, f"**{dg_s:.1f}**", f"**{dg_m:.0f}**", f"**{da_s:.1f}**", f"**{da_m:.0f}**")
+    if "dr_unpacked" in d:
+        unpacked, packs, packed = map(int, d["dr_unpacked"].split())
+        row(f"deltaroot, the same downloads unpacked (without its {packs} packs of {packed} files)", unpacked)
     for key in sorted(k for k in d if k.startswith("only_")):
         m = key[5:]
         s, mem = t(tree, f"only-{m}")

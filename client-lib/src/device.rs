@@ -52,6 +52,9 @@ const STATUS: &str = "state/status.json";
 /// Downloads and delta applications in flight at once.
 const FETCH_THREADS: usize = 4;
 
+/// A content to fetch, and its size.
+type Job = (Hash, u64);
+
 /// What the last update attempt did, kept in `state/status.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
@@ -272,7 +275,7 @@ impl Device {
             .unwrap_or_default();
         let planned: HashMap<Hash, &Fetch> =
             plan.items.iter().map(|i| (i.target, &i.fetch)).collect();
-        let mut jobs: Vec<(Hash, u64)> = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for (hash, size) in target.manifest().contents() {
             let dest = format!("{CONTENT}/{hash}");
             if have.contains_key(&hash)
@@ -282,35 +285,75 @@ impl Device {
             }
             jobs.push((hash, size));
         }
-        // Packs first: what a pack does not give (missing, damaged, or an entry that does not
-        // apply) is fetched alone below, as if there were no pack.
-        let needed: HashSet<Hash> = jobs.iter().map(|j| j.0).collect();
-        let mut given: HashSet<Hash> = HashSet::new();
-        for (n, pack) in plan.packs.iter().enumerate() {
-            let want: HashMap<Hash, &PlanItem> = plan
-                .items
-                .iter()
-                .filter(|i| i.pack == Some(n) && needed.contains(&i.target))
-                .map(|i| (i.target, i))
-                .collect();
-            if want.is_empty() {
-                continue;
-            }
-            match self.fetch_pack(pack, &want, &have, base, http) {
-                Ok((d, o)) => {
-                    report.packs += 1;
-                    report.deltas += d.len() as u64;
-                    report.objects += o.len() as u64;
-                    given.extend(d.into_iter().chain(o));
+        // Packs and the downloads fetched alone at once (the largest alone, a rebuilt kernel
+        // say, is worth starting early); what a pack does not give (missing, damaged, or an
+        // entry that does not apply) is fetched alone afterwards, as if there were no pack.
+        let packed: HashMap<Hash, usize> = plan
+            .items
+            .iter()
+            .filter_map(|i| Some((i.target, i.pack?)))
+            .filter(|(_, p)| *p < plan.packs.len())
+            .collect();
+        let (in_packs, alone): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| packed.contains_key(&j.0));
+        let needed: HashSet<Hash> = in_packs.iter().map(|j| j.0).collect();
+        let (packs_done, alone_done) = std::thread::scope(|scope| {
+            let packs = scope.spawn(|| -> Result<(u64, HashSet<Hash>, u64, u64)> {
+                let (mut n, mut given, mut d_count, mut o_count) = (0, HashSet::new(), 0, 0);
+                for (p, pack) in plan.packs.iter().enumerate() {
+                    let want: HashMap<Hash, &PlanItem> = plan
+                        .items
+                        .iter()
+                        .filter(|i| i.pack == Some(p) && needed.contains(&i.target))
+                        .map(|i| (i.target, i))
+                        .collect();
+                    if want.is_empty() {
+                        continue;
+                    }
+                    match self.fetch_pack(pack, &want, &have, base, http) {
+                        Ok((d, o)) => {
+                            n += 1;
+                            d_count += d.len() as u64;
+                            o_count += o.len() as u64;
+                            given.extend(d.into_iter().chain(o));
+                        }
+                        Err(e) if e.is_unusable_delta() => {
+                            tracing::warn!(pack = %pack.hash, error = %e, "pack unusable; fetching its contents alone");
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(e) if e.is_unusable_delta() => {
-                    tracing::warn!(pack = %pack.hash, error = %e, "pack unusable; fetching its contents alone");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        jobs.retain(|j| !given.contains(&j.0));
-        // Largest first, on a few threads: downloads wait on the network, deltas on a core.
+                Ok((n, given, d_count, o_count))
+            });
+            let alone_done = self.fetch_alone(alone, &planned, &have, base, http);
+            (
+                packs.join().expect("pack thread does not panic"),
+                alone_done,
+            )
+        });
+        let (packs, given, d, o) = packs_done?;
+        let (d2, o2) = alone_done?;
+        let rest: Vec<Job> = in_packs
+            .into_iter()
+            .filter(|j| !given.contains(&j.0))
+            .collect();
+        let (d3, o3) = self.fetch_alone(rest, &planned, &have, base, http)?;
+        report.packs += packs;
+        report.deltas += d + d2 + d3;
+        report.objects += o + o2 + o3;
+        Ok(())
+    }
+
+    /// Fetches `jobs` one by one, largest first, on a few threads (downloads wait on the
+    /// network, deltas on a core). Returns how many came as deltas and as objects.
+    fn fetch_alone(
+        &self,
+        mut jobs: Vec<Job>,
+        planned: &HashMap<Hash, &Fetch>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&crate::format::Manifest, &Dir)>,
+        http: &Http,
+    ) -> Result<(u64, u64)> {
         jobs.sort_by_key(|j| std::cmp::Reverse(j.1));
         let next = AtomicUsize::new(0);
         let (deltas, objects) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -326,7 +369,7 @@ impl Device {
                         break;
                     }
                     let fetch = planned.get(&hash).copied();
-                    match self.fetch_one(hash, size, fetch, &have, base, http) {
+                    match self.fetch_one(hash, size, fetch, have, base, http) {
                         Ok(true) => deltas.fetch_add(1, Ordering::Relaxed),
                         Ok(false) => objects.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
@@ -340,9 +383,7 @@ impl Device {
         if let Some(e) = failed.into_inner().expect("not poisoned") {
             return Err(e);
         }
-        report.deltas += deltas.into_inner();
-        report.objects += objects.into_inner();
-        Ok(())
+        Ok((deltas.into_inner(), objects.into_inner()))
     }
 
     /// Fetches one content into the content store; `true` when it came as a delta.

@@ -81,6 +81,8 @@ pub struct Summary {
     /// Packs made for devices on `from_version`, and how many downloads they hold.
     pub packs: u64,
     pub packed: u64,
+    /// What `download_bytes` would be with every download fetched alone.
+    pub unpacked_bytes: u64,
 }
 
 /// One content a device downloads, and what it costs.
@@ -307,6 +309,7 @@ pub fn publish(
     };
     s.packs = plan.packs.len() as u64;
     s.packed = plan.items.iter().filter(|i| i.pack.is_some()).count() as u64;
+    s.unpacked_bytes = plan.items.iter().map(|i| i.fetch.bytes()).sum();
     for (item, cost) in plan.items.iter().zip(plan.item_costs()) {
         s.new_content_bytes += item.size;
         let name = match &item.fetch {
@@ -512,8 +515,10 @@ impl std::fmt::Display for Summary {
         if self.packs > 0 {
             writeln!(
                 f,
-                "  {} small downloads travel in {} pack(s) (counted above by their share)",
-                self.packed, self.packs
+                "  {} small downloads travel in {} pack(s), counted above by their share ({} alone)",
+                self.packed,
+                self.packs,
+                hb(self.unpacked_bytes)
             )?;
         }
         if !self.downloads.is_empty() {
