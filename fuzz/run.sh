@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the decoder fuzz targets for a bounded time each (default 60 s), seeded with real
-# ELF patches built from fixtures/elf-pairs, and gzip and xz deltas of files compressed by
-# the real gzip and xz. Fails if a target finds a crash.
+# Runs the decoder fuzz targets (ELF payloads, delta containers, packs) for a bounded time
+# each (default 60 s), seeded with real ELF patches built from fixtures/elf-pairs, and gzip
+# and xz deltas of files compressed by the real gzip and xz. Fails if a target finds a crash.
 #   fuzz/run.sh [SECONDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +29,7 @@ for ext in gz xz; do
   "$here/target/release/examples/fuzz_seed" --delta "$work/text1.$ext" "$work/text2.$ext" "$work/seeds/text-$ext"
 done
 cd "$here/fuzz"
-for target in elf_decode apply_delta; do
+for target in elf_decode apply_delta pack_read; do
   mkdir -p "$work/corpus-$target"
   echo "fuzzing $target for ${secs}s" >&2
   cargo fuzz run "$target" "$work/corpus-$target" "$work/seeds" -- \

@@ -301,16 +301,16 @@ impl Device {
             let packs = scope.spawn(|| -> Result<(u64, HashSet<Hash>, u64, u64)> {
                 let (mut n, mut given, mut d_count, mut o_count) = (0, HashSet::new(), 0, 0);
                 for (p, pack) in plan.packs.iter().enumerate() {
-                    let want: HashMap<Hash, &PlanItem> = plan
+                    let items: HashMap<Hash, &PlanItem> = plan
                         .items
                         .iter()
-                        .filter(|i| i.pack == Some(p) && needed.contains(&i.target))
+                        .filter(|i| i.pack == Some(p))
                         .map(|i| (i.target, i))
                         .collect();
-                    if want.is_empty() {
+                    if !items.keys().any(|t| needed.contains(t)) {
                         continue;
                     }
-                    match self.fetch_pack(pack, &want, &have, base, http) {
+                    match self.fetch_pack(pack, &items, &needed, &have, base, http) {
                         Ok((d, o)) => {
                             n += 1;
                             d_count += d.len() as u64;
@@ -453,14 +453,17 @@ impl Device {
         apply_delta(&delta?, &old, Some((hash, size)))
     }
 
-    /// Downloads a pack, checks its index against the plan and stores every content it gives
-    /// (on a few threads while the next bodies are read). Returns the contents given as
-    /// deltas and as objects; an entry that does not give its content is logged and left to
-    /// be fetched alone, and so are the entries after a body that cannot be read.
+    /// Downloads a pack, checks its index against the plan's `items` of this pack and stores
+    /// every content it gives that is `needed` (on a few threads while the next bodies are
+    /// read; a content stored by an earlier, interrupted attempt is skipped). Returns the
+    /// contents given as deltas and as objects; an entry that does not give its content is
+    /// logged and left to be fetched alone, and so are the entries after a body that cannot
+    /// be read.
     fn fetch_pack(
         &self,
         pack: &PackRef,
-        want: &HashMap<Hash, &PlanItem>,
+        items: &HashMap<Hash, &PlanItem>,
+        needed: &HashSet<Hash>,
         have: &HashMap<Hash, &EntryPath>,
         base: Option<(&crate::format::Manifest, &Dir)>,
         http: &Http,
@@ -479,7 +482,7 @@ impl Device {
             });
         }
         let file = self.dir.open(&dl).map_err(self.io(&dl))?;
-        let res = self.unpack(&rel, file, want, have, base);
+        let res = self.unpack(&rel, file, items, needed, have, base);
         let _ = self.dir.remove_file(&dl);
         res
     }
@@ -489,6 +492,7 @@ impl Device {
         rel: &str,
         file: cap_std::fs::File,
         want: &HashMap<Hash, &PlanItem>,
+        needed: &HashSet<Hash>,
         have: &HashMap<Hash, &EntryPath>,
         base: Option<(&crate::format::Manifest, &Dir)>,
     ) -> Result<(Vec<Hash>, Vec<Hash>)> {
@@ -544,6 +548,7 @@ impl Device {
                     }
                 });
                 match next {
+                    Ok(Some(entry)) if !needed.contains(&entry.0.target) => {}
                     Ok(Some(entry)) => {
                         if tx.send(entry).is_err() {
                             break;

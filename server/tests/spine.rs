@@ -27,6 +27,7 @@ on_both_backends!(
     truncated_download_is_refused,
     corrupt_delta_falls_back_to_the_object,
     damaged_pack_falls_back_to_its_items,
+    interrupted_update_resumes_through_its_pack,
     first_release_by_another_key_is_forbidden,
     downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx,
 );
@@ -358,6 +359,62 @@ fn damaged_pack_falls_back_to_its_items(backend: Backend) {
     assert_eq!(report.packs, 0, "{report:?}");
     assert!(report.deltas > 40, "{report:?}");
     assert!(report.downloaded_bytes > report.planned_bytes);
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
+    assert_same_tree(&fixture().join("v2"), &w.root.path().join("current"));
+}
+
+fn interrupted_update_resumes_through_its_pack(backend: Backend) {
+    let w = world(backend);
+    let saved: Vec<(String, Vec<u8>)> = packs(&w)
+        .into_iter()
+        .map(|p| {
+            let data = w.server.read_stored(&p);
+            (p, data)
+        })
+        .collect();
+    // First attempt: the pack is damaged, so its items come alone, and the smallest object
+    // (fetched last) hashes wrong: the update stops with some contents already stored.
+    damage_packs(&w);
+    let plan: deltaroot_client::format::Plan = w
+        .server
+        .http()
+        .get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let last = plan
+        .items
+        .iter()
+        .filter(|i| matches!(i.fetch, deltaroot_client::format::Fetch::Object { .. }) && i.size > 0)
+        .min_by_key(|i| i.size)
+        .unwrap();
+    let rel = deltaroot_client::format::object_path(&last.target);
+    let good = w.server.read_stored(&rel);
+    w.server
+        .write_stored(&rel, zstd::bulk::compress(b"other content", 3).unwrap());
+    let a = agent(&w.server, w.root.path(), &w.trust);
+    let err = a.update().unwrap_err().to_string();
+    assert!(err.contains(&rel), "{err}");
+    let staged = std::fs::read_dir(w.root.path().join("staging/content"))
+        .unwrap()
+        .count();
+    assert!(staged > 10, "{staged} contents stored by the first attempt");
+    // Second attempt, everything intact: the pack is used for what is still missing, and
+    // the contents stored before are skipped, not refused.
+    for (p, data) in saved {
+        w.server.write_stored(&p, data);
+    }
+    w.server.write_stored(&rel, good);
+    let report = match a.update().unwrap() {
+        UpdateOutcome::Updated(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(report.packs, 1, "{report:?}");
+    assert!(
+        report.deltas + report.objects < plan.items.len() as u64,
+        "{report:?}"
+    );
     assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
     assert_same_tree(&fixture().join("v2"), &w.root.path().join("current"));
 }

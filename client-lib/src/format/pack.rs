@@ -241,10 +241,23 @@ impl<R: Read> PackReader<R> {
     }
 
     /// Reads every body without keeping it and checks the stream ends after the last: what
-    /// the server does with an upload.
+    /// the server does with an upload (in constant memory, whatever the index claims).
     pub fn check_all(mut self) -> Result<Vec<PackEntry>, Error> {
-        while self.next_body(|_| u64::MAX)?.is_some() {}
-        Ok(self.index)
+        while let Some(&e) = self.index.get(self.next) {
+            self.next += 1;
+            let got = io::copy(&mut (&mut self.dec).take(e.len), &mut io::sink())
+                .map_err(|err| self.bad(format!("body of {}: {err}", e.target)))?;
+            if got != e.len {
+                return Err(self.bad(format!(
+                    "body of {} ends after {got} of {} bytes",
+                    e.target, e.len
+                )));
+            }
+        }
+        match self.next_body(|_| 0)? {
+            None => Ok(self.index),
+            Some(_) => unreachable!("every entry was read"),
+        }
     }
 }
 
