@@ -116,11 +116,17 @@ fn is_elf(data: &[u8]) -> bool {
 /// (corpus `git`, ELF payload: 10,485 bytes with level 19's tables, 10,480 with the capped
 /// ones, in a fifth of the memory).
 pub(crate) fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    compress_payload_within(raw, level, u32::MAX)
+}
+
+/// [`compress_payload`] with the window log at most `max_wlog` (the ELF method's payload is
+/// read by the device as it decompresses, through a window of at most 2^20 bytes).
+fn compress_payload_within(raw: &[u8], level: i32, max_wlog: u32) -> std::io::Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
     delta_frame(
         &mut enc,
         raw.len(),
-        window_log_for(raw.len()),
+        window_log_for(raw.len()).min(max_wlog),
         (level >= 16).then_some((2, 4)),
     )?;
     enc.write_all(raw)?;
@@ -167,7 +173,8 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
 ///
 /// The methods run one after another, so peak memory is the largest one's, not their sum
 /// (the publisher already runs one file per core). The suffix-array methods share one index
-/// of `old`, built after the ELF method's first pass has freed its own. For a pair of ELF
+/// of `old`, built after the ELF method's first pass has freed its own, and freed by the ELF
+/// method once it has its records (plain bsdiff runs only where that method does not encode). For a pair of ELF
 /// images the ELF method is the one expected to win, and zstd patch-from runs light (capped
 /// tables) at [`ELF_PATCH_FROM_LEVEL`] at most: on x86-64 binaries its optimal parser at
 /// level 19 takes ~25x longer for a larger patch (corpus `git`: 173,644 bytes in 5.9 s at 19,
@@ -175,7 +182,7 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
 type Payloads = Vec<(Method, std::io::Result<Vec<u8>>)>;
 
 fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) -> Result<Payloads> {
-    let index = std::cell::OnceCell::new();
+    let mut index = None;
     let mut encoded: Payloads = Vec::new();
     for &method in methods {
         let payload = match method {
@@ -194,11 +201,13 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
                 continue
             }
             Method::BsdiffZstd => {
-                let index = index.get_or_init(|| crate::bsdiff::Index::new(old));
+                let index = index.get_or_insert_with(|| crate::bsdiff::Index::new(old));
                 compress_payload(&crate::bsdiff::interleave(&index.diff(new)), opts.level)
             }
-            Method::Elf => match crate::elf::encode(old, new, &index)? {
-                Some(raw) => compress_payload(&raw, opts.level),
+            Method::Elf => match crate::elf::encode(old, new, &mut index)? {
+                Some(raw) => {
+                    compress_payload_within(&raw, opts.level, deltaroot_client::elf::WINDOW_LOG_MAX)
+                }
                 None => continue,
             },
             Method::Gzip => match crate::gzip::encode(old, new, opts) {

@@ -239,21 +239,13 @@ fn decode_payload(
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
         }
         Method::Elf => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-            d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
+            // Read as it decompresses, through a window of at most 2^20 bytes: the decoder
+            // writes the image as the payload arrives and holds none of it (FORMAT.md §6.4).
             // The payload holds a bsdiff stream and at most a few varints per reference.
-            // Sized from the frame's content size where it is plausible (about the target's
-            // size), so the buffer does not grow by doubling to twice what it holds.
+            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
+            d.window_log_max(crate::elf::WINDOW_LOG_MAX).map_err(fail)?;
             let bound = bsdiff_bound(h.target_size).saturating_mul(2);
-            let hint = zstd::zstd_safe::get_frame_content_size(payload)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-                .min(h.target_size.saturating_mul(2).saturating_add(1 << 20))
-                .min(bound);
-            let mut raw = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
-            d.take(bound).read_to_end(&mut raw).map_err(fail)?;
-            out = crate::elf::decode(source, raw, h.target_size)
+            out = crate::elf::decode_from(source, d.take(bound), h.target_size)
                 .map_err(|e| invalid(e.to_string()))?;
         }
         Method::Gzip => {
