@@ -21,8 +21,9 @@
 //! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
 //!   recovered from the control records of the bsdiff stream in the patch, so the decoder
 //!   derives the same map the encoder used to check its work.
-//! - [`decode_from`]: the decoder proper. It reads the payload as it is decompressed (through
-//!   a zstd window of at most 2^20 bytes, [`WINDOW_LOG_MAX`]) and writes the normalised image
+//! - [`decode_frames`] (and [`decode_from`]): the decoder proper. It reads the payload as it is
+//!   decompressed (three zstd frames: the diff bytes straight into the image, the rest through
+//!   a window of at most 2^20 bytes, [`WINDOW_LOG_MAX`]) and writes the normalised image
 //!   as the streams arrive, holding only the records; then [`walk_restore`] visits each
 //!   reference in order, predicts its new value from the normalised one by mapping the target
 //!   through the equivalences, and adds the correction the payload carries for it (almost
@@ -1020,8 +1021,8 @@ pub fn build_payload(
     Ok(out)
 }
 
-/// Largest zstd window (log2) of a method-4 payload: the decoder reads the payload as it
-/// decompresses, holding this much of it at most (FORMAT.md §6.4).
+/// Largest zstd window (log2) of a method-4 payload's first and last frames: the decoder reads
+/// them as they decompress, holding this much of them at most (FORMAT.md §6.2).
 pub const WINDOW_LOG_MAX: u32 = 20;
 
 /// A decompressed payload read as it arrives; every read is checked and an error names the
@@ -1144,7 +1145,86 @@ pub fn decode(old: &[u8], raw: Vec<u8>, max_output: u64) -> Result<Vec<u8>, ElfE
 /// are restored with the corrections read as they are needed. No part of the payload is held
 /// beyond its records; `max_output` bounds the image, allocated once the records are read.
 pub fn decode_from(old: &[u8], payload: impl Read, max_output: u64) -> Result<Vec<u8>, ElfError> {
-    let mut s = Stream::new(payload);
+    decode_core(old, Stream::new(Box::new(payload)), None, max_output)
+}
+
+/// The range of the diff bytes in a method-4 payload (before compression): the encoder cuts
+/// the payload's zstd frames there (FORMAT.md §6.4).
+pub fn diff_range(raw: &[u8]) -> Result<Range<usize>, ElfError> {
+    let mut s = Stream::new(raw);
+    s.u8("architecture")?;
+    let mut mix = 0u64;
+    for _ in 0..s.varint("record count")? {
+        mix = mix.saturating_add(s.varint("mix length")?);
+        s.varint("copy length")?;
+        s.varint("seek")?;
+    }
+    if s.varint("diff length")? != mix {
+        return Err(bad("diff stream does not match the records"));
+    }
+    let start = usize::try_from(s.offset).map_err(|_| bad("payload too large"))?;
+    start
+        .checked_add(usize::try_from(mix).map_err(|_| bad("payload too large"))?)
+        .filter(|&end| end <= raw.len())
+        .map(|end| start..end)
+        .ok_or_else(|| bad("diff stream runs past the payload"))
+}
+
+/// Decodes a method-4 payload as the container holds it (FORMAT.md §6.2): one zstd frame, or
+/// three, read as they decompress through a window of at most 2^20 bytes (each read bounded
+/// by `bound` bytes), except the middle one of three (the diff bytes), decompressed in one
+/// call straight into the image, where it needs no window at all.
+pub fn decode_frames(
+    old: &[u8],
+    frames: &[u8],
+    max_output: u64,
+    bound: u64,
+) -> Result<Vec<u8>, ElfError> {
+    let mut cut = Vec::with_capacity(3);
+    let mut rest = frames;
+    while !rest.is_empty() && cut.len() < 3 {
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|c| {
+            bad(format!(
+                "payload frame: {}",
+                zstd::zstd_safe::get_error_name(c)
+            ))
+        })?;
+        let (frame, tail) = rest.split_at(len.min(rest.len()));
+        cut.push(frame);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(bad("payload has bytes after its third frame"));
+    }
+    fn stream(frame: &[u8], bound: u64) -> Result<PayloadStream<'_>, ElfError> {
+        let fail = |e: std::io::Error| bad(format!("payload frame: {e}"));
+        let mut d = zstd::stream::read::Decoder::with_buffer(frame).map_err(fail)?;
+        d.window_log_max(WINDOW_LOG_MAX).map_err(fail)?;
+        Ok(Stream::new(Box::new(d.take(bound))))
+    }
+    match cut[..] {
+        [whole] => decode_core(old, stream(whole, bound)?, None, max_output),
+        [head, diff, tail] => decode_core(
+            old,
+            stream(head, bound)?,
+            Some((diff, stream(tail, bound)?)),
+            max_output,
+        ),
+        _ => Err(bad("payload is neither one nor three zstd frames")),
+    }
+}
+
+/// A decompressed payload, or part of one, from any source.
+type PayloadStream<'a> = Stream<Box<dyn Read + 'a>>;
+
+/// [`decode_from`] and [`decode_frames`]: `s` reads the payload, or with `split` only up to
+/// the diff bytes, which are then the given zstd frame, and the rest is the given stream.
+fn decode_core<'a>(
+    old: &[u8],
+    mut s: PayloadStream<'a>,
+    split: Option<(&[u8], PayloadStream<'a>)>,
+    max_output: u64,
+) -> Result<Vec<u8>, ElfError> {
     let arch = s.u8("architecture")?;
     let Some(arch) = Arch::from_u8(arch) else {
         return Err(bad(format!("payload names unknown architecture {arch}")));
@@ -1188,6 +1268,21 @@ pub fn decode_from(old: &[u8], payload: impl Read, max_output: u64) -> Result<Ve
     if s.varint("diff length")? != total_mix {
         return Err(bad("diff stream does not match the records"));
     }
+    // With a split payload the diff bytes are one frame, decompressed in one call into the
+    // image's last `total_mix` bytes; each record's then moves down to its place (never past
+    // bytes still to be moved: a record's place is its diff offset plus the copies before it).
+    let mut placed = total - total_mix as usize;
+    if let Some((frame, _)) = &split {
+        if !s.at_end()? {
+            return Err(s.fail("diff length", "first frame does not end here"));
+        }
+        let got = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(frame, &mut image[placed..]))
+            .map_err(|e| bad(format!("diff frame: {e}")))?;
+        if got as u64 != total_mix {
+            return Err(bad("diff frame does not match the records"));
+        }
+    }
     let (mut pos, mut oldpos) = (0usize, 0i128);
     for c in &controls {
         // Both fit: their sum is the image's length.
@@ -1197,13 +1292,20 @@ pub fn decode_from(old: &[u8], payload: impl Read, max_output: u64) -> Result<Ve
             .checked_add(mix)
             .and_then(|end| old.get(start..end))
             .ok_or_else(|| bad("record reads past the old file"))?;
-        let dst = &mut image[pos..pos + mix];
-        s.read(dst, "diff bytes")?;
-        for (d, o) in dst.iter_mut().zip(src) {
+        if split.is_some() {
+            image.copy_within(placed..placed + mix, pos);
+            placed += mix;
+        } else {
+            s.read(&mut image[pos..pos + mix], "diff bytes")?;
+        }
+        for (d, o) in image[pos..pos + mix].iter_mut().zip(src) {
             *d = d.wrapping_add(*o);
         }
         pos += mix + copy;
         oldpos += i128::from(c.mix) + i128::from(c.seek);
+    }
+    if let Some((_, tail)) = split {
+        s = tail;
     }
     // The extra stream: each record's copied range.
     if s.varint("extra length")? != total_copy {
@@ -1383,13 +1485,14 @@ mod tests {
         assert!(!changed.is_empty() && changed.len() <= 8, "{changed:?}");
     }
 
-    /// The device decompresses through a window of at most 2^20 bytes: a payload framed
-    /// with a larger window is refused before it is read, so memory stays bounded.
+    /// The device reads a payload's frames through a window of at most 2^20 bytes (a larger
+    /// window is refused before anything is read, so memory stays bounded), except the middle
+    /// one of three, the diff bytes, which it decompresses into the image in one call.
     #[test]
-    fn payloads_framed_with_a_larger_window_are_refused() {
+    fn payloads_are_three_frames_with_a_bounded_window() {
         use crate::format::{apply_delta, encode_delta, DeltaHeader, Hash, Method};
         let old = std::fs::read("/proc/self/exe").unwrap();
-        let raw = identity_payload(&old, &[], &[]);
+        let raw = identity_payload(&old, &[(2, 1)], &[]);
         let new = decode(&old, raw.clone(), old.len() as u64).unwrap();
         let header = DeltaHeader {
             method: Method::Elf,
@@ -1397,17 +1500,52 @@ mod tests {
             target: Hash::of(&new),
             target_size: new.len() as u64,
         };
-        let framed = |wlog: u32| {
+        let frame = |part: &[u8], wlog: u32| {
             let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
-            enc.set_pledged_src_size(Some(raw.len() as u64)).unwrap();
+            enc.set_pledged_src_size(Some(part.len() as u64)).unwrap();
             enc.window_log(wlog).unwrap();
-            enc.write_all(&raw).unwrap();
-            encode_delta(&header, &enc.finish().unwrap())
+            enc.write_all(part).unwrap();
+            enc.finish().unwrap()
         };
-        assert!(raw.len() > 1 << 21);
-        assert!(apply_delta(&framed(WINDOW_LOG_MAX), &old, None).unwrap() == new);
-        let err = apply_delta(&framed(WINDOW_LOG_MAX + 2), &old, None).unwrap_err();
-        assert!(matches!(err, crate::Error::DeltaPayload { .. }), "{err}");
+        let diff = diff_range(&raw).unwrap();
+        let (head, mid, tail) = (&raw[..diff.start], &raw[diff.clone()], &raw[diff.end..]);
+        let framed = |frames: &[Vec<u8>]| encode_delta(&header, &frames.concat());
+        let ok = [frame(head, 20), frame(mid, 23), frame(tail, 20)];
+        assert!(apply_delta(&framed(&ok), &old, None).unwrap() == new);
+        // A first frame that needs a 2^22 window (it holds the diff bytes too).
+        let wide = [frame(&raw[..diff.end], 22), frame(&[], 20), frame(tail, 20)];
+        assert!(raw[..diff.end].len() > 1 << 21);
+        let err = apply_delta(&framed(&wide), &old, None).unwrap_err();
+        assert!(err.to_string().contains("too much memory"), "{err}");
+        // Flipped bits anywhere in the three frames: an error, or still the right image.
+        let good = framed(&ok);
+        let step = (good.len() / 64).max(1);
+        for i in (crate::format::container::HEADER_LEN..good.len()).step_by(step) {
+            let mut p = good.clone();
+            p[i] ^= 0x10;
+            if let Ok(out) = apply_delta(&p, &old, None) {
+                assert!(out == new, "flip at {i} accepted with other output");
+            }
+        }
+        // One frame holding the whole payload is the other form (small payloads).
+        assert!(apply_delta(&framed(&[frame(&raw, 20)]), &old, None).unwrap() == new);
+        // Two frames, four frames, a cut in the wrong place.
+        for frames in [
+            vec![frame(head, 20), frame(&raw[diff.start..], 20)],
+            vec![ok[0].clone(), ok[1].clone(), ok[2].clone(), frame(&[], 20)],
+            vec![
+                frame(&raw[..diff.start - 1], 20),
+                frame(&raw[diff.start - 1..diff.end], 23),
+                ok[2].clone(),
+            ],
+            vec![
+                ok[0].clone(),
+                frame(&mid[1..], 23),
+                frame(&raw[diff.end - 1..], 20),
+            ],
+        ] {
+            assert!(apply_delta(&framed(&frames), &old, None).is_err());
+        }
     }
 
     #[test]

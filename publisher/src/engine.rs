@@ -133,6 +133,26 @@ fn compress_payload_within(raw: &[u8], level: i32, max_wlog: u32) -> std::io::Re
     enc.finish()
 }
 
+/// Compresses a method-4 payload (FORMAT.md §6.2). The device reads its frames as they
+/// decompress through a window of at most 2^20 bytes. A payload larger than that window is cut
+/// into three frames: the diff bytes alone, with the window sized to them, which the device
+/// decompresses in one call into the image, needing no window (corpus `git`: 1 MiB less to
+/// apply for 73 more bytes); the others as before. A smaller payload is one frame: three would
+/// each carry their own entropy tables (corpus `ko-e1000e`: 96 bytes more, 2%) and save
+/// little.
+fn compress_elf_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    let max = deltaroot_client::elf::WINDOW_LOG_MAX;
+    if raw.len() <= 1 << max {
+        return compress_payload_within(raw, level, max);
+    }
+    let diff =
+        deltaroot_client::elf::diff_range(raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut out = compress_payload_within(&raw[..diff.start], level, max)?;
+    out.extend(compress_payload(&raw[diff.clone()], level)?);
+    out.extend(compress_payload_within(&raw[diff.end..], level, max)?);
+    Ok(out)
+}
+
 /// One encoded delta.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -205,9 +225,7 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
                 compress_payload(&crate::bsdiff::interleave(&index.diff(new)), opts.level)
             }
             Method::Elf => match crate::elf::encode(old, new, &mut index)? {
-                Some(raw) => {
-                    compress_payload_within(&raw, opts.level, deltaroot_client::elf::WINDOW_LOG_MAX)
-                }
+                Some(raw) => compress_elf_payload(&raw, opts.level),
                 None => continue,
             },
             Method::Gzip => match crate::gzip::encode(old, new, opts) {

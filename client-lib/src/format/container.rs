@@ -239,13 +239,11 @@ fn decode_payload(
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
         }
         Method::Elf => {
-            // Read as it decompresses, through a window of at most 2^20 bytes: the decoder
-            // writes the image as the payload arrives and holds none of it (FORMAT.md §6.4).
-            // The payload holds a bsdiff stream and at most a few varints per reference.
-            let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-            d.window_log_max(crate::elf::WINDOW_LOG_MAX).map_err(fail)?;
+            // Three frames, read as they decompress (FORMAT.md §6.4): the decoder writes the
+            // image as the payload arrives and holds none of it. The payload holds a bsdiff
+            // stream and at most a few varints per reference.
             let bound = bsdiff_bound(h.target_size).saturating_mul(2);
-            out = crate::elf::decode_from(source, d.take(bound), h.target_size)
+            out = crate::elf::decode_frames(source, payload, h.target_size, bound)
                 .map_err(|e| invalid(e.to_string()))?;
         }
         Method::Gzip => {
