@@ -16,17 +16,24 @@
 //!   relative relocations) and symbol tables (`st_value`); (B) pointer slots named by the
 //!   relocations restored in phase A (`R_X86_64_RELATIVE`, `IRELATIVE`, `JUMP_SLOT`) and by
 //!   `SHT_RELR` tables; (C) `rel32` branch displacements and RIP-relative operands found by a
-//!   linear sweep of every executable section with iced-x86.
+//!   linear sweep of every executable section with iced-x86. References are handed on as they
+//!   are found, never collected: memory does not grow with their number.
 //! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
 //!   recovered from the control records of the bsdiff stream in the patch, so the decoder
 //!   derives the same map the encoder used to check its work.
-//! - [`restore`]: the decoder proper. For each reference in order it predicts the new value
-//!   from the normalised one by mapping the target through the equivalences, then adds the
-//!   correction the patch carries for that reference (almost always none).
+//! - [`decode_frames`] (and [`decode_from`]): the decoder proper. It reads the payload as it is
+//!   decompressed (three zstd frames: the diff bytes straight into the image, the rest through
+//!   a window of at most 2^20 bytes, [`WINDOW_LOG_MAX`]) and writes the normalised image
+//!   as the streams arrive, holding only the records; then [`walk_restore`] visits each
+//!   reference in order, predicts its new value from the normalised one by mapping the target
+//!   through the equivalences, and adds the correction the payload carries for it (almost
+//!   always none), read when its turn comes. So a device holds the source, the new image and
+//!   little else.
 //!
 //! Everything read from the patch or from the patched image is bounds-checked: a hostile
-//! patch yields an error, never a panic or an unbounded allocation.
+//! patch yields an error, never a panic or an allocation beyond the announced target size.
 
+use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
 
 use goblin::container::{Container, Ctx};
@@ -35,7 +42,7 @@ use goblin::elf::program_header::PT_LOAD;
 use goblin::elf::section_header::{SHF_EXECINSTR, SHT_DYNSYM, SHT_PROGBITS, SHT_RELA, SHT_SYMTAB};
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
 
-use crate::format::wire::{put_varint, Reader};
+use crate::format::wire::put_varint;
 
 /// `SHT_RELR`: packed relative relocations.
 const SHT_RELR: u32 = 19;
@@ -378,41 +385,63 @@ fn entries(s: &Section, len: usize, size: usize) -> impl Iterator<Item = usize> 
     })
 }
 
+/// What a discovery pass hands each reference to, with the image, which it may change: the
+/// next reference is found in the image as the visitor left it.
+type Visit<'v, I> = dyn FnMut(&Ref, &mut I) -> Result<(), ElfError> + 'v;
+
+/// Phase C finds at most this many references before handing them on (bounded memory).
+const CODE_CHUNK: usize = 4096;
+
+/// Finds every reference of `image` in restore order (phases A, B, C) and visits each as it
+/// is found. Nothing is collected: memory does not grow with the number of references.
+fn discover<I: AsRef<[u8]>>(
+    layout: &Layout,
+    image: &mut I,
+    visit: &mut Visit<'_, I>,
+) -> Result<(), ElfError> {
+    phase_a(layout, image, visit)?;
+    phase_b(layout, image, visit)?;
+    phase_c(layout, image, visit)
+}
+
 /// Phase A: address fields of relocation and symbol tables.
-pub fn phase_a(layout: &Layout, image: &[u8]) -> Vec<Ref> {
-    let mut out = Vec::new();
-    let len = image.len();
+fn phase_a<I: AsRef<[u8]>>(
+    layout: &Layout,
+    image: &mut I,
+    visit: &mut Visit<'_, I>,
+) -> Result<(), ElfError> {
+    let len = image.as_ref().len();
     for s in &layout.sections {
         match s.kind {
             SHT_RELA => {
                 let symtab = layout.sections.get(s.link as usize);
                 for e in entries(s, len, 24) {
-                    let Some(info) = read_u64(image, e + 8) else {
+                    let Some(info) = read_u64(image.as_ref(), e + 8) else {
                         continue;
                     };
                     let (sym, kind) = ((info >> 32) as usize, info as u32);
                     if layout.relocatable {
                         // r_offset is relative to the section the table relocates.
                         if let Some(base) = layout.section_base(s.info as usize) {
-                            out.push(Ref::abs(e, base));
+                            visit(&Ref::abs(e, base), image)?;
                         }
                         // An addend against a section symbol is an offset into that section.
                         if let Some(base) =
-                            symtab.and_then(|t| section_symbol_base(layout, image, t, sym))
+                            symtab.and_then(|t| section_symbol_base(layout, image.as_ref(), t, sym))
                         {
-                            out.push(Ref::abs(e + 16, base));
+                            visit(&Ref::abs(e + 16, base), image)?;
                         }
                     } else {
-                        out.push(Ref::abs(e, 0));
+                        visit(&Ref::abs(e, 0), image)?;
                         if layout.arch.is_relative(kind) {
-                            out.push(Ref::abs(e + 16, 0));
+                            visit(&Ref::abs(e + 16, 0), image)?;
                         }
                     }
                 }
             }
             SHT_SYMTAB | SHT_DYNSYM => {
                 for e in entries(s, len, 24) {
-                    let Some(shndx) = read_u16(image, e + 6) else {
+                    let Some(shndx) = read_u16(image.as_ref(), e + 6) else {
                         continue;
                     };
                     if shndx == 0 || shndx >= SHN_LORESERVE {
@@ -426,13 +455,13 @@ pub fn phase_a(layout: &Layout, image: &[u8]) -> Vec<Ref> {
                     } else {
                         0
                     };
-                    out.push(Ref::abs(e + 8, base));
+                    visit(&Ref::abs(e + 8, base), image)?;
                 }
             }
             _ => {}
         }
     }
-    out
+    Ok(())
 }
 
 /// The base of a section symbol's section, when symbol `index` of `symtab` is one.
@@ -461,39 +490,56 @@ fn section_symbol_base(
 }
 
 /// Phase B: pointer slots named by relocations (read from `image` as restored so far).
-pub fn phase_b(layout: &Layout, image: &[u8]) -> Vec<Ref> {
+fn phase_b<I: AsRef<[u8]>>(
+    layout: &Layout,
+    image: &mut I,
+    visit: &mut Visit<'_, I>,
+) -> Result<(), ElfError> {
     if layout.relocatable {
-        return Vec::new();
+        return Ok(());
     }
-    let len = image.len();
-    let mut slots = Vec::new();
+    let len = image.as_ref().len();
+    let slot = |addr: u64| {
+        layout
+            .to_offset(addr)
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|&o| o.checked_add(8).is_some_and(|end| end <= len))
+            .map(|loc| Ref::abs(loc, 0))
+    };
     for s in &layout.sections {
         match s.kind {
             SHT_RELA => {
                 for e in entries(s, len, 24) {
-                    let (Some(off), Some(info)) = (read_u64(image, e), read_u64(image, e + 8))
+                    let (Some(off), Some(info)) =
+                        (read_u64(image.as_ref(), e), read_u64(image.as_ref(), e + 8))
                     else {
                         continue;
                     };
                     if layout.arch.is_relative(info as u32) || layout.arch.is_jump_slot(info as u32)
                     {
-                        slots.push(off);
+                        if let Some(r) = slot(off) {
+                            visit(&r, image)?;
+                        }
                     }
                 }
             }
             SHT_RELR => {
                 let mut next = 0u64;
                 for e in entries(s, len, 8) {
-                    let Some(word) = read_u64(image, e) else {
+                    let Some(word) = read_u64(image.as_ref(), e) else {
                         continue;
                     };
                     if word & 1 == 0 {
-                        slots.push(word);
+                        if let Some(r) = slot(word) {
+                            visit(&r, image)?;
+                        }
                         next = word.wrapping_add(8);
                     } else {
                         for bit in 1..64u64 {
                             if word >> bit & 1 == 1 {
-                                slots.push(next.wrapping_add((bit - 1) * 8));
+                                if let Some(r) = slot(next.wrapping_add((bit - 1) * 8)) {
+                                    visit(&r, image)?;
+                                }
                             }
                         }
                         next = next.wrapping_add(63 * 8);
@@ -503,67 +549,88 @@ pub fn phase_b(layout: &Layout, image: &[u8]) -> Vec<Ref> {
             _ => {}
         }
     }
-    slots
-        .into_iter()
-        .filter_map(|a| layout.to_offset(a))
-        .filter_map(|o| usize::try_from(o).ok())
-        .filter(|&o| o.checked_add(8).is_some_and(|end| end <= len))
-        .map(|loc| Ref::abs(loc, 0))
-        .collect()
+    Ok(())
 }
 
 /// Phase C: PC-relative references in the code of every executable section.
-pub fn phase_c(layout: &Layout, image: &[u8]) -> Vec<Ref> {
-    let mut out = Vec::new();
+fn phase_c<I: AsRef<[u8]>>(
+    layout: &Layout,
+    image: &mut I,
+    visit: &mut Visit<'_, I>,
+) -> Result<(), ElfError> {
+    let mut found = Vec::with_capacity(CODE_CHUNK);
     for (i, s) in layout.sections.iter().enumerate() {
         if s.kind != SHT_PROGBITS || s.flags & u64::from(SHF_EXECINSTR) == 0 {
             continue;
         }
-        let (Some(range), Some(ip)) = (s.file_range(image.len()), layout.section_base(i)) else {
+        let (Some(range), Some(ip)) = (s.file_range(image.as_ref().len()), layout.section_base(i))
+        else {
             continue;
         };
-        match layout.arch {
-            Arch::X86_64 => x86_code(&image[range.clone()], range.start, ip, &mut out),
-            Arch::AArch64 => a64_code(&image[range.clone()], range.start, ip, &mut out),
+        // A chunk of references is found, then visited; the next chunk's code starts after
+        // the last instruction found, whose bytes the visits did not touch (each reference
+        // lies inside its own instruction), so this equals visiting each one as it is found.
+        let mut at = range.start;
+        while at < range.end {
+            found.clear();
+            let code = &image.as_ref()[at..range.end];
+            let base = ip.wrapping_add((at - range.start) as u64);
+            let used = match layout.arch {
+                Arch::X86_64 => x86_code(code, at, base, &mut found),
+                Arch::AArch64 => a64_code(code, at, base, &mut found),
+            };
+            for r in &found {
+                visit(r, image)?;
+            }
+            if used == 0 {
+                break;
+            }
+            at += used;
         }
     }
-    out
+    Ok(())
 }
 
-/// rel32 branches and RIP-relative operands, by a linear sweep with iced-x86.
-fn x86_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) {
+/// rel32 branches and RIP-relative operands, by a linear sweep with iced-x86, until
+/// [`CODE_CHUNK`] are found; returns the bytes swept.
+fn x86_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) -> usize {
     use iced_x86::{Decoder, DecoderOptions, Instruction};
-    {
-        let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-        let mut ins = Instruction::default();
-        while dec.can_decode() {
-            let at = dec.position();
-            dec.decode_out(&mut ins);
-            if ins.is_invalid() {
-                continue;
-            }
-            let next_ip = ins.next_ip();
-            let offs = dec.get_constant_offsets(&ins);
-            if ins.is_ip_rel_memory_operand() && offs.displacement_size() == 4 {
-                out.push(Ref {
-                    loc: start + at + offs.displacement_offset(),
-                    kind: RefKind::Rel32,
-                    base: next_ip,
-                });
-            } else if offs.immediate_size() == 4 && is_near_branch(&ins) {
-                out.push(Ref {
-                    loc: start + at + offs.immediate_offset(),
-                    kind: RefKind::Rel32,
-                    base: next_ip,
-                });
-            }
+    let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut ins = Instruction::default();
+    while dec.can_decode() && out.len() < CODE_CHUNK {
+        let at = dec.position();
+        dec.decode_out(&mut ins);
+        if ins.is_invalid() {
+            continue;
+        }
+        let next_ip = ins.next_ip();
+        let offs = dec.get_constant_offsets(&ins);
+        if ins.is_ip_rel_memory_operand() && offs.displacement_size() == 4 {
+            out.push(Ref {
+                loc: start + at + offs.displacement_offset(),
+                kind: RefKind::Rel32,
+                base: next_ip,
+            });
+        } else if offs.immediate_size() == 4 && is_near_branch(&ins) {
+            out.push(Ref {
+                loc: start + at + offs.immediate_offset(),
+                kind: RefKind::Rel32,
+                base: next_ip,
+            });
         }
     }
+    dec.position()
 }
 
-/// AArch64: every aligned instruction word that holds a PC-relative field.
-fn a64_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) {
+/// AArch64: every aligned instruction word that holds a PC-relative field, until
+/// [`CODE_CHUNK`] are found; returns the bytes swept (whole words).
+fn a64_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) -> usize {
+    let mut used = 0;
     for (n, word) in code.chunks_exact(4).enumerate() {
+        if out.len() >= CODE_CHUNK {
+            break;
+        }
+        used = 4 * (n + 1);
         let w = u32::from_le_bytes(word.try_into().expect("4 bytes"));
         let kind = if w & 0x7c00_0000 == 0x1400_0000 {
             RefKind::A64Branch26
@@ -587,6 +654,7 @@ fn a64_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) {
             base: ip.wrapping_add(4 * n as u64),
         });
     }
+    used
 }
 
 fn is_near_branch(ins: &iced_x86::Instruction) -> bool {
@@ -679,7 +747,6 @@ impl Equivalences {
         o.checked_add(new - n)
     }
 }
-
 /// One bsdiff record: add `mix` bytes of diff to the old file at the cursor, append `copy`
 /// extra bytes, then move the old cursor by `mix + seek`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -687,6 +754,37 @@ pub struct Control {
     pub mix: u64,
     pub copy: u64,
     pub seek: i64,
+}
+
+/// The diff and extra bytes a list of records needs to turn `old` into `new`, one call of
+/// `each(diff, extra)` per record: diff bytes are `new - old` over the record's mix range,
+/// extra bytes are `new` over its copy range. Fails when a record does not fit the files.
+fn record_bytes(
+    controls: &[Control],
+    old: &[u8],
+    new: &[u8],
+    mut each: impl FnMut(&[u8], &[u8], &[u8]),
+) -> Result<(), ElfError> {
+    let (mut oldpos, mut newpos) = (0i128, 0usize);
+    for c in controls {
+        let range = |start: usize, len: u64| {
+            let len = usize::try_from(len).ok()?;
+            Some(start..start.checked_add(len)?)
+        };
+        let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+        let src = range(start, c.mix).and_then(|r| old.get(r));
+        let mixed = range(newpos, c.mix).and_then(|r| new.get(r));
+        let (Some(src), Some(mixed)) = (src, mixed) else {
+            return Err(bad("record does not fit the files"));
+        };
+        let copied = range(newpos + mixed.len(), c.copy)
+            .and_then(|r| new.get(r))
+            .ok_or_else(|| bad("record does not fit the new file"))?;
+        each(src, mixed, copied);
+        newpos += mixed.len() + copied.len();
+        oldpos += i128::from(c.mix) + i128::from(c.seek);
+    }
+    Ok(())
 }
 
 /// A bsdiff patch split into its three streams (records, diff bytes, extra bytes), which
@@ -699,17 +797,22 @@ pub struct SplitPatch {
 }
 
 impl SplitPatch {
-    fn encode(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.controls.len() as u64);
-        for c in &self.controls {
-            put_varint(out, c.mix);
-            put_varint(out, c.copy);
-            put_varint(out, zigzag(c.seek));
-        }
-        put_varint(out, self.diff.len() as u64);
-        out.extend_from_slice(&self.diff);
-        put_varint(out, self.extra.len() as u64);
-        out.extend_from_slice(&self.extra);
+    /// The streams of `controls` between `old` and `new`.
+    pub fn from_controls(
+        controls: Vec<Control>,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<SplitPatch, ElfError> {
+        let (mut diff, mut extra) = (Vec::new(), Vec::new());
+        record_bytes(&controls, old, new, |src, mixed, copied| {
+            diff.extend(mixed.iter().zip(src).map(|(n, o)| n.wrapping_sub(*o)));
+            extra.extend_from_slice(copied);
+        })?;
+        Ok(SplitPatch {
+            controls,
+            diff,
+            extra,
+        })
     }
 
     /// Applies the patch to `old`; every read is checked against the inputs.
@@ -719,52 +822,6 @@ impl SplitPatch {
 
     pub fn equivalences(&self) -> Equivalences {
         Equivalences::from_controls(&self.controls)
-    }
-}
-
-/// A split patch as it lies in a decompressed payload: the records parsed, the diff and
-/// extra streams borrowed, so decoding holds no second copy of them.
-struct PatchView<'a> {
-    controls: Vec<Control>,
-    diff: &'a [u8],
-    extra: &'a [u8],
-}
-
-impl<'a> PatchView<'a> {
-    fn decode(r: &mut Reader<'a>, max_output: u64) -> Result<PatchView<'a>, ElfError> {
-        let err = |e: crate::format::wire::WireError| bad(format!("patch: {e}"));
-        // Each record takes at least three bytes, which bounds the count by the input.
-        let n = r.varint("record count").map_err(err)?;
-        let mut controls = Vec::with_capacity((n as usize).min(1 << 20));
-        let (mut total_mix, mut total_copy) = (0u64, 0u64);
-        for _ in 0..n {
-            let mix = r.varint("mix length").map_err(err)?;
-            let copy = r.varint("copy length").map_err(err)?;
-            let seek = unzigzag(r.varint("seek").map_err(err)?);
-            total_mix = total_mix
-                .checked_add(mix)
-                .ok_or_else(|| bad("patch lengths overflow"))?;
-            total_copy = total_copy
-                .checked_add(copy)
-                .ok_or_else(|| bad("patch lengths overflow"))?;
-            controls.push(Control { mix, copy, seek });
-        }
-        if total_mix.saturating_add(total_copy) > max_output {
-            return Err(bad(format!(
-                "patch produces {} bytes, more than the {max_output} announced",
-                total_mix.saturating_add(total_copy)
-            )));
-        }
-        let diff = r.bytes(total_mix as usize, "diff bytes").map_err(err)?;
-        let extra = r.bytes(total_copy as usize, "extra bytes").map_err(err)?;
-        if diff.len() as u64 != total_mix || extra.len() as u64 != total_copy {
-            return Err(bad("diff or extra stream does not match the records"));
-        }
-        Ok(PatchView {
-            controls,
-            diff,
-            extra,
-        })
     }
 }
 
@@ -780,7 +837,7 @@ fn apply_records(
     for c in controls {
         let (mix, copy) = (c.mix as usize, c.copy as usize);
         let diff = diff
-            .get(d..d + mix)
+            .get(d..d.saturating_add(mix))
             .ok_or_else(|| bad("diff stream too short"))?;
         let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
         let src = old
@@ -794,7 +851,7 @@ fn apply_records(
         out.extend(diff.iter().zip(src).map(|(a, b)| a.wrapping_add(*b)));
         out.extend_from_slice(
             extra
-                .get(e..e + copy)
+                .get(e..e.saturating_add(copy))
                 .ok_or_else(|| bad("extra stream too short"))?,
         );
         d += mix;
@@ -864,9 +921,6 @@ impl AddressMap<'_> {
     }
 }
 
-/// One discovery phase.
-type Phase = fn(&Layout, &[u8]) -> Vec<Ref>;
-
 /// Corrections by reference index, increasing: (index, difference from the prediction).
 pub type Corrections = Vec<(usize, i64)>;
 
@@ -886,7 +940,8 @@ fn correction(r: &Ref, actual: i64, predicted: i64) -> i64 {
 
 /// Runs the decoder's restore over `image` (the normalised image, restored in place),
 /// calling `fix(index, ref, predicted)` to learn the correction of each reference.
-/// Returns the number of references visited.
+/// References are found as they are restored (FORMAT.md §6.4, step 3): each in the image as
+/// restored up to it. Returns the number of references visited.
 pub fn walk_restore(
     old: &Layout,
     image: &mut [u8],
@@ -896,20 +951,29 @@ pub fn walk_restore(
     let new = Layout::parse(image)?;
     let map = AddressMap { old, new: &new, eq };
     let mut index = 0usize;
-    let phases: [Phase; 3] = [phase_a, phase_b, phase_c];
-    for phase in phases {
-        let refs = phase(&new, image);
-        for r in &refs {
-            let Some(normalised) = r.read(image) else {
-                continue;
-            };
-            let predicted = map.predict(r, normalised);
-            let c = fix(index, r, predicted)?;
-            r.write(image, predicted.wrapping_add(c));
-            index += 1;
-        }
-    }
+    let mut image = image;
+    discover(&new, &mut image, &mut |r, image: &mut &mut [u8]| {
+        let Some(normalised) = r.read(image) else {
+            return Ok(());
+        };
+        let predicted = map.predict(r, normalised);
+        let c = fix(index, r, predicted)?;
+        r.write(image, predicted.wrapping_add(c));
+        index += 1;
+        Ok(())
+    })?;
     Ok(index)
+}
+
+/// Calls `f` for every reference of `image` in restore order (for the encoder, which blanks
+/// and normalises them); the image is not changed, so each is found in it as it is.
+pub fn for_each_ref(layout: &Layout, image: &[u8], mut f: impl FnMut(&Ref)) {
+    let mut image = image;
+    // The visitor never fails, so neither does the walk.
+    let _ = discover(layout, &mut image, &mut |r, _: &mut &[u8]| {
+        f(r);
+        Ok(())
+    });
 }
 
 /// Writes the corrections stream: for each nonzero correction, the gap in reference indices
@@ -926,103 +990,362 @@ pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
     out
 }
 
-/// Reads a corrections stream written by [`encode_corrections`], bounded by its own length.
-pub fn decode_corrections(r: &mut Reader<'_>) -> Result<Vec<(usize, i64)>, ElfError> {
-    let err = |e: crate::format::wire::WireError| bad(format!("corrections: {e}"));
-    // Each correction takes at least two bytes, which bounds the count by the input.
-    let n = r.varint("correction count").map_err(err)?;
-    let mut out = Vec::with_capacity((n as usize).min(1 << 20));
-    let mut at = 0usize;
-    for _ in 0..n {
-        let gap = r.varint("correction gap").map_err(err)?;
-        at = usize::try_from(gap)
-            .ok()
-            .and_then(|g| at.checked_add(g))
-            .ok_or_else(|| bad("correction index overflows"))?;
-        if !out.is_empty() && gap == 0 {
-            return Err(bad("corrections are not in increasing order"));
-        }
-        out.push((at, unzigzag(r.varint("correction").map_err(err)?)));
+/// Builds a method-4 payload (before compression) up to its corrections: the architecture
+/// byte, then the records, diff bytes and extra bytes that turn `old` into `normalised`.
+/// The corrections ([`encode_corrections`]) are appended by the caller.
+pub fn build_payload(
+    arch: Arch,
+    controls: &[Control],
+    old: &[u8],
+    normalised: &[u8],
+) -> Result<Vec<u8>, ElfError> {
+    let mut out = vec![arch as u8];
+    put_varint(&mut out, controls.len() as u64);
+    let (mut mix, mut copy) = (0u64, 0u64);
+    for c in controls {
+        put_varint(&mut out, c.mix);
+        put_varint(&mut out, c.copy);
+        put_varint(&mut out, zigzag(c.seek));
+        mix = mix.saturating_add(c.mix);
+        copy = copy.saturating_add(c.copy);
     }
+    out.reserve(usize::try_from(mix.saturating_add(copy)).unwrap_or(0) + 20);
+    put_varint(&mut out, mix);
+    record_bytes(controls, old, normalised, |src, mixed, _| {
+        out.extend(mixed.iter().zip(src).map(|(n, o)| n.wrapping_sub(*o)));
+    })?;
+    put_varint(&mut out, copy);
+    record_bytes(controls, old, normalised, |_, _, copied| {
+        out.extend_from_slice(copied)
+    })?;
     Ok(out)
 }
 
-/// Builds a method-4 payload (before compression): the architecture byte, the split patch
-/// from the old image to the normalised one, and the corrections.
-pub fn build_payload(arch: Arch, patch: &SplitPatch, corrections: &[(usize, i64)]) -> Vec<u8> {
-    let mut out = vec![arch as u8];
-    patch.encode(&mut out);
-    out.extend_from_slice(&encode_corrections(corrections));
-    out
+/// Largest zstd window (log2) of a method-4 payload's first and last frames: the decoder reads
+/// them as they decompress, holding this much of them at most (FORMAT.md §6.2).
+pub const WINDOW_LOG_MAX: u32 = 20;
+
+/// A decompressed payload read as it arrives; every read is checked and an error names the
+/// field and its offset.
+struct Stream<R: Read> {
+    inner: BufReader<R>,
+    offset: u64,
 }
 
-/// Decodes a method-4 payload and rebuilds the new image from `old`: patch, then restore
-/// the references. `max_output` bounds everything allocated for the result.
-pub fn decode(old: &[u8], raw: Vec<u8>, max_output: u64) -> Result<Vec<u8>, ElfError> {
-    let (mut image, eq, corrections) = {
-        let mut r = Reader::new(&raw);
-        let err = |e: crate::format::wire::WireError| bad(format!("payload: {e}"));
-        let arch = r.u8("architecture").map_err(err)?;
-        let Some(arch) = Arch::from_u8(arch) else {
-            return Err(bad(format!("payload names unknown architecture {arch}")));
-        };
-        if Layout::parse(old)?.arch != arch {
-            return Err(bad("payload is for another architecture than the source"));
+impl<R: Read> Stream<R> {
+    fn new(inner: R) -> Self {
+        Stream {
+            inner: BufReader::with_capacity(1 << 16, inner),
+            offset: 0,
         }
-        let patch = PatchView::decode(&mut r, max_output)?;
-        let corrections = decode_corrections(&mut r)?;
-        if !r.is_empty() {
-            return Err(bad(format!("payload has trailing bytes at {}", r.offset())));
-        }
-        let image = apply_records(&patch.controls, patch.diff, patch.extra, old)?;
-        (
-            image,
-            Equivalences::from_controls(&patch.controls),
-            corrections,
-        )
-    };
-    // The payload is as large as the image: freed before the restore pass.
-    drop(raw);
-    restore(old, &mut image, &eq, &corrections)?;
-    Ok(image)
-}
+    }
 
-/// Restores the new image from the normalised one with the patch's corrections.
-fn restore(
-    old: &[u8],
-    normalised: &mut [u8],
-    eq: &Equivalences,
-    corrections: &[(usize, i64)],
-) -> Result<(), ElfError> {
-    let old_layout = Layout::parse(old)?;
-    let mut next = corrections.iter().peekable();
-    let visited = walk_restore(&old_layout, normalised, eq, |i, _, _| {
-        Ok(match next.peek() {
-            Some(&&(at, c)) if at == i => {
-                next.next();
-                c
+    fn fail(&self, what: &str, why: impl std::fmt::Display) -> ElfError {
+        bad(format!("payload: {what} at byte {}: {why}", self.offset))
+    }
+
+    /// Fills `buf` from the payload.
+    fn read(&mut self, buf: &mut [u8], what: &str) -> Result<(), ElfError> {
+        if let Err(e) = self.inner.read_exact(buf) {
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.fail(what, "truncated")
+            } else {
+                self.fail(what, e)
+            });
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, ElfError> {
+        let mut b = [0u8];
+        self.read(&mut b, what)?;
+        Ok(b[0])
+    }
+
+    /// An unsigned LEB128 varint of at most 64 bits (as `wire::Reader::varint`).
+    fn varint(&mut self, what: &str) -> Result<u64, ElfError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            let low = u64::from(b & 0x7f);
+            if shift == 63 && low > 1 {
+                return Err(self.fail(what, "varint overflows 64 bits"));
             }
-            _ => 0,
-        })
+            v |= low << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.fail(what, "varint longer than 10 bytes"))
+    }
+
+    fn at_end(&mut self) -> Result<bool, ElfError> {
+        match self.inner.fill_buf() {
+            Ok(b) => Ok(b.is_empty()),
+            Err(e) => Err(self.fail("end", e)),
+        }
+    }
+}
+
+/// The corrections stream, read as the restore asks for each reference's correction.
+struct PendingCorrections {
+    left: u64,
+    next: Option<(usize, i64)>,
+}
+
+impl PendingCorrections {
+    fn start<R: Read>(s: &mut Stream<R>) -> Result<Self, ElfError> {
+        let mut p = PendingCorrections {
+            left: s.varint("correction count")?,
+            next: None,
+        };
+        p.advance(s, None)?;
+        Ok(p)
+    }
+
+    fn advance<R: Read>(&mut self, s: &mut Stream<R>, prev: Option<usize>) -> Result<(), ElfError> {
+        if self.left == 0 {
+            self.next = None;
+            return Ok(());
+        }
+        self.left -= 1;
+        let gap = s.varint("correction gap")?;
+        if prev.is_some() && gap == 0 {
+            return Err(s.fail("correction gap", "corrections are not in increasing order"));
+        }
+        let at = usize::try_from(gap)
+            .ok()
+            .and_then(|g| prev.unwrap_or(0).checked_add(g))
+            .ok_or_else(|| s.fail("correction gap", "correction index overflows"))?;
+        self.next = Some((at, unzigzag(s.varint("correction")?)));
+        Ok(())
+    }
+
+    /// The correction of reference `index` (0 when it has none).
+    fn take<R: Read>(&mut self, s: &mut Stream<R>, index: usize) -> Result<i64, ElfError> {
+        match self.next {
+            Some((at, c)) if at == index => {
+                self.advance(s, Some(at))?;
+                Ok(c)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+/// Decodes a method-4 payload held in memory (already decompressed); see [`decode_from`].
+pub fn decode(old: &[u8], raw: Vec<u8>, max_output: u64) -> Result<Vec<u8>, ElfError> {
+    decode_from(old, raw.as_slice(), max_output)
+}
+
+/// Decodes a method-4 payload as it is read (decompressed) from `payload` and rebuilds the
+/// new image from `old`: the patch writes the image as its streams arrive (the mixed ranges
+/// from the diff stream, then the copied ranges from the extra stream), then the references
+/// are restored with the corrections read as they are needed. No part of the payload is held
+/// beyond its records; `max_output` bounds the image, allocated once the records are read.
+pub fn decode_from(old: &[u8], payload: impl Read, max_output: u64) -> Result<Vec<u8>, ElfError> {
+    decode_core(old, Stream::new(Box::new(payload)), None, max_output)
+}
+
+/// The range of the diff bytes in a method-4 payload (before compression): the encoder cuts
+/// the payload's zstd frames there (FORMAT.md §6.4).
+pub fn diff_range(raw: &[u8]) -> Result<Range<usize>, ElfError> {
+    let mut s = Stream::new(raw);
+    s.u8("architecture")?;
+    let mut mix = 0u64;
+    for _ in 0..s.varint("record count")? {
+        mix = mix.saturating_add(s.varint("mix length")?);
+        s.varint("copy length")?;
+        s.varint("seek")?;
+    }
+    if s.varint("diff length")? != mix {
+        return Err(bad("diff stream does not match the records"));
+    }
+    let start = usize::try_from(s.offset).map_err(|_| bad("payload too large"))?;
+    start
+        .checked_add(usize::try_from(mix).map_err(|_| bad("payload too large"))?)
+        .filter(|&end| end <= raw.len())
+        .map(|end| start..end)
+        .ok_or_else(|| bad("diff stream runs past the payload"))
+}
+
+/// Decodes a method-4 payload as the container holds it (FORMAT.md §6.2): one zstd frame, or
+/// three, read as they decompress through a window of at most 2^20 bytes (each read bounded
+/// by `bound` bytes), except the middle one of three (the diff bytes), decompressed in one
+/// call straight into the image, where it needs no window at all.
+pub fn decode_frames(
+    old: &[u8],
+    frames: &[u8],
+    max_output: u64,
+    bound: u64,
+) -> Result<Vec<u8>, ElfError> {
+    let mut cut = Vec::with_capacity(3);
+    let mut rest = frames;
+    while !rest.is_empty() && cut.len() < 3 {
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|c| {
+            bad(format!(
+                "payload frame: {}",
+                zstd::zstd_safe::get_error_name(c)
+            ))
+        })?;
+        let (frame, tail) = rest.split_at(len.min(rest.len()));
+        cut.push(frame);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(bad("payload has bytes after its third frame"));
+    }
+    fn stream(frame: &[u8], bound: u64) -> Result<PayloadStream<'_>, ElfError> {
+        let fail = |e: std::io::Error| bad(format!("payload frame: {e}"));
+        let mut d = zstd::stream::read::Decoder::with_buffer(frame).map_err(fail)?;
+        d.window_log_max(WINDOW_LOG_MAX).map_err(fail)?;
+        Ok(Stream::new(Box::new(d.take(bound))))
+    }
+    match cut[..] {
+        [whole] => decode_core(old, stream(whole, bound)?, None, max_output),
+        [head, diff, tail] => decode_core(
+            old,
+            stream(head, bound)?,
+            Some((diff, stream(tail, bound)?)),
+            max_output,
+        ),
+        _ => Err(bad("payload is neither one nor three zstd frames")),
+    }
+}
+
+/// A decompressed payload, or part of one, from any source.
+type PayloadStream<'a> = Stream<Box<dyn Read + 'a>>;
+
+/// [`decode_from`] and [`decode_frames`]: `s` reads the payload, or with `split` only up to
+/// the diff bytes, which are then the given zstd frame, and the rest is the given stream.
+fn decode_core<'a>(
+    old: &[u8],
+    mut s: PayloadStream<'a>,
+    split: Option<(&[u8], PayloadStream<'a>)>,
+    max_output: u64,
+) -> Result<Vec<u8>, ElfError> {
+    let arch = s.u8("architecture")?;
+    let Some(arch) = Arch::from_u8(arch) else {
+        return Err(bad(format!("payload names unknown architecture {arch}")));
+    };
+    let old_layout = Layout::parse(old)?;
+    if old_layout.arch != arch {
+        return Err(bad("payload is for another architecture than the source"));
+    }
+    let n = s.varint("record count")?;
+    // Each record takes at least three bytes of the (bounded) payload.
+    let mut controls = Vec::with_capacity(n.min(1 << 16) as usize);
+    let (mut total_mix, mut total_copy) = (0u64, 0u64);
+    for _ in 0..n {
+        let mix = s.varint("mix length")?;
+        let copy = s.varint("copy length")?;
+        let seek = unzigzag(s.varint("seek")?);
+        total_mix = total_mix
+            .checked_add(mix)
+            .ok_or_else(|| bad("patch lengths overflow"))?;
+        total_copy = total_copy
+            .checked_add(copy)
+            .ok_or_else(|| bad("patch lengths overflow"))?;
+        if total_mix.saturating_add(total_copy) > max_output {
+            return Err(bad(format!(
+                "patch produces {} bytes, more than the {max_output} announced",
+                total_mix.saturating_add(total_copy)
+            )));
+        }
+        controls.push(Control { mix, copy, seek });
+    }
+    let total = usize::try_from(total_mix + total_copy)
+        .map_err(|_| bad("patch output does not fit in memory"))?;
+    let mut image = Vec::new();
+    image.try_reserve_exact(total).map_err(|_| {
+        bad(format!(
+            "cannot allocate the {total} bytes the patch produces"
+        ))
     })?;
-    if let Some((at, _)) = next.next() {
+    image.resize(total, 0);
+    // Step 1, the diff stream: each record's mixed range, diff bytes plus the old file's.
+    if s.varint("diff length")? != total_mix {
+        return Err(bad("diff stream does not match the records"));
+    }
+    // With a split payload the diff bytes are one frame, decompressed in one call into the
+    // image's last `total_mix` bytes; each record's then moves down to its place (never past
+    // bytes still to be moved: a record's place is its diff offset plus the copies before it).
+    let mut placed = total - total_mix as usize;
+    if let Some((frame, _)) = &split {
+        if !s.at_end()? {
+            return Err(s.fail("diff length", "first frame does not end here"));
+        }
+        let got = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(frame, &mut image[placed..]))
+            .map_err(|e| bad(format!("diff frame: {e}")))?;
+        if got as u64 != total_mix {
+            return Err(bad("diff frame does not match the records"));
+        }
+    }
+    let (mut pos, mut oldpos) = (0usize, 0i128);
+    for c in &controls {
+        // Both fit: their sum is the image's length.
+        let (mix, copy) = (c.mix as usize, c.copy as usize);
+        let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+        let src = start
+            .checked_add(mix)
+            .and_then(|end| old.get(start..end))
+            .ok_or_else(|| bad("record reads past the old file"))?;
+        if split.is_some() {
+            image.copy_within(placed..placed + mix, pos);
+            placed += mix;
+        } else {
+            s.read(&mut image[pos..pos + mix], "diff bytes")?;
+        }
+        for (d, o) in image[pos..pos + mix].iter_mut().zip(src) {
+            *d = d.wrapping_add(*o);
+        }
+        pos += mix + copy;
+        oldpos += i128::from(c.mix) + i128::from(c.seek);
+    }
+    if let Some((_, tail)) = split {
+        s = tail;
+    }
+    // The extra stream: each record's copied range.
+    if s.varint("extra length")? != total_copy {
+        return Err(bad("extra stream does not match the records"));
+    }
+    pos = 0;
+    for c in &controls {
+        pos += c.mix as usize;
+        let copy = c.copy as usize;
+        s.read(&mut image[pos..pos + copy], "extra bytes")?;
+        pos += copy;
+    }
+    let eq = Equivalences::from_controls(&controls);
+    drop(controls);
+    // Steps 2 to 4: restore the references, reading each correction when its turn comes.
+    let mut pending = PendingCorrections::start(&mut s)?;
+    let visited = walk_restore(&old_layout, &mut image, &eq, |i, _, _| {
+        pending.take(&mut s, i)
+    })?;
+    if let Some((at, _)) = pending.next {
         return Err(bad(format!(
             "correction for reference {at}, but the image has only {visited} references"
         )));
     }
-    Ok(())
+    if !s.at_end()? {
+        return Err(s.fail("end", "payload has trailing bytes"));
+    }
+    Ok(image)
 }
 
-/// The encoder's side of the same walk: the corrections that turn `normalised` into `new`.
+/// The encoder's side of the same walk: restores `image` (the normalised image) in place and
+/// returns the corrections that turn it into `new`.
 pub fn find_corrections(
     old: &Layout,
-    normalised: &[u8],
+    image: &mut [u8],
     new: &[u8],
     eq: &Equivalences,
 ) -> Result<Vec<(usize, i64)>, ElfError> {
-    let mut image = normalised.to_vec();
     let mut out = Vec::new();
-    walk_restore(old, &mut image, eq, |i, r, predicted| {
+    walk_restore(old, image, eq, |i, r, predicted| {
         let actual = r
             .read(new)
             .ok_or_else(|| bad("reference outside the new image"))?;
@@ -1038,14 +1361,6 @@ pub fn find_corrections(
         ));
     }
     Ok(out)
-}
-
-/// Every reference of `image` in restore order, with its phase: what the encoder normalises.
-pub fn all_refs(layout: &Layout, image: &[u8]) -> Vec<Ref> {
-    let mut refs = phase_a(layout, image);
-    refs.extend(phase_b(layout, image));
-    refs.extend(phase_c(layout, image));
-    refs
 }
 
 /// Reads a reference's value from an image (for the encoder).
@@ -1066,6 +1381,7 @@ pub fn ref_target(r: &Ref, image: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// A load segment whose file offset or address is near 2^64 (found by the fuzzer): the
     /// address map answers "unmapped" instead of overflowing.
@@ -1100,20 +1416,193 @@ mod tests {
         }
     }
 
+    /// Every correction a stream holds, read the way the decoder reads them.
+    fn read_corrections(bytes: &[u8]) -> Result<Vec<(usize, i64)>, ElfError> {
+        let mut s = Stream::new(bytes);
+        let mut p = PendingCorrections::start(&mut s)?;
+        let mut out = Vec::new();
+        while let Some((at, c)) = p.next {
+            assert_eq!(p.take(&mut s, at)?, c);
+            out.push((at, c));
+        }
+        Ok(out)
+    }
+
     #[test]
     fn corrections_round_trip_and_reject_disorder() {
         let c = vec![(3, 5), (10, -2), (11, 1 << 40)];
         let bytes = encode_corrections(&c);
-        assert_eq!(decode_corrections(&mut Reader::new(&bytes)).unwrap(), c);
+        assert_eq!(read_corrections(&bytes).unwrap(), c);
         let mut bad = Vec::new();
         put_varint(&mut bad, 2);
         put_varint(&mut bad, 1);
         put_varint(&mut bad, 0);
         put_varint(&mut bad, 0);
         put_varint(&mut bad, 0);
-        assert!(decode_corrections(&mut Reader::new(&bad)).is_err());
+        assert!(read_corrections(&bad).is_err());
         for n in 0..bytes.len() {
-            assert!(decode_corrections(&mut Reader::new(&bytes[..n])).is_err());
+            assert!(read_corrections(&bytes[..n]).is_err());
+        }
+    }
+
+    /// A payload that rebuilds `old` itself: one record over the whole file with zero diff
+    /// bytes, then `corrections` and `trailing` bytes.
+    fn identity_payload(old: &[u8], corrections: &[(usize, i64)], trailing: &[u8]) -> Vec<u8> {
+        let controls = [Control {
+            mix: old.len() as u64,
+            copy: 0,
+            seek: 0,
+        }];
+        let mut p = build_payload(Layout::parse(old).unwrap().arch, &controls, old, old).unwrap();
+        p.extend_from_slice(&encode_corrections(corrections));
+        p.extend_from_slice(trailing);
+        p
+    }
+
+    /// Hands out its bytes one at a time, as a slow decompressor might.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn decoder_reads_the_payload_as_it_arrives() {
+        let old = std::fs::read("/proc/self/exe").unwrap();
+        let len = old.len() as u64;
+        let payload = identity_payload(&old, &[], &[]);
+        let whole = decode_from(&old, payload.as_slice(), len).unwrap();
+        assert_eq!(whole.len(), old.len());
+        assert!(decode_from(&old, Trickle(&payload), len).unwrap() == whole);
+        // A correction changes the reference it names, and only that one.
+        let fixed = decode(&old, identity_payload(&old, &[(0, 8)], &[]), len).unwrap();
+        let changed: Vec<usize> = (0..old.len()).filter(|&i| fixed[i] != whole[i]).collect();
+        assert!(!changed.is_empty() && changed.len() <= 8, "{changed:?}");
+    }
+
+    /// The device reads a payload's frames through a window of at most 2^20 bytes (a larger
+    /// window is refused before anything is read, so memory stays bounded), except the middle
+    /// one of three, the diff bytes, which it decompresses into the image in one call.
+    #[test]
+    fn payloads_are_three_frames_with_a_bounded_window() {
+        use crate::format::{apply_delta, encode_delta, DeltaHeader, Hash, Method};
+        let old = std::fs::read("/proc/self/exe").unwrap();
+        let raw = identity_payload(&old, &[(2, 1)], &[]);
+        let new = decode(&old, raw.clone(), old.len() as u64).unwrap();
+        let header = DeltaHeader {
+            method: Method::Elf,
+            source: Hash::of(&old),
+            target: Hash::of(&new),
+            target_size: new.len() as u64,
+        };
+        let frame = |part: &[u8], wlog: u32| {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+            enc.set_pledged_src_size(Some(part.len() as u64)).unwrap();
+            enc.window_log(wlog).unwrap();
+            enc.write_all(part).unwrap();
+            enc.finish().unwrap()
+        };
+        let diff = diff_range(&raw).unwrap();
+        let (head, mid, tail) = (&raw[..diff.start], &raw[diff.clone()], &raw[diff.end..]);
+        let framed = |frames: &[Vec<u8>]| encode_delta(&header, &frames.concat());
+        let ok = [frame(head, 20), frame(mid, 23), frame(tail, 20)];
+        assert!(apply_delta(&framed(&ok), &old, None).unwrap() == new);
+        // A first frame that needs a 2^22 window (it holds the diff bytes too).
+        let wide = [frame(&raw[..diff.end], 22), frame(&[], 20), frame(tail, 20)];
+        assert!(raw[..diff.end].len() > 1 << 21);
+        let err = apply_delta(&framed(&wide), &old, None).unwrap_err();
+        assert!(err.to_string().contains("too much memory"), "{err}");
+        // Flipped bits anywhere in the three frames: an error, or still the right image.
+        let good = framed(&ok);
+        let step = (good.len() / 64).max(1);
+        for i in (crate::format::container::HEADER_LEN..good.len()).step_by(step) {
+            let mut p = good.clone();
+            p[i] ^= 0x10;
+            if let Ok(out) = apply_delta(&p, &old, None) {
+                assert!(out == new, "flip at {i} accepted with other output");
+            }
+        }
+        // One frame holding the whole payload is the other form (small payloads).
+        assert!(apply_delta(&framed(&[frame(&raw, 20)]), &old, None).unwrap() == new);
+        // Two frames, four frames, a cut in the wrong place.
+        for frames in [
+            vec![frame(head, 20), frame(&raw[diff.start..], 20)],
+            vec![ok[0].clone(), ok[1].clone(), ok[2].clone(), frame(&[], 20)],
+            vec![
+                frame(&raw[..diff.start - 1], 20),
+                frame(&raw[diff.start - 1..diff.end], 23),
+                ok[2].clone(),
+            ],
+            vec![
+                ok[0].clone(),
+                frame(&mid[1..], 23),
+                frame(&raw[diff.end - 1..], 20),
+            ],
+        ] {
+            assert!(apply_delta(&framed(&frames), &old, None).is_err());
+        }
+    }
+
+    #[test]
+    fn hostile_payloads_fail_cleanly() {
+        let old = std::fs::read("/proc/self/exe").unwrap();
+        let len = old.len() as u64;
+        let payload = identity_payload(&old, &[(3, 1)], &[]);
+        // Truncated anywhere: in the records, the diff stream, the corrections.
+        for n in [
+            0,
+            1,
+            2,
+            5,
+            20,
+            payload.len() / 2,
+            payload.len() - 2,
+            payload.len() - 1,
+        ] {
+            assert!(decode(&old, payload[..n].to_vec(), len).is_err(), "{n}");
+        }
+        // Trailing bytes; a correction past the last reference; an image over the bound.
+        assert!(decode(&old, identity_payload(&old, &[], &[0]), len).is_err());
+        let far = identity_payload(&old, &[(usize::MAX >> 1, 1)], &[]);
+        assert!(decode(&old, far, len).is_err());
+        assert!(decode(&old, payload.clone(), len - 1).is_err());
+        // Records promising far more than the payload holds: refused before any allocation
+        // beyond the bound, or by the stream running out.
+        let mut huge = vec![1u8];
+        put_varint(&mut huge, 1);
+        put_varint(&mut huge, 0);
+        put_varint(&mut huge, u64::MAX / 2);
+        put_varint(&mut huge, 0);
+        assert!(decode(&old, huge, 1 << 40).is_err());
+        let mut short = vec![1u8];
+        put_varint(&mut short, 1);
+        put_varint(&mut short, 16);
+        put_varint(&mut short, 1 << 20);
+        put_varint(&mut short, 0);
+        put_varint(&mut short, 16);
+        short.extend_from_slice(&[0; 16]);
+        put_varint(&mut short, 1 << 20);
+        assert!(decode(&old, short, len).is_err());
+        // A record reading before or past the old file.
+        for seek in [1i64, -100] {
+            let mut p = vec![1u8];
+            put_varint(&mut p, 2);
+            for (mix, seek) in [(0, seek), (len, 0)] {
+                put_varint(&mut p, mix);
+                put_varint(&mut p, 0);
+                put_varint(&mut p, zigzag(seek));
+            }
+            put_varint(&mut p, len);
+            p.resize(p.len() + old.len(), 0);
+            put_varint(&mut p, 0);
+            put_varint(&mut p, 0);
+            let err = decode(&old, p, len).unwrap_err();
+            assert!(err.0.contains("old file"), "{err}");
         }
     }
 

@@ -53,7 +53,15 @@ impl<'a> Index<'a> {
 
     /// Diffs the indexed old file against `new`.
     pub fn diff(&self, new: &[u8]) -> SplitPatch {
-        diff_indexed(self, new)
+        let mut patch = SplitPatch::default();
+        patch.controls = diff_indexed(self, new, Some(&mut patch));
+        patch
+    }
+
+    /// The records alone of [`Self::diff`] (the diff and extra bytes follow from them and
+    /// the two files): what the ELF method needs, without holding a copy of the new file.
+    pub fn controls(&self, new: &[u8]) -> Vec<Control> {
+        diff_indexed(self, new, None)
     }
 }
 
@@ -62,9 +70,10 @@ pub fn diff(old: &[u8], new: &[u8]) -> SplitPatch {
     Index::new(old).diff(new)
 }
 
-fn diff_indexed(index: &Index<'_>, new: &[u8]) -> SplitPatch {
+/// The matcher: returns the records, and fills `bytes`' diff and extra streams when given.
+fn diff_indexed(index: &Index<'_>, new: &[u8], mut bytes: Option<&mut SplitPatch>) -> Vec<Control> {
     let old = index.old;
-    let mut patch = SplitPatch::default();
+    let mut controls = Vec::new();
     let (oldsize, newsize) = (old.len() as isize, new.len() as isize);
     let (mut scan, mut len, mut pos) = (0isize, 0isize, 0isize);
     let (mut lastscan, mut lastpos, mut lastoffset) = (0isize, 0isize, 0isize);
@@ -148,16 +157,18 @@ fn diff_indexed(index: &Index<'_>, new: &[u8]) -> SplitPatch {
                 lenf += lens - overlap;
                 lenb -= lens;
             }
-            for i in 0..lenf {
-                patch
-                    .diff
-                    .push(at(new, lastscan + i).wrapping_sub(at(old, lastpos + i)));
-            }
             let extra_end = scan - lenb;
-            patch
-                .extra
-                .extend_from_slice(&new[(lastscan + lenf) as usize..extra_end as usize]);
-            patch.controls.push(Control {
+            if let Some(patch) = bytes.as_deref_mut() {
+                for i in 0..lenf {
+                    patch
+                        .diff
+                        .push(at(new, lastscan + i).wrapping_sub(at(old, lastpos + i)));
+                }
+                patch
+                    .extra
+                    .extend_from_slice(&new[(lastscan + lenf) as usize..extra_end as usize]);
+            }
+            controls.push(Control {
                 mix: lenf as u64,
                 copy: (extra_end - (lastscan + lenf)) as u64,
                 seek: ((pos - lenb) - (lastpos + lenf)) as i64,
@@ -167,7 +178,7 @@ fn diff_indexed(index: &Index<'_>, new: &[u8]) -> SplitPatch {
             lastoffset = pos - scan;
         }
     }
-    patch
+    controls
 }
 
 /// The `bsdiff` crate's stream format: each record as three little-endian 64-bit words
@@ -212,6 +223,9 @@ mod tests {
         ] {
             let p = diff(o, n);
             assert_eq!(&p.apply(o).unwrap(), n);
+            // The records alone give the same streams back (what the ELF method stores).
+            let controls = Index::new(o).controls(n);
+            assert_eq!(SplitPatch::from_controls(controls, o, n).unwrap(), p);
             let mut back = Vec::new();
             bsdiff::patch(o, &mut &interleave(&p)[..], &mut back).unwrap();
             assert_eq!(&back, n);

@@ -15,7 +15,7 @@
 //!    predicted value is not the real one, the correction. The candidate exists only if the
 //!    restore gives the new image back byte for byte.
 
-use deltaroot_client::elf::{self, AddressMap, Layout};
+use deltaroot_client::elf::{self, AddressMap, Equivalences, Layout};
 
 use crate::bsdiff::Index;
 use crate::error::Result;
@@ -23,13 +23,20 @@ use crate::error::Result;
 /// Encodes the method-4 payload (uncompressed) from `old` to `new`, or `None` when the files
 /// are not both supported ELF images of one architecture.
 ///
-/// `index` holds the suffix array of `old` once built: the caller may reuse it for other
-/// methods. It is built here after the first pass, whose own index (of the blanked image)
-/// is freed by then, so the two never take memory at once.
+/// `index` caches the suffix array of `old` for the other methods. It is built here after
+/// the first pass, whose own index (of the blanked image) is freed by then, so the two never
+/// take memory at once; and it is dropped once this method's records are found, since the
+/// engine tries plain bsdiff only where this method does not encode (a caller that still
+/// wants it builds it again).
+///
+/// Memory: besides the two files, one copy of the new file (blanked, then normalised, then
+/// restored in place) and one of the old (blanked, during the first pass only), one suffix
+/// array (four bytes per byte of the old file) at a time, and the payload once the suffix
+/// array is freed. References are found as they are used, never collected.
 pub fn encode<'a>(
     old: &'a [u8],
     new: &[u8],
-    index: &std::cell::OnceCell<Index<'a>>,
+    index: &mut Option<Index<'a>>,
 ) -> Result<Option<Vec<u8>>> {
     let (Ok(lo), Ok(ln)) = (Layout::parse(old), Layout::parse(new)) else {
         return Ok(None);
@@ -37,42 +44,47 @@ pub fn encode<'a>(
     if lo.arch != ln.arch || lo.relocatable != ln.relocatable {
         return Ok(None);
     }
-    let refs_new = elf::all_refs(&ln, new);
-    let blank = |image: &[u8], refs: &[elf::Ref]| {
-        let mut b = image.to_vec();
-        for r in refs {
-            elf::write_ref(r, &mut b, 0);
-        }
-        b
-    };
+    // The new file with its references blanked; normalised in place below.
+    let mut work = new.to_vec();
     let eq0 = {
-        let blank_old = blank(old, &elf::all_refs(&lo, old));
-        crate::bsdiff::diff(&blank_old, &blank(new, &refs_new)).equivalences()
+        let mut blank_old = old.to_vec();
+        elf::for_each_ref(&lo, old, |r| elf::write_ref(r, &mut blank_old, 0));
+        elf::for_each_ref(&ln, new, |r| elf::write_ref(r, &mut work, 0));
+        Equivalences::from_controls(&Index::new(&blank_old).controls(&work))
     };
     let map0 = AddressMap {
         old: &lo,
         new: &ln,
         eq: &eq0,
     };
-    let mut normalised = new.to_vec();
-    for r in &refs_new {
+    // Every blanked field is written again (in the same order as it was blanked), so this
+    // gives the new file with each reference normalised.
+    let mut refs = 0usize;
+    elf::for_each_ref(&ln, new, |r| {
         if let Some(v) = elf::read_ref(r, new) {
-            elf::write_ref(r, &mut normalised, map0.normalise(r, v));
+            elf::write_ref(r, &mut work, map0.normalise(r, v));
+            refs += 1;
         }
-    }
-    let patch = index.get_or_init(|| Index::new(old)).diff(&normalised);
-    let eq1 = patch.equivalences();
-    let corrections = match elf::find_corrections(&lo, &normalised, new, &eq1) {
-        Ok(c) => c,
+    });
+    drop(eq0);
+    let controls = index.get_or_insert_with(|| Index::new(old)).controls(&work);
+    *index = None;
+    let eq1 = Equivalences::from_controls(&controls);
+    let payload = elf::build_payload(ln.arch, &controls, old, &work);
+    drop(controls);
+    let found = payload.and_then(|p| Ok((p, elf::find_corrections(&lo, &mut work, new, &eq1)?)));
+    let (mut payload, corrections) = match found {
+        Ok(found) => found,
         Err(e) => {
             tracing::debug!(error = %e, "ELF normalisation does not round-trip; method skipped");
             return Ok(None);
         }
     };
     tracing::debug!(
-        refs = refs_new.len(),
+        refs,
         corrections = corrections.len(),
         "ELF references normalised"
     );
-    Ok(Some(elf::build_payload(ln.arch, &patch, &corrections)))
+    payload.extend_from_slice(&elf::encode_corrections(&corrections));
+    Ok(Some(payload))
 }

@@ -340,6 +340,14 @@ fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
         .map(|c| c.method)
         .collect();
     assert!(tried.contains(&Method::Elf) && !tried.contains(&Method::BsdiffZstd));
+    // As a pack holds it (its frames decompressed), the payload gives the same file.
+    use deltaroot_client::format::container::{apply_payload, unwrap_payload, Payload};
+    let (h, payload) = deltaroot_client::format::DeltaHeader::decode(&elf.bytes).unwrap();
+    let body = unwrap_payload(&h, payload, 1 << 30).unwrap();
+    assert_eq!(
+        apply_payload(&h, Payload::Unwrapped(&body), old).unwrap(),
+        new
+    );
     (bsdiff, elf.bytes)
 }
 

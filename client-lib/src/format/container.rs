@@ -305,24 +305,22 @@ fn decode_payload(
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
         }
         Method::Elf => {
-            let d = framed(framed_payload).map_err(fail)?;
-            // The payload holds a bsdiff stream and at most a few varints per reference.
-            // Sized from the frame's content size where it is plausible (about the target's
-            // size), so the buffer does not grow by doubling to twice what it holds.
+            // As stored: one frame or three, read as they decompress (FORMAT.md §6.4); the
+            // decoder writes the image as the payload arrives. Unwrapped (from a pack): the
+            // frames' contents one after another. The payload holds a bsdiff stream and at
+            // most a few varints per reference.
             let bound = bsdiff_bound(h.target_size).saturating_mul(2);
-            let hint = match framed_payload {
-                Payload::Stored(p) => zstd::zstd_safe::get_frame_content_size(p)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0),
-                Payload::Unwrapped(p) => p.len() as u64,
+            out = match framed_payload {
+                Payload::Stored(p) => crate::elf::decode_frames(source, p, h.target_size, bound),
+                Payload::Unwrapped(p) if p.len() as u64 > bound => {
+                    return Err(invalid(format!(
+                        "payload of {} bytes is over the limit of {bound}",
+                        p.len()
+                    )))
+                }
+                Payload::Unwrapped(p) => crate::elf::decode_from(source, p, h.target_size),
             }
-            .min(h.target_size.saturating_mul(2).saturating_add(1 << 20))
-            .min(bound);
-            let mut raw = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
-            d.take(bound).read_to_end(&mut raw).map_err(fail)?;
-            out = crate::elf::decode(source, raw, h.target_size)
-                .map_err(|e| invalid(e.to_string()))?;
+            .map_err(|e| invalid(e.to_string()))?;
         }
         Method::Gzip => {
             use crate::gzip;
@@ -422,6 +420,34 @@ mod tests {
             target_size: target.len() as u64,
         };
         encode_delta(&header, &zstd::bulk::compress(target, 3).unwrap())
+    }
+
+    #[test]
+    fn unwrapped_payloads_apply_like_stored_ones() {
+        let source = b"old contents".repeat(100);
+        let target = b"new contents, longer".repeat(200);
+        let h = DeltaHeader {
+            method: Method::Zstd,
+            source: Hash::of(&source),
+            target: Hash::of(&target),
+            target_size: target.len() as u64,
+        };
+        // Two frames, as a large ELF payload is stored: unwrapped, they are one stream.
+        let (a, b) = target.split_at(1000);
+        let mut stored = zstd::bulk::compress(a, 3).unwrap();
+        stored.extend(zstd::bulk::compress(b, 3).unwrap());
+        let body = unwrap_payload(&h, &stored, u64::MAX).unwrap();
+        assert_eq!(body, target);
+        for p in [Payload::Stored(&stored), Payload::Unwrapped(&body)] {
+            assert_eq!(apply_payload(&h, p, &source).unwrap(), target);
+        }
+        // An unwrapped body one byte short or long is refused.
+        assert!(apply_payload(&h, Payload::Unwrapped(&body[1..]), &source).is_err());
+        let mut long = body.clone();
+        long.push(0);
+        assert!(apply_payload(&h, Payload::Unwrapped(&long), &source).is_err());
+        // The bound holds while unwrapping.
+        assert!(unwrap_payload(&h, &stored, 10).unwrap().len() == 10);
     }
 
     #[test]
