@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use deltaroot_client::format::container::unwrap_payload;
+use deltaroot_client::format::container::{decompress, unwrap_payload, unwrapped_bound};
 use deltaroot_client::format::{
     delta_path, object_path, pack_path, DeltaHeader, EntryKind, EntryPath, Fetch, Hash, PackIndex,
     PackWriter, Plan, PlanItem,
@@ -60,27 +60,17 @@ fn body(sink: &dyn Sink, item: &PlanItem) -> Result<(EntryKind, Vec<u8>)> {
         Fetch::Object { .. } => {
             let rel = object_path(&item.target);
             let blob = sink.get(&rel)?;
-            let fail = |e: std::io::Error| Error::Encode {
+            let out = decompress(&blob, item.size + 1).map_err(|e| Error::Encode {
                 method: "pack",
-                what: rel.clone(),
+                what: rel,
                 reason: e.to_string(),
-            };
-            let mut d = zstd::stream::read::Decoder::new(&blob[..]).map_err(fail)?;
-            d.window_log_max(deltaroot_client::format::container::MAX_WINDOW_LOG)
-                .map_err(fail)?;
-            let mut out = Vec::with_capacity(item.size as usize);
-            std::io::Read::read_to_end(&mut std::io::Read::take(d, item.size + 1), &mut out)
-                .map_err(fail)?;
+            })?;
             Ok((EntryKind::Object, out))
         }
         Fetch::Delta { source, .. } => {
             let blob = sink.get(&delta_path(source, &item.target))?;
             let (h, payload) = DeltaHeader::decode(&blob)?;
-            let bound = deltaroot_client::format::container::unwrapped_bound(
-                h.method,
-                h.target_size,
-                blob.len() as u64,
-            );
+            let bound = unwrapped_bound(h.method, h.target_size, blob.len() as u64);
             Ok((
                 EntryKind::Delta(h.method),
                 unwrap_payload(&h, payload, bound)?,

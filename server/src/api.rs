@@ -323,11 +323,7 @@ async fn get_pack(
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let hash = parse_hash(&name)?;
-    if fan != hash.fanout() {
-        return Err(Error::NotFound(format!("no pack {fan}/{name}")));
-    }
-    serve_immutable(&app, &pack_path(&hash), &name, &headers, "pack").await
+    get_hashed(&app, &fan, &name, &headers, "pack", pack_path).await
 }
 
 async fn get_object(
@@ -335,11 +331,23 @@ async fn get_object(
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let hash = parse_hash(&name)?;
+    get_hashed(&app, &fan, &name, &headers, "object", object_path).await
+}
+
+/// Serves the object or pack named by its hash, under its fan-out only.
+async fn get_hashed(
+    app: &App,
+    fan: &str,
+    name: &str,
+    headers: &HeaderMap,
+    kind: &'static str,
+    path: fn(&Hash) -> String,
+) -> Result<Response> {
+    let hash = parse_hash(name)?;
     if fan != hash.fanout() {
-        return Err(Error::NotFound(format!("no object {fan}/{name}")));
+        return Err(Error::NotFound(format!("no {kind} {fan}/{name}")));
     }
-    serve_immutable(&app, &object_path(&hash), &name, &headers, "object").await
+    serve_immutable(app, &path(&hash), name, headers, kind).await
 }
 
 async fn get_delta(

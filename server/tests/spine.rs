@@ -250,18 +250,22 @@ fn refused(w: &World, want: &str) {
     );
 }
 
-/// The store path of an object release 2.0 fetches whole. Its packs are damaged first, so
-/// the object is fetched alone.
-fn release_2_changed_object(w: &World) -> String {
-    damage_packs(w);
-    let plan: deltaroot_client::format::Plan = w
-        .server
+/// The plan the server gives a device on 1.0 for 2.0.
+fn plan_1_to_2(w: &World) -> deltaroot_client::format::Plan {
+    w.server
         .http()
         .get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
         .send()
         .unwrap()
         .json()
-        .unwrap();
+        .unwrap()
+}
+
+/// The store path of an object release 2.0 fetches whole. Its packs are damaged first, so
+/// the object is fetched alone.
+fn release_2_changed_object(w: &World) -> String {
+    damage_packs(w);
+    let plan = plan_1_to_2(w);
     let item = plan
         .items
         .iter()
@@ -375,14 +379,7 @@ fn interrupted_update_resumes_through_its_pack(backend: Backend) {
     // First attempt: the pack is damaged, so its items come alone, and the smallest object
     // (fetched last) hashes wrong: the update stops with some contents already stored.
     damage_packs(&w);
-    let plan: deltaroot_client::format::Plan = w
-        .server
-        .http()
-        .get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let plan = plan_1_to_2(&w);
     let last = plan
         .items
         .iter()

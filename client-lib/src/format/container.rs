@@ -163,15 +163,20 @@ pub fn unwrap_payload(h: &DeltaHeader, payload: &[u8], max: u64) -> Result<Vec<u
     if !unwraps(h.method) {
         return Ok(payload.to_vec());
     }
-    let mut out = Vec::new();
-    let fail = |e: std::io::Error| Error::DeltaPayload {
+    decompress(payload, max).map_err(|e| Error::DeltaPayload {
         what: delta_path(&h.source, &h.target),
         method: h.method.name(),
         reason: e.to_string(),
-    };
-    let mut d = zstd::stream::read::Decoder::with_buffer(payload).map_err(fail)?;
-    d.window_log_max(MAX_WINDOW_LOG).map_err(fail)?;
-    d.take(max).read_to_end(&mut out).map_err(fail)?;
+    })
+}
+
+/// What zstd `frames` (an object, or a method 2, 3 or 4 payload) decompress to, at most
+/// `max` bytes.
+pub fn decompress(frames: &[u8], max: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    framed(Payload::Stored(frames))?
+        .take(max)
+        .read_to_end(&mut out)?;
     Ok(out)
 }
 

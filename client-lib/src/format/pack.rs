@@ -209,12 +209,7 @@ impl<R: Read> PackReader<R> {
         max: impl FnOnce(&PackEntry) -> u64,
     ) -> Result<Option<(PackEntry, Vec<u8>)>, Error> {
         let Some(&e) = self.index.get(self.next) else {
-            let mut probe = [0u8; 1];
-            return match self.dec.read(&mut probe) {
-                Ok(0) => Ok(None),
-                Ok(_) => Err(self.bad("bytes after the last body".into())),
-                Err(err) => Err(self.bad(err.to_string())),
-            };
+            return self.expect_end().map(|()| None);
         };
         self.next += 1;
         let limit = max(&e);
@@ -254,9 +249,17 @@ impl<R: Read> PackReader<R> {
                 )));
             }
         }
-        match self.next_body(|_| 0)? {
-            None => Ok(self.index),
-            Some(_) => unreachable!("every entry was read"),
+        self.expect_end()?;
+        Ok(self.index)
+    }
+
+    /// After the last body: the stream must end.
+    fn expect_end(&mut self) -> Result<(), Error> {
+        let mut probe = [0u8; 1];
+        match self.dec.read(&mut probe) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(self.bad("bytes after the last body".into())),
+            Err(err) => Err(self.bad(err.to_string())),
         }
     }
 }
