@@ -53,6 +53,29 @@ fn settings_come_from_toml_and_flags_override_them() {
 }
 
 #[test]
+fn the_deployed_example_settings_parse() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+    let s = Settings::from_file(&path).unwrap();
+    assert_eq!(s.root.as_deref(), Some(std::path::Path::new("/sysroot")));
+    assert_eq!(s.product.as_deref(), Some("acme-gateway"));
+    assert_eq!(s.channel.as_deref(), Some("stable"));
+    assert_eq!(s.trust, [std::path::PathBuf::from("/etc/deltaroot/release.pub")]);
+    assert!(s.server.as_deref().unwrap().starts_with("https://"));
+    // Every commented-out setting is one the agent knows.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let commented: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(commented.lines().count() >= 4, "{commented}");
+    let extra: Settings = toml::from_str(&commented).unwrap();
+    assert!(extra.ca_cert.is_some() && extra.objects_url.is_some());
+    assert!(extra.pin.is_some() && extra.device_id.is_some());
+}
+
+#[test]
 fn nothing_installed_means_clear_answers() {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::from_seed([5; 32]);
