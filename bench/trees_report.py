@@ -39,7 +39,11 @@ p("fetches to reach B (deltaroot: counted by the server as served). Generation: 
 p("(its objects, zlib) and generates the static delta; deltaroot publishes B from A (objects for")
 p("fresh installs at zstd -19 and every delta). Apply: OSTree `static-delta apply-offline` then")
 p("`checkout` of B; deltaroot `deltaroot-agent update` (download from loopback, verify, build the")
-p("staging tree, switch). Peak memory is the peak RSS of the step's largest process.\n")
+p("staging tree, switch). Peak memory is the peak RSS of the step's largest process.")
+thp = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+p("Every tool ran with malloc asking for transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,"
+  " as `deploy/deltaroot-agent.service` sets it).\n" if thp else
+  "malloc ran with its defaults (`THP_MALLOC=0`).\n")
 trees = [x for x in ("small", "kernel") if x in v]
 for tree in trees:
     d, f = v[tree], figures(tree)
