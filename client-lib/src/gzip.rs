@@ -4,11 +4,13 @@
 //! A gzip file changes almost everywhere when one line of what it compresses changes, so a
 //! delta between two of them costs nearly the whole new file. The `gzip` method diffs the
 //! decompressed contents instead and has the device compress the result again. That only
-//! works where the compressor is reproducible: the publisher keeps the method only when
-//! zlib at the level named in the patch gives the new file's deflate stream exactly, and
-//! zlib is built from the source pinned in `Cargo.lock` (`libz-sys`, feature `static`), so
-//! every device runs the very code the publisher checked against. The device still hashes
-//! the rebuilt file, like every other delta's output.
+//! works where the compressor is reproducible: the publisher keeps the method only when the
+//! deflater named in the patch gives the new file's deflate stream exactly: zlib at a level
+//! (built from the source pinned in `Cargo.lock`, `libz-sys` feature `static`, so every
+//! device runs the very code the publisher checked against), or GNU gzip's own deflate
+//! ([`crate::gnu_deflate`]), which is what `gzip -9n` wrote and what zlib does not match past
+//! one deflate block. The device still hashes the rebuilt file, like every other delta's
+//! output.
 
 use std::io;
 
@@ -24,8 +26,8 @@ pub const MAX_RATIO: u64 = 1032;
 /// The payload of a `gzip` delta (FORMAT.md §6.5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Patch<'a> {
-    /// zlib level that reproduces the target's deflate stream.
-    pub level: u8,
+    /// The deflater that reproduces the target's deflate stream.
+    pub deflater: Deflater,
     /// The target's gzip header, verbatim.
     pub header: &'a [u8],
     /// Decompressed sizes of the source and the target.
@@ -40,7 +42,7 @@ pub struct Patch<'a> {
 impl<'a> Patch<'a> {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.header.len() + self.payload.len() + 32);
-        out.push(self.level);
+        out.push(self.deflater.byte());
         put_bytes(&mut out, self.header);
         put_varint(&mut out, self.source_size);
         put_varint(&mut out, self.target_size);
@@ -54,10 +56,7 @@ impl<'a> Patch<'a> {
     pub fn decode(payload: &'a [u8], source_len: u64, gz_size: u64) -> io::Result<Patch<'a>> {
         let mut r = Reader::new(payload);
         let wire = |e: crate::format::wire::WireError| bad(e.to_string());
-        let level = r.u8("level").map_err(wire)?;
-        if !(1..=9).contains(&level) {
-            return Err(bad(format!("deflate level {level} is not 1 to 9")));
-        }
+        let deflater = Deflater::from_byte(r.u8("deflater").map_err(wire)?)?;
         let limit = |n: u64| {
             n.saturating_mul(MAX_RATIO)
                 .saturating_add(1024)
@@ -79,7 +78,7 @@ impl<'a> Patch<'a> {
             m => return Err(bad(format!("inner method {m} is not 1 or 2"))),
         };
         Ok(Patch {
-            level,
+            deflater,
             header,
             source_size,
             target_size,
@@ -237,9 +236,62 @@ pub fn crc32(raw: &[u8]) -> u32 {
     c.sum()
 }
 
-/// A whole gzip file: `header`, `raw` deflated at `level`, and the trailer.
-pub fn rebuild(header: &[u8], raw: &[u8], level: u8) -> io::Result<Vec<u8>> {
-    let body = deflate(raw, level)?;
+/// Which compressor, at which level, rebuilds a deflate stream: the first byte of a `gzip`
+/// payload (FORMAT.md §6.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deflater {
+    /// zlib at level 1–9 ([`deflate`]); byte 1–9.
+    Zlib(u8),
+    /// GNU gzip's deflate at level 4–9 ([`crate::gnu_deflate`]); byte `0x80 | level`.
+    Gnu(u8),
+}
+
+impl Deflater {
+    const GNU: u8 = 0x80;
+
+    pub fn byte(self) -> u8 {
+        match self {
+            Deflater::Zlib(l) => l,
+            Deflater::Gnu(l) => Self::GNU | l,
+        }
+    }
+
+    pub fn from_byte(b: u8) -> io::Result<Deflater> {
+        let d = if b & Self::GNU != 0 {
+            Deflater::Gnu(b & !Self::GNU)
+        } else {
+            Deflater::Zlib(b)
+        };
+        match d {
+            Deflater::Zlib(1..=9) => Ok(d),
+            Deflater::Gnu(l) if crate::gnu_deflate::LEVELS.contains(&l) => Ok(d),
+            _ => Err(bad(format!(
+                "deflater {b:#04x} is neither zlib 1 to 9 nor GNU gzip 4 to 9"
+            ))),
+        }
+    }
+
+    /// The raw deflate stream of `raw`.
+    pub fn deflate(self, raw: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Deflater::Zlib(l) => deflate(raw, l),
+            Deflater::Gnu(l) => crate::gnu_deflate::deflate(raw, l),
+        }
+    }
+}
+
+impl std::fmt::Display for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deflater::Zlib(l) => write!(f, "zlib -{l}"),
+            Deflater::Gnu(l) => write!(f, "gzip -{l}"),
+        }
+    }
+}
+
+/// A whole gzip file: `header`, `raw` deflated by `deflater`, and the trailer.
+pub fn rebuild(header: &[u8], raw: &[u8], deflater: Deflater) -> io::Result<Vec<u8>> {
+    let body = deflater.deflate(raw)?;
     let mut out = Vec::with_capacity(header.len() + body.len() + 8);
     out.extend_from_slice(header);
     out.extend_from_slice(&body);
@@ -253,6 +305,7 @@ mod tests {
     use super::*;
 
     fn gzip_file(raw: &[u8], level: u8, name: Option<&[u8]>) -> Vec<u8> {
+        let level = Deflater::Zlib(level);
         let mut header = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
         if let Some(n) = name {
             header[3] = 0x08;
@@ -273,7 +326,25 @@ mod tests {
             assert_eq!(back, raw);
             assert_eq!(m.crc, crc32(&raw));
             assert_eq!(m.isize as usize, raw.len());
-            assert_eq!(rebuild(m.header, &back, level).unwrap(), file);
+            assert_eq!(
+                rebuild(m.header, &back, Deflater::Zlib(level)).unwrap(),
+                file
+            );
+        }
+    }
+
+    #[test]
+    fn deflaters_are_named_by_one_byte() {
+        for d in (1..=9)
+            .map(Deflater::Zlib)
+            .chain((4..=9).map(Deflater::Gnu))
+        {
+            assert_eq!(Deflater::from_byte(d.byte()).unwrap(), d);
+        }
+        assert_eq!(Deflater::Gnu(9).byte(), 0x89);
+        for b in [0, 10, 0x7f, 0x80, 0x83, 0x8a, 0xff] {
+            let e = Deflater::from_byte(b).unwrap_err().to_string();
+            assert!(e.contains(&format!("{b:#04x}")), "{e}");
         }
     }
 

@@ -16,6 +16,7 @@ pub use error::{Error, Result};
 pub mod agent;
 pub mod device;
 pub mod elf;
+pub mod gnu_deflate;
 pub mod gzip;
 pub mod transport;
 pub mod tree;

@@ -9,7 +9,10 @@
 //! pinned by `Cargo.lock`, so the device runs the encoder the publisher checked against.
 //!
 //! Compressing again is the costly half: the corpus kernel (66 MB decompressed, preset 6 with
-//! a 32 MiB dictionary) takes about 16 s and 370 MiB on one core of the benchmark machine.
+//! a 32 MiB dictionary) takes about 25 s and 370 MiB on one core of the benchmark machine,
+//! 17 s where malloc asks for transparent huge pages (`deploy/`'s agent unit sets
+//! `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`): the match finder's 256 MiB of tables miss the
+//! TLB on nearly every lookup otherwise.
 //! The dictionary is bounded ([`MAX_DICT`]) so a patch cannot ask for more.
 
 use std::io;

@@ -59,7 +59,10 @@ fn the_deployed_example_settings_parse() {
     assert_eq!(s.root.as_deref(), Some(std::path::Path::new("/sysroot")));
     assert_eq!(s.product.as_deref(), Some("acme-gateway"));
     assert_eq!(s.channel.as_deref(), Some("stable"));
-    assert_eq!(s.trust, [std::path::PathBuf::from("/etc/deltaroot/release.pub")]);
+    assert_eq!(
+        s.trust,
+        [std::path::PathBuf::from("/etc/deltaroot/release.pub")]
+    );
     assert!(s.server.as_deref().unwrap().starts_with("https://"));
     // Every commented-out setting is one the agent knows.
     let text = std::fs::read_to_string(&path).unwrap();

@@ -2,19 +2,39 @@
 //!
 //! A changelog that gains one entry at the top compresses to a stream that differs from the
 //! old one almost everywhere; its decompressed text differs by the entry alone. The encoder
-//! inflates both files, finds the zlib level that gives the new file's deflate stream byte
-//! for byte (`gzip -9n`, which Debian compresses documentation with, is reproduced by zlib
-//! level 9 on most files), and diffs the decompressed contents with zstd patch-from and
-//! bsdiff, keeping the smaller. Where no level reproduces the stream the method does not
-//! apply and the generic methods compete alone. The decoder is `deltaroot_client::gzip`.
+//! inflates both files, finds the deflater that gives the new file's deflate stream byte for
+//! byte, and diffs the decompressed contents with zstd patch-from and bsdiff, keeping the
+//! smaller. Debian compresses documentation with `gzip -9n`: zlib level 9 reproduces it
+//! while the file fits one deflate block, GNU gzip's own deflate (`deltaroot_client::
+//! gnu_deflate`) on every file of the corpus. zlib is tried first where both would do, so
+//! agents that predate the GNU deflater still apply those patches. Where no deflater
+//! reproduces the stream the method does not apply and the generic methods compete alone.
+//! The decoder is `deltaroot_client::gzip`.
 
 use deltaroot_client::format::Method;
-use deltaroot_client::gzip::{self, Patch, MAX_RATIO};
+use deltaroot_client::gzip::{self, Deflater, Patch, MAX_RATIO};
 
 use crate::engine::{self, EngineOptions};
 
-/// Levels tried, most common first: `gzip -9`, zlib's default, then the rest.
-const LEVELS: [u8; 9] = [9, 6, 1, 2, 3, 4, 5, 7, 8];
+/// Deflaters tried, most common first: `gzip -9` (zlib's, then GNU's), the default level 6
+/// of both, then the rest.
+const DEFLATERS: [Deflater; 15] = [
+    Deflater::Zlib(9),
+    Deflater::Gnu(9),
+    Deflater::Zlib(6),
+    Deflater::Gnu(6),
+    Deflater::Zlib(1),
+    Deflater::Zlib(2),
+    Deflater::Zlib(3),
+    Deflater::Zlib(4),
+    Deflater::Zlib(5),
+    Deflater::Zlib(7),
+    Deflater::Zlib(8),
+    Deflater::Gnu(4),
+    Deflater::Gnu(5),
+    Deflater::Gnu(7),
+    Deflater::Gnu(8),
+];
 /// Past this decompressed size only levels 9 and 6 are tried.
 const ALL_LEVELS_MAX: usize = 4 << 20;
 /// Largest decompressed file the encoder handles.
@@ -34,18 +54,18 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
         return Ok(None);
     }
     let tries = if raw_new.len() > ALL_LEVELS_MAX {
-        2
+        4
     } else {
-        LEVELS.len()
+        DEFLATERS.len()
     };
-    let mut level = None;
-    for &l in &LEVELS[..tries] {
-        if gzip::deflate(&raw_new, l)? == n.deflate {
-            level = Some(l);
+    let mut deflater = None;
+    for &d in &DEFLATERS[..tries] {
+        if d.deflate(&raw_new)? == n.deflate {
+            deflater = Some(d);
             break;
         }
     }
-    let Some(level) = level else {
+    let Some(deflater) = deflater else {
         return Ok(None);
     };
     let Ok(raw_old) = gzip::inflate(o.deflate, limit(old.len())) else {
@@ -63,7 +83,7 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
     };
     Ok(Some(
         Patch {
-            level,
+            deflater,
             header: n.header,
             source_size: raw_old.len() as u64,
             target_size: raw_new.len() as u64,
@@ -77,10 +97,33 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deltaroot_client::format::{apply_delta, Hash};
+    use deltaroot_client::format::{apply_delta, DeltaHeader, Hash};
 
     fn gz(raw: &[u8], level: u8) -> Vec<u8> {
-        gzip::rebuild(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3], raw, level).unwrap()
+        gzip::rebuild(
+            &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3],
+            raw,
+            Deflater::Zlib(level),
+        )
+        .unwrap()
+    }
+
+    /// `gzip -9n` of `raw` by GNU gzip (Debian's, as dh_compress runs it).
+    fn gnu_gzip_9n(raw: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("gzip")
+            .args(["-9", "-n", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("GNU gzip runs");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = raw.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success());
+        out.stdout
     }
 
     fn changelog(entries: u32) -> Vec<u8> {
@@ -121,10 +164,47 @@ mod tests {
     }
 
     #[test]
+    fn a_large_changelog_gnu_gzip_wrote_is_rebuilt_by_its_deflater() {
+        // Many deflate blocks: zlib ends them elsewhere, GNU gzip's own deflater does not.
+        let (raw_old, raw_new) = (changelog(20_000), changelog(20_003));
+        let (old, new) = (gnu_gzip_9n(&raw_old), gnu_gzip_9n(&raw_new));
+        let m = gzip::member(&new).unwrap();
+        assert_ne!(gzip::deflate(&raw_new, 9).unwrap(), m.deflate);
+        let opts = EngineOptions {
+            level: 19,
+            ..Default::default()
+        };
+        let delta = encode_delta(&old, &new, &opts);
+        let (h, payload) = DeltaHeader::decode(&delta).unwrap();
+        assert_eq!(h.method, Method::Gzip);
+        assert_eq!(
+            Deflater::from_byte(payload[0]).unwrap(),
+            Deflater::Gnu(9),
+            "the patch names GNU gzip -9"
+        );
+        assert_eq!(
+            apply_delta(&delta, &old, Some((Hash::of(&new), new.len() as u64))).unwrap(),
+            new
+        );
+        assert!(
+            delta.len() * 50 < new.len(),
+            "{} bytes for three entries of a {}-byte file",
+            delta.len(),
+            new.len()
+        );
+    }
+
+    fn encode_delta(old: &[u8], new: &[u8], opts: &EngineOptions) -> Vec<u8> {
+        let c = engine::candidates(old, new, opts).unwrap();
+        c.into_iter().next().unwrap().bytes
+    }
+
+    #[test]
     fn streams_zlib_does_not_reproduce_are_left_to_the_generic_methods() {
         let opts = EngineOptions::default();
         let old = gz(&changelog(50), 9);
-        // A stored (uncompressed) deflate block: valid gzip, no zlib level 1-9 writes it.
+        // Stored (uncompressed) deflate blocks of 65,535 bytes: valid gzip that neither zlib
+        // nor GNU gzip writes (gzip's stored blocks end with its 32,767-symbol blocks).
         let raw = changelog(51);
         let mut stored = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
         for (i, chunk) in raw.chunks(65535).enumerate() {

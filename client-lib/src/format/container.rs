@@ -354,7 +354,7 @@ fn decode_payload(
                     want: p.target_size,
                 });
             }
-            out = gzip::rebuild(p.header, &raw_new, p.level).map_err(fail)?;
+            out = gzip::rebuild(p.header, &raw_new, p.deflater).map_err(fail)?;
         }
         Method::Xz => {
             use crate::xz;
