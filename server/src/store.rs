@@ -24,6 +24,8 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// `file:///…` or `s3://bucket/prefix`, for messages.
     url: String,
+    /// The folder of a local store: what `put` makes durable before it returns.
+    local: Option<Arc<std::path::Path>>,
 }
 
 /// Where an S3-compatible store is and how to sign for it; unset fields come from the
@@ -70,6 +72,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(fs),
             url: format!("file://{}", dir.display()),
+            local: Some(Arc::from(dir)),
         })
     }
 
@@ -114,6 +117,7 @@ impl Store {
         Ok(Store {
             inner,
             url: url.to_string(),
+            local: None,
         })
     }
 
@@ -132,11 +136,34 @@ impl Store {
         &self.url
     }
 
+    /// Stores `data` at `rel`. In a local folder the file and its folder are on disk when
+    /// this returns (the folder store writes a temporary file and renames it; without the
+    /// syncs a power cut could leave a release recorded in the database whose files are
+    /// empty). S3 acknowledges a PUT only once it is durable.
     pub async fn put(&self, rel: &str, data: Bytes) -> Result<()> {
         self.inner
             .put(&StorePath::from(rel), PutPayload::from(data))
             .await
             .map_err(err(rel))?;
+        if let Some(root) = &self.local {
+            let path = root.join(rel);
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::File::open(&path)?.sync_all()?;
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Io {
+                path: root.join(rel),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| Error::Io {
+                path: root.join(rel),
+                source,
+            })?;
+        }
         Ok(())
     }
 
