@@ -28,6 +28,10 @@ done
 for ext in gz xz; do
   "$here/target/release/examples/fuzz_seed" --delta "$work/text1.$ext" "$work/text2.$ext" "$work/seeds/text-$ext"
 done
+# Many deflate blocks: only GNU gzip's own deflater rebuilds these.
+seq 1 60000 | gzip -9n >"$work/long1.gz"
+{ echo "entry 0"; seq 1 59990; } | gzip -9n >"$work/long2.gz"
+"$here/target/release/examples/fuzz_seed" --delta "$work/long1.gz" "$work/long2.gz" "$work/seeds/long-gz"
 cd "$here/fuzz"
 for target in elf_decode apply_delta pack_read; do
   mkdir -p "$work/corpus-$target"
