@@ -34,12 +34,13 @@ use rustix::time::Timespec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::format::container::{apply_payload, unwrapped_bound, Payload};
+use crate::format::container::{
+    apply_delta_to, apply_payload_to, unwrapped_bound, Payload, Source,
+};
 use crate::format::plan::entry_matches;
 use crate::format::{
-    apply_delta, delta_path, object_path, pack_path, DeltaHeader, Entry, EntryKind, EntryPath,
-    Fetch, Hash, Kind, Meta, PackEntry, PackReader, PackRef, Plan, PlanItem, PublicKey,
-    VerifiedManifest,
+    delta_path, object_path, pack_path, DeltaHeader, Entry, EntryKind, EntryPath, Fetch, Hash,
+    Kind, Meta, PackEntry, PackReader, PackRef, Plan, PlanItem, PublicKey, VerifiedManifest,
 };
 use crate::transport::Http;
 use crate::tree;
@@ -448,9 +449,14 @@ impl Device {
         // A download that does not apply is not kept for a resume.
         let _ = self.dir.remove_file(&dl);
         let old = base_dir
-            .read(src_path.as_path())
-            .map_err(Error::io(src_path.as_path()))?;
-        apply_delta(&delta?, &old, Some((hash, size)))
+            .open(src_path.as_path())
+            .map_err(Error::io(src_path.as_path()))?
+            .into_std();
+        let source = Source::File {
+            file: &old,
+            path: src_path.as_path(),
+        };
+        apply_delta_to(&delta?, source, Some((hash, size)))
     }
 
     /// Downloads a pack, checks its index against the plan's `items` of this pack and stores
@@ -587,16 +593,23 @@ impl Device {
                         reason: "the running tree does not hold its source".into(),
                     });
                 };
+                // Read where the delta needs it: an ELF delta reads its source's headers and
+                // the ranges its records name, not the whole file into memory.
                 let old = base_dir
-                    .read(src_path.as_path())
-                    .map_err(Error::io(src_path.as_path()))?;
+                    .open(src_path.as_path())
+                    .map_err(Error::io(src_path.as_path()))?
+                    .into_std();
                 let h = DeltaHeader {
                     method,
                     source: *source,
                     target: e.target,
                     target_size: item.size,
                 };
-                let new = apply_payload(&h, Payload::Unwrapped(body), &old)?;
+                let from = Source::File {
+                    file: &old,
+                    path: src_path.as_path(),
+                };
+                let new = apply_payload_to(&h, Payload::Unwrapped(body), from)?;
                 self.write_content(&dest, &new)
             }
             _ => {

@@ -23,12 +23,14 @@
 //!   derives the same map the encoder used to check its work.
 //! - [`decode_frames`] (and [`decode_from`]): the decoder proper. It reads the payload as it is
 //!   decompressed (three zstd frames: the diff bytes straight into the image, the rest through
-//!   a window of at most 2^20 bytes, [`WINDOW_LOG_MAX`]) and writes the normalised image
-//!   as the streams arrive, holding only the records; then [`walk_restore`] visits each
-//!   reference in order, predicts its new value from the normalised one by mapping the target
-//!   through the equivalences, and adds the correction the payload carries for it (almost
-//!   always none), read when its turn comes. So a device holds the source, the new image and
-//!   little else.
+//!   a window of at most 2^20 bytes, [`WINDOW_LOG_MAX`]; one frame that declares its size is
+//!   decompressed in one call into the buffer that becomes the image and rearranged there)
+//!   and writes the normalised image as the streams arrive, holding only the records; then
+//!   [`walk_restore`] visits each reference in order, predicts its new value from the
+//!   normalised one by mapping the target through the equivalences, and adds the correction
+//!   the payload carries for it (almost always none), read when its turn comes. The old file
+//!   may stay on disk (`format::container::Source::File`): its headers and the ranges the
+//!   records name are read as needed. So a device holds the new image and little else.
 //!
 //! Everything read from the patch or from the patched image is bounds-checked: a hostile
 //! patch yields an error, never a panic or an allocation beyond the announced target size.
@@ -42,6 +44,7 @@ use goblin::elf::program_header::PT_LOAD;
 use goblin::elf::section_header::{SHF_EXECINSTR, SHT_DYNSYM, SHT_PROGBITS, SHT_RELA, SHT_SYMTAB};
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
 
+use crate::format::container::{Source, Watched};
 use crate::format::wire::put_varint;
 
 /// `SHT_RELR`: packed relative relocations.
@@ -133,7 +136,33 @@ impl Section {
 impl Layout {
     /// Reads the headers of a 64-bit little-endian x86-64 ELF file.
     pub fn parse(image: &[u8]) -> Result<Layout, ElfError> {
-        let header = Elf::parse_header(image).map_err(|e| bad(format!("not an ELF file: {e}")))?;
+        Layout::read(image.len() as u64, &mut |at, buf| {
+            Source::Bytes(image).read_at(at, buf)
+        })
+    }
+
+    /// [`Layout::parse`] of a file of `len` bytes read by `read_at` (its headers only: at
+    /// most 64 bytes, then the program and section header tables, each checked against `len`
+    /// before it is read).
+    fn read(
+        len: u64,
+        read_at: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<Layout, ElfError> {
+        let mut head = vec![0u8; len.min(64) as usize];
+        read_at(0, &mut head).map_err(|e| bad(format!("not an ELF file: {e}")))?;
+        let mut table = |at: u64, count: u64, size: u64, what: &str| {
+            // As goblin's checks: no more entries than the file could hold, all inside it.
+            let bytes = count.saturating_mul(size);
+            if count > len / size || at.checked_add(bytes).is_none_or(|end| end > len) {
+                return Err(bad(format!(
+                    "{what}: {count} entries at {at} do not fit the file"
+                )));
+            }
+            let mut buf = vec![0u8; bytes as usize];
+            read_at(at, &mut buf).map_err(|e| bad(format!("{what}: {e}")))?;
+            Ok(buf)
+        };
+        let header = Elf::parse_header(&head).map_err(|e| bad(format!("not an ELF file: {e}")))?;
         if header.e_ident[goblin::elf::header::EI_CLASS] != goblin::elf::header::ELFCLASS64
             || header.e_ident[goblin::elf::header::EI_DATA] != goblin::elf::header::ELFDATA2LSB
         {
@@ -150,12 +179,35 @@ impl Layout {
             t => return Err(bad(format!("ELF type {t} is not supported"))),
         };
         let ctx = Ctx::new(Container::Big, goblin::container::Endian::Little);
-        let phs =
-            ProgramHeader::parse(image, header.e_phoff as usize, header.e_phnum as usize, ctx)
-                .map_err(|e| bad(format!("program headers: {e}")))?;
-        let shs =
-            SectionHeader::parse(image, header.e_shoff as usize, header.e_shnum as usize, ctx)
+        let (ph_size, sh_size) = (
+            goblin::elf::program_header::program_header64::SIZEOF_PHDR as u64,
+            goblin::elf::section_header::section_header64::SIZEOF_SHDR as u64,
+        );
+        let count = u64::from(header.e_phnum);
+        let phs = if count == 0 {
+            Vec::new()
+        } else {
+            let buf = table(header.e_phoff, count, ph_size, "program headers")?;
+            ProgramHeader::parse(&buf, 0, count as usize, ctx)
+                .map_err(|e| bad(format!("program headers: {e}")))?
+        };
+        // As goblin: offset 0 means no section headers; a count of 0 means the count is the
+        // first header's `sh_size` (and at least that header is read).
+        let shs = if header.e_shoff == 0 {
+            Vec::new()
+        } else {
+            let first = table(header.e_shoff, 1, sh_size, "section headers")?;
+            let first = SectionHeader::parse_from(&first, 0, 1, ctx)
                 .map_err(|e| bad(format!("section headers: {e}")))?;
+            let count = match header.e_shnum {
+                0 => first.first().map_or(0, |s| s.sh_size),
+                n => u64::from(n),
+            }
+            .max(1);
+            let buf = table(header.e_shoff, count, sh_size, "section headers")?;
+            SectionHeader::parse_from(&buf, 0, count as usize, ctx)
+                .map_err(|e| bad(format!("section headers: {e}")))?
+        };
         let loads = phs
             .iter()
             .filter(|p| p.p_type == PT_LOAD)
@@ -390,7 +442,7 @@ fn entries(s: &Section, len: usize, size: usize) -> impl Iterator<Item = usize> 
 type Visit<'v, I> = dyn FnMut(&Ref, &mut I) -> Result<(), ElfError> + 'v;
 
 /// Phase C finds at most this many references before handing them on (bounded memory).
-const CODE_CHUNK: usize = 4096;
+const CODE_CHUNK: usize = 1024;
 
 /// Finds every reference of `image` in restore order (phases A, B, C) and visits each as it
 /// is found. Nothing is collected: memory does not grow with the number of references.
@@ -1032,6 +1084,16 @@ struct Stream<R: Read> {
     offset: u64,
 }
 
+impl<'b> Stream<&'b [u8]> {
+    /// A payload already in memory (a small read buffer suffices).
+    fn over(bytes: &'b [u8]) -> Self {
+        Stream {
+            inner: BufReader::with_capacity(1 << 10, bytes),
+            offset: 0,
+        }
+    }
+}
+
 impl<R: Read> Stream<R> {
     fn new(inner: R) -> Self {
         Stream {
@@ -1145,6 +1207,15 @@ pub fn decode(old: &[u8], raw: Vec<u8>, max_output: u64) -> Result<Vec<u8>, ElfE
 /// are restored with the corrections read as they are needed. No part of the payload is held
 /// beyond its records; `max_output` bounds the image, allocated once the records are read.
 pub fn decode_from(old: &[u8], payload: impl Read, max_output: u64) -> Result<Vec<u8>, ElfError> {
+    decode_source(&Watched::new(Source::Bytes(old)), payload, max_output)
+}
+
+/// [`decode_from`] with the old file read where the records name it.
+pub(crate) fn decode_source(
+    old: &Watched<'_>,
+    payload: impl Read,
+    max_output: u64,
+) -> Result<Vec<u8>, ElfError> {
     decode_core(old, Stream::new(Box::new(payload)), None, max_output)
 }
 
@@ -1180,6 +1251,16 @@ pub fn decode_frames(
     max_output: u64,
     bound: u64,
 ) -> Result<Vec<u8>, ElfError> {
+    decode_frames_from(&Watched::new(Source::Bytes(old)), frames, max_output, bound)
+}
+
+/// [`decode_frames`] with the old file read where the records name it.
+pub(crate) fn decode_frames_from(
+    old: &Watched<'_>,
+    frames: &[u8],
+    max_output: u64,
+    bound: u64,
+) -> Result<Vec<u8>, ElfError> {
     let mut cut = Vec::with_capacity(3);
     let mut rest = frames;
     while !rest.is_empty() && cut.len() < 3 {
@@ -1203,7 +1284,10 @@ pub fn decode_frames(
         Ok(Stream::new(Box::new(d.take(bound))))
     }
     match cut[..] {
-        [whole] => decode_core(old, stream(whole, bound)?, None, max_output),
+        [whole] => match decode_whole(old, whole, max_output, bound)? {
+            Some(image) => Ok(image),
+            None => decode_core(old, stream(whole, bound)?, None, max_output),
+        },
         [head, diff, tail] => decode_core(
             old,
             stream(head, bound)?,
@@ -1214,64 +1298,254 @@ pub fn decode_frames(
     }
 }
 
+/// Adds the old file's bytes from offset `at` to `dst` (diff bytes become the image's); a file
+/// is read through `chunk`, at most [`OLD_CHUNK`] bytes at a time.
+fn add_old(
+    old: &Watched<'_>,
+    at: u64,
+    dst: &mut [u8],
+    chunk: &mut Vec<u8>,
+) -> Result<(), ElfError> {
+    let fail = |e: std::io::Error| bad(format!("old file at {at}: {e}"));
+    if let Source::Bytes(b) = old.source {
+        let src = usize::try_from(at)
+            .ok()
+            .and_then(|s| b.get(s..s.checked_add(dst.len())?))
+            .ok_or_else(|| bad("record reads past the old file"))?;
+        for (d, o) in dst.iter_mut().zip(src) {
+            *d = d.wrapping_add(*o);
+        }
+        return Ok(());
+    }
+    chunk.resize(dst.len().min(OLD_CHUNK), 0);
+    let mut at = at;
+    for part in dst.chunks_mut(OLD_CHUNK) {
+        let src = &mut chunk[..part.len()];
+        old.read_at(at, src).map_err(fail)?;
+        for (d, o) in part.iter_mut().zip(src.iter()) {
+            *d = d.wrapping_add(*o);
+        }
+        at += part.len() as u64;
+    }
+    Ok(())
+}
+
+/// Bytes of the old file read at a time when it is a file.
+const OLD_CHUNK: usize = 1 << 16;
+
 /// A decompressed payload, or part of one, from any source.
 type PayloadStream<'a> = Stream<Box<dyn Read + 'a>>;
+
+/// The head of a method-4 payload: the architecture byte (checked against the old file's),
+/// then the records, their mixed and copied lengths bounded by `max_output`.
+struct Head {
+    old_layout: Layout,
+    old_len: u64,
+    controls: Vec<Control>,
+    total_mix: u64,
+    total_copy: u64,
+}
+
+impl Head {
+    fn read<R: Read>(
+        old: &Watched<'_>,
+        s: &mut Stream<R>,
+        max_output: u64,
+    ) -> Result<Head, ElfError> {
+        let arch = s.u8("architecture")?;
+        let Some(arch) = Arch::from_u8(arch) else {
+            return Err(bad(format!("payload names unknown architecture {arch}")));
+        };
+        let old_len = old
+            .source
+            .size()
+            .map_err(|e| bad(format!("old file: {e}")))?;
+        let old_layout = Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?;
+        if old_layout.arch != arch {
+            return Err(bad("payload is for another architecture than the source"));
+        }
+        let n = s.varint("record count")?;
+        // Each record takes at least three bytes of the (bounded) payload.
+        let mut controls = Vec::with_capacity(n.min(1 << 16) as usize);
+        let (mut total_mix, mut total_copy) = (0u64, 0u64);
+        for _ in 0..n {
+            let mix = s.varint("mix length")?;
+            let copy = s.varint("copy length")?;
+            let seek = unzigzag(s.varint("seek")?);
+            total_mix = total_mix
+                .checked_add(mix)
+                .ok_or_else(|| bad("patch lengths overflow"))?;
+            total_copy = total_copy
+                .checked_add(copy)
+                .ok_or_else(|| bad("patch lengths overflow"))?;
+            if total_mix.saturating_add(total_copy) > max_output {
+                return Err(bad(format!(
+                    "patch produces {} bytes, more than the {max_output} announced",
+                    total_mix.saturating_add(total_copy)
+                )));
+            }
+            controls.push(Control { mix, copy, seek });
+        }
+        if s.varint("diff length")? != total_mix {
+            return Err(bad("diff stream does not match the records"));
+        }
+        Ok(Head {
+            old_layout,
+            old_len,
+            controls,
+            total_mix,
+            total_copy,
+        })
+    }
+
+    /// The image's length (fits: bounded by `max_output`, and allocated by the caller).
+    fn total(&self) -> Result<usize, ElfError> {
+        usize::try_from(self.total_mix + self.total_copy)
+            .map_err(|_| bad("patch output does not fit in memory"))
+    }
+
+    /// Where a record whose old cursor is `oldpos` reads `mix` bytes of the old file.
+    fn old_range(&self, oldpos: i128, mix: u64) -> Result<u64, ElfError> {
+        let start = u64::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+        if start.checked_add(mix).is_none_or(|end| end > self.old_len) {
+            return Err(bad("record reads past the old file"));
+        }
+        Ok(start)
+    }
+
+    /// Steps 2 to 4: restores the references of the normalised `image`, reading each
+    /// correction from `s` when its turn comes, and checks that `s` then ends.
+    fn restore<R: Read>(self, mut image: Vec<u8>, s: &mut Stream<R>) -> Result<Vec<u8>, ElfError> {
+        let eq = Equivalences::from_controls(&self.controls);
+        drop(self.controls);
+        let mut pending = PendingCorrections::start(s)?;
+        let visited = walk_restore(&self.old_layout, &mut image, &eq, |i, _, _| {
+            pending.take(s, i)
+        })?;
+        if let Some((at, _)) = pending.next {
+            return Err(bad(format!(
+                "correction for reference {at}, but the image has only {visited} references"
+            )));
+        }
+        if !s.at_end()? {
+            return Err(s.fail("end", "payload has trailing bytes"));
+        }
+        Ok(image)
+    }
+}
+
+/// Allocates an image of `len` zero bytes, or fails clearly.
+fn zeroed(len: usize) -> Result<Vec<u8>, ElfError> {
+    let mut image = Vec::new();
+    image.try_reserve_exact(len).map_err(|_| {
+        bad(format!(
+            "cannot allocate the {len} bytes the patch produces"
+        ))
+    })?;
+    image.resize(len, 0);
+    Ok(image)
+}
+
+/// Most bytes a one-frame payload may hold beyond the image for [`decode_whole`] to take it:
+/// records and corrections are a small part of a real payload.
+fn whole_slack(max_output: u64) -> u64 {
+    (max_output / 2).saturating_add(1 << 20)
+}
+
+/// A one-frame payload decompressed in one call into the buffer that becomes the image,
+/// needing no zstd window: the frame declares its size, at most the image plus
+/// [`whole_slack`]. The decompressed payload is the records, the diff bytes, the extra bytes
+/// and the corrections; the image ends where the extra bytes end. The extra bytes and the
+/// corrections are set aside (copies), then each record's diff bytes move up to their place,
+/// last first (never onto bytes still to be moved: a record's place is its diff offset plus
+/// the copies before it, past where the diff bytes start), the old file's bytes are added and
+/// its extra bytes are put after them; the image is then moved to the buffer's start. `None`
+/// when the frame does not qualify (its size unknown or too large): it is read as a stream.
+fn decode_whole(
+    old: &Watched<'_>,
+    frame: &[u8],
+    max_output: u64,
+    bound: u64,
+) -> Result<Option<Vec<u8>>, ElfError> {
+    let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(frame) else {
+        return Ok(None);
+    };
+    let limit = max_output
+        .saturating_add(whole_slack(max_output))
+        .min(bound);
+    let Some(size) = usize::try_from(size).ok().filter(|&n| n as u64 <= limit) else {
+        return Ok(None);
+    };
+    let mut buf = zeroed(size)?;
+    let got = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(frame, &mut buf[..]))
+        .map_err(|e| bad(format!("payload frame: {e}")))?;
+    if got != size {
+        return Err(bad("payload frame is shorter than it declares"));
+    }
+    let mut s = Stream::over(&buf);
+    let head = Head::read(old, &mut s, max_output)?;
+    let total = head.total()?;
+    // Where the diff bytes start and end, where the extra bytes start and end.
+    let d0 = usize::try_from(s.offset).map_err(|_| bad("payload too large"))?;
+    let d1 = d0
+        .checked_add(head.total_mix as usize)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| s.fail("diff bytes", "truncated"))?;
+    let mut s = Stream::over(&buf[d1..]);
+    if s.varint("extra length")? != head.total_copy {
+        return Err(bad("extra stream does not match the records"));
+    }
+    let e0 = d1 + s.offset as usize;
+    let e1 = e0
+        .checked_add(head.total_copy as usize)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| s.fail("extra bytes", "truncated"))?;
+    let extra = buf[e0..e1].to_vec();
+    let tail = buf[e1..].to_vec();
+    // The image is buf[e1 - total..e1]: it starts at or after the diff bytes.
+    let start = e1 - total;
+    let mut oldpos = head
+        .controls
+        .iter()
+        .fold(0i128, |p, c| p + i128::from(c.mix) + i128::from(c.seek));
+    let (mut at, mut diff, mut ex) = (e1, d1, extra.len());
+    let mut chunk = Vec::new();
+    for c in head.controls.iter().rev() {
+        // Both fit: their sums are the image's parts.
+        let (mix, copy) = (c.mix as usize, c.copy as usize);
+        oldpos -= i128::from(c.mix) + i128::from(c.seek);
+        at -= copy;
+        ex -= copy;
+        buf[at..at + copy].copy_from_slice(&extra[ex..ex + copy]);
+        at -= mix;
+        diff -= mix;
+        buf.copy_within(diff..diff + mix, at);
+        let from = head.old_range(oldpos, c.mix)?;
+        add_old(old, from, &mut buf[at..at + mix], &mut chunk)?;
+    }
+    drop((extra, chunk));
+    buf.copy_within(start..e1, 0);
+    buf.truncate(total);
+    head.restore(buf, &mut Stream::over(&tail)).map(Some)
+}
 
 /// [`decode_from`] and [`decode_frames`]: `s` reads the payload, or with `split` only up to
 /// the diff bytes, which are then the given zstd frame, and the rest is the given stream.
 fn decode_core<'a>(
-    old: &[u8],
+    old: &Watched<'_>,
     mut s: PayloadStream<'a>,
     split: Option<(&[u8], PayloadStream<'a>)>,
     max_output: u64,
 ) -> Result<Vec<u8>, ElfError> {
-    let arch = s.u8("architecture")?;
-    let Some(arch) = Arch::from_u8(arch) else {
-        return Err(bad(format!("payload names unknown architecture {arch}")));
-    };
-    let old_layout = Layout::parse(old)?;
-    if old_layout.arch != arch {
-        return Err(bad("payload is for another architecture than the source"));
-    }
-    let n = s.varint("record count")?;
-    // Each record takes at least three bytes of the (bounded) payload.
-    let mut controls = Vec::with_capacity(n.min(1 << 16) as usize);
-    let (mut total_mix, mut total_copy) = (0u64, 0u64);
-    for _ in 0..n {
-        let mix = s.varint("mix length")?;
-        let copy = s.varint("copy length")?;
-        let seek = unzigzag(s.varint("seek")?);
-        total_mix = total_mix
-            .checked_add(mix)
-            .ok_or_else(|| bad("patch lengths overflow"))?;
-        total_copy = total_copy
-            .checked_add(copy)
-            .ok_or_else(|| bad("patch lengths overflow"))?;
-        if total_mix.saturating_add(total_copy) > max_output {
-            return Err(bad(format!(
-                "patch produces {} bytes, more than the {max_output} announced",
-                total_mix.saturating_add(total_copy)
-            )));
-        }
-        controls.push(Control { mix, copy, seek });
-    }
-    let total = usize::try_from(total_mix + total_copy)
-        .map_err(|_| bad("patch output does not fit in memory"))?;
-    let mut image = Vec::new();
-    image.try_reserve_exact(total).map_err(|_| {
-        bad(format!(
-            "cannot allocate the {total} bytes the patch produces"
-        ))
-    })?;
-    image.resize(total, 0);
+    let head = Head::read(old, &mut s, max_output)?;
+    let total = head.total()?;
+    let mut image = zeroed(total)?;
     // Step 1, the diff stream: each record's mixed range, diff bytes plus the old file's.
-    if s.varint("diff length")? != total_mix {
-        return Err(bad("diff stream does not match the records"));
-    }
     // With a split payload the diff bytes are one frame, decompressed in one call into the
     // image's last `total_mix` bytes; each record's then moves down to its place (never past
     // bytes still to be moved: a record's place is its diff offset plus the copies before it).
-    let mut placed = total - total_mix as usize;
+    let mut placed = total - head.total_mix as usize;
     if let Some((frame, _)) = &split {
         if !s.at_end()? {
             return Err(s.fail("diff length", "first frame does not end here"));
@@ -1279,61 +1553,42 @@ fn decode_core<'a>(
         let got = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(frame, &mut image[placed..]))
             .map_err(|e| bad(format!("diff frame: {e}")))?;
-        if got as u64 != total_mix {
+        if got as u64 != head.total_mix {
             return Err(bad("diff frame does not match the records"));
         }
     }
     let (mut pos, mut oldpos) = (0usize, 0i128);
-    for c in &controls {
+    let mut chunk = Vec::new();
+    for c in &head.controls {
         // Both fit: their sum is the image's length.
         let (mix, copy) = (c.mix as usize, c.copy as usize);
-        let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
-        let src = start
-            .checked_add(mix)
-            .and_then(|end| old.get(start..end))
-            .ok_or_else(|| bad("record reads past the old file"))?;
+        let start = head.old_range(oldpos, c.mix)?;
         if split.is_some() {
             image.copy_within(placed..placed + mix, pos);
             placed += mix;
         } else {
             s.read(&mut image[pos..pos + mix], "diff bytes")?;
         }
-        for (d, o) in image[pos..pos + mix].iter_mut().zip(src) {
-            *d = d.wrapping_add(*o);
-        }
+        add_old(old, start, &mut image[pos..pos + mix], &mut chunk)?;
         pos += mix + copy;
         oldpos += i128::from(c.mix) + i128::from(c.seek);
     }
+    drop(chunk);
     if let Some((_, tail)) = split {
         s = tail;
     }
     // The extra stream: each record's copied range.
-    if s.varint("extra length")? != total_copy {
+    if s.varint("extra length")? != head.total_copy {
         return Err(bad("extra stream does not match the records"));
     }
     pos = 0;
-    for c in &controls {
+    for c in &head.controls {
         pos += c.mix as usize;
         let copy = c.copy as usize;
         s.read(&mut image[pos..pos + copy], "extra bytes")?;
         pos += copy;
     }
-    let eq = Equivalences::from_controls(&controls);
-    drop(controls);
-    // Steps 2 to 4: restore the references, reading each correction when its turn comes.
-    let mut pending = PendingCorrections::start(&mut s)?;
-    let visited = walk_restore(&old_layout, &mut image, &eq, |i, _, _| {
-        pending.take(&mut s, i)
-    })?;
-    if let Some((at, _)) = pending.next {
-        return Err(bad(format!(
-            "correction for reference {at}, but the image has only {visited} references"
-        )));
-    }
-    if !s.at_end()? {
-        return Err(s.fail("end", "payload has trailing bytes"));
-    }
-    Ok(image)
+    head.restore(image, &mut s)
 }
 
 /// The encoder's side of the same walk: restores `image` (the normalised image) in place and
@@ -1546,6 +1801,104 @@ mod tests {
         ] {
             assert!(apply_delta(&framed(&frames), &old, None).is_err());
         }
+    }
+
+    /// A one-frame payload is decompressed in one call into the buffer that becomes the image
+    /// and rearranged in place; the image is the one the streaming decoder builds, from the
+    /// old file in memory or read from a file, with copies between the records and seeks both
+    /// ways. A frame that does not declare its size is read as a stream.
+    #[test]
+    fn one_frame_payloads_are_rearranged_in_place_like_a_stream() {
+        use crate::format::container::{apply_delta_to, Source};
+        use crate::format::{apply_delta, encode_delta, DeltaHeader, Hash, Method};
+        let old = std::fs::read("/proc/self/exe").unwrap();
+        let len = old.len() as u64;
+        let (a, b) = (len / 3, 2 * len / 3);
+        // The old file with 8 and 5 bytes replaced, its middle taken from 50 bytes earlier.
+        let controls = [
+            Control {
+                mix: a,
+                copy: 8,
+                seek: -50,
+            },
+            Control {
+                mix: b - a - 8,
+                copy: 5,
+                seek: 63,
+            },
+            Control {
+                mix: len - b - 5,
+                copy: 0,
+                seek: 0,
+            },
+        ];
+        let mut target = old.clone();
+        let (a, b) = (a as usize, b as usize);
+        target[a..a + 8].fill(1);
+        target[b..b + 5].fill(2);
+        let arch = Layout::parse(&old).unwrap().arch;
+        let mut raw = build_payload(arch, &controls, &old, &target).unwrap();
+        raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
+        let streamed = decode_from(&old, raw.as_slice(), len).unwrap();
+        let frame = |with_size: bool| {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+            if with_size {
+                enc.set_pledged_src_size(Some(raw.len() as u64)).unwrap();
+            } else {
+                enc.include_contentsize(false).unwrap();
+            }
+            enc.window_log(20).unwrap();
+            enc.write_all(&raw).unwrap();
+            enc.finish().unwrap()
+        };
+        let bound = u64::MAX;
+        for with_size in [true, false] {
+            let f = frame(with_size);
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&f)
+                    .unwrap()
+                    .is_some(),
+                with_size
+            );
+            assert!(decode_frames(&old, &f, len, bound).unwrap() == streamed);
+            let file = Watched::new(Source::Bytes(&old));
+            assert!(decode_whole(&file, &f, len, bound).unwrap().is_some() == with_size);
+        }
+        // An image larger than announced, or a frame larger than the slack allows (read as a
+        // stream, which then refuses the records).
+        let f = frame(true);
+        assert!(decode_frames(&old, &f, len - 1, bound).is_err());
+        let old_file = Watched::new(Source::Bytes(&old));
+        assert!(decode_whole(&old_file, &f, 1, bound).unwrap().is_none());
+        // The same delta applied to the old file read from disk.
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&old).unwrap();
+        let header = DeltaHeader {
+            method: Method::Elf,
+            source: Hash::of(&old),
+            target: Hash::of(&streamed),
+            target_size: streamed.len() as u64,
+        };
+        let delta = encode_delta(&header, &f);
+        let from_file = Source::File {
+            file: tmp.as_file(),
+            path: tmp.path(),
+        };
+        assert!(apply_delta_to(&delta, from_file, None).unwrap() == streamed);
+        assert!(apply_delta(&delta, &old, None).unwrap() == streamed);
+        // Flipped bits: an error, or still the right image.
+        let step = (delta.len() / 64).max(1);
+        for i in (crate::format::container::HEADER_LEN..delta.len()).step_by(step) {
+            let mut p = delta.clone();
+            p[i] ^= 0x10;
+            if let Ok(out) = apply_delta_to(&p, from_file, None) {
+                assert!(out == streamed, "flip at {i} accepted with other output");
+            }
+        }
+        // A source file cut short (its section headers are gone).
+        tmp.as_file().set_len(len / 2).unwrap();
+        let short = Watched::new(from_file);
+        assert!(decode_frames_from(&short, &f, len, bound).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("no delta method applies to these files"))?
             .bytes
     } else {
-        deltaroot_publisher::elf::encode(&old, &new, &mut None)?
+        deltaroot_publisher::elf::encode(&old, &new)?
             .ok_or_else(|| anyhow::anyhow!("the ELF method does not apply to these files"))?
     };
     let mut seed = (old.len() as u32).to_le_bytes().to_vec();

@@ -37,6 +37,17 @@ impl<'a> Index<'a> {
         Index { old, sa }
     }
 
+    /// Frees the index. Its suffix array is first shrunk in place to one entry: glibc returns
+    /// the pages of a block it mapped on its own when the block shrinks, but freeing the
+    /// block would raise its mmap threshold to the block's size, and the next suffix array,
+    /// of the same size, would then be carved from the heap, whose pages stay with the
+    /// process once freed (corpus `ko-e1000e`: 2.6 MiB more at the peak of a `diff`).
+    pub fn release(self) {
+        let (_, mut sa) = self.sa.into_parts();
+        sa.truncate(1);
+        sa.shrink_to_fit();
+    }
+
     /// The indexed file.
     pub fn old(&self) -> &'a [u8] {
         self.old

@@ -23,21 +23,12 @@ use crate::error::Result;
 /// Encodes the method-4 payload (uncompressed) from `old` to `new`, or `None` when the files
 /// are not both supported ELF images of one architecture.
 ///
-/// `index` caches the suffix array of `old` for the other methods. It is built here after
-/// the first pass, whose own index (of the blanked image) is freed by then, so the two never
-/// take memory at once; and it is dropped once this method's records are found, since the
-/// engine tries plain bsdiff only where this method does not encode (a caller that still
-/// wants it builds it again).
-///
 /// Memory: besides the two files, one copy of the new file (blanked, then normalised, then
 /// restored in place) and one of the old (blanked, during the first pass only), one suffix
-/// array (four bytes per byte of the old file) at a time, and the payload once the suffix
-/// array is freed. References are found as they are used, never collected.
-pub fn encode<'a>(
-    old: &'a [u8],
-    new: &[u8],
-    index: &mut Option<Index<'a>>,
-) -> Result<Option<Vec<u8>>> {
+/// array (four bytes per byte of the old file) at a time, each [released](Index::release)
+/// so that the next one is mapped apart and returned when freed, and the payload once the
+/// second is freed. References are found as they are used, never collected.
+pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     let (Ok(lo), Ok(ln)) = (Layout::parse(old), Layout::parse(new)) else {
         return Ok(None);
     };
@@ -50,7 +41,10 @@ pub fn encode<'a>(
         let mut blank_old = old.to_vec();
         elf::for_each_ref(&lo, old, |r| elf::write_ref(r, &mut blank_old, 0));
         elf::for_each_ref(&ln, new, |r| elf::write_ref(r, &mut work, 0));
-        Equivalences::from_controls(&Index::new(&blank_old).controls(&work))
+        let index = Index::new(&blank_old);
+        let eq0 = Equivalences::from_controls(&index.controls(&work));
+        index.release();
+        eq0
     };
     let map0 = AddressMap {
         old: &lo,
@@ -67,8 +61,9 @@ pub fn encode<'a>(
         }
     });
     drop(eq0);
-    let controls = index.get_or_insert_with(|| Index::new(old)).controls(&work);
-    *index = None;
+    let index = Index::new(old);
+    let controls = index.controls(&work);
+    index.release();
     let eq1 = Equivalences::from_controls(&controls);
     let payload = elf::build_payload(ln.arch, &controls, old, &work);
     drop(controls);

@@ -3,8 +3,12 @@
 //! "Delta container"). Decoding trusts nothing: every length is checked against the header
 //! and the header against what the caller expects.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use super::hash::{delta_path, Hash};
 use super::wire::Reader;
@@ -191,6 +195,124 @@ pub fn unwrapped_bound(method: Method, size: u64, stored: u64) -> u64 {
     }
 }
 
+/// What a delta applies to: bytes in memory, or a file read where the decoder needs it. The
+/// ELF method reads only a file's headers and the ranges its records name, so a device holds
+/// the new image but not the source; the other methods read a file whole.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    Bytes(&'a [u8]),
+    /// `path` names the file in errors.
+    File {
+        file: &'a File,
+        path: &'a Path,
+    },
+}
+
+/// Bytes read from a [`Source`] at a time.
+const SOURCE_CHUNK: usize = 1 << 16;
+
+impl Source<'_> {
+    /// The source's length (a file's when it is opened; one that shrinks later fails to read).
+    pub fn size(&self) -> std::io::Result<u64> {
+        match self {
+            Source::Bytes(b) => Ok(b.len() as u64),
+            Source::File { file, .. } => Ok(file.metadata()?.len()),
+        }
+    }
+
+    /// Fills `buf` from offset `at`; a read past the end fails.
+    pub fn read_at(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Source::Bytes(b) => {
+                let range = usize::try_from(at)
+                    .ok()
+                    .and_then(|s| Some(s..s.checked_add(buf.len())?));
+                let part = range.and_then(|r| b.get(r)).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end")
+                })?;
+                buf.copy_from_slice(part);
+                Ok(())
+            }
+            Source::File { file, .. } => file.read_exact_at(buf, at),
+        }
+    }
+
+    /// The content address of the source's bytes, read in chunks.
+    pub fn hash(&self) -> std::io::Result<Hash> {
+        match self {
+            Source::Bytes(b) => Ok(Hash::of(b)),
+            Source::File { .. } => {
+                let (len, mut at) = (self.size()?, 0u64);
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; SOURCE_CHUNK];
+                while at < len {
+                    let n = (len - at).min(SOURCE_CHUNK as u64) as usize;
+                    self.read_at(at, &mut buf[..n])?;
+                    h.update(&buf[..n]);
+                    at += n as u64;
+                }
+                Ok(h.finalize().into())
+            }
+        }
+    }
+
+    /// The whole source in memory (read once, for the methods that need it all).
+    fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Source::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Source::File { .. } => {
+                let len = usize::try_from(self.size()?).map_err(std::io::Error::other)?;
+                let mut out = Vec::new();
+                out.try_reserve_exact(len)
+                    .map_err(|_| std::io::Error::other("source does not fit in memory"))?;
+                out.resize(len, 0);
+                self.read_at(0, &mut out)?;
+                Ok(std::borrow::Cow::Owned(out))
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Source::Bytes(_) => Path::new("source"),
+            Source::File { path, .. } => path,
+        }
+    }
+}
+
+/// A source whose read errors are kept aside: a decoder reports them as a malformed payload,
+/// but a source that cannot be read is a local error ([`Error::Io`]), not a damaged delta.
+pub(crate) struct Watched<'a> {
+    pub source: Source<'a>,
+    failed: RefCell<Option<std::io::Error>>,
+}
+
+impl<'a> Watched<'a> {
+    pub(crate) fn new(source: Source<'a>) -> Self {
+        Watched {
+            source,
+            failed: RefCell::new(None),
+        }
+    }
+
+    /// [`Source::read_at`], remembering a failure other than a read past the end (which the
+    /// decoder reports as the payload's fault).
+    pub fn read_at(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.source.read_at(at, buf).inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                self.failed
+                    .borrow_mut()
+                    .get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn io_error(&self) -> Option<Error> {
+        let e = self.failed.borrow_mut().take()?;
+        Some(Error::io(self.source.path())(e))
+    }
+}
+
 /// Applies `delta` to `source` and returns the verified target bytes.
 ///
 /// `expect` is the (hash, size) the caller's manifest wants, when it has one. The output is
@@ -199,6 +321,15 @@ pub fn unwrapped_bound(method: Method, size: u64, stored: u64) -> u64 {
 pub fn apply_delta(
     delta: &[u8],
     source: &[u8],
+    expect: Option<(Hash, u64)>,
+) -> Result<Vec<u8>, Error> {
+    apply_delta_to(delta, Source::Bytes(source), expect)
+}
+
+/// [`apply_delta`] to a source in memory or in a file.
+pub fn apply_delta_to(
+    delta: &[u8],
+    source: Source<'_>,
     expect: Option<(Hash, u64)>,
 ) -> Result<Vec<u8>, Error> {
     let (h, payload) = DeltaHeader::decode(delta)?;
@@ -213,7 +344,7 @@ pub fn apply_delta(
             });
         }
     }
-    apply_payload(&h, Payload::Stored(payload), source)
+    apply_payload_to(&h, Payload::Stored(payload), source)
 }
 
 /// Applies a payload whose header the caller knows (from a container, or from its plan for
@@ -223,9 +354,18 @@ pub fn apply_payload(
     payload: Payload<'_>,
     source: &[u8],
 ) -> Result<Vec<u8>, Error> {
+    apply_payload_to(h, payload, Source::Bytes(source))
+}
+
+/// [`apply_payload`] to a source in memory or in a file.
+pub fn apply_payload_to(
+    h: &DeltaHeader,
+    payload: Payload<'_>,
+    source: Source<'_>,
+) -> Result<Vec<u8>, Error> {
     let what = delta_path(&h.source, &h.target);
     if h.method != Method::Zstd {
-        let have = Hash::of(source);
+        let have = source.hash().map_err(Error::io(source.path()))?;
         if have != h.source {
             return Err(Error::DeltaMismatch {
                 what,
@@ -233,7 +373,14 @@ pub fn apply_payload(
             });
         }
     }
-    let out = decode_payload(h, payload, source, &what)?;
+    let out = match h.method {
+        Method::Elf => decode_elf(h, payload, source, &what)?,
+        Method::Zstd => decode_payload(h, payload, &[], &what)?,
+        _ => {
+            let bytes = source.bytes().map_err(Error::io(source.path()))?;
+            decode_payload(h, payload, &bytes, &what)?
+        }
+    };
     if out.len() as u64 != h.target_size {
         return Err(Error::ContentLength {
             what,
@@ -250,6 +397,36 @@ pub fn apply_payload(
         });
     }
     Ok(out)
+}
+
+/// A method-4 payload: as stored, one frame or three, read as they decompress (FORMAT.md
+/// §6.4), the decoder writing the image as the payload arrives; unwrapped (from a pack), the
+/// frames' contents one after another. The payload holds a bsdiff stream and at most a few
+/// varints per reference. The source is read where the records name it.
+fn decode_elf(
+    h: &DeltaHeader,
+    payload: Payload<'_>,
+    source: Source<'_>,
+    what: &str,
+) -> Result<Vec<u8>, Error> {
+    let invalid = |reason: String| Error::DeltaPayload {
+        what: what.to_string(),
+        method: h.method.name(),
+        reason,
+    };
+    let bound = bsdiff_bound(h.target_size).saturating_mul(2);
+    let old = Watched::new(source);
+    let out = match payload {
+        Payload::Stored(p) => crate::elf::decode_frames_from(&old, p, h.target_size, bound),
+        Payload::Unwrapped(p) if p.len() as u64 > bound => {
+            return Err(invalid(format!(
+                "payload of {} bytes is over the limit of {bound}",
+                p.len()
+            )))
+        }
+        Payload::Unwrapped(p) => crate::elf::decode_source(&old, p, h.target_size),
+    };
+    out.map_err(|e| old.io_error().unwrap_or_else(|| invalid(e.to_string())))
 }
 
 /// Most bytes a bsdiff stream for a target of `size` bytes may hold: one 24-byte record per
@@ -310,22 +487,9 @@ fn decode_payload(
             bsdiff::patch(source, &mut bounded, &mut out).map_err(fail)?;
         }
         Method::Elf => {
-            // As stored: one frame or three, read as they decompress (FORMAT.md §6.4); the
-            // decoder writes the image as the payload arrives. Unwrapped (from a pack): the
-            // frames' contents one after another. The payload holds a bsdiff stream and at
-            // most a few varints per reference.
-            let bound = bsdiff_bound(h.target_size).saturating_mul(2);
-            out = match framed_payload {
-                Payload::Stored(p) => crate::elf::decode_frames(source, p, h.target_size, bound),
-                Payload::Unwrapped(p) if p.len() as u64 > bound => {
-                    return Err(invalid(format!(
-                        "payload of {} bytes is over the limit of {bound}",
-                        p.len()
-                    )))
-                }
-                Payload::Unwrapped(p) => crate::elf::decode_from(source, p, h.target_size),
-            }
-            .map_err(|e| invalid(e.to_string()))?;
+            // Only through `decode_elf`, which reads the source where it needs it.
+            let bytes = Source::Bytes(source);
+            out = decode_elf(h, framed_payload, bytes, what)?;
         }
         Method::Gzip => {
             use crate::gzip;
@@ -453,6 +617,53 @@ mod tests {
         assert!(apply_payload(&h, Payload::Unwrapped(&long), &source).is_err());
         // The bound holds while unwrapping.
         assert!(unwrap_payload(&h, &stored, 10).unwrap().len() == 10);
+    }
+
+    #[test]
+    fn a_source_file_reads_and_hashes_like_its_bytes() {
+        use std::io::Write;
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&bytes).unwrap();
+        let file = Source::File {
+            file: tmp.as_file(),
+            path: tmp.path(),
+        };
+        for s in [Source::Bytes(&bytes), file] {
+            assert_eq!(s.size().unwrap(), bytes.len() as u64);
+            assert_eq!(s.hash().unwrap(), Hash::of(&bytes));
+            let mut buf = [0u8; 10];
+            s.read_at(100_000, &mut buf).unwrap();
+            assert_eq!(buf, bytes[100_000..100_010]);
+            assert!(s.read_at(bytes.len() as u64 - 5, &mut buf).is_err());
+            assert!(s.read_at(u64::MAX - 2, &mut buf).is_err());
+        }
+        // Every method applies to a file as to its bytes.
+        let target = b"new contents".repeat(1000);
+        let delta = zstd_delta(&bytes, &target);
+        assert_eq!(apply_delta_to(&delta, file, None).unwrap(), target);
+        let h = DeltaHeader {
+            method: Method::ZstdPatchFrom,
+            source: Hash::of(&bytes),
+            target: Hash::of(&target),
+            target_size: target.len() as u64,
+        };
+        let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &bytes).unwrap();
+        enc.write_all(&target).unwrap();
+        let delta = encode_delta(&h, &enc.finish().unwrap());
+        assert_eq!(apply_delta_to(&delta, file, None).unwrap(), target);
+        // Another source: refused by its hash.
+        let other = tempfile::NamedTempFile::new().unwrap();
+        let err = apply_delta_to(
+            &delta,
+            Source::File {
+                file: other.as_file(),
+                path: other.path(),
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::DeltaMismatch { .. }), "{err}");
     }
 
     #[test]
