@@ -22,7 +22,6 @@ pub mod input;
 pub mod keys;
 pub mod matching;
 pub mod packing;
-pub mod progress;
 pub mod publish;
 pub mod sink;
 pub mod xz;

@@ -10,6 +10,7 @@ use deltaroot_client::format::{
     attach_packs, compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, SecretKey,
     VerifiedManifest,
 };
+use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -18,7 +19,6 @@ use crate::engine::{self, EngineOptions};
 use crate::error::Result;
 use crate::input::InputTree;
 use crate::matching::{self, Pair};
-use crate::progress::Progress;
 use crate::sink::Sink;
 
 /// What to publish.
@@ -101,8 +101,20 @@ pub struct Download {
     pub bytes: u64,
 }
 
-fn bar(show: bool, len: u64, msg: &'static str) -> Progress {
-    Progress::new(show, len, msg)
+fn bar(show: bool, len: u64, msg: &'static str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("template is valid")
+        .progress_chars("=> "),
+    );
+    b.set_message(msg);
+    b
 }
 
 /// Result of the work for one new content.
