@@ -1,6 +1,5 @@
 //! The `deltaroot` command line: argument types and dispatch. `main.rs` only calls [`run`].
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -239,79 +238,4 @@ pub fn apply(old: &Path, patch: &Path, out: &Path) -> anyhow::Result<()> {
     std::fs::write(out, &n).with_context(|| format!("writing {}", out.display()))?;
     println!("{}: {} bytes, verified", out.display(), n.len());
     Ok(())
-}
-
-/// The paths of a command line of the plain form `apply OLD PATCH --out OUT` (the option
-/// anywhere after `apply`, or as `--out=OUT`), which [`apply`] runs without the argument
-/// parser or the log subscriber: their setup touches more pages than applying a small
-/// delta. Anything else (help, another option, a path starting with `-`) is left to clap.
-pub fn plain_apply(
-    args: impl IntoIterator<Item = OsString>,
-) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let mut args = args.into_iter().skip(1);
-    if args.next()? != "apply" {
-        return None;
-    }
-    let (mut out, mut paths) = (None, Vec::new());
-    while let Some(a) = args.next() {
-        let bytes = a.as_encoded_bytes();
-        if a == "--out" && out.is_none() {
-            out = Some(PathBuf::from(args.next()?));
-        } else if let (Some(v), None) = (bytes.strip_prefix(b"--out="), &out) {
-            out = Some(PathBuf::from(std::str::from_utf8(v).ok()?));
-        } else if bytes.starts_with(b"-") || paths.len() == 2 {
-            return None;
-        } else {
-            paths.push(PathBuf::from(a));
-        }
-    }
-    let [old, patch]: [PathBuf; 2] = paths.try_into().ok()?;
-    Some((old, patch, out?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<OsString> {
-        std::iter::once("deltaroot")
-            .chain(a.iter().copied())
-            .map(OsString::from)
-            .collect()
-    }
-
-    #[test]
-    fn only_plain_apply_lines_skip_the_parser() {
-        let want = Some((
-            PathBuf::from("old"),
-            PathBuf::from("p"),
-            PathBuf::from("out"),
-        ));
-        for a in [
-            &["apply", "old", "p", "--out", "out"][..],
-            &["apply", "--out", "out", "old", "p"],
-            &["apply", "old", "--out=out", "p"],
-        ] {
-            assert_eq!(plain_apply(args(a)), want, "{a:?}");
-        }
-        for a in [
-            &["apply", "old", "p"][..],
-            &["apply", "old", "p", "--out"],
-            &["apply", "old", "p", "q", "--out", "out"],
-            &["apply", "--help"],
-            &["apply", "-h", "old", "p", "--out", "out"],
-            &["apply", "old", "p", "--out", "a", "--out", "b"],
-            &["diff", "old", "new", "--out", "out"],
-            &[],
-        ] {
-            assert_eq!(plain_apply(args(a)), None, "{a:?}");
-        }
-        // What it accepts, clap reads the same way.
-        let cli = Cli::try_parse_from(args(&["apply", "old", "--out=out", "p"])).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Apply { old, patch, out }
-                if old == Path::new("old") && patch == Path::new("p") && out == Path::new("out")
-        ));
-    }
 }

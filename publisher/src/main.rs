@@ -3,12 +3,8 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    if let Some((old, patch, out)) = deltaroot_publisher::cli::plain_apply(std::env::args_os()) {
-        return deltaroot_publisher::cli::apply(&old, &patch, &out);
-    }
-    // Logs are filtered by RUST_LOG; without it only errors would show, and deltaroot logs
-    // none, so the subscriber (whose setup touches a few hundred kilobytes of code) is only
-    // set up when RUST_LOG asks for logs.
+    // Logs are filtered by RUST_LOG; without it only errors would show, and deltaroot reports
+    // its errors itself, so the subscriber is set up only when RUST_LOG asks for logs.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
