@@ -448,10 +448,7 @@ impl Device {
         let delta = self.dir.read(&dl).map_err(self.io(&dl));
         // A download that does not apply is not kept for a resume.
         let _ = self.dir.remove_file(&dl);
-        let old = base_dir
-            .open(src_path.as_path())
-            .map_err(Error::io(src_path.as_path()))?
-            .into_std();
+        let old = open_source(base_dir, src_path)?;
         let source = Source::File {
             file: &old,
             path: src_path.as_path(),
@@ -593,12 +590,7 @@ impl Device {
                         reason: "the running tree does not hold its source".into(),
                     });
                 };
-                // Read where the delta needs it: an ELF delta reads its source's headers and
-                // the ranges its records name, not the whole file into memory.
-                let old = base_dir
-                    .open(src_path.as_path())
-                    .map_err(Error::io(src_path.as_path()))?
-                    .into_std();
+                let old = open_source(base_dir, src_path)?;
                 let h = DeltaHeader {
                     method,
                     source: *source,
@@ -1031,6 +1023,15 @@ impl Builder<'_> {
         rustix::fs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(self.errno(path, "utimensat"))
     }
+}
+
+/// A delta's source in the running tree, opened to be read where the delta needs it (an ELF
+/// delta reads the headers and the ranges its records name, not the whole file).
+fn open_source(base_dir: &Dir, path: &EntryPath) -> Result<std::fs::File> {
+    Ok(base_dir
+        .open(path.as_path())
+        .map_err(Error::io(path.as_path()))?
+        .into_std())
 }
 
 fn now() -> u64 {

@@ -508,15 +508,6 @@ impl Trees {
         self.flag_bit = 1;
     }
 
-    #[inline]
-    fn d_code(&self, dist: usize) -> usize {
-        usize::from(if dist < 256 {
-            self.dist_code[dist]
-        } else {
-            self.dist_code[256 + (dist >> 7)]
-        })
-    }
-
     /// gzip's `ct_tally`: records a literal (`dist` 0) or a match, and says whether the
     /// block should end here.
     fn tally(&mut self, dist: usize, lc: usize, strstart: usize, block_start: isize) -> bool {
@@ -526,7 +517,7 @@ impl Trees {
         } else {
             let dist = dist - 1;
             self.ltree.freq[usize::from(self.length_code[lc]) + LITERALS + 1] += 1;
-            let dc = self.d_code(dist);
+            let dc = d_code(&self.dist_code, dist);
             self.dtree.freq[dc] += 1;
             self.d_buf.push(dist as u16);
             self.flags |= self.flag_bit;
@@ -744,95 +735,32 @@ impl Trees {
         }
     }
 
+    /// Counts the bit-length symbols of a tree's code lengths (gzip's `scan_tree`), after
+    /// setting the guard length past its last code that [`length_runs`] stops at.
     fn scan_tree(&mut self, w: Which) {
-        let (tree, bl) = match w {
-            Which::L => (&mut self.ltree, &mut self.bltree),
-            Which::D => (&mut self.dtree, &mut self.bltree),
+        let tree = match w {
+            Which::L => &mut self.ltree,
+            Which::D => &mut self.dtree,
             Which::Bl => unreachable!("the bit length tree is not scanned"),
         };
-        let max_code = tree.max_code;
-        let mut prevlen: i32 = -1;
-        let mut nextlen = i32::from(tree.len[0]);
-        let mut count = 0;
-        let (mut max_count, mut min_count) = if nextlen == 0 { (138, 3) } else { (7, 4) };
-        tree.len[max_code + 1] = 0xffff;
-        for n in 0..=max_code {
-            let curlen = nextlen;
-            nextlen = i32::from(tree.len[n + 1]);
-            count += 1;
-            if count < max_count && curlen == nextlen {
-                continue;
-            } else if count < min_count {
-                bl.freq[curlen as usize] += count;
-            } else if curlen != 0 {
-                if curlen != prevlen {
-                    bl.freq[curlen as usize] += 1;
-                }
-                bl.freq[REP_3_6] += 1;
-            } else if count <= 10 {
-                bl.freq[REPZ_3_10] += 1;
-            } else {
-                bl.freq[REPZ_11_138] += 1;
-            }
-            count = 0;
-            prevlen = curlen;
-            (max_count, min_count) = if nextlen == 0 {
-                (138, 3)
-            } else if curlen == nextlen {
-                (6, 3)
-            } else {
-                (7, 4)
-            };
-        }
+        tree.len[tree.max_code + 1] = 0xffff;
+        let bl = &mut self.bltree;
+        length_runs(&tree.len, tree.max_code, |sym, _| bl.freq[sym] += 1);
     }
 
+    /// Sends a tree's code lengths with the bit-length code (gzip's `send_tree`).
     fn send_tree(&mut self, w: Which) {
         let (tree, bl, out) = match w {
             Which::L => (&self.ltree, &self.bltree, &mut self.out),
             Which::D => (&self.dtree, &self.bltree, &mut self.out),
             Which::Bl => unreachable!("the bit length tree is sent as lengths"),
         };
-        let send_code =
-            |out: &mut Bits, c: usize| out.send(usize::from(bl.code[c]), usize::from(bl.len[c]));
-        let max_code = tree.max_code;
-        let mut prevlen: i32 = -1;
-        let mut nextlen = i32::from(tree.len[0]);
-        let mut count = 0usize;
-        let (mut max_count, mut min_count) = if nextlen == 0 { (138, 3) } else { (7, 4) };
-        for n in 0..=max_code {
-            let curlen = nextlen;
-            nextlen = i32::from(tree.len[n + 1]);
-            count += 1;
-            if count < max_count && curlen == nextlen {
-                continue;
-            } else if count < min_count {
-                for _ in 0..count {
-                    send_code(out, curlen as usize);
-                }
-            } else if curlen != 0 {
-                if curlen != prevlen {
-                    send_code(out, curlen as usize);
-                    count -= 1;
-                }
-                send_code(out, REP_3_6);
-                out.send(count - 3, 2);
-            } else if count <= 10 {
-                send_code(out, REPZ_3_10);
-                out.send(count - 3, 3);
-            } else {
-                send_code(out, REPZ_11_138);
-                out.send(count - 11, 7);
+        length_runs(&tree.len, tree.max_code, |sym, extra| {
+            out.send(usize::from(bl.code[sym]), usize::from(bl.len[sym]));
+            if let Some((value, bits)) = extra {
+                out.send(value, bits);
             }
-            count = 0;
-            prevlen = curlen;
-            (max_count, min_count) = if nextlen == 0 {
-                (138, 3)
-            } else if curlen == nextlen {
-                (6, 3)
-            } else {
-                (7, 4)
-            };
-        }
+        });
     }
 
     fn build_bl_tree(&mut self) -> usize {
@@ -890,11 +818,7 @@ impl Trees {
                 }
                 let dist = usize::from(self.d_buf[dx]);
                 dx += 1;
-                let code = if dist < 256 {
-                    usize::from(self.dist_code[dist])
-                } else {
-                    usize::from(self.dist_code[256 + (dist >> 7)])
-                };
+                let code = d_code(&self.dist_code, dist);
                 out.send(usize::from(dt.code[code]), usize::from(dt.len[code]));
                 let extra = usize::from(EXTRA_DBITS[code]);
                 if extra != 0 {
@@ -943,6 +867,57 @@ impl Trees {
         if eof {
             self.out.windup();
         }
+    }
+}
+
+/// The distance code of a match distance minus one.
+#[inline]
+fn d_code(dist_code: &[u8; 512], dist: usize) -> usize {
+    usize::from(if dist < 256 {
+        dist_code[dist]
+    } else {
+        dist_code[256 + (dist >> 7)]
+    })
+}
+
+/// gzip's run-length coding of code lengths, shared by counting and sending them: calls
+/// `emit` with each bit-length symbol in order, and the extra bits (value, count) of a
+/// repeat. `len[max_code + 1]` must hold the guard `scan_tree` sets.
+fn length_runs(len: &[u16], max_code: usize, mut emit: impl FnMut(usize, Option<(usize, usize)>)) {
+    let mut prevlen: i32 = -1;
+    let mut nextlen = i32::from(len[0]);
+    let mut count = 0usize;
+    let (mut max_count, mut min_count) = if nextlen == 0 { (138, 3) } else { (7, 4) };
+    for n in 0..=max_code {
+        let curlen = nextlen;
+        nextlen = i32::from(len[n + 1]);
+        count += 1;
+        if count < max_count && curlen == nextlen {
+            continue;
+        } else if count < min_count {
+            for _ in 0..count {
+                emit(curlen as usize, None);
+            }
+        } else if curlen != 0 {
+            if curlen != prevlen {
+                emit(curlen as usize, None);
+                count -= 1;
+            }
+            emit(REP_3_6, Some((count - 3, 2)));
+        } else if count <= 10 {
+            emit(REPZ_3_10, Some((count - 3, 3)));
+        } else {
+            emit(REPZ_11_138, Some((count - 11, 7)));
+        }
+        count = 0;
+        prevlen = curlen;
+        (max_count, min_count) = if nextlen == 0 {
+            (138, 3)
+        } else if curlen == nextlen {
+            (6, 3)
+        } else {
+            (7, 4)
+        };
     }
 }
 

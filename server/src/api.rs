@@ -190,6 +190,19 @@ async fn stored(
     }))
 }
 
+/// The hash an upload of a `kind` (object, pack) is named by, which must sit under its
+/// fan-out folder.
+fn upload_hash(kind: &str, fan: &str, name: &str) -> Result<Hash> {
+    let hash = parse_hash(name)?;
+    if fan != hash.fanout() {
+        return Err(Error::BadRequest(format!(
+            "{kind} {hash} belongs under {kind}s/{}/",
+            hash.fanout()
+        )));
+    }
+    Ok(hash)
+}
+
 /// Objects are checked before they are stored: the body must be one zstd stream whose
 /// content hashes to the name.
 async fn put_object(
@@ -199,14 +212,8 @@ async fn put_object(
     Upload(body): Upload,
 ) -> Result<StatusCode> {
     authorize(&app, &headers).await?;
-    let hash = parse_hash(&name)?;
+    let hash = upload_hash("object", &fan, &name)?;
     let rel = object_path(&hash);
-    if fan != hash.fanout() {
-        return Err(Error::BadRequest(format!(
-            "object {hash} belongs under objects/{}/",
-            hash.fanout()
-        )));
-    }
     // Stored files are immutable: plans and caches rely on their sizes.
     if app.db.object_sizes(&[hash]).await?.contains_key(&hash) {
         return Ok(StatusCode::OK);
@@ -289,13 +296,7 @@ async fn put_pack(
     Upload(body): Upload,
 ) -> Result<StatusCode> {
     authorize(&app, &headers).await?;
-    let hash = parse_hash(&name)?;
-    if fan != hash.fanout() {
-        return Err(Error::BadRequest(format!(
-            "pack {hash} belongs under packs/{}/",
-            hash.fanout()
-        )));
-    }
+    let hash = upload_hash("pack", &fan, &name)?;
     if !app.db.packs_stored(&[hash]).await?.is_empty() {
         return Ok(StatusCode::OK);
     }

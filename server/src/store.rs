@@ -155,10 +155,7 @@ impl Store {
                 Ok(())
             })
             .await
-            .map_err(|e| Error::Io {
-                path: root.join(rel),
-                source: std::io::Error::other(e),
-            })?
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             .map_err(|source| Error::Io {
                 path: root.join(rel),
                 source,

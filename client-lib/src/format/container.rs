@@ -364,8 +364,16 @@ pub fn apply_payload_to(
     source: Source<'_>,
 ) -> Result<Vec<u8>, Error> {
     let what = delta_path(&h.source, &h.target);
+    // The methods other than ELF need the whole source: read once, and hashed from memory.
+    let whole = match h.method {
+        Method::Elf | Method::Zstd => None,
+        _ => Some(source.bytes().map_err(Error::io(source.path()))?),
+    };
     if h.method != Method::Zstd {
-        let have = source.hash().map_err(Error::io(source.path()))?;
+        let have = match &whole {
+            Some(bytes) => Hash::of(bytes),
+            None => source.hash().map_err(Error::io(source.path()))?,
+        };
         if have != h.source {
             return Err(Error::DeltaMismatch {
                 what,
@@ -375,11 +383,7 @@ pub fn apply_payload_to(
     }
     let out = match h.method {
         Method::Elf => decode_elf(h, payload, source, &what)?,
-        Method::Zstd => decode_payload(h, payload, &[], &what)?,
-        _ => {
-            let bytes = source.bytes().map_err(Error::io(source.path()))?;
-            decode_payload(h, payload, &bytes, &what)?
-        }
+        _ => decode_payload(h, payload, whole.as_deref().unwrap_or(&[]), &what)?,
     };
     if out.len() as u64 != h.target_size {
         return Err(Error::ContentLength {
