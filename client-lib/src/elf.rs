@@ -11,13 +11,15 @@
 //!
 //! - [`Layout`]: an ELF's headers: class, type, architecture, `PT_LOAD` segments and sections,
 //!   read with goblin and checked against the file's length.
-//! - Reference discovery, in three phases whose locations never depend on the values being
+//! - Reference discovery, in four phases whose locations never depend on the values being
 //!   restored: (A) the address fields of relocation tables (`r_offset`, and the addends of
 //!   relative relocations) and symbol tables (`st_value`); (B) pointer slots named by the
 //!   relocations restored in phase A (`R_X86_64_RELATIVE`, `IRELATIVE`, `JUMP_SLOT`) and by
 //!   `SHT_RELR` tables; (C) `rel32` branch displacements and RIP-relative operands found by a
-//!   linear sweep of every executable section with iced-x86. References are handed on as they
-//!   are found, never collected: memory does not grow with their number.
+//!   linear sweep of every executable section with iced-x86; (D) the type ids and string
+//!   offsets of `.BTF` type records (kernel modules' split BTF, [`btf`]), predicted by the
+//!   shift tables ([`BtfShifts`]) the payload carries. References are handed on as they are
+//!   found, never collected: memory does not grow with their number.
 //! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
 //!   recovered from the control records of the bsdiff stream in the patch, so the decoder
 //!   derives the same map the encoder used to check its work.
@@ -46,6 +48,9 @@ use goblin::elf::{Elf, ProgramHeader, SectionHeader};
 
 use crate::format::container::{Source, Watched};
 use crate::format::wire::put_varint;
+
+mod btf;
+pub use btf::BtfShifts;
 
 /// `SHT_RELR`: packed relative relocations.
 const SHT_RELR: u32 = 19;
@@ -122,6 +127,8 @@ struct Section {
     link: u32,
     info: u32,
     entsize: u64,
+    /// Named `.BTF`: split BTF type records (phase D).
+    btf: bool,
 }
 
 impl Section {
@@ -217,6 +224,16 @@ impl Layout {
                 memsz: p.p_memsz.max(p.p_filesz),
             })
             .collect();
+        // Section names are read only to find `.BTF`: five bytes of the section name table.
+        let names = shs.get(usize::from(header.e_shstrndx)).map(|n| n.sh_offset);
+        let mut is_btf = |s: &SectionHeader| {
+            let at = names.and_then(|n| n.checked_add(s.sh_name as u64));
+            let mut name = [0u8; 5];
+            s.sh_type == SHT_PROGBITS
+                && at.is_some_and(|at| at.checked_add(5).is_some_and(|end| end <= len))
+                && read_at(at.unwrap_or(0), &mut name).is_ok()
+                && &name == b".BTF\0"
+        };
         let sections = shs
             .iter()
             .map(|s| Section {
@@ -228,6 +245,7 @@ impl Layout {
                 link: s.sh_link,
                 info: s.sh_info,
                 entsize: s.sh_entsize,
+                btf: is_btf(s),
             })
             .collect();
         Ok(Layout {
@@ -284,9 +302,18 @@ pub enum RefKind {
     A64Adr,
     /// AArch64 ADRP: a 21-bit offset in 4 KiB pages from the instruction's page.
     A64Adrp,
+    /// BTF: a 32-bit little-endian type id (phase D, predicted by [`BtfShifts`]).
+    BtfType,
+    /// BTF: a 32-bit little-endian string offset (phase D, predicted by [`BtfShifts`]).
+    BtfStr,
 }
 
 impl RefKind {
+    /// A BTF field, whose value is not an address.
+    pub fn is_btf(self) -> bool {
+        matches!(self, RefKind::BtfType | RefKind::BtfStr)
+    }
+
     fn size(self) -> usize {
         if self == RefKind::Abs64 {
             8
@@ -299,7 +326,7 @@ impl RefKind {
     fn bits(self) -> u32 {
         match self {
             RefKind::Abs64 => 64,
-            RefKind::Rel32 => 32,
+            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => 32,
             RefKind::A64Branch26 => 26,
             RefKind::A64Imm19 => 19,
             RefKind::A64Imm14 => 14,
@@ -310,7 +337,11 @@ impl RefKind {
     /// log2 of the bytes one unit of the field stands for.
     fn shift(self) -> u32 {
         match self {
-            RefKind::Abs64 | RefKind::Rel32 | RefKind::A64Adr => 0,
+            RefKind::Abs64
+            | RefKind::Rel32
+            | RefKind::A64Adr
+            | RefKind::BtfType
+            | RefKind::BtfStr => 0,
             RefKind::A64Branch26 | RefKind::A64Imm19 | RefKind::A64Imm14 => 2,
             RefKind::A64Adrp => 12,
         }
@@ -322,6 +353,9 @@ impl RefKind {
             return i64::from_le_bytes(b.try_into().expect("8 bytes"));
         }
         let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        if self.is_btf() {
+            return i64::from(w);
+        }
         let raw = match self {
             RefKind::Rel32 => w,
             RefKind::A64Branch26 => w & 0x03ff_ffff,
@@ -341,7 +375,7 @@ impl RefKind {
         let v = value as u32;
         let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
         let w = match self {
-            RefKind::Rel32 => v,
+            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => v,
             RefKind::A64Branch26 => (w & !0x03ff_ffff) | (v & 0x03ff_ffff),
             RefKind::A64Imm19 => (w & !(0x7ffff << 5)) | (v & 0x7ffff) << 5,
             RefKind::A64Imm14 => (w & !(0x3fff << 5)) | (v & 0x3fff) << 5,
@@ -444,7 +478,7 @@ type Visit<'v, I> = dyn FnMut(&Ref, &mut I) -> Result<(), ElfError> + 'v;
 /// Phase C finds at most this many references before handing them on (bounded memory).
 const CODE_CHUNK: usize = 1024;
 
-/// Finds every reference of `image` in restore order (phases A, B, C) and visits each as it
+/// Finds every reference of `image` in restore order (phases A, B, C, D) and visits each as it
 /// is found. Nothing is collected: memory does not grow with the number of references.
 fn discover<I: AsRef<[u8]>>(
     layout: &Layout,
@@ -453,7 +487,8 @@ fn discover<I: AsRef<[u8]>>(
 ) -> Result<(), ElfError> {
     phase_a(layout, image, visit)?;
     phase_b(layout, image, visit)?;
-    phase_c(layout, image, visit)
+    phase_c(layout, image, visit)?;
+    btf::phase_d(layout, image, visit)
 }
 
 /// Phase A: address fields of relocation and symbol tables.
@@ -772,6 +807,11 @@ impl Equivalences {
         Equivalences::new(&ranges)
     }
 
+    /// An old offset that the forward map sends to `new` exactly, when there is one.
+    pub fn to_old(&self, new: u64) -> Option<u64> {
+        self.backward(new).filter(|&o| self.forward(o) == Some(new))
+    }
+
     /// The forward map: where an old offset went.
     fn forward(&self, old: u64) -> Option<u64> {
         let i = self.by_old.partition_point(|p| p.0 <= old);
@@ -918,6 +958,8 @@ pub struct AddressMap<'a> {
     pub old: &'a Layout,
     pub new: &'a Layout,
     pub eq: &'a Equivalences,
+    /// BTF values are not addresses: they move by these shifts.
+    pub btf: &'a BtfShifts,
 }
 
 impl AddressMap<'_> {
@@ -954,6 +996,9 @@ impl AddressMap<'_> {
 
     /// The field value a reference of the new image takes once normalised to the old image.
     pub fn normalise(&self, r: &Ref, value: i64) -> i64 {
+        if r.kind.is_btf() {
+            return self.btf.normalise(r.kind, value);
+        }
         let target = r.target_of(r.base, value);
         if r.base == 0 {
             self.target_to_old(target) as i64
@@ -964,7 +1009,9 @@ impl AddressMap<'_> {
 
     /// The decoder's prediction of a reference's new field value from its normalised one.
     pub fn predict(&self, r: &Ref, normalised: i64) -> i64 {
-        if r.base == 0 {
+        if r.kind.is_btf() {
+            self.btf.predict(r.kind, normalised)
+        } else if r.base == 0 {
             self.to_new(normalised as u64) as i64
         } else {
             let old_target = r.target_of(self.base_to_old(r.base), normalised);
@@ -998,10 +1045,16 @@ pub fn walk_restore(
     old: &Layout,
     image: &mut [u8],
     eq: &Equivalences,
+    btf: &BtfShifts,
     mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
     let new = Layout::parse(image)?;
-    let map = AddressMap { old, new: &new, eq };
+    let map = AddressMap {
+        old,
+        new: &new,
+        eq,
+        btf,
+    };
     let mut index = 0usize;
     let mut image = image;
     discover(&new, &mut image, &mut |r, image: &mut &mut [u8]| {
@@ -1028,6 +1081,17 @@ pub fn for_each_ref(layout: &Layout, image: &[u8], mut f: impl FnMut(&Ref)) {
     });
 }
 
+/// Calls `f` for the BTF fields (phase D) of `image` alone, in restore order (for the
+/// encoder, which fits their shifts).
+pub fn for_each_btf_ref(layout: &Layout, image: &[u8], mut f: impl FnMut(&Ref)) {
+    let mut image = image;
+    // The visitor never fails, so neither does the walk.
+    let _ = btf::phase_d(layout, &mut image, &mut |r, _: &mut &[u8]| {
+        f(r);
+        Ok(())
+    });
+}
+
 /// Writes the corrections stream: for each nonzero correction, the gap in reference indices
 /// since the previous one and the zigzag value, as varints, after a varint count.
 pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
@@ -1042,16 +1106,25 @@ pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
     out
 }
 
+/// Set in the architecture byte when BTF shift tables follow it.
+const HAS_BTF: u8 = 0x80;
+
 /// Builds a method-4 payload (before compression) up to its corrections: the architecture
-/// byte, then the records, diff bytes and extra bytes that turn `old` into `normalised`.
-/// The corrections ([`encode_corrections`]) are appended by the caller.
+/// byte (with [`HAS_BTF`] and the tables when there are any), then the records, diff bytes
+/// and extra bytes that turn `old` into `normalised`. The corrections
+/// ([`encode_corrections`]) are appended by the caller.
 pub fn build_payload(
     arch: Arch,
+    btf: &BtfShifts,
     controls: &[Control],
     old: &[u8],
     normalised: &[u8],
 ) -> Result<Vec<u8>, ElfError> {
     let mut out = vec![arch as u8];
+    if !btf.is_empty() {
+        out[0] |= HAS_BTF;
+        btf.write(&mut out);
+    }
     put_varint(&mut out, controls.len() as u64);
     let (mut mix, mut copy) = (0u64, 0u64);
     for c in controls {
@@ -1223,7 +1296,9 @@ pub(crate) fn decode_source(
 /// the payload's zstd frames there (FORMAT.md §6.4).
 pub fn diff_range(raw: &[u8]) -> Result<Range<usize>, ElfError> {
     let mut s = Stream::new(raw);
-    s.u8("architecture")?;
+    if s.u8("architecture")? & HAS_BTF != 0 {
+        BtfShifts::read(&mut s)?;
+    }
     let mut mix = 0u64;
     for _ in 0..s.varint("record count")? {
         mix = mix.saturating_add(s.varint("mix length")?);
@@ -1340,6 +1415,7 @@ type PayloadStream<'a> = Stream<Box<dyn Read + 'a>>;
 /// then the records, their mixed and copied lengths bounded by `max_output`.
 struct Head {
     old_layout: Layout,
+    btf: BtfShifts,
     old_len: u64,
     controls: Vec<Control>,
     total_mix: u64,
@@ -1352,9 +1428,14 @@ impl Head {
         s: &mut Stream<R>,
         max_output: u64,
     ) -> Result<Head, ElfError> {
-        let arch = s.u8("architecture")?;
-        let Some(arch) = Arch::from_u8(arch) else {
-            return Err(bad(format!("payload names unknown architecture {arch}")));
+        let byte = s.u8("architecture")?;
+        let Some(arch) = Arch::from_u8(byte & !HAS_BTF) else {
+            return Err(bad(format!("payload names unknown architecture {byte}")));
+        };
+        let btf = if byte & HAS_BTF != 0 {
+            BtfShifts::read(s)?
+        } else {
+            BtfShifts::default()
         };
         let old_len = old
             .source
@@ -1391,6 +1472,7 @@ impl Head {
         }
         Ok(Head {
             old_layout,
+            btf,
             old_len,
             controls,
             total_mix,
@@ -1419,7 +1501,7 @@ impl Head {
         let eq = Equivalences::from_controls(&self.controls);
         drop(self.controls);
         let mut pending = PendingCorrections::start(s)?;
-        let visited = walk_restore(&self.old_layout, &mut image, &eq, |i, _, _| {
+        let visited = walk_restore(&self.old_layout, &mut image, &eq, &self.btf, |i, _, _| {
             pending.take(s, i)
         })?;
         if let Some((at, _)) = pending.next {
@@ -1598,9 +1680,10 @@ pub fn find_corrections(
     image: &mut [u8],
     new: &[u8],
     eq: &Equivalences,
+    btf: &BtfShifts,
 ) -> Result<Vec<(usize, i64)>, ElfError> {
     let mut out = Vec::new();
-    walk_restore(old, image, eq, |i, r, predicted| {
+    walk_restore(old, image, eq, btf, |i, r, predicted| {
         let actual = r
             .read(new)
             .ok_or_else(|| bad("reference outside the new image"))?;
@@ -1708,7 +1791,14 @@ mod tests {
             copy: 0,
             seek: 0,
         }];
-        let mut p = build_payload(Layout::parse(old).unwrap().arch, &controls, old, old).unwrap();
+        let mut p = build_payload(
+            Layout::parse(old).unwrap().arch,
+            &BtfShifts::default(),
+            &controls,
+            old,
+            old,
+        )
+        .unwrap();
         p.extend_from_slice(&encode_corrections(corrections));
         p.extend_from_slice(trailing);
         p
@@ -1837,7 +1927,7 @@ mod tests {
         target[a..a + 8].fill(1);
         target[b..b + 5].fill(2);
         let arch = Layout::parse(&old).unwrap().arch;
-        let mut raw = build_payload(arch, &controls, &old, &target).unwrap();
+        let mut raw = build_payload(arch, &BtfShifts::default(), &controls, &old, &target).unwrap();
         raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
         let streamed = decode_from(&old, raw.as_slice(), len).unwrap();
         let frame = |with_size: bool| {

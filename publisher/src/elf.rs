@@ -8,14 +8,19 @@
 //!    ranges of that diff are the first equivalence map.
 //! 3. Normalise: rewrite each reference of the new image to the value it would have in the old
 //!    image at the matching place, mapping its target (and, for relative references, its
-//!    base) through the equivalence map.
+//!    base) through the equivalence map. BTF type ids and string offsets (kernel modules'
+//!    `.BTF`) are not addresses: the pairs of values the map aligns are fitted with a table of
+//!    shifts ([`BtfShifts::fit`]) that the payload carries, and each new value is normalised
+//!    to one the table sends to it.
 //! 4. Diff the old image against the normalised one with bsdiff; the device derives its
 //!    equivalence map from this diff's control records.
 //! 5. Run the device's restore over the normalised image and record, for each reference whose
 //!    predicted value is not the real one, the correction. The candidate exists only if the
 //!    restore gives the new image back byte for byte.
 
-use deltaroot_client::elf::{self, AddressMap, Equivalences, Layout};
+use std::collections::HashMap;
+
+use deltaroot_client::elf::{self, AddressMap, BtfShifts, Equivalences, Layout, RefKind};
 
 use crate::bsdiff::Index;
 use crate::error::Result;
@@ -46,10 +51,12 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
         index.release();
         eq0
     };
+    let btf = btf_shifts(&lo, old, &ln, new, &eq0);
     let map0 = AddressMap {
         old: &lo,
         new: &ln,
         eq: &eq0,
+        btf: &btf,
     };
     // Every blanked field is written again (in the same order as it was blanked), so this
     // gives the new file with each reference normalised.
@@ -65,9 +72,10 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     let controls = index.controls(&work);
     index.release();
     let eq1 = Equivalences::from_controls(&controls);
-    let payload = elf::build_payload(ln.arch, &controls, old, &work);
+    let payload = elf::build_payload(ln.arch, &btf, &controls, old, &work);
     drop(controls);
-    let found = payload.and_then(|p| Ok((p, elf::find_corrections(&lo, &mut work, new, &eq1)?)));
+    let found =
+        payload.and_then(|p| Ok((p, elf::find_corrections(&lo, &mut work, new, &eq1, &btf)?)));
     let (mut payload, corrections) = match found {
         Ok(found) => found,
         Err(e) => {
@@ -77,9 +85,47 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     };
     tracing::debug!(
         refs,
+        btf_type_pieces = btf.types.len(),
+        btf_string_pieces = btf.strings.len(),
         corrections = corrections.len(),
         "ELF references normalised"
     );
     payload.extend_from_slice(&elf::encode_corrections(&corrections));
     Ok(Some(payload))
+}
+
+/// The shifts of BTF type ids and string offsets: each BTF field of the new file that the
+/// alignment `eq` matches exactly with a field of the same kind in the old file gives a pair
+/// (old value, new value), and each kind's pairs are fitted with [`BtfShifts::fit`].
+fn btf_shifts(lo: &Layout, old: &[u8], ln: &Layout, new: &[u8], eq: &Equivalences) -> BtfShifts {
+    let mut at_old: HashMap<usize, (RefKind, u32)> = HashMap::new();
+    elf::for_each_btf_ref(lo, old, |r| {
+        if let Some(v) = elf::read_ref(r, old) {
+            at_old.insert(r.loc, (r.kind, v as u32));
+        }
+    });
+    let (mut types, mut strings) = (Vec::new(), Vec::new());
+    if !at_old.is_empty() {
+        elf::for_each_btf_ref(ln, new, |r| {
+            let Some(v) = elf::read_ref(r, new) else {
+                return;
+            };
+            let matched = eq
+                .to_old(r.loc as u64)
+                .and_then(|o| at_old.get(&(o as usize)))
+                .filter(|m| m.0 == r.kind);
+            if let Some(&(kind, o)) = matched {
+                let pairs = if kind == RefKind::BtfType {
+                    &mut types
+                } else {
+                    &mut strings
+                };
+                pairs.push((o, v as u32));
+            }
+        });
+    }
+    BtfShifts {
+        types: BtfShifts::fit(types),
+        strings: BtfShifts::fit(strings),
+    }
 }

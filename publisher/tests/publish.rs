@@ -400,11 +400,53 @@ fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
     }
 }
 
+/// A module's split BTF after the base it refers to renumbered its types and moved its
+/// strings: the ELF method predicts every moved type id and string offset from the shift
+/// tables it carries, so the patched image needs almost no byte of the `.BTF` section
+/// changed (a field the alignment did not match may still be predicted from a neighbour's
+/// shift).
+#[test]
+fn elf_method_follows_a_renumbered_btf_base() {
+    let dir = elf_pairs().join("x86_64/btf-ko");
+    assert!(
+        dir.exists(),
+        "{} was not built (is pahole, Debian's dwarves, installed?)",
+        dir.display()
+    );
+    let (old, new) = (
+        std::fs::read(dir.join("old")).unwrap(),
+        std::fs::read(dir.join("new")).unwrap(),
+    );
+    let moved = old.iter().zip(&new).filter(|(a, b)| a != b).count();
+    assert!(
+        old.len() == new.len() && moved >= 40,
+        "the fixture's BTF should move ({moved} bytes differ)"
+    );
+    let (bsdiff, elf) = elf_candidate(&old, &new);
+    assert!(
+        elf.len() < bsdiff,
+        "elf {} bytes, bsdiff {bsdiff}",
+        elf.len()
+    );
+    use deltaroot_client::format::container::unwrap_payload;
+    let (h, payload) = deltaroot_client::format::DeltaHeader::decode(&elf).unwrap();
+    let raw = unwrap_payload(&h, payload, 1 << 30).unwrap();
+    assert!(raw[0] & 0x80 != 0, "the payload carries BTF shift tables");
+    let diff = deltaroot_client::elf::diff_range(&raw).unwrap();
+    let changed = raw[diff].iter().filter(|&&b| b != 0).count();
+    assert!(
+        changed * 10 <= moved,
+        "{changed} diff bytes left after normalisation, {moved} bytes moved"
+    );
+}
+
 #[test]
 fn hostile_elf_patches_fail_cleanly() {
     for arch in ["x86_64", "aarch64"] {
         hostile_patches_fail_cleanly(&elf_pairs().join(arch).join("calc-pie"));
     }
+    // A payload with BTF shift tables: damaged tables fail as cleanly.
+    hostile_patches_fail_cleanly(&elf_pairs().join("x86_64/btf-ko"));
 }
 
 fn hostile_patches_fail_cleanly(dir: &Path) {
