@@ -6,12 +6,16 @@
 #     delta A -> B, apply it offline on a device repository holding A and check B out;
 #   - deltaroot: publish A as 1 and B as 2 to a deltaroot-server on loopback, install 1 on a
 #     device folder, update it to 2, and count the bytes the server served;
+#   - deltaroot, --skip-method xz: the same full run (publish, install 1, update to 2, bytes
+#     served) on a second server of its own, so that nothing of the first run is reused, with
+#     the xz method skipped: what a fleet gets that trades download bytes for apply time;
 #   - deltaroot per method: B published from A with one delta method alone (objects always).
 # Writes bench/results/trees.md, trees.tsv and trees.svg.
 #
 #   bench/trees.sh                  # builds the corpus first if it is missing
 #   TREES=small bench/trees.sh      # one tree only
 #   PER_METHOD=0 bench/trees.sh     # skip the one-method runs
+#   SKIP_XZ_RUN=0 bench/trees.sh    # skip the --skip-method xz run
 #   MEMORY_MIB=2048                 # the publisher's memory budget (--memory-mib)
 #
 # Every tool runs with malloc asking for transparent huge pages, as deploy/'s agent unit
@@ -23,6 +27,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 CORPUS_DIR=${CORPUS_DIR:-$HOME/corpus}
 TREES=${TREES:-small kernel}
 PER_METHOD=${PER_METHOD:-1}
+SKIP_XZ_RUN=${SKIP_XZ_RUN:-1}
 MEMORY_MIB=${MEMORY_MIB:-2048}
 for t in $TREES; do
   if [ ! -d "$CORPUS_DIR/trees/$t/B" ]; then
@@ -42,22 +47,46 @@ fi
 cargo build --release --quiet --manifest-path "$here/Cargo.toml"
 bin=$here/target/release
 work=$(mktemp -d /var/tmp/deltaroot-trees.XXXXXX)
-trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+server_pids=
+trap 'kill $server_pids 2>/dev/null || true; rm -rf "$work"' EXIT
 out=$work/out
 mkdir -p "$out"
 
 # timed NAME CMD... : wall seconds and peak RSS (KiB) of CMD into $out/NAME.time
 timed() { /usr/bin/time -f '%e %M' -o "$out/$1.time" "${@:2}"; }
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$out/values.tsv"; } # tree key value
+# chosen TREE REPORT PREFIX: contents and bytes per method of the downloads in a --report TSV
+chosen() {
+  python3 - "$2" "$1" "$3" >>"$out/values.tsv" <<'PY'
+import csv, sys
+by = {}
+for r in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
+    c = by.setdefault(r["method"], [0, 0])
+    c[0] += 1
+    c[1] += int(r["bytes"])
+for m, (n, b) in sorted(by.items()):
+    print(f"{sys.argv[2]}\t{sys.argv[3]}chosen_{m}\t{n} {b}")
+PY
+}
 
 "$bin/deltaroot" keygen --out "$work/release" >/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
-token=$("$bin/deltaroot-server" token create bench --data "$work/data")
-"$bin/deltaroot-server" serve --plain-http --listen "127.0.0.1:$port" --data "$work/data" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 50); do curl -fs "$url/healthz" >/dev/null && break; sleep 0.1; done
-served() { curl -fs "$url/metrics" | awk '/^deltaroot_served_bytes_total/ {s += $2} END {printf "%d\n", s}'; }
+# serve DATA: a deltaroot-server on loopback over the folder DATA; sets $url and $token for it.
+serve() {
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  url=http://127.0.0.1:$port
+  token=$("$bin/deltaroot-server" token create bench --data "$1")
+  "$bin/deltaroot-server" serve --plain-http --listen "127.0.0.1:$port" --data "$1" 2>"$1.log" &
+  server_pids="$server_pids $!"
+  for _ in $(seq 50); do curl -fs "$url/healthz" >/dev/null && break; sleep 0.1; done
+}
+# served URL: the bytes the server at URL has served so far.
+served() { curl -fs "$1/metrics" | awk '/^deltaroot_served_bytes_total/ {s += $2} END {printf "%d\n", s}'; }
+if [ "$SKIP_XZ_RUN" = 1 ]; then
+  serve "$work/data-skip-xz"
+  skip_url=$url skip_token=$token
+fi
+serve "$work/data"
 
 for t in $TREES; do
   A=$CORPUS_DIR/trees/$t/A
@@ -96,24 +125,38 @@ for t in $TREES; do
   timed "$t-dr-publish" "${pub[@]}" "$A" "$B" --from-version 1 --version 2 --report "$w/report.tsv" >"$w/pub2.json"
   agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json)
   "${agent[@]}" install 1 >/dev/null
-  before=$(served)
+  before=$(served "$url")
   sync
   timed "$t-dr-apply" "${agent[@]}" update >"$w/update.json"
-  after=$(served)
+  after=$(served "$url")
   record "$t" dr_bytes "$((after - before))"
   record "$t" dr_promised "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/pub2.json")"
   record "$t" dr_unpacked "$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j["unpacked_bytes"], j["packs"], j["packed"])' "$w/pub2.json")"
-  python3 - "$w/report.tsv" "$t" >>"$out/values.tsv" <<'PY'
-import csv, sys
-by = {}
-for r in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
-    c = by.setdefault(r["method"], [0, 0])
-    c[0] += 1
-    c[1] += int(r["bytes"])
-for m, (n, b) in sorted(by.items()):
-    print(f"{sys.argv[2]}\tchosen_{m}\t{n} {b}")
-PY
+  chosen "$t" "$w/report.tsv" ""
   cp "$w/report.tsv" "$out/$t-report.tsv"
+  rm -rf "$w/device"
+
+  if [ "$SKIP_XZ_RUN" = 1 ]; then
+    echo "== $t: deltaroot, --skip-method xz" >&2
+    # The same steps as the run above, on the second server, with the xz method skipped.
+    pub=("$bin/deltaroot" publish --product "$t" --key "$work/release.key" --server "$skip_url" --token "$skip_token"
+      --memory-mib "$MEMORY_MIB" --quiet --json)
+    "${pub[@]}" "$A" --version 1 >"$w/skip-xz-pub1.json"
+    sync
+    timed "$t-dr-skip-xz-publish" "${pub[@]}" --skip-method xz "$A" "$B" --from-version 1 --version 2 \
+      --report "$w/skip-xz-report.tsv" >"$w/skip-xz-pub2.json"
+    agent=("$bin/deltaroot-agent" --root "$w/device" --server "$skip_url" --product "$t" --trust "$work/release.pub" --json)
+    "${agent[@]}" install 1 >/dev/null
+    before=$(served "$skip_url")
+    sync
+    timed "$t-dr-skip-xz-apply" "${agent[@]}" update >"$w/skip-xz-update.json"
+    after=$(served "$skip_url")
+    record "$t" skip_xz_bytes "$((after - before))"
+    record "$t" skip_xz_promised "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/skip-xz-pub2.json")"
+    chosen "$t" "$w/skip-xz-report.tsv" skip_xz_
+    cp "$w/skip-xz-report.tsv" "$out/$t-skip-xz-report.tsv"
+    rm -rf "$w/device"
+  fi
 
   if [ "$PER_METHOD" = 1 ]; then
     for m in zstd zstd-patch-from bsdiff elf gzip xz; do
@@ -130,7 +173,6 @@ PY
     done
     rm -rf "$w/only"
   fi
-  rm -rf "$w/device"
 done
 
 for f in "$out"/*.time; do

@@ -40,6 +40,9 @@ p("(its objects, zlib) and generates the static delta; deltaroot publishes B fro
 p("fresh installs at zstd -19 and every delta). Apply: OSTree `static-delta apply-offline` then")
 p("`checkout` of B; deltaroot `deltaroot-agent update` (download from loopback, verify, build the")
 p("staging tree, switch). Peak memory is the peak RSS of the step's largest process.")
+p("deltaroot, `--skip-method xz`: the same publish and apply on a server of its own, with the `xz`")
+p("method skipped (a compressed kernel goes as another delta or whole instead of being compressed")
+p("again on the device): the configuration for fleets whose apply time matters more than bytes.")
 thp = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
 p("Every tool ran with malloc asking for transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,"
   " as `deploy/deltaroot-agent.service` sets it).\n" if thp else
@@ -60,6 +63,10 @@ for tree in trees:
     row("OSTree static delta", ost, f"{oc_s + og_s:.1f} ({oc_s:.1f} commit + {og_s:.1f} delta)",
         f"{max(oc_m, og_m):.0f}", f"{oa_s:.1f}", f"{oa_m:.0f}")
     row("**deltaroot**", dr, f"**{dg_s:.1f}**", f"**{dg_m:.0f}**", f"**{da_s:.1f}**", f"**{da_m:.0f}**")
+    if "skip_xz_bytes" in d:
+        (sg_s, sg_m), (sa_s, sa_m) = t(tree, "dr-skip-xz-publish"), t(tree, "dr-skip-xz-apply")
+        row("deltaroot, `--skip-method xz`", int(d["skip_xz_bytes"]), f"{sg_s:.1f}", f"{sg_m:.0f}",
+            f"{sa_s:.1f}", f"{sa_m:.0f}")
     if "dr_unpacked" in d:
         unpacked, packs, packed = map(int, d["dr_unpacked"].split())
         row(f"deltaroot, the same downloads unpacked (without its {packs} packs of {packed} files)", unpacked)
@@ -70,23 +77,36 @@ for tree in trees:
         row(label, int(d[key]), f"{s:.1f}*", f"{mem:.0f}*")
     p("")
     p("\\* one-method runs reuse the stored objects, so their times cover the deltas alone.\n")
-    chosen = sorted((k[7:], d[k].split()) for k in d if k.startswith("chosen_"))
+    chosen = {k[7:]: d[k].split() for k in d if k.startswith("chosen_")}
+    skipped = {k[15:]: d[k].split() for k in d if k.startswith("skip_xz_chosen_")}
     if chosen:
         p("What deltaroot's download is made of (the cheapest method per content):\n")
-        p("| method | contents | MB |")
-        p("|---|---:|---:|")
-        for m, (n, b) in chosen:
-            p(f"| {m} | {n} | {mb(int(b))} |")
+        if skipped:
+            p("| method | contents | MB | contents, `--skip-method xz` | MB, `--skip-method xz` |")
+            p("|---|---:|---:|---:|---:|")
+        else:
+            p("| method | contents | MB |")
+            p("|---|---:|---:|")
+        for m in sorted(set(chosen) | set(skipped)):
+            cells = [c for by in ([chosen, skipped] if skipped else [chosen])
+                     for c in ((by[m][0], mb(int(by[m][1]))) if m in by else ("", ""))]
+            p(f"| {m} | {' | '.join(cells)} |")
         p("")
-    p(f"Served / promised by the publisher: {dr / f['dr_promised']:.4f}.\n")
+    p(f"Served / promised by the publisher: {dr / f['dr_promised']:.4f}"
+      + (f"; with `--skip-method xz`, {int(d['skip_xz_bytes']) / int(d['skip_xz_promised']):.4f}"
+         if "skip_xz_bytes" in d else "") + ".\n")
 
 p("## Targets\n")
 p("| tree | download vs OSTree | target | generation vs OSTree | target | apply vs OSTree | target | publish peak MiB | target |")
 p("|---|---:|---|---:|---|---:|---|---:|---|")
 for tree in trees:
     f = figures(tree)
-    (dg_s, dg_m), da_s, oa_s = f["dr-publish"], f["dr-apply"][0], f["ostree-apply"][0]
-    p(f"| {tree} | {f['dr_bytes'] / f['ostree_bytes']:.3f} | <= {TARGETS[tree]} | {dg_s / f['ostree-gen']:.2f} | <= 1 | {da_s / oa_s:.2f} | <= 1.5 | {dg_m:.0f} | <= 2048 |")
+    runs = [(tree, f["dr_bytes"], "dr-publish", "dr-apply")]
+    if "skip_xz_bytes" in v[tree]:
+        runs.append((f"{tree}, `--skip-method xz`", int(v[tree]["skip_xz_bytes"]), "dr-skip-xz-publish", "dr-skip-xz-apply"))
+    for name, b, publish, apply in runs:
+        (dg_s, dg_m), da_s, oa_s = t(tree, publish), t(tree, apply)[0], f["ostree-apply"][0]
+        p(f"| {name} | {b / f['ostree_bytes']:.3f} | <= {TARGETS[tree]} | {dg_s / f['ostree-gen']:.2f} | <= 1 | {da_s / oa_s:.2f} | <= 1.5 | {dg_m:.0f} | <= 2048 |")
 p("")
 open(md_path, "w").write("\n".join(out))
 
@@ -96,6 +116,8 @@ for tree in trees:
     d = v[tree]
     items = [("full image", int(d["full_bytes"]), "#bbbbbb"), ("OSTree", int(d["ostree_bytes"]), "#d9822b"),
              ("deltaroot", int(d["dr_bytes"]), "#2b6cb0")]
+    if "skip_xz_bytes" in d:
+        items.append(("deltaroot, no xz", int(d["skip_xz_bytes"]), "#5a8fd0"))
     for key in sorted(k for k in d if k.startswith("only_") and k != "only_zstd"):
         items.append((f"{key[5:]} alone", int(d[key]), "#90b4e0"))
     bars.append((tree, items))

@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use deltaroot_client::format::container::{apply_delta_to, Source};
+use deltaroot_client::format::Method;
 
-use crate::engine::{self, EngineOptions};
+use crate::engine::{self, EngineOptions, MethodSet};
 use crate::publish::{publish, PublishOptions};
 use crate::sink::{DirSink, ServerSink, Sink};
 
@@ -32,28 +34,49 @@ struct Engine {
     /// Largest file given to bsdiff, in MiB.
     #[arg(long, default_value_t = 256)]
     bsdiff_max_mib: u64,
-    /// Use only this delta method (elf, gzip, bsdiff, zstd-patch-from; zstd: whole files)
-    /// instead of the smallest of all, to measure what one method sends.
-    #[arg(long, value_name = "METHOD")]
-    method: Option<String>,
+    /// Use only this delta method (zstd: whole files only) instead of the smallest of all,
+    /// to measure what one method sends.
+    #[arg(long, value_name = "METHOD", value_parser = method_parser(true))]
+    method: Option<Method>,
+    /// Never send deltas made by this method (repeatable): such files go as another method's
+    /// delta or whole.
+    ///
+    /// For fleets whose devices' apply time matters more than download bytes. The xz method
+    /// rebuilds a compressed kernel bit for bit on the device, which costs the device tens of
+    /// seconds of one core (liblzma at preset 6 over the whole kernel); `--skip-method xz`
+    /// sends the kernel as another delta or whole, for more bytes. A skipped method is not
+    /// used either where gzip and xz deltas choose how to diff the contents they decompress.
+    #[arg(long, value_name = "METHOD", value_parser = method_parser(false))]
+    skip_method: Vec<Method>,
+}
+
+/// Parses a method by its name in the container format (`Method::name`); `zstd`, the whole
+/// file, only where `whole` is set (it is never skipped: objects are always made).
+fn method_parser(whole: bool) -> impl TypedValueParser<Value = Method> {
+    let names = Method::ALL
+        .into_iter()
+        .filter(move |m| whole || *m != Method::Zstd)
+        .map(Method::name);
+    PossibleValuesParser::new(names).map(|name| {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .expect("a possible value names a method")
+    })
 }
 
 impl Engine {
     fn options(&self) -> anyhow::Result<EngineOptions> {
-        let only = match self.method.as_deref() {
-            None => None,
-            Some(m) => Some(
-                deltaroot_client::format::Method::ALL
-                    .into_iter()
-                    .find(|x| x.name() == m)
-                    .with_context(|| format!("unknown method {m:?}"))?,
-            ),
-        };
+        let skip: MethodSet = self.skip_method.iter().copied().collect();
+        if let Some(only) = self.method.filter(|m| skip.contains(*m)) {
+            anyhow::bail!("--skip-method {only} skips the only method --method {only} runs");
+        }
         Ok(EngineOptions {
             level: self.level,
             install_level: self.install_level,
             bsdiff_max: self.bsdiff_max_mib << 20,
-            only,
+            only: self.method,
+            skip,
         })
     }
 }
@@ -160,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if old.is_some() != from_version.is_some() {
                 anyhow::bail!("--from-version names the OLD tree: give both or neither");
             }
+            let eng = engine.options()?;
             let key = crate::keys::load(&key)?;
             let sink: Box<dyn Sink> = match (server, out) {
                 (Some(url), None) => {
@@ -173,7 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 from_version,
                 channel,
-                engine: engine.options()?,
+                engine: eng,
                 created: None,
                 progress: !quiet,
                 memory_budget: memory_mib << 20,
@@ -197,13 +221,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             engine,
         } => {
+            let opts = engine.options()?;
             let o = std::fs::read(&old).with_context(|| format!("reading {}", old.display()))?;
             let n = std::fs::read(&new).with_context(|| format!("reading {}", new.display()))?;
-            let opts = engine.options()?;
             let best = engine::diff_file(&o, &n, &opts)?.with_context(|| {
                 format!(
                     "method {} does not apply to these files",
-                    engine.method.unwrap_or_default()
+                    engine.method.map_or("", Method::name)
                 )
             })?;
             std::fs::write(&out, &best.bytes)

@@ -22,6 +22,33 @@ pub struct EngineOptions {
     pub bsdiff_max: u64,
     /// Only this method (`Zstd`: whole files only), to measure one method alone.
     pub only: Option<Method>,
+    /// Methods never tried, inside `gzip` and `xz` deltas too (where a device's time to apply
+    /// them matters more than the bytes they save): such files go by another method or whole.
+    pub skip: MethodSet,
+}
+
+/// A set of delta methods (one bit per method number).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MethodSet(u32);
+
+impl MethodSet {
+    pub fn contains(self, m: Method) -> bool {
+        self.0 & 1 << m as u32 != 0
+    }
+
+    pub fn insert(&mut self, m: Method) {
+        self.0 |= 1 << m as u32;
+    }
+}
+
+impl FromIterator<Method> for MethodSet {
+    fn from_iter<I: IntoIterator<Item = Method>>(iter: I) -> Self {
+        let mut set = MethodSet::default();
+        for m in iter {
+            set.insert(m);
+        }
+        set
+    }
 }
 
 impl Default for EngineOptions {
@@ -31,6 +58,7 @@ impl Default for EngineOptions {
             install_level: 16,
             bsdiff_max: 256 << 20,
             only: None,
+            skip: MethodSet::default(),
         }
     }
 }
@@ -209,7 +237,8 @@ pub fn candidates(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Vec<Ca
     candidates_of(old, new, opts, opts.only)
 }
 
-/// The delta methods that apply to this pair, or just `only` where it applies.
+/// The delta methods that apply to this pair and are not skipped, or just `only` where it
+/// applies.
 fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method>) -> Vec<Method> {
     let mut methods = Vec::new();
     if deltaroot_client::gzip::is_gzip(old) && deltaroot_client::gzip::is_gzip(new) {
@@ -225,7 +254,7 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
         methods.push(Method::BsdiffZstd);
     }
     methods.push(Method::ZstdPatchFrom);
-    methods.retain(|m| only.is_none_or(|o| o == *m));
+    methods.retain(|m| only.is_none_or(|o| o == *m) && !opts.skip.contains(*m));
     methods
 }
 

@@ -563,3 +563,128 @@ fn gzip_documents_are_diffed_decompressed_and_rebuilt_bit_for_bit() {
     let err = apply_delta(&patch, b"plain", None).unwrap_err().to_string();
     assert!(err.contains("applies to"), "{err}");
 }
+
+/// A stand-in for a compressed kernel: setup bytes, an xz stream (preset 6, as the kernel's
+/// build compresses it) of contents that differ in every 997th word by `seed`, a trailer.
+fn xz_image(seed: u32) -> Vec<u8> {
+    use deltaroot_client::xz::{Bcj, Options};
+    let mut contents = Vec::new();
+    for i in 0..40_000u32 {
+        let v = i.wrapping_mul(2_654_435_761) >> 20;
+        contents.extend_from_slice(&(v + if i % 997 == 0 { seed } else { 0 }).to_le_bytes());
+    }
+    let o = Options {
+        check: 1,
+        bcj: Bcj::X86,
+        preset: 6,
+        dict: 1 << 20,
+    };
+    let mut out = format!("setup v{seed} ").into_bytes();
+    out.extend(deltaroot_client::xz::encode(&contents, &o, None).unwrap());
+    out.extend_from_slice(&(contents.len() as u32).to_le_bytes());
+    out
+}
+
+#[test]
+fn skipped_methods_are_never_sent() {
+    use deltaroot_client::format::{DeltaHeader, Method};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    // Two trees of a compressed kernel and a gzip changelog, which the xz and gzip methods win.
+    for (v, seed, entries) in [("A", 1, 250), ("B", 2, 251)] {
+        std::fs::create_dir_all(tmp.path().join(v).join("boot")).unwrap();
+        std::fs::write(tmp.path().join(v).join("boot/vmlinuz"), xz_image(seed)).unwrap();
+        std::fs::write(
+            tmp.path().join(v).join("changelog.gz"),
+            gnu_gzip(&changelog(entries)),
+        )
+        .unwrap();
+    }
+
+    // `deltaroot diff`: the method that wins, then without it (and without the next one).
+    let diff = |old: &str, new: &str, skip: &[Method]| {
+        let (patch, back) = (p("patch"), p("back"));
+        let mut args = vec!["diff", old, new, "--out", &patch, "--level", "3"];
+        for m in skip {
+            args.extend(["--skip-method", m.name()]);
+        }
+        run(&args);
+        let bytes = std::fs::read(&patch).unwrap();
+        run(&["apply", old, &patch, "--out", &back]);
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(new).unwrap());
+        (DeltaHeader::decode(&bytes).unwrap().0.method, bytes.len())
+    };
+    for (file, method) in [("boot/vmlinuz", Method::Xz), ("changelog.gz", Method::Gzip)] {
+        let (old, new) = (p(&format!("A/{file}")), p(&format!("B/{file}")));
+        let (best, best_len) = diff(&old, &new, &[]);
+        assert_eq!(best, method, "{file}");
+        let (other, other_len) = diff(&old, &new, &[method]);
+        assert_ne!(other, method, "{file}");
+        assert!(other_len > best_len, "{file}: {other} {other_len} bytes");
+        let (third, _) = diff(&old, &new, &[method, other]);
+        assert!(third != method && third != other, "{file}: {third}");
+    }
+
+    // `deltaroot publish`: the update's downloads (the report's method column).
+    run(&["keygen", "--out", &p("rel")]);
+    let publish = |out: &str, skip: &[&str]| {
+        let report = p(&format!("{out}.tsv"));
+        let (a, b, out, key) = (p("A"), p("B"), p(out), p("rel.key"));
+        let mut args = vec![
+            "publish",
+            &a,
+            &b,
+            "--product",
+            "demo",
+            "--from-version",
+            "1",
+            "--version",
+            "2",
+            "--key",
+            &key,
+            "--out",
+            &out,
+            "--quiet",
+            "--level",
+            "3",
+            "--report",
+            &report,
+        ];
+        for m in skip {
+            args.extend(["--skip-method", m]);
+        }
+        run(&args);
+        let mut methods: Vec<String> = std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+            .collect();
+        methods.sort();
+        methods
+    };
+    assert_eq!(publish("all", &[]), ["gzip", "xz"]);
+    let skipped = publish("no-xz", &["xz"]);
+    assert!(
+        skipped.len() == 2 && !skipped.iter().any(|m| m == "xz"),
+        "{skipped:?}"
+    );
+    let skipped = publish("no-xz-gzip", &["xz", "gzip"]);
+    assert!(
+        skipped.len() == 2 && !skipped.iter().any(|m| m == "xz" || m == "gzip"),
+        "{skipped:?}"
+    );
+
+    // The one method --method runs cannot be skipped too.
+    let out = Command::new(BIN)
+        .args(["diff", &p("A/boot/vmlinuz"), &p("B/boot/vmlinuz")])
+        .args(["--out", &p("x"), "--method", "xz", "--skip-method", "xz"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--skip-method xz skips the only method"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("x").exists());
+}
