@@ -82,6 +82,32 @@ serve() {
 }
 # served URL: the bytes the server at URL has served so far.
 served() { curl -fs "$1/metrics" | awk '/^deltaroot_served_bytes_total/ {s += $2} END {printf "%d\n", s}'; }
+# dr_run TREE URL TOKEN NAME KEYS CHOSEN [ARG...]: publish A as 1, then B as 2 with ARGs, to the
+# server at URL; install 1 on a device folder and update it to 2. Times NAME-publish-a,
+# NAME-publish and NAME-apply; records KEYS{dr_,}bytes (served by the server during the update)
+# and the publisher's promise, and the methods chosen (keys CHOSENchosen_METHOD); keeps the
+# --report as TREE-NAME-report.tsv (TREE-report.tsv for NAME dr).
+dr_run() {
+  local t=$1 url=$2 token=$3 name=$4 keys=$5 picked=$6 before after
+  shift 6
+  local pub=("$bin/deltaroot" publish --product "$t" --key "$work/release.key" --server "$url" --token "$token"
+    --memory-mib "$MEMORY_MIB" --quiet --json)
+  timed "$t-$name-publish-a" "${pub[@]}" "$A" --version 1 >"$w/$name-pub1.json"
+  sync
+  timed "$t-$name-publish" "${pub[@]}" "$@" "$A" "$B" --from-version 1 --version 2 \
+    --report "$w/$name-report.tsv" >"$w/$name-pub2.json"
+  local agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json)
+  "${agent[@]}" install 1 >/dev/null
+  before=$(served "$url")
+  sync
+  timed "$t-$name-apply" "${agent[@]}" update >"$w/$name-update.json"
+  after=$(served "$url")
+  record "$t" "${keys}bytes" "$((after - before))"
+  record "$t" "${keys}promised" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/$name-pub2.json")"
+  chosen "$t" "$w/$name-report.tsv" "$picked"
+  if [ "$name" = dr ]; then cp "$w/$name-report.tsv" "$out/$t-report.tsv"; else cp "$w/$name-report.tsv" "$out/$t-$name-report.tsv"; fi
+  rm -rf "$w/device"
+}
 if [ "$SKIP_XZ_RUN" = 1 ]; then
   serve "$work/data-skip-xz"
   skip_url=$url skip_token=$token
@@ -118,44 +144,13 @@ for t in $TREES; do
   rm -rf "$repo" "$dev" "$w/ostree-deploy" "$w/ostree.delta"
 
   echo "== $t: deltaroot" >&2
-  pub=("$bin/deltaroot" publish --product "$t" --key "$work/release.key" --server "$url" --token "$token"
-    --memory-mib "$MEMORY_MIB" --quiet --json)
-  timed "$t-dr-publish-a" "${pub[@]}" "$A" --version 1 >"$w/pub1.json"
-  sync
-  timed "$t-dr-publish" "${pub[@]}" "$A" "$B" --from-version 1 --version 2 --report "$w/report.tsv" >"$w/pub2.json"
-  agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json)
-  "${agent[@]}" install 1 >/dev/null
-  before=$(served "$url")
-  sync
-  timed "$t-dr-apply" "${agent[@]}" update >"$w/update.json"
-  after=$(served "$url")
-  record "$t" dr_bytes "$((after - before))"
-  record "$t" dr_promised "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/pub2.json")"
-  record "$t" dr_unpacked "$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j["unpacked_bytes"], j["packs"], j["packed"])' "$w/pub2.json")"
-  chosen "$t" "$w/report.tsv" ""
-  cp "$w/report.tsv" "$out/$t-report.tsv"
-  rm -rf "$w/device"
+  dr_run "$t" "$url" "$token" dr dr_ ""
+  record "$t" dr_unpacked "$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j["unpacked_bytes"], j["packs"], j["packed"])' "$w/dr-pub2.json")"
 
   if [ "$SKIP_XZ_RUN" = 1 ]; then
     echo "== $t: deltaroot, --skip-method xz" >&2
-    # The same steps as the run above, on the second server, with the xz method skipped.
-    pub=("$bin/deltaroot" publish --product "$t" --key "$work/release.key" --server "$skip_url" --token "$skip_token"
-      --memory-mib "$MEMORY_MIB" --quiet --json)
-    "${pub[@]}" "$A" --version 1 >"$w/skip-xz-pub1.json"
-    sync
-    timed "$t-dr-skip-xz-publish" "${pub[@]}" --skip-method xz "$A" "$B" --from-version 1 --version 2 \
-      --report "$w/skip-xz-report.tsv" >"$w/skip-xz-pub2.json"
-    agent=("$bin/deltaroot-agent" --root "$w/device" --server "$skip_url" --product "$t" --trust "$work/release.pub" --json)
-    "${agent[@]}" install 1 >/dev/null
-    before=$(served "$skip_url")
-    sync
-    timed "$t-dr-skip-xz-apply" "${agent[@]}" update >"$w/skip-xz-update.json"
-    after=$(served "$skip_url")
-    record "$t" skip_xz_bytes "$((after - before))"
-    record "$t" skip_xz_promised "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/skip-xz-pub2.json")"
-    chosen "$t" "$w/skip-xz-report.tsv" skip_xz_
-    cp "$w/skip-xz-report.tsv" "$out/$t-skip-xz-report.tsv"
-    rm -rf "$w/device"
+    # The same steps on the second server, with the xz method skipped.
+    dr_run "$t" "$skip_url" "$skip_token" dr-skip-xz skip_xz_ skip_xz_ --skip-method xz
   fi
 
   if [ "$PER_METHOD" = 1 ]; then

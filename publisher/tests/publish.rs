@@ -351,17 +351,26 @@ fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
     (bsdiff, elf.bytes)
 }
 
+/// The old and new files of fixture pair `name` (`<arch>/<pair>`), built by `make.sh` with
+/// `tool`, which the message names when the pair is missing.
+fn elf_pair(name: &str, tool: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = elf_pairs().join(name);
+    assert!(
+        dir.exists(),
+        "{} was not built (is {tool} installed?)",
+        dir.display()
+    );
+    (
+        std::fs::read(dir.join("old")).unwrap(),
+        std::fs::read(dir.join("new")).unwrap(),
+    )
+}
+
 fn elf_pairs_round_trip_and_beat_bsdiff(arch: &str) {
     for pair in ["calc-pie", "calc-static", "shapes-so", "calc-o"] {
-        let dir = elf_pairs().join(arch).join(pair);
-        assert!(
-            dir.exists(),
-            "{} was not built (is the compiler for {arch} installed?)",
-            dir.display()
-        );
-        let (old, new) = (
-            std::fs::read(dir.join("old")).unwrap(),
-            std::fs::read(dir.join("new")).unwrap(),
+        let (old, new) = elf_pair(
+            &format!("{arch}/{pair}"),
+            &format!("the compiler for {arch}"),
         );
         let (bsdiff, elf) = elf_candidate(&old, &new);
         let back = deltaroot_client::format::apply_delta(&elf, &old, None).unwrap();
@@ -407,16 +416,7 @@ fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
 /// shift).
 #[test]
 fn elf_method_follows_a_renumbered_btf_base() {
-    let dir = elf_pairs().join("x86_64/btf-ko");
-    assert!(
-        dir.exists(),
-        "{} was not built (is pahole, Debian's dwarves, installed?)",
-        dir.display()
-    );
-    let (old, new) = (
-        std::fs::read(dir.join("old")).unwrap(),
-        std::fs::read(dir.join("new")).unwrap(),
-    );
+    let (old, new) = elf_pair("x86_64/btf-ko", "pahole, Debian's dwarves,");
     let moved = old.iter().zip(&new).filter(|(a, b)| a != b).count();
     assert!(
         old.len() == new.len() && moved >= 40,
@@ -443,17 +443,16 @@ fn elf_method_follows_a_renumbered_btf_base() {
 #[test]
 fn hostile_elf_patches_fail_cleanly() {
     for arch in ["x86_64", "aarch64"] {
-        hostile_patches_fail_cleanly(&elf_pairs().join(arch).join("calc-pie"));
+        hostile_patches_fail_cleanly(elf_pair(
+            &format!("{arch}/calc-pie"),
+            &format!("the compiler for {arch}"),
+        ));
     }
     // A payload with BTF shift tables: damaged tables fail as cleanly.
-    hostile_patches_fail_cleanly(&elf_pairs().join("x86_64/btf-ko"));
+    hostile_patches_fail_cleanly(elf_pair("x86_64/btf-ko", "pahole"));
 }
 
-fn hostile_patches_fail_cleanly(dir: &Path) {
-    let (old, new) = (
-        std::fs::read(dir.join("old")).unwrap(),
-        std::fs::read(dir.join("new")).unwrap(),
-    );
+fn hostile_patches_fail_cleanly((old, new): (Vec<u8>, Vec<u8>)) {
     let (_, elf) = elf_candidate(&old, &new);
     let apply = |p: &[u8]| deltaroot_client::format::apply_delta(p, &old, None);
     for n in 0..elf.len() {
