@@ -227,11 +227,12 @@ impl Layout {
         // Section names are read only to find `.BTF`: five bytes of the section name table.
         let names = shs.get(usize::from(header.e_shstrndx)).map(|n| n.sh_offset);
         let mut is_btf = |s: &SectionHeader| {
-            let at = names.and_then(|n| n.checked_add(s.sh_name as u64));
             let mut name = [0u8; 5];
+            let at = names
+                .and_then(|n| n.checked_add(s.sh_name as u64))
+                .filter(|at| at.checked_add(5).is_some_and(|end| end <= len));
             s.sh_type == SHT_PROGBITS
-                && at.is_some_and(|at| at.checked_add(5).is_some_and(|end| end <= len))
-                && read_at(at.unwrap_or(0), &mut name).is_ok()
+                && at.is_some_and(|at| read_at(at, &mut name).is_ok())
                 && &name == b".BTF\0"
         };
         let sections = shs

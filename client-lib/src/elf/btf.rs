@@ -283,30 +283,17 @@ impl BtfShifts {
         Ok(BtfShifts { types, strings })
     }
 
-    /// Fits one table to pairs (old value, new value) that an alignment matched; see
-    /// [`Self::fit_counted`].
+    /// Fits one table to pairs (old value, new value) that an alignment matched: for each old
+    /// value the shift most of its pairs agree on; a new piece wherever that shift changes,
+    /// except for a value seen once whose shift the next value goes back to (one correction
+    /// costs less than the two pieces around it).
     pub fn fit(mut pairs: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
         pairs.sort_unstable();
-        let mut counted: Vec<((u32, u32), usize)> = Vec::new();
-        for p in pairs {
-            match counted.last_mut() {
-                Some((last, n)) if *last == p => *n += 1,
-                _ => counted.push((p, 1)),
-            }
-        }
-        Self::fit_counted(counted)
-    }
-
-    /// Fits one table to distinct pairs (old value, new value), each seen some number of
-    /// times: for each old value the shift most of its pairs agree on; a new piece wherever
-    /// that shift changes, except for a value seen once whose shift the next value goes back
-    /// to (one correction costs less than the two pieces around it).
-    pub fn fit_counted(mut counted: Vec<((u32, u32), usize)>) -> Vec<(u32, u32)> {
-        counted.sort_unstable();
         // (old value, its most common shift (the smallest of equals), how many pairs have it).
         let mut votes: Vec<(u32, u32, usize)> = Vec::new();
-        for ((old, new), n) in counted {
-            let shift = new.wrapping_sub(old);
+        for same in pairs.chunk_by(|a, b| a == b) {
+            let (old, new) = same[0];
+            let (shift, n) = (new.wrapping_sub(old), same.len());
             match votes.last_mut() {
                 Some(v) if v.0 == old => {
                     if n > v.2 || (n == v.2 && shift < v.1) {
