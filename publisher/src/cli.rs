@@ -45,7 +45,8 @@ struct Engine {
     /// rebuilds a compressed kernel bit for bit on the device, which costs the device tens of
     /// seconds of one core (liblzma at preset 6 over the whole kernel); `--skip-method xz`
     /// sends the kernel as another delta or whole, for more bytes. A skipped method is not
-    /// used either where gzip and xz deltas choose how to diff the contents they decompress.
+    /// used either where gzip and xz deltas choose how to diff the contents they decompress,
+    /// nor by the server when it builds deltas to this release for devices further behind.
     #[arg(long, value_name = "METHOD", value_parser = method_parser(false))]
     skip_method: Vec<Method>,
 }
@@ -57,12 +58,8 @@ fn method_parser(whole: bool) -> impl TypedValueParser<Value = Method> {
         .into_iter()
         .filter(move |m| whole || *m != Method::Zstd)
         .map(Method::name);
-    PossibleValuesParser::new(names).map(|name| {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == name)
-            .expect("a possible value names a method")
-    })
+    PossibleValuesParser::new(names)
+        .map(|name| Method::from_name(&name).expect("a possible value names a method"))
 }
 
 impl Engine {

@@ -39,6 +39,14 @@ impl MethodSet {
     pub fn insert(&mut self, m: Method) {
         self.0 |= 1 << m as u32;
     }
+
+    /// The methods in the set, in [`Method::ALL`] order.
+    pub fn methods(self) -> Vec<Method> {
+        Method::ALL
+            .into_iter()
+            .filter(|m| self.contains(*m))
+            .collect()
+    }
 }
 
 impl FromIterator<Method> for MethodSet {

@@ -19,7 +19,7 @@ use crate::engine::{self, EngineOptions};
 use crate::error::Result;
 use crate::input::InputTree;
 use crate::matching::{self, Pair};
-use crate::sink::Sink;
+use crate::sink::{Release, Sink};
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -289,14 +289,15 @@ pub fn publish(
     };
 
     let public = key.public().to_text();
-    let answer = sink.publish(
-        &signed,
-        &public,
-        &opts.channel,
-        old_manifest.as_ref(),
-        &deltas,
-        &packs,
-    )?;
+    let answer = sink.publish(&Release {
+        signed: &signed,
+        public_key: &public,
+        channel: &opts.channel,
+        old: old_manifest.as_ref(),
+        deltas: &deltas,
+        packs: &packs,
+        skipped: &opts.engine.skip.methods(),
+    })?;
 
     let mut s = Summary {
         product: opts.product.clone(),

@@ -11,7 +11,7 @@ use deltaroot_client::format::api::{
     ErrorBody, PublishRequest, PublishResponse, StoredRequest, StoredResponse,
 };
 use deltaroot_client::format::{
-    attach_packs, compute_plan, delta_path, object_path, Hash, Manifest, PackIndex,
+    attach_packs, compute_plan, delta_path, object_path, Hash, Manifest, Method, PackIndex,
     VerifiedManifest,
 };
 
@@ -25,18 +25,24 @@ pub trait Sink: Sync {
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()>;
     /// Reads back a stored object or delta.
     fn get(&self, rel: &str) -> Result<Vec<u8>>;
-    /// Makes the release visible, all at once. `old` is the release devices come from,
-    /// `deltas` the (source, target, bytes) deltas stored for its changed files and `packs`
-    /// the packs stored for devices coming from `old`.
-    fn publish(
-        &self,
-        signed: &VerifiedManifest,
-        public_key: &str,
-        channel: &str,
-        old: Option<&Manifest>,
-        deltas: &[(Hash, Hash, u64)],
-        packs: &[PackIndex],
-    ) -> Result<PublishResponse>;
+    /// Makes the release visible, all at once.
+    fn publish(&self, r: &Release<'_>) -> Result<PublishResponse>;
+}
+
+/// A release as [`Sink::publish`] makes it visible.
+pub struct Release<'a> {
+    pub signed: &'a VerifiedManifest,
+    pub public_key: &'a str,
+    /// The channel to point at it.
+    pub channel: &'a str,
+    /// The release devices come from.
+    pub old: Option<&'a Manifest>,
+    /// The (source, target, bytes) deltas stored for its changed files.
+    pub deltas: &'a [(Hash, Hash, u64)],
+    /// The packs stored for devices coming from `old`.
+    pub packs: &'a [PackIndex],
+    /// The delta methods the publisher was told never to send.
+    pub skipped: &'a [Method],
 }
 
 /// Uploads to a deltaroot server.
@@ -117,24 +123,17 @@ impl Sink for ServerSink {
         self.send(self.client.get(&url), &url)
     }
 
-    fn publish(
-        &self,
-        signed: &VerifiedManifest,
-        public_key: &str,
-        channel: &str,
-        old: Option<&Manifest>,
-        _deltas: &[(Hash, Hash, u64)],
-        packs: &[PackIndex],
-    ) -> Result<PublishResponse> {
+    fn publish(&self, r: &Release<'_>) -> Result<PublishResponse> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let m = signed.manifest();
+        let m = r.signed.manifest();
         let req = PublishRequest {
-            manifest: b64.encode(signed.bytes()),
-            signature: b64.encode(signed.signature()),
-            public_key: public_key.to_string(),
-            channel: Some(channel.to_string()),
-            from_version: old.map(|o| o.version.clone()),
-            packs: packs.iter().map(|p| p.hash).collect(),
+            manifest: b64.encode(r.signed.bytes()),
+            signature: b64.encode(r.signed.signature()),
+            public_key: r.public_key.to_string(),
+            channel: Some(r.channel.to_string()),
+            from_version: r.old.map(|o| o.version.clone()),
+            packs: r.packs.iter().map(|p| p.hash).collect(),
+            skip_methods: r.skipped.to_vec(),
         };
         self.json(
             &format!("{}/v1/products/{}/releases", self.base, m.product),
@@ -209,15 +208,16 @@ impl Sink for DirSink {
         std::fs::read(&path).map_err(Error::io(path))
     }
 
-    fn publish(
-        &self,
-        signed: &VerifiedManifest,
-        _public_key: &str,
-        channel: &str,
-        old: Option<&Manifest>,
-        deltas: &[(Hash, Hash, u64)],
-        packs: &[PackIndex],
-    ) -> Result<PublishResponse> {
+    /// No server builds deltas for a static folder: `r.skipped` needs no record.
+    fn publish(&self, r: &Release<'_>) -> Result<PublishResponse> {
+        let Release {
+            signed,
+            channel,
+            old,
+            deltas,
+            packs,
+            ..
+        } = *r;
         // The objects and deltas reach the disk before anything names them.
         self.sync_all()?;
         let m = signed.manifest();

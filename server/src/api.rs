@@ -18,7 +18,7 @@ use deltaroot_client::format::api::{
 };
 use deltaroot_client::format::{
     attach_packs, check_name, compute_plan, delta_path, object_path, pack_path, DeltaHeader,
-    EntryKind, Hash, PackEntry, PackReader, Plan, PublicKey, VerifiedManifest,
+    EntryKind, Hash, Method, PackEntry, PackReader, Plan, PublicKey, VerifiedManifest,
 };
 use futures::StreamExt;
 
@@ -518,6 +518,11 @@ async fn publish(
 ) -> Result<(StatusCode, Json<PublishResponse>)> {
     let who = authorize(&app, &headers).await?;
     name("product", &product)?;
+    if req.skip_methods.contains(&Method::Zstd) {
+        return Err(Error::BadRequest(
+            "skip_methods cannot hold zstd: the whole object is always made".into(),
+        ));
+    }
     let b64 = base64::engine::general_purpose::STANDARD;
     let bytes = b64
         .decode(&req.manifest)
@@ -546,12 +551,11 @@ async fn publish(
         None => None,
     };
     if !req.packs.is_empty() {
-        let Some(from) = &from_release else {
+        if from_release.is_none() {
             return Err(Error::BadRequest(
                 "packs need a from_version the server holds".into(),
             ));
-        };
-        let _ = from;
+        }
         let stored = app.db.packs_stored(&req.packs).await?;
         if let Some(missing) = req.packs.iter().find(|p| !stored.contains(p)) {
             return Err(Error::BadRequest(format!(
@@ -581,6 +585,7 @@ async fn publish(
             image_bytes: m.total_file_bytes() as i64,
             entries: m.entries.len() as i64,
             published_by: &who,
+            skip_methods: &req.skip_methods,
             channel: req.channel.as_deref(),
             packs: from_release
                 .as_ref()
@@ -959,6 +964,15 @@ mod tests {
                 "dangling reference {name}"
             );
         }
+        // Delta methods are documented by the names the API reads.
+        let names: Vec<&str> = deltaroot_client::format::Method::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        assert_eq!(
+            doc["components"]["schemas"]["DeltaMethod"]["enum"],
+            serde_json::json!(names)
+        );
     }
 
     #[test]

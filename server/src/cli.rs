@@ -366,10 +366,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print(remote.json, &rs, |rs| {
                 rs.iter()
                     .map(|r| {
-                        format!(
+                        let mut line = format!(
                             "{}\tcreated {}\t{} entries\t{} bytes\tby {}",
                             r.version, r.created, r.entries, r.image_bytes, r.published_by
-                        )
+                        );
+                        if !r.skip_methods.is_empty() {
+                            let names: Vec<&str> =
+                                r.skip_methods.iter().map(|m| m.name()).collect();
+                            line.push_str(&format!("\tno {} deltas", names.join("/")));
+                        }
+                        line
                     })
                     .collect::<Vec<_>>()
                     .join("\n")

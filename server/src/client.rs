@@ -22,6 +22,9 @@ pub struct ReleaseInfo {
     pub entries: i64,
     pub published_at: i64,
     pub published_by: String,
+    /// Delta methods its publisher never sends (`deltaroot publish --skip-method`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_methods: Vec<deltaroot_client::format::Method>,
 }
 
 pub struct Client {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use deltaroot_client::format::{EntryKind, Hash, PackIndex, Plan};
+use deltaroot_client::format::{EntryKind, Hash, Method, PackIndex, Plan};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;
 use sqlx::{Executor, Row};
@@ -56,6 +56,9 @@ pub struct ReleaseRow {
     pub entries: i64,
     pub published_at: i64,
     pub published_by: String,
+    /// Delta methods its publisher never sends, which the server's builder does not use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skip_methods: Vec<Method>,
 }
 
 /// What a new release brings, written in one transaction.
@@ -69,6 +72,7 @@ pub struct NewRelease<'a> {
     pub image_bytes: i64,
     pub entries: i64,
     pub published_by: &'a str,
+    pub skip_methods: &'a [Method],
     pub channel: Option<&'a str>,
     /// Packs made for devices coming from this release (by id), tried in order.
     pub packs: Option<(i64, &'a [Hash])>,
@@ -197,7 +201,7 @@ fn params(first: usize, n: usize) -> String {
 }
 
 const RELEASE_COLS: &str =
-    "r.id, r.version, r.created, r.image_bytes, r.entries, r.published_at, r.published_by";
+    "r.id, r.version, r.created, r.image_bytes, r.entries, r.published_at, r.published_by, r.skip_methods";
 
 fn release_row(r: &AnyRow) -> Result<ReleaseRow> {
     Ok(ReleaseRow {
@@ -208,6 +212,13 @@ fn release_row(r: &AnyRow) -> Result<ReleaseRow> {
         entries: r.try_get(4)?,
         published_at: r.try_get(5)?,
         published_by: r.try_get(6)?,
+        // A name this build does not know (written by a newer replica) names a method it
+        // cannot build either.
+        skip_methods: r
+            .try_get::<String, _>(7)?
+            .split_whitespace()
+            .filter_map(Method::from_name)
+            .collect(),
     })
 }
 
@@ -708,8 +719,8 @@ impl Db {
             .try_get(0)?,
         };
         let id: i64 = sqlx::query(
-            "INSERT INTO releases (product_id, version, created, manifest, signature, image_bytes, entries, published_at, published_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            "INSERT INTO releases (product_id, version, created, manifest, signature, image_bytes, entries, published_at, published_by, skip_methods)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(product_id)
         .bind(r.version)
@@ -720,6 +731,13 @@ impl Db {
         .bind(r.entries)
         .bind(now())
         .bind(r.published_by)
+        .bind(
+            r.skip_methods
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {

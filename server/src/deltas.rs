@@ -3,16 +3,17 @@
 //! changed since its own release whole. When the server computes a plan for a pair, it
 //! starts this job in the background: for each content the plan fetches whole while the
 //! device's release holds a file at the same path, it builds a delta from that file with the
-//! publisher's engine (every candidate is applied back before it counts), stores the smallest
-//! if it beats the object, and then recomputes and saves the plan. Devices asking meanwhile
-//! get the plan with whole objects.
+//! publisher's engine (every candidate is applied back before it counts; methods the target
+//! release's publisher skipped are not tried), stores the smallest if it beats the object,
+//! and then recomputes and saves the plan. Devices asking meanwhile get the plan with whole
+//! objects.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Mutex;
 
 use deltaroot_client::format::{delta_path, object_path, Entry, Fetch, Hash, Manifest};
-use deltaroot_publisher::engine::{candidates, EngineOptions};
+use deltaroot_publisher::engine::{candidates, EngineOptions, MethodSet};
 
 use crate::db::ReleaseRow;
 use crate::error::{Error, Result};
@@ -152,9 +153,12 @@ async fn build(app: &App, product: &str, from: &ReleaseRow, to: &ReleaseRow) -> 
         let old = content(app, source, src_size).await?;
         let new = content(app, target, size).await?;
         let level = app.delta_level;
+        // The release's publisher chose which methods its devices get (`--skip-method`).
+        let skip: MethodSet = to.skip_methods.iter().copied().collect();
         let best = tokio::task::spawn_blocking(move || {
             let opts = EngineOptions {
                 level,
+                skip,
                 ..EngineOptions::default()
             };
             candidates(&old, &new, &opts).map(|c| c.into_iter().next())

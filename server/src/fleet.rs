@@ -487,6 +487,7 @@ mod tests {
             entries: 0,
             published_at: 0,
             published_by: "t".into(),
+            skip_methods: Vec::new(),
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use deltaroot_client::agent::UpdateOutcome;
 use deltaroot_client::format::api::{ChannelStatus, CheckResponse, PromoteRequest};
 use deltaroot_client::format::{Downgrade, SecretKey};
-use deltaroot_publisher::engine::EngineOptions;
+use deltaroot_publisher::engine::{candidates, EngineOptions, MethodSet};
 use deltaroot_publisher::publish::{publish, PublishOptions};
 use deltaroot_publisher::sink::ServerSink;
 use deltaroot_server::fleet::bucket;
@@ -25,6 +25,7 @@ on_both_backends!(
     rollout_stops_itself_on_failures,
     pinned_devices_follow_their_version,
     device_several_versions_behind_and_floors,
+    server_built_deltas_skip_the_publishers_skipped_methods,
     two_replicas_serve_one_fleet,
     bad_requests_get_clear_4xx_and_change_nothing,
     operator_cli_against_a_running_server,
@@ -145,6 +146,17 @@ fn fleet(backend: Backend, count: u32, stable: &str) -> Fleet {
 }
 
 fn publish_release(server: &Server, k: &SecretKey, trees: &[tempfile::TempDir], n: u32) {
+    publish_skipping(server, k, trees, n, MethodSet::default());
+}
+
+/// [`publish_release`] with `deltaroot publish --skip-method` for each method of `skip`.
+fn publish_skipping(
+    server: &Server,
+    k: &SecretKey,
+    trees: &[tempfile::TempDir],
+    n: u32,
+    skip: MethodSet,
+) {
     let sink = ServerSink::new(&server.plain_url, &server.token).unwrap();
     let old = (n > 1).then(|| trees[n as usize - 2].path());
     let opts = PublishOptions {
@@ -154,6 +166,7 @@ fn publish_release(server: &Server, k: &SecretKey, trees: &[tempfile::TempDir], 
         channel: "ci".into(),
         engine: EngineOptions {
             level: 3,
+            skip,
             ..EngineOptions::default()
         },
         created: Some(1_000_000 + u64::from(n) * 1000),
@@ -629,6 +642,82 @@ fn device_several_versions_behind_and_floors(backend: Backend) {
     assert_eq!(f.status().rollout.unwrap().floor.as_deref(), Some("3.0"));
 }
 
+/// The deltas the server builds for a device several versions behind leave out the methods
+/// the target release's publisher skipped, as the publisher's own deltas do.
+fn server_built_deltas_skip_the_publishers_skipped_methods(backend: Backend) {
+    let server = Server::start(backend);
+    let (k, trust, _keys) = key(1);
+    let trees: Vec<_> = (1..=3).map(tree).collect();
+    // The method the server's engine picks for bin/app from 1.0 to 3.0 when nothing is
+    // skipped: 3.0 is published skipping it.
+    let app = |n: usize| std::fs::read(trees[n - 1].path().join("bin/app")).unwrap();
+    let opts = EngineOptions {
+        level: server.app.delta_level,
+        ..EngineOptions::default()
+    };
+    let preferred = candidates(&app(1), &app(3), &opts).unwrap()[0].method;
+    publish_release(&server, &k, &trees, 1);
+    publish_release(&server, &k, &trees, 2);
+    publish_skipping(&server, &k, &trees, 3, [preferred].into_iter().collect());
+    let listed: serde_json::Value = server
+        .http()
+        .get(format!("{}/v1/products/demo/releases", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed[0]["version"], "3.0");
+    assert_eq!(
+        listed[0]["skip_methods"],
+        serde_json::json!([preferred.name()])
+    );
+    assert_eq!(listed[1].get("skip_methods"), None, "{listed}");
+
+    let root = tempfile::tempdir().unwrap();
+    let a = agent(&server, root.path(), &trust);
+    a.install("1.0").unwrap();
+    server
+        .op(server.client().promote(
+            "demo",
+            "stable",
+            &PromoteRequest {
+                version: "3.0".into(),
+                ..PromoteRequest::default()
+            },
+        ))
+        .unwrap();
+    // The first check starts the build for 1.0 -> 3.0 (bin/app comes whole until then).
+    a.check().unwrap();
+    server.op(server.app.builds.idle());
+    let h = server.http();
+    let plan: deltaroot_client::format::Plan = h
+        .get(format!("{}/v1/products/demo/plans/1.0/3.0", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let target = deltaroot_client::format::Hash::of(&app(3));
+    let item = plan.items.iter().find(|i| i.target == target).unwrap();
+    let deltaroot_client::format::Fetch::Delta { source, .. } = item.fetch else {
+        panic!("bin/app should come as a delta after the build: {item:?}");
+    };
+    let delta = h
+        .get(format!(
+            "{}/{}",
+            server.url,
+            deltaroot_client::format::delta_path(&source, &target)
+        ))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let (header, _) = deltaroot_client::format::DeltaHeader::decode(&delta).unwrap();
+    assert_eq!(source, deltaroot_client::format::Hash::of(&app(1)));
+    assert_ne!(header.method, preferred, "the server used a skipped method");
+    assert_eq!(updated(a.update().unwrap()), "3.0");
+    same_tree(trees[2].path(), &root.path().join("current"));
+}
+
 fn two_replicas_serve_one_fleet(backend: Backend) {
     let f = fleet(backend, 2, "1.0");
     let b = f.server.replica();
@@ -779,6 +868,23 @@ fn bad_requests_get_clear_4xx_and_change_nothing(backend: Backend) {
         r#"{"percent":-1}"#,
     );
     assert_eq!((s, e.contains("between 0 and 100")), (400, true), "{e}");
+    // A publish naming a method it may not skip, or one that does not exist.
+    let publish = |skip: &str| {
+        post(
+            "v1/products/demo/releases",
+            &format!(
+                r#"{{"manifest":"","signature":"","public_key":"","channel":null,"from_version":null,"skip_methods":[{skip}]}}"#
+            ),
+        )
+    };
+    let (s, e) = publish(r#""xz","zstd""#);
+    assert_eq!((s, e.contains("cannot hold zstd")), (400, true), "{e}");
+    let (s, e) = publish(r#""lzip""#);
+    assert_eq!(
+        (s, e.contains("unknown delta method \"lzip\"")),
+        (400, true),
+        "{e}"
+    );
     for q in [
         "device=has%20space",
         "device=",

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::container::Method;
 use super::hash::Hash;
 
 /// `GET /v1/products/{product}/channels/{channel}/check?current=V&device=ID&result=R&attempted=V&pin=V`
@@ -169,6 +170,10 @@ pub struct PublishRequest {
     /// Packs (stored first) for devices coming from `from_version`, tried in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packs: Vec<Hash>,
+    /// Delta methods the publisher was told never to send (`--skip-method`): the server's
+    /// own deltas for pairs ending at this release do not use them either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_methods: Vec<Method>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

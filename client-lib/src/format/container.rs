@@ -77,6 +77,31 @@ impl Method {
         Method::Gzip,
         Method::Xz,
     ];
+
+    /// The method named `name` ([`Method::name`]).
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// Methods cross the API by name (FORMAT.md §8).
+impl serde::Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Method, D::Error> {
+        let name = String::deserialize(d)?;
+        Method::from_name(&name).ok_or_else(|| {
+            let known: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            serde::de::Error::custom(format!(
+                "unknown delta method {name:?}, expected one of {}",
+                known.join(", ")
+            ))
+        })
+    }
 }
 
 impl fmt::Display for Method {
