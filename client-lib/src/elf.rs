@@ -11,15 +11,17 @@
 //!
 //! - [`Layout`]: an ELF's headers: class, type, architecture, `PT_LOAD` segments and sections,
 //!   read with goblin and checked against the file's length.
-//! - Reference discovery, in four phases whose locations never depend on the values being
-//!   restored: (A) the address fields of relocation tables (`r_offset`, and the addends of
+//! - Reference discovery, in phases whose locations never depend on the values being
+//!   restored (except E, whose test both sides apply to the same values): (A) the address fields of relocation tables (`r_offset`, and the addends of
 //!   relative relocations) and symbol tables (`st_value`); (B) pointer slots named by the
 //!   relocations restored in phase A (`R_X86_64_RELATIVE`, `IRELATIVE`, `JUMP_SLOT`) and by
 //!   `SHT_RELR` tables; (C) `rel32` branch displacements and RIP-relative operands found by a
 //!   linear sweep of every executable section with iced-x86; (D) the type ids and string
 //!   offsets of `.BTF` type records (kernel modules' split BTF, [`btf`]), predicted by the
-//!   shift tables ([`BtfShifts`]) the payload carries. References are handed on as they are
-//!   found, never collected: memory does not grow with their number.
+//!   shift tables ([`BtfShifts`]) the payload carries; (E) in payloads of revision 2
+//!   ([`HAS_REVISION_2`]) and executables at a fixed address, the data words whose value is an
+//!   address of the image. References are handed on as they are found, never collected:
+//!   memory does not grow with their number.
 //! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
 //!   recovered from the control records of the bsdiff stream in the patch, so the decoder
 //!   derives the same map the encoder used to check its work.
@@ -43,7 +45,10 @@ use std::ops::Range;
 use goblin::container::{Container, Ctx};
 use goblin::elf::header::{EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
 use goblin::elf::program_header::PT_LOAD;
-use goblin::elf::section_header::{SHF_EXECINSTR, SHT_DYNSYM, SHT_PROGBITS, SHT_RELA, SHT_SYMTAB};
+use goblin::elf::section_header::{
+    SHF_ALLOC, SHF_EXECINSTR, SHF_INFO_LINK, SHT_DYNSYM, SHT_FINI_ARRAY, SHT_INIT_ARRAY,
+    SHT_PREINIT_ARRAY, SHT_PROGBITS, SHT_RELA, SHT_SYMTAB,
+};
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
 
 use crate::format::container::{Source, Watched};
@@ -106,6 +111,12 @@ pub struct Layout {
     pub arch: Arch,
     /// Relocatable objects (kernel modules) use file offsets as addresses.
     pub relocatable: bool,
+    /// An executable at a fixed address (`ET_EXEC`, not position-independent): its data holds
+    /// addresses that no relocation names.
+    pub fixed: bool,
+    /// Phase E runs: data words whose value is an address of the image are references (for
+    /// fixed executables in payloads of revision 2, [`HAS_REVISION_2`]).
+    pub pointers: bool,
     loads: Vec<Load>,
     sections: Vec<Section>,
 }
@@ -185,6 +196,7 @@ impl Layout {
             ET_DYN | ET_EXEC => false,
             t => return Err(bad(format!("ELF type {t} is not supported"))),
         };
+        let fixed = header.e_type == ET_EXEC;
         let ctx = Ctx::new(Container::Big, goblin::container::Endian::Little);
         let (ph_size, sh_size) = (
             goblin::elf::program_header::program_header64::SIZEOF_PHDR as u64,
@@ -252,6 +264,8 @@ impl Layout {
         Ok(Layout {
             arch,
             relocatable,
+            fixed,
+            pointers: false,
             loads,
             sections,
         })
@@ -279,6 +293,12 @@ impl Layout {
             .and_then(|l| (offset - l.offset).checked_add(l.vaddr))
     }
 
+    /// Whether `value` may be an address of this image for phase E: inside a loaded segment
+    /// (`.bss` included), and not zero.
+    pub fn holds_address(&self, value: u64) -> bool {
+        value != 0 && !self.relocatable && self.to_offset(value).is_some()
+    }
+
     /// Where a section's content starts, as an address of this method's address space.
     fn section_base(&self, index: usize) -> Option<u64> {
         let s = self.sections.get(index)?;
@@ -291,6 +311,9 @@ impl Layout {
 pub enum RefKind {
     /// A 64-bit little-endian address or offset.
     Abs64,
+    /// A 64-bit little-endian word of data that holds an address of the image (phase E):
+    /// found by its value, not named by a table.
+    Ptr64,
     /// x86-64: a 32-bit little-endian displacement from the next instruction.
     Rel32,
     /// AArch64 B/BL: imm26 words from the instruction.
@@ -316,17 +339,21 @@ impl RefKind {
     }
 
     fn size(self) -> usize {
-        if self == RefKind::Abs64 {
+        if self.is_64() {
             8
         } else {
             4
         }
     }
 
+    fn is_64(self) -> bool {
+        matches!(self, RefKind::Abs64 | RefKind::Ptr64)
+    }
+
     /// Width of the value field in bits.
     fn bits(self) -> u32 {
         match self {
-            RefKind::Abs64 => 64,
+            RefKind::Abs64 | RefKind::Ptr64 => 64,
             RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => 32,
             RefKind::A64Branch26 => 26,
             RefKind::A64Imm19 => 19,
@@ -339,6 +366,7 @@ impl RefKind {
     fn shift(self) -> u32 {
         match self {
             RefKind::Abs64
+            | RefKind::Ptr64
             | RefKind::Rel32
             | RefKind::A64Adr
             | RefKind::BtfType
@@ -350,7 +378,7 @@ impl RefKind {
 
     /// The field's value, sign-extended.
     fn get(self, b: &[u8]) -> i64 {
-        if self == RefKind::Abs64 {
+        if self.is_64() {
             return i64::from_le_bytes(b.try_into().expect("8 bytes"));
         }
         let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
@@ -369,7 +397,7 @@ impl RefKind {
 
     /// Writes `value` (truncated to the field) into the field, keeping the other bits.
     fn set(self, b: &mut [u8], value: i64) {
-        if self == RefKind::Abs64 {
+        if self.is_64() {
             b.copy_from_slice(&value.to_le_bytes());
             return;
         }
@@ -489,7 +517,8 @@ fn discover<I: AsRef<[u8]>>(
     phase_a(layout, image, visit)?;
     phase_b(layout, image, visit)?;
     phase_c(layout, image, visit)?;
-    btf::phase_d(layout, image, visit)
+    btf::phase_d(layout, image, visit)?;
+    phase_e(layout, image, visit)
 }
 
 /// Phase A: address fields of relocation and symbol tables.
@@ -679,6 +708,65 @@ fn phase_c<I: AsRef<[u8]>>(
     Ok(())
 }
 
+/// Phase E, when `layout.pointers` is set: every 8-byte-aligned word of the loaded data
+/// sections (not code, not `.BTF`, not a section a relocation table names as its target,
+/// which phase B covers) whose value, as the image holds it when the word is reached, is an
+/// address of the image ([`Layout::holds_address`]). An executable at a fixed address
+/// stores its pointers (function tables, string tables, jump tables in `.rodata`) as plain
+/// words with no relocation to name them. A word of other data that happens to look like an
+/// address costs a correction, never a wrong result: encoder and decoder judge the same words.
+fn phase_e<I: AsRef<[u8]>>(
+    layout: &Layout,
+    image: &mut I,
+    visit: &mut Visit<'_, I>,
+) -> Result<(), ElfError> {
+    if !layout.pointers {
+        return Ok(());
+    }
+    let len = image.as_ref().len();
+    let relocated = |index: usize| {
+        layout.sections.iter().any(|r| {
+            r.kind == SHT_RELA
+                && r.flags & u64::from(SHF_INFO_LINK) != 0
+                && r.info as usize == index
+        })
+    };
+    for (i, s) in layout.sections.iter().enumerate() {
+        let data = matches!(
+            s.kind,
+            SHT_PROGBITS | SHT_INIT_ARRAY | SHT_FINI_ARRAY | SHT_PREINIT_ARRAY
+        );
+        if !data
+            || s.flags & u64::from(SHF_ALLOC) == 0
+            || s.flags & u64::from(SHF_EXECINSTR) != 0
+            || s.btf
+            || relocated(i)
+        {
+            continue;
+        }
+        let Some(range) = s.file_range(len) else {
+            continue;
+        };
+        // Words aligned by address.
+        let skip = (8 - (s.addr % 8) as usize) % 8;
+        let mut at = range.start.saturating_add(skip);
+        while at.checked_add(8).is_some_and(|end| end <= range.end) {
+            if read_u64(image.as_ref(), at).is_some_and(|v| layout.holds_address(v)) {
+                visit(
+                    &Ref {
+                        loc: at,
+                        kind: RefKind::Ptr64,
+                        base: 0,
+                    },
+                    image,
+                )?;
+            }
+            at += 8;
+        }
+    }
+    Ok(())
+}
+
 /// rel32 branches and RIP-relative operands, by a linear sweep with iced-x86, until
 /// [`CODE_CHUNK`] are found; returns the bytes swept.
 fn x86_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) -> usize {
@@ -760,26 +848,70 @@ pub const MIN_EQUIVALENCE: u64 = 64;
 
 /// Matching ranges of the old and new files, as a piecewise shift of file offsets.
 ///
-/// The forward map (old to new) is the function the decoder uses: an old offset moves by the
-/// shift of the range with the largest old start at or below it. The inverse is derived from
-/// that function's pieces, so that `to_new(to_old_exact(x)) == x` wherever a preimage exists.
+/// The forward map (old to new) is the function the decoder predicts targets with; bases are
+/// mapped back by [`Self::backward_approx`]. Two revisions of both exist (FORMAT.md §6.4):
+///
+/// - revision 1 (payloads without [`HAS_REVISION_2`]): an old offset moves by the shift of
+///   the range with the largest old start at or below it, covering it or not;
+/// - revision 2: by the shift of the longest range that covers it among the
+///   [`NEAR_RANGES`] ranges starting nearest at or below it, or, when none covers it, of the
+///   one among them that reaches furthest. bsdiff reuses old ranges and matches short runs
+///   anywhere (zeros, repeated tables): a short range starting inside a long one no longer
+///   takes over the rest of it (corpus: `libnode` 126.4 -> 87.7 kB, `ko-i915` 139.3 -> 126.9).
+///
+/// The encoder's inverse ([`Self::backward`]) tries the ranges covering a new offset, longest
+/// first, for one the forward map sends back to it.
 #[derive(Clone, Debug, Default)]
 pub struct Equivalences {
-    /// (old start, new start), sorted by old start: the forward map's pieces.
+    revised: bool,
+    /// (old start, new start), sorted by old start: revision 1's forward pieces.
     by_old: Vec<(u64, u64)>,
-    /// (new start, new end, old start) of each forward piece, sorted by new start.
+    /// (new start, new end, old start) of each revision 1 forward piece, sorted by new start.
     pieces: Vec<(u64, u64, u64)>,
+    /// (old start, old end, new start) of each range, sorted by old start (revision 2).
+    spans: Vec<(u64, u64, u64)>,
+    /// (new start, new end, old start) of each range, sorted by new start.
+    by_new: Vec<(u64, u64, u64)>,
+}
+
+/// How many ranges, starting nearest at or below an offset, revision 2 of the maps looks at.
+pub const NEAR_RANGES: usize = 32;
+
+/// Of `near` (ranges as (start, end, other start), nearest start last), the longest that
+/// covers `at`, else the one reaching furthest: `at`'s counterpart under it.
+fn through_nearest(near: &[(u64, u64, u64)], at: u64) -> Option<u64> {
+    let near = &near[near.len().saturating_sub(NEAR_RANGES)..];
+    let covering = near
+        .iter()
+        .filter(|r| at < r.1)
+        .max_by_key(|r| (r.1 - r.0, r.0));
+    let &(from, _, to) = covering.or_else(|| near.iter().max_by_key(|r| (r.1, r.0)))?;
+    to.checked_add(at - from)
 }
 
 impl Equivalences {
     /// From a list of (old start, new start, length); ranges shorter than
-    /// [`MIN_EQUIVALENCE`] are chance matches and are ignored.
-    pub fn new(ranges: &[(u64, u64, u64)]) -> Equivalences {
-        let mut by_old: Vec<(u64, u64)> = ranges
-            .iter()
-            .filter(|r| r.2 >= MIN_EQUIVALENCE)
-            .map(|r| (r.0, r.1))
+    /// [`MIN_EQUIVALENCE`] are chance matches and are ignored. `revised`: revision 2 maps.
+    pub fn new(ranges: &[(u64, u64, u64)], revised: bool) -> Equivalences {
+        let kept = ranges.iter().filter(|r| r.2 >= MIN_EQUIVALENCE);
+        let mut by_new: Vec<(u64, u64, u64)> = kept
+            .clone()
+            .map(|&(o, n, len)| (n, n.saturating_add(len), o))
             .collect();
+        by_new.sort_unstable();
+        if revised {
+            let mut spans: Vec<(u64, u64, u64)> = kept
+                .map(|&(o, n, len)| (o, o.saturating_add(len), n))
+                .collect();
+            spans.sort_unstable();
+            return Equivalences {
+                revised,
+                spans,
+                by_new,
+                ..Equivalences::default()
+            };
+        }
+        let mut by_old: Vec<(u64, u64)> = kept.map(|r| (r.0, r.1)).collect();
         by_old.sort_unstable();
         by_old.dedup_by_key(|p| p.0);
         let mut pieces: Vec<(u64, u64, u64)> = by_old
@@ -791,11 +923,17 @@ impl Equivalences {
             })
             .collect();
         pieces.sort_unstable();
-        Equivalences { by_old, pieces }
+        Equivalences {
+            revised,
+            by_old,
+            pieces,
+            by_new,
+            ..Equivalences::default()
+        }
     }
 
     /// The aligned ranges of a patch's control records.
-    pub fn from_controls(controls: &[Control]) -> Equivalences {
+    pub fn from_controls(controls: &[Control], revised: bool) -> Equivalences {
         let mut ranges = Vec::with_capacity(controls.len());
         let (mut old, mut new) = (0i128, 0u64);
         for c in controls {
@@ -805,7 +943,7 @@ impl Equivalences {
             new = new.saturating_add(c.mix).saturating_add(c.copy);
             old += i128::from(c.mix) + i128::from(c.seek);
         }
-        Equivalences::new(&ranges)
+        Equivalences::new(&ranges, revised)
     }
 
     /// An old offset that the forward map sends to `new` exactly, when there is one.
@@ -815,26 +953,38 @@ impl Equivalences {
 
     /// The forward map: where an old offset went.
     fn forward(&self, old: u64) -> Option<u64> {
+        if self.revised {
+            let i = self.spans.partition_point(|p| p.0 <= old);
+            return through_nearest(&self.spans[..i], old);
+        }
         let i = self.by_old.partition_point(|p| p.0 <= old);
         let (from, to) = self.by_old.get(i.checked_sub(1)?)?;
         to.checked_add(old - from)
     }
 
-    /// An old offset that the forward map sends to `new`, when there is one (the piece with
-    /// the largest new start at or below `new` that covers it).
+    /// An old offset that the forward map sends to `new`, when there is one among the
+    /// ranges covering `new` (longest first); else the longest's, if any covers it.
     fn backward(&self, new: u64) -> Option<u64> {
-        let i = self.pieces.partition_point(|p| p.0 <= new);
-        self.pieces[..i]
+        let i = self.by_new.partition_point(|p| p.0 <= new);
+        let near = &self.by_new[i.saturating_sub(NEAR_RANGES)..i];
+        let mut covering: Vec<&(u64, u64, u64)> = near.iter().filter(|p| new < p.1).collect();
+        covering.sort_unstable_by_key(|p| std::cmp::Reverse((p.1 - p.0, p.0)));
+        let old_of = |&&(n, _, o): &&(u64, u64, u64)| o.saturating_add(new - n);
+        covering
             .iter()
-            .rev()
-            .take(8)
-            .find(|p| new < p.1)
-            .map(|&(n, _, o)| o + (new - n))
+            .map(old_of)
+            .find(|&o| self.forward(o) == Some(new))
+            .or_else(|| covering.first().map(old_of))
     }
 
-    /// Where a new offset was in the old file, approximately: the shift of the nearest piece
-    /// at or below it, covering or not. Used for bases, which both sides map the same way.
+    /// Where a new offset was in the old file, approximately. Used for bases, which both
+    /// sides map the same way: revision 1 takes the shift of the nearest piece at or below
+    /// it, covering or not; revision 2 maps it as the forward map does, the other way.
     fn backward_approx(&self, new: u64) -> Option<u64> {
+        if self.revised {
+            let i = self.by_new.partition_point(|p| p.0 <= new);
+            return through_nearest(&self.by_new[..i], new);
+        }
         let i = self.pieces.partition_point(|p| p.0 <= new);
         let &(n, _, o) = self.pieces.get(i.checked_sub(1)?)?;
         o.checked_add(new - n)
@@ -911,10 +1061,6 @@ impl SplitPatch {
     /// Applies the patch to `old`; every read is checked against the inputs.
     pub fn apply(&self, old: &[u8]) -> Result<Vec<u8>, ElfError> {
         apply_records(&self.controls, &self.diff, &self.extra, old)
-    }
-
-    pub fn equivalences(&self) -> Equivalences {
-        Equivalences::from_controls(&self.controls)
     }
 }
 
@@ -1041,15 +1187,18 @@ fn correction(r: &Ref, actual: i64, predicted: i64) -> i64 {
 /// Runs the decoder's restore over `image` (the normalised image, restored in place),
 /// calling `fix(index, ref, predicted)` to learn the correction of each reference.
 /// References are found as they are restored (FORMAT.md §6.4, step 3): each in the image as
-/// restored up to it. Returns the number of references visited.
+/// restored up to it; for a payload of revision 2 (`revised`), phase E runs on executables
+/// at a fixed address. Returns the number of references visited.
 pub fn walk_restore(
     old: &Layout,
     image: &mut [u8],
     eq: &Equivalences,
     btf: &BtfShifts,
+    revised: bool,
     mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
-    let new = Layout::parse(image)?;
+    let mut new = Layout::parse(image)?;
+    new.pointers = revised && new.fixed;
     let map = AddressMap {
         old,
         new: &new,
@@ -1109,19 +1258,26 @@ pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
 
 /// Set in the architecture byte when BTF shift tables follow it.
 const HAS_BTF: u8 = 0x80;
+/// Set in the architecture byte of payloads of revision 2 (FORMAT.md §6.4): the maps of
+/// [`Equivalences`] revision 2, and phase E for executables at a fixed address.
+pub const HAS_REVISION_2: u8 = 0x40;
 
 /// Builds a method-4 payload (before compression) up to its corrections: the architecture
-/// byte (with [`HAS_BTF`] and the tables when there are any), then the records, diff bytes
-/// and extra bytes that turn `old` into `normalised`. The corrections
-/// ([`encode_corrections`]) are appended by the caller.
+/// byte (with [`HAS_REVISION_2`] when `revised`, and [`HAS_BTF`] and the tables when
+/// there are any), then the records, diff bytes and extra bytes that turn `old` into
+/// `normalised`. The corrections ([`encode_corrections`]) are appended by the caller.
 pub fn build_payload(
     arch: Arch,
     btf: &BtfShifts,
+    revised: bool,
     controls: &[Control],
     old: &[u8],
     normalised: &[u8],
 ) -> Result<Vec<u8>, ElfError> {
     let mut out = vec![arch as u8];
+    if revised {
+        out[0] |= HAS_REVISION_2;
+    }
     if !btf.is_empty() {
         out[0] |= HAS_BTF;
         btf.write(&mut out);
@@ -1417,6 +1573,8 @@ type PayloadStream<'a> = Stream<Box<dyn Read + 'a>>;
 struct Head {
     old_layout: Layout,
     btf: BtfShifts,
+    /// Revision 2 ([`HAS_REVISION_2`]).
+    revised: bool,
     old_len: u64,
     controls: Vec<Control>,
     total_mix: u64,
@@ -1430,7 +1588,7 @@ impl Head {
         max_output: u64,
     ) -> Result<Head, ElfError> {
         let byte = s.u8("architecture")?;
-        let Some(arch) = Arch::from_u8(byte & !HAS_BTF) else {
+        let Some(arch) = Arch::from_u8(byte & !(HAS_BTF | HAS_REVISION_2)) else {
             return Err(bad(format!("payload names unknown architecture {byte}")));
         };
         let btf = if byte & HAS_BTF != 0 {
@@ -1474,6 +1632,7 @@ impl Head {
         Ok(Head {
             old_layout,
             btf,
+            revised: byte & HAS_REVISION_2 != 0,
             old_len,
             controls,
             total_mix,
@@ -1499,12 +1658,17 @@ impl Head {
     /// Steps 2 to 4: restores the references of the normalised `image`, reading each
     /// correction from `s` when its turn comes, and checks that `s` then ends.
     fn restore<R: Read>(self, mut image: Vec<u8>, s: &mut Stream<R>) -> Result<Vec<u8>, ElfError> {
-        let eq = Equivalences::from_controls(&self.controls);
+        let eq = Equivalences::from_controls(&self.controls, self.revised);
         drop(self.controls);
         let mut pending = PendingCorrections::start(s)?;
-        let visited = walk_restore(&self.old_layout, &mut image, &eq, &self.btf, |i, _, _| {
-            pending.take(s, i)
-        })?;
+        let visited = walk_restore(
+            &self.old_layout,
+            &mut image,
+            &eq,
+            &self.btf,
+            self.revised,
+            |i, _, _| pending.take(s, i),
+        )?;
         if let Some((at, _)) = pending.next {
             return Err(bad(format!(
                 "correction for reference {at}, but the image has only {visited} references"
@@ -1682,9 +1846,10 @@ pub fn find_corrections(
     new: &[u8],
     eq: &Equivalences,
     btf: &BtfShifts,
+    revised: bool,
 ) -> Result<Vec<(usize, i64)>, ElfError> {
     let mut out = Vec::new();
-    walk_restore(old, image, eq, btf, |i, r, predicted| {
+    walk_restore(old, image, eq, btf, revised, |i, r, predicted| {
         let actual = r
             .read(new)
             .ok_or_else(|| bad("reference outside the new image"))?;
@@ -1729,6 +1894,8 @@ mod tests {
         let layout = Layout {
             arch: Arch::X86_64,
             relocatable: false,
+            fixed: true,
+            pointers: true,
             loads: vec![
                 Load {
                     vaddr: 0x1000,
@@ -1746,6 +1913,9 @@ mod tests {
         assert_eq!(layout.to_offset(0x1010), None);
         assert_eq!(layout.to_addr(0x9010), None);
         assert_eq!(layout.to_offset(0x1000), Some(u64::MAX - 4));
+        // Phase E's test of a word: an address of a loaded segment, never zero.
+        assert!(layout.holds_address(0x1000) && !layout.holds_address(0x1010));
+        assert!(!layout.holds_address(0));
     }
 
     #[test]
@@ -1795,6 +1965,7 @@ mod tests {
         let mut p = build_payload(
             Layout::parse(old).unwrap().arch,
             &BtfShifts::default(),
+            false,
             &controls,
             old,
             old,
@@ -1928,7 +2099,8 @@ mod tests {
         target[a..a + 8].fill(1);
         target[b..b + 5].fill(2);
         let arch = Layout::parse(&old).unwrap().arch;
-        let mut raw = build_payload(arch, &BtfShifts::default(), &controls, &old, &target).unwrap();
+        let mut raw =
+            build_payload(arch, &BtfShifts::default(), false, &controls, &old, &target).unwrap();
         raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
         let streamed = decode_from(&old, raw.as_slice(), len).unwrap();
         let frame = |with_size: bool| {
@@ -2052,20 +2224,52 @@ mod tests {
 
     #[test]
     fn backward_inverts_forward_where_a_preimage_exists() {
-        let eq = Equivalences::new(&[
+        let ranges = [
             (100, 200, 500),
             (1000, 900, 100),
             (400, 2000, 300),
             (5000, 7000, 10),
-        ]);
+        ];
+        let eq = Equivalences::new(&ranges, true);
         assert_eq!(eq.forward(120), Some(220));
         assert_eq!(eq.forward(1005), Some(905));
         assert_eq!(eq.forward(50), None);
-        for new in [205, 250, 905, 2010, 2500] {
-            let old = eq.backward(new).unwrap();
-            assert_eq!(eq.forward(old), Some(new), "{new}");
+        // Every old offset inside a range maps to a new offset that the inverse finds a
+        // preimage of (not always the same offset: (400, 2000) lies inside the longer
+        // (100, 200), which wins there).
+        for old in (0..1200).filter(|&o| {
+            ranges
+                .iter()
+                .any(|r| r.2 >= 64 && (r.0..r.0 + r.2).contains(&o))
+        }) {
+            let new = eq.forward(old).unwrap();
+            let back = eq.to_old(new).unwrap_or_else(|| panic!("{old} -> {new}"));
+            assert_eq!(eq.forward(back), Some(new), "{old}");
         }
+        assert_eq!(eq.to_old(2010), None, "no old offset maps there");
         assert_eq!(eq.backward(150), None);
+    }
+
+    /// Revision 1 moves an old offset by the range starting nearest below it; revision 2 by
+    /// the longest range covering it, so a short match starting inside a long one (bsdiff
+    /// reuses old bytes) maps only its own bytes; past every range, by the one reaching
+    /// furthest.
+    #[test]
+    fn revision_2_maps_through_the_longest_covering_range() {
+        let ranges = [(0, 1000, 500), (100, 5000, 64), (600, 9000, 64)];
+        let (v1, v2) = (
+            Equivalences::new(&ranges, false),
+            Equivalences::new(&ranges, true),
+        );
+        assert_eq!(v1.forward(300), Some(5200));
+        assert_eq!(v2.forward(300), Some(1300));
+        assert_eq!(v2.forward(120), Some(1120));
+        assert_eq!(v2.forward(610), Some(9010));
+        // Past every range: revision 2 extends the one reaching furthest (600..664).
+        assert_eq!(v2.forward(700), Some(9100));
+        assert_eq!(v2.backward(1300), Some(300));
+        assert_eq!(v2.backward_approx(1300), Some(300));
+        assert_eq!(v1.backward_approx(5010), Some(110));
     }
 
     #[test]

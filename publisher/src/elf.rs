@@ -2,7 +2,8 @@
 //! reference discovery live in `deltaroot_client::elf`).
 //!
 //! 1. Find every reference of both images (relocation and symbol tables, relocated pointer
-//!    slots, rel32 branches and RIP-relative operands).
+//!    slots, rel32 branches and RIP-relative operands, BTF fields, and in executables at a
+//!    fixed address the data words that hold addresses).
 //! 2. Blank them (zero their bytes) in copies of both images and diff those with bsdiff: with
 //!    references out of the way, moved code matches the old code again, and the aligned
 //!    ranges of that diff are the first equivalence map.
@@ -11,7 +12,8 @@
 //!    base) through the equivalence map. BTF type ids and string offsets (kernel modules'
 //!    `.BTF`) are not addresses: the pairs of values the map aligns are fitted with a table of
 //!    shifts ([`BtfShifts::fit`]) that the payload carries, and each new value is normalised
-//!    to one the table sends to it.
+//!    to one the table sends to it. A data word found by its value keeps it where its
+//!    normalised value would not read as an address: the device must find the same words.
 //! 4. Diff the old image against the normalised one with bsdiff; the device derives its
 //!    equivalence map from this diff's control records.
 //! 5. Run the device's restore over the normalised image and record, for each reference whose
@@ -34,12 +36,21 @@ use crate::error::Result;
 /// so that the next one is mapped apart and returned when freed, and the payload once the
 /// second is freed. References are found as they are used, never collected.
 pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
-    let (Ok(lo), Ok(ln)) = (Layout::parse(old), Layout::parse(new)) else {
+    encode_revision(old, new, true)
+}
+
+/// [`encode`] to a payload of revision 2 (`revised`, what the publisher sends) or 1 (what
+/// publishers made before it, which devices still apply: kept to test that they do).
+pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<Vec<u8>>> {
+    let (Ok(mut lo), Ok(mut ln)) = (Layout::parse(old), Layout::parse(new)) else {
         return Ok(None);
     };
     if lo.arch != ln.arch || lo.relocatable != ln.relocatable {
         return Ok(None);
     }
+    // Revision 2: executables at a fixed address hold pointers that no relocation names,
+    // which phase E finds.
+    (lo.pointers, ln.pointers) = (revised && lo.fixed, revised && ln.fixed);
     // The new file with its references blanked; normalised in place below.
     let mut work = new.to_vec();
     let eq0 = {
@@ -47,7 +58,7 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
         elf::for_each_ref(&lo, old, |r| elf::write_ref(r, &mut blank_old, 0));
         elf::for_each_ref(&ln, new, |r| elf::write_ref(r, &mut work, 0));
         let index = Index::new(&blank_old);
-        let eq0 = Equivalences::from_controls(&index.controls(&work));
+        let eq0 = Equivalences::from_controls(&index.controls(&work), revised);
         index.release();
         eq0
     };
@@ -59,11 +70,15 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
         btf: &btf,
     };
     // Every blanked field is written again (in the same order as it was blanked), so this
-    // gives the new file with each reference normalised.
+    // gives the new file with each reference normalised. A phase E word is found by its
+    // value: it is normalised only to a value the device's restore also takes for an
+    // address, else it keeps its own (which the restore finds, as the encoder did here).
     let mut refs = 0usize;
     elf::for_each_ref(&ln, new, |r| {
         if let Some(v) = elf::read_ref(r, new) {
-            elf::write_ref(r, &mut work, map0.normalise(r, v));
+            let n = map0.normalise(r, v);
+            let keep = r.kind == RefKind::Ptr64 && !ln.holds_address(n as u64);
+            elf::write_ref(r, &mut work, if keep { v } else { n });
             refs += 1;
         }
     });
@@ -71,11 +86,15 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     let index = Index::new(old);
     let controls = index.controls(&work);
     index.release();
-    let eq1 = Equivalences::from_controls(&controls);
-    let payload = elf::build_payload(ln.arch, &btf, &controls, old, &work);
+    let eq1 = Equivalences::from_controls(&controls, revised);
+    let payload = elf::build_payload(ln.arch, &btf, revised, &controls, old, &work);
     drop(controls);
-    let found =
-        payload.and_then(|p| Ok((p, elf::find_corrections(&lo, &mut work, new, &eq1, &btf)?)));
+    let found = payload.and_then(|p| {
+        Ok((
+            p,
+            elf::find_corrections(&lo, &mut work, new, &eq1, &btf, revised)?,
+        ))
+    });
     let (mut payload, corrections) = match found {
         Ok(found) => found,
         Err(e) => {

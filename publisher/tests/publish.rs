@@ -375,6 +375,13 @@ fn elf_pairs_round_trip_and_beat_bsdiff(arch: &str) {
         let (bsdiff, elf) = elf_candidate(&old, &new);
         let back = deltaroot_client::format::apply_delta(&elf, &old, None).unwrap();
         assert_eq!(back, new, "{arch}/{pair}");
+        // Payloads of revision 1, which publishers made before revision 2, still apply.
+        let raw = deltaroot_publisher::elf::encode_revision(&old, &new, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw[0] & 0x40, 0);
+        let back = deltaroot_client::elf::decode(&old, raw, new.len() as u64).unwrap();
+        assert_eq!(back, new, "{arch}/{pair}, revision 1");
         assert!(
             elf.len() < bsdiff,
             "{arch}/{pair}: elf {} bytes, bsdiff {bsdiff}",
@@ -440,6 +447,126 @@ fn elf_method_follows_a_renumbered_btf_base() {
     );
 }
 
+/// File offsets (in `new`) of the 8-byte-aligned words of loaded data sections that hold
+/// an address of `new` and differ from the word at the same place of the same section in
+/// `old`: pointers that moved and that no relocation names in an executable at a fixed
+/// address.
+fn moved_pointer_words(old: &[u8], new: &[u8]) -> Vec<usize> {
+    use goblin::elf::section_header::{SHF_ALLOC, SHF_EXECINSTR, SHT_INIT_ARRAY, SHT_PROGBITS};
+    let (eo, en) = (
+        goblin::elf::Elf::parse(old).unwrap(),
+        goblin::elf::Elf::parse(new).unwrap(),
+    );
+    let address = |v: u64| {
+        v != 0
+            && en.program_headers.iter().any(|p| {
+                p.p_type == goblin::elf::program_header::PT_LOAD
+                    && (p.p_vaddr..p.p_vaddr + p.p_memsz).contains(&v)
+            })
+    };
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let mut out = Vec::new();
+    for s in &en.section_headers {
+        let data = s.sh_type == SHT_PROGBITS || s.sh_type == SHT_INIT_ARRAY;
+        if !data
+            || s.sh_flags & u64::from(SHF_ALLOC) == 0
+            || s.sh_flags & u64::from(SHF_EXECINSTR) != 0
+        {
+            continue;
+        }
+        let name = en.shdr_strtab.get_at(s.sh_name).unwrap();
+        let Some(o) = eo
+            .section_headers
+            .iter()
+            .find(|o| eo.shdr_strtab.get_at(o.sh_name) == Some(name))
+        else {
+            continue;
+        };
+        let first = (8 - (s.sh_addr % 8) as usize) % 8;
+        for k in (first..s.sh_size.min(o.sh_size) as usize).step_by(8) {
+            let (at_new, at_old) = (s.sh_offset as usize + k, o.sh_offset as usize + k);
+            if k + 8 <= s.sh_size.min(o.sh_size) as usize
+                && address(word(new, at_new))
+                && word(new, at_new) != word(old, at_old)
+            {
+                out.push(at_new);
+            }
+        }
+    }
+    out
+}
+
+/// The new-file offsets of the nonzero diff bytes of a method-4 payload without BTF tables
+/// (FORMAT.md §6.4: architecture byte, records, diff bytes in record order).
+fn diff_byte_offsets(raw: &[u8]) -> Vec<usize> {
+    assert_eq!(raw[0] & 0x80, 0, "no BTF tables expected");
+    let mut at = 1;
+    let mut varint = || {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = raw[at];
+            at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return v as usize;
+            }
+            shift += 7;
+        }
+    };
+    let records: Vec<(usize, usize)> = (0..varint())
+        .map(|_| {
+            let (mix, copy) = (varint(), varint());
+            varint();
+            (mix, copy)
+        })
+        .collect();
+    varint();
+    let mut diff = &raw[at..];
+    let (mut pos, mut out) = (0, Vec::new());
+    for (mix, copy) in records {
+        out.extend((0..mix).filter(|&i| diff[i] != 0).map(|i| pos + i));
+        diff = &diff[mix..];
+        pos += mix + copy;
+    }
+    out
+}
+
+/// An executable at a fixed address keeps its pointer tables (functions and strings, in
+/// `.rodata` and `.init_array`) as plain words that no relocation names. A payload of
+/// revision 2 finds them by their value (phase E), so the patched image needs almost none of
+/// the moved pointers changed; a payload of revision 1, which does not, changes nearly all
+/// of them. Both apply.
+#[test]
+fn elf_method_follows_the_pointers_of_fixed_executables() {
+    for arch in ["x86_64", "aarch64"] {
+        let (old, new) = elf_pair(
+            &format!("{arch}/calc-static"),
+            &format!("the compiler for {arch}"),
+        );
+        let moved = moved_pointer_words(&old, &new);
+        assert!(moved.len() >= 8, "{arch}: {} pointers moved", moved.len());
+        let touched = |revised: bool| {
+            let raw = deltaroot_publisher::elf::encode_revision(&old, &new, revised)
+                .unwrap()
+                .unwrap();
+            assert_eq!(raw[0] & 0x40 != 0, revised, "{arch}: revision flag");
+            let back = deltaroot_client::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
+            assert_eq!(back, new, "{arch}: revision 2 = {revised}");
+            let diff = diff_byte_offsets(&raw);
+            moved
+                .iter()
+                .filter(|&&w| diff.iter().any(|&d| (w..w + 8).contains(&d)))
+                .count()
+        };
+        let (before, after) = (touched(false), touched(true));
+        assert!(
+            before * 2 >= moved.len() && after * 4 <= moved.len(),
+            "{arch}: of {} moved pointers, {before} left as diff bytes by revision 1, {after} by revision 2",
+            moved.len()
+        );
+    }
+}
+
 #[test]
 fn hostile_elf_patches_fail_cleanly() {
     for arch in ["x86_64", "aarch64"] {
@@ -450,6 +577,8 @@ fn hostile_elf_patches_fail_cleanly() {
     }
     // A payload with BTF shift tables: damaged tables fail as cleanly.
     hostile_patches_fail_cleanly(elf_pair("x86_64/btf-ko", "pahole"));
+    // An executable at a fixed address: the restore also finds words by their value.
+    hostile_patches_fail_cleanly(elf_pair("x86_64/calc-static", "gcc"));
 }
 
 fn hostile_patches_fail_cleanly((old, new): (Vec<u8>, Vec<u8>)) {
