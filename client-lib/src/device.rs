@@ -86,6 +86,18 @@ pub struct DeployReport {
     pub written: u64,
 }
 
+/// The device's update lock (`state/lock`, `flock`), released when dropped. It is released
+/// explicitly: a process started by another thread at the wrong moment holds a copy of the
+/// descriptor until it runs its program, and closing ours alone would leave the lock with it.
+pub struct DeviceLock(File);
+
+impl Drop for DeviceLock {
+    fn drop(&mut self) {
+        // Unlocking cannot fail on a descriptor we hold; the file closes after.
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
 /// An opened device root.
 pub struct Device {
     root: PathBuf,
@@ -121,8 +133,8 @@ impl Device {
         Error::io(self.root.join(rel))
     }
 
-    /// Takes the device's update lock; held until the returned file is dropped.
-    pub fn lock(&self) -> Result<File> {
+    /// Takes the device's update lock; held until the returned guard is dropped.
+    pub fn lock(&self) -> Result<DeviceLock> {
         let f = self
             .dir
             .create("state/lock")
@@ -130,7 +142,7 @@ impl Device {
             .into_std();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| self.err("another deltaroot-agent holds state/lock"))?;
-        Ok(f)
+        Ok(DeviceLock(f))
     }
 
     fn link_version(&self, name: &str) -> Result<Option<String>> {
