@@ -31,8 +31,9 @@
 //!   decompressed in one call into the buffer that becomes the image and rearranged there)
 //!   and writes the normalised image as the streams arrive, holding only the records; then
 //!   [`walk_restore`] visits each reference in order, predicts its new value from the
-//!   normalised one by mapping the target through the equivalences, and adds the correction
-//!   the payload carries for it (almost always none), read when its turn comes. The old file
+//!   normalised one by mapping the target through the equivalences (in revision 2, through
+//!   the targets earlier corrections taught it first), and adds the correction the payload
+//!   carries for it (almost always none), read when its turn comes. The old file
 //!   may stay on disk (`format::container::Source::File`): its headers and the ranges the
 //!   records name are read as needed. So a device holds the new image and little else.
 //!
@@ -1207,17 +1208,59 @@ pub fn walk_restore(
     };
     let mut index = 0usize;
     let mut image = image;
+    let mut learned = Learned::for_image(image.len());
     discover(&new, &mut image, &mut |r, image: &mut &mut [u8]| {
         let Some(normalised) = r.read(image) else {
             return Ok(());
         };
-        let predicted = map.predict(r, normalised);
+        let mut predicted = map.predict(r, normalised);
+        let target = (revised && !r.kind.is_btf()).then(|| r.target_of(r.base, predicted));
+        if let Some(better) = target.and_then(|t| learned.get(t)) {
+            predicted = r.value_of(r.base, better);
+        }
         let c = fix(index, r, predicted)?;
         r.write(image, predicted.wrapping_add(c));
+        if let (Some(t), true) = (target, c != 0) {
+            if let Some(v) = r.read(image) {
+                learned.insert(t, r.target_of(r.base, v));
+            }
+        }
         index += 1;
         Ok(())
     })?;
     Ok(index)
+}
+
+/// Revision 2: the targets corrections taught the restore, by the target it had predicted.
+/// The references to one target the map gets wrong (a function whose entry no aligned range
+/// covers) are predicted from the first one's correction instead of each carrying its own.
+/// At most [`LEARNED_MAX`] targets are kept, and one per 64 bytes of the image (bounded
+/// memory whatever the payload says); both sides keep the same ones.
+struct Learned {
+    targets: std::collections::HashMap<u64, u64>,
+    max: usize,
+}
+
+/// Most targets [`Learned`] keeps.
+const LEARNED_MAX: usize = 1 << 17;
+
+impl Learned {
+    fn for_image(len: usize) -> Learned {
+        Learned {
+            targets: std::collections::HashMap::new(),
+            max: LEARNED_MAX.min(len / 64),
+        }
+    }
+
+    fn get(&self, predicted: u64) -> Option<u64> {
+        self.targets.get(&predicted).copied()
+    }
+
+    fn insert(&mut self, predicted: u64, actual: u64) {
+        if self.targets.len() < self.max || self.targets.contains_key(&predicted) {
+            self.targets.insert(predicted, actual);
+        }
+    }
 }
 
 /// Calls `f` for every reference of `image` in restore order (for the encoder, which blanks
@@ -1957,6 +2000,16 @@ mod tests {
     /// A payload that rebuilds `old` itself: one record over the whole file with zero diff
     /// bytes, then `corrections` and `trailing` bytes.
     fn identity_payload(old: &[u8], corrections: &[(usize, i64)], trailing: &[u8]) -> Vec<u8> {
+        identity_payload_of(old, false, corrections, trailing)
+    }
+
+    /// [`identity_payload`] of revision 2 (`revised`) or 1.
+    fn identity_payload_of(
+        old: &[u8],
+        revised: bool,
+        corrections: &[(usize, i64)],
+        trailing: &[u8],
+    ) -> Vec<u8> {
         let controls = [Control {
             mix: old.len() as u64,
             copy: 0,
@@ -1965,7 +2018,7 @@ mod tests {
         let mut p = build_payload(
             Layout::parse(old).unwrap().arch,
             &BtfShifts::default(),
-            false,
+            revised,
             &controls,
             old,
             old,
@@ -1974,6 +2027,54 @@ mod tests {
         p.extend_from_slice(&encode_corrections(corrections));
         p.extend_from_slice(trailing);
         p
+    }
+
+    /// In revision 2 one correction serves every later reference the restore predicted to
+    /// the same target: moving the first reference to a function moves the ones after it
+    /// too, where revision 1 moves that one alone.
+    #[test]
+    fn revision_2_reuses_a_correction_for_the_same_target() {
+        let old = std::fs::read("/proc/self/exe").unwrap();
+        let len = old.len() as u64;
+        let decoded = |revised: bool, corrections: &[(usize, i64)]| {
+            decode(
+                &old,
+                identity_payload_of(&old, revised, corrections, &[]),
+                len,
+            )
+            .unwrap()
+        };
+        // The restore's numbering (references whose bytes lie inside the file), and where
+        // each points when nothing is corrected.
+        let base = decoded(true, &[]);
+        assert_eq!(base, decoded(false, &[]));
+        let mut refs = Vec::new();
+        for_each_ref(&Layout::parse(&base).unwrap(), &base, |r| {
+            if let Some(t) = r.target(&base) {
+                refs.push((*r, t));
+            }
+        });
+        let mut by_target = std::collections::HashMap::<u64, Vec<usize>>::new();
+        for (i, (_, t)) in refs.iter().enumerate() {
+            by_target.entry(*t).or_default().push(i);
+        }
+        let (target, same) = by_target
+            .into_iter()
+            .filter(|(_, v)| v.len() >= 3 && refs[v[0]].0.kind == RefKind::Rel32)
+            .min_by_key(|(t, v)| (v[0], *t))
+            .expect("a function called three times");
+        let moved = |revised: bool| {
+            let out = decoded(revised, &[(same[0], 16)]);
+            let changed: Vec<usize> = (0..refs.len())
+                .filter(|&i| refs[i].0.read(&out) != refs[i].0.read(&base))
+                .collect();
+            for &i in &changed {
+                assert_eq!(refs[i].0.target(&out), Some(target + 16), "reference {i}");
+            }
+            changed
+        };
+        assert_eq!(moved(false), [same[0]]);
+        assert_eq!(moved(true), same);
     }
 
     /// Hands out its bytes one at a time, as a slow decompressor might.
