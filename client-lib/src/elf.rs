@@ -12,8 +12,9 @@
 //! - [`Layout`]: an ELF's headers: class, type, architecture, `PT_LOAD` segments and sections,
 //!   read with goblin and checked against the file's length.
 //! - Reference discovery, in phases whose locations never depend on the values being
-//!   restored (except E, whose test both sides apply to the same values): (A) the address fields of relocation tables (`r_offset`, and the addends of
-//!   relative relocations) and symbol tables (`st_value`); (B) pointer slots named by the
+//!   restored (except E's, whose test both sides apply to the same values): (A) the address
+//!   fields of relocation tables (`r_offset`, and the addends of relative relocations) and
+//!   symbol tables (`st_value`); (B) pointer slots named by the
 //!   relocations restored in phase A (`R_X86_64_RELATIVE`, `IRELATIVE`, `JUMP_SLOT`) and by
 //!   `SHT_RELR` tables; (C) `rel32` branch displacements and RIP-relative operands found by a
 //!   linear sweep of every executable section with iced-x86; (D) the type ids and string
@@ -858,7 +859,8 @@ pub const MIN_EQUIVALENCE: u64 = 64;
 ///   [`NEAR_RANGES`] ranges starting nearest at or below it, or, when none covers it, of the
 ///   one among them that reaches furthest. bsdiff reuses old ranges and matches short runs
 ///   anywhere (zeros, repeated tables): a short range starting inside a long one no longer
-///   takes over the rest of it (corpus: `libnode` 126.4 -> 87.7 kB, `ko-i915` 139.3 -> 126.9).
+///   takes over the rest of it (corpus, with revision 2's other parts: `libnode` 126.4 ->
+///   87.8 kB, `ko-i915` 139.3 -> 125.3).
 ///
 /// The encoder's inverse ([`Self::backward`]) tries the ranges covering a new offset, longest
 /// first, for one the forward map sends back to it.
