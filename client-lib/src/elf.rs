@@ -117,8 +117,8 @@ pub struct Layout {
     /// addresses that no relocation names.
     pub fixed: bool,
     /// Phase E runs: data words whose value is an address of the image are references (for
-    /// fixed executables in payloads of revision 2, [`HAS_REVISION_2`]).
-    pub pointers: bool,
+    /// fixed executables in payloads of revision 2: [`Layout::for_revision`]).
+    pointers: bool,
     loads: Vec<Load>,
     sections: Vec<Section>,
 }
@@ -293,6 +293,13 @@ impl Layout {
             .iter()
             .find(|l| offset >= l.offset && offset - l.offset < l.memsz)
             .and_then(|l| (offset - l.offset).checked_add(l.vaddr))
+    }
+
+    /// This layout as a payload of revision 2 (`revised`, [`HAS_REVISION_2`]) or 1 reads it:
+    /// phase E runs for an executable at a fixed address in revision 2.
+    pub fn for_revision(mut self, revised: bool) -> Layout {
+        self.pointers = revised && self.fixed;
+        self
     }
 
     /// Whether `value` may be an address of this image for phase E: inside a loaded segment
@@ -1200,8 +1207,7 @@ pub fn walk_restore(
     revised: bool,
     mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
-    let mut new = Layout::parse(image)?;
-    new.pointers = revised && new.fixed;
+    let new = Layout::parse(image)?.for_revision(revised);
     let map = AddressMap {
         old,
         new: &new,

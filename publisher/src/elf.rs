@@ -42,7 +42,7 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
 /// [`encode`] to a payload of revision 2 (`revised`, what the publisher sends) or 1 (what
 /// publishers made before it, which devices still apply: kept to test that they do).
 pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<Vec<u8>>> {
-    let (Ok(mut lo), Ok(mut ln)) = (Layout::parse(old), Layout::parse(new)) else {
+    let (Ok(lo), Ok(ln)) = (Layout::parse(old), Layout::parse(new)) else {
         return Ok(None);
     };
     if lo.arch != ln.arch || lo.relocatable != ln.relocatable {
@@ -50,7 +50,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     }
     // Revision 2: executables at a fixed address hold pointers that no relocation names,
     // which phase E finds.
-    (lo.pointers, ln.pointers) = (revised && lo.fixed, revised && ln.fixed);
+    let (lo, ln) = (lo.for_revision(revised), ln.for_revision(revised));
     // The new file with its references blanked; normalised in place below.
     let mut work = new.to_vec();
     let eq0 = {
