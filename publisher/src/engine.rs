@@ -188,24 +188,14 @@ pub(crate) fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8
 }
 
 /// [`compress_payload`] with the window log at most `max_wlog` (the ELF method's payload is
-/// read by the device as it decompresses, through a window of at most 2^20 bytes).
+/// read by the device as it decompresses, through a window of at most 2^20 bytes). In one
+/// call ([`one_frame`]): the streaming encoder copied the payload through a window buffer of
+/// its own (corpus `ko-e1000e`: generation peak 360 KiB lower, median of seven runs; bytes
+/// within 0.3% either way).
 fn compress_payload_within(raw: &[u8], level: i32, max_wlog: u32) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    use zstd::stream::raw::CParameter;
     let wlog = window_log_for(raw.len()).min(max_wlog);
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-    enc.set_pledged_src_size(Some(raw.len() as u64))?;
-    enc.include_checksum(false)?;
-    enc.window_log(wlog)?;
-    if level >= 16 && wlog > 16 {
-        enc.set_parameter(CParameter::ChainLog(wlog - 2))?;
-        enc.set_parameter(CParameter::HashLog(wlog - 4))?;
-    }
-    if wlog > 27 {
-        enc.long_distance_matching(true)?;
-    }
-    enc.write_all(raw)?;
-    enc.finish()
+    let cap = (level >= 16 && wlog > 16).then_some((2, 4));
+    one_frame(raw, &[], level, wlog, cap, wlog > 27)
 }
 
 /// Compresses a method-4 payload (FORMAT.md §6.2). The device reads its frames as they
