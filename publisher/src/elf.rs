@@ -51,6 +51,11 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     // Revision 2: executables at a fixed address hold pointers that no relocation names,
     // which phase E finds.
     let (lo, ln) = (lo.for_revision(revised), ln.for_revision(revised));
+    let switch = if lo.relocatable {
+        crate::bsdiff::RELOCATABLE_SWITCH
+    } else {
+        crate::bsdiff::SWITCH
+    };
     // The new file with its references blanked; normalised in place below.
     let mut work = new.to_vec();
     let eq0 = {
@@ -58,7 +63,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
         elf::for_each_ref(&lo, old, |r| elf::write_ref(r, &mut blank_old, 0));
         elf::for_each_ref(&ln, new, |r| elf::write_ref(r, &mut work, 0));
         let index = Index::new(&blank_old);
-        let eq0 = Equivalences::from_controls(&index.controls(&work), revised);
+        let eq0 = Equivalences::from_controls(&index.controls(&work, switch), revised);
         index.release();
         eq0
     };
@@ -84,7 +89,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     });
     drop(eq0);
     let index = Index::new(old);
-    let controls = index.controls(&work);
+    let controls = index.controls(&work, switch);
     index.release();
     let eq1 = Equivalences::from_controls(&controls, revised);
     let payload = elf::build_payload(ln.arch, &btf, revised, &controls, old, &work);
