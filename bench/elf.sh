@@ -5,6 +5,10 @@
 # new file. Writes bench/results/elf.md (and elf.tsv with every measurement).
 #
 #   bench/elf.sh [PAIR ...]     # default: every pair under $CORPUS_DIR/elf
+#
+# deltaroot and Zucchini, the two compared on time and memory, run ELF_BENCH_REPS times (3),
+# taking turns, and each figure is the median of its runs: the machine's speed drifts within
+# minutes, and a process's peak RSS varies by a few hundred KiB from run to run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 CORPUS_DIR=${CORPUS_DIR:-$HOME/corpus}
@@ -25,6 +29,7 @@ trap 'rm -rf "$work"' EXIT
 pairs=("$@")
 [ ${#pairs[@]} -gt 0 ] || pairs=($(ls "$CORPUS_DIR/elf"))
 tsv=$here/bench/results/elf.tsv
+reps=${ELF_BENCH_REPS:-3}
 printf 'pair\ttool\told\tnew\tpatch\tgen_s\tgen_kib\tapply_s\tapply_kib\n' >"$tsv"
 
 measure() { # measure FILE CMD... : appends "seconds kib" of the command to FILE
@@ -37,16 +42,37 @@ row() { # row PAIR TOOL PATCH
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$tool" "$(stat -c %s "$old")" "$(stat -c %s "$new")" \
     "$(stat -c %s "$patch")" "$gs" "$gk" "$as" "$ak" >>"$tsv"
 }
-both() { # both GEN1 ; GEN2 ... run as one measured shell
-  measure "$1" bash -c "$2"
+again() { # again RUNS FILE CMD... : runs CMD and appends its "seconds kib" line to RUNS
+  measure "$2" "${@:3}" && cat "$2" >>"$1"
+}
+median() { # median RUNS FILE : writes to FILE the median seconds and the median KiB of RUNS
+  local col
+  for col in 1 2; do cut -d' ' -f"$col" "$1" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; done |
+    paste -sd' ' >"$2"
 }
 for pair in "${pairs[@]}"; do
   old=$CORPUS_DIR/elf/$pair/old new=$CORPUS_DIR/elf/$pair/new
   [ -f "$old" ] || continue
   echo "== $pair ($(stat -c %s "$new") bytes)" >&2
-  # deltaroot: the publisher's choice, and the ELF method alone where it applies
-  measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr" --level 19
-  measure "$work/apply.t" "$dr" apply "$old" "$work/dr" --out "$work/out"
+  # deltaroot (the publisher's choice) and Zucchini+zstd, in turns; the patches are the same
+  # each time, the last one is applied back.
+  zgen="'$peers' zucchini-gen '$old' '$new' '$work/zraw' && zstd -q -f -19 --long=31 '$work/zraw' -o '$work/zucchini'"
+  zapply="zstd -q -f -d --long=31 '$work/zucchini' -o '$work/zraw2' && '$peers' zucchini-apply '$old' '$work/zraw2' '$work/out'"
+  rm -f "$work"/*.runs
+  zucchini=yes
+  for ((i = 0; i < reps; i++)); do
+    again "$work/dr-gen.runs" "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr" --level 19
+    again "$work/dr-apply.runs" "$work/apply.t" "$dr" apply "$old" "$work/dr" --out "$work/out"
+    cmp -s "$work/out" "$new" || { echo "$pair/deltaroot: applying the patch did not give the new file" >&2; exit 1; }
+    if [ $zucchini = yes ] && again "$work/z-gen.runs" "$work/gen.t" bash -c "$zgen"; then
+      again "$work/z-apply.runs" "$work/apply.t" bash -c "$zapply"
+    else
+      zucchini=no
+    fi
+  done
+  median "$work/dr-gen.runs" "$work/gen.t"
+  median "$work/dr-apply.runs" "$work/apply.t"
+  "$dr" apply "$old" "$work/dr" --out "$work/out" >/dev/null
   row "$pair" deltaroot "$work/dr"
   if measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr-elf" --level 19 --method elf 2>/dev/null; then
     measure "$work/apply.t" "$dr" apply "$old" "$work/dr-elf" --out "$work/out"
@@ -64,8 +90,10 @@ for pair in "${pairs[@]}"; do
   measure "$work/gen.t" zstd -q -f -19 --long=31 --patch-from="$old" "$new" -o "$work/zstd"
   measure "$work/apply.t" zstd -q -f -d --long=31 --patch-from="$old" "$work/zstd" -o "$work/out"
   row "$pair" zstd "$work/zstd"
-  if both "$work/gen.t" "'$peers' zucchini-gen '$old' '$new' '$work/zraw' && zstd -q -f -19 --long=31 '$work/zraw' -o '$work/zucchini'"; then
-    both "$work/apply.t" "zstd -q -f -d --long=31 '$work/zucchini' -o '$work/zraw2' && '$peers' zucchini-apply '$old' '$work/zraw2' '$work/out'"
+  if [ $zucchini = yes ]; then
+    median "$work/z-gen.runs" "$work/gen.t"
+    median "$work/z-apply.runs" "$work/apply.t"
+    bash -c "$zapply"
     row "$pair" zucchini+zstd "$work/zucchini"
   fi
 done
