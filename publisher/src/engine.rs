@@ -188,14 +188,13 @@ pub(crate) fn compress_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8
 }
 
 /// [`compress_payload`] with the window log at most `max_wlog` (the ELF method's payload is
-/// read by the device as it decompresses, through a window of at most 2^20 bytes). In one
-/// call ([`one_frame`]): the streaming encoder copied the payload through a window buffer of
-/// its own (corpus `ko-e1000e`: generation peak 360 KiB lower, median of seven runs; bytes
-/// within 0.3% either way).
+/// read by the device as it decompresses, through a window of at most 2^20 bytes). One frame
+/// of the delta settings ([`delta_frame`]), in one call: the streaming encoder copied the
+/// payload through a window buffer of its own (corpus `ko-e1000e`: generation peak 360 KiB
+/// lower, median of seven runs; bytes within 0.3% either way).
 fn compress_payload_within(raw: &[u8], level: i32, max_wlog: u32) -> std::io::Result<Vec<u8>> {
     let wlog = window_log_for(raw.len()).min(max_wlog);
-    let cap = (level >= 16 && wlog > 16).then_some((2, 4));
-    one_frame(raw, &[], level, wlog, cap, wlog > 27)
+    delta_frame(raw, &[], level, wlog, (level >= 16).then_some((2, 4)))
 }
 
 /// Compresses a method-4 payload (FORMAT.md §6.2). The device reads its frames as they
