@@ -114,7 +114,10 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
         corrections = corrections.len(),
         "ELF references normalised"
     );
-    payload.extend_from_slice(&elf::encode_corrections(&corrections));
+    let tail = elf::encode_corrections(&corrections);
+    // Exactly: a doubled buffer would sit beside the compressor's tables.
+    payload.reserve_exact(tail.len());
+    payload.extend_from_slice(&tail);
     Ok(Some(payload))
 }
 
