@@ -6,6 +6,10 @@
 #
 #   bench/elf.sh [PAIR ...]     # default: every pair under $CORPUS_DIR/elf
 #
+# Patches are applied back with `deltaroot apply` (the publisher's CLI) and, for deltaroot's
+# own patch, also with `deltaroot-apply` (the device's stand-alone tool, the same decoder in a
+# process of its own, as small as Zucchini's).
+#
 # deltaroot and Zucchini, the two compared on time and memory, run ELF_BENCH_REPS times (3),
 # taking turns, and each figure is the median of its runs: the machine's speed drifts within
 # minutes, and a process's peak RSS varies by a few hundred KiB from run to run.
@@ -20,9 +24,10 @@ command -v clang++-19 >/dev/null || need+=(clang-19)  # Zucchini is C++23
 command -v zstd >/dev/null || need+=(zstd)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher -p deltaroot-client
 CXX=clang++-19 cargo build --release --quiet --manifest-path "$here/bench/peers/Cargo.toml"
 dr=$here/target/release/deltaroot
+devapply=$here/target/release/deltaroot-apply
 peers=$here/bench/peers/target/release/deltaroot-bench-peers
 work=$(mktemp -d /tmp/deltaroot-elf.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -64,6 +69,8 @@ for pair in "${pairs[@]}"; do
     again "$work/dr-gen.runs" "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr" --level 19
     again "$work/dr-apply.runs" "$work/apply.t" "$dr" apply "$old" "$work/dr" --out "$work/out"
     cmp -s "$work/out" "$new" || { echo "$pair/deltaroot: applying the patch did not give the new file" >&2; exit 1; }
+    again "$work/dev-apply.runs" "$work/apply.t" "$devapply" "$old" "$work/dr" --out "$work/out"
+    cmp -s "$work/out" "$new" || { echo "$pair/deltaroot-apply: applying the patch did not give the new file" >&2; exit 1; }
     if [ $zucchini = yes ] && again "$work/z-gen.runs" "$work/gen.t" bash -c "$zgen"; then
       again "$work/z-apply.runs" "$work/apply.t" bash -c "$zapply"
     else
@@ -74,6 +81,9 @@ for pair in "${pairs[@]}"; do
   median "$work/dr-apply.runs" "$work/apply.t"
   "$dr" apply "$old" "$work/dr" --out "$work/out" >/dev/null
   row "$pair" deltaroot "$work/dr"
+  median "$work/dev-apply.runs" "$work/apply.t"
+  "$devapply" "$old" "$work/dr" --out "$work/out" >/dev/null
+  row "$pair" deltaroot-apply "$work/dr"
   if measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr-elf" --level 19 --method elf 2>/dev/null; then
     measure "$work/apply.t" "$dr" apply "$old" "$work/dr-elf" --out "$work/out"
     row "$pair" deltaroot-elf "$work/dr-elf"

@@ -5,6 +5,7 @@
 //! - [`device`]: the device root (deployments, `current`/`previous`), staging a new version
 //!   beside the running one, verifying it and switching atomically.
 //! - [`transport`]: fetching manifests, plans, objects and deltas over HTTP(S).
+//! - [`apply`]: one delta applied to one file (`deltaroot apply`, `deltaroot-apply`).
 //! - [`agent`]: the commands of `deltaroot-agent` (install, check, update, status, rollback).
 //!
 //! This crate must stay small: it never depends on the server's crates.
@@ -14,6 +15,7 @@ pub mod format;
 
 pub use error::{Error, Result};
 pub mod agent;
+pub mod apply;
 pub mod device;
 pub mod elf;
 pub mod gnu_deflate;

@@ -150,3 +150,70 @@ fn well_signed_but_hostile_manifests_are_refused_by_name() {
     let sig = key.sign(&junk).to_vec();
     assert!(VerifiedManifest::verify(junk, sig, &trusted).is_err());
 }
+
+/// A bsdiff delta of `old` to `new` in its container, as the publisher would write it.
+fn bsdiff_delta(old: &[u8], new: &[u8]) -> Vec<u8> {
+    use deltaroot_client::format::container::{encode_delta, DeltaHeader, Method};
+    let mut patch = Vec::new();
+    bsdiff::diff(old, new, &mut patch).unwrap();
+    let h = DeltaHeader {
+        method: Method::BsdiffZstd,
+        source: Hash::of(old),
+        target: Hash::of(new),
+        target_size: new.len() as u64,
+    };
+    encode_delta(&h, &zstd::bulk::compress(&patch, 3).unwrap())
+}
+
+#[test]
+fn deltaroot_apply_applies_one_delta_and_refuses_the_wrong_base_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let old: Vec<u8> = (0..40_000u32).flat_map(|i| (i / 7).to_le_bytes()).collect();
+    let mut new = old.clone();
+    new[1000..1010].copy_from_slice(b"0123456789");
+    new.extend_from_slice(b"and a tail");
+    std::fs::write(p("old"), &old).unwrap();
+    std::fs::write(p("patch"), bsdiff_delta(&old, &new)).unwrap();
+    let run = |args: &[&std::path::Path]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deltaroot-apply"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&[&p("old"), &p("patch"), "--out".as_ref(), &p("new")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(p("new")).unwrap(), new);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("{} bytes, verified", new.len())),
+        "{said}"
+    );
+
+    // Applied to another file, it says which file and which content it wanted, and writes
+    // nothing.
+    std::fs::write(p("other"), b"not the old file").unwrap();
+    let out = run(&[&p("other"), &p("patch"), "--out".as_ref(), &p("x")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("other") && err.contains(&Hash::of(&old).to_string()),
+        "{err}"
+    );
+    assert!(!p("x").exists());
+
+    // No output path, or an option it does not know: the usage, and a failure.
+    let (o, d) = (p("old"), p("patch"));
+    for bad in [
+        vec![o.as_path(), d.as_path()],
+        vec![o.as_path(), "--in".as_ref()],
+    ] {
+        let out = run(&bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("usage: deltaroot-apply"),
+            "{err}"
+        );
+    }
+}

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
-use deltaroot_client::format::container::{apply_delta_to, Source};
 use deltaroot_client::format::Method;
 
 use crate::engine::{self, EngineOptions, MethodSet};
@@ -243,20 +242,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `deltaroot apply`: the old file is read where the delta needs it (the ELF method reads its
-/// headers and the ranges its records name; the other methods read it whole), the new one is
-/// built in memory, verified, then written.
+/// `deltaroot apply`: [`deltaroot_client::apply::apply_file`], as `deltaroot-apply` runs it on
+/// a device.
 pub fn apply(old: &Path, patch: &Path, out: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::open(old).with_context(|| format!("reading {}", old.display()))?;
-    let p = std::fs::read(patch).with_context(|| format!("reading {}", patch.display()))?;
-    let source = Source::File {
-        file: &file,
-        path: old,
-    };
-    let n = apply_delta_to(&p, source, None)
-        .with_context(|| format!("applying {}", patch.display()))?;
-    drop(p);
-    std::fs::write(out, &n).with_context(|| format!("writing {}", out.display()))?;
-    println!("{}: {} bytes, verified", out.display(), n.len());
+    let n = deltaroot_client::apply::apply_file(old, patch, out)
+        .with_context(|| format!("applying {} to {}", patch.display(), old.display()))?;
+    println!("{}: {n} bytes, verified", out.display());
     Ok(())
 }
