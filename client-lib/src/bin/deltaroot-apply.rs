@@ -37,6 +37,7 @@ fn run(args: Vec<OsString>) -> anyhow::Result<()> {
                 return Ok(());
             }
             Some("--out") => out = Some(PathBuf::from(args.next().context("--out needs a path")?)),
+            Some(s) if s.starts_with("--out=") => out = Some(PathBuf::from(&s["--out=".len()..])),
             Some(s) if s.starts_with('-') && s.len() > 1 => bail!("unknown option {s}\n\n{USAGE}"),
             _ => paths.push(PathBuf::from(a)),
         }
