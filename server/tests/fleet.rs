@@ -487,18 +487,21 @@ fn staged_rollout_reaches_only_its_share(backend: Backend) {
         (Some("1.0"), Some("stable"))
     );
 
-    // Raised over time: from nothing to everyone in one step of one second.
+    // Raised over time: from nothing to everyone in one step of three seconds. Steps count
+    // whole seconds from the second of the promotion, so the first may come as little as two
+    // seconds after it: the check right after is safe (a one-second step failed it whenever
+    // the check fell into the next second), and 4.1 s later the step has surely been taken.
     f.promote(
         "2.0",
         PromoteRequest {
             percent: Some(0.0),
             step_percent: Some(100.0),
-            step_secs: Some(1),
+            step_secs: Some(3),
             ..PromoteRequest::default()
         },
     );
     assert_eq!(f.offered("device=dev-1&current=1.0"), None);
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(4100));
     assert_eq!(offered().len(), devices.len());
 }
 
