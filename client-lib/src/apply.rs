@@ -59,18 +59,7 @@ fn partial_path(out: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn delta(old: &[u8], new: &[u8]) -> Vec<u8> {
-        use crate::format::container::{encode_delta, DeltaHeader, Method};
-        use crate::format::hash::Hash;
-        let h = DeltaHeader {
-            method: Method::Zstd,
-            source: Hash::of(old),
-            target: Hash::of(new),
-            target_size: new.len() as u64,
-        };
-        encode_delta(&h, &zstd::bulk::compress(new, 3).unwrap())
-    }
+    use crate::format::container::tests::zstd_delta as delta;
 
     #[test]
     fn a_good_delta_replaces_the_output_and_a_bad_one_leaves_it() {

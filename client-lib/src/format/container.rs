@@ -607,10 +607,11 @@ fn decode_payload(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn zstd_delta(source: &[u8], target: &[u8]) -> Vec<u8> {
+    /// A whole-file (method 3) delta of `target`, named as applying to `source`.
+    pub(crate) fn zstd_delta(source: &[u8], target: &[u8]) -> Vec<u8> {
         let header = DeltaHeader {
             method: Method::Zstd,
             source: Hash::of(source),
