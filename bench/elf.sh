@@ -24,7 +24,7 @@ command -v clang++-19 >/dev/null || need+=(clang-19)  # Zucchini is C++23
 command -v zstd >/dev/null || need+=(zstd)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher -p deltaroot-client
+cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher -p deltaroot-agent
 CXX=clang++-19 cargo build --release --quiet --manifest-path "$here/bench/peers/Cargo.toml"
 dr=$here/target/release/deltaroot
 devapply=$here/target/release/deltaroot-apply

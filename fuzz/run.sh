@@ -13,7 +13,7 @@ work=$(mktemp -d /tmp/deltaroot-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 bash "$here/fixtures/elf-pairs/make.sh" "$work/pairs" >/dev/null
 mkdir -p "$work/seeds"
-cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p deltaroot-publisher --example fuzz_seed
+cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p deltaroot-engine --example fuzz_seed
 for pair in "$work"/pairs/*/*; do
   name=$(basename "$(dirname "$pair")")-$(basename "$pair")
   "$here/target/release/examples/fuzz_seed" "$pair/old" "$pair/new" "$work/seeds/$name"

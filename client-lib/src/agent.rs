@@ -1,5 +1,6 @@
 //! The commands of `deltaroot-agent`: settings, and install / check / update / status /
-//! rollback over a [`Device`] and an [`Http`] source.
+//! rollback over a [`Device`] and a [`Transport`] (a server over HTTP(S), or a release
+//! folder).
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeployReport, Device, Status};
 use crate::error::{Error, Result};
-use crate::format::api::{CheckResponse, RESULTS};
-use crate::format::{check_name, PublicKey, SignedDowngrade, VerifiedManifest};
-use crate::transport::Http;
+use crate::transport::{CheckQuery, Folder, Transport};
+use deltaroot_format::api::{CheckResponse, RESULTS};
+use deltaroot_format::fsio;
+use deltaroot_format::{human_bytes, DeviceId, Name, PublicKey, SignedDowngrade, VerifiedManifest};
 
 /// Where a device id is kept when the machine has none, under the device root.
 pub const DEVICE_ID_FILE: &str = "state/device-id";
@@ -22,8 +24,12 @@ pub const MACHINE_ID: &str = "/etc/machine-id";
 pub struct Settings {
     /// The device root holding deployments and `current`.
     pub root: Option<PathBuf>,
-    /// Base URL of the deltaroot server.
+    /// Base URL of the deltaroot server (needs the `http` feature).
     pub server: Option<String>,
+    /// A static release folder (`deltaroot publish --out DIR`: a USB stick, a mounted share)
+    /// to update from instead of a server; see `transport::Folder` for how it answers a
+    /// check.
+    pub folder: Option<PathBuf>,
     /// Base URL of objects and deltas, when a mirror or CDN serves them.
     pub objects_url: Option<String>,
     pub product: Option<String>,
@@ -44,15 +50,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads a TOML settings file.
-    pub fn from_file(path: &Path) -> Result<Settings> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_owned(),
-            what: e.to_string(),
-        })
-    }
-
     /// Fields set in `over` replace those in `self`.
     pub fn merge(mut self, over: Settings) -> Settings {
         macro_rules! take {
@@ -61,6 +58,7 @@ impl Settings {
         take!(
             root,
             server,
+            folder,
             objects_url,
             product,
             channel,
@@ -78,13 +76,14 @@ impl Settings {
 /// A configured agent.
 pub struct Agent {
     pub device: Device,
-    pub http: Http,
-    pub product: String,
-    pub channel: String,
+    /// Where updates come from.
+    pub transport: Box<dyn Transport>,
+    pub product: Name,
+    pub channel: Name,
     pub trusted: Vec<PublicKey>,
     /// Sent with every check.
-    pub device_id: String,
-    pub pin: Option<String>,
+    pub device_id: DeviceId,
+    pub pin: Option<Name>,
 }
 
 /// What `update` did.
@@ -94,85 +93,91 @@ pub enum UpdateOutcome {
     Updated(DeployReport),
 }
 
-/// A device id: 1 to 128 of `A-Z a-z 0-9 . _ : -` (the server checks the same).
+/// A device id: 1 to 128 of `A-Z a-z 0-9 . _ : -` ([`DeviceId`]'s rule, which the server
+/// checks too).
 pub fn check_device_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config {
-            path: PathBuf::from("(settings)"),
-            what: format!("device id {id:?} is not 1-128 of A-Z a-z 0-9 . _ : -"),
-        })
-    }
+    DeviceId::new(id).map(drop).map_err(|e| Error::Config {
+        path: PathBuf::from("(settings)"),
+        what: e.to_string(),
+    })
 }
 
 /// The device's id: `machine_id` (normally `/etc/machine-id`) if it holds one, else the id
-/// kept in `<root>/state/device-id`, generated on first use from 16 random bytes.
-pub fn resolve_device_id(root: &Path, machine_id: &Path) -> Result<String> {
+/// kept in `<root>/state/device-id`, generated on first use from 16 random bytes. Neither
+/// file's contents are ever put in an error.
+pub fn resolve_device_id(root: &Path, machine_id: &Path) -> Result<DeviceId> {
     if let Ok(text) = std::fs::read_to_string(machine_id) {
-        let id = text.trim();
-        if check_device_id(id).is_ok() {
-            return Ok(id.to_string());
+        if let Ok(id) = DeviceId::new(text.trim()) {
+            return Ok(id);
         }
     }
     let path = root.join(DEVICE_ID_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let id = text.trim().to_string();
-            check_device_id(&id).map_err(|_| Error::Config {
-                path: path.clone(),
-                what: format!("{id:?} is not a device id"),
-            })?;
-            Ok(id)
-        }
+        Ok(text) => DeviceId::new(text.trim()).map_err(|e| Error::Config {
+            path: path.clone(),
+            what: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut raw = [0u8; 16];
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
                 .map_err(Error::io("/dev/urandom"))?;
-            let id = hex::encode(raw);
-            write_atomic(&path, format!("{id}\n").as_bytes())?;
+            let id = DeviceId::new(hex::encode(raw)).expect("hex is a device id");
+            fsio::write_atomic(&path, format!("{id}\n").as_bytes()).map_err(Error::io(&path))?;
             Ok(id)
         }
         Err(e) => Err(Error::io(&path)(e)),
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    std::io::Write::write_all(&mut f, data).map_err(Error::io(&tmp))?;
-    f.sync_all().map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
-}
-
 /// What `status` shows.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
-    pub product: String,
-    pub channel: String,
-    pub current: Option<String>,
-    pub previous: Option<String>,
+    pub product: Name,
+    pub channel: Name,
+    pub current: Option<Name>,
+    pub previous: Option<Name>,
     pub last: Status,
 }
 
+/// A setting that must hold a name.
+fn name_setting(field: &'static str, value: String) -> Result<Name> {
+    Name::new(field, value).map_err(|e| Error::Config {
+        path: PathBuf::from("(settings)"),
+        what: e.to_string(),
+    })
+}
+
 impl Agent {
+    /// An agent as `s` says: its device root, trusted keys, product and channel, and where
+    /// it updates from (`server`, or `folder`).
     pub fn new(s: Settings) -> Result<Agent> {
-        let missing = |what: &str| Error::Config {
-            path: PathBuf::from("(settings)"),
-            what: format!("{what} is not set (flag or config file)"),
+        let transport: Box<dyn Transport> = match (&s.server, &s.folder) {
+            (Some(_), Some(_)) => {
+                return Err(settings_error(
+                    "server and folder are both set: choose where updates come from",
+                ))
+            }
+            (Some(server), None) => http_transport(server, &s)?,
+            (None, Some(folder)) => Box::new(Folder::open(folder)?),
+            (None, None) => {
+                return Err(settings_error(
+                    "server (or folder) is not set (flag or config file)",
+                ))
+            }
         };
+        Agent::with_transport(s, transport)
+    }
+
+    /// An agent that updates through `transport`; the settings' `server`, `objects_url`,
+    /// `ca_cert` and `folder` are not used.
+    pub fn with_transport(s: Settings, transport: Box<dyn Transport>) -> Result<Agent> {
+        let missing =
+            |what: &str| settings_error(&format!("{what} is not set (flag or config file)"));
         let root = s.root.ok_or_else(|| missing("root"))?;
-        let server = s.server.ok_or_else(|| missing("server"))?;
-        let product = s.product.ok_or_else(|| missing("product"))?;
-        check_name("product", &product)?;
-        let channel = s.channel.unwrap_or_else(|| "stable".into());
-        check_name("channel", &channel)?;
+        let product = name_setting("product", s.product.ok_or_else(|| missing("product"))?)?;
+        let channel = name_setting("channel", s.channel.unwrap_or_else(|| "stable".into()))?;
+        let pin = s.pin.map(|p| name_setting("pin", p)).transpose()?;
         if s.trust.is_empty() {
             return Err(missing("trust (at least one public key file)"));
         }
@@ -180,74 +185,60 @@ impl Agent {
             .trust
             .iter()
             .map(|p| {
+                // The key text is never echoed (a secret key passed by mistake).
                 let text = std::fs::read_to_string(p).map_err(Error::io(p))?;
-                PublicKey::from_text(&text)
+                PublicKey::from_text(&text).map_err(|e| Error::Config {
+                    path: p.clone(),
+                    what: e.to_string(),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let device = Device::open(&root)?;
         let device_id = match s.device_id {
-            Some(id) => {
-                check_device_id(&id)?;
-                id
-            }
+            Some(id) => DeviceId::new(id).map_err(|e| settings_error(&e.to_string()))?,
             None => resolve_device_id(&root, Path::new(MACHINE_ID))?,
         };
-        if let Some(p) = &s.pin {
-            check_name("pin", p)?;
-        }
         Ok(Agent {
             device,
-            http: Http::with_ca_cert(&server, s.objects_url.as_deref(), s.ca_cert.as_deref())?,
+            transport,
             product,
             channel,
             trusted,
             device_id,
-            pin: s.pin,
+            pin,
         })
     }
 
-    /// The query of a check: what runs, who asks, how the last attempt went, any pin.
-    fn check_query(&self, current: Option<&str>) -> Result<String> {
-        // Names allow `+`, which a query string would read as a space.
-        let enc = |v: &str| v.replace('+', "%2B");
-        let mut q = vec![format!("device={}", enc(&self.device_id))];
-        if let Some(v) = current {
-            q.push(format!("current={}", enc(v)));
-        }
+    /// Asks the transport what the channel (or the pin) offers: what runs, who asks, how the
+    /// last attempt went.
+    fn ask(&self, current: Option<&Name>) -> Result<CheckResponse> {
         let last = self.device.status()?;
-        if let (Some(r), Some(v)) = (&last.last_result, &last.last_version) {
-            if RESULTS.contains(&r.as_str()) && check_name("version", v).is_ok() {
-                q.push(format!("result={r}&attempted={}", enc(v)));
-            }
-        }
-        if let Some(p) = &self.pin {
-            q.push(format!("pin={}", enc(p)));
-        }
-        Ok(q.join("&"))
-    }
-
-    fn ask(&self, current: Option<&str>) -> Result<CheckResponse> {
-        let path = format!(
-            "v1/products/{}/channels/{}/check?{}",
-            self.product,
-            self.channel,
-            self.check_query(current)?
-        );
-        let bytes = self.http.get_bytes(&path, 1 << 20)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Http {
-            url: path,
-            reason: format!("answer is not the expected JSON: {e}"),
+        let last_version = last
+            .last_version
+            .as_deref()
+            .and_then(|v| Name::new("version", v).ok());
+        let last = match (&last.last_result, &last_version) {
+            (Some(r), Some(v)) if RESULTS.contains(&r.as_str()) => Some((r.as_str(), v)),
+            _ => None,
+        };
+        self.transport.check(&CheckQuery {
+            product: &self.product,
+            channel: &self.channel,
+            current,
+            device: &self.device_id,
+            last,
+            pin: self.pin.as_ref(),
         })
     }
 
     /// Fetches and verifies a release's manifest, checking it is the one asked for.
     pub fn fetch_manifest(&self, version: &str) -> Result<VerifiedManifest> {
-        check_name("version", version)?;
-        let (bytes, sig) = self.http.manifest(&self.product, version)?;
+        let version = Name::new("version", version)?;
+        let (bytes, sig) = self.transport.manifest(&self.product, &version)?;
         let m = VerifiedManifest::verify(bytes, sig, &self.trusted)?;
         if m.manifest().product != self.product || m.manifest().version != version {
             return Err(Error::WrongRelease {
-                expected: self.product.clone(),
+                expected: self.product.to_string(),
                 expected_version: version.to_string(),
                 found: m.manifest().product.clone(),
                 found_version: m.manifest().version.clone(),
@@ -261,15 +252,25 @@ impl Agent {
         let _lock = self.device.lock()?;
         let result = self
             .fetch_manifest(version)
-            .and_then(|m| self.device.deploy(&m, &self.http, &self.trusted));
-        self.device.record(version, &result)?;
+            .and_then(|m| self.device.deploy(&m, &*self.transport, &self.trusted));
+        self.record(version, result)
+    }
+
+    /// Records an attempt's outcome and returns it. When the record itself cannot be written
+    /// (a full disk, say), the outcome is still what is returned: a failed update reports
+    /// its own error, not the status file's; a deployment that switched reports success. The
+    /// write error is logged.
+    fn record(&self, version: &str, result: Result<DeployReport>) -> Result<DeployReport> {
+        if let Err(e) = self.device.record(version, &result) {
+            tracing::warn!(version, error = %e, "could not record the outcome of the update");
+        }
         result
     }
 
-    /// Asks the server what the channel offers this device (a check-in).
+    /// Asks the source what the channel offers this device (a check-in with a server).
     pub fn check(&self) -> Result<CheckResponse> {
         let current = self.device.current()?;
-        self.ask(current.as_deref())
+        self.ask(current.as_ref())
     }
 
     /// Moves to what the channel (or the pin) offers. An older release than the running one
@@ -279,15 +280,17 @@ impl Agent {
     pub fn update(&self) -> Result<UpdateOutcome> {
         let _lock = self.device.lock()?;
         let current = self.device.current()?;
-        let answer = self.ask(current.as_deref())?;
+        let answer = self.ask(current.as_ref())?;
         let Some(offer) = answer.update else {
-            return Ok(UpdateOutcome::UpToDate { version: current });
+            return Ok(UpdateOutcome::UpToDate {
+                version: current.map(Name::into_string),
+            });
         };
         let result = self.fetch_manifest(&offer.version).and_then(|m| {
             if let Some(cur) = &current {
                 let running = self.device.manifest(cur, &self.trusted)?;
                 let running_created = running.manifest().created;
-                let pinned = self.pin.as_deref() == Some(offer.version.as_str());
+                let pinned = self.pin.as_ref().is_some_and(|p| *p == offer.version);
                 if m.manifest().created < running_created && !pinned {
                     let refuse = |why: String| Error::Device {
                         root: self.device.root().to_owned(),
@@ -306,10 +309,10 @@ impl Agent {
                         .map_err(|e| refuse(format!("its downgrade statement is refused: {e}")))?;
                 }
             }
-            self.device.deploy(&m, &self.http, &self.trusted)
+            self.device.deploy(&m, &*self.transport, &self.trusted)
         });
-        self.device.record(&offer.version, &result)?;
-        result.map(UpdateOutcome::Updated)
+        self.record(&offer.version, result)
+            .map(UpdateOutcome::Updated)
     }
 
     pub fn status(&self) -> Result<StatusReport> {
@@ -324,23 +327,36 @@ impl Agent {
 
     /// Switches back to the previous version and records `rolled-back` for the version left,
     /// so the next check reports it (and the server does not offer it again).
-    pub fn rollback(&self) -> Result<String> {
+    pub fn rollback(&self) -> Result<Name> {
         let _lock = self.device.lock()?;
         let left = self.device.current()?;
         let now_running = self.device.rollback()?;
-        let status = Status {
-            last_result: Some("rolled-back".into()),
-            last_version: left,
-            last_error: None,
-            updated_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
-        let json = serde_json::to_vec_pretty(&status).expect("status serialises");
-        write_atomic(&self.device.root().join("state/status.json"), &json)?;
+        self.device.record_rollback(left.as_ref())?;
         Ok(now_running)
     }
+}
+
+fn settings_error(what: &str) -> Error {
+    Error::Config {
+        path: PathBuf::from("(settings)"),
+        what: what.to_string(),
+    }
+}
+
+#[cfg(feature = "http")]
+fn http_transport(server: &str, s: &Settings) -> Result<Box<dyn Transport>> {
+    Ok(Box::new(crate::transport::Http::with_ca_cert(
+        server,
+        s.objects_url.as_deref(),
+        s.ca_cert.as_deref(),
+    )?))
+}
+
+#[cfg(not(feature = "http"))]
+fn http_transport(server: &str, _: &Settings) -> Result<Box<dyn Transport>> {
+    Err(settings_error(&format!(
+        "server {server} is set, but this agent is built without the http feature: use a folder"
+    )))
 }
 
 /// How a command's result is printed: a line or two for people, or JSON.
@@ -355,22 +371,6 @@ macro_rules! json_via_serde {
             serde_json::to_string_pretty(self).expect("results serialise")
         }
     };
-}
-
-/// Bytes for people: `12.3 MB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 impl Show for DeployReport {

@@ -4,31 +4,14 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::format::hash::Hash;
-use crate::format::wire::WireError;
-
-/// Anything that can go wrong on the device side or while reading the wire format.
+/// Anything that can go wrong on the device side.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    // --- manifests and signatures ---
-    #[error("manifest is malformed: {0}")]
-    ManifestWire(#[from] WireError),
-    #[error("manifest entry {path}: {what}")]
-    ManifestEntry { path: String, what: String },
-    #[error("{field} {value:?} is not a valid name (1-64 of A-Z a-z 0-9 . _ + ~ -, not starting with . or -)")]
-    BadName { field: &'static str, value: String },
-    #[error("{what} is not a deltaroot {kind} key (expected one line `{prefix}<base64>`)")]
-    KeyText {
-        what: String,
-        kind: &'static str,
-        prefix: &'static str,
-    },
-    #[error("signature is {0} bytes, not 64")]
-    SignatureLength(usize),
-    #[error("signature of the manifest does not verify against the trusted key(s) {keys}")]
-    BadSignature { keys: String },
-    #[error("manifest is {0} bytes, over the limit of {max}", max = crate::format::sign::MAX_MANIFEST_BYTES)]
-    ManifestTooLarge(usize),
+    /// The wire format or a decoder refused something (a manifest, a signature, a delta,
+    /// a pack, a content that hashes wrong).
+    #[error(transparent)]
+    Format(#[from] deltaroot_format::Error),
+
     #[error("manifest names product {found:?} version {found_version:?}, expected {expected:?} version {expected_version:?}")]
     WrongRelease {
         expected: String,
@@ -37,28 +20,6 @@ pub enum Error {
         found_version: String,
     },
 
-    // --- deltas and objects ---
-    #[error("delta {what}: malformed: {reason}")]
-    DeltaMalformed { what: String, reason: String },
-    #[error("delta {what}: unknown method {method}")]
-    DeltaMethod { what: String, method: u8 },
-    #[error("delta {what}: {reason}")]
-    DeltaMismatch { what: String, reason: String },
-    #[error("{what}: {method} payload does not decode: {reason}")]
-    DeltaPayload {
-        what: String,
-        method: &'static str,
-        reason: String,
-    },
-    #[error("{what}: content hashes to {got}, expected {want}")]
-    ContentHash { what: String, got: Hash, want: Hash },
-    #[error("{what}: content is {got} bytes, expected {want}")]
-    ContentLength { what: String, got: u64, want: u64 },
-    #[error("pack {pack}: malformed: {reason}")]
-    PackMalformed { pack: String, reason: String },
-    #[error("plan is missing content {0}: the server has no object for it")]
-    MissingObject(Hash),
-
     // --- files and trees ---
     #[error("{path}: {source}")]
     Io {
@@ -66,8 +27,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: {what}")]
-    Unsupported { path: PathBuf, what: String },
     #[error(
         "deployment {version} does not match its manifest ({count} differences), first: {first}"
     )]
@@ -91,6 +50,10 @@ pub enum Error {
     #[error("GET {url}: answer is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
 
+    /// A file the source does not hold (a release folder's missing delta, plan or release).
+    #[error("{location}: not in the release folder")]
+    Missing { location: String },
+
     // --- the device ---
     #[error("device root {root}: {what}")]
     Device { root: PathBuf, what: String },
@@ -106,24 +69,16 @@ impl Error {
     }
 
     /// A delta that cannot give its content: damaged, of an unknown method, not on the
-    /// server, or larger than its plan said. The device fetches the whole object instead;
+    /// server or in the folder, or larger than its plan said. The device fetches the whole object instead;
     /// network and local errors are not this.
     pub fn is_unusable_delta(&self) -> bool {
-        matches!(
-            self,
-            Error::DeltaMalformed { .. }
-                | Error::DeltaMethod { .. }
-                | Error::DeltaMismatch { .. }
-                | Error::DeltaPayload { .. }
-                | Error::PackMalformed { .. }
-                | Error::ContentHash { .. }
-                | Error::ContentLength { .. }
-                | Error::TooLarge { .. }
-                | Error::HttpStatus {
-                    status: 404 | 410,
-                    ..
-                }
-        )
+        match self {
+            Error::Format(e) => e.is_unusable_delta(),
+            Error::TooLarge { .. } => true,
+            Error::HttpStatus { status, .. } => matches!(status, 404 | 410),
+            Error::Missing { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -1,25 +1,19 @@
-//! deltaroot's device side, and the wire format everyone shares.
+//! deltaroot's device side: a device root with its deployments, and the update that stages a
+//! new version beside the running one, verifies it against its signed manifest and switches
+//! to it atomically. The wire format and the decoders are `deltaroot_format`'s.
 //!
-//! - [`format`]: manifests, signatures, content addresses, delta containers, plans.
-//! - [`tree`]: reading the metadata of a tree on disk into manifest entries.
 //! - [`device`]: the device root (deployments, `current`/`previous`), staging a new version
 //!   beside the running one, verifying it and switching atomically.
-//! - [`transport`]: fetching manifests, plans, objects and deltas over HTTP(S).
-//! - [`apply`]: one delta applied to one file (`deltaroot apply`, `deltaroot-apply`).
+//! - [`transport`]: where a device fetches from: the [`transport::Transport`] trait, over
+//!   HTTP(S) (feature `http`, on by default) or from a static release folder.
 //! - [`agent`]: the commands of `deltaroot-agent` (install, check, update, status, rollback).
 //!
-//! This crate must stay small: it never depends on the server's crates.
+//! This crate must stay small: no server crates, no async runtime of its own, no command
+//! line (the binaries are in `deltaroot-agent`); `.ci/deps` checks it.
 
+pub mod agent;
+pub mod device;
 pub mod error;
-pub mod format;
+pub mod transport;
 
 pub use error::{Error, Result};
-pub mod agent;
-pub mod apply;
-pub mod device;
-pub mod elf;
-pub mod gnu_deflate;
-pub mod gzip;
-pub mod transport;
-pub mod tree;
-pub mod xz;

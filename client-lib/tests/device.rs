@@ -1,11 +1,14 @@
-//! The device library on its own: settings files, hostile manifests, and a device root with
-//! nothing installed.
+//! The device library on its own: hostile manifests, a device root with nothing installed,
+//! and installs and updates from a release folder written by hand (no server, no
+//! publisher).
 
 use deltaroot_client::agent::{Agent, Settings};
-use deltaroot_client::format::{
-    Entry, EntryPath, Hash, Kind, Manifest, Meta, SecretKey, VerifiedManifest,
+use deltaroot_client::device::Device;
+use deltaroot_client::transport::{Folder, Transport};
+use deltaroot_format::Error;
+use deltaroot_format::{
+    object_path, Entry, EntryPath, Hash, Kind, Manifest, Meta, SecretKey, VerifiedManifest,
 };
-use deltaroot_client::Error;
 
 fn manifest(entries: Vec<Entry>) -> Manifest {
     Manifest {
@@ -17,68 +20,7 @@ fn manifest(entries: Vec<Entry>) -> Manifest {
 }
 
 #[test]
-fn settings_come_from_toml_and_flags_override_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SecretKey::from_seed([4; 32]);
-    let pubp = dir.path().join("k.pub");
-    std::fs::write(&pubp, key.public().to_text()).unwrap();
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "root = {:?}\nserver = \"http://127.0.0.1:9\"\nproduct = \"demo\"\nchannel = \"beta\"\ntrust = [{:?}]\n",
-            dir.path().join("root"),
-            pubp
-        ),
-    )
-    .unwrap();
-    let file = Settings::from_file(&cfg).unwrap();
-    assert_eq!(file.channel.as_deref(), Some("beta"));
-    let merged = file.merge(Settings {
-        channel: Some("stable".into()),
-        ..Settings::default()
-    });
-    let agent = Agent::new(merged).unwrap();
-    assert_eq!(agent.channel, "stable");
-    assert_eq!(agent.product, "demo");
-
-    std::fs::write(&cfg, "root = 3\n").unwrap();
-    let err = Settings::from_file(&cfg).unwrap_err().to_string();
-    assert!(err.contains("agent.toml"), "{err}");
-    std::fs::write(&cfg, "rooot = \"/x\"\n").unwrap();
-    assert!(Settings::from_file(&cfg)
-        .unwrap_err()
-        .to_string()
-        .contains("rooot"));
-}
-
-#[test]
-fn the_deployed_example_settings_parse() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
-    let s = Settings::from_file(&path).unwrap();
-    assert_eq!(s.root.as_deref(), Some(std::path::Path::new("/sysroot")));
-    assert_eq!(s.product.as_deref(), Some("acme-gateway"));
-    assert_eq!(s.channel.as_deref(), Some("stable"));
-    assert_eq!(
-        s.trust,
-        [std::path::PathBuf::from("/etc/deltaroot/release.pub")]
-    );
-    assert!(s.server.as_deref().unwrap().starts_with("https://"));
-    // Every commented-out setting is one the agent knows.
-    let text = std::fs::read_to_string(&path).unwrap();
-    let commented: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| l.contains(" = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert!(commented.lines().count() >= 4, "{commented}");
-    let extra: Settings = toml::from_str(&commented).unwrap();
-    assert!(extra.ca_cert.is_some() && extra.objects_url.is_some());
-    assert!(extra.pin.is_some() && extra.device_id.is_some());
-}
-
-#[test]
+#[cfg(feature = "http")]
 fn nothing_installed_means_clear_answers() {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::from_seed([5; 32]);
@@ -103,6 +45,22 @@ fn nothing_installed_means_clear_answers() {
     );
     let err = agent.install("../etc").unwrap_err().to_string();
     assert!(err.contains("not a valid name"), "{err}");
+}
+
+#[test]
+#[cfg(not(feature = "http"))]
+fn without_http_a_server_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Agent::new(Settings {
+        root: Some(dir.path().join("root")),
+        server: Some("http://127.0.0.1:9".into()),
+        product: Some("demo".into()),
+        ..Settings::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("without the http feature"), "{err}");
 }
 
 #[test]
@@ -151,69 +109,342 @@ fn well_signed_but_hostile_manifests_are_refused_by_name() {
     assert!(VerifiedManifest::verify(junk, sig, &trusted).is_err());
 }
 
-/// A bsdiff delta of `old` to `new` in its container, as the publisher would write it.
-fn bsdiff_delta(old: &[u8], new: &[u8]) -> Vec<u8> {
-    use deltaroot_client::format::container::{encode_delta, DeltaHeader, Method};
-    let mut patch = Vec::new();
-    bsdiff::diff(old, new, &mut patch).unwrap();
-    let h = DeltaHeader {
-        method: Method::BsdiffZstd,
-        source: Hash::of(old),
-        target: Hash::of(new),
-        target_size: new.len() as u64,
+/// A release folder written by hand, as `deltaroot publish --out` lays it out (FORMAT.md
+/// §8.5): objects zstd-compressed at their `object_path`, deltas at their `delta_path`, the
+/// signed manifest, plans, and the channel's `latest` file.
+mod folder {
+    use std::path::{Path, PathBuf};
+
+    use deltaroot_format::container::{encode_delta, DeltaHeader, Method};
+    use deltaroot_format::{
+        compute_plan, delta_path, object_path, Entry, EntryPath, Hash, Kind, Manifest, Meta,
+        SecretKey, VerifiedManifest,
     };
-    encode_delta(&h, &zstd::bulk::compress(&patch, 3).unwrap())
+
+    pub struct Release {
+        pub root: PathBuf,
+        pub key: SecretKey,
+    }
+
+    pub fn put(root: &Path, rel: &str, bytes: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    fn meta(mode: u32) -> Meta {
+        let id = rustix::process::geteuid().as_raw();
+        Meta {
+            mode,
+            uid: id,
+            gid: rustix::process::getegid().as_raw(),
+            ..Meta::default()
+        }
+    }
+
+    pub fn dir(path: &str) -> Entry {
+        Entry::Node {
+            path: EntryPath::new(path.as_bytes()).unwrap(),
+            kind: Kind::Dir,
+            meta: meta(0o755),
+        }
+    }
+
+    pub fn file(path: &str, bytes: &[u8], mode: u32) -> Entry {
+        Entry::Node {
+            path: EntryPath::new(path.as_bytes()).unwrap(),
+            kind: Kind::File {
+                size: bytes.len() as u64,
+                hash: Hash::of(bytes),
+            },
+            meta: meta(mode),
+        }
+    }
+
+    pub fn symlink(path: &str, target: &str) -> Entry {
+        Entry::Node {
+            path: EntryPath::new(path.as_bytes()).unwrap(),
+            kind: Kind::Symlink {
+                target: target.as_bytes().to_vec(),
+            },
+            meta: meta(0o777),
+        }
+    }
+
+    impl Release {
+        /// Publishes `version` (made at `created`) with `entries` whose file contents are
+        /// `contents`, for devices coming from `old` with deltas `(old bytes, new bytes)`,
+        /// and points channel `stable` at it.
+        pub fn publish(
+            &self,
+            version: &str,
+            created: u64,
+            entries: Vec<Entry>,
+            contents: &[&[u8]],
+            old: Option<&Manifest>,
+            deltas: &[(&[u8], &[u8])],
+        ) -> Manifest {
+            let m = Manifest {
+                product: "demo".into(),
+                version: version.into(),
+                created,
+                entries,
+            };
+            for c in contents {
+                let z = zstd::bulk::compress(c, 3).unwrap();
+                put(&self.root, &object_path(&Hash::of(c)), &z);
+            }
+            let mut stored = Vec::new();
+            for (s, t) in deltas {
+                let h = DeltaHeader {
+                    method: Method::BsdiffZstd,
+                    source: Hash::of(s),
+                    target: Hash::of(t),
+                    target_size: t.len() as u64,
+                };
+                let mut patch = Vec::new();
+                bsdiff::diff(s, t, &mut patch).unwrap();
+                let d = encode_delta(&h, &zstd::bulk::compress(&patch, 3).unwrap());
+                put(&self.root, &delta_path(&h.source, &h.target), &d);
+                stored.push((h.source, h.target, d.len() as u64));
+            }
+            let size = |h: &Hash| {
+                std::fs::metadata(self.root.join(object_path(h)))
+                    .ok()
+                    .map(|m| m.len())
+            };
+            let to = |t: &Hash| {
+                stored
+                    .iter()
+                    .filter(|d| d.1 == *t)
+                    .map(|d| (d.0, d.2))
+                    .collect()
+            };
+            let base = "v1/products/demo";
+            let plan = compute_plan(old, &m, size, to).unwrap();
+            let from = old.map_or("-", |o| o.version.as_str());
+            let json = serde_json::to_vec(&plan).unwrap();
+            put(&self.root, &format!("{base}/plans/{from}/{version}"), &json);
+            let fresh = compute_plan(None, &m, size, |_| Vec::new()).unwrap();
+            let json = serde_json::to_vec(&fresh).unwrap();
+            put(&self.root, &format!("{base}/plans/-/{version}"), &json);
+            let signed = VerifiedManifest::sign(m.clone(), &self.key);
+            let rel = format!("{base}/releases/{version}");
+            put(&self.root, &format!("{rel}/manifest"), signed.bytes());
+            put(
+                &self.root,
+                &format!("{rel}/manifest.sig"),
+                signed.signature(),
+            );
+            put(
+                &self.root,
+                &format!("{base}/channels/stable/latest"),
+                format!("{version}\n").as_bytes(),
+            );
+            m
+        }
+    }
+}
+
+/// `n` bytes that do not compress, the same for the same `seed`.
+fn noise(seed: &[u8], n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    blake3::Hasher::new()
+        .update(seed)
+        .finalize_xof()
+        .fill(&mut v);
+    v
+}
+
+/// The tool of version 1, and of version 2 (a few bytes changed: a delta is far smaller).
+fn tools() -> (Vec<u8>, Vec<u8>) {
+    let one = noise(b"tool", 64 << 10);
+    let mut two = one.clone();
+    two[1000..1016].copy_from_slice(b"tool version two");
+    (one, two)
+}
+
+/// A release folder with version 1, and an agent reading it.
+fn folder_and_agent(tmp: &std::path::Path) -> (folder::Release, Agent, deltaroot_format::Manifest) {
+    use folder::*;
+    let key = SecretKey::from_seed([7; 32]);
+    let pubp = tmp.join("k.pub");
+    std::fs::write(&pubp, key.public().to_text()).unwrap();
+    let f = Release {
+        root: tmp.join("release"),
+        key,
+    };
+    let v1 = f.publish(
+        "1",
+        100,
+        vec![
+            dir("bin"),
+            file("bin/tool", &tools().0, 0o4755),
+            file("etc.conf", b"setting = 1\n", 0o644),
+            symlink("link", "bin/tool"),
+        ],
+        &[&tools().0, b"setting = 1\n"],
+        None,
+        &[],
+    );
+    let agent = Agent::new(Settings {
+        root: Some(tmp.join("root")),
+        folder: Some(f.root.clone()),
+        product: Some("demo".into()),
+        trust: vec![pubp],
+        device_id: Some("test-folder".into()),
+        ..Settings::default()
+    })
+    .unwrap();
+    (f, agent, v1)
 }
 
 #[test]
-fn deltaroot_apply_applies_one_delta_and_refuses_the_wrong_base_by_name() {
+fn a_device_installs_and_updates_from_a_release_folder() {
+    use deltaroot_client::agent::UpdateOutcome;
+    use folder::*;
+    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    let p = |n: &str| tmp.path().join(n);
-    let old: Vec<u8> = (0..40_000u32).flat_map(|i| (i / 7).to_le_bytes()).collect();
-    let mut new = old.clone();
-    new[1000..1010].copy_from_slice(b"0123456789");
-    new.extend_from_slice(b"and a tail");
-    std::fs::write(p("old"), &old).unwrap();
-    std::fs::write(p("patch"), bsdiff_delta(&old, &new)).unwrap();
-    let run = |args: &[&std::path::Path]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_deltaroot-apply"))
-            .args(args)
-            .output()
-            .unwrap()
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    let (one, two) = tools();
+
+    let offer = agent.check().unwrap();
+    assert_eq!(offer.latest.as_deref(), Some("1"));
+    assert_eq!(offer.update.as_ref().unwrap().version, "1");
+    let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
+        panic!("not updated")
     };
+    assert_eq!((r.version.as_str(), r.from.as_deref()), ("1", None));
+    assert_eq!((r.objects, r.deltas, r.written), (2, 0, 2));
+    assert_eq!(r.downloaded_bytes, r.planned_bytes);
+    let cur = root.join("current");
+    assert_eq!(std::fs::read(cur.join("bin/tool")).unwrap(), one);
+    let mode = |p: &str| std::fs::metadata(cur.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("bin/tool"), 0o4755);
+    assert_eq!(mode("etc.conf"), 0o644);
+    assert_eq!(
+        std::fs::read_link(cur.join("link")).unwrap(),
+        std::path::Path::new("bin/tool")
+    );
+    assert!(root.join("state/manifests/1.manifest").is_file());
 
-    let out = run(&[&p("old"), &p("patch"), "--out".as_ref(), &p("new")]);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(std::fs::read(p("new")).unwrap(), new);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.contains(&format!("{} bytes, verified", new.len())),
-        "{said}"
+    // Version 2: the tool changes (a delta), the setting stays (hardlinked), a file is new.
+    f.publish(
+        "2",
+        200,
+        vec![
+            dir("bin"),
+            file("bin/tool", &two, 0o4755),
+            file("etc.conf", b"setting = 1\n", 0o644),
+            symlink("link", "bin/tool"),
+            file("new", b"a new file", 0o600),
+        ],
+        &[&two, b"a new file"],
+        Some(&v1),
+        &[(&one, &two)],
+    );
+    let offer = agent.check().unwrap();
+    let planned = offer.update.as_ref().unwrap().download_bytes;
+    let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!((r.version.as_str(), r.from.as_deref()), ("2", Some("1")));
+    assert_eq!((r.deltas, r.objects, r.linked, r.written), (1, 1, 1, 2));
+    assert_eq!((r.planned_bytes, r.downloaded_bytes), (planned, planned));
+    assert_eq!(std::fs::read(cur.join("bin/tool")).unwrap(), two);
+    assert!(planned < 2000, "{planned}");
+    assert_eq!(std::fs::read(cur.join("new")).unwrap(), b"a new file");
+    assert_eq!(mode("bin/tool"), 0o4755);
+    assert_eq!(mode("new"), 0o600);
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    assert!(!root.join("staging/tree").exists());
+    assert!(matches!(
+        agent.update().unwrap(),
+        UpdateOutcome::UpToDate { version: Some(v) } if v == "2"
+    ));
+    assert_eq!(agent.rollback().unwrap(), "1");
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("rolled-back")
     );
 
-    // Applied to another file, it says which file and which content it wanted, and writes
-    // nothing.
-    std::fs::write(p("other"), b"not the old file").unwrap();
-    let out = run(&[&p("other"), &p("patch"), "--out".as_ref(), &p("x")]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("other") && err.contains(&Hash::of(&old).to_string()),
-        "{err}"
+    // The device library alone, no agent: version 2 straight onto an empty root.
+    let trusted = [f.key.public()];
+    let transport = Folder::open(&f.root).unwrap();
+    let (bytes, sig) = transport
+        .manifest(&"demo".parse().unwrap(), &"2".parse().unwrap())
+        .unwrap();
+    let m = VerifiedManifest::verify(bytes, sig, &trusted).unwrap();
+    let device = Device::open(&tmp.path().join("other")).unwrap();
+    let r = device.deploy(&m, &transport, &trusted).unwrap();
+    assert_eq!((r.objects, r.deltas), (3, 0));
+    assert_eq!(
+        std::fs::read(device.deployment_path("2").join("bin/tool")).unwrap(),
+        two
     );
-    assert!(!p("x").exists());
+}
 
-    // No output path, or an option it does not know: the usage, and a failure.
-    let (o, d) = (p("old"), p("patch"));
-    for bad in [
-        vec![o.as_path(), d.as_path()],
-        vec![o.as_path(), "--in".as_ref()],
-    ] {
-        let out = run(&bad);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("usage: deltaroot-apply"),
-            "{err}"
-        );
+#[test]
+fn a_failed_update_reports_its_own_error_even_when_its_status_cannot_be_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, _) = folder_and_agent(tmp.path());
+    // The object is gone from the folder: the update fails for that reason...
+    let obj = f.root.join(object_path(&Hash::of(&tools().0)));
+    std::fs::remove_file(&obj).unwrap();
+    // ...and the status cannot be recorded (a directory stands at its name).
+    let status = tmp.path().join("root/state/status.json");
+    std::fs::create_dir_all(status.join("x")).unwrap();
+    let err = agent.install("1").unwrap_err().to_string();
+    assert!(err.contains(&obj.display().to_string()), "{err}");
+    assert!(!err.contains("status.json"), "{err}");
+}
+
+#[test]
+fn a_full_disk_while_staging_is_the_error_reported() {
+    // A 1 MiB tmpfs as the device root needs root (or a user namespace) to mount.
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("root");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+            return;
+        }
     }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&mnt);
+
+    let (f, agent, _) = folder_and_agent(tmp.path());
+    // 3 MiB that do not compress: the download alone fills the disk.
+    let big = noise(b"big", 3 << 20);
+    let v1 = deltaroot_format::Manifest {
+        product: "demo".into(),
+        version: "1".into(),
+        created: 1,
+        entries: vec![],
+    };
+    f.publish(
+        "2",
+        200,
+        vec![folder::file("big", &big, 0o644)],
+        &[&big],
+        Some(&v1),
+        &[],
+    );
+    let err = agent.install("2").unwrap_err().to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("staging/"), "{err}");
+    assert!(!err.contains("status.json"), "{err}");
 }

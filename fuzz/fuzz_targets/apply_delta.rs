@@ -7,5 +7,5 @@ fuzz_target!(|data: &[u8]| {
     let Some((len, rest)) = data.split_first_chunk::<4>() else { return };
     let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
     let (source, delta) = rest.split_at(len);
-    let _ = deltaroot_client::format::apply_delta(delta, source, None);
+    let _ = deltaroot_format::apply_delta(delta, source, None);
 });

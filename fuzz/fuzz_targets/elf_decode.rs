@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
     let (source, payload) = rest.split_at(len);
     // Read as a stream, as the container reads it from the zstd decoder.
-    if let Ok(out) = deltaroot_client::elf::decode_from(source, payload, 1 << 22) {
+    if let Ok(out) = deltaroot_format::elf::decode_from(source, payload, 1 << 22) {
         assert!(out.len() <= 1 << 22);
     }
 });

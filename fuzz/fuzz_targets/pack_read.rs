@@ -3,8 +3,8 @@
 //! fuzzer works on the index and bodies rather than on zstd's framing).
 #![no_main]
 
-use deltaroot_client::format::container::{apply_payload, Payload};
-use deltaroot_client::format::{DeltaHeader, EntryKind, Hash, PackReader};
+use deltaroot_format::container::{apply_payload, Payload};
+use deltaroot_format::{DeltaHeader, EntryKind, Hash, PackReader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

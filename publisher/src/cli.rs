@@ -2,17 +2,19 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
-use deltaroot_client::format::Method;
+use deltaroot_format::Method;
 
-use crate::engine::{self, EngineOptions, MethodSet};
-use crate::publish::{publish, PublishOptions};
+use crate::error::{Error, Result};
+use crate::progress;
+use crate::publish::{publish_with, PublishOptions};
 use crate::sink::{DirSink, ServerSink, Sink};
+use deltaroot_engine::{self, EngineOptions, MethodSet};
 
 #[derive(Parser)]
 #[command(
+    name = "deltaroot",
     version,
     about = "Publishes image trees as signed releases with per-file deltas"
 )]
@@ -62,10 +64,12 @@ fn method_parser(whole: bool) -> impl TypedValueParser<Value = Method> {
 }
 
 impl Engine {
-    fn options(&self) -> anyhow::Result<EngineOptions> {
+    fn options(&self) -> Result<EngineOptions> {
         let skip: MethodSet = self.skip_method.iter().copied().collect();
         if let Some(only) = self.method.filter(|m| skip.contains(*m)) {
-            anyhow::bail!("--skip-method {only} skips the only method --method {only} runs");
+            return Err(Error::Usage(format!(
+                "--skip-method {only} skips the only method --method {only} runs"
+            )));
         }
         Ok(EngineOptions {
             level: self.level,
@@ -81,39 +85,54 @@ impl Engine {
 enum Command {
     /// Write NAME.key (mode 0600) and NAME.pub.
     Keygen {
-        #[arg(long)]
+        /// NAME: where to write the key pair (NAME.key, the secret, is never overwritten).
+        #[arg(long, value_name = "NAME")]
         out: PathBuf,
     },
     /// Diff OLD and NEW trees (directories or .tar/.tar.zst) into a signed release.
+    ///
+    /// Before encoding anything, the server (or the --out folder) is asked whether --version
+    /// exists already, and for release --from-version's signed manifest: it must verify with
+    /// --key and list exactly OLD's entries, else nothing is published.
     Publish {
-        /// The previous tree; omit for a first release.
+        /// The previous tree (the tree of release --from-version; omit both for a first
+        /// release) and the new one.
         #[arg(num_args = 1..=2, required = true, value_name = "[OLD] NEW")]
         trees: Vec<PathBuf>,
+        /// The product the release belongs to.
         #[arg(long)]
         product: String,
         /// Version of OLD, the release devices come from.
         #[arg(long)]
         from_version: Option<String>,
+        /// Version of the new release (refused if the product has it already).
         #[arg(long)]
         version: String,
+        /// The channel to point at the new release.
         #[arg(long, default_value = "stable")]
         channel: String,
-        #[arg(long)]
+        /// The product's secret key (from keygen), which signs the release.
+        #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// Server base URL to upload to.
-        #[arg(long, conflicts_with = "out", requires = "token")]
+        #[arg(long, value_name = "URL", conflicts_with = "out", requires = "token")]
         server: Option<String>,
-        #[arg(long, env = "DELTAROOT_TOKEN")]
+        /// Upload token for --server.
+        #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Write a static release folder instead.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
-        /// No progress bars.
+        /// No progress on stderr.
         #[arg(long)]
         quiet: bool,
+        /// When stderr is not a terminal (CI logs), print a plain progress line at most every
+        /// SECS seconds instead of bars (0: one per file).
+        #[arg(long, value_name = "SECS", default_value_t = progress::DEFAULT_EVERY.as_secs())]
+        progress_every: u64,
         /// Peak memory to stay under, in MiB: large diffs wait for room instead of running
         /// side by side (one larger than the whole budget runs alone).
         #[arg(long, default_value_t = 2048, value_name = "MIB")]
@@ -130,28 +149,45 @@ enum Command {
     },
     /// Diff one file into a delta container (like bsdiff).
     Diff {
+        /// The file devices hold.
         old: PathBuf,
+        /// The file they should end up with.
         new: PathBuf,
-        #[arg(long)]
+        /// Where to write the delta.
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
         #[command(flatten)]
         engine: Engine,
     },
     /// Apply a delta container to one file (like bspatch).
     Apply {
+        /// The file the delta was made from.
         old: PathBuf,
+        /// The delta (from diff).
         patch: PathBuf,
-        #[arg(long)]
+        /// Where to write the new file, verified against the hash the delta names.
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Permission bits of the new file, in octal (e.g. 0755); default: OLD's.
+        #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+        mode: Option<u32>,
     },
 }
 
+/// An octal mode of at most 0o7777 (`755`, `0755`, `0o4755`).
+fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode of at most 7777")),
+    }
+}
+
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keygen { out } => {
-            let (k, p) = crate::keys::keygen(&out)
-                .with_context(|| format!("writing keys {}", out.display()))?;
+            let (k, p) = crate::keys::keygen(&out)?;
             println!("wrote {} and {}", k.display(), p.display());
         }
         Command::Publish {
@@ -166,6 +202,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             json,
             quiet,
+            progress_every,
             memory_mib,
             report,
             no_packs,
@@ -177,7 +214,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => unreachable!("clap bounds the count"),
             };
             if old.is_some() != from_version.is_some() {
-                anyhow::bail!("--from-version names the OLD tree: give both or neither");
+                return Err(Error::Usage(
+                    "--from-version names the OLD tree: give both or neither".into(),
+                ));
             }
             let eng = engine.options()?;
             let key = crate::keys::load(&key)?;
@@ -186,7 +225,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Box::new(ServerSink::new(&url, token.as_deref().unwrap_or_default())?)
                 }
                 (None, Some(dir)) => Box::new(DirSink::new(&dir)?),
-                _ => anyhow::bail!("give --server URL --token T, or --out DIR"),
+                _ => {
+                    return Err(Error::Usage(
+                        "give --server URL --token T, or --out DIR".into(),
+                    ))
+                }
             };
             let opts = PublishOptions {
                 product,
@@ -199,14 +242,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 memory_budget: memory_mib << 20,
                 packs: !no_packs,
             };
-            let summary = publish(old, new, &key, sink.as_ref(), &opts)
-                .with_context(|| format!("publishing {}", new.display()))?;
+            let mode = if quiet {
+                progress::Mode::Off
+            } else {
+                progress::Mode::auto(std::time::Duration::from_secs(progress_every))
+            };
+            let summary = publish_with(old, new, &key, sink.as_ref(), &opts, mode)?;
             if let Some(path) = &report {
-                crate::publish::write_report(&summary, path)
-                    .with_context(|| format!("writing report {}", path.display()))?;
+                crate::publish::write_report(&summary, path).map_err(Error::io(path))?;
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let text = serde_json::to_string_pretty(&summary).expect("summaries serialise");
+                println!("{text}");
             } else {
                 println!("{summary}");
             }
@@ -218,16 +265,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             engine,
         } => {
             let opts = engine.options()?;
-            let o = std::fs::read(&old).with_context(|| format!("reading {}", old.display()))?;
-            let n = std::fs::read(&new).with_context(|| format!("reading {}", new.display()))?;
-            let best = engine::diff_file(&o, &n, &opts)?.with_context(|| {
-                format!(
-                    "method {} does not apply to these files",
-                    engine.method.map_or("", Method::name)
-                )
+            let o = std::fs::read(&old).map_err(Error::io(&old))?;
+            let n = std::fs::read(&new).map_err(Error::io(&new))?;
+            let best = deltaroot_engine::diff_file(&o, &n, &opts)?.ok_or_else(|| Error::Input {
+                path: new.clone(),
+                what: format!(
+                    "method {} does not encode {} into this file",
+                    engine.method.map_or("", Method::name),
+                    old.display()
+                ),
             })?;
-            std::fs::write(&out, &best.bytes)
-                .with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, &best.bytes).map_err(Error::io(&out))?;
             println!(
                 "{}: {} bytes by {} ({} -> {} bytes)",
                 out.display(),
@@ -237,16 +285,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 n.len()
             );
         }
-        Command::Apply { old, patch, out } => apply(&old, &patch, &out)?,
+        Command::Apply {
+            old,
+            patch,
+            out,
+            mode,
+        } => apply(&old, &patch, &out, mode)?,
     }
     Ok(())
 }
 
-/// `deltaroot apply`: [`deltaroot_client::apply::apply_file`], as `deltaroot-apply` runs it on
-/// a device.
-pub fn apply(old: &Path, patch: &Path, out: &Path) -> anyhow::Result<()> {
-    let n = deltaroot_client::apply::apply_file(old, patch, out)
-        .with_context(|| format!("applying {} to {}", patch.display(), old.display()))?;
+/// `deltaroot apply`: [`deltaroot_format::apply::apply_file_with`], as `deltaroot-apply`
+/// runs it on a device. The new file gets `mode`, or else the old file's mode, and (as root)
+/// the old file's owner, before it is renamed into place: never a moment with another mode.
+pub fn apply(old: &Path, patch: &Path, out: &Path, mode: Option<u32>) -> Result<()> {
+    use deltaroot_format::apply::{apply_file_with, ApplyOptions};
+    let n = apply_file_with(old, patch, out, &ApplyOptions { mode })?;
     println!("{}: {n} bytes, verified", out.display());
     Ok(())
 }

@@ -14,7 +14,9 @@ pub enum Error {
     #[error("{path}: {what}")]
     Input { path: PathBuf, what: String },
     #[error(transparent)]
-    Format(#[from] deltaroot_client::Error),
+    Format(#[from] deltaroot_format::Error),
+    #[error(transparent)]
+    Engine(#[from] deltaroot_engine::Error),
     #[error("{method} encoding of {what} failed: {reason}")]
     Encode {
         method: &'static str,
@@ -31,6 +33,45 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// `--version` names a release the destination holds already.
+    #[error(
+        "{at}: product {product} already has a release {version}; publish under another --version"
+    )]
+    VersionExists {
+        product: String,
+        version: String,
+        at: String,
+    },
+    /// `--from-version` names a release the destination does not hold.
+    #[error("{at}: product {product} has no release {version} (--from-version): publish it first, or check the version")]
+    NoRelease {
+        product: String,
+        version: String,
+        at: String,
+    },
+    /// The destination's copy of the `--from-version` release does not verify with the
+    /// publisher's key, or is not the release it is stored as.
+    #[error("{at}: release {version} of {product} is not one this key signed: {reason}")]
+    ReleaseNotVerified {
+        product: String,
+        version: String,
+        at: String,
+        reason: String,
+    },
+    /// The OLD tree is not the tree of the `--from-version` release.
+    #[error(
+        "OLD {} is not release {version} of {product}: {count} path{} differ{}, first: {first} ({what}); \
+         publish from that release's own tree, or omit OLD and --from-version",
+        path.display(), if *count == 1 { "" } else { "s" }, if *count == 1 { "s" } else { "" }
+    )]
+    OldIsNotRelease {
+        path: PathBuf,
+        product: String,
+        version: String,
+        count: usize,
+        first: String,
+        what: &'static str,
+    },
 }
 
 impl Error {

@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use deltaroot_client::format::{Entry, EntryPath, Hash, Kind, Meta};
-use deltaroot_client::tree::{self, FoundKind};
+use deltaroot_format::tree::{self, FoundKind};
+use deltaroot_format::{Entry, EntryPath, Hash, Kind, Meta};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -93,7 +93,7 @@ impl InputTree {
                 continue;
             };
             let h = item.header().clone();
-            let mut xattrs: deltaroot_client::format::Xattrs = Vec::new();
+            let mut xattrs: deltaroot_format::Xattrs = Vec::new();
             if let Some(exts) = item.pax_extensions().map_err(Error::io(path))? {
                 for ext in exts {
                     let ext = ext.map_err(Error::io(path))?;
@@ -261,9 +261,7 @@ impl InputTree {
 }
 
 /// Normalises a tar member name: strips `./` and a trailing `/`; `None` for the root.
-fn tar_path(
-    raw: &[u8],
-) -> std::result::Result<Option<EntryPath>, deltaroot_client::format::PathError> {
+fn tar_path(raw: &[u8]) -> std::result::Result<Option<EntryPath>, deltaroot_format::PathError> {
     let mut s = raw;
     while let Some(rest) = s.strip_prefix(b"./") {
         s = rest;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use deltaroot_client::format::SecretKey;
+use deltaroot_format::SecretKey;
 
 use crate::error::{Error, Result};
 

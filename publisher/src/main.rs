@@ -8,8 +8,11 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init();
     }
-    deltaroot_publisher::cli::run(deltaroot_publisher::cli::Cli::parse())
+    Ok(deltaroot_publisher::cli::run(
+        deltaroot_publisher::cli::Cli::parse(),
+    )?)
 }

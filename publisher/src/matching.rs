@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use deltaroot_client::format::{Entry, EntryPath, Hash};
+use deltaroot_format::{Entry, EntryPath, Hash};
 
 /// A new content and the old content to diff it against.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -113,7 +113,7 @@ pub fn pairs(old: &[Entry], new: &[Entry]) -> Vec<Pair> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deltaroot_client::format::{Kind, Meta};
+    use deltaroot_format::{Kind, Meta};
 
     fn file(p: &str, content: &[u8]) -> Entry {
         Entry::Node {

@@ -10,16 +10,16 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use deltaroot_client::format::container::{decompress, unwrap_payload, unwrapped_bound};
-use deltaroot_client::format::{
+use deltaroot_format::container::{decompress, unwrap_payload, unwrapped_bound};
+use deltaroot_format::{
     delta_path, object_path, pack_path, DeltaHeader, EntryKind, EntryPath, Fetch, Hash, PackIndex,
     PackWriter, Plan, PlanItem,
 };
 use rayon::prelude::*;
 
-use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::sink::Sink;
+use deltaroot_engine::budget::Budget;
 
 /// Largest download a pack takes: larger ones gain little from a shared window and are
 /// better fetched (and resumed) alone.

@@ -5,21 +5,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use deltaroot_client::format::api::StoredRequest;
-use deltaroot_client::format::{
-    attach_packs, compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, SecretKey,
-    VerifiedManifest,
+use deltaroot_format::api::StoredRequest;
+use deltaroot_format::{
+    attach_packs, compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, Name,
+    SecretKey, VerifiedManifest,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::budget::Budget;
-use crate::engine::{self, EngineOptions};
+use crate::checks;
 use crate::error::Result;
 use crate::input::InputTree;
 use crate::matching::{self, Pair};
+use crate::progress::{self, Progress};
 use crate::sink::{Release, Sink};
+use deltaroot_engine::budget::Budget;
+use deltaroot_engine::{self, EngineOptions};
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -31,7 +32,8 @@ pub struct PublishOptions {
     pub engine: EngineOptions,
     /// Release time; now when unset.
     pub created: Option<u64>,
-    /// Draw progress bars on stderr.
+    /// Show progress on stderr: bars on a terminal, plain lines elsewhere (see
+    /// [`progress::Mode::auto`]; [`publish_with`] takes the mode itself).
     pub progress: bool,
     /// Peak memory the run should stay under, in bytes: encoding jobs are scheduled so the
     /// estimates of those running, plus what the scan holds, fit (see `crate::budget`).
@@ -101,22 +103,6 @@ pub struct Download {
     pub bytes: u64,
 }
 
-fn bar(show: bool, len: u64, msg: &'static str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(len);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{msg:>9} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("template is valid")
-        .progress_chars("=> "),
-    );
-    b.set_message(msg);
-    b
-}
-
 /// Result of the work for one new content.
 struct Encoded {
     hash: Hash,
@@ -125,7 +111,8 @@ struct Encoded {
     uploaded: (u64, u64, u64),
 }
 
-/// Publishes `new` (from `old`, when given) to `sink`.
+/// Publishes `new` (from `old`, when given) to `sink`, with progress as [`progress::Mode::auto`]
+/// picks it when `opts.progress` is set.
 pub fn publish(
     old: Option<&Path>,
     new: &Path,
@@ -133,23 +120,59 @@ pub fn publish(
     sink: &dyn Sink,
     opts: &PublishOptions,
 ) -> Result<Summary> {
-    deltaroot_client::format::check_name("product", &opts.product)?;
-    deltaroot_client::format::check_name("version", &opts.version)?;
-    deltaroot_client::format::check_name("channel", &opts.channel)?;
-    if let Some(v) = &opts.from_version {
-        deltaroot_client::format::check_name("from-version", v)?;
-    }
-    let scan_bar = bar(opts.progress, 0, "scanning");
-    let add = |n: u64| {
-        scan_bar.inc_length(n);
-        scan_bar.inc(n);
+    let mode = if opts.progress {
+        progress::Mode::auto(progress::DEFAULT_EVERY)
+    } else {
+        progress::Mode::Off
     };
+    publish_with(old, new, key, sink, opts, mode)
+}
+
+/// [`publish`] with progress shown as `mode` says (`opts.progress` is not read).
+///
+/// Before anything is encoded the sink is asked whether `opts.version` exists already (it is
+/// refused), and, when `old` is given with `opts.from_version`, for that release's signed
+/// manifest: it must verify with `key` and list exactly the entries of `old`.
+pub fn publish_with(
+    old: Option<&Path>,
+    new: &Path,
+    key: &SecretKey,
+    sink: &dyn Sink,
+    opts: &PublishOptions,
+    mode: progress::Mode,
+) -> Result<Summary> {
+    deltaroot_format::check_name("product", &opts.product)?;
+    deltaroot_format::check_name("version", &opts.version)?;
+    let channel = Name::new("channel", opts.channel.as_str())?;
+    if let Some(v) = &opts.from_version {
+        deltaroot_format::check_name("from-version", v)?;
+    }
+    // Asked first, before minutes of scanning and encoding: a taken version would only be
+    // refused when the release is made visible, every upload then orphaned. The server
+    // refuses it then too, for a run that takes it meanwhile.
+    checks::version_is_free(sink, &opts.product, &opts.version)?;
+    let from_release = match (old, &opts.from_version) {
+        (Some(_), Some(v)) => Some(checks::fetch_release(
+            sink,
+            &opts.product,
+            v,
+            &key.public(),
+        )?),
+        _ => None,
+    };
+    let scan = Progress::new(mode, "scanning", 0, 0);
+    let add = |n: u64| scan.file_done(n);
     let old_tree = match old {
         Some(p) => InputTree::open(p, &add)?,
         None => InputTree::empty(),
     };
+    // Deltas from an OLD that is not the release devices run start from contents they do
+    // not hold: they would download whole objects instead.
+    if let (Some(path), Some(release)) = (old, &from_release) {
+        checks::old_is_release(path, release, &old_tree.entries)?;
+    }
     let new_tree = InputTree::open(new, &add)?;
-    scan_bar.finish_and_clear();
+    scan.finish();
 
     let created = opts.created.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -199,10 +222,11 @@ pub fn publish(
     let mut jobs: Vec<Hash> = hashes.clone();
     jobs.sort_by_key(|h| std::cmp::Reverse(contents[h]));
     let total: u64 = jobs.iter().map(|h| contents[h]).sum();
-    let work_bar = bar(opts.progress, total, "encoding");
+    let work = Progress::new(mode, "encoding", jobs.len() as u64, total);
     // What the scans and manifests hold counts against the budget; the jobs share the rest
     // (never less than 64 MiB, so a tight budget still makes progress, one job at a time).
-    let held = crate::budget::tree_bytes(old_tree.entries.len() + new_tree.entries.len());
+    let held =
+        deltaroot_engine::budget::tree_bytes(old_tree.entries.len() + new_tree.entries.len());
     let budget = Budget::new(opts.memory_budget.saturating_sub(held).max(64 << 20));
     let failed: Mutex<Option<crate::error::Error>> = Mutex::new(None);
     // One job per task: rayon otherwise hands each thread runs of jobs it works through
@@ -227,7 +251,7 @@ pub fn publish(
                 &opts.engine,
                 &budget,
             );
-            work_bar.inc(contents[h]);
+            work.file_done(contents[h]);
             tracing::debug!(
                 content = %h,
                 bytes = contents[h],
@@ -243,7 +267,7 @@ pub fn publish(
             }
         })
         .collect();
-    work_bar.finish_and_clear();
+    work.finish();
     if let Some(e) = failed.into_inner().expect("not poisoned") {
         return Err(e);
     }
@@ -270,7 +294,7 @@ pub fn publish(
         |h| object_bytes.get(h).copied(),
         |t| by_target.get(t).cloned().unwrap_or_default(),
     )?;
-    let path_of: HashMap<Hash, &deltaroot_client::format::EntryPath> = signed
+    let path_of: HashMap<Hash, &deltaroot_format::EntryPath> = signed
         .manifest()
         .entries
         .iter()
@@ -279,9 +303,9 @@ pub fn publish(
     // Packs only for devices coming from the old release: a fresh install fetches objects.
     let packs = match old_manifest {
         Some(_) if opts.packs => {
-            let spinner = bar(opts.progress, 0, "packing");
+            let packing = Progress::new(mode, "packing", 0, 0);
             let packs = crate::packing::build(&plan, &path_of, sink, opts.engine.level, &budget)?;
-            spinner.finish_and_clear();
+            packing.finish();
             attach_packs(&mut plan, &packs);
             packs
         }
@@ -292,7 +316,7 @@ pub fn publish(
     let answer = sink.publish(&Release {
         signed: &signed,
         public_key: &public,
-        channel: &opts.channel,
+        channel: &channel,
         old: old_manifest.as_ref(),
         deltas: &deltas,
         packs: &packs,
@@ -380,12 +404,12 @@ fn encode_one(
     let new = new_tree.read(&hash)?;
     let old = due.map(|p| old_tree.read(&p.old)).transpose()?;
     let _share = budget.reserve(match &old {
-        Some(old) => crate::budget::estimate_pair(old, &new),
-        None => crate::budget::estimate(None, new.len() as u64),
+        Some(old) => deltaroot_engine::budget::estimate_pair(old, &new),
+        None => deltaroot_engine::budget::estimate(None, new.len() as u64),
     });
     // The best delta encoded now, if one was due.
     let fresh = match (due, old) {
-        (Some(p), Some(old)) => engine::candidates(&old, &new, eng)?
+        (Some(p), Some(old)) => deltaroot_engine::candidates(&old, &new, eng)?
             .into_iter()
             .next()
             .map(|best| (p.old, best.bytes, best.method.name())),
@@ -397,10 +421,10 @@ fn encode_one(
         None => {
             // Where a delta sends this content, its object serves fresh installs only: the
             // faster install level, unless the delta does not clearly win.
-            let mut z = engine::compress_object(&new, eng.install_level.min(eng.level))?;
+            let mut z = deltaroot_engine::compress_object(&new, eng.install_level.min(eng.level))?;
             let clear_win = delta_bytes.is_some_and(|d| d.saturating_mul(2) < z.len() as u64);
             if !clear_win && eng.install_level < eng.level {
-                z = engine::compress_object(&new, eng.level)?;
+                z = deltaroot_engine::compress_object(&new, eng.level)?;
             }
             sink.put(&object_path(&hash), &z)?;
             uploaded = (1, 0, z.len() as u64);
@@ -466,7 +490,7 @@ fn count_entries(old: &[Entry], new: &[Entry], s: &mut Summary) {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use deltaroot_client::agent::human_bytes as hb;
+        use deltaroot_format::human_bytes as hb;
         let pct = |a: u64, b: u64| {
             if b == 0 {
                 0.0

@@ -7,11 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use deltaroot_client::format::api::{
+use deltaroot_format::api::{
     ErrorBody, PublishRequest, PublishResponse, StoredRequest, StoredResponse,
 };
-use deltaroot_client::format::{
-    attach_packs, compute_plan, delta_path, object_path, Hash, Manifest, Method, PackIndex,
+use deltaroot_format::{
+    attach_packs, compute_plan, delta_path, object_path, Hash, Manifest, Method, Name, PackIndex,
     VerifiedManifest,
 };
 
@@ -27,6 +27,16 @@ pub trait Sink: Sync {
     fn get(&self, rel: &str) -> Result<Vec<u8>>;
     /// Makes the release visible, all at once.
     fn publish(&self, r: &Release<'_>) -> Result<PublishResponse>;
+    /// The signed manifest of a release and its signature, as devices download them; `None`
+    /// when the destination holds no such release.
+    fn release(&self, product: &str, version: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Where [`Sink::release`] looks for a release's manifest (a URL or a path), for messages.
+    fn release_at(&self, product: &str, version: &str) -> String;
+}
+
+/// The path of a release's manifest, relative to a server's base URL or a release folder.
+fn manifest_rel(product: &str, version: &str) -> String {
+    format!("v1/products/{product}/releases/{version}/manifest")
 }
 
 /// A release as [`Sink::publish`] makes it visible.
@@ -34,7 +44,7 @@ pub struct Release<'a> {
     pub signed: &'a VerifiedManifest,
     pub public_key: &'a str,
     /// The channel to point at it.
-    pub channel: &'a str,
+    pub channel: &'a Name,
     /// The release devices come from.
     pub old: Option<&'a Manifest>,
     /// The (source, target, bytes) deltas stored for its changed files.
@@ -123,6 +133,31 @@ impl Sink for ServerSink {
         self.send(self.client.get(&url), &url)
     }
 
+    /// `GET /v1/products/P/releases/V/manifest` and `…/manifest.sig`: 404 means the server
+    /// holds no such release (or no such product).
+    fn release(&self, product: &str, version: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let url = self.release_at(product, version);
+        let get = |url: &str| match self.send(self.client.get(url), url) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let Some(manifest) = get(&url)? else {
+            return Ok(None);
+        };
+        let sig_url = format!("{url}.sig");
+        let signature = get(&sig_url)?.ok_or_else(|| Error::Server {
+            url: sig_url,
+            status: 404,
+            body: "the manifest is there but not its signature".into(),
+        })?;
+        Ok(Some((manifest, signature)))
+    }
+
+    fn release_at(&self, product: &str, version: &str) -> String {
+        format!("{}/{}", self.base, manifest_rel(product, version))
+    }
+
     fn publish(&self, r: &Release<'_>) -> Result<PublishResponse> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let m = r.signed.manifest();
@@ -130,8 +165,11 @@ impl Sink for ServerSink {
             manifest: b64.encode(r.signed.bytes()),
             signature: b64.encode(r.signed.signature()),
             public_key: r.public_key.to_string(),
-            channel: Some(r.channel.to_string()),
-            from_version: r.old.map(|o| o.version.clone()),
+            channel: Some(r.channel.clone()),
+            from_version: r
+                .old
+                .map(|o| manifest_name("version", &o.version))
+                .transpose()?,
             packs: r.packs.iter().map(|p| p.hash).collect(),
             skip_methods: r.skipped.to_vec(),
         };
@@ -140,6 +178,11 @@ impl Sink for ServerSink {
             &req,
         )
     }
+}
+
+/// A product or version name of a manifest, which checked it when it was decoded.
+fn manifest_name(field: &'static str, value: &str) -> Result<Name> {
+    Ok(Name::new(field, value)?)
 }
 
 /// Writes a static release folder.
@@ -208,6 +251,29 @@ impl Sink for DirSink {
         std::fs::read(&path).map_err(Error::io(path))
     }
 
+    /// What [`DirSink::publish`] wrote for the release; a manifest without its signature is
+    /// an error (a run cut between the two writes), not a missing release.
+    fn release(&self, product: &str, version: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let path = self.root.join(manifest_rel(product, version));
+        let manifest = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path)(e)),
+        };
+        let mut sig = path.into_os_string();
+        sig.push(".sig");
+        let sig = PathBuf::from(sig);
+        let signature = std::fs::read(&sig).map_err(Error::io(sig))?;
+        Ok(Some((manifest, signature)))
+    }
+
+    fn release_at(&self, product: &str, version: &str) -> String {
+        self.root
+            .join(manifest_rel(product, version))
+            .display()
+            .to_string()
+    }
+
     /// No server builds deltas for a static folder: `r.skipped` needs no record.
     fn publish(&self, r: &Release<'_>) -> Result<PublishResponse> {
         let Release {
@@ -218,9 +284,17 @@ impl Sink for DirSink {
             packs,
             ..
         } = *r;
+        let m = signed.manifest();
+        // Checked before encoding too; checked again here for a run started meanwhile.
+        if self.release(&m.product, &m.version)?.is_some() {
+            return Err(Error::VersionExists {
+                product: m.product.clone(),
+                version: m.version.clone(),
+                at: self.release_at(&m.product, &m.version),
+            });
+        }
         // The objects and deltas reach the disk before anything names them.
         self.sync_all()?;
-        let m = signed.manifest();
         let base = format!("v1/products/{}", m.product);
         let mut to: HashMap<Hash, Vec<(Hash, u64)>> = HashMap::new();
         for (s, t, b) in deltas {
@@ -254,9 +328,9 @@ impl Sink for DirSink {
             true,
         )?;
         Ok(PublishResponse {
-            product: m.product.clone(),
-            version: m.version.clone(),
-            channel: Some(channel.to_string()),
+            product: manifest_name("product", &m.product)?,
+            version: manifest_name("version", &m.version)?,
+            channel: Some(channel.clone()),
             download_bytes: Some(plan.download_bytes),
         })
     }

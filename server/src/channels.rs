@@ -3,25 +3,24 @@
 //! status, devices and the audit log. Every route needs an upload token; every change is in
 //! the audit log under the token's name.
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::Json;
-use deltaroot_client::format::api::{
+use deltaroot_format::api::{
     AuditEntry, ChannelStatus, PromoteRequest, RollbackRequest, RolloutRequest, RolloutStatus,
 };
-use deltaroot_client::format::{PublicKey, SignedDowngrade};
+use deltaroot_format::{DeviceId, Name, PublicKey, SignedDowngrade};
 
-use crate::api::{authorize, find_release, name};
-use crate::db::{DeviceRow, NewRollout};
+use crate::api::extract::{Caller, JsonBody, NamePath};
+use crate::db::{stored_name, DeviceRow, NewRollout, RolloutState};
 use crate::error::{Error, Result};
-use crate::fleet::{check_device_id, ProductView};
+use crate::fleet::ProductView;
+use crate::releases::find_release;
 use crate::App;
 
 /// A downgrade statement issued more than this far in the future is refused (clock skew).
 const MAX_SKEW_SECS: i64 = 3600;
 
-async fn product(app: &App, product: &str) -> Result<std::sync::Arc<ProductView>> {
-    name("product", product)?;
+async fn product(app: &App, product: &Name) -> Result<std::sync::Arc<ProductView>> {
     // Operators read their own writes: no cached copy.
     app.fleet.invalidate(product, None);
     app.fleet
@@ -41,35 +40,39 @@ fn percent(field: &str, v: f64) -> Result<f64> {
 }
 
 /// The status of one channel as operators see it.
-async fn channel_status(app: &App, p: &ProductView, channel: &str) -> Result<ChannelStatus> {
+async fn channel_status(app: &App, p: &ProductView, channel: &Name) -> Result<ChannelStatus> {
     let row =
         app.db.channel_state(p.id, channel).await?.ok_or_else(|| {
             Error::NotFound(format!("product {} has no channel {channel}", p.name))
         })?;
     let version_of = |id: i64| p.by_id.get(&id).map(|r| r.version.clone());
     let downgrade = match &row.downgrade {
-        Some((s, _)) => Some(
-            deltaroot_client::format::Downgrade::decode(s)
+        Some((s, _)) => Some(stored_name(
+            "version",
+            deltaroot_format::Downgrade::decode(s)
                 .map_err(|e| Error::Corrupt(format!("downgrade of {channel}: {e}")))?
                 .version,
-        ),
+        )?),
         None => None,
     };
     let rollout = match &row.rollout {
         Some(ro) => {
-            let version = version_of(ro.release_id).unwrap_or_default();
+            // Only a release published and promoted while this request read can be missing.
+            let version = version_of(ro.release_id).ok_or_else(|| {
+                Error::Conflict(format!("{channel} changed while it was read: ask again"))
+            })?;
             let (reports, failures) = app.db.reports(p.id, &version, ro.created_at).await?;
             Some(RolloutStatus {
                 id: ro.id,
                 version,
                 previous: ro.previous_release_id.and_then(version_of),
                 floor: ro.floor_release_id.and_then(version_of),
-                state: ro.state.clone(),
+                state: ro.state.as_str().to_string(),
                 reason: ro.reason.clone(),
-                percent: if ro.state == "stopped" {
+                percent: if ro.state == RolloutState::Stopped {
                     0.0
                 } else {
-                    ro.percent_at(crate::db::now())
+                    ro.percent_at(app.clock.now())
                 },
                 start_percent: ro.start_percent,
                 step_percent: ro.step_percent,
@@ -85,7 +88,7 @@ async fn channel_status(app: &App, p: &ProductView, channel: &str) -> Result<Cha
     };
     Ok(ChannelStatus {
         product: p.name.clone(),
-        channel: channel.to_string(),
+        channel: channel.clone(),
         version: version_of(row.release_id),
         paused: row.paused,
         downgrade,
@@ -95,45 +98,40 @@ async fn channel_status(app: &App, p: &ProductView, channel: &str) -> Result<Cha
 }
 
 /// After a change: this replica forgets its cached copy, and answers the new status.
-async fn changed(app: &App, p: &ProductView, channel: &str) -> Result<Json<ChannelStatus>> {
+async fn changed(app: &App, p: &ProductView, channel: &Name) -> Result<Json<ChannelStatus>> {
     app.fleet.invalidate(&p.name, Some(p.id));
     Ok(Json(channel_status(app, p, channel).await?))
 }
 
 pub async fn list(
     State(app): State<App>,
-    Path(p): Path<String>,
-    headers: HeaderMap,
+    _caller: Caller,
+    NamePath(p): NamePath<Name>,
 ) -> Result<Json<Vec<ChannelStatus>>> {
-    authorize(&app, &headers).await?;
     let p = product(&app, &p).await?;
     let mut out = Vec::new();
     for c in app.db.channel_names(p.id).await? {
-        out.push(channel_status(&app, &p, &c).await?);
+        out.push(channel_status(&app, &p, &stored_name("channel", c)?).await?);
     }
     Ok(Json(out))
 }
 
 pub async fn status(
     State(app): State<App>,
-    Path((p, channel)): Path<(String, String)>,
-    headers: HeaderMap,
+    _caller: Caller,
+    NamePath((p, channel)): NamePath<(Name, Name)>,
 ) -> Result<Json<ChannelStatus>> {
-    authorize(&app, &headers).await?;
-    name("channel", &channel)?;
     let p = product(&app, &p).await?;
     Ok(Json(channel_status(&app, &p, &channel).await?))
 }
 
 pub async fn promote(
     State(app): State<App>,
-    Path((p, channel)): Path<(String, String)>,
-    headers: HeaderMap,
-    crate::api::JsonBody(req): crate::api::JsonBody<PromoteRequest>,
+    caller: Caller,
+    NamePath((p, channel)): NamePath<(Name, Name)>,
+    JsonBody(req): JsonBody<PromoteRequest>,
 ) -> Result<Json<ChannelStatus>> {
-    let who = authorize(&app, &headers).await?;
-    name("channel", &channel)?;
-    name("version", &req.version)?;
+    let who = caller.name;
     let p = product(&app, &p).await?;
     let start = percent("percent", req.percent.unwrap_or(100.0))?;
     let step = percent("step_percent", req.step_percent.unwrap_or(0.0))?;
@@ -181,9 +179,9 @@ pub async fn promote(
             &channel,
             &NewRollout {
                 release_id: target.id,
-                version: target.version.clone(),
+                version: target.version.to_string(),
                 floor_release_id: floor.as_ref().map(|f| f.id),
-                floor: floor.as_ref().map(|f| f.version.clone()),
+                floor: floor.as_ref().map(|f| f.version.to_string()),
                 percent: start,
                 step_percent: step,
                 step_secs: step_secs.min(i64::MAX as u64) as i64,
@@ -194,9 +192,9 @@ pub async fn promote(
         )
         .await?;
     tracing::info!(
-        product = p.name,
-        channel,
-        version = target.version,
+        product = %p.name,
+        %channel,
+        version = %target.version,
         percent = start,
         by = who,
         "promoted"
@@ -206,13 +204,11 @@ pub async fn promote(
 
 async fn set_paused(
     app: App,
-    p: String,
-    channel: String,
-    headers: HeaderMap,
+    p: Name,
+    channel: Name,
+    who: String,
     paused: bool,
 ) -> Result<Json<ChannelStatus>> {
-    let who = authorize(&app, &headers).await?;
-    name("channel", &channel)?;
     let p = product(&app, &p).await?;
     if !app
         .db
@@ -225,8 +221,8 @@ async fn set_paused(
         )));
     }
     tracing::info!(
-        product = p.name,
-        channel,
+        product = %p.name,
+        %channel,
         paused,
         by = who,
         "channel paused or resumed"
@@ -236,28 +232,27 @@ async fn set_paused(
 
 pub async fn pause(
     State(app): State<App>,
-    Path((p, channel)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
+    NamePath((p, channel)): NamePath<(Name, Name)>,
 ) -> Result<Json<ChannelStatus>> {
-    set_paused(app, p, channel, headers, true).await
+    set_paused(app, p, channel, caller.name, true).await
 }
 
 pub async fn resume(
     State(app): State<App>,
-    Path((p, channel)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
+    NamePath((p, channel)): NamePath<(Name, Name)>,
 ) -> Result<Json<ChannelStatus>> {
-    set_paused(app, p, channel, headers, false).await
+    set_paused(app, p, channel, caller.name, false).await
 }
 
 pub async fn rollback(
     State(app): State<App>,
-    Path((p, channel)): Path<(String, String)>,
-    headers: HeaderMap,
-    crate::api::JsonBody(req): crate::api::JsonBody<RollbackRequest>,
+    caller: Caller,
+    NamePath((p, channel)): NamePath<(Name, Name)>,
+    JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Result<Json<ChannelStatus>> {
-    let who = authorize(&app, &headers).await?;
-    name("channel", &channel)?;
+    let who = caller.name;
     let p = product(&app, &p).await?;
     let key = PublicKey::from_text(&p.key)?;
     let signed =
@@ -274,7 +269,7 @@ pub async fn rollback(
             s.product, s.channel, p.name
         )));
     }
-    let now = crate::db::now();
+    let now = app.clock.now();
     if s.issued as i64 > now + MAX_SKEW_SECS {
         return Err(Error::BadRequest(format!(
             "the statement is issued at {}, in the future (now {now})",
@@ -305,9 +300,9 @@ pub async fn rollback(
         )
         .await?;
     tracing::warn!(
-        product = p.name,
-        channel,
-        version = target.version,
+        product = %p.name,
+        %channel,
+        version = %target.version,
         by = who,
         "channel rolled back"
     );
@@ -316,12 +311,11 @@ pub async fn rollback(
 
 pub async fn rollout(
     State(app): State<App>,
-    Path((p, channel)): Path<(String, String)>,
-    headers: HeaderMap,
-    crate::api::JsonBody(req): crate::api::JsonBody<RolloutRequest>,
+    caller: Caller,
+    NamePath((p, channel)): NamePath<(Name, Name)>,
+    JsonBody(req): JsonBody<RolloutRequest>,
 ) -> Result<Json<ChannelStatus>> {
-    let who = authorize(&app, &headers).await?;
-    name("channel", &channel)?;
+    let who = caller.name;
     let p = product(&app, &p).await?;
     let pct = percent("percent", req.percent)?;
     if !app
@@ -339,33 +333,29 @@ pub async fn rollout(
 
 pub async fn audit(
     State(app): State<App>,
-    Path(p): Path<String>,
-    headers: HeaderMap,
+    _caller: Caller,
+    NamePath(p): NamePath<Name>,
 ) -> Result<Json<Vec<AuditEntry>>> {
-    authorize(&app, &headers).await?;
     let p = product(&app, &p).await?;
     let rows = app.db.audit(&p.name, 1000).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| AuditEntry {
-                at: r.at,
-                who: r.who,
-                product: r.product,
-                channel: r.channel,
-                action: r.action,
-                detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::Null),
-            })
-            .collect(),
-    ))
+    let entries = rows.into_iter().map(|r| {
+        Ok(AuditEntry {
+            at: r.at,
+            who: r.who,
+            product: stored_name("product", r.product)?,
+            channel: r.channel.map(|c| stored_name("channel", c)).transpose()?,
+            action: r.action,
+            detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::Null),
+        })
+    });
+    Ok(Json(entries.collect::<Result<_>>()?))
 }
 
 pub async fn device(
     State(app): State<App>,
-    Path((p, device)): Path<(String, String)>,
-    headers: HeaderMap,
+    _caller: Caller,
+    NamePath((p, device)): NamePath<(Name, DeviceId)>,
 ) -> Result<Json<DeviceRow>> {
-    authorize(&app, &headers).await?;
-    check_device_id(&device)?;
     let p = product(&app, &p).await?;
     app.db
         .device(p.id, &device)

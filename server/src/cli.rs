@@ -1,6 +1,6 @@
 //! The `deltaroot-server` command line. `main.rs` only calls [`run`].
 //!
-//! `serve` and `token create` work on the server's own state; the operator commands
+//! `serve`, `gc` and `token create` work on the server's own state; the operator commands
 //! (`releases`, `channels`, `status`, `promote`, `pause`, `resume`, `rollback`, `rollout`,
 //! `audit`, `device`) talk to a running server over its API.
 
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use deltaroot_client::format::api::PromoteRequest;
-use deltaroot_client::format::SecretKey;
+use deltaroot_format::api::PromoteRequest;
+use deltaroot_format::{Name, SecretKey};
 
 use crate::client::{show_channel, Client};
 use crate::{App, Config};
@@ -48,6 +48,15 @@ struct Storage {
 }
 
 impl Storage {
+    /// For a command that works on the state and exits: no background tasks.
+    fn offline(&self) -> Config {
+        Config {
+            watch_every: None,
+            housekeeping_every: None,
+            ..self.config()
+        }
+    }
+
     fn config(&self) -> Config {
         Config {
             database: self.database.clone(),
@@ -105,9 +114,25 @@ enum Command {
         /// Serve plain HTTP instead of HTTPS (behind a proxy, or for tests).
         #[arg(long, conflicts_with = "tls_cert")]
         plain_http: bool,
-        /// Largest upload, in MiB.
-        #[arg(long, default_value_t = 4096)]
+        /// Largest upload, in MiB (streamed to --data/uploads, never held in memory).
+        #[arg(long, default_value_t = 2048)]
         max_upload_mib: usize,
+        /// Longest time for a TLS handshake and for each HTTP/1 request head (also the
+        /// longest wait for the next request on a kept-alive connection), in seconds.
+        #[arg(long, default_value_t = 30)]
+        header_timeout_secs: u64,
+        /// A connection with nothing read or written for this long while none of its
+        /// requests is being answered is closed, and a request body stalled this long is
+        /// refused, in seconds.
+        #[arg(long, default_value_t = 120)]
+        idle_timeout_secs: u64,
+        /// Delta builds (release pairs the publisher did not diff) running at once.
+        #[arg(long, default_value_t = 1)]
+        max_builds: usize,
+        /// Release pairs waiting for or in a delta build; past this a pair is not queued
+        /// until a later plan request.
+        #[arg(long, default_value_t = 64)]
+        build_queue: usize,
         /// How often devices should poll, in seconds (answers spread it by --poll-jitter).
         #[arg(long, default_value_t = 3600)]
         poll_secs: u64,
@@ -116,6 +141,17 @@ enum Command {
         /// How long a replica answers checks from cached channel state, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         cache_ms: u64,
+        /// Most products, channels and plan sizes each in-memory cache holds.
+        #[arg(long, default_value_t = crate::fleet::CACHE_CAPACITY)]
+        cache_capacity: u64,
+        /// Forget devices whose last check-in is older than this many days (0: keep them for
+        /// ever). Checked every hour.
+        #[arg(long, value_name = "DAYS", default_value_t = 90)]
+        device_retention_days: u64,
+        /// Every hour, remove stored files no release references once they are this old
+        /// (uploads of publishes that never completed; 0: only `deltaroot-server gc`).
+        #[arg(long, value_name = "H", default_value_t = 24)]
+        orphan_grace_hours: u64,
         /// How often failure rates of rollouts are checked, in seconds.
         #[arg(long, default_value_t = 5)]
         watch_secs: u64,
@@ -131,6 +167,18 @@ enum Command {
         threads: Option<usize>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+    },
+    /// Remove stored objects, deltas and packs that no release, plan or pack references and
+    /// that are older than the grace period (uploads of publishes that never completed).
+    Gc {
+        #[command(flatten)]
+        storage: Storage,
+        /// Only files uploaded at least this long ago are removed.
+        #[arg(long, value_name = "H", default_value_t = 24)]
+        orphan_grace_hours: u64,
+        /// List what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Manage upload tokens.
     Token {
@@ -160,7 +208,7 @@ enum Command {
         remote: Remote,
         #[arg(long, default_value = "stable")]
         channel: String,
-        version: String,
+        version: Name,
         /// Share of devices offered the release at first (0-100).
         #[arg(long)]
         percent: Option<f64>,
@@ -171,7 +219,7 @@ enum Command {
         step_secs: Option<u64>,
         /// A release every older device must install first.
         #[arg(long)]
-        floor: Option<String>,
+        floor: Option<Name>,
         /// Stop when more than this share (0-1) of reporting devices failed or rolled back.
         #[arg(long)]
         max_failure_rate: Option<f64>,
@@ -240,8 +288,10 @@ enum TokenCommand {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into());
+    // Colour only on a terminal: a log file or the journal gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => b.try_init(),
@@ -296,9 +346,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             plain_http,
             max_upload_mib,
+            header_timeout_secs,
+            idle_timeout_secs,
+            max_builds,
+            build_queue,
             poll_secs,
             poll_jitter,
             cache_ms,
+            cache_capacity,
+            device_retention_days,
+            orphan_grace_hours,
             watch_secs,
             grace_secs,
             delta_level,
@@ -315,7 +372,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = Config {
                 max_upload: max_upload_mib << 20,
+                header_timeout: Duration::from_secs(header_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(idle_timeout_secs.max(1)),
+                max_builds: max_builds.max(1),
+                build_queue: build_queue.max(1),
                 cache_ttl: Duration::from_millis(cache_ms),
+                cache_capacity: cache_capacity.max(1),
+                device_retention: (device_retention_days > 0)
+                    .then(|| Duration::from_secs(device_retention_days.saturating_mul(86400))),
+                orphan_grace: (orphan_grace_hours > 0)
+                    .then(|| Duration::from_secs(orphan_grace_hours.saturating_mul(3600))),
                 poll: crate::fleet::PollSettings {
                     secs: poll_secs.max(1),
                     jitter: poll_jitter,
@@ -347,16 +413,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             tracing::info!("stopped");
         }
+        Command::Gc {
+            storage,
+            orphan_grace_hours,
+            dry_run,
+        } => {
+            init_logging(LogFormat::Text);
+            let app = App::start(&storage.offline())
+                .await
+                .with_context(|| format!("opening {}", storage.data.display()))?;
+            let grace = Duration::from_secs(orphan_grace_hours.saturating_mul(3600));
+            let s = crate::gc::sweep(&app.db, &app.store, grace, dry_run).await?;
+            for rel in &s.removed {
+                println!(
+                    "{}{rel}",
+                    if dry_run { "would remove " } else { "removed " }
+                );
+            }
+            println!(
+                "{} {} orphan files; kept {} referenced and {} younger than {orphan_grace_hours} h",
+                if dry_run { "would remove" } else { "removed" },
+                s.removed.len(),
+                s.referenced,
+                s.young
+            );
+        }
         Command::Token {
             command: TokenCommand::Create { name, storage },
         } => {
             init_logging(LogFormat::Text);
-            let app = App::start(&Config {
-                watch_every: None,
-                ..storage.config()
-            })
-            .await
-            .with_context(|| format!("opening {}", storage.data.display()))?;
+            let app = App::start(&storage.offline())
+                .await
+                .with_context(|| format!("opening {}", storage.data.display()))?;
             let token = crate::new_token();
             app.db.create_token(&name, &token).await?;
             println!("{token}");

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use deltaroot_client::format::api::{
+use deltaroot_format::api::{
     AuditEntry, ChannelStatus, ErrorBody, PromoteRequest, RollbackRequest, RolloutRequest,
 };
-use deltaroot_client::format::{Downgrade, SecretKey};
+use deltaroot_format::{Downgrade, SecretKey};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -24,7 +24,7 @@ pub struct ReleaseInfo {
     pub published_by: String,
     /// Delta methods its publisher never sends (`deltaroot publish --skip-method`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skip_methods: Vec<deltaroot_client::format::Method>,
+    pub skip_methods: Vec<deltaroot_format::Method>,
 }
 
 pub struct Client {
@@ -167,7 +167,7 @@ impl Client {
             product: product.to_string(),
             channel: channel.to_string(),
             version: version.to_string(),
-            issued: crate::db::now() as u64,
+            issued: crate::clock::Clock::system().now() as u64,
         };
         let req = RollbackRequest {
             downgrade: statement.sign(key).to_offer(),

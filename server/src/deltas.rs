@@ -7,38 +7,143 @@
 //! release's publisher skipped are not tried), stores the smallest if it beats the object,
 //! and then recomputes and saves the plan. Devices asking meanwhile get the plan with whole
 //! objects.
+//!
+//! Plans are public (devices fetch them without a token), so builds are bounded: only pairs
+//! devices can be offered are built ([`request`]), each once per replica, at most
+//! `--max-builds` at a time, and at most `--build-queue` pairs wait; past that a pair is not
+//! queued now, and a later plan request queues it.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use deltaroot_client::format::{delta_path, object_path, Entry, Fetch, Hash, Manifest};
-use deltaroot_publisher::engine::{candidates, EngineOptions, MethodSet};
+use deltaroot_engine::{candidates, EngineOptions, MethodSet};
+use deltaroot_format::{object_path, Entry, Fetch, Hash, Manifest, Name};
 
-use crate::db::ReleaseRow;
-use crate::error::{Error, Result};
+use crate::db::{ReleaseRow, RolloutState};
+use crate::error::{blocking, Error, Result};
 use crate::App;
 
 /// Contents larger than this are not diffed on the server (memory: old, new and the diff).
 const MAX_DIFF_BYTES: u64 = 256 << 20;
 
-/// Pairs whose deltas are being built on this replica.
-#[derive(Default)]
+/// Most finished pairs remembered; past this the memory is cleared (a pair asked for again
+/// is then built again, which stores only the deltas still missing).
+const MAX_FINISHED: usize = 1 << 16;
+
+/// The build queue of this replica: each pair at most once, at most `max_running` building
+/// at once, at most `max_queue` waiting or building.
 pub struct Builds {
-    running: Mutex<HashSet<(i64, i64)>>,
+    max_queue: usize,
+    permits: tokio::sync::Semaphore,
+    state: Mutex<Queue>,
     done: tokio::sync::Notify,
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Waiting for a permit or building.
+    pending: HashSet<(i64, i64)>,
+    /// Built (or failed) since this replica started.
+    finished: HashSet<(i64, i64)>,
+}
+
+impl Queue {
+    fn known(&self, key: (i64, i64)) -> Option<Admission> {
+        if self.finished.contains(&key) {
+            Some(Admission::Finished)
+        } else if self.pending.contains(&key) {
+            Some(Admission::Pending)
+        } else {
+            None
+        }
+    }
+}
+
+/// What became of a request to build a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Queued,
+    /// Already waiting or building.
+    Pending,
+    /// Already built on this replica.
+    Finished,
+    /// The queue is full: not queued now.
+    QueueFull,
 }
 
 impl Builds {
-    /// Waits until no build runs on this replica (for tests and shutdown).
+    pub fn new(max_running: usize, max_queue: usize) -> Builds {
+        Builds {
+            max_queue: max_queue.max(1),
+            permits: tokio::sync::Semaphore::new(max_running.max(1)),
+            state: Mutex::default(),
+            done: tokio::sync::Notify::new(),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `key` would be queued now, without queueing it.
+    fn known(&self, key: (i64, i64)) -> Option<Admission> {
+        self.queue().known(key)
+    }
+
+    /// Queues `key` unless it is pending, finished or the queue is full.
+    pub fn admit(&self, key: (i64, i64)) -> Admission {
+        let mut q = self.queue();
+        if let Some(a) = q.known(key) {
+            a
+        } else if q.pending.len() >= self.max_queue {
+            Admission::QueueFull
+        } else {
+            q.pending.insert(key);
+            Admission::Queued
+        }
+    }
+
+    fn finish(&self, key: (i64, i64)) {
+        let mut q = self.queue();
+        q.pending.remove(&key);
+        if q.finished.len() >= MAX_FINISHED {
+            q.finished.clear();
+        }
+        q.finished.insert(key);
+        drop(q);
+        self.done.notify_waiters();
+    }
+
+    /// Waits until no build is queued or running on this replica (for tests and shutdown).
     pub async fn idle(&self) {
         loop {
             let notified = self.done.notified();
-            if self.running.lock().expect("builds lock").is_empty() {
+            if self.queue().pending.is_empty() {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Builds running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Pairs waiting for a build or building now.
+    pub fn queued(&self) -> usize {
+        self.queue().pending.len()
+    }
+
+    /// The most builds that ran at once since this replica started.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -68,33 +173,102 @@ pub fn wanted(from: &Manifest, to: &Manifest, whole: &HashSet<Hash>) -> Vec<(Has
     out
 }
 
-/// Starts building the missing deltas of `from` → `to` unless that already runs here.
-pub fn spawn(app: &App, product: &str, from: &ReleaseRow, to: &ReleaseRow) {
+/// Whether devices can be offered `to` while they run `from` (as [`crate::fleet::decide`]
+/// offers): `from` is older, and `to` is a channel's release, or the previous release of
+/// its rollout while that reaches only part of the fleet, or its rollout's floor. Only such
+/// pairs are worth building; anyone can ask for a plan of any pair. (Devices that pin a
+/// version, and rollbacks, get the plan of whole objects for pairs not built otherwise.)
+async fn offered(app: &App, product: &Name, from: &ReleaseRow, to: &ReleaseRow) -> Result<bool> {
+    if from.created >= to.created {
+        return Ok(false);
+    }
+    let Some(p) = app.fleet.product(product).await? else {
+        return Ok(false);
+    };
+    let now = app.clock.now();
+    for name in app.db.channel_names(p.id).await? {
+        let Some(ch) = app.fleet.channel(p.id, &name).await? else {
+            continue;
+        };
+        if ch.row.release_id == to.id {
+            return Ok(true);
+        }
+        let Some(ro) = ch
+            .row
+            .rollout
+            .as_ref()
+            .filter(|r| r.release_id == ch.row.release_id)
+        else {
+            continue;
+        };
+        let partial = match ro.state {
+            RolloutState::Active => ro.percent_at(now) < 100.0,
+            RolloutState::Stopped => true,
+            RolloutState::Superseded => false,
+        };
+        if (partial && ro.previous_release_id == Some(to.id)) || ro.floor_release_id == Some(to.id)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Queues a build of the missing deltas of `from` → `to`, whose plan fetches some content
+/// whole, when devices can be offered that pair and it is not queued or built on this
+/// replica yet. Never waits for the build; never fails the caller (errors are logged).
+pub async fn request(app: &App, product: &Name, from: &ReleaseRow, to: &ReleaseRow) {
     let key = (from.id, to.id);
-    if !app.builds.running.lock().expect("builds lock").insert(key) {
+    if app.builds.known(key).is_some() {
         return;
+    }
+    match offered(app, product, from, to).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(%product, from = %from.version, to = %to.version, error = %e,
+                "cannot tell whether a pair is offered: no delta build");
+            return;
+        }
+    }
+    match app.builds.admit(key) {
+        Admission::Queued => {}
+        Admission::QueueFull => {
+            app.metrics
+                .delta_builds_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Admission::Pending | Admission::Finished => return,
     }
     let (app, product, from, to) = (app.clone(), product.to_string(), from.clone(), to.clone());
     tokio::spawn(async move {
+        let permit = app.builds.permits.acquire().await;
+        let now = app.builds.running.fetch_add(1, Ordering::SeqCst) + 1;
+        app.builds.peak.fetch_max(now, Ordering::SeqCst);
+        app.metrics
+            .delta_builds_started
+            .fetch_add(1, Ordering::Relaxed);
         let result = build(&app, &product, &from, &to).await;
         match result {
             Ok(n) => tracing::info!(
                 product,
-                from = from.version,
-                to = to.version,
+                from = %from.version,
+                to = %to.version,
                 deltas = n,
                 "built deltas for a pair"
             ),
             Err(e) => tracing::error!(
                 product,
-                from = from.version,
-                to = to.version,
+                from = %from.version,
+                to = %to.version,
                 error = %e,
                 "building deltas failed"
             ),
         }
-        app.builds.running.lock().expect("builds lock").remove(&key);
-        app.builds.done.notify_waiters();
+        app.builds.running.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+        app.builds.finish(key);
     });
 }
 
@@ -103,11 +277,11 @@ pub fn spawn(app: &App, product: &str, from: &ReleaseRow, to: &ReleaseRow) {
 async fn content(app: &App, hash: Hash, size: u64) -> Result<Vec<u8>> {
     let rel = object_path(&hash);
     let compressed = app.store.get(&rel).await?;
-    tokio::task::spawn_blocking(move || {
+    blocking("decompressing a stored object", move || {
         let bad = |what: String| Error::Corrupt(format!("{rel}: {what}"));
         let mut dec =
             zstd::stream::read::Decoder::new(&compressed[..]).map_err(|e| bad(e.to_string()))?;
-        dec.window_log_max(deltaroot_client::format::container::MAX_WINDOW_LOG)
+        dec.window_log_max(deltaroot_format::container::MAX_WINDOW_LOG)
             .map_err(|e| bad(e.to_string()))?;
         let mut out = Vec::with_capacity(size as usize);
         dec.take(size + 1)
@@ -119,13 +293,12 @@ async fn content(app: &App, hash: Hash, size: u64) -> Result<Vec<u8>> {
         Ok(out)
     })
     .await
-    .map_err(|e| Error::Corrupt(e.to_string()))?
 }
 
 async fn build(app: &App, product: &str, from: &ReleaseRow, to: &ReleaseRow) -> Result<usize> {
-    let from_m = crate::api::load_manifest(app, product, from).await?;
-    let to_m = crate::api::load_manifest(app, product, to).await?;
-    let plan = crate::api::plan_only(app, product, Some(from), to).await?;
+    let from_m = crate::releases::load_manifest(app, product, from).await?;
+    let to_m = crate::releases::load_manifest(app, product, to).await?;
+    let plan = crate::plans::plan_only(app, product, Some(from), to).await?;
     let whole: HashSet<Hash> = plan
         .items
         .iter()
@@ -155,32 +328,45 @@ async fn build(app: &App, product: &str, from: &ReleaseRow, to: &ReleaseRow) -> 
         let level = app.delta_level;
         // The release's publisher chose which methods its devices get (`--skip-method`).
         let skip: MethodSet = to.skip_methods.iter().copied().collect();
-        let best = tokio::task::spawn_blocking(move || {
+        let best = blocking("diffing two contents", move || {
             let opts = EngineOptions {
                 level,
                 skip,
                 ..EngineOptions::default()
             };
-            candidates(&old, &new, &opts).map(|c| c.into_iter().next())
+            candidates(&old, &new, &opts)
+                .map(|c| c.into_iter().next())
+                .map_err(|e| Error::Corrupt(format!("diffing {source} -> {target}: {e}")))
         })
-        .await
-        .map_err(|e| Error::Corrupt(e.to_string()))?
-        .map_err(|e| Error::Corrupt(format!("diffing {source} -> {target}: {e}")))?;
+        .await?;
         let Some(best) = best else { continue };
         if best.bytes.len() as u64 >= object_bytes.get(&target).copied().unwrap_or(u64::MAX) {
             continue;
         }
-        let len = best.bytes.len() as u64;
-        app.store
-            .put(&delta_path(&source, &target), best.bytes.into())
-            .await?;
-        app.db
-            .add_delta(&source, &target, len, best.method as u8)
-            .await?;
+        let body = crate::files::Body::Bytes(best.bytes.into());
+        crate::files::store_delta(app, &source, &target, body, best.method as u8).await?;
         stored += 1;
     }
     if stored > 0 {
-        crate::api::recompute_plan(app, product, Some(from), to).await?;
+        crate::plans::recompute_plan(app, product, Some(from), to).await?;
     }
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Admission::*, Builds};
+
+    #[test]
+    fn the_queue_holds_each_pair_once_and_is_bounded() {
+        let b = Builds::new(1, 2);
+        assert_eq!(b.admit((1, 2)), Queued);
+        assert_eq!(b.admit((1, 2)), Pending);
+        assert_eq!(b.admit((1, 3)), Queued);
+        assert_eq!(b.admit((2, 3)), QueueFull);
+        assert_eq!(b.queued(), 2);
+        b.finish((1, 2));
+        assert_eq!(b.admit((1, 2)), Finished);
+        assert_eq!(b.admit((2, 3)), Queued);
+    }
 }

@@ -2,22 +2,25 @@
 //! downgrades), check-ins written in batches so a poll never waits on the database, and the
 //! watcher that stops a rollout when too many devices report failures.
 //!
-//! Update checks are answered from memory: product and channel state is cached for
-//! `cache_ttl` (this replica drops its copy at once when an operator changes something
-//! through it; other replicas see the change within `cache_ttl`), plan sizes are cached
-//! until the plan is rebuilt.
+//! Update checks are answered from memory: product and channel state and plan sizes are
+//! cached for `cache_ttl` by the fleet's clock (this replica drops its copy at once when an
+//! operator changes something through it; other replicas see the change within
+//! `cache_ttl`). Each cache holds at most `cache_capacity` entries, and only what exists: a
+//! product or channel nobody published is looked up each time, never remembered.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
-use deltaroot_client::format::api::DowngradeOffer;
-use deltaroot_client::format::Downgrade;
+use deltaroot_format::api::DowngradeOffer;
+use deltaroot_format::{Downgrade, Name};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{self, ChannelRow, CheckIn, Db, ReleaseRow};
+use crate::cache::Bounded;
+use crate::clock::Clock;
+use crate::db::{ChannelRow, CheckIn, CheckInResult, Db, ReleaseRow, RolloutState};
 use crate::error::{Error, Result};
 use crate::Metrics;
 
@@ -43,9 +46,9 @@ pub struct PollSettings {
 #[derive(Debug)]
 pub struct ProductView {
     pub id: i64,
-    pub name: String,
+    pub name: Name,
     pub key: String,
-    pub by_version: HashMap<String, Arc<ReleaseRow>>,
+    pub by_version: HashMap<Name, Arc<ReleaseRow>>,
     pub by_id: HashMap<i64, Arc<ReleaseRow>>,
 }
 
@@ -62,7 +65,7 @@ pub struct ChannelView {
 pub struct Ask<'a> {
     pub current: Option<&'a str>,
     pub device: Option<&'a str>,
-    pub result: Option<&'a str>,
+    pub result: Option<CheckInResult>,
     pub attempted: Option<&'a str>,
     pub pin: Option<&'a str>,
 }
@@ -70,7 +73,7 @@ pub struct Ask<'a> {
 /// The answer to one check.
 #[derive(Clone, Debug, Default)]
 pub struct Decision {
-    pub latest: Option<String>,
+    pub latest: Option<Name>,
     pub paused: bool,
     /// The release to move to, with the operator's statement when it is a downgrade.
     pub offer: Option<(Arc<ReleaseRow>, Option<DowngradeOffer>)>,
@@ -81,15 +84,29 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-type Cached<K, V> = RwLock<HashMap<K, (Instant, Option<Arc<V>>)>>;
+/// A value with the time (milliseconds, by the fleet's clock) it was read. Only what exists
+/// is cached: a name nobody published costs a query each time, not memory for ever.
+type Cached<K, V> = Bounded<K, Arc<V>>;
+
+/// Most products, channels and plan sizes each cache holds by default.
+pub const CACHE_CAPACITY: u64 = 10_000;
+
+/// How the fleet caches what update checks read.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSettings {
+    /// How long a value is answered from memory (another replica's change shows after it).
+    pub ttl: Duration,
+    /// Most entries of each cache (products, channels, plan sizes).
+    pub capacity: u64,
+}
 
 pub struct Fleet {
     db: Db,
-    ttl: Duration,
+    clock: Clock,
     pub poll: PollSettings,
     products: Cached<String, ProductView>,
     channels: Cached<(i64, String), ChannelView>,
-    plan_sizes: RwLock<HashMap<(i64, i64), (Instant, u64)>>,
+    plan_sizes: Bounded<(i64, i64), u64>,
     queue: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
 }
@@ -116,23 +133,6 @@ pub fn selected(product: &str, channel: &str, device: Option<&str>, percent: f64
     match device {
         Some(d) => bucket(product, channel, d) < percent,
         None => false,
-    }
-}
-
-/// A device id: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
-pub fn check_device_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!(
-            "device id {:?} is not 1-128 of A-Z a-z 0-9 . _ : -",
-            id.chars().take(140).collect::<String>()
-        )))
     }
 }
 
@@ -177,10 +177,10 @@ pub fn decide(
         .as_ref()
         .filter(|r| r.release_id == ch.row.release_id)
     {
-        let inside = match ro.state.as_str() {
-            "active" => selected(&p.name, channel_name, ask.device, ro.percent_at(now)),
-            "stopped" => false,
-            _ => true,
+        let inside = match ro.state {
+            RolloutState::Active => selected(&p.name, channel_name, ask.device, ro.percent_at(now)),
+            RolloutState::Stopped => false,
+            RolloutState::Superseded => true,
         };
         if !inside {
             target = ro
@@ -199,7 +199,7 @@ pub fn decide(
     }
     let Some(t) = target else { return Ok(d) };
     // A device that rolled back from this release is not offered it again.
-    if ask.result == Some("rolled-back") && ask.attempted == Some(t.version.as_str()) {
+    if ask.result == Some(CheckInResult::RolledBack) && ask.attempted == Some(t.version.as_str()) {
         return Ok(d);
     }
     let downgrade = downgrade_for(&t);
@@ -215,16 +215,22 @@ pub fn decide(
 }
 
 impl Fleet {
-    /// Starts the check-in writer on the current tokio runtime.
-    pub fn start(db: Db, ttl: Duration, poll: PollSettings, metrics: Arc<Metrics>) -> Arc<Fleet> {
+    /// Starts the check-in writer on the current tokio runtime. Times come from `db`'s clock.
+    pub fn start(
+        db: Db,
+        cache: CacheSettings,
+        poll: PollSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Fleet> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let ttl_ms = i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX);
         let fleet = Arc::new(Fleet {
+            clock: db.clock().clone(),
             db: db.clone(),
-            ttl,
             poll,
-            products: RwLock::default(),
-            channels: RwLock::default(),
-            plan_sizes: RwLock::default(),
+            products: Bounded::new(cache.capacity, ttl_ms),
+            channels: Bounded::new(cache.capacity, ttl_ms),
+            plan_sizes: Bounded::new(cache.capacity, ttl_ms),
             queue: tx,
             metrics: metrics.clone(),
         });
@@ -232,23 +238,25 @@ impl Fleet {
         fleet
     }
 
-    fn cached<K: std::hash::Hash + Eq, V>(
-        &self,
-        map: &Cached<K, V>,
-        k: &K,
-    ) -> Option<Option<Arc<V>>> {
-        let m = map.read().expect("cache lock");
-        match m.get(k) {
-            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
-            _ => None,
-        }
+    /// Entries held by the caches (products, channels, plan sizes).
+    pub fn cache_entries(&self) -> u64 {
+        (self.products.len() + self.channels.len() + self.plan_sizes.len()) as u64
+    }
+
+    /// The fleet's clock: what check-ins, rollout steps and retention are measured by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Seconds since the Unix epoch, by the fleet's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// A product with its releases, or `None` if it does not exist.
-    pub async fn product(&self, name: &str) -> Result<Option<Arc<ProductView>>> {
-        let key = name.to_string();
-        if let Some(v) = self.cached(&self.products, &key) {
-            return Ok(v);
+    pub async fn product(&self, name: &Name) -> Result<Option<Arc<ProductView>>> {
+        if let Some(v) = self.products.get(name.as_str(), self.clock.now_ms()) {
+            return Ok(Some(v));
         }
         let view = match self.db.product(name).await? {
             None => None,
@@ -262,25 +270,25 @@ impl Fleet {
                 }
                 Some(Arc::new(ProductView {
                     id,
-                    name: name.to_string(),
+                    name: name.clone(),
                     key: pubkey,
                     by_version,
                     by_id,
                 }))
             }
         };
-        self.products
-            .write()
-            .expect("cache lock")
-            .insert(key, (Instant::now(), view.clone()));
+        if let Some(v) = &view {
+            let key = name.to_string();
+            self.products.insert(key, v.clone(), self.clock.now_ms());
+        }
         Ok(view)
     }
 
     /// A channel's state, or `None` if the channel was never set.
     pub async fn channel(&self, product_id: i64, name: &str) -> Result<Option<Arc<ChannelView>>> {
         let key = (product_id, name.to_string());
-        if let Some(v) = self.cached(&self.channels, &key) {
-            return Ok(v);
+        if let Some(v) = self.channels.get(&key, self.clock.now_ms()) {
+            return Ok(Some(v));
         }
         let view = match self.db.channel_state(product_id, name).await? {
             None => None,
@@ -304,43 +312,30 @@ impl Fleet {
                 Some(Arc::new(ChannelView { row, downgrade }))
             }
         };
-        self.channels
-            .write()
-            .expect("cache lock")
-            .insert(key, (Instant::now(), view.clone()));
+        if let Some(v) = &view {
+            self.channels.insert(key, v.clone(), self.clock.now_ms());
+        }
         Ok(view)
     }
 
     /// Forgets what this replica cached about a product, after an operator changed it.
     pub fn invalidate(&self, product: &str, product_id: Option<i64>) {
-        self.products.write().expect("cache lock").remove(product);
+        self.products.remove(product);
         if let Some(id) = product_id {
-            self.channels
-                .write()
-                .expect("cache lock")
-                .retain(|(p, _), _| *p != id);
+            self.channels.remove_if(|(p, _)| *p == id);
         }
     }
 
     /// A plan's download size, cached like channel state (a plan changes when the server
     /// has built deltas for its pair, possibly on another replica).
     pub fn plan_size(&self, from: Option<i64>, to: i64) -> Option<u64> {
-        match self
-            .plan_sizes
-            .read()
-            .expect("cache lock")
-            .get(&(from.unwrap_or(0), to))
-        {
-            Some((at, b)) if at.elapsed() < self.ttl => Some(*b),
-            _ => None,
-        }
+        self.plan_sizes
+            .get(&(from.unwrap_or(0), to), self.clock.now_ms())
     }
 
     pub fn set_plan_size(&self, from: Option<i64>, to: i64, bytes: u64) {
         self.plan_sizes
-            .write()
-            .expect("cache lock")
-            .insert((from.unwrap_or(0), to), (Instant::now(), bytes));
+            .insert((from.unwrap_or(0), to), bytes, self.clock.now_ms());
     }
 
     /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).
@@ -360,6 +355,24 @@ impl Fleet {
         if self.queue.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Forgets devices whose last check-in is older than `keep` by the fleet's clock (their
+    /// rows would otherwise stay for ever: any id a client invents is recorded); how many.
+    pub async fn prune_devices(&self, keep: Duration) -> Result<u64> {
+        let keep = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
+        let n = self
+            .db
+            .prune_devices(self.now().saturating_sub(keep))
+            .await?;
+        self.metrics.devices_pruned.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(
+                devices = n,
+                "forgot devices not seen within the retention period"
+            );
+        }
+        Ok(n)
     }
 
     /// A time-based poll interval around the configured one.
@@ -468,11 +481,6 @@ async fn write_checkins(db: Db, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metric
     }
 }
 
-/// Today, for check-ins.
-pub fn now() -> i64 {
-    db::now()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,7 +489,7 @@ mod tests {
     fn rel(id: i64, v: &str, created: i64) -> Arc<ReleaseRow> {
         Arc::new(ReleaseRow {
             id,
-            version: v.into(),
+            version: v.parse().unwrap(),
             created,
             image_bytes: 0,
             entries: 0,
@@ -495,7 +503,7 @@ mod tests {
         let rs = [rel(1, "1", 100), rel(2, "2", 200), rel(3, "3", 300)];
         ProductView {
             id: 1,
-            name: "p".into(),
+            name: "p".parse().unwrap(),
             key: String::new(),
             by_version: rs.iter().map(|r| (r.version.clone(), r.clone())).collect(),
             by_id: rs.iter().map(|r| (r.id, r.clone())).collect(),
@@ -515,7 +523,7 @@ mod tests {
         }
     }
 
-    fn wave(percent: f64, floor: Option<i64>, state: &str) -> Rollout {
+    fn wave(percent: f64, floor: Option<i64>, state: RolloutState) -> Rollout {
         Rollout {
             id: 9,
             release_id: 3,
@@ -528,7 +536,7 @@ mod tests {
             min_reports: 1,
             started_at: 0,
             created_at: 0,
-            state: state.into(),
+            state,
             reason: None,
         }
     }
@@ -537,7 +545,7 @@ mod tests {
         decide(&product(), "stable", Some(ch), &ask, 1000)
             .unwrap()
             .offer
-            .map(|(r, _)| r.version.clone())
+            .map(|(r, _)| r.version.to_string())
     }
 
     #[test]
@@ -589,7 +597,7 @@ mod tests {
             .map(|i| format!("d{i}"))
             .find(|d| bucket("p", "stable", d) < 50.0)
             .unwrap();
-        let ch = channel(3, Some(wave(50.0, None, "active")));
+        let ch = channel(3, Some(wave(50.0, None, RolloutState::Active)));
         fn ask<'a>(d: &'a str, c: Option<&'a str>) -> Ask<'a> {
             Ask {
                 current: c,
@@ -601,10 +609,10 @@ mod tests {
         assert_eq!(offered(&ch, inside_ask).as_deref(), Some("3"));
         assert_eq!(offered(&ch, ask(&outside, Some("2"))), None);
         assert_eq!(offered(&ch, ask(&outside, Some("1"))).as_deref(), Some("2"));
-        let stopped = channel(3, Some(wave(50.0, None, "stopped")));
+        let stopped = channel(3, Some(wave(50.0, None, RolloutState::Stopped)));
         assert_eq!(offered(&stopped, ask(&inside, Some("2"))), None);
         assert_eq!(offered(&stopped, ask(&inside, Some("3"))), None);
-        let floored = channel(3, Some(wave(100.0, Some(2), "active")));
+        let floored = channel(3, Some(wave(100.0, Some(2), RolloutState::Active)));
         assert_eq!(
             offered(&floored, ask(&inside, Some("1"))).as_deref(),
             Some("2")
@@ -623,7 +631,7 @@ mod tests {
         let rolled_back = Ask {
             current: Some("2"),
             device: Some(&inside),
-            result: Some("rolled-back"),
+            result: Some(CheckInResult::RolledBack),
             attempted: Some("3"),
             ..Ask::default()
         };

@@ -1,25 +1,43 @@
 //! deltaroot's server: stores releases and serves them to a fleet of devices.
 //!
-//! - [`api`]: the HTTP routes (device API, immutable downloads, publisher uploads).
+//! - [`api`]: the HTTP routes (device API, immutable downloads, publisher uploads) and the
+//!   extractors that authenticate callers before any body is read.
+//! - [`releases`]: publishing a release and reading releases and their verified manifests.
+//! - [`plans`]: the plan of each release pair, computed once and stored.
+//! - [`spool`]: upload bodies streamed to temporary files and verified there.
+//! - [`conn`]: connection timeouts (request heads, idle connections).
 //! - [`channels`]: operator routes: promote, pause, roll back, staged rollouts, audit log.
 //! - [`fleet`]: what each device is offered, batched check-ins, the rollout watcher.
 //! - [`db`]: products, releases, channels, rollouts, plans, tokens and devices in SQLite
 //!   or PostgreSQL.
-//! - [`store`]: objects and deltas in a local folder or S3-compatible storage.
-//! - [`deltas`]: deltas for release pairs the publisher did not diff, built in the background.
+//! - [`store`]: objects and deltas in a local folder or S3-compatible storage, written once.
+//! - [`files`]: keep-first writes of objects, deltas and packs with their recorded sizes.
+//! - [`gc`]: housekeeping: the orphan sweep and device retention.
+//! - [`cache`]: the bounded maps the fleet's caches use.
+//! - [`clock`]: the one clock every server time comes from.
+//! - [`deltas`]: deltas for release pairs the publisher did not diff, built in the background
+//!   by a bounded queue.
 //! - [`metrics`]: Prometheus counters.
 //! - [`client`]: the operator commands' HTTP client.
 //! - [`cli`]: the `deltaroot-server` command line.
 
 pub mod api;
+pub mod cache;
 pub mod channels;
 pub mod cli;
 pub mod client;
+pub mod clock;
+pub mod conn;
 pub mod db;
 pub mod deltas;
 pub mod error;
+pub mod files;
 pub mod fleet;
+pub mod gc;
 pub mod metrics;
+pub mod plans;
+pub mod releases;
+pub mod spool;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -39,15 +57,39 @@ pub struct Config {
     /// `s3://bucket/prefix`, `file:///…` or a folder; `data/store` when `None`.
     pub objects: Option<String>,
     pub s3: store::S3Options,
-    /// Largest upload body, in bytes.
+    /// Largest upload body, in bytes. Uploads are streamed to a file in `data/uploads`, never
+    /// held in memory; JSON bodies (publish, operator routes) are held and share this limit.
     pub max_upload: usize,
+    /// How long a client may take to send a request's head (HTTP/1: also the longest wait
+    /// for the next request on a kept-alive connection) and a TLS handshake.
+    pub header_timeout: Duration,
+    /// A connection on which nothing is read or written for this long while no request is
+    /// being answered is closed; a request body that stalls this long is refused.
+    pub idle_timeout: Duration,
+    /// Delta builds (pairs the publisher did not diff) running at once on this replica.
+    pub max_builds: usize,
+    /// Pairs waiting for or in a build on this replica; past this, pairs are not queued now
+    /// (devices get the plan of whole objects and a later request queues the pair).
+    pub build_queue: usize,
     /// How long a replica answers checks from its cached channel state.
     pub cache_ttl: Duration,
+    /// Most products, channels and plan sizes each of the fleet's caches holds.
+    pub cache_capacity: u64,
     pub poll: fleet::PollSettings,
     /// How often the rollout watcher looks at failure rates (`None`: never by itself).
     pub watch_every: Option<Duration>,
     /// zstd level of the deltas the server builds for pairs the publisher did not diff.
     pub delta_level: i32,
+    /// Where every time the server records or compares comes from (tests move it forward).
+    pub clock: clock::Clock,
+    /// How often housekeeping (device retention, the orphan sweep) runs (`None`: never by
+    /// itself).
+    pub housekeeping_every: Option<Duration>,
+    /// Devices whose last check-in is older are forgotten (`None`: kept for ever).
+    pub device_retention: Option<Duration>,
+    /// Stored files no release references are removed once older than this (`None`: only
+    /// by `deltaroot-server gc`).
+    pub orphan_grace: Option<Duration>,
 }
 
 impl Config {
@@ -58,14 +100,23 @@ impl Config {
             database: None,
             objects: None,
             s3: store::S3Options::default(),
-            max_upload: 4096 << 20,
+            max_upload: 2048 << 20,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_builds: 1,
+            build_queue: 64,
             cache_ttl: Duration::from_secs(1),
+            cache_capacity: fleet::CACHE_CAPACITY,
             poll: fleet::PollSettings {
                 secs: 3600,
                 jitter: 0.2,
             },
             watch_every: Some(Duration::from_secs(5)),
             delta_level: 19,
+            clock: clock::Clock::system(),
+            housekeeping_every: Some(Duration::from_secs(3600)),
+            device_retention: Some(Duration::from_secs(90 * 86400)),
+            orphan_grace: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -79,9 +130,14 @@ pub struct App {
     pub fleet: Arc<fleet::Fleet>,
     /// Largest upload body, in bytes.
     pub max_upload: usize,
-    /// Delta builds running on this replica.
+    /// Where upload bodies are spooled (`data/uploads`).
+    pub uploads: Arc<Path>,
+    /// Delta builds queued and running on this replica.
     pub builds: Arc<deltas::Builds>,
     pub delta_level: i32,
+    pub timeouts: conn::Timeouts,
+    /// The clock of the database and the fleet.
+    pub clock: clock::Clock,
 }
 
 /// Where the embedded default keeps its files.
@@ -93,6 +149,10 @@ impl DataDir {
     }
     pub fn objects(&self) -> PathBuf {
         self.0.join("store")
+    }
+    /// Upload bodies being received.
+    pub fn uploads(&self) -> PathBuf {
+        self.0.join("uploads")
     }
 }
 
@@ -107,25 +167,31 @@ impl App {
     }
 
     /// Opens the database and object store `config` names, runs migrations, and starts the
-    /// check-in writer and the rollout watcher on the current runtime.
+    /// check-in writer, the rollout watcher and housekeeping on the current runtime.
     pub async fn start(config: &Config) -> Result<App> {
         let d = DataDir(config.data.clone());
-        if config.database.is_none() || config.objects.is_none() {
-            std::fs::create_dir_all(&d.0).map_err(|source| Error::Io {
-                path: d.0.clone(),
-                source,
-            })?;
-        }
+        let uploads = d.uploads();
+        std::fs::create_dir_all(&uploads).map_err(Error::io(&uploads))?;
+        spool::remove_stale(&uploads);
         let db = match &config.database {
             Some(url) => db::Db::open(url).await?,
             None => db::Db::open_sqlite(&d.database()).await?,
-        };
+        }
+        .with_clock(config.clock.clone());
         let store = match &config.objects {
             Some(url) => store::Store::open(url, &config.s3)?,
             None => store::Store::local(&d.objects())?,
         };
         let metrics = Arc::new(Metrics::default());
-        let fleet = fleet::Fleet::start(db.clone(), config.cache_ttl, config.poll, metrics.clone());
+        let fleet = fleet::Fleet::start(
+            db.clone(),
+            fleet::CacheSettings {
+                ttl: config.cache_ttl,
+                capacity: config.cache_capacity,
+            },
+            config.poll,
+            metrics.clone(),
+        );
         if let Some(every) = config.watch_every {
             let f = Arc::downgrade(&fleet);
             tokio::spawn(async move {
@@ -140,14 +206,33 @@ impl App {
                 }
             });
         }
+        if let Some(every) = config.housekeeping_every {
+            gc::spawn(
+                gc::Housekeeping {
+                    every,
+                    device_retention: config.device_retention,
+                    orphan_grace: config.orphan_grace,
+                },
+                Arc::downgrade(&fleet),
+                db.clone(),
+                store.clone(),
+                metrics.clone(),
+            );
+        }
         Ok(App {
             db,
             store,
             metrics,
             fleet,
             max_upload: config.max_upload,
-            builds: Arc::default(),
+            uploads: Arc::from(uploads.as_path()),
+            builds: Arc::new(deltas::Builds::new(config.max_builds, config.build_queue)),
             delta_level: config.delta_level,
+            timeouts: conn::Timeouts {
+                header: config.header_timeout,
+                idle: config.idle_timeout,
+            },
+            clock: config.clock.clone(),
         })
     }
 }
@@ -164,7 +249,21 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     if certs.is_empty() {
         return Err(bad(cert, "no certificate in the file".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        let what = match e {
+            // The usual mistake: the certificate (or the chain) given as --tls-key.
+            rustls::pki_types::pem::Error::NoItemsFound
+                if CertificateDer::pem_file_iter(key).is_ok_and(|mut c| c.next().is_some()) =>
+            {
+                "holds a certificate, not a private key: --tls-key takes the key file".into()
+            }
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file".into()
+            }
+            e => e.to_string(),
+        };
+        bad(key, what)
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -179,6 +278,10 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
 /// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then
 /// stops accepting, lets requests in flight finish (downloads included, up to `grace`), and
 /// writes the check-ins still queued.
+///
+/// Connections are bounded in time by `app.timeouts`: a TLS handshake and (HTTP/1) each
+/// request head must arrive within `header`; a connection idle for `idle` with no request
+/// being answered is closed.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     app: App,
@@ -186,14 +289,18 @@ pub async fn serve_with(
     grace: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
 
+    let timeouts = app.timeouts;
     let router = api::router(app.clone());
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -209,24 +316,24 @@ pub async fn serve_with(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let (io, service) = conn::watch_idle(stream, router.clone(), timeouts.idle);
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
                 Some(acc) => {
-                    let tls =
-                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
+                    let tls = match tokio::time::timeout(timeouts.header, acc.accept(io)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .into_owned();
@@ -234,7 +341,7 @@ pub async fn serve_with(
                 }
                 None => {
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
                     let _ = watcher.watch(conn).await;
                 }
@@ -277,4 +384,35 @@ pub fn new_token() -> String {
     let mut b = [0u8; 24];
     getrandom::fill(&mut b).expect("the OS has randomness");
     format!("drt_{}", hex::encode(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate passed as the key, or a file with no key, is named for what it is.
+    #[test]
+    fn tls_key_mistakes_say_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key, text) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("notes.txt"),
+        );
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&text, "not pem\n").unwrap();
+        assert!(tls_config(&cert, &key).is_ok());
+        let err = tls_config(&cert, &cert).err().unwrap().to_string();
+        assert!(
+            err.contains("cert.pem") && err.contains("holds a certificate, not a private key"),
+            "{err}"
+        );
+        let err = tls_config(&cert, &text).err().unwrap().to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("no PEM private key"),
+            "{err}"
+        );
+    }
 }

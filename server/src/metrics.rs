@@ -29,9 +29,18 @@ struct RouteStats {
 
 /// Counters of one server process.
 pub struct Metrics {
+    /// Bytes of objects, deltas and packs sent to devices (requests without a valid token).
     pub object_bytes: AtomicU64,
     pub delta_bytes: AtomicU64,
     pub pack_bytes: AtomicU64,
+    /// Bytes of objects, deltas and packs read back by holders of an upload token (the
+    /// publisher packing a release): not traffic of the fleet.
+    pub token_object_bytes: AtomicU64,
+    pub token_delta_bytes: AtomicU64,
+    pub token_pack_bytes: AtomicU64,
+    /// Delta builds started, and pairs not queued because the build queue was full.
+    pub delta_builds_started: AtomicU64,
+    pub delta_builds_refused: AtomicU64,
     pub checks: AtomicU64,
     /// Check-ins queued, written, dropped because the queue was full, and lost to a
     /// database error.
@@ -40,6 +49,10 @@ pub struct Metrics {
     pub checkins_dropped: AtomicU64,
     pub checkins_failed: AtomicU64,
     pub rollouts_stopped: AtomicU64,
+    /// Devices forgotten past the retention period.
+    pub devices_pruned: AtomicU64,
+    /// Stored files removed by the orphan sweep.
+    pub orphans_removed: AtomicU64,
     routes: Vec<RouteStats>,
 }
 
@@ -49,18 +62,46 @@ impl Default for Metrics {
             object_bytes: AtomicU64::new(0),
             delta_bytes: AtomicU64::new(0),
             pack_bytes: AtomicU64::new(0),
+            token_object_bytes: AtomicU64::new(0),
+            token_delta_bytes: AtomicU64::new(0),
+            token_pack_bytes: AtomicU64::new(0),
+            delta_builds_started: AtomicU64::new(0),
+            delta_builds_refused: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             checkins: AtomicU64::new(0),
             checkins_written: AtomicU64::new(0),
             checkins_dropped: AtomicU64::new(0),
             checkins_failed: AtomicU64::new(0),
             rollouts_stopped: AtomicU64::new(0),
+            devices_pruned: AtomicU64::new(0),
+            orphans_removed: AtomicU64::new(0),
             routes: ROUTES.iter().map(|_| RouteStats::default()).collect(),
         }
     }
 }
 
+/// Who a download is for, as counted in `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// A device (no valid upload token).
+    Device,
+    /// A holder of an upload token (the publisher reading back what it stored).
+    Token,
+}
+
 impl Metrics {
+    /// The counter of bytes of `kind` ("object", "delta", "pack") sent to `reader`.
+    pub fn sent(&self, kind: &str, reader: Reader) -> &AtomicU64 {
+        match (kind, reader) {
+            ("object", Reader::Device) => &self.object_bytes,
+            ("pack", Reader::Device) => &self.pack_bytes,
+            (_, Reader::Device) => &self.delta_bytes,
+            ("object", Reader::Token) => &self.token_object_bytes,
+            ("pack", Reader::Token) => &self.token_pack_bytes,
+            (_, Reader::Token) => &self.token_delta_bytes,
+        }
+    }
+
     fn observe(&self, route: usize, status: u16, secs: f64) {
         let Some(r) = self.routes.get(route) else {
             return;
@@ -84,16 +125,36 @@ impl Metrics {
         };
         let _ = writeln!(
             s,
-            "# HELP deltaroot_served_bytes_total Bytes of objects, deltas and packs sent.\n\
+            "# HELP deltaroot_served_bytes_total Bytes of objects, deltas and packs sent to devices.\n\
              # TYPE deltaroot_served_bytes_total counter\n\
              deltaroot_served_bytes_total{{kind=\"object\"}} {}\n\
              deltaroot_served_bytes_total{{kind=\"delta\"}} {}\n\
-             deltaroot_served_bytes_total{{kind=\"pack\"}} {}",
+             deltaroot_served_bytes_total{{kind=\"pack\"}} {}\n\
+             # HELP deltaroot_token_read_bytes_total Bytes of objects, deltas and packs read by upload token holders.\n\
+             # TYPE deltaroot_token_read_bytes_total counter\n\
+             deltaroot_token_read_bytes_total{{kind=\"object\"}} {}\n\
+             deltaroot_token_read_bytes_total{{kind=\"delta\"}} {}\n\
+             deltaroot_token_read_bytes_total{{kind=\"pack\"}} {}",
             self.object_bytes.load(Ordering::Relaxed),
             self.delta_bytes.load(Ordering::Relaxed),
-            self.pack_bytes.load(Ordering::Relaxed)
+            self.pack_bytes.load(Ordering::Relaxed),
+            self.token_object_bytes.load(Ordering::Relaxed),
+            self.token_delta_bytes.load(Ordering::Relaxed),
+            self.token_pack_bytes.load(Ordering::Relaxed)
         );
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        c(
+            &mut s,
+            "deltaroot_delta_builds_started_total",
+            "Delta builds started for release pairs the publisher did not diff.",
+            ld(&self.delta_builds_started),
+        );
+        c(
+            &mut s,
+            "deltaroot_delta_builds_refused_total",
+            "Pairs not queued for a delta build because the queue was full.",
+            ld(&self.delta_builds_refused),
+        );
         c(
             &mut s,
             "deltaroot_update_checks_total",
@@ -129,6 +190,18 @@ impl Metrics {
             "deltaroot_rollouts_stopped_total",
             "Rollouts this replica stopped on failures.",
             ld(&self.rollouts_stopped),
+        );
+        c(
+            &mut s,
+            "deltaroot_devices_pruned_total",
+            "Devices forgotten because their last check-in is older than the retention period.",
+            ld(&self.devices_pruned),
+        );
+        c(
+            &mut s,
+            "deltaroot_orphans_removed_total",
+            "Stored files no release referenced, removed after the grace period.",
+            ld(&self.orphans_removed),
         );
         s.push_str(
             "# HELP deltaroot_http_requests_total Answers by route and status class.\n\
@@ -173,6 +246,20 @@ impl Metrics {
         }
         s
     }
+}
+
+/// The gauges of the fleet's state: devices known and entries in this replica's caches.
+pub async fn fleet_gauges(app: &crate::App) -> crate::Result<String> {
+    let devices = app.db.device_total().await?;
+    Ok(format!(
+        "# HELP deltaroot_devices Devices known (their last check-in is within the retention period).\n\
+         # TYPE deltaroot_devices gauge\n\
+         deltaroot_devices {devices}\n\
+         # HELP deltaroot_cache_entries Products, channels and plan sizes this replica holds in memory.\n\
+         # TYPE deltaroot_cache_entries gauge\n\
+         deltaroot_cache_entries {}\n",
+        app.fleet.cache_entries()
+    ))
 }
 
 /// Middleware (a route layer, so the matched route is known): counts and times answers.

@@ -12,12 +12,18 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
-use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, PutPayload};
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, PutMode, PutOptions, PutPayload,
+};
 
 use crate::error::{Error, Result};
 
 /// Bytes read from a local file per chunk of a download.
 const FILE_CHUNK: usize = 256 << 10;
+/// Part size of an upload stored from a file (S3's parts are at least 5 MiB).
+pub const PART: usize = 8 << 20;
+/// Bytes read from an upload's file at a time while its parts are assembled.
+const READ: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct Store {
@@ -51,6 +57,25 @@ impl S3Options {
     }
 }
 
+/// What a keep-first [`Store::put`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The file is the one just written.
+    Created,
+    /// A file was there already and stays: stored files are never overwritten.
+    Existed,
+}
+
+/// A stored file as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The path devices request (`objects/…`, `deltas/…`, `packs/…`).
+    pub rel: String,
+    pub size: u64,
+    /// Last modified, in seconds since the Unix epoch.
+    pub modified: i64,
+}
+
 /// A stream of a stored file's bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
@@ -64,10 +89,7 @@ fn err(path: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
 impl Store {
     /// A store in a local folder.
     pub fn local(dir: &std::path::Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let fs = LocalFileSystem::new_with_prefix(dir).map_err(err("/"))?;
         Ok(Store {
             inner: Arc::new(fs),
@@ -136,30 +158,164 @@ impl Store {
         &self.url
     }
 
-    /// Stores `data` at `rel`. In a local folder the file and its folder are on disk when
-    /// this returns (the folder store writes a temporary file and renames it; without the
-    /// syncs a power cut could leave a release recorded in the database whose files are
-    /// empty). S3 acknowledges a PUT only once it is durable.
-    pub async fn put(&self, rel: &str, data: Bytes) -> Result<()> {
+    /// Stores `data` at `rel` unless a file is there already, which stays: stored files
+    /// are immutable (plans and caches hold their sizes), so of two racing uploads the first
+    /// is kept (S3: a conditional PUT, `If-None-Match: *`; a folder: a hard link that does
+    /// not replace). In a local folder the file and its folder are on disk when this returns
+    /// (without the syncs a power cut could leave a release recorded in the database whose
+    /// files are empty). S3 acknowledges a PUT only once it is durable.
+    pub async fn put(&self, rel: &str, data: Bytes) -> Result<Put> {
+        let path = StorePath::from(rel);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&path, PutPayload::from(data.clone()), opts)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => return Ok(Put::Existed),
+            // A store configured without conditional writes: look first (a race between
+            // two uploads of one file may then still replace it).
+            Err(object_store::Error::NotImplemented) => {
+                if self.size(rel).await?.is_some() {
+                    return Ok(Put::Existed);
+                }
+                self.inner
+                    .put(&path, PutPayload::from(data))
+                    .await
+                    .map_err(err(rel))?;
+            }
+            Err(e) => return Err(err(rel)(e)),
+        }
+        self.sync(rel).await?;
+        Ok(Put::Created)
+    }
+
+    /// Overwrites the file at `rel`. The server never does: this is for tests that play an
+    /// attacker or a broken disk.
+    pub async fn replace(&self, rel: &str, data: Bytes) -> Result<()> {
         self.inner
             .put(&StorePath::from(rel), PutPayload::from(data))
             .await
             .map_err(err(rel))?;
+        self.sync(rel).await
+    }
+
+    /// Stores the file at `path` (`len` bytes) at `rel` without holding it in memory, unless
+    /// a file is there already, which stays (as [`Store::put`]): in a local folder a copy
+    /// linked into place without replacing; on S3 up to [`PART`] bytes in one conditional
+    /// PUT, larger files, when nothing is stored at `rel` yet, in parts of [`PART`] bytes (at
+    /// most two in flight; two uploads racing past that look may then both write the same
+    /// path, which only a publisher's token can do). Durable when this returns.
+    pub async fn put_file(&self, rel: &str, path: &std::path::Path, len: u64) -> Result<Put> {
+        use tokio::io::AsyncReadExt;
+        if let Some(root) = &self.local {
+            // A local folder: a kernel copy to a temporary file beside the target, linked
+            // into place unless a file is there (the first stays), then made durable.
+            let (src, dest) = (path.to_owned(), root.join(rel));
+            let created = blocking_io(root.join(rel), move || {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+                std::fs::create_dir_all(dir)?;
+                let tmp = tempfile::Builder::new()
+                    .prefix(".upload-")
+                    .tempfile_in(dir)?;
+                std::fs::copy(&src, tmp.path())?;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+                match tmp.persist_noclobber(&dest) {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(e.error),
+                }
+            })
+            .await?;
+            if !created {
+                return Ok(Put::Existed);
+            }
+            self.sync(rel).await?;
+            return Ok(Put::Created);
+        }
+        if len <= PART as u64 {
+            let data = tokio::fs::read(path).await.map_err(Error::io(path))?;
+            return self.put(rel, data.into()).await;
+        }
+        if self.size(rel).await?.is_some() {
+            return Ok(Put::Existed);
+        }
+        let upload = self
+            .inner
+            .put_multipart(&StorePath::from(rel))
+            .await
+            .map_err(err(rel))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut f = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
+        let sent: Result<()> = async {
+            loop {
+                let mut buf = Vec::with_capacity(READ);
+                (&mut f)
+                    .take(READ as u64)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(Error::io(path))?;
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                w.wait_for_capacity(2).await.map_err(err(rel))?;
+                w.put(buf.into());
+            }
+        }
+        .await;
+        match sent {
+            Ok(()) => {
+                w.finish().await.map_err(err(rel))?;
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                return Err(e);
+            }
+        }
+        Ok(Put::Created)
+    }
+
+    /// Removes the file at `rel`; `false` when there was none.
+    pub async fn delete(&self, rel: &str) -> Result<bool> {
+        match self.inner.delete(&StorePath::from(rel)).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(err(rel)(e)),
+        }
+    }
+
+    /// Every file under `prefix` (`objects`, `deltas`, `packs`).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let mut files = self.inner.list(Some(&StorePath::from(prefix)));
+        while let Some(m) = files.next().await {
+            let m = m.map_err(err(prefix))?;
+            out.push(Listed {
+                rel: m.location.to_string(),
+                size: m.size,
+                modified: m.last_modified.timestamp(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// In a local folder: the file at `rel` and its folder on disk.
+    async fn sync(&self, rel: &str) -> Result<()> {
         if let Some(root) = &self.local {
             let path = root.join(rel);
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            blocking_io(root.join(rel), move || {
                 std::fs::File::open(&path)?.sync_all()?;
                 if let Some(dir) = path.parent() {
                     std::fs::File::open(dir)?.sync_all()?;
                 }
                 Ok(())
             })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|source| Error::Io {
-                path: root.join(rel),
-                source,
-            })?;
+            .await?;
         }
         Ok(())
     }
@@ -280,4 +436,16 @@ fn file_stream(file: std::fs::File, range: Range<u64>, rel: String) -> ByteStrea
         },
     )
     .boxed()
+}
+
+/// Runs `f` (file work in the local folder) on the blocking pool; its error, or a panic
+/// there, is an I/O error on `path`.
+async fn blocking_io<T: Send + 'static>(
+    path: std::path::PathBuf,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| Error::Io { path, source })
 }

@@ -1,0 +1,40 @@
+//! `deltaroot-agent`: keeps a device's image tree up to date. The command line is
+//! `deltaroot_agent::Cli`; the work is `deltaroot_client::agent`.
+
+use anyhow::Context;
+use clap::Parser;
+use deltaroot_agent::{Cli, Command};
+use deltaroot_client::agent::{Agent, Show};
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let settings = cli.settings().context("reading the settings")?;
+    let agent = Agent::new(settings).context("configuring the agent")?;
+    let show = |v: &dyn Show| {
+        if cli.json {
+            println!("{}", v.json())
+        } else {
+            println!("{}", v.text())
+        }
+    };
+    match &cli.command {
+        Command::Install { version } => show(
+            &agent
+                .install(version)
+                .with_context(|| format!("installing {version}"))?,
+        ),
+        Command::Check => show(&agent.check().context("checking for updates")?),
+        Command::Update => show(&agent.update().context("updating")?),
+        Command::Status => show(&agent.status().context("reading status")?),
+        Command::Rollback => {
+            let v = agent.rollback().context("rolling back")?;
+            println!("rolled back: current is now {v}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! deltaroot's device binaries: `deltaroot-agent` (poll, update, roll back, unattended)
+//! and `deltaroot-apply` (one delta applied to one file, with nothing else linked in). The
+//! work is `deltaroot_client`'s and `deltaroot_format`'s; this crate holds their command
+//! lines and the agent's settings file, so that an embedder of `deltaroot-client` takes no
+//! clap, no TOML parser and no log formatter.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use deltaroot_client::agent::Settings;
+use deltaroot_client::{Error, Result};
+
+/// Reads an agent settings file (TOML, the fields of [`Settings`]; `deploy/agent.toml` is
+/// the example). Unknown keys are refused by name. An error names the line and says what is
+/// wrong, but never quotes the file: a key file passed as `--config` by mistake must not
+/// reach a log.
+pub fn settings_file(path: &Path) -> Result<Settings> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        // Not "stream did not contain valid UTF-8" alone: say which file.
+        std::io::ErrorKind::InvalidData => Error::Config {
+            path: path.to_owned(),
+            what: "not a UTF-8 text file".into(),
+        },
+        _ => Error::io(path)(e),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: ")
+            })
+            .unwrap_or_default();
+        Error::Config {
+            path: path.to_owned(),
+            what: format!("{at}{}", e.message()),
+        }
+    })
+}
+
+/// The `deltaroot-agent` command line.
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps a device's image tree up to date from a deltaroot server"
+)]
+pub struct Cli {
+    /// TOML file with the settings below; flags override it.
+    #[arg(long, env = "DELTAROOT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Device root holding deployments/, current and previous.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Server base URL.
+    #[arg(long, conflicts_with = "folder")]
+    pub server: Option<String>,
+    /// A static release folder (`deltaroot publish --out DIR`, a USB stick) to update from
+    /// instead of a server: the channel's `latest` file, or --pin, names the version.
+    #[arg(long)]
+    pub folder: Option<PathBuf>,
+    /// Base URL for objects and deltas, when a mirror serves them.
+    #[arg(long)]
+    pub objects_url: Option<String>,
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Channel to follow (default stable).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Trusted publisher public key file; repeat for several.
+    #[arg(long)]
+    pub trust: Vec<PathBuf>,
+    /// This device's id in checks (default: /etc/machine-id, else one generated into
+    /// <root>/state/device-id).
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Follow this exact version instead of the channel.
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// PEM certificate of a private certificate authority for the server's HTTPS.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Install exactly this version (also to downgrade on purpose).
+    Install { version: String },
+    /// Ask the server whether an update is available and what it costs.
+    Check,
+    /// Move to the newest release on the channel.
+    Update,
+    /// Show the running and previous versions and the last result.
+    Status,
+    /// Switch back to the previous version.
+    Rollback,
+}
+
+impl Cli {
+    /// The settings the flags name, over those of `--config` when given.
+    pub fn settings(&self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(p) => settings_file(p)?,
+            None => Settings::default(),
+        };
+        Ok(file.merge(Settings {
+            root: self.root.clone(),
+            server: self.server.clone(),
+            folder: self.folder.clone(),
+            objects_url: self.objects_url.clone(),
+            product: self.product.clone(),
+            channel: self.channel.clone(),
+            trust: self.trust.clone(),
+            device_id: self.device_id.clone(),
+            pin: self.pin.clone(),
+            ca_cert: self.ca_cert.clone(),
+        }))
+    }
+}

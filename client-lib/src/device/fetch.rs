@@ -1,0 +1,492 @@
+//! Fetching the contents a target needs and the running tree lacks: packs, deltas applied to
+//! the running tree's files, and whole objects, into the content store
+//! (`staging/content/<hash>`), each verified by hash before it is stored.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use cap_std::fs::Dir;
+
+use super::{DeployReport, Device, Job, CONTENT, DOWNLOADS, FETCH_THREADS};
+use crate::error::{Error, Result};
+use crate::transport::Transport;
+use deltaroot_format::container::{
+    apply_delta_to, apply_payload_to, unwrapped_bound, Payload, Source,
+};
+use deltaroot_format::fsio::AtomicFile;
+use deltaroot_format::plan::entry_matches;
+use deltaroot_format::tree;
+use deltaroot_format::Error as FormatError;
+use deltaroot_format::{
+    delta_path, object_path, pack_path, DeltaHeader, EntryKind, EntryPath, Fetch, Hash, PackEntry,
+    PackReader, PackRef, Plan, PlanItem, VerifiedManifest,
+};
+
+impl Device {
+    /// Downloads and verifies every content the target needs and the running tree lacks.
+    pub(super) fn fetch_contents(
+        &self,
+        target: &VerifiedManifest,
+        base: Option<(&deltaroot_format::Manifest, &Dir)>,
+        plan: &Plan,
+        transport: &dyn Transport,
+        report: &mut DeployReport,
+    ) -> Result<()> {
+        self.dir.create_dir_all(CONTENT).map_err(self.io(CONTENT))?;
+        self.dir
+            .create_dir_all(DOWNLOADS)
+            .map_err(self.io(DOWNLOADS))?;
+        let have: HashMap<Hash, &EntryPath> = base
+            .map(|(m, _)| {
+                m.entries
+                    .iter()
+                    .filter_map(|e| e.file().map(|(h, _)| (h, e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let planned: HashMap<Hash, &Fetch> =
+            plan.items.iter().map(|i| (i.target, &i.fetch)).collect();
+        let mut jobs: Vec<Job> = Vec::new();
+        for (hash, size) in target.manifest().contents() {
+            let dest = format!("{CONTENT}/{hash}");
+            if have.contains_key(&hash)
+                || (self.dir.exists(&dest) && self.content_ok(&dest, hash, size)?)
+            {
+                continue;
+            }
+            jobs.push((hash, size));
+        }
+        // Packs and the downloads fetched alone at once (the largest alone, a rebuilt kernel
+        // say, is worth starting early); what a pack does not give (missing, damaged, or an
+        // entry that does not apply) is fetched alone afterwards, as if there were no pack.
+        let packed: HashMap<Hash, usize> = plan
+            .items
+            .iter()
+            .filter_map(|i| Some((i.target, i.pack?)))
+            .filter(|(_, p)| *p < plan.packs.len())
+            .collect();
+        let (in_packs, alone): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| packed.contains_key(&j.0));
+        let needed: HashSet<Hash> = in_packs.iter().map(|j| j.0).collect();
+        let (packs_done, alone_done) = std::thread::scope(|scope| {
+            let packs = scope.spawn(|| -> Result<(u64, HashSet<Hash>, u64, u64)> {
+                let (mut n, mut given, mut d_count, mut o_count) = (0, HashSet::new(), 0, 0);
+                for (p, pack) in plan.packs.iter().enumerate() {
+                    let items: HashMap<Hash, &PlanItem> = plan
+                        .items
+                        .iter()
+                        .filter(|i| i.pack == Some(p))
+                        .map(|i| (i.target, i))
+                        .collect();
+                    if !items.keys().any(|t| needed.contains(t)) {
+                        continue;
+                    }
+                    match self.fetch_pack(pack, &items, &needed, &have, base, transport) {
+                        Ok((d, o)) => {
+                            n += 1;
+                            d_count += d.len() as u64;
+                            o_count += o.len() as u64;
+                            given.extend(d.into_iter().chain(o));
+                        }
+                        Err(e) if e.is_unusable_delta() => {
+                            tracing::warn!(pack = %pack.hash, error = %e, "pack unusable; fetching its contents alone");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((n, given, d_count, o_count))
+            });
+            let alone_done = self.fetch_alone(alone, &planned, &have, base, transport);
+            (
+                packs.join().expect("pack thread does not panic"),
+                alone_done,
+            )
+        });
+        let (packs, given, d, o) = packs_done?;
+        let (d2, o2) = alone_done?;
+        let rest: Vec<Job> = in_packs
+            .into_iter()
+            .filter(|j| !given.contains(&j.0))
+            .collect();
+        let (d3, o3) = self.fetch_alone(rest, &planned, &have, base, transport)?;
+        report.packs += packs;
+        report.deltas += d + d2 + d3;
+        report.objects += o + o2 + o3;
+        Ok(())
+    }
+
+    /// Fetches `jobs` one by one, largest first, on a few threads (downloads wait on the
+    /// network, deltas on a core). Returns how many came as deltas and as objects.
+    fn fetch_alone(
+        &self,
+        mut jobs: Vec<Job>,
+        planned: &HashMap<Hash, &Fetch>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&deltaroot_format::Manifest, &Dir)>,
+        transport: &dyn Transport,
+    ) -> Result<(u64, u64)> {
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.1));
+        let next = AtomicUsize::new(0);
+        let (deltas, objects) = (AtomicU64::new(0), AtomicU64::new(0));
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..FETCH_THREADS.min(jobs.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(hash, size)) = jobs.get(i) else {
+                        break;
+                    };
+                    if failed.lock().expect("not poisoned").is_some() {
+                        break;
+                    }
+                    let fetch = planned.get(&hash).copied();
+                    match self.fetch_one(hash, size, fetch, have, base, transport) {
+                        Ok(true) => deltas.fetch_add(1, Ordering::Relaxed),
+                        Ok(false) => objects.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failed.lock().expect("not poisoned").get_or_insert(e);
+                            break;
+                        }
+                    };
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        Ok((deltas.into_inner(), objects.into_inner()))
+    }
+
+    /// Fetches one content into the content store; `true` when it came as a delta.
+    fn fetch_one(
+        &self,
+        hash: Hash,
+        size: u64,
+        fetch: Option<&Fetch>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&deltaroot_format::Manifest, &Dir)>,
+        transport: &dyn Transport,
+    ) -> Result<bool> {
+        let dest = format!("{CONTENT}/{hash}");
+        if let (Some(Fetch::Delta { source, bytes }), Some((_, base_dir))) = (fetch, base) {
+            if let Some(src_path) = have.get(source) {
+                match self.fetch_delta(hash, size, *source, *bytes, src_path, base_dir, transport) {
+                    Ok(new) => {
+                        self.write_content(&dest, &new)?;
+                        return Ok(true);
+                    }
+                    // A delta that is missing or does not give the content (damaged in
+                    // storage, or a method this agent does not know) costs bytes, not the
+                    // update: the whole object is verified the same way.
+                    Err(e) if e.is_unusable_delta() => {
+                        tracing::warn!(content = %hash, error = %e, "delta unusable; fetching the whole object");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let exact = match fetch {
+            Some(Fetch::Object { bytes }) => Some(*bytes),
+            _ => None,
+        };
+        let max = exact.unwrap_or(size + size / 8 + (1 << 20));
+        let dl = format!("{DOWNLOADS}/{hash}.zst");
+        let rel = object_path(&hash);
+        self.download(transport, &rel, &dl, exact, max)?;
+        let res = self.unpack_object(&dl, &dest, hash, size, &rel);
+        let _ = self.dir.remove_file(&dl);
+        res?;
+        Ok(false)
+    }
+
+    /// Downloads the delta `source` -> `hash` and applies it to the running tree's copy of
+    /// `source`, returning the verified content.
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_delta(
+        &self,
+        hash: Hash,
+        size: u64,
+        source: Hash,
+        bytes: u64,
+        src_path: &EntryPath,
+        base_dir: &Dir,
+        transport: &dyn Transport,
+    ) -> Result<Vec<u8>> {
+        let rel = delta_path(&source, &hash);
+        let dl = format!("{DOWNLOADS}/{source}-{hash}");
+        self.download(transport, &rel, &dl, Some(bytes), bytes)?;
+        let delta = self.dir.read(&dl).map_err(self.io(&dl));
+        // A download that does not apply is not kept for a resume.
+        let _ = self.dir.remove_file(&dl);
+        let old = open_source(base_dir, src_path)?;
+        let source = Source::File {
+            file: &old,
+            path: src_path.as_path(),
+        };
+        Ok(apply_delta_to(&delta?, source, Some((hash, size)))?)
+    }
+
+    /// Downloads a pack, checks its index against the plan's `items` of this pack and stores
+    /// every content it gives that is `needed` (on a few threads while the next bodies are
+    /// read; a content stored by an earlier, interrupted attempt is skipped). Returns the
+    /// contents given as deltas and as objects; an entry that does not give its content is
+    /// logged and left to be fetched alone, and so are the entries after a body that cannot
+    /// be read.
+    fn fetch_pack(
+        &self,
+        pack: &PackRef,
+        items: &HashMap<Hash, &PlanItem>,
+        needed: &HashSet<Hash>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&deltaroot_format::Manifest, &Dir)>,
+        transport: &dyn Transport,
+    ) -> Result<(Vec<Hash>, Vec<Hash>)> {
+        let rel = pack_path(&pack.hash);
+        let dl = format!("{DOWNLOADS}/{}.pack", pack.hash);
+        let path = self.root.join(&dl);
+        self.download(transport, &rel, &dl, Some(pack.bytes), pack.bytes)?;
+        let got = tree::hash_file(&path)?;
+        if got != pack.hash {
+            let _ = self.dir.remove_file(&dl);
+            return Err(Error::from(FormatError::ContentHash {
+                what: rel,
+                got,
+                want: pack.hash,
+            }));
+        }
+        let file = self.dir.open(&dl).map_err(self.io(&dl))?;
+        let res = self.unpack(&rel, file, items, needed, have, base);
+        let _ = self.dir.remove_file(&dl);
+        res
+    }
+
+    fn unpack(
+        &self,
+        rel: &str,
+        file: cap_std::fs::File,
+        want: &HashMap<Hash, &PlanItem>,
+        needed: &HashSet<Hash>,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&deltaroot_format::Manifest, &Dir)>,
+    ) -> Result<(Vec<Hash>, Vec<Hash>)> {
+        let mut reader = PackReader::open(rel, file)?;
+        for e in reader.index() {
+            if !want
+                .get(&e.target)
+                .is_some_and(|i| entry_matches(e.kind, &i.fetch))
+            {
+                return Err(Error::from(FormatError::PackMalformed {
+                    pack: rel.to_string(),
+                    reason: format!("entry {} is not one the plan fetches through it", e.target),
+                }));
+            }
+        }
+        let given: Mutex<(Vec<Hash>, Vec<Hash>)> = Mutex::new((Vec::new(), Vec::new()));
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(PackEntry, Vec<u8>)>(FETCH_THREADS);
+        let rx = Mutex::new(rx);
+        std::thread::scope(|scope| {
+            for _ in 0..FETCH_THREADS {
+                scope.spawn(|| loop {
+                    let next = rx.lock().expect("not poisoned").recv();
+                    let Ok((e, body)) = next else { break };
+                    let item = want[&e.target];
+                    match self.apply_entry(&e, &body, item, have, base) {
+                        Ok(()) => {
+                            let mut g = given.lock().expect("not poisoned");
+                            match e.kind {
+                                EntryKind::Object => g.1.push(e.target),
+                                EntryKind::Delta(_) => g.0.push(e.target),
+                            }
+                        }
+                        Err(err) if err.is_unusable_delta() => {
+                            tracing::warn!(content = %e.target, error = %err, "pack entry unusable; fetching it alone");
+                        }
+                        Err(err) => {
+                            failed.lock().expect("not poisoned").get_or_insert(err);
+                            break;
+                        }
+                    }
+                });
+            }
+            loop {
+                if failed.lock().expect("not poisoned").is_some() {
+                    break;
+                }
+                let next = reader.next_body(|e| {
+                    let item = want[&e.target];
+                    match e.kind {
+                        EntryKind::Object => item.size,
+                        EntryKind::Delta(m) => unwrapped_bound(m, item.size, item.fetch.bytes()),
+                    }
+                });
+                match next {
+                    Ok(Some(entry)) if !needed.contains(&entry.0.target) => {}
+                    Ok(Some(entry)) => {
+                        if tx.send(entry).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(pack = rel, error = %e, "pack ends early; fetching the rest alone");
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+        });
+        if let Some(e) = failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        Ok(given.into_inner().expect("not poisoned"))
+    }
+
+    /// Stores the content one pack entry gives, verified.
+    fn apply_entry(
+        &self,
+        e: &PackEntry,
+        body: &[u8],
+        item: &PlanItem,
+        have: &HashMap<Hash, &EntryPath>,
+        base: Option<(&deltaroot_format::Manifest, &Dir)>,
+    ) -> Result<()> {
+        let dest = format!("{CONTENT}/{}", e.target);
+        match (e.kind, &item.fetch) {
+            (EntryKind::Delta(method), Fetch::Delta { source, .. }) => {
+                let (Some(src_path), Some((_, base_dir))) = (have.get(source), base) else {
+                    return Err(Error::from(FormatError::DeltaMismatch {
+                        what: delta_path(source, &e.target),
+                        reason: "the running tree does not hold its source".into(),
+                    }));
+                };
+                let old = open_source(base_dir, src_path)?;
+                let h = DeltaHeader {
+                    method,
+                    source: *source,
+                    target: e.target,
+                    target_size: item.size,
+                };
+                let from = Source::File {
+                    file: &old,
+                    path: src_path.as_path(),
+                };
+                let new = apply_payload_to(&h, Payload::Unwrapped(body), from)?;
+                self.write_content(&dest, &new)
+            }
+            _ => {
+                let what = format!("{} in a pack", object_path(&e.target));
+                if body.len() as u64 != item.size {
+                    return Err(Error::from(FormatError::ContentLength {
+                        what,
+                        got: body.len() as u64,
+                        want: item.size,
+                    }));
+                }
+                let got = Hash::of(body);
+                if got != e.target {
+                    return Err(Error::from(FormatError::ContentHash {
+                        what,
+                        got,
+                        want: e.target,
+                    }));
+                }
+                self.write_content(&dest, body)
+            }
+        }
+    }
+
+    /// Downloads `rel` into `dl` under the root, resuming what an interrupted attempt left.
+    fn download(
+        &self,
+        transport: &dyn Transport,
+        rel: &str,
+        dl: &str,
+        exact: Option<u64>,
+        max: u64,
+    ) -> Result<u64> {
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true);
+        let mut file = self
+            .dir
+            .open_with(dl, &opts)
+            .map_err(self.io(dl))?
+            .into_std();
+        transport.download(rel, &mut file, &self.root.join(dl), exact, max)
+    }
+
+    /// Writes a verified content into the store. Not synced one by one: the staged tree is
+    /// synced as a whole before anything points at it, and the store is re-verified by hash
+    /// when an interrupted attempt is resumed.
+    fn write_content(&self, rel: &str, data: &[u8]) -> Result<()> {
+        let mut f = AtomicFile::create_in(&self.dir, rel).map_err(self.io(rel))?;
+        f.write_all(data).map_err(self.io(rel))?;
+        f.commit_unsynced().map_err(self.io(rel))
+    }
+
+    fn content_ok(&self, rel: &str, hash: Hash, size: u64) -> Result<bool> {
+        let p = self.root.join(rel);
+        let len = std::fs::metadata(&p).map_err(Error::io(&p))?.len();
+        Ok(len == size && tree::hash_file(&p)? == hash)
+    }
+
+    /// Decompresses a downloaded object into the content store, hashing as it goes.
+    fn unpack_object(&self, dl: &str, dest: &str, hash: Hash, size: u64, url: &str) -> Result<()> {
+        let src = self.dir.open(dl).map_err(self.io(dl))?;
+        let mut out = AtomicFile::create_in(&self.dir, dest).map_err(self.io(dest))?;
+        let bad = |reason: String| {
+            Error::from(FormatError::DeltaPayload {
+                what: url.to_string(),
+                method: "zstd",
+                reason,
+            })
+        };
+        let mut dec = zstd::stream::read::Decoder::new(src).map_err(|e| bad(e.to_string()))?;
+        dec.window_log_max(deltaroot_format::container::MAX_WINDOW_LOG)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut dec = dec.take(size + 1);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut len = 0u64;
+        loop {
+            let n = dec.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(self.io(dest))?;
+        }
+        let got: Hash = hasher.finalize().into();
+        // Dropped on the errors below, the temporary file is removed.
+        if len != size {
+            return Err(Error::from(FormatError::ContentLength {
+                what: url.to_string(),
+                got: len,
+                want: size,
+            }));
+        }
+        if got != hash {
+            return Err(Error::from(FormatError::ContentHash {
+                what: url.to_string(),
+                got,
+                want: hash,
+            }));
+        }
+        // The file is synced (the directory is, with the whole tree, before anything points
+        // at it).
+        out.file().sync_all().map_err(self.io(dest))?;
+        out.commit_unsynced().map_err(self.io(dest))
+    }
+}
+
+/// A delta's source in the running tree, opened to be read where the delta needs it (an ELF
+/// delta reads the headers and the ranges its records name, not the whole file).
+fn open_source(base_dir: &Dir, path: &EntryPath) -> Result<std::fs::File> {
+    Ok(base_dir
+        .open(path.as_path())
+        .map_err(Error::io(path.as_path()))?
+        .into_std())
+}

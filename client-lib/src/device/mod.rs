@@ -1,0 +1,265 @@
+//! The device root: deployments side by side, an atomic `current`/`previous` switch, and the
+//! staging of a new version beside the running one.
+//!
+//! Layout under the root (see `ARCHITECTURE.md`, "A device applies an update"):
+//!
+//! ```text
+//! deployments/<version>/   one complete tree per kept version
+//! current  -> deployments/<version>      the running version
+//! previous -> deployments/<version>      what `rollback` returns to
+//! staging/tree/            the next version while it is built
+//! staging/content/<hash>   verified new contents waiting to be placed
+//! staging/downloads/       partial downloads, resumed after a cut
+//! state/manifests/         the signed manifests of the kept versions
+//! state/status.json        the last result, for `status`
+//! ```
+//!
+//! The running tree is only ever read: unchanged files are hardlinked from it, and a file
+//! whose content is kept but whose metadata changes is copied, because hardlinks share
+//! metadata. Every write goes through a `cap_std` directory handle of the device root; files
+//! are put in place with `deltaroot_format::fsio` (exclusive temporary file, synced, renamed,
+//! directory synced).
+//!
+//! - this module: [`Device`], opening the root, the lock, `current`/`previous`, status, and
+//!   [`Device::deploy`], which runs the steps below in order;
+//! - `fetch`: the contents the target needs, from packs, deltas and single downloads;
+//! - `stage`: the staging tree built from the running tree and the content store, verified;
+//! - `commit`: the switch, rollback, the record of an attempt, pruning.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::transport::Transport;
+use deltaroot_format::{Hash, Name, PublicKey, VerifiedManifest};
+
+mod commit;
+mod fetch;
+mod stage;
+
+const STAGING_TREE: &str = "staging/tree";
+const CONTENT: &str = "staging/content";
+const DOWNLOADS: &str = "staging/downloads";
+const MANIFESTS: &str = "state/manifests";
+const STATUS: &str = "state/status.json";
+/// Downloads and delta applications in flight at once.
+const FETCH_THREADS: usize = 4;
+
+/// A content to fetch, and its size.
+type Job = (Hash, u64);
+
+/// What the last update attempt did, kept in `state/status.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub last_result: Option<String>,
+    pub last_version: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: u64,
+}
+
+/// Counts of one deployment.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeployReport {
+    pub version: String,
+    pub from: Option<String>,
+    /// Bytes the plan said this would cost.
+    pub planned_bytes: u64,
+    /// Bytes actually received for objects and deltas.
+    pub downloaded_bytes: u64,
+    pub deltas: u64,
+    pub objects: u64,
+    /// Packs downloaded (their contents count among `deltas` and `objects`).
+    pub packs: u64,
+    /// Files shared with the running tree by hardlink.
+    pub linked: u64,
+    /// Files whose content was kept but copied for new metadata, or reused twice.
+    pub copied: u64,
+    /// Files written from downloaded content.
+    pub written: u64,
+}
+
+/// The device's update lock (`state/lock`, `flock`), released when dropped. It is released
+/// explicitly: a process started by another thread at the wrong moment holds a copy of the
+/// descriptor until it runs its program, and closing ours alone would leave the lock with it.
+pub struct DeviceLock(File);
+
+impl Drop for DeviceLock {
+    fn drop(&mut self) {
+        // Unlocking cannot fail on a descriptor we hold; the file closes after.
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+/// An opened device root.
+pub struct Device {
+    root: PathBuf,
+    dir: Dir,
+}
+
+impl Device {
+    /// Opens (and creates, if needed) the device root at `root`.
+    pub fn open(root: &Path) -> Result<Device> {
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(Error::io(root))?;
+        for d in ["deployments", "staging", "state", MANIFESTS] {
+            dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
+        }
+        Ok(Device {
+            root: root.to_owned(),
+            dir,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, what: impl Into<String>) -> Error {
+        Error::Device {
+            root: self.root.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn io(&self, rel: &str) -> impl FnOnce(io::Error) -> Error {
+        Error::io(self.root.join(rel))
+    }
+
+    /// Takes the device's update lock; held until the returned guard is dropped.
+    pub fn lock(&self) -> Result<DeviceLock> {
+        let f = self
+            .dir
+            .create("state/lock")
+            .map_err(self.io("state/lock"))?
+            .into_std();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| self.err("another deltaroot-agent holds state/lock"))?;
+        Ok(DeviceLock(f))
+    }
+
+    fn link_version(&self, name: &str) -> Result<Option<Name>> {
+        match self.dir.read_link_contents(name) {
+            Ok(t) => {
+                let t = t.as_os_str().as_bytes();
+                let v = t
+                    .strip_prefix(b"deployments/")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| Name::new("version", v).ok())
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "{name} does not point at a version in deployments/"
+                        ))
+                    })?;
+                Ok(Some(v))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(self.root.join(name))(e)),
+        }
+    }
+
+    /// The running version.
+    pub fn current(&self) -> Result<Option<Name>> {
+        self.link_version("current")
+    }
+
+    /// The version `rollback` returns to.
+    pub fn previous(&self) -> Result<Option<Name>> {
+        self.link_version("previous")
+    }
+
+    /// The path of a deployed version's tree.
+    pub fn deployment_path(&self, version: &str) -> PathBuf {
+        self.root.join("deployments").join(version)
+    }
+
+    /// Loads and re-verifies the stored manifest of a deployed version.
+    pub fn manifest(&self, version: &str, trusted: &[PublicKey]) -> Result<VerifiedManifest> {
+        let base = format!("{MANIFESTS}/{version}");
+        let bytes = self
+            .dir
+            .read(format!("{base}.manifest"))
+            .map_err(self.io(&format!("{base}.manifest")))?;
+        let sig = self
+            .dir
+            .read(format!("{base}.sig"))
+            .map_err(self.io(&format!("{base}.sig")))?;
+        Ok(VerifiedManifest::verify(bytes, sig, trusted)?)
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        match self.dir.read(STATUS) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| self.err(format!("{STATUS}: {e}"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::default()),
+            Err(e) => Err(self.io(STATUS)(e)),
+        }
+    }
+
+    /// Writes `data` to `rel` under the root atomically and durably.
+    fn write_atomic(&self, rel: &str, data: &[u8]) -> Result<()> {
+        deltaroot_format::fsio::write_atomic_in(&self.dir, rel, data).map_err(self.io(rel))
+    }
+
+    /// Builds `target` beside the running version, verifies it and switches to it.
+    /// On any error the running version and the `current` link are untouched.
+    pub fn deploy(
+        &self,
+        target: &VerifiedManifest,
+        transport: &dyn Transport,
+        trusted: &[PublicKey],
+    ) -> Result<DeployReport> {
+        let m = target.manifest();
+        let current = self.current()?;
+        if current.as_deref() == Some(m.version.as_str()) {
+            return Err(self.err(format!("version {} is already running", m.version)));
+        }
+        let base = match &current {
+            Some(v) => {
+                let cm = self.manifest(v, trusted)?;
+                if cm.manifest().product != m.product {
+                    return Err(self.err(format!(
+                        "running product {} cannot move to product {}",
+                        cm.manifest().product,
+                        m.product
+                    )));
+                }
+                let dir = self
+                    .dir
+                    .open_dir(format!("deployments/{v}"))
+                    .map_err(self.io(&format!("deployments/{v}")))?;
+                Some((cm, dir))
+            }
+            None => None,
+        };
+        // The manifest's names were checked when it was verified.
+        let product = Name::new("product", m.product.as_str())?;
+        let version = Name::new("version", m.version.as_str())?;
+        let plan = transport.plan(&product, current.as_ref(), &version)?;
+        let before = transport.downloaded();
+        let mut report = DeployReport {
+            version: m.version.clone(),
+            from: current.map(Name::into_string),
+            planned_bytes: plan.download_bytes,
+            ..Default::default()
+        };
+        let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
+        self.fetch_contents(target, base_ref, &plan, transport, &mut report)?;
+        report.downloaded_bytes = transport.downloaded() - before;
+        self.build_tree(target, base_ref, &mut report)?;
+        self.verify_staged(target)?;
+        self.commit(target)?;
+        Ok(report)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

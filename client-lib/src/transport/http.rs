@@ -1,0 +1,231 @@
+//! [`Transport`] from a deltaroot server over HTTP(S) (feature `http`).
+//!
+//! API calls (update checks, manifests, plans) go to the server's `/v1/` endpoints; objects
+//! and deltas are plain immutable files under `objects/` and `deltas/`, which may come from
+//! the server itself or from any static mirror or CDN (`objects_url`). Downloads go to disk,
+//! resume with a `Range` request after a cut, and are bounded by the size the plan promised.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{check_exact, copy_bounded, CheckQuery, Sink, Transport};
+use super::{MAX_CHECK_BYTES, MAX_PLAN_BYTES};
+use crate::error::{Error, Result};
+use deltaroot_format::api::CheckResponse;
+use deltaroot_format::{Name, Plan};
+
+/// How many times a download is retried after a network error.
+const RETRIES: u32 = 4;
+
+/// A connection to one server.
+pub struct Http {
+    api: String,
+    objects: String,
+    client: reqwest::blocking::Client,
+    /// Bytes received from object and delta downloads, for reports and tests.
+    pub downloaded: AtomicU64,
+}
+
+impl Http {
+    /// `server` is the base URL of the API; `objects` the base URL of objects and deltas
+    /// (the server itself when `None`).
+    pub fn new(server: &str, objects: Option<&str>) -> Result<Http> {
+        Http::with_ca_cert(server, objects, None)
+    }
+
+    /// Like [`Http::new`], also trusting the certificate authority in the PEM file
+    /// `ca_cert` (a private one that signed the server's certificate).
+    pub fn with_ca_cert(
+        server: &str,
+        objects: Option<&str>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Http> {
+        let mut builder = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(600))
+            .user_agent(concat!("deltaroot-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(p) = ca_cert {
+            let pem = std::fs::read(p).map_err(Error::io(p))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config {
+                path: p.to_owned(),
+                what: format!("not a PEM certificate: {e}"),
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| Error::Http {
+            url: server.to_string(),
+            reason: e.to_string(),
+        })?;
+        let trim = |s: &str| s.trim_end_matches('/').to_string();
+        Ok(Http {
+            api: trim(server),
+            objects: trim(objects.unwrap_or(server)),
+            client,
+            downloaded: AtomicU64::new(0),
+        })
+    }
+
+    fn get(&self, url: &str, range_from: u64) -> Result<reqwest::blocking::Response> {
+        let mut req = self.client.get(url);
+        if range_from > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={range_from}-"));
+        }
+        let resp = req.send().map_err(|e| Error::Http {
+            url: url.to_string(),
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
+            return Err(Error::HttpStatus {
+                url: url.to_string(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(resp)
+    }
+
+    /// GETs a small document, refusing answers over `limit` bytes.
+    pub fn get_bytes(&self, path: &str, limit: u64) -> Result<Vec<u8>> {
+        let url = format!("{}/{path}", self.api);
+        let resp = self.get(&url, 0)?;
+        let mut out = Vec::new();
+        resp.take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Http {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        if out.len() as u64 > limit {
+            return Err(Error::TooLarge { url, limit });
+        }
+        Ok(out)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, limit: u64) -> Result<T> {
+        let bytes = self.get_bytes(path, limit)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Http {
+            url: format!("{}/{path}", self.api),
+            reason: format!("answer is not the expected JSON: {e}"),
+        })
+    }
+
+    fn download_once(&self, url: &str, to: Sink<'_>, max: u64) -> Result<u64> {
+        let mut have = to.file.metadata().map_err(Error::io(to.path))?.len();
+        if have >= max {
+            // A leftover as long as the whole file cannot be resumed: start again.
+            have = 0;
+        }
+        let resp = match self.get(url, have) {
+            Err(Error::HttpStatus { status: 416, .. }) if have > 0 => {
+                have = 0;
+                self.get(url, 0)?
+            }
+            other => other?,
+        };
+        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            have = 0;
+        }
+        // Not synced: a partial file is only ever resumed and then verified by hash.
+        copy_bounded(resp, to, have, max, url, &self.downloaded, |e, len| {
+            Error::Http {
+                url: url.to_string(),
+                reason: format!("after {len} bytes: {e}"),
+            }
+        })
+    }
+}
+
+/// Names allow `+`, which a query string would read as a space.
+fn query_value(v: &str) -> String {
+    v.replace('+', "%2B")
+}
+
+impl Transport for Http {
+    fn location(&self) -> String {
+        self.api.clone()
+    }
+
+    /// `GET v1/products/P/channels/C/check?device=…&current=…&result=…&attempted=…&pin=…`
+    fn check(&self, q: &CheckQuery<'_>) -> Result<CheckResponse> {
+        let mut query = vec![format!("device={}", query_value(q.device))];
+        if let Some(v) = q.current {
+            query.push(format!("current={}", query_value(v)));
+        }
+        if let Some((r, v)) = q.last {
+            query.push(format!("result={r}&attempted={}", query_value(v)));
+        }
+        if let Some(p) = q.pin {
+            query.push(format!("pin={}", query_value(p)));
+        }
+        let path = format!(
+            "v1/products/{}/channels/{}/check?{}",
+            q.product,
+            q.channel,
+            query.join("&")
+        );
+        self.get_json(&path, MAX_CHECK_BYTES)
+    }
+
+    fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        self.get_bytes(rel, limit)
+    }
+
+    fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
+        let from = from.map_or("-", |f| f.as_str());
+        self.get_json(
+            &format!("v1/products/{product}/plans/{from}/{to}"),
+            MAX_PLAN_BYTES,
+        )
+    }
+
+    fn download(
+        &self,
+        rel: &str,
+        file: &mut File,
+        path: &Path,
+        exact: Option<u64>,
+        max: u64,
+    ) -> Result<u64> {
+        let url = format!("{}/{rel}", self.objects);
+        let mut last = None;
+        for attempt in 0..=RETRIES {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 << attempt.min(5)));
+            }
+            match self.download_once(
+                &url,
+                Sink {
+                    file: &mut *file,
+                    path,
+                },
+                max,
+            ) {
+                Ok(len) => return check_exact(file, &url, len, exact),
+                // A transport failure may be passing; anything else is final.
+                Err(e @ Error::Http { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn downloaded(&self) -> u64 {
+        self.downloaded.load(Ordering::Relaxed)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,154 @@
+//! Where a device updates from: the [`Transport`] trait, and its two implementations.
+//!
+//! - [`Http`] (feature `http`, on by default): a deltaroot server's `/v1/` API for checks,
+//!   manifests and plans; objects, deltas and packs from the server or a static mirror.
+//! - [`Folder`]: a static release folder as `deltaroot publish --out DIR` writes it, on a USB
+//!   stick or a mounted share; no network, no server.
+//!
+//! Everything a transport hands over is checked by the device: manifests by signature,
+//! contents by hash, every answer bounded by the size the plan or the format allows.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use deltaroot_format::api::CheckResponse;
+use deltaroot_format::{DeviceId, Name, Plan};
+
+use crate::error::{Error, Result};
+
+mod folder;
+#[cfg(feature = "http")]
+mod http;
+
+pub use folder::Folder;
+#[cfg(feature = "http")]
+pub use http::Http;
+
+/// Longest answer to a check.
+pub const MAX_CHECK_BYTES: u64 = 1 << 20;
+/// Longest plan (JSON).
+pub const MAX_PLAN_BYTES: u64 = 256 << 20;
+/// A signature is 64 bytes.
+pub const SIGNATURE_BYTES: u64 = 64;
+
+/// What a device tells its source when it asks for an update.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckQuery<'a> {
+    pub product: &'a Name,
+    pub channel: &'a Name,
+    /// The running version.
+    pub current: Option<&'a Name>,
+    pub device: &'a DeviceId,
+    /// The last attempt: its result (one of `api::RESULTS`) and version.
+    pub last: Option<(&'a str, &'a Name)>,
+    /// The version the device is pinned to, if any.
+    pub pin: Option<&'a Name>,
+}
+
+/// What a device needs from where it updates.
+pub trait Transport: Send + Sync {
+    /// Where it fetches from (a URL, a folder), for messages.
+    fn location(&self) -> String;
+
+    /// Whether the channel (or the pin) offers this device something else than it runs.
+    fn check(&self, q: &CheckQuery<'_>) -> Result<CheckResponse>;
+
+    /// A small document at `rel` (a manifest, a signature), refused past `limit` bytes.
+    fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>>;
+
+    /// A release's manifest bytes (at most `MAX_MANIFEST_BYTES`) and signature (64 bytes),
+    /// unverified.
+    fn manifest(&self, product: &Name, version: &Name) -> Result<(Vec<u8>, Vec<u8>)> {
+        let base = format!("v1/products/{product}/releases/{version}");
+        let limit = deltaroot_format::sign::MAX_MANIFEST_BYTES as u64;
+        let manifest = self.get(&format!("{base}/manifest"), limit)?;
+        let sig = self.get(&format!("{base}/manifest.sig"), SIGNATURE_BYTES)?;
+        Ok((manifest, sig))
+    }
+
+    /// The download plan from `from` (or from nothing) to `to`.
+    fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan>;
+
+    /// Downloads `rel` (an `objects/…`, `deltas/…` or `packs/…` path) into `file` (at
+    /// `path`, which errors name), resuming after the bytes it holds (or starting again when
+    /// they cannot be resumed), and returns its length. More than `max` bytes is an error, and so is another length than `exact`;
+    /// either way `file` is emptied. A file that is not there is [`Error::Missing`] or an
+    /// HTTP 404/410, which [`Error::is_unusable_delta`] counts as unusable.
+    fn download(
+        &self,
+        rel: &str,
+        file: &mut File,
+        path: &Path,
+        exact: Option<u64>,
+        max: u64,
+    ) -> Result<u64>;
+
+    /// Bytes received so far by [`Transport::download`], for reports.
+    fn downloaded(&self) -> u64;
+}
+
+/// Where a download goes: the open file, and its path for errors.
+pub(crate) struct Sink<'a> {
+    pub file: &'a mut File,
+    pub path: &'a Path,
+}
+
+/// Copies at most `max - have` more bytes of `from` (read from `location`) to `to` after its
+/// first `have` bytes, counting them into `count`; returns the new length, or `TooLarge`
+/// (with the file emptied) past `max`. A read error is `read_error(error, bytes so far)`; a
+/// write error an [`Error::Io`] naming the file (final: a full disk is reported as such).
+/// Shared by the transports.
+pub(crate) fn copy_bounded(
+    mut from: impl Read,
+    to: Sink<'_>,
+    have: u64,
+    max: u64,
+    location: &str,
+    count: &std::sync::atomic::AtomicU64,
+    read_error: impl Fn(std::io::Error, u64) -> Error,
+) -> Result<u64> {
+    let sink = || location.to_string();
+    to.file.set_len(have).map_err(Error::io(to.path))?;
+    to.file
+        .seek(SeekFrom::Start(have))
+        .map_err(Error::io(to.path))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = have;
+    loop {
+        let n = from.read(&mut buf).map_err(|e| read_error(e, len))?;
+        if n == 0 {
+            return Ok(len);
+        }
+        len += n as u64;
+        if len > max {
+            let _ = to.file.set_len(0);
+            return Err(Error::TooLarge {
+                url: sink(),
+                limit: max,
+            });
+        }
+        to.file.write_all(&buf[..n]).map_err(Error::io(to.path))?;
+        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Checks a download's length against what was promised; empties `file` if it is wrong.
+pub(crate) fn check_exact(
+    file: &File,
+    location: &str,
+    len: u64,
+    exact: Option<u64>,
+) -> Result<u64> {
+    match exact {
+        Some(want) if len != want => {
+            let _ = file.set_len(0);
+            Err(Error::Truncated {
+                url: location.to_string(),
+                got: len,
+                want,
+            })
+        }
+        _ => Ok(len),
+    }
+}

@@ -1,0 +1,278 @@
+//! JSON bodies of the HTTP API (`docs/FORMAT.md`, "HTTP API"). Types only, no logic.
+//!
+//! Every product, channel and version name in a body (the names a device acts on in a
+//! check's answer, the ones an operator or publisher sends, the ones they are answered with)
+//! is a [`Name`], checked when the body is read; on the wire it is a plain string.
+
+use serde::{Deserialize, Serialize};
+
+use super::container::Method;
+use super::hash::Hash;
+use super::name::Name;
+
+/// `GET /v1/products/{product}/channels/{channel}/check?current=V&device=ID&result=R&attempted=V&pin=V`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResponse {
+    pub product: Name,
+    pub channel: Name,
+    /// The version the channel points at, if any.
+    pub latest: Option<Name>,
+    /// Set when the device should move: the target version and what it costs.
+    pub update: Option<UpdateOffer>,
+    /// The channel is paused by an operator: nothing is offered until it resumes.
+    #[serde(default)]
+    pub paused: bool,
+    /// When to ask again, in seconds (the server's poll interval with jitter).
+    #[serde(default)]
+    pub next_check_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    pub version: Name,
+    /// Bytes the device downloads, per the plan from its current version.
+    pub download_bytes: u64,
+    /// Bytes of all regular files of the target tree.
+    pub image_bytes: u64,
+    /// Set when `version` is older than the device's: the operator's signed permission
+    /// (`format::channel`). A device refuses an older version without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade: Option<DowngradeOffer>,
+}
+
+/// A signed downgrade statement (`format::channel::Downgrade`) in an API body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DowngradeOffer {
+    /// The statement bytes, standard base64.
+    pub statement: String,
+    /// The 64-byte Ed25519 signature over them, standard base64.
+    pub signature: String,
+}
+
+/// Last result a device reports with its check (from its `state/status.json`).
+pub const RESULTS: [&str; 3] = ["ok", "failed", "rolled-back"];
+
+/// `POST /v1/products/{product}/channels/{channel}/promote`: point the channel at a release,
+/// at once or in waves. [`PromoteRequest::new`] promotes to everyone at once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub version: Name,
+    /// Share of devices (by a stable hash of their id) offered the release at first,
+    /// 0 to 100; 100 when absent.
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// Added to the share every `step_secs` seconds (0: raised by hand only).
+    #[serde(default)]
+    pub step_percent: Option<f64>,
+    #[serde(default)]
+    pub step_secs: Option<u64>,
+    /// A release every device older than it must install first.
+    #[serde(default)]
+    pub floor: Option<Name>,
+    /// Stop the rollout when more than this share (0 to 1) of the devices that tried the
+    /// release report `failed` or `rolled-back`...
+    #[serde(default)]
+    pub max_failure_rate: Option<f64>,
+    /// ...once at least this many have reported (default 10).
+    #[serde(default)]
+    pub min_reports: Option<u64>,
+}
+
+impl PromoteRequest {
+    /// Points the channel at `version` for every device at once, with no floor and no
+    /// automatic stop: set the other fields on the result for a rollout in waves.
+    pub fn new(version: Name) -> PromoteRequest {
+        PromoteRequest {
+            version,
+            percent: None,
+            step_percent: None,
+            step_secs: None,
+            floor: None,
+            max_failure_rate: None,
+            min_reports: None,
+        }
+    }
+}
+
+/// `POST /v1/products/{product}/channels/{channel}/rollout`: set the share by hand.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    pub percent: f64,
+}
+
+/// `POST /v1/products/{product}/channels/{channel}/rollback`: a signed downgrade.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    #[serde(flatten)]
+    pub downgrade: DowngradeOffer,
+}
+
+/// `GET /v1/products/{product}/channels/{channel}` (and the answer of every channel
+/// operation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    pub product: Name,
+    pub channel: Name,
+    /// The release the channel points at.
+    pub version: Option<Name>,
+    pub paused: bool,
+    /// The version of the signed downgrade in force, if the channel was rolled back.
+    pub downgrade: Option<Name>,
+    pub rollout: Option<RolloutStatus>,
+    pub updated_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub id: i64,
+    pub version: Name,
+    /// What devices outside the wave are offered.
+    pub previous: Option<Name>,
+    pub floor: Option<Name>,
+    /// `active`, `stopped` (by hand or on failures) or `superseded`.
+    pub state: String,
+    pub reason: Option<String>,
+    /// The share in force now, with the steps taken so far.
+    pub percent: f64,
+    pub start_percent: f64,
+    pub step_percent: f64,
+    pub step_secs: u64,
+    pub max_failure_rate: Option<f64>,
+    pub min_reports: u64,
+    pub started_at: i64,
+    /// Devices whose last attempt was this version, and how many of them failed or rolled
+    /// back.
+    pub reports: u64,
+    pub failures: u64,
+}
+
+/// One line of `GET /v1/products/{product}/audit`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    /// The token name of the operator, or `server` for automatic actions.
+    pub who: String,
+    pub product: Name,
+    pub channel: Option<Name>,
+    pub action: String,
+    pub detail: serde_json::Value,
+}
+
+/// `POST /v1/stored`: which of these does the server hold already?
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub objects: Vec<Hash>,
+    /// (source, target) pairs.
+    pub deltas: Vec<(Hash, Hash)>,
+}
+
+/// Stored sizes in request order; `None` where the server has nothing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub objects: Vec<Option<u64>>,
+    pub deltas: Vec<Option<u64>>,
+}
+
+/// `POST /v1/products/{product}/releases`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// The manifest bytes, standard base64.
+    pub manifest: String,
+    /// The 64-byte signature, standard base64.
+    pub signature: String,
+    /// The signer's public key, as in a `.pub` file.
+    pub public_key: String,
+    /// Channel to point at the new release.
+    pub channel: Option<Name>,
+    /// The release devices are expected to come from; its plan is computed at once.
+    pub from_version: Option<Name>,
+    /// Packs (stored first) for devices coming from `from_version`, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<Hash>,
+    /// Delta methods the publisher was told never to send (`--skip-method`): the server's
+    /// own deltas for pairs ending at this release do not use them either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_methods: Vec<Method>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishResponse {
+    pub product: Name,
+    pub version: Name,
+    pub channel: Option<Name>,
+    /// Bytes a device on `from_version` downloads.
+    pub download_bytes: Option<u64>,
+}
+
+/// Every error answer of the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_answer_with_a_bad_name_is_refused_when_read() {
+        let good = r#"{"product":"demo","channel":"stable","latest":"1.1",
+            "update":{"version":"1.1","download_bytes":1,"image_bytes":2}}"#;
+        let c: CheckResponse = serde_json::from_str(good).unwrap();
+        assert_eq!(c.update.as_ref().unwrap().version, "1.1");
+        // Unchanged on the wire.
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["latest"], "1.1");
+        assert_eq!(back["update"]["version"], "1.1");
+        for bad in [
+            good.replace(r#""version":"1.1""#, r#""version":"../../etc""#),
+            good.replace(r#""latest":"1.1""#, r#""latest":"-x""#),
+            good.replace(r#""channel":"stable""#, r#""channel":"a/b""#),
+        ] {
+            let e = serde_json::from_str::<CheckResponse>(&bad).unwrap_err();
+            assert!(e.to_string().contains("not a valid name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn operator_and_publisher_bodies_read_names_and_keep_their_json() {
+        let promote = r#"{"version":"2.0","floor":"1.0","percent":10.0}"#;
+        let p: PromoteRequest = serde_json::from_str(promote).unwrap();
+        assert_eq!(
+            (p.version.as_str(), p.floor.as_deref()),
+            ("2.0", Some("1.0"))
+        );
+        let back = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            (&back["version"], &back["floor"]),
+            (&"2.0".into(), &"1.0".into())
+        );
+        let e = serde_json::from_str::<PromoteRequest>(r#"{"version":"2.0","floor":"a/b"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a valid name"), "{e}");
+
+        let publish = r#"{"manifest":"","signature":"","public_key":"","channel":"stable","from_version":null}"#;
+        let r: PublishRequest = serde_json::from_str(publish).unwrap();
+        assert_eq!(r.channel.as_deref(), Some("stable"));
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::from_str::<serde_json::Value>(publish).unwrap()
+        );
+        for bad in [
+            publish.replace(r#""stable""#, r#""-rf""#),
+            publish.replace("null", r#""../1.0""#),
+        ] {
+            let e = serde_json::from_str::<PublishRequest>(&bad).unwrap_err();
+            assert!(e.to_string().contains("not a valid name"), "{e}");
+        }
+        let status = r#"{"product":"demo","channel":"stable","version":"1.0","paused":false,
+            "downgrade":null,"rollout":null,"updated_at":0}"#;
+        let c: ChannelStatus = serde_json::from_str(status).unwrap();
+        assert_eq!(c.version.as_deref(), Some("1.0"));
+        let e =
+            serde_json::from_str::<ChannelStatus>(&status.replace("demo", "de mo")).unwrap_err();
+        assert!(e.to_string().contains("not a valid name"), "{e}");
+    }
+}

@@ -1,0 +1,271 @@
+//! An ELF file's layout as the method needs it: class, type, architecture, `PT_LOAD`
+//! segments and sections, read with goblin from the headers alone and checked against the
+//! file's length; and the map between addresses and file offsets.
+
+use std::ops::Range;
+
+use goblin::container::{Container, Ctx};
+use goblin::elf::header::{EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
+use goblin::elf::program_header::PT_LOAD;
+use goblin::elf::section_header::SHT_PROGBITS;
+use goblin::elf::{Elf, ProgramHeader, SectionHeader};
+
+use super::{bad, Arch, ElfError};
+use crate::method::Source;
+
+/// An ELF file's headers, as far as this method needs them.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub arch: Arch,
+    /// Relocatable objects (kernel modules) use file offsets as addresses.
+    pub relocatable: bool,
+    /// An executable at a fixed address (`ET_EXEC`, not position-independent): its data holds
+    /// addresses that no relocation names.
+    pub fixed: bool,
+    /// Phase E runs: data words whose value is an address of the image are references (for
+    /// fixed executables in payloads of revision 2: [`Layout::for_revision`]).
+    pub(super) pointers: bool,
+    pub(super) loads: Vec<Load>,
+    pub(super) sections: Vec<Section>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Load {
+    pub(super) vaddr: u64,
+    pub(super) offset: u64,
+    pub(super) memsz: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Section {
+    pub(super) kind: u32,
+    pub(super) flags: u64,
+    pub(super) addr: u64,
+    pub(super) offset: u64,
+    pub(super) size: u64,
+    pub(super) link: u32,
+    pub(super) info: u32,
+    pub(super) entsize: u64,
+    /// Named `.BTF`: split BTF type records (phase D).
+    pub(super) btf: bool,
+}
+
+impl Section {
+    /// The section's bytes as a range of the file, when it lies inside it.
+    pub(super) fn file_range(&self, len: usize) -> Option<Range<usize>> {
+        let start = usize::try_from(self.offset).ok()?;
+        let end = start.checked_add(usize::try_from(self.size).ok()?)?;
+        (end <= len).then_some(start..end)
+    }
+}
+
+impl Layout {
+    /// Reads the headers of a 64-bit little-endian x86-64 ELF file.
+    pub fn parse(image: &[u8]) -> Result<Layout, ElfError> {
+        Layout::read(image.len() as u64, &mut |at, buf| {
+            Source::Bytes(image).read_at(at, buf)
+        })
+    }
+
+    /// [`Layout::parse`] of a file of `len` bytes read by `read_at` (its headers only: at
+    /// most 64 bytes, then the program and section header tables, each checked against `len`
+    /// before it is read).
+    pub(super) fn read(
+        len: u64,
+        read_at: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<Layout, ElfError> {
+        let mut head = vec![0u8; len.min(64) as usize];
+        read_at(0, &mut head).map_err(|e| bad(format!("not an ELF file: {e}")))?;
+        let mut table = |at: u64, count: u64, size: u64, what: &str| {
+            // As goblin's checks: no more entries than the file could hold, all inside it.
+            let bytes = count.saturating_mul(size);
+            if count > len / size || at.checked_add(bytes).is_none_or(|end| end > len) {
+                return Err(bad(format!(
+                    "{what}: {count} entries at {at} do not fit the file"
+                )));
+            }
+            let mut buf = vec![0u8; bytes as usize];
+            read_at(at, &mut buf).map_err(|e| bad(format!("{what}: {e}")))?;
+            Ok(buf)
+        };
+        let header = Elf::parse_header(&head).map_err(|e| bad(format!("not an ELF file: {e}")))?;
+        if header.e_ident[goblin::elf::header::EI_CLASS] != goblin::elf::header::ELFCLASS64
+            || header.e_ident[goblin::elf::header::EI_DATA] != goblin::elf::header::ELFDATA2LSB
+        {
+            return Err(bad("only 64-bit little-endian ELF is supported"));
+        }
+        let arch = match header.e_machine {
+            EM_X86_64 => Arch::X86_64,
+            EM_AARCH64 => Arch::AArch64,
+            m => return Err(bad(format!("ELF machine {m} is not supported"))),
+        };
+        let relocatable = match header.e_type {
+            ET_REL => true,
+            ET_DYN | ET_EXEC => false,
+            t => return Err(bad(format!("ELF type {t} is not supported"))),
+        };
+        let fixed = header.e_type == ET_EXEC;
+        let ctx = Ctx::new(Container::Big, goblin::container::Endian::Little);
+        let (ph_size, sh_size) = (
+            goblin::elf::program_header::program_header64::SIZEOF_PHDR as u64,
+            goblin::elf::section_header::section_header64::SIZEOF_SHDR as u64,
+        );
+        let count = u64::from(header.e_phnum);
+        let phs = if count == 0 {
+            Vec::new()
+        } else {
+            let buf = table(header.e_phoff, count, ph_size, "program headers")?;
+            ProgramHeader::parse(&buf, 0, count as usize, ctx)
+                .map_err(|e| bad(format!("program headers: {e}")))?
+        };
+        // As goblin: offset 0 means no section headers; a count of 0 means the count is the
+        // first header's `sh_size` (and at least that header is read).
+        let shs = if header.e_shoff == 0 {
+            Vec::new()
+        } else {
+            let first = table(header.e_shoff, 1, sh_size, "section headers")?;
+            let first = SectionHeader::parse_from(&first, 0, 1, ctx)
+                .map_err(|e| bad(format!("section headers: {e}")))?;
+            let count = match header.e_shnum {
+                0 => first.first().map_or(0, |s| s.sh_size),
+                n => u64::from(n),
+            }
+            .max(1);
+            let buf = table(header.e_shoff, count, sh_size, "section headers")?;
+            SectionHeader::parse_from(&buf, 0, count as usize, ctx)
+                .map_err(|e| bad(format!("section headers: {e}")))?
+        };
+        let loads = phs
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD)
+            .map(|p| Load {
+                vaddr: p.p_vaddr,
+                offset: p.p_offset,
+                memsz: p.p_memsz.max(p.p_filesz),
+            })
+            .collect();
+        // Section names are read only to find `.BTF`: five bytes of the section name table.
+        let names = shs.get(usize::from(header.e_shstrndx)).map(|n| n.sh_offset);
+        let mut is_btf = |s: &SectionHeader| {
+            let mut name = [0u8; 5];
+            let at = names
+                .and_then(|n| n.checked_add(s.sh_name as u64))
+                .filter(|at| at.checked_add(5).is_some_and(|end| end <= len));
+            s.sh_type == SHT_PROGBITS
+                && at.is_some_and(|at| read_at(at, &mut name).is_ok())
+                && &name == b".BTF\0"
+        };
+        let sections = shs
+            .iter()
+            .map(|s| Section {
+                kind: s.sh_type,
+                flags: s.sh_flags,
+                addr: s.sh_addr,
+                offset: s.sh_offset,
+                size: s.sh_size,
+                link: s.sh_link,
+                info: s.sh_info,
+                entsize: s.sh_entsize,
+                btf: is_btf(s),
+            })
+            .collect();
+        Ok(Layout {
+            arch,
+            relocatable,
+            fixed,
+            pointers: false,
+            loads,
+            sections,
+        })
+    }
+
+    /// File offset (extended past the file for `.bss`) of an address.
+    pub(super) fn to_offset(&self, addr: u64) -> Option<u64> {
+        if self.relocatable {
+            return Some(addr);
+        }
+        self.loads
+            .iter()
+            .find(|l| addr >= l.vaddr && addr - l.vaddr < l.memsz)
+            .and_then(|l| (addr - l.vaddr).checked_add(l.offset))
+    }
+
+    /// Address of a file offset (extended past the file for `.bss`).
+    pub(super) fn to_addr(&self, offset: u64) -> Option<u64> {
+        if self.relocatable {
+            return Some(offset);
+        }
+        self.loads
+            .iter()
+            .find(|l| offset >= l.offset && offset - l.offset < l.memsz)
+            .and_then(|l| (offset - l.offset).checked_add(l.vaddr))
+    }
+
+    /// This layout as a payload of revision 2 (`revised`, [`HAS_REVISION_2`]) or 1 reads it:
+    /// phase E runs for an executable at a fixed address in revision 2.
+    pub fn for_revision(mut self, revised: bool) -> Layout {
+        self.pointers = revised && self.fixed;
+        self
+    }
+
+    /// Whether `value` may be an address of this image for phase E: inside a loaded segment
+    /// (`.bss` included), and not zero.
+    pub fn holds_address(&self, value: u64) -> bool {
+        value != 0 && !self.relocatable && self.to_offset(value).is_some()
+    }
+
+    /// Where a section's content starts, as an address of this method's address space.
+    pub(super) fn section_base(&self, index: usize) -> Option<u64> {
+        let s = self.sections.get(index)?;
+        Some(if self.relocatable { s.offset } else { s.addr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::testing::*;
+    use crate::elf::*;
+
+    /// A load segment whose file offset or address is near 2^64 (found by the fuzzer): the
+    /// address map answers "unmapped" instead of overflowing.
+    #[test]
+    fn hostile_load_segments_do_not_overflow_the_address_map() {
+        let layout = Layout {
+            arch: Arch::X86_64,
+            relocatable: false,
+            fixed: true,
+            pointers: true,
+            loads: vec![
+                Load {
+                    vaddr: 0x1000,
+                    offset: u64::MAX - 4,
+                    memsz: 0x100,
+                },
+                Load {
+                    vaddr: u64::MAX - 4,
+                    offset: 0x9000,
+                    memsz: 0x100,
+                },
+            ],
+            sections: Vec::new(),
+        };
+        assert_eq!(layout.to_offset(0x1010), None);
+        assert_eq!(layout.to_addr(0x9010), None);
+        assert_eq!(layout.to_offset(0x1000), Some(u64::MAX - 4));
+        // Phase E's test of a word: an address of a loaded segment, never zero.
+        assert!(layout.holds_address(0x1000) && !layout.holds_address(0x1010));
+        assert!(!layout.holds_address(0));
+    }
+
+    #[test]
+    fn non_elf_and_truncated_images_are_refused() {
+        assert!(Layout::parse(b"not an elf at all").is_err());
+        for me in images() {
+            assert!(Layout::parse(&me).is_ok());
+            for n in [0, 16, 63, 64, 100] {
+                assert!(Layout::parse(&me[..n]).is_err(), "{n}");
+            }
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The bytes of a method-4 payload (FORMAT.md §6.4): the architecture byte and its flags,
+//! the bsdiff records ([`Control`], [`SplitPatch`]), the diff and extra streams, the
+//! corrections; written by [`build_payload`] and [`encode_corrections`], read as they
+//! arrive through [`Stream`].
+
+use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
+
+use super::{bad, Arch, BtfShifts, ElfError};
+use crate::wire::put_varint;
+
+/// One bsdiff record: add `mix` bytes of diff to the old file at the cursor, append `copy`
+/// extra bytes, then move the old cursor by `mix + seek`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub mix: u64,
+    pub copy: u64,
+    pub seek: i64,
+}
+
+/// The diff and extra bytes a list of records needs to turn `old` into `new`, one call of
+/// `each(diff, extra)` per record: diff bytes are `new - old` over the record's mix range,
+/// extra bytes are `new` over its copy range. Fails when a record does not fit the files.
+pub(super) fn record_bytes(
+    controls: &[Control],
+    old: &[u8],
+    new: &[u8],
+    mut each: impl FnMut(&[u8], &[u8], &[u8]),
+) -> Result<(), ElfError> {
+    let (mut oldpos, mut newpos) = (0i128, 0usize);
+    for c in controls {
+        let range = |start: usize, len: u64| {
+            let len = usize::try_from(len).ok()?;
+            Some(start..start.checked_add(len)?)
+        };
+        let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+        let src = range(start, c.mix).and_then(|r| old.get(r));
+        let mixed = range(newpos, c.mix).and_then(|r| new.get(r));
+        let (Some(src), Some(mixed)) = (src, mixed) else {
+            return Err(bad("record does not fit the files"));
+        };
+        let copied = range(newpos + mixed.len(), c.copy)
+            .and_then(|r| new.get(r))
+            .ok_or_else(|| bad("record does not fit the new file"))?;
+        each(src, mixed, copied);
+        newpos += mixed.len() + copied.len();
+        oldpos += i128::from(c.mix) + i128::from(c.seek);
+    }
+    Ok(())
+}
+
+/// A bsdiff patch split into its three streams (records, diff bytes, extra bytes), which
+/// compress far better apart: the diff bytes of a normalised image are nearly all zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SplitPatch {
+    pub controls: Vec<Control>,
+    pub diff: Vec<u8>,
+    pub extra: Vec<u8>,
+}
+
+impl SplitPatch {
+    /// The streams of `controls` between `old` and `new`.
+    pub fn from_controls(
+        controls: Vec<Control>,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<SplitPatch, ElfError> {
+        let (mut diff, mut extra) = (Vec::new(), Vec::new());
+        record_bytes(&controls, old, new, |src, mixed, copied| {
+            diff.extend(mixed.iter().zip(src).map(|(n, o)| n.wrapping_sub(*o)));
+            extra.extend_from_slice(copied);
+        })?;
+        Ok(SplitPatch {
+            controls,
+            diff,
+            extra,
+        })
+    }
+
+    /// Applies the patch to `old`; every read is checked against the inputs.
+    pub fn apply(&self, old: &[u8]) -> Result<Vec<u8>, ElfError> {
+        apply_records(&self.controls, &self.diff, &self.extra, old)
+    }
+}
+
+/// Runs bsdiff records over `old`; every read is checked against the inputs.
+pub(super) fn apply_records(
+    controls: &[Control],
+    diff: &[u8],
+    extra: &[u8],
+    old: &[u8],
+) -> Result<Vec<u8>, ElfError> {
+    let mut out = Vec::with_capacity(diff.len() + extra.len());
+    let (mut oldpos, mut d, mut e) = (0i128, 0usize, 0usize);
+    for c in controls {
+        let (mix, copy) = (c.mix as usize, c.copy as usize);
+        let diff = diff
+            .get(d..d.saturating_add(mix))
+            .ok_or_else(|| bad("diff stream too short"))?;
+        let start = usize::try_from(oldpos).map_err(|_| bad("record reads before the old file"))?;
+        let src = old
+            .get(
+                start
+                    ..start
+                        .checked_add(mix)
+                        .ok_or_else(|| bad("record overflows"))?,
+            )
+            .ok_or_else(|| bad("record reads past the old file"))?;
+        out.extend(diff.iter().zip(src).map(|(a, b)| a.wrapping_add(*b)));
+        out.extend_from_slice(
+            extra
+                .get(e..e.saturating_add(copy))
+                .ok_or_else(|| bad("extra stream too short"))?,
+        );
+        d += mix;
+        e += copy;
+        oldpos += i128::from(c.mix) + i128::from(c.seek);
+    }
+    Ok(out)
+}
+
+/// Corrections by reference index, increasing: (index, difference from the prediction).
+pub type Corrections = Vec<(usize, i64)>;
+
+/// Sign-folds a difference so small ones of either sign encode in few bytes.
+pub(super) fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub(super) fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Writes the corrections stream: for each nonzero correction, the gap in reference indices
+/// since the previous one and the zigzag value, as varints, after a varint count.
+pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, corrections.len() as u64);
+    let mut prev = 0usize;
+    for &(i, c) in corrections {
+        put_varint(&mut out, (i - prev) as u64);
+        put_varint(&mut out, zigzag(c));
+        prev = i;
+    }
+    out
+}
+
+/// Set in the architecture byte when BTF shift tables follow it.
+pub(super) const HAS_BTF: u8 = 0x80;
+/// Set in the architecture byte of payloads of revision 2 (FORMAT.md §6.4): the maps of
+/// [`Equivalences`] revision 2, and phase E for executables at a fixed address.
+pub const HAS_REVISION_2: u8 = 0x40;
+
+/// Builds a method-4 payload (before compression) up to its corrections: the architecture
+/// byte (with [`HAS_REVISION_2`] when `revised`, and [`HAS_BTF`] and the tables when
+/// there are any), then the records, diff bytes and extra bytes that turn `old` into
+/// `normalised`. The corrections ([`encode_corrections`]) are appended by the caller.
+pub fn build_payload(
+    arch: Arch,
+    btf: &BtfShifts,
+    revised: bool,
+    controls: &[Control],
+    old: &[u8],
+    normalised: &[u8],
+) -> Result<Vec<u8>, ElfError> {
+    let mut out = vec![arch as u8];
+    if revised {
+        out[0] |= HAS_REVISION_2;
+    }
+    if !btf.is_empty() {
+        out[0] |= HAS_BTF;
+        btf.write(&mut out);
+    }
+    put_varint(&mut out, controls.len() as u64);
+    let (mut mix, mut copy) = (0u64, 0u64);
+    for c in controls {
+        put_varint(&mut out, c.mix);
+        put_varint(&mut out, c.copy);
+        put_varint(&mut out, zigzag(c.seek));
+        mix = mix.saturating_add(c.mix);
+        copy = copy.saturating_add(c.copy);
+    }
+    out.reserve(usize::try_from(mix.saturating_add(copy)).unwrap_or(0) + 20);
+    put_varint(&mut out, mix);
+    record_bytes(controls, old, normalised, |src, mixed, _| {
+        out.extend(mixed.iter().zip(src).map(|(n, o)| n.wrapping_sub(*o)));
+    })?;
+    put_varint(&mut out, copy);
+    record_bytes(controls, old, normalised, |_, _, copied| {
+        out.extend_from_slice(copied)
+    })?;
+    Ok(out)
+}
+
+/// Largest zstd window (log2) of a method-4 payload's first and last frames: the decoder reads
+/// them as they decompress, holding this much of them at most (FORMAT.md §6.2).
+pub const WINDOW_LOG_MAX: u32 = 20;
+
+/// A decompressed payload read as it arrives; every read is checked and an error names the
+/// field and its offset.
+pub(super) struct Stream<R: Read> {
+    pub(super) inner: BufReader<R>,
+    pub(super) offset: u64,
+}
+
+impl<'b> Stream<&'b [u8]> {
+    /// A payload already in memory (a small read buffer suffices).
+    pub(super) fn over(bytes: &'b [u8]) -> Self {
+        Stream {
+            inner: BufReader::with_capacity(1 << 10, bytes),
+            offset: 0,
+        }
+    }
+}
+
+impl<R: Read> Stream<R> {
+    pub(super) fn new(inner: R) -> Self {
+        Stream {
+            inner: BufReader::with_capacity(1 << 16, inner),
+            offset: 0,
+        }
+    }
+
+    pub(super) fn fail(&self, what: &str, why: impl std::fmt::Display) -> ElfError {
+        bad(format!("payload: {what} at byte {}: {why}", self.offset))
+    }
+
+    /// Fills `buf` from the payload.
+    pub(super) fn read(&mut self, buf: &mut [u8], what: &str) -> Result<(), ElfError> {
+        if let Err(e) = self.inner.read_exact(buf) {
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.fail(what, "truncated")
+            } else {
+                self.fail(what, e)
+            });
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    pub(super) fn u8(&mut self, what: &str) -> Result<u8, ElfError> {
+        let mut b = [0u8];
+        self.read(&mut b, what)?;
+        Ok(b[0])
+    }
+
+    /// An unsigned LEB128 varint of at most 64 bits (as `wire::Reader::varint`).
+    pub(super) fn varint(&mut self, what: &str) -> Result<u64, ElfError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            let low = u64::from(b & 0x7f);
+            if shift == 63 && low > 1 {
+                return Err(self.fail(what, "varint overflows 64 bits"));
+            }
+            v |= low << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.fail(what, "varint longer than 10 bytes"))
+    }
+
+    pub(super) fn at_end(&mut self) -> Result<bool, ElfError> {
+        match self.inner.fill_buf() {
+            Ok(b) => Ok(b.is_empty()),
+            Err(e) => Err(self.fail("end", e)),
+        }
+    }
+}
+
+/// The corrections stream, read as the restore asks for each reference's correction.
+pub(super) struct PendingCorrections {
+    pub(super) left: u64,
+    pub(super) next: Option<(usize, i64)>,
+}
+
+impl PendingCorrections {
+    pub(super) fn start<R: Read>(s: &mut Stream<R>) -> Result<Self, ElfError> {
+        let mut p = PendingCorrections {
+            left: s.varint("correction count")?,
+            next: None,
+        };
+        p.advance(s, None)?;
+        Ok(p)
+    }
+
+    pub(super) fn advance<R: Read>(
+        &mut self,
+        s: &mut Stream<R>,
+        prev: Option<usize>,
+    ) -> Result<(), ElfError> {
+        if self.left == 0 {
+            self.next = None;
+            return Ok(());
+        }
+        self.left -= 1;
+        let gap = s.varint("correction gap")?;
+        if prev.is_some() && gap == 0 {
+            return Err(s.fail("correction gap", "corrections are not in increasing order"));
+        }
+        let at = usize::try_from(gap)
+            .ok()
+            .and_then(|g| prev.unwrap_or(0).checked_add(g))
+            .ok_or_else(|| s.fail("correction gap", "correction index overflows"))?;
+        self.next = Some((at, unzigzag(s.varint("correction")?)));
+        Ok(())
+    }
+
+    /// The correction of reference `index` (0 when it has none).
+    pub(super) fn take<R: Read>(
+        &mut self,
+        s: &mut Stream<R>,
+        index: usize,
+    ) -> Result<i64, ElfError> {
+        match self.next {
+            Some((at, c)) if at == index => {
+                self.advance(s, Some(at))?;
+                Ok(c)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+/// The range of the diff bytes in a method-4 payload (before compression): the encoder cuts
+/// the payload's zstd frames there (FORMAT.md §6.4).
+pub fn diff_range(raw: &[u8]) -> Result<Range<usize>, ElfError> {
+    let mut s = Stream::new(raw);
+    if s.u8("architecture")? & HAS_BTF != 0 {
+        BtfShifts::read(&mut s)?;
+    }
+    let mut mix = 0u64;
+    for _ in 0..s.varint("record count")? {
+        mix = mix.saturating_add(s.varint("mix length")?);
+        s.varint("copy length")?;
+        s.varint("seek")?;
+    }
+    if s.varint("diff length")? != mix {
+        return Err(bad("diff stream does not match the records"));
+    }
+    let start = usize::try_from(s.offset).map_err(|_| bad("payload too large"))?;
+    start
+        .checked_add(usize::try_from(mix).map_err(|_| bad("payload too large"))?)
+        .filter(|&end| end <= raw.len())
+        .map(|end| start..end)
+        .ok_or_else(|| bad("diff stream runs past the payload"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::*;
+    use crate::wire::put_varint;
+
+    #[test]
+    fn zigzag_round_trips() {
+        for v in [0i64, 1, -1, 4096, -4097, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+
+    /// Every correction a stream holds, read the way the decoder reads them.
+    fn read_corrections(bytes: &[u8]) -> Result<Vec<(usize, i64)>, ElfError> {
+        let mut s = Stream::new(bytes);
+        let mut p = PendingCorrections::start(&mut s)?;
+        let mut out = Vec::new();
+        while let Some((at, c)) = p.next {
+            assert_eq!(p.take(&mut s, at)?, c);
+            out.push((at, c));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn corrections_round_trip_and_reject_disorder() {
+        let c = vec![(3, 5), (10, -2), (11, 1 << 40)];
+        let bytes = encode_corrections(&c);
+        assert_eq!(read_corrections(&bytes).unwrap(), c);
+        let mut bad = Vec::new();
+        put_varint(&mut bad, 2);
+        put_varint(&mut bad, 1);
+        put_varint(&mut bad, 0);
+        put_varint(&mut bad, 0);
+        put_varint(&mut bad, 0);
+        assert!(read_corrections(&bad).is_err());
+        for n in 0..bytes.len() {
+            assert!(read_corrections(&bytes[..n]).is_err());
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! References: a field of the image whose value, scaled, is a target address less a base,
+//! and how each kind of field (64-bit words, rel32, AArch64 immediates, BTF ids) stores it.
+
+/// How a reference's value is stored in its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefKind {
+    /// A 64-bit little-endian address or offset.
+    Abs64,
+    /// A 64-bit little-endian word of data that holds an address of the image (phase E):
+    /// found by its value, not named by a table.
+    Ptr64,
+    /// x86-64: a 32-bit little-endian displacement from the next instruction.
+    Rel32,
+    /// AArch64 B/BL: imm26 words from the instruction.
+    A64Branch26,
+    /// AArch64 B.cond, CBZ/CBNZ, LDR literal: imm19 words from the instruction.
+    A64Imm19,
+    /// AArch64 TBZ/TBNZ: imm14 words from the instruction.
+    A64Imm14,
+    /// AArch64 ADR: a 21-bit byte offset from the instruction.
+    A64Adr,
+    /// AArch64 ADRP: a 21-bit offset in 4 KiB pages from the instruction's page.
+    A64Adrp,
+    /// BTF: a 32-bit little-endian type id (phase D, predicted by [`BtfShifts`]).
+    BtfType,
+    /// BTF: a 32-bit little-endian string offset (phase D, predicted by [`BtfShifts`]).
+    BtfStr,
+}
+
+impl RefKind {
+    /// A BTF field, whose value is not an address.
+    pub fn is_btf(self) -> bool {
+        matches!(self, RefKind::BtfType | RefKind::BtfStr)
+    }
+
+    pub(super) fn size(self) -> usize {
+        if self.is_64() {
+            8
+        } else {
+            4
+        }
+    }
+
+    pub(super) fn is_64(self) -> bool {
+        matches!(self, RefKind::Abs64 | RefKind::Ptr64)
+    }
+
+    /// Width of the value field in bits.
+    pub(super) fn bits(self) -> u32 {
+        match self {
+            RefKind::Abs64 | RefKind::Ptr64 => 64,
+            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => 32,
+            RefKind::A64Branch26 => 26,
+            RefKind::A64Imm19 => 19,
+            RefKind::A64Imm14 => 14,
+            RefKind::A64Adr | RefKind::A64Adrp => 21,
+        }
+    }
+
+    /// log2 of the bytes one unit of the field stands for.
+    pub(super) fn shift(self) -> u32 {
+        match self {
+            RefKind::Abs64
+            | RefKind::Ptr64
+            | RefKind::Rel32
+            | RefKind::A64Adr
+            | RefKind::BtfType
+            | RefKind::BtfStr => 0,
+            RefKind::A64Branch26 | RefKind::A64Imm19 | RefKind::A64Imm14 => 2,
+            RefKind::A64Adrp => 12,
+        }
+    }
+
+    /// The field's value, sign-extended.
+    pub(super) fn get(self, b: &[u8]) -> i64 {
+        if self.is_64() {
+            return i64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        if self.is_btf() {
+            return i64::from(w);
+        }
+        let raw = match self {
+            RefKind::Rel32 => w,
+            RefKind::A64Branch26 => w & 0x03ff_ffff,
+            RefKind::A64Imm19 => (w >> 5) & 0x7ffff,
+            RefKind::A64Imm14 => (w >> 5) & 0x3fff,
+            _ => ((w >> 5) & 0x7ffff) << 2 | (w >> 29) & 3,
+        };
+        sign_extend(u64::from(raw), self.bits())
+    }
+
+    /// Writes `value` (truncated to the field) into the field, keeping the other bits.
+    pub(super) fn set(self, b: &mut [u8], value: i64) {
+        if self.is_64() {
+            b.copy_from_slice(&value.to_le_bytes());
+            return;
+        }
+        let v = value as u32;
+        let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
+        let w = match self {
+            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => v,
+            RefKind::A64Branch26 => (w & !0x03ff_ffff) | (v & 0x03ff_ffff),
+            RefKind::A64Imm19 => (w & !(0x7ffff << 5)) | (v & 0x7ffff) << 5,
+            RefKind::A64Imm14 => (w & !(0x3fff << 5)) | (v & 0x3fff) << 5,
+            _ => (w & !(0x7ffff << 5 | 3 << 29)) | ((v >> 2) & 0x7ffff) << 5 | (v & 3) << 29,
+        };
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+pub(super) fn sign_extend(v: u64, bits: u32) -> i64 {
+    if bits >= 64 {
+        v as i64
+    } else {
+        ((v << (64 - bits)) as i64) >> (64 - bits)
+    }
+}
+
+/// One reference: a field at `loc` whose value, scaled, is `target - base` (wrapping).
+/// `base` is 0 for absolute addresses; for ADRP it is the instruction, whose page counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ref {
+    pub loc: usize,
+    pub kind: RefKind,
+    pub base: u64,
+}
+
+impl Ref {
+    pub(super) fn abs(loc: usize, base: u64) -> Ref {
+        Ref {
+            loc,
+            kind: RefKind::Abs64,
+            base,
+        }
+    }
+
+    pub(super) fn bytes<'a>(&self, image: &'a [u8]) -> Option<&'a [u8]> {
+        image.get(self.loc..self.loc.checked_add(self.kind.size())?)
+    }
+
+    pub(super) fn read(&self, image: &[u8]) -> Option<i64> {
+        self.bytes(image).map(|b| self.kind.get(b))
+    }
+
+    pub(super) fn write(&self, image: &mut [u8], value: i64) {
+        let end = self.loc.saturating_add(self.kind.size());
+        if let Some(b) = image.get_mut(self.loc..end) {
+            self.kind.set(b, value);
+        }
+    }
+
+    /// The address the base stands for: ADRP counts from the instruction's page.
+    pub(super) fn anchor(&self, base: u64) -> u64 {
+        if self.kind == RefKind::A64Adrp {
+            base & !0xfff
+        } else {
+            base
+        }
+    }
+
+    pub(super) fn target_of(&self, base: u64, value: i64) -> u64 {
+        self.anchor(base)
+            .wrapping_add((value as u64).wrapping_shl(self.kind.shift()))
+    }
+
+    pub(super) fn value_of(&self, base: u64, target: u64) -> i64 {
+        (target.wrapping_sub(self.anchor(base)) as i64) >> self.kind.shift()
+    }
+
+    pub(super) fn target(&self, image: &[u8]) -> Option<u64> {
+        self.read(image).map(|v| self.target_of(self.base, v))
+    }
+}
+
+pub(super) fn read_u64(image: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        image.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+pub(super) fn read_u16(image: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        image.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}

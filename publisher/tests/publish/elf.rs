@@ -1,0 +1,304 @@
+//! The ELF method (4) on real ELF pairs built by `fixtures/elf-pairs/make.sh` for x86_64
+//! and aarch64: round trips, smaller than bsdiff, revision 1 payloads still applying, split
+//! BTF against a renumbered base, pointers of fixed executables, hostile patches.
+
+use crate::common::{elf_pairs, fixture};
+
+fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
+    use deltaroot_format::Method;
+    let opts = deltaroot_engine::EngineOptions {
+        level: 19,
+        ..Default::default()
+    };
+    let only = |m| {
+        let opts = deltaroot_engine::EngineOptions {
+            only: Some(m),
+            ..opts
+        };
+        deltaroot_engine::diff_file(old, new, &opts).unwrap()
+    };
+    let bsdiff = only(Method::BsdiffZstd)
+        .expect("bsdiff applies")
+        .bytes
+        .len();
+    let elf = only(Method::Elf).expect("the ELF method applies");
+    // The publisher tries the ELF method and, where it encodes, not plain bsdiff.
+    let tried: Vec<Method> = deltaroot_engine::candidates(old, new, &opts)
+        .unwrap()
+        .iter()
+        .map(|c| c.method)
+        .collect();
+    assert!(tried.contains(&Method::Elf) && !tried.contains(&Method::BsdiffZstd));
+    // As a pack holds it (its frames decompressed), the payload gives the same file.
+    use deltaroot_format::container::{apply_payload, unwrap_payload, Payload};
+    let (h, payload) = deltaroot_format::DeltaHeader::decode(&elf.bytes).unwrap();
+    let body = unwrap_payload(&h, payload, 1 << 30).unwrap();
+    assert_eq!(
+        apply_payload(&h, Payload::Unwrapped(&body), old).unwrap(),
+        new
+    );
+    (bsdiff, elf.bytes)
+}
+
+/// The old and new files of fixture pair `name` (`<arch>/<pair>`), built by `make.sh` with
+/// `tool`, which the message names when the pair is missing.
+fn elf_pair(name: &str, tool: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = elf_pairs().join(name);
+    assert!(
+        dir.exists(),
+        "{} was not built (is {tool} installed?)",
+        dir.display()
+    );
+    (
+        std::fs::read(dir.join("old")).unwrap(),
+        std::fs::read(dir.join("new")).unwrap(),
+    )
+}
+
+fn elf_pairs_round_trip_and_beat_bsdiff(arch: &str) {
+    for pair in ["calc-pie", "calc-static", "shapes-so", "calc-o"] {
+        let (old, new) = elf_pair(
+            &format!("{arch}/{pair}"),
+            &format!("the compiler for {arch}"),
+        );
+        let (bsdiff, elf) = elf_candidate(&old, &new);
+        let back = deltaroot_format::apply_delta(&elf, &old, None).unwrap();
+        assert_eq!(back, new, "{arch}/{pair}");
+        // Payloads of revision 1, which publishers made before revision 2, still apply.
+        let raw = deltaroot_engine::elf::encode_revision(&old, &new, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw[0] & 0x40, 0);
+        let back = deltaroot_format::elf::decode(&old, raw, new.len() as u64).unwrap();
+        assert_eq!(back, new, "{arch}/{pair}, revision 1");
+        assert!(
+            elf.len() < bsdiff,
+            "{arch}/{pair}: elf {} bytes, bsdiff {bsdiff}",
+            elf.len()
+        );
+    }
+}
+
+#[test]
+fn elf_method_round_trips_and_beats_bsdiff_on_real_aarch64_binaries() {
+    elf_pairs_round_trip_and_beat_bsdiff("aarch64");
+}
+
+#[test]
+fn elf_method_round_trips_and_beats_bsdiff_on_real_x86_64_binaries() {
+    elf_pairs_round_trip_and_beat_bsdiff("x86_64");
+    // The publisher's own fixture tree: the executable and the library whose soname changed.
+    for (o, n) in [
+        ("v1/usr/bin/hello", "v2/usr/bin/hello"),
+        ("v1/usr/lib/libgreet.so.1", "v2/usr/lib/libgreet.so.2"),
+    ] {
+        let (old, new) = (
+            std::fs::read(fixture().join(o)).unwrap(),
+            std::fs::read(fixture().join(n)).unwrap(),
+        );
+        let (_, elf) = elf_candidate(&old, &new);
+        assert_eq!(
+            deltaroot_format::apply_delta(&elf, &old, None).unwrap(),
+            new,
+            "{n}"
+        );
+    }
+}
+
+/// A module's split BTF after the base it refers to renumbered its types and moved its
+/// strings: the ELF method predicts every moved type id and string offset from the shift
+/// tables it carries, so the patched image needs almost no byte of the `.BTF` section
+/// changed (a field the alignment did not match may still be predicted from a neighbour's
+/// shift).
+#[test]
+fn elf_method_follows_a_renumbered_btf_base() {
+    let (old, new) = elf_pair("x86_64/btf-ko", "pahole, Debian's dwarves,");
+    let moved = old.iter().zip(&new).filter(|(a, b)| a != b).count();
+    assert!(
+        old.len() == new.len() && moved >= 40,
+        "the fixture's BTF should move ({moved} bytes differ)"
+    );
+    let (bsdiff, elf) = elf_candidate(&old, &new);
+    assert!(
+        elf.len() < bsdiff,
+        "elf {} bytes, bsdiff {bsdiff}",
+        elf.len()
+    );
+    use deltaroot_format::container::unwrap_payload;
+    let (h, payload) = deltaroot_format::DeltaHeader::decode(&elf).unwrap();
+    let raw = unwrap_payload(&h, payload, 1 << 30).unwrap();
+    assert!(raw[0] & 0x80 != 0, "the payload carries BTF shift tables");
+    let diff = deltaroot_format::elf::diff_range(&raw).unwrap();
+    let changed = raw[diff].iter().filter(|&&b| b != 0).count();
+    assert!(
+        changed * 10 <= moved,
+        "{changed} diff bytes left after normalisation, {moved} bytes moved"
+    );
+}
+
+/// File offsets (in `new`) of the 8-byte-aligned words of loaded data sections that hold
+/// an address of `new` and differ from the word at the same place of the same section in
+/// `old`: pointers that moved and that no relocation names in an executable at a fixed
+/// address.
+fn moved_pointer_words(old: &[u8], new: &[u8]) -> Vec<usize> {
+    use goblin::elf::section_header::{SHF_ALLOC, SHF_EXECINSTR, SHT_INIT_ARRAY, SHT_PROGBITS};
+    let (eo, en) = (
+        goblin::elf::Elf::parse(old).unwrap(),
+        goblin::elf::Elf::parse(new).unwrap(),
+    );
+    let address = |v: u64| {
+        v != 0
+            && en.program_headers.iter().any(|p| {
+                p.p_type == goblin::elf::program_header::PT_LOAD
+                    && (p.p_vaddr..p.p_vaddr + p.p_memsz).contains(&v)
+            })
+    };
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let mut out = Vec::new();
+    for s in &en.section_headers {
+        let data = s.sh_type == SHT_PROGBITS || s.sh_type == SHT_INIT_ARRAY;
+        if !data
+            || s.sh_flags & u64::from(SHF_ALLOC) == 0
+            || s.sh_flags & u64::from(SHF_EXECINSTR) != 0
+        {
+            continue;
+        }
+        let name = en.shdr_strtab.get_at(s.sh_name).unwrap();
+        let Some(o) = eo
+            .section_headers
+            .iter()
+            .find(|o| eo.shdr_strtab.get_at(o.sh_name) == Some(name))
+        else {
+            continue;
+        };
+        let first = (8 - (s.sh_addr % 8) as usize) % 8;
+        for k in (first..s.sh_size.min(o.sh_size) as usize).step_by(8) {
+            let (at_new, at_old) = (s.sh_offset as usize + k, o.sh_offset as usize + k);
+            if k + 8 <= s.sh_size.min(o.sh_size) as usize
+                && address(word(new, at_new))
+                && word(new, at_new) != word(old, at_old)
+            {
+                out.push(at_new);
+            }
+        }
+    }
+    out
+}
+
+/// The new-file offsets of the nonzero diff bytes of a method-4 payload without BTF tables
+/// (FORMAT.md §6.4: architecture byte, records, diff bytes in record order).
+fn diff_byte_offsets(raw: &[u8]) -> Vec<usize> {
+    assert_eq!(raw[0] & 0x80, 0, "no BTF tables expected");
+    let mut at = 1;
+    let mut varint = || {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = raw[at];
+            at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return v as usize;
+            }
+            shift += 7;
+        }
+    };
+    let records: Vec<(usize, usize)> = (0..varint())
+        .map(|_| {
+            let (mix, copy) = (varint(), varint());
+            varint();
+            (mix, copy)
+        })
+        .collect();
+    varint();
+    let mut diff = &raw[at..];
+    let (mut pos, mut out) = (0, Vec::new());
+    for (mix, copy) in records {
+        out.extend((0..mix).filter(|&i| diff[i] != 0).map(|i| pos + i));
+        diff = &diff[mix..];
+        pos += mix + copy;
+    }
+    out
+}
+
+/// An executable at a fixed address keeps its pointer tables (functions and strings, in
+/// `.rodata` and `.init_array`) as plain words that no relocation names. A payload of
+/// revision 2 finds them by their value (phase E), so the patched image needs almost none of
+/// the moved pointers changed; a payload of revision 1, which does not, changes nearly all
+/// of them. Both apply.
+#[test]
+fn elf_method_follows_the_pointers_of_fixed_executables() {
+    for arch in ["x86_64", "aarch64"] {
+        let (old, new) = elf_pair(
+            &format!("{arch}/calc-static"),
+            &format!("the compiler for {arch}"),
+        );
+        let moved = moved_pointer_words(&old, &new);
+        assert!(moved.len() >= 8, "{arch}: {} pointers moved", moved.len());
+        let touched = |revised: bool| {
+            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revised)
+                .unwrap()
+                .unwrap();
+            assert_eq!(raw[0] & 0x40 != 0, revised, "{arch}: revision flag");
+            let back = deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
+            assert_eq!(back, new, "{arch}: revision 2 = {revised}");
+            let diff = diff_byte_offsets(&raw);
+            moved
+                .iter()
+                .filter(|&&w| diff.iter().any(|&d| (w..w + 8).contains(&d)))
+                .count()
+        };
+        let (before, after) = (touched(false), touched(true));
+        assert!(
+            before * 2 >= moved.len() && after * 4 <= moved.len(),
+            "{arch}: of {} moved pointers, {before} left as diff bytes by revision 1, {after} by revision 2",
+            moved.len()
+        );
+    }
+}
+
+#[test]
+fn hostile_elf_patches_fail_cleanly() {
+    for arch in ["x86_64", "aarch64"] {
+        hostile_patches_fail_cleanly(elf_pair(
+            &format!("{arch}/calc-pie"),
+            &format!("the compiler for {arch}"),
+        ));
+    }
+    // A payload with BTF shift tables: damaged tables fail as cleanly.
+    hostile_patches_fail_cleanly(elf_pair("x86_64/btf-ko", "pahole"));
+    // An executable at a fixed address: the restore also finds words by their value.
+    hostile_patches_fail_cleanly(elf_pair("x86_64/calc-static", "gcc"));
+}
+
+fn hostile_patches_fail_cleanly((old, new): (Vec<u8>, Vec<u8>)) {
+    let (_, elf) = elf_candidate(&old, &new);
+    let apply = |p: &[u8]| deltaroot_format::apply_delta(p, &old, None);
+    for n in 0..elf.len() {
+        assert!(apply(&elf[..n]).is_err(), "prefix of {n} bytes accepted");
+    }
+    let mut rejected = 0;
+    for i in 0..elf.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut p = elf.clone();
+            p[i] ^= bit;
+            // Never a panic; anything that is accepted must still be the verified target.
+            match apply(&p) {
+                Ok(out) => assert_eq!(out, new),
+                Err(_) => rejected += 1,
+            }
+        }
+    }
+    assert!(rejected > elf.len(), "only {rejected} flips rejected");
+    // Garbage that decompresses, behind a valid header.
+    let header = &elf[..deltaroot_format::container::HEADER_LEN];
+    for junk in [
+        vec![1u8; 64],
+        vec![1, 0, 0, 0, 0, 0],
+        b"\x01\xff\xff\xff\xff\x0f".to_vec(),
+        vec![2, 0, 0, 0, 0],
+    ] {
+        let mut p = header.to_vec();
+        p.extend(zstd::bulk::compress(&junk, 3).unwrap());
+        assert!(apply(&p).is_err());
+    }
+}

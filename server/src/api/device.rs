@@ -1,0 +1,167 @@
+//! The device routes: update checks, manifests and their signatures, and plans. None needs
+//! a token. What a device is offered is decided by [`crate::fleet`], plans come from
+//! [`crate::plans`].
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use deltaroot_format::api::{CheckResponse, UpdateOffer};
+use deltaroot_format::{DeviceId, Name, Plan};
+use serde::Deserialize;
+
+use super::extract::{NamePath, NameQuery};
+use crate::db::{CheckIn, ReleaseRow};
+use crate::error::{Error, Result};
+use crate::fleet::{decide, Ask};
+use crate::plans::plan_for;
+use crate::releases::find_release;
+use crate::App;
+
+pub async fn list_releases(
+    State(app): State<App>,
+    NamePath(product): NamePath<Name>,
+) -> Result<Json<Vec<ReleaseRow>>> {
+    Ok(Json(crate::releases::list(&app, &product).await?))
+}
+
+pub async fn manifest(
+    State(app): State<App>,
+    NamePath((product, version, file)): NamePath<(Name, Name, String)>,
+) -> Result<Response> {
+    let r = find_release(&app, &product, &version).await?;
+    let (m, s) = app.db.manifest(r.id).await?;
+    let body = match file.as_str() {
+        "manifest" => m,
+        "manifest.sig" => s,
+        other => return Err(Error::NotFound(format!("release {version} has no {other}"))),
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=31536000, immutable"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn plan(
+    State(app): State<App>,
+    NamePath((product, from, to)): NamePath<(Name, PlanFrom, Name)>,
+) -> Result<Json<Plan>> {
+    let to = find_release(&app, &product, &to).await?;
+    // A device on a version the server does not know gets what a fresh install needs,
+    // as the update check promised it.
+    let from = match from {
+        PlanFrom::Nothing => None,
+        PlanFrom::Version(v) => app.db.release(&product, &v).await?,
+    };
+    Ok(Json(plan_for(&app, &product, from.as_ref(), &to).await?))
+}
+
+/// The version a plan starts from: a name, or `-` for a device with nothing.
+pub enum PlanFrom {
+    Nothing,
+    Version(Name),
+}
+
+impl<'de> Deserialize<'de> for PlanFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match String::deserialize(d)? {
+            s if s == "-" => Ok(PlanFrom::Nothing),
+            s => s
+                .parse()
+                .map(PlanFrom::Version)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The query string of a check: `current=V&device=ID&result=R&attempted=V&pin=V`, each
+/// optional; others are ignored.
+#[derive(Deserialize)]
+pub struct CheckQuery {
+    current: Option<Name>,
+    attempted: Option<Name>,
+    pin: Option<Name>,
+    device: Option<DeviceId>,
+    result: Option<String>,
+}
+
+pub async fn check(
+    State(app): State<App>,
+    NamePath((product, channel)): NamePath<(Name, Name)>,
+    NameQuery(q): NameQuery<CheckQuery>,
+) -> Result<Json<CheckResponse>> {
+    let ask = Ask {
+        current: q.current.as_deref(),
+        attempted: q.attempted.as_deref(),
+        pin: q.pin.as_deref(),
+        device: q.device.as_deref(),
+        result: q.result.as_deref().map(str::parse).transpose()?,
+    };
+    app.metrics.checks.fetch_add(1, Ordering::Relaxed);
+    let p = app
+        .fleet
+        .product(&product)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
+    let ch = app.fleet.channel(p.id, &channel).await?;
+    let now = app.clock.now();
+    let d = decide(&p, &channel, ch.as_deref(), &ask, now)?;
+    if let Some(device) = ask.device {
+        app.fleet.record(CheckIn {
+            product_id: p.id,
+            device_id: device.to_string(),
+            channel: channel.to_string(),
+            current: ask.current.map(str::to_string),
+            result: ask.result,
+            attempted: ask.attempted.map(str::to_string),
+            at: now,
+        });
+    }
+    let update = match d.offer {
+        Some((target, downgrade)) => {
+            let from = ask.current.and_then(|v| p.by_version.get(v));
+            let from_id = from.map(|r| r.id);
+            let bytes = match app.fleet.plan_size(from_id, target.id) {
+                Some(b) => b,
+                None => match app.db.plan_size(from_id, target.id).await? {
+                    Some(b) => {
+                        app.fleet.set_plan_size(from_id, target.id, b);
+                        b
+                    }
+                    None => {
+                        plan_for(&app, &product, from.map(|r| r.as_ref()), &target)
+                            .await?
+                            .download_bytes
+                    }
+                },
+            };
+            Some(UpdateOffer {
+                version: target.version.clone(),
+                download_bytes: bytes,
+                image_bytes: target.image_bytes as u64,
+                downgrade,
+            })
+        }
+        None => None,
+    };
+    Ok(Json(CheckResponse {
+        product,
+        channel,
+        latest: d.latest,
+        update,
+        paused: d.paused,
+        next_check_secs: Some(app.fleet.next_check_secs()),
+    }))
+}

@@ -1,0 +1,301 @@
+//! The release database: products, releases, channels and their rollouts, stored objects and
+//! deltas, plans, upload tokens, device check-ins and the audit log.
+//!
+//! One code path for both backends through sqlx's `Any` driver: SQLite (one file in the data
+//! folder, the default) and PostgreSQL (`--database postgres://…`, for several replicas).
+//! Every statement is written in the SQL both understand (`$n` parameters, `ON CONFLICT`,
+//! `RETURNING`); migrations live in `../migrations/{sqlite,postgres}`.
+//!
+//! By concern: [`releases`] (products and releases), [`channels`] (channels, rollouts,
+//! downgrades, the audit log), [`devices`] (check-ins), [`tokens`], [`stored`] (objects,
+//! deltas and packs) and [`plans`].
+
+use std::path::Path;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::Executor;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+
+pub use channels::{AuditRow, ChannelRow, NewRollout, Rollout, RolloutState};
+pub use devices::{CheckIn, CheckInResult, DeviceRow};
+pub use releases::{NewRelease, ReleaseRow};
+pub use stored::StoredFile;
+
+/// An enum stored as TEXT by its name: sqlx encodes and decodes it through the name (on
+/// both backends, through the `Any` driver), serde writes the name, `FromStr` reads it.
+macro_rules! text_enum {
+    (
+        $(#[$m:meta])*
+        pub enum $name:ident ($what:literal) {
+            $( $(#[$vm:meta])* $v:ident = $s:literal, )*
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vm])* $v, )*
+        }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+
+            /// The name stored and sent.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$v => $s, )*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = crate::error::Error;
+            fn from_str(s: &str) -> crate::error::Result<$name> {
+                match s {
+                    $( $s => Ok($name::$v), )*
+                    _ => Err(crate::error::Error::BadRequest(format!(
+                        "{} {:?} is not one of {}",
+                        $what,
+                        s.chars().take(40).collect::<String>(),
+                        [$($s),*].join(", ")
+                    ))),
+                }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Type<sqlx::Any> for $name {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <str as sqlx::Type<sqlx::Any>>::type_info()
+            }
+            fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+                <str as sqlx::Type<sqlx::Any>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Any> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $name {
+            fn decode(
+                value: sqlx::any::AnyValueRef<'r>,
+            ) -> std::result::Result<$name, sqlx::error::BoxDynError> {
+                let text = <String as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+                Ok(text.parse::<$name>()?)
+            }
+        }
+    };
+}
+
+mod channels;
+mod devices;
+mod plans;
+mod releases;
+mod stored;
+mod tokens;
+
+/// How many values go in one `IN (…)` list.
+const CHUNK: usize = 500;
+
+/// Which database is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    /// The URL without its password, for messages.
+    shown: String,
+    /// Where every time the database records comes from.
+    clock: Clock,
+}
+
+fn unique(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// `$first, $first+1, …` for `n` values.
+fn params(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Hides the password of a database URL.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the SQLite database at `path` and runs migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        Db::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Opens `sqlite://…` or `postgres://…` and runs that backend's migrations.
+    pub async fn open(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let shown = shown(url);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(Error::BadConfig(format!(
+                "database {shown}: expected sqlite://PATH or postgres://…"
+            )));
+        };
+        let connect = |e: sqlx::Error| Error::Connect {
+            url: shown.clone(),
+            source: e,
+        };
+        let pool = match backend {
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                                 PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await
+                .map_err(connect)?,
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(connect)?,
+        };
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        }
+        Ok(Db {
+            pool,
+            backend,
+            shown,
+            clock: Clock::system(),
+        })
+    }
+
+    /// This database with times taken from `clock` (the server's, or a test's).
+    pub fn with_clock(mut self, clock: Clock) -> Db {
+        self.clock = clock;
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Seconds since the Unix epoch, by the database's clock.
+    fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// The connection pool, for tests and tools that inspect the database.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL, password hidden.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// Writes an audit line at `at`.
+async fn audit(
+    tx: &mut Tx<'_>,
+    at: i64,
+    who: &str,
+    product: &str,
+    channel: Option<&str>,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit (at, who, product, channel, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(at)
+    .bind(who)
+    .bind(product)
+    .bind(channel)
+    .bind(action)
+    .bind(detail.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A product, channel or version name read back from the database, where only names are
+/// written: one that is not a name is corrupt data.
+pub fn stored_name(field: &'static str, value: String) -> Result<deltaroot_format::Name> {
+    deltaroot_format::Name::new(field, value).map_err(|e| Error::Corrupt(format!("stored {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            shown("postgres://me:secret@db:5432/x"),
+            "postgres://me:***@db:5432/x"
+        );
+        assert_eq!(shown("sqlite:///a/b.db"), "sqlite:///a/b.db");
+    }
+}
