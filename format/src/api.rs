@@ -184,8 +184,11 @@ pub struct PublishRequest {
     pub signature: String,
     /// The signer's public key, as in a `.pub` file.
     pub public_key: String,
-    /// Channel to point at the new release.
+    /// Channel to point at the new release (needs the operate scope).
     pub channel: Option<Name>,
+    /// Share (0-100) of the channel's devices offered the release at first; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
     /// The release devices are expected to come from; its plan is computed at once.
     pub from_version: Option<Name>,
     /// Packs (stored first) for devices coming from `from_version`, tried in order.

@@ -81,6 +81,8 @@ impl Engine {
     }
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Write NAME.key (mode 0600) and NAME.pub.
@@ -108,9 +110,18 @@ enum Command {
         /// Version of the new release (refused if the product has it already).
         #[arg(long)]
         version: String,
-        /// The channel to point at the new release.
-        #[arg(long, default_value = "stable")]
+        /// The channel to point at the new release (with a server, the token needs the
+        /// operate scope as well as publish).
+        #[arg(long, default_value = "stable", value_name = "NAME")]
         channel: String,
+        /// Publish the release on no channel: an operator promotes it later
+        /// (`deltaroot-server promote`); a token with the publish scope alone is enough.
+        #[arg(long, conflicts_with = "percent")]
+        no_channel: bool,
+        /// Offer the release to this share (0-100) of the channel's devices at first, a staged
+        /// rollout an operator widens with `deltaroot-server rollout` (default: all of them).
+        #[arg(long, value_name = "PERCENT", requires = "server")]
+        percent: Option<f64>,
         /// The product's secret key (from keygen), which signs the release.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
@@ -196,6 +207,8 @@ pub fn run(cli: Cli) -> Result<()> {
             from_version,
             version,
             channel,
+            no_channel,
+            percent,
             key,
             server,
             token,
@@ -235,7 +248,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 product,
                 version,
                 from_version,
-                channel,
+                channel: (!no_channel).then_some(channel),
+                percent,
                 engine: eng,
                 created: None,
                 progress: !quiet,

@@ -28,7 +28,11 @@ pub struct PublishOptions {
     pub product: String,
     pub version: String,
     pub from_version: Option<String>,
-    pub channel: String,
+    /// The channel to point at the new release; `None` publishes it on no channel (an
+    /// operator promotes it later).
+    pub channel: Option<String>,
+    /// The share of the channel's devices offered it at first (0-100; default all).
+    pub percent: Option<f64>,
     pub engine: EngineOptions,
     /// Release time; now when unset.
     pub created: Option<u64>,
@@ -143,7 +147,11 @@ pub fn publish_with(
 ) -> Result<Summary> {
     deltaroot_format::check_name("product", &opts.product)?;
     deltaroot_format::check_name("version", &opts.version)?;
-    let channel = Name::new("channel", opts.channel.as_str())?;
+    let channel = opts
+        .channel
+        .as_deref()
+        .map(|c| Name::new("channel", c))
+        .transpose()?;
     if let Some(v) = &opts.from_version {
         deltaroot_format::check_name("from-version", v)?;
     }
@@ -316,7 +324,8 @@ pub fn publish_with(
     let answer = sink.publish(&Release {
         signed: &signed,
         public_key: &public,
-        channel: &channel,
+        channel: channel.as_ref(),
+        percent: opts.percent,
         old: old_manifest.as_ref(),
         deltas: &deltas,
         packs: &packs,

@@ -43,8 +43,10 @@ fn manifest_rel(product: &str, version: &str) -> String {
 pub struct Release<'a> {
     pub signed: &'a VerifiedManifest,
     pub public_key: &'a str,
-    /// The channel to point at it.
-    pub channel: &'a Name,
+    /// The channel to point at it, if any.
+    pub channel: Option<&'a Name>,
+    /// The share of the channel's devices offered it at first (a server's staged rollout).
+    pub percent: Option<f64>,
     /// The release devices come from.
     pub old: Option<&'a Manifest>,
     /// The (source, target, bytes) deltas stored for its changed files.
@@ -165,7 +167,8 @@ impl Sink for ServerSink {
             manifest: b64.encode(r.signed.bytes()),
             signature: b64.encode(r.signed.signature()),
             public_key: r.public_key.to_string(),
-            channel: Some(r.channel.clone()),
+            channel: r.channel.cloned(),
+            percent: r.percent,
             from_version: r
                 .old
                 .map(|o| manifest_name("version", &o.version))
@@ -322,15 +325,17 @@ impl Sink for DirSink {
         let rel = format!("{base}/releases/{}", m.version);
         self.write(&format!("{rel}/manifest"), signed.bytes(), true)?;
         self.write(&format!("{rel}/manifest.sig"), signed.signature(), true)?;
-        self.write(
-            &format!("{base}/channels/{channel}/latest"),
-            format!("{}\n", m.version).as_bytes(),
-            true,
-        )?;
+        if let Some(channel) = channel {
+            self.write(
+                &format!("{base}/channels/{channel}/latest"),
+                format!("{}\n", m.version).as_bytes(),
+                true,
+            )?;
+        }
         Ok(PublishResponse {
             product: manifest_name("product", &m.product)?,
             version: manifest_name("version", &m.version)?,
-            channel: Some(channel.clone()),
+            channel: channel.cloned(),
             download_bytes: Some(plan.download_bytes),
         })
     }

@@ -1,7 +1,8 @@
 //! Operator routes: promote a release to a channel (at once or in waves), pause and resume
 //! it, roll it back with a signed downgrade, set a rollout's share by hand, and read channel
-//! status, devices and the audit log. Every route needs an upload token; every change is in
-//! the audit log under the token's name.
+//! status, devices and the audit log. Reading needs a token with the read scope (publish and
+//! operate include it), changing needs the operate scope, on the path's product; every change
+//! is in the audit log under the token's name.
 
 use axum::extract::State;
 use axum::Json;
@@ -10,7 +11,7 @@ use deltaroot_format::api::{
 };
 use deltaroot_format::{DeviceId, Name, PublicKey, SignedDowngrade};
 
-use crate::api::extract::{Caller, JsonBody, NamePath};
+use crate::api::extract::{Allowed, JsonBody, NamePath, NameQuery, Operate, Read};
 use crate::db::{stored_name, DeviceRow, NewRollout, RolloutState};
 use crate::error::{Error, Result};
 use crate::fleet::ProductView;
@@ -105,7 +106,7 @@ async fn changed(app: &App, p: &ProductView, channel: &Name) -> Result<Json<Chan
 
 pub async fn list(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     NamePath(p): NamePath<Name>,
 ) -> Result<Json<Vec<ChannelStatus>>> {
     let p = product(&app, &p).await?;
@@ -118,7 +119,7 @@ pub async fn list(
 
 pub async fn status(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     NamePath((p, channel)): NamePath<(Name, Name)>,
 ) -> Result<Json<ChannelStatus>> {
     let p = product(&app, &p).await?;
@@ -127,7 +128,7 @@ pub async fn status(
 
 pub async fn promote(
     State(app): State<App>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operate>,
     NamePath((p, channel)): NamePath<(Name, Name)>,
     JsonBody(req): JsonBody<PromoteRequest>,
 ) -> Result<Json<ChannelStatus>> {
@@ -232,7 +233,7 @@ async fn set_paused(
 
 pub async fn pause(
     State(app): State<App>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operate>,
     NamePath((p, channel)): NamePath<(Name, Name)>,
 ) -> Result<Json<ChannelStatus>> {
     set_paused(app, p, channel, caller.name, true).await
@@ -240,7 +241,7 @@ pub async fn pause(
 
 pub async fn resume(
     State(app): State<App>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operate>,
     NamePath((p, channel)): NamePath<(Name, Name)>,
 ) -> Result<Json<ChannelStatus>> {
     set_paused(app, p, channel, caller.name, false).await
@@ -248,7 +249,7 @@ pub async fn resume(
 
 pub async fn rollback(
     State(app): State<App>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operate>,
     NamePath((p, channel)): NamePath<(Name, Name)>,
     JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Result<Json<ChannelStatus>> {
@@ -277,14 +278,26 @@ pub async fn rollback(
         )));
     }
     let target = find_release(&app, &p.name, &s.version).await?;
-    if let Some(cur) = app.db.channel_state(p.id, &channel).await? {
-        if let Some(c) = p.by_id.get(&cur.release_id) {
-            if (s.issued as i64) < c.created {
-                return Err(Error::BadRequest(format!(
-                    "the statement was issued before {} was created: devices would refuse it; sign a new one",
-                    c.version
-                )));
-            }
+    let cur = app.db.channel_state(p.id, &channel).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "product {} has no channel {channel} to roll back",
+            p.name
+        ))
+    })?;
+    if let Some(c) = p.by_id.get(&cur.release_id) {
+        // A rollback goes to an older release; a newer one goes out by promotion, in waves.
+        if target.id == c.id || target.created >= c.created {
+            return Err(Error::Conflict(format!(
+                "{channel} is on {}: a rollback goes to an older release, and {} is not older; \
+                 promote it instead",
+                c.version, target.version
+            )));
+        }
+        if (s.issued as i64) < c.created {
+            return Err(Error::BadRequest(format!(
+                "the statement was issued before {} was created: devices would refuse it; sign a new one",
+                c.version
+            )));
         }
     }
     app.db
@@ -311,7 +324,7 @@ pub async fn rollback(
 
 pub async fn rollout(
     State(app): State<App>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Operate>,
     NamePath((p, channel)): NamePath<(Name, Name)>,
     JsonBody(req): JsonBody<RolloutRequest>,
 ) -> Result<Json<ChannelStatus>> {
@@ -333,7 +346,7 @@ pub async fn rollout(
 
 pub async fn audit(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     NamePath(p): NamePath<Name>,
 ) -> Result<Json<Vec<AuditEntry>>> {
     let p = product(&app, &p).await?;
@@ -353,7 +366,7 @@ pub async fn audit(
 
 pub async fn device(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Read>,
     NamePath((p, device)): NamePath<(Name, DeviceId)>,
 ) -> Result<Json<DeviceRow>> {
     let p = product(&app, &p).await?;
@@ -362,4 +375,31 @@ pub async fn device(
         .await?
         .map(Json)
         .ok_or_else(|| Error::NotFound(format!("product {} has no device {device}", p.name)))
+}
+
+/// `?after=ID&limit=N&result=failed`: a page of devices by id.
+#[derive(serde::Deserialize)]
+pub struct DevicesQuery {
+    after: Option<DeviceId>,
+    limit: Option<u32>,
+    result: Option<String>,
+}
+
+/// The most devices one page lists.
+pub const DEVICES_PAGE: u32 = 1000;
+
+pub async fn devices(
+    State(app): State<App>,
+    _caller: Allowed<Read>,
+    NamePath(p): NamePath<Name>,
+    NameQuery(q): NameQuery<DevicesQuery>,
+) -> Result<Json<Vec<DeviceRow>>> {
+    let p = product(&app, &p).await?;
+    let result = q.result.as_deref().map(str::parse).transpose()?;
+    let limit = q.limit.unwrap_or(DEVICES_PAGE).clamp(1, DEVICES_PAGE);
+    let rows = app
+        .db
+        .devices(p.id, q.after.as_deref(), result, limit.into())
+        .await?;
+    Ok(Json(rows))
 }

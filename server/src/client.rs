@@ -27,6 +27,46 @@ pub struct ReleaseInfo {
     pub skip_methods: Vec<deltaroot_format::Method>,
 }
 
+/// A device's last check-in, as `GET /v1/products/{p}/devices[/{id}]` lists it.
+#[derive(Clone, Debug, serde::Deserialize, Serialize)]
+pub struct DeviceInfo {
+    pub device_id: String,
+    pub channel: String,
+    /// The version it runs.
+    pub current: Option<String>,
+    /// What it reported of its last attempt: `ok`, `failed` or `rolled-back`.
+    pub result: Option<String>,
+    /// The version of its last attempt.
+    pub attempted: Option<String>,
+    pub seen_at: i64,
+}
+
+/// A time for people: `2026-12-03 11:35:17 UTC`.
+pub fn when(epoch_secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch_secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+/// One line per device for people.
+pub fn show_device(d: &DeviceInfo) -> String {
+    let mut s = format!(
+        "{}\t{}\truns {}",
+        d.device_id,
+        d.channel,
+        d.current.as_deref().unwrap_or("nothing yet")
+    );
+    match (&d.attempted, &d.result) {
+        (Some(v), Some(r)) => s.push_str(&format!("\tlast attempt {v}: {r}")),
+        (None, Some(r)) => s.push_str(&format!("\tlast report {r}")),
+        _ => {}
+    }
+    s.push_str(&format!("\tseen {}", when(d.seen_at)));
+    s
+}
+
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -196,9 +236,30 @@ impl Client {
         self.get(&format!("v1/products/{product}/audit")).await
     }
 
-    pub async fn device(&self, product: &str, device: &str) -> Result<serde_json::Value> {
-        self.get::<serde_json::Value>(&format!("v1/products/{product}/devices/{device}"))
+    pub async fn device(&self, product: &str, device: &str) -> Result<DeviceInfo> {
+        self.get(&format!("v1/products/{product}/devices/{device}"))
             .await
+    }
+
+    /// Every device of a product (page by page, by id), or those whose last report is
+    /// `result` (`ok`, `failed`, `rolled-back`).
+    pub async fn devices(&self, product: &str, result: Option<&str>) -> Result<Vec<DeviceInfo>> {
+        let mut all: Vec<DeviceInfo> = Vec::new();
+        loop {
+            let mut path = format!("v1/products/{product}/devices?limit=1000");
+            if let Some(last) = all.last() {
+                path.push_str(&format!("&after={}", last.device_id));
+            }
+            if let Some(r) = result {
+                path.push_str(&format!("&result={r}"));
+            }
+            let page: Vec<DeviceInfo> = self.get(&path).await?;
+            let done = page.len() < 1000;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
     }
 }
 
@@ -216,18 +277,28 @@ pub fn show_channel(c: &ChannelStatus) -> String {
     }
     if let Some(r) = &c.rollout {
         s.push_str(&format!(
-            "\n  rollout {} of {}: {} at {:.1} % (start {:.1} %, +{:.1} % every {} s), from {}, floor {}, {} reports, {} failures",
-            r.id,
-            r.version,
-            r.state,
-            r.percent,
-            r.start_percent,
-            r.step_percent,
-            r.step_secs,
-            r.previous.as_deref().unwrap_or("-"),
-            r.floor.as_deref().unwrap_or("-"),
-            r.reports,
-            r.failures
+            "\n  rollout #{} of version {}: {}, offered to {:.1} % of devices",
+            r.id, r.version, r.state, r.percent,
+        ));
+        if r.step_percent > 0.0 {
+            s.push_str(&format!(
+                " (started at {:.1} %, +{:.1} % every {} s since {})",
+                r.start_percent,
+                r.step_percent,
+                r.step_secs,
+                when(r.started_at)
+            ));
+        }
+        s.push_str(&format!(
+            "; others stay on {}",
+            r.previous.as_deref().unwrap_or("nothing")
+        ));
+        if let Some(f) = &r.floor {
+            s.push_str(&format!(", older devices pass through {f} first"));
+        }
+        s.push_str(&format!(
+            "\n  reports since it began: {}, failures {}",
+            r.reports, r.failures
         ));
         if let Some(m) = r.max_failure_rate {
             s.push_str(&format!(

@@ -18,9 +18,14 @@
 //! - [`deltas`]: deltas for release pairs the publisher did not diff, built in the background
 //!   by a bounded queue.
 //! - [`metrics`]: Prometheus counters.
+//! - [`access`]: who may do what: token scopes, user roles, password hashes.
 //! - [`client`]: the operator commands' HTTP client.
 //! - [`cli`]: the `deltaroot-server` command line.
 
+#[macro_use]
+mod macros;
+
+pub mod access;
 pub mod api;
 pub mod cache;
 pub mod channels;

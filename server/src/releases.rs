@@ -61,6 +61,17 @@ pub async fn publish(
             "skip_methods cannot hold zstd: the whole object is always made".into(),
         ));
     }
+    let percent = req.percent.unwrap_or(100.0);
+    if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
+        return Err(Error::BadRequest(format!(
+            "percent must be between 0 and 100, not {percent}"
+        )));
+    }
+    if req.percent.is_some() && req.channel.is_none() {
+        return Err(Error::BadRequest(
+            "percent is the share of a channel's devices: name the channel".into(),
+        ));
+    }
     let b64 = base64::engine::general_purpose::STANDARD;
     let bytes = b64
         .decode(&req.manifest)
@@ -124,6 +135,7 @@ pub async fn publish(
             published_by: who,
             skip_methods: &req.skip_methods,
             channel: req.channel.as_deref(),
+            percent,
             packs: from_release
                 .as_ref()
                 .filter(|_| !req.packs.is_empty())

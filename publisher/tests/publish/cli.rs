@@ -341,3 +341,48 @@ fn publish_prints_progress_lines_when_stderr_is_not_a_terminal() {
     let quiet = publish(tmp.path().join("b").to_str().unwrap(), "--quiet");
     assert!(quiet.is_empty(), "{quiet}");
 }
+
+/// `--no-channel` publishes a release without pointing any channel at it; `--percent` (a
+/// server's staged rollout) has no meaning for a static folder and is refused.
+#[test]
+fn no_channel_publishes_without_moving_a_channel() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("rel");
+    run(&["keygen", "--out", key.to_str().unwrap()]);
+    let k = key.with_extension("key");
+    let v1 = fx.join("v1");
+    let publish = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "publish",
+            v1.to_str().unwrap(),
+            "--product",
+            "demo",
+            "--version",
+            "1",
+            "--key",
+            k.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--level",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
+    let args = publish(&with, &[]);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let latest = "v1/products/demo/channels/stable/latest";
+    assert_eq!(std::fs::read_to_string(with.join(latest)).unwrap(), "1\n");
+    let args = publish(&without, &["--no-channel"]);
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(without
+        .join("v1/products/demo/releases/1/manifest")
+        .is_file());
+    assert!(!without.join("v1/products/demo/channels").exists());
+    let args = publish(&tmp.path().join("pct"), &["--percent", "10"]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--server"), "{err}");
+}

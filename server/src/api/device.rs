@@ -1,5 +1,5 @@
-//! The device routes: update checks, manifests and their signatures, and plans. None needs
-//! a token. What a device is offered is decided by [`crate::fleet`], plans come from
+//! The device routes: update checks, manifests and their signatures, and plans (none needs a
+//! token), and the list of a product's releases (the read scope). What a device is offered is decided by [`crate::fleet`], plans come from
 //! [`crate::plans`].
 
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use deltaroot_format::api::{CheckResponse, UpdateOffer};
 use deltaroot_format::{DeviceId, Name, Plan};
 use serde::Deserialize;
 
-use super::extract::{NamePath, NameQuery};
+use super::extract::{Allowed, NamePath, NameQuery, Read};
 use crate::db::{CheckIn, ReleaseRow};
 use crate::error::{Error, Result};
 use crate::fleet::{decide, Ask};
@@ -22,6 +22,7 @@ use crate::App;
 
 pub async fn list_releases(
     State(app): State<App>,
+    _caller: Allowed<Read>,
     NamePath(product): NamePath<Name>,
 ) -> Result<Json<Vec<ReleaseRow>>> {
     Ok(Json(crate::releases::list(&app, &product).await?))

@@ -3,32 +3,36 @@
 //! in any of them are [`deltaroot_format::Name`]s, checked as they are read: a handler never
 //! sees one that is not valid.
 //!
-//! [`Caller`] reads only the request's head, and handlers list it before their path and body
-//! extractors, so a request without a valid token is answered 401 before anything else of it
-//! is read.
+//! [`Caller`] and [`Allowed`] read only the request's head, and handlers list them before their
+//! path and body extractors, so a request without a valid token is answered 401, and one
+//! whose token lacks the route's scope 403, before anything else of it is read.
 
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
+use std::marker::PhantomData;
+
 use axum::extract::{
-    FromRequest, FromRequestParts, OptionalFromRequestParts, Path, Query, Request,
+    FromRequest, FromRequestParts, OptionalFromRequestParts, Path, Query, RawPathParams, Request,
 };
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use deltaroot_format::Hash;
+use deltaroot_format::{Hash, Name};
 
+use crate::access::{Rights, Scope};
 use crate::error::{Error, Result};
 use crate::App;
 
 /// The holder of an upload token calling a route that needs one. `Caller` as an extractor
 /// answers 401 when the token is missing or unknown; `Option<Caller>` is `None` then.
+/// [`Allowed`] also checks a scope on the path's product.
 ///
-/// [`Caller::of`] is the one place a request's token becomes a name (and, when tokens get
-/// scopes, its rights).
+/// [`Caller::of`] is the one place a request's token becomes a name and its rights.
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The token's name, as `token create NAME` gave it; the audit log records it.
     pub name: String,
+    pub rights: Rights,
 }
 
 impl Caller {
@@ -44,9 +48,17 @@ impl Caller {
         };
         Ok(app
             .db
-            .token_name(token.trim())
+            .token_rights(token.trim())
             .await?
-            .map(|name| Caller { name }))
+            .map(|rights| Caller {
+                name: rights.who.name().to_string(),
+                rights,
+            }))
+    }
+
+    /// Refuses (403) unless the caller holds `scope` on `product`.
+    pub fn require(&self, scope: Scope, product: &Name) -> Result<()> {
+        self.rights.require(scope, Some(product))
     }
 }
 
@@ -63,6 +75,56 @@ impl OptionalFromRequestParts<App> for Caller {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Option<Self>> {
         Caller::of(app, &parts.headers).await
+    }
+}
+
+/// The scope a route needs, as a type: `Allowed<Operate>`.
+pub trait Need {
+    const SCOPE: Scope;
+}
+
+/// Reading releases, channels, devices, the audit log.
+pub struct Read;
+/// Uploads and new releases.
+pub struct Publish;
+/// Promote, pause, resume, roll back, set a rollout's share.
+pub struct Operate;
+
+impl Need for Read {
+    const SCOPE: Scope = Scope::Read;
+}
+impl Need for Publish {
+    const SCOPE: Scope = Scope::Publish;
+}
+impl Need for Operate {
+    const SCOPE: Scope = Scope::Operate;
+}
+
+/// A [`Caller`] holding the scope `N` on the product the path names (any product for a route
+/// that names none): 401 without a known token, 403 naming the missing scope or product.
+/// Like `Caller`, it reads only the request's head.
+pub struct Allowed<N>(pub Caller, pub PhantomData<N>);
+
+impl<N> Allowed<N> {
+    pub fn caller(&self) -> &Caller {
+        &self.0
+    }
+}
+
+impl<N: Need + Send> FromRequestParts<App> for Allowed<N> {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
+        let caller = <Caller as FromRequestParts<App>>::from_request_parts(parts, app).await?;
+        // A product that is not a valid name is answered 400 by the handler's `NamePath`.
+        let product = match RawPathParams::from_request_parts(parts, app).await {
+            Ok(params) => params
+                .iter()
+                .find(|(k, _)| *k == "product")
+                .and_then(|(_, v)| Name::new("product", v).ok()),
+            Err(_) => None,
+        };
+        caller.rights.require(N::SCOPE, product.as_ref())?;
+        Ok(Allowed(caller, PhantomData))
     }
 }
 

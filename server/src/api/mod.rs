@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/products/{product}/channels/{channel}/rollback"),
     ("POST", "/v1/products/{product}/channels/{channel}/rollout"),
     ("GET", "/v1/products/{product}/audit"),
+    ("GET", "/v1/products/{product}/devices"),
     ("GET", "/v1/products/{product}/devices/{device}"),
     ("GET HEAD PUT", "/objects/{fan}/{name}"),
     ("GET HEAD PUT", "/deltas/{fan}/{name}"),
@@ -109,6 +110,7 @@ pub fn router(app: App) -> Router {
             post(ch::rollout),
         )
         .route("/v1/products/{product}/audit", get(ch::audit))
+        .route("/v1/products/{product}/devices", get(ch::devices))
         .route("/v1/products/{product}/devices/{device}", get(ch::device))
         .route(
             "/objects/{fan}/{name}",

@@ -1,6 +1,7 @@
 //! The publisher's routes: object, delta and pack uploads, the stored-files query, and
-//! publishing a release. Every handler takes [`Caller`] before its body, so a request
-//! without a valid token is refused before its body is read. Upload bodies are spooled to
+//! publishing a release. Every handler takes [`Allowed`]`<Publish>` before its body, so a
+//! request without a valid token, or whose token may not publish, is refused before its body
+//! is read; publishing onto a channel also needs the operate scope. Upload bodies are spooled to
 //! a file ([`crate::spool`]) and verified there before the store gets them.
 
 use axum::body::Body;
@@ -10,14 +11,15 @@ use axum::Json;
 use deltaroot_format::api::{PublishRequest, PublishResponse, StoredRequest, StoredResponse};
 use deltaroot_format::{pack_path, EntryKind, Hash, Name};
 
-use super::extract::{parse_hash, Caller, JsonBody, NamePath};
+use super::extract::{parse_hash, Allowed, JsonBody, NamePath, Publish};
+use crate::access::Scope;
 use crate::error::{Error, Result};
 use crate::spool::{self, spool};
 use crate::{files, App};
 
 pub async fn stored(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Publish>,
     JsonBody(req): JsonBody<StoredRequest>,
 ) -> Result<Json<StoredResponse>> {
     let sizes = app.db.object_sizes(&req.objects).await?;
@@ -29,10 +31,14 @@ pub async fn stored(
 
 pub async fn publish(
     State(app): State<App>,
-    caller: Caller,
+    Allowed(caller, _): Allowed<Publish>,
     NamePath(product): NamePath<Name>,
     JsonBody(req): JsonBody<PublishRequest>,
 ) -> Result<(StatusCode, Json<PublishResponse>)> {
+    // Putting the release on a channel is an operator's decision.
+    if req.channel.is_some() {
+        caller.require(Scope::Operate, &product)?;
+    }
     let r = crate::releases::publish(&app, product, &caller.name, req).await?;
     Ok((StatusCode::CREATED, Json(r)))
 }
@@ -54,7 +60,7 @@ fn upload_hash(kind: &str, fan: &str, name: &str) -> Result<Hash> {
 /// content hashes to the name.
 pub async fn put_object(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Publish>,
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -72,7 +78,7 @@ pub async fn put_object(
 
 pub async fn put_delta(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Publish>,
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -106,7 +112,7 @@ pub async fn put_delta(
 /// and bodies must read to the end of the stream (the bodies are not applied).
 pub async fn put_pack(
     State(app): State<App>,
-    _caller: Caller,
+    _caller: Allowed<Publish>,
     Path((fan, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,

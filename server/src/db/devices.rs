@@ -127,6 +127,41 @@ impl Db {
         }))
     }
 
+    /// A page of a product's devices by id: at most `limit` after `after`, only those whose
+    /// last report is `result` when given.
+    pub async fn devices(
+        &self,
+        product_id: i64,
+        after: Option<&str>,
+        result: Option<CheckInResult>,
+        limit: i64,
+    ) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query(
+            "SELECT device_id, channel, current_version, last_result, attempted, seen_at
+             FROM devices WHERE product_id = $1 AND device_id > $2
+               AND ($3 = '' OR last_result = $3)
+             ORDER BY device_id LIMIT $4",
+        )
+        .bind(product_id)
+        .bind(after.unwrap_or(""))
+        .bind(result.map(CheckInResult::as_str).unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceRow {
+                    device_id: r.try_get(0)?,
+                    channel: r.try_get(1)?,
+                    current: r.try_get(2)?,
+                    result: r.try_get(3)?,
+                    attempted: r.try_get(4)?,
+                    seen_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
     /// Forgets devices whose last check-in is older than `before`; how many.
     pub async fn prune_devices(&self, before: i64) -> Result<u64> {
         let n = sqlx::query("DELETE FROM devices WHERE seen_at < $1")

@@ -38,6 +38,8 @@ pub struct NewRelease<'a> {
     pub published_by: &'a str,
     pub skip_methods: &'a [Method],
     pub channel: Option<&'a str>,
+    /// The share of the channel's devices offered the release at first (0-100).
+    pub percent: f64,
     /// Packs made for devices coming from this release (by id), tried in order.
     pub packs: Option<(i64, &'a [Hash])>,
 }
@@ -227,7 +229,10 @@ impl Db {
                 product_id,
                 r.product,
                 c,
-                &NewRollout::whole(id, r.version),
+                &NewRollout {
+                    percent: r.percent,
+                    ..NewRollout::whole(id, r.version)
+                },
                 r.published_by,
             )
             .await?;

@@ -231,7 +231,8 @@ impl Server {
         let token = deltaroot_server::new_token();
         let mut s = Server::on(place, data, rt, token.clone());
         s.owner = true;
-        s.rt.block_on(s.app.db.create_token("ci", &token)).unwrap();
+        s.rt.block_on(s.app.db.create_token("ci", &token, "all", None))
+            .unwrap();
         s
     }
 

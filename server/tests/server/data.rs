@@ -188,7 +188,8 @@ fn orphan_uploads_are_swept_after_the_grace_period(backend: Backend) {
         product: "demo".into(),
         version: "3.0".into(),
         from_version: Some("1.0".into()),
-        channel: "ci".into(),
+        channel: Some("ci".into()),
+        percent: None,
         engine: EngineOptions {
             level: 3,
             ..EngineOptions::default()

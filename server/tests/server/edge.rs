@@ -176,8 +176,33 @@ fn upload_without_a_token_is_refused_before_its_body_is_read() {
             assert!(sent < 64 << 20, "{method} {path}: {sent} bytes read first");
         }
     }
+    // A known token without the route's scope is refused (403) before the body too.
+    let reader = deltaroot_server::new_token();
+    let publisher = deltaroot_server::new_token();
+    server
+        .op(server.app.db.create_token("reader", &reader, "read", None))
+        .unwrap();
+    server
+        .op(server
+            .app
+            .db
+            .create_token("publisher", &publisher, "publish", None))
+        .unwrap();
+    for (method, path) in routes {
+        let token = if path.contains("/channels/") {
+            &publisher
+        } else {
+            &reader
+        };
+        let (status, sent) = send_big(&host, method, path, Some(token), 600 << 20);
+        assert!(
+            status.starts_with("HTTP/1.1 403"),
+            "{method} {path}: {status}"
+        );
+        assert!(sent < 64 << 20, "{method} {path}: {sent} bytes read first");
+    }
     let after_all = rss_kib();
-    eprintln!("after 16 more refused 600 MB requests: RSS {after_all} KiB");
+    eprintln!("after 24 more refused 600 MB requests: RSS {after_all} KiB");
     assert!(after_all.saturating_sub(before) < 64 << 10);
 }
 
@@ -546,7 +571,8 @@ fn half_open_connections_are_closed_and_health_answers_meanwhile() {
         .block_on(deltaroot_server::App::start(&place.config))
         .unwrap();
     let token = deltaroot_server::new_token();
-    rt.block_on(app.db.create_token("ci", &token)).unwrap();
+    rt.block_on(app.db.create_token("ci", &token, "all", None))
+        .unwrap();
     let t = crate::common::tls();
     let pem = tempfile::tempdir().unwrap();
     let (cert, key) = (pem.path().join("cert.pem"), pem.path().join("key.pem"));

@@ -97,7 +97,8 @@ fn publish_skipping(
         product: "demo".into(),
         version: format!("{n}.0"),
         from_version: (n > 1).then(|| format!("{}.0", n - 1)),
-        channel: "ci".into(),
+        channel: Some("ci".into()),
+        percent: None,
         engine: EngineOptions {
             level: 3,
             skip,
@@ -407,7 +408,7 @@ fn staged_rollout_reaches_only_its_share(backend: Backend) {
     f.server.flush();
     let d = f.server.op(c.device("demo", "dev-7")).unwrap();
     assert_eq!(
-        (d["current"].as_str(), d["channel"].as_str()),
+        (d.current.as_deref(), Some(d.channel.as_str())),
         (Some("1.0"), Some("stable"))
     );
 
@@ -579,6 +580,7 @@ fn server_built_deltas_skip_the_publishers_skipped_methods(backend: Backend) {
     let listed: serde_json::Value = server
         .http()
         .get(format!("{}/v1/products/demo/releases", server.url))
+        .bearer_auth(&server.token)
         .send()
         .unwrap()
         .json()

@@ -113,7 +113,27 @@ fn two_replicas_serve_one_fleet(backend: Backend) {
     // Check-ins through B are seen through A; the audit log has both replicas' changes.
     b.flush();
     let d = f.server.op(f.server.client().device("demo", "x")).unwrap();
-    assert_eq!(d["current"], "1.0");
+    assert_eq!(d.current.as_deref(), Some("1.0"));
+    let all = f
+        .server
+        .op(f.server.client().devices("demo", None))
+        .unwrap();
+    let ids: Vec<&str> = all.iter().map(|d| d.device_id.as_str()).collect();
+    assert!(ids.contains(&"x") && ids.is_sorted(), "{ids:?}");
+    let failed = f
+        .server
+        .op(f.server.client().devices("demo", Some("failed")))
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    let e = f
+        .server
+        .op(f.server.client().devices("demo", Some("melted")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("400") && e.contains("result \"melted\" is not one of"),
+        "{e}"
+    );
     let actions: Vec<String> = b
         .op(b.client().audit("demo"))
         .unwrap()
@@ -328,6 +348,23 @@ fn operator_cli_against_a_running_server(backend: Backend) {
     let (ok, out, err) = run(&["releases"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("2.0\t") && out.contains("\n1.0\t"), "{out}");
+    // Times for people, not epoch seconds (the fleet's releases are dated early in 1970).
+    assert!(out.contains("\tcreated 1970-01-12 "), "{out}");
+    // Releases are read with a token, like channels and the audit log.
+    let anon = std::process::Command::new(exe)
+        .args(["releases", "--server", &f.server.url, "--product", "demo"])
+        .arg("--ca-cert")
+        .arg(&f.server.ca_cert)
+        .env_remove("DELTAROOT_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&anon.stderr);
+    assert!(!anon.status.success() && err.contains("401"), "{err}");
+    let (ok, out, _) = run(&["devices"]);
+    assert!(
+        ok && out.contains("product demo has no devices that checked in"),
+        "{out}"
+    );
     let (ok, out, err) = run(&[
         "promote",
         "2.0",
@@ -338,7 +375,11 @@ fn operator_cli_against_a_running_server(backend: Backend) {
     ]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("demo/stable: 2.0") && out.contains("active at 10.0 %"),
+        out.contains("demo/stable: 2.0")
+            && out.contains("rollout #")
+            && out.contains(
+                "of version 2.0: active, offered to 10.0 % of devices; others stay on 1.0"
+            ),
         "{out}"
     );
     let (ok, out, _) = run(&["pause"]);
@@ -358,6 +399,11 @@ fn operator_cli_against_a_running_server(backend: Backend) {
     assert!(ok && st.version.as_deref() == Some("1.0"));
     let (ok, out, _) = run(&["audit"]);
     assert!(ok && out.contains("rollback"), "{out}");
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.starts_with("20") && first.contains(" UTC\tci\tstable\trollback"),
+        "{out}"
+    );
     let (ok, _, err) = run(&["promote", "9.9"]);
     assert!(
         !ok && err.contains("404") && err.contains("no release 9.9"),
@@ -384,7 +430,8 @@ fn shutdown_finishes_downloads_in_flight(backend: Backend) {
         .block_on(deltaroot_server::App::start(&place.config))
         .unwrap();
     let token = deltaroot_server::new_token();
-    rt.block_on(app.db.create_token("ci", &token)).unwrap();
+    rt.block_on(app.db.create_token("ci", &token, "all", None))
+        .unwrap();
     // An incompressible object of 8 MiB.
     let mut content = vec![0u8; 8 << 20];
     let mut x = 0x9e3779b97f4a7c15u64;

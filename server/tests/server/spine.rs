@@ -80,7 +80,8 @@ fn publish_to(
         product: "demo".into(),
         version: version.into(),
         from_version: old.map(|o| o.0.to_string()),
-        channel: "stable".into(),
+        channel: Some("stable".into()),
+        percent: None,
         engine: EngineOptions {
             level: 9,
             ..EngineOptions::default()
@@ -468,7 +469,8 @@ fn first_release_by_another_key_is_forbidden(backend: Backend) {
         product: "demo".into(),
         version: "3.0".into(),
         from_version: None,
-        channel: "stable".into(),
+        channel: Some("stable".into()),
+        percent: None,
         engine: EngineOptions::default(),
         created: None,
         progress: false,

@@ -1,8 +1,10 @@
 //! The `deltaroot-server` command line. `main.rs` only calls [`run`].
 //!
-//! `serve`, `gc` and `token create` work on the server's own state; the operator commands
-//! (`releases`, `channels`, `status`, `promote`, `pause`, `resume`, `rollback`, `rollout`,
-//! `audit`, `device`) talk to a running server over its API.
+//! `serve`, `gc`, `token …` and `user …` ([`accounts`]) work on the server's own state; the
+//! operator commands (`releases`, `channels`, `status`, `promote`, `pause`, `resume`,
+//! `rollback`, `rollout`, `audit`, `devices`, `device`) talk to a running server over its API.
+
+mod accounts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +15,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use deltaroot_format::api::PromoteRequest;
 use deltaroot_format::{Name, SecretKey};
 
-use crate::client::{show_channel, Client};
+use crate::client::{show_channel, show_device, when, Client};
 use crate::{App, Config};
+use accounts::{TokenCommand, UserCommand};
 
 #[derive(Parser)]
 #[command(
@@ -180,10 +183,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Manage upload tokens.
+    /// Manage API tokens: create (with scopes and products), list, revoke.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage dashboard users: add, list, remove, passwd.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// List a product's releases, newest first.
     Releases {
@@ -266,21 +274,19 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// List a product's devices: version, last report, last check-in.
+    Devices {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only devices whose last report is this: ok, failed or rolled-back.
+        #[arg(long, value_name = "RESULT")]
+        result: Option<String>,
+    },
     /// Show a device's last check-in.
     Device {
         #[command(flatten)]
         remote: Remote,
         id: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Create an upload token and print it (it is stored only as a hash).
-    Create {
-        name: String,
-        #[command(flatten)]
-        storage: Storage,
     },
 }
 
@@ -438,16 +444,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 s.young
             );
         }
-        Command::Token {
-            command: TokenCommand::Create { name, storage },
-        } => {
+        Command::Token { command } => {
             init_logging(LogFormat::Text);
-            let app = App::start(&storage.offline())
-                .await
-                .with_context(|| format!("opening {}", storage.data.display()))?;
-            let token = crate::new_token();
-            app.db.create_token(&name, &token).await?;
-            println!("{token}");
+            accounts::token(command).await?;
+        }
+        Command::User { command } => {
+            init_logging(LogFormat::Text);
+            accounts::user(command).await?;
         }
         Command::Releases { remote } => {
             let rs = remote.client()?.releases(&remote.product).await?;
@@ -455,8 +458,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rs.iter()
                     .map(|r| {
                         let mut line = format!(
-                            "{}\tcreated {}\t{} entries\t{} bytes\tby {}",
-                            r.version, r.created, r.entries, r.image_bytes, r.published_by
+                            "{}\tcreated {}\t{} entries\t{}\tby {}",
+                            r.version,
+                            when(r.created),
+                            r.entries,
+                            deltaroot_format::units::human_bytes(r.image_bytes.max(0) as u64),
+                            r.published_by
                         );
                         if !r.skip_methods.is_empty() {
                             let names: Vec<&str> =
@@ -547,7 +554,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|e| {
                         format!(
                             "{}\t{}\t{}\t{}\t{}",
-                            e.at,
+                            when(e.at),
                             e.who,
                             e.channel.as_deref().unwrap_or("-"),
                             e.action,
@@ -560,7 +567,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Device { remote, id } => {
             let d = remote.client()?.device(&remote.product, &id).await?;
-            print(remote.json, &d, |d| d.to_string());
+            print(remote.json, &d, show_device);
+        }
+        Command::Devices { remote, result } => {
+            let ds = remote
+                .client()?
+                .devices(&remote.product, result.as_deref())
+                .await?;
+            print(remote.json, &ds, |ds| {
+                if ds.is_empty() {
+                    return format!("product {} has no devices that checked in", remote.product);
+                }
+                ds.iter().map(show_device).collect::<Vec<_>>().join("\n")
+            });
         }
     }
     Ok(())

@@ -1,0 +1,18 @@
+-- Who may do what: scoped tokens and dashboard users. Append-only: never edit a migration
+-- once released.
+
+-- A token's scopes, comma-separated (`read`, `publish`, `operate`), or `all`: every right a
+-- token had before scopes existed (read, publish and operate on every product), which every
+-- token made before this migration keeps.
+ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'all';
+-- The products a token may act on, comma-separated; NULL: every product.
+ALTER TABLE tokens ADD COLUMN products TEXT;
+
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    role          TEXT NOT NULL,         -- viewer, operator or admin
+    password_hash TEXT NOT NULL,         -- argon2id, in the PHC string format
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
