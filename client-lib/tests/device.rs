@@ -448,3 +448,59 @@ fn a_full_disk_while_staging_is_the_error_reported() {
     assert!(err.contains("staging/"), "{err}");
     assert!(!err.contains("status.json"), "{err}");
 }
+
+/// Version 1 installed, then version 2 over it: `current` is 2, `previous` is 1.
+fn one_then_two(tmp: &std::path::Path) -> (folder::Release, Agent, std::path::PathBuf) {
+    use folder::*;
+    let (f, agent, v1) = folder_and_agent(tmp);
+    agent.install("1").unwrap();
+    let (one, two) = tools();
+    f.publish(
+        "2",
+        200,
+        vec![
+            dir("bin"),
+            file("bin/tool", &two, 0o4755),
+            file("etc.conf", b"setting = 2\n", 0o644),
+            symlink("link", "bin/tool"),
+        ],
+        &[&two, b"setting = 2\n"],
+        Some(&v1),
+        &[(&one, &two)],
+    );
+    agent.install("2").unwrap();
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    (f, agent, tmp.join("root"))
+}
+
+#[test]
+fn rollback_refuses_a_half_deleted_previous_deployment_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    // What a kill in the middle of removing deployments/1 leaves: the folder, part of its
+    // files, and no mark of a complete deployment.
+    std::fs::remove_file(root.join("deployments/1/bin/tool")).unwrap();
+    let _ = std::fs::remove_file(root.join("state/complete/1"));
+    let err = agent.rollback().unwrap_err().to_string();
+    assert!(err.contains("1") && err.contains("not complete"), "{err}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    assert_ne!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("rolled-back")
+    );
+}
+
+#[test]
+fn a_complete_previous_deployment_is_marked_and_rolled_back_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    assert!(root.join("state/complete/1").is_file());
+    assert!(root.join("state/complete/2").is_file());
+    assert_eq!(agent.rollback().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+}

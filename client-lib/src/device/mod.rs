@@ -10,7 +10,9 @@
 //! staging/tree/            the next version while it is built
 //! staging/content/<hash>   verified new contents waiting to be placed
 //! staging/downloads/       partial downloads, resumed after a cut
+//! staging/replaced/         an incomplete tree of the version installed, moved aside
 //! state/manifests/         the signed manifests of the kept versions
+//! state/complete/<version>  written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
 //! ```
 //!
@@ -47,6 +49,12 @@ const STAGING_TREE: &str = "staging/tree";
 const CONTENT: &str = "staging/content";
 const DOWNLOADS: &str = "staging/downloads";
 const MANIFESTS: &str = "state/manifests";
+/// `state/complete/<version>`: written last, after `deployments/<version>` was verified,
+/// renamed into place and synced; removed first, before the tree is touched. Only a
+/// deployment with its mark is switched to.
+const COMPLETE: &str = "state/complete";
+/// Where an incomplete tree of the version being installed is moved aside whole.
+const REPLACED: &str = "staging/replaced";
 const STATUS: &str = "state/status.json";
 /// Downloads and delta applications in flight at once.
 const FETCH_THREADS: usize = 4;
@@ -107,7 +115,7 @@ impl Device {
     pub fn open(root: &Path) -> Result<Device> {
         std::fs::create_dir_all(root).map_err(Error::io(root))?;
         let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(Error::io(root))?;
-        for d in ["deployments", "staging", "state", MANIFESTS] {
+        for d in ["deployments", "staging", "state", MANIFESTS, COMPLETE] {
             dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
         }
         Ok(Device {
