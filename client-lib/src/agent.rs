@@ -263,6 +263,10 @@ impl Agent {
     fn record(&self, version: &str, result: Result<DeployReport>) -> Result<DeployReport> {
         if let Err(e) = self.device.record(version, &result) {
             tracing::warn!(version, error = %e, "could not record the outcome of the update");
+            // A status that still says "ok" from before would be a lie: none is better.
+            if result.is_err() {
+                self.device.forget_status();
+            }
         }
         result
     }
@@ -331,7 +335,11 @@ impl Agent {
         let _lock = self.device.lock()?;
         let left = self.device.current()?;
         let now_running = self.device.rollback()?;
-        self.device.record_rollback(left.as_ref())?;
+        // Rolled back either way: a record that cannot be written does not undo that.
+        if let Err(e) = self.device.record_rollback(left.as_ref()) {
+            tracing::warn!(error = %e, "could not record the rollback");
+            self.device.forget_status();
+        }
         Ok(now_running)
     }
 }

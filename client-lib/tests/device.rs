@@ -443,9 +443,10 @@ fn a_full_disk_while_staging_is_the_error_reported() {
         Some(&v1),
         &[],
     );
+    // Refused before anything is staged, with what it needs and what there is.
     let err = agent.install("2").unwrap_err().to_string();
-    assert!(err.contains("No space left on device"), "{err}");
-    assert!(err.contains("staging/"), "{err}");
+    assert!(err.contains("needs") && err.contains("available"), "{err}");
+    assert!(err.contains(&mnt.display().to_string()), "{err}");
     assert!(!err.contains("status.json"), "{err}");
 }
 
@@ -503,4 +504,193 @@ fn a_complete_previous_deployment_is_marked_and_rolled_back_to() {
         std::fs::read(root.join("current/bin/tool")).unwrap(),
         tools().0
     );
+}
+
+/// A 1 MiB tmpfs at `<tmp>/root`, unmounted when dropped; `None` where mounting needs root
+/// this test does not have.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(tmp: &std::path::Path) -> Option<Tmpfs> {
+        let mnt = tmp.join("root");
+        std::fs::create_dir(&mnt).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs(mnt)),
+            other => {
+                eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A release folder that fills the device's disk (a file at `fill`) just before its first
+/// download: the update runs out of space in the middle of staging.
+struct FillsTheDisk {
+    inner: Folder,
+    fill: std::path::PathBuf,
+}
+
+impl Transport for FillsTheDisk {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn check(
+        &self,
+        q: &deltaroot_client::transport::CheckQuery<'_>,
+    ) -> deltaroot_client::Result<deltaroot_format::api::CheckResponse> {
+        self.inner.check(q)
+    }
+    fn get(&self, rel: &str, limit: u64) -> deltaroot_client::Result<Vec<u8>> {
+        self.inner.get(rel, limit)
+    }
+    fn plan(
+        &self,
+        product: &deltaroot_format::Name,
+        from: Option<&deltaroot_format::Name>,
+        to: &deltaroot_format::Name,
+    ) -> deltaroot_client::Result<deltaroot_format::Plan> {
+        self.inner.plan(product, from, to)
+    }
+    fn download(
+        &self,
+        rel: &str,
+        file: &mut std::fs::File,
+        path: &std::path::Path,
+        exact: Option<u64>,
+        max: u64,
+    ) -> deltaroot_client::Result<u64> {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::File::create_new(&self.fill) {
+            while f.write_all(&[7u8; 4096]).is_ok() {}
+        }
+        self.inner.download(rel, file, path, exact, max)
+    }
+    fn downloaded(&self) -> u64 {
+        self.inner.downloaded()
+    }
+}
+
+#[test]
+fn a_disk_that_fills_while_staging_reports_its_own_error_and_leaves_no_staging_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(tmp.path()) else {
+        return;
+    };
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("ok")
+    );
+    let big = noise(b"big", 200 << 10);
+    f.publish(
+        "2",
+        200,
+        vec![folder::file("big", &big, 0o644)],
+        &[&big],
+        Some(&v1),
+        &[],
+    );
+    let transport = FillsTheDisk {
+        inner: Folder::open(&f.root).unwrap(),
+        fill: mnt.0.join("filler"),
+    };
+    let agent = Agent::with_transport(
+        Settings {
+            root: Some(mnt.0.clone()),
+            product: Some("demo".into()),
+            trust: vec![tmp.path().join("k.pub")],
+            device_id: Some("test-folder".into()),
+            ..Settings::default()
+        },
+        Box::new(transport),
+    )
+    .unwrap();
+    let err = agent.install("2").unwrap_err().to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("staging/"), "{err}");
+    assert!(!err.contains("status.json"), "{err}");
+    // The last result is not the earlier "ok".
+    let last = agent.status().unwrap().last;
+    assert_ne!(last.last_result.as_deref(), Some("ok"), "{last:?}");
+    // Nothing of the attempt is left under staging/.
+    let left: Vec<_> = walk(&mnt.0.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(mnt.0.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+}
+
+/// Every file (not directory) under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_release_larger_than_the_free_space_is_refused_before_staging_with_the_figures() {
+    use folder::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    // A signed manifest naming a file of 2^52 bytes: no disk here holds it. Its object is a
+    // few bytes, so only the manifest's sizes can tell.
+    let huge = deltaroot_format::Entry::Node {
+        path: EntryPath::new(b"huge").unwrap(),
+        kind: Kind::File {
+            size: 1 << 52,
+            hash: Hash::of(b"huge"),
+        },
+        meta: match file("x", b"", 0o644) {
+            deltaroot_format::Entry::Node { meta, .. } => meta,
+            _ => unreachable!(),
+        },
+    };
+    f.publish("2", 200, vec![huge], &[b"huge"], Some(&v1), &[]);
+    // A partial download an earlier attempt left.
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("staging/downloads")).unwrap();
+    std::fs::write(root.join("staging/downloads/leftover.zst"), b"partial").unwrap();
+    let err = agent.install("2").unwrap_err().to_string();
+    // It needs the file and its download; the figures are in the message.
+    let needed: u64 = err
+        .split("needs ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(needed > 1 << 52 && err.contains("are available"), "{err}");
+    assert!(err.contains("not enough space for version 2"), "{err}");
+    assert!(err.contains(&root.display().to_string()), "{err}");
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("failed")
+    );
+    let left = walk(&root.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
 }

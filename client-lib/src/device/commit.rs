@@ -31,6 +31,16 @@ impl Device {
         })
     }
 
+    /// Removes `state/status.json` (best effort) when an outcome could not be recorded, so
+    /// that `status` does not go on showing an earlier result.
+    pub fn forget_status(&self) {
+        if let Err(e) = self.dir.remove_file(STATUS) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, "could not remove the outdated {STATUS}");
+            }
+        }
+    }
+
     fn write_status(&self, status: &Status) -> Result<()> {
         let json = serde_json::to_vec_pretty(status).expect("status serialises");
         self.write_atomic(STATUS, &json)

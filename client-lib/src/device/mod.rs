@@ -256,12 +256,91 @@ impl Device {
             ..Default::default()
         };
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
-        self.fetch_contents(target, base_ref, &plan, transport, &mut report)?;
-        report.downloaded_bytes = transport.downloaded() - before;
-        self.build_tree(target, base_ref, &mut report)?;
-        self.verify_staged(target)?;
-        self.commit(target)?;
-        Ok(report)
+        let staged = self
+            .check_space(target, base_ref.map(|b| b.0), &plan)
+            .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report))
+            .and_then(|()| {
+                report.downloaded_bytes = transport.downloaded() - before;
+                self.build_tree(target, base_ref, &mut report)
+            })
+            .and_then(|()| self.verify_staged(target))
+            .and_then(|()| self.commit(target));
+        if let Err(e) = &staged {
+            self.clean_failed_attempt(e);
+        }
+        staged.map(|()| report)
+    }
+
+    /// Refuses, before anything is staged, a target that the file system of the root cannot
+    /// hold: its downloads (the plan's bytes) and every file that is not hardlinked from
+    /// the running tree.
+    fn check_space(
+        &self,
+        target: &VerifiedManifest,
+        base: Option<&deltaroot_format::Manifest>,
+        plan: &deltaroot_format::Plan,
+    ) -> Result<()> {
+        let linkable: std::collections::HashSet<(Hash, &deltaroot_format::Meta)> = base
+            .map(|b| {
+                b.entries
+                    .iter()
+                    .filter_map(|e| match e {
+                        deltaroot_format::Entry::Node {
+                            kind: deltaroot_format::Kind::File { hash, .. },
+                            meta,
+                            ..
+                        } => Some((*hash, meta)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut needed = plan.download_bytes;
+        for e in &target.manifest().entries {
+            if let deltaroot_format::Entry::Node {
+                kind: deltaroot_format::Kind::File { hash, size },
+                meta,
+                ..
+            } = e
+            {
+                if !linkable.contains(&(*hash, meta)) {
+                    needed = needed.saturating_add(*size);
+                }
+            }
+        }
+        let fs = rustix::fs::statvfs(&self.root).map_err(|e| self.io(".")(e.into()))?;
+        let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if needed > available {
+            return Err(Error::NoSpace {
+                path: self.root.clone(),
+                version: target.manifest().version.clone(),
+                needed,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    /// What a failed attempt leaves under `staging/`: the tree (always rebuilt) goes; on a
+    /// full disk everything goes, downloads and contents included, so the disk is not left
+    /// full; otherwise verified contents and partial downloads stay for the next attempt
+    /// to resume. Best effort: the attempt's own error is what is reported.
+    fn clean_failed_attempt(&self, error: &Error) {
+        let all = error.is_out_of_space();
+        let dirs: &[&str] = if all {
+            &[STAGING_TREE, REPLACED, CONTENT, DOWNLOADS]
+        } else {
+            &[STAGING_TREE, REPLACED]
+        };
+        for d in dirs {
+            match self.dir.remove_dir_all(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %self.root.join(d).display(), error = %e, "could not clean up after a failed update")
+                }
+            }
+        }
     }
 }
 
