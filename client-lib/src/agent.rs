@@ -291,8 +291,13 @@ impl Agent {
             });
         };
         let result = self.fetch_manifest(&offer.version).and_then(|m| {
-            if let Some(cur) = &current {
-                let running = self.device.manifest(cur, &self.trusted)?;
+            // Without the running version's manifest there is nothing to compare with: the
+            // offer is taken (logged when the manifest is read).
+            let running = match &current {
+                Some(cur) => self.device.running_manifest(cur, &self.trusted)?,
+                None => None,
+            };
+            if let (Some(cur), Some(running)) = (&current, running) {
                 let running_created = running.manifest().created;
                 let pinned = self.pin.as_ref().is_some_and(|p| *p == offer.version);
                 if m.manifest().created < running_created && !pinned {

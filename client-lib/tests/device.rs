@@ -694,3 +694,88 @@ fn a_release_larger_than_the_free_space_is_refused_before_staging_with_the_figur
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(agent.device.current().unwrap().unwrap(), "1");
 }
+
+#[test]
+fn current_pointing_at_a_missing_version_is_left_by_the_next_update() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    std::fs::remove_file(root.join("current")).unwrap();
+    std::os::unix::fs::symlink("deployments/9", root.join("current")).unwrap();
+    assert!(agent.status().is_ok());
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::Updated(_)), "{out:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+    assert_eq!(agent.device.previous().unwrap(), None);
+}
+
+#[test]
+fn current_as_a_real_directory_is_moved_aside_not_deleted_and_left() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("current/etc")).unwrap();
+    std::fs::write(root.join("current/etc/mine"), b"kept").unwrap();
+    assert_eq!(agent.status().unwrap().current, None);
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::Updated(_)), "{out:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+    // What stood there is kept, untouched, beside.
+    assert_eq!(
+        std::fs::read(root.join("current.unmanaged/etc/mine")).unwrap(),
+        b"kept"
+    );
+}
+
+#[test]
+fn garbage_in_the_status_file_is_an_unknown_status_not_a_stuck_agent() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    std::fs::write(root.join("state/status.json"), b"\x00{ not json").unwrap();
+    assert_eq!(agent.status().unwrap().last.last_result, None);
+    assert!(agent.check().unwrap().update.is_some());
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::Updated(_)), "{out:?}");
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("ok")
+    );
+}
+
+#[test]
+fn a_missing_running_manifest_means_an_update_of_whole_objects() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    let (one, two) = tools();
+    f.publish(
+        "2",
+        200,
+        vec![folder::file("tool", &two, 0o755)],
+        &[&two],
+        Some(&v1),
+        &[(&one, &two)],
+    );
+    std::fs::remove_file(root.join("state/manifests/1.manifest")).unwrap();
+    let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!((r.deltas, r.objects, r.linked), (0, 1, 0), "{r:?}");
+    assert_eq!(std::fs::read(root.join("current/tool")).unwrap(), two);
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+}

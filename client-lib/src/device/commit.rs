@@ -10,6 +10,9 @@ use super::{
 use crate::error::Result;
 use deltaroot_format::{Hash, Name, VerifiedManifest};
 
+/// Where a real directory found at `current` is kept.
+const UNMANAGED: &str = "current.unmanaged";
+
 impl Device {
     /// Records the outcome of an attempt in `state/status.json`.
     pub fn record(&self, version: &str, result: &Result<DeployReport>) -> Result<()> {
@@ -34,10 +37,12 @@ impl Device {
     /// Removes `state/status.json` (best effort) when an outcome could not be recorded, so
     /// that `status` does not go on showing an earlier result.
     pub fn forget_status(&self) {
-        if let Err(e) = self.dir.remove_file(STATUS) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(error = %e, "could not remove the outdated {STATUS}");
+        match self.dir.remove_file(STATUS) {
+            Ok(()) => {
+                let _ = self.sync_dir("state");
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove the outdated {STATUS}"),
         }
     }
 
@@ -83,6 +88,22 @@ impl Device {
             if old != v {
                 self.set_link("previous", &old)?;
             }
+        }
+        // A real directory at `current` is kept, moved aside whole, never deleted.
+        if self
+            .dir
+            .symlink_metadata("current")
+            .is_ok_and(|m| m.is_dir())
+        {
+            if self.dir.symlink_metadata(UNMANAGED).is_ok() {
+                return Err(self.err(format!(
+                    "current is a directory and {UNMANAGED} is taken: move one of them away"
+                )));
+            }
+            self.dir
+                .rename("current", &self.dir, UNMANAGED)
+                .map_err(self.io(UNMANAGED))?;
+            tracing::warn!(root = %self.root.display(), "the directory at current was moved to {UNMANAGED}");
         }
         self.set_link("current", v)
     }
@@ -196,6 +217,8 @@ impl Device {
                 self.dir.remove_dir_all(&rel).map_err(self.io(&rel))?;
                 let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.manifest"));
                 let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.sig"));
+                self.sync_dir("deployments")?;
+                self.sync_dir(MANIFESTS)?;
             }
         }
         for d in [CONTENT, DOWNLOADS, REPLACED] {

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-use deltaroot_format::{Hash, Name, PublicKey, VerifiedManifest};
+use deltaroot_format::{fsio, Hash, Name, PublicKey, VerifiedManifest};
 
 mod commit;
 mod fetch;
@@ -116,7 +116,12 @@ impl Device {
         std::fs::create_dir_all(root).map_err(Error::io(root))?;
         let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(Error::io(root))?;
         for d in ["deployments", "staging", "state", MANIFESTS, COMPLETE] {
-            dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
+            if !dir.exists(d) {
+                dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
+                // The new entry is durable only once the folder holding it is synced.
+                let parent = Path::new(d).parent();
+                fsio::sync_dir_in(&dir, parent).map_err(Error::io(root.join(d)))?;
+            }
         }
         Ok(Device {
             root: root.to_owned(),
@@ -171,9 +176,28 @@ impl Device {
         }
     }
 
-    /// The running version.
+    /// The running version: `current`'s, when it is a link to a deployment that is there.
+    /// A `current` that is a real directory, or a link to a deployment that is gone, runs no
+    /// version deltaroot knows: it is logged and counts as nothing installed, so the next
+    /// update installs a whole version and replaces it (a real directory is kept, moved
+    /// aside to `current.unmanaged`).
     pub fn current(&self) -> Result<Option<Name>> {
-        self.link_version("current")
+        match self.dir.symlink_metadata("current") {
+            Ok(m) if m.is_dir() => {
+                tracing::warn!(root = %self.root.display(), "current is a directory, not a link to a deployment: treated as nothing installed");
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let v = self.link_version("current")?;
+        if let Some(name) = &v {
+            let tree = self.dir.symlink_metadata(format!("deployments/{name}"));
+            if !tree.is_ok_and(|m| m.is_dir()) {
+                tracing::warn!(root = %self.root.display(), version = %name, "current points at a deployment that is not there: treated as nothing installed");
+                return Ok(None);
+            }
+        }
+        Ok(v)
     }
 
     /// The version `rollback` returns to.
@@ -200,11 +224,33 @@ impl Device {
         Ok(VerifiedManifest::verify(bytes, sig, trusted)?)
     }
 
+    /// The last result; a status file that cannot be parsed is logged and counts as no
+    /// result (it is rewritten by the next attempt).
     pub fn status(&self) -> Result<Status> {
         match self.dir.read(STATUS) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| self.err(format!("{STATUS}: {e}"))),
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.root.join(STATUS).display(), error = %e, "unreadable status: treated as unknown");
+                Status::default()
+            })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::default()),
             Err(e) => Err(self.io(STATUS)(e)),
+        }
+    }
+
+    /// The stored manifest of the running version `v`, re-verified; `None` (logged) when it
+    /// is not there, so that an update proceeds as onto a device with nothing verified.
+    pub fn running_manifest(
+        &self,
+        v: &str,
+        trusted: &[PublicKey],
+    ) -> Result<Option<VerifiedManifest>> {
+        match self.manifest(v, trusted) {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::Io { path, source }) if source.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "the running version's manifest is missing: nothing of the running tree is reused");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -226,9 +272,12 @@ impl Device {
         if current.as_deref() == Some(m.version.as_str()) {
             return Err(self.err(format!("version {} is already running", m.version)));
         }
-        let base = match &current {
-            Some(v) => {
-                let cm = self.manifest(v, trusted)?;
+        let running = match &current {
+            Some(v) => self.running_manifest(v, trusted)?,
+            None => None,
+        };
+        let base = match (&current, running) {
+            (Some(v), Some(cm)) => {
                 if cm.manifest().product != m.product {
                     return Err(self.err(format!(
                         "running product {} cannot move to product {}",
@@ -242,12 +291,15 @@ impl Device {
                     .map_err(self.io(&format!("deployments/{v}")))?;
                 Some((cm, dir))
             }
-            None => None,
+            _ => None,
         };
         // The manifest's names were checked when it was verified.
         let product = Name::new("product", m.product.as_str())?;
         let version = Name::new("version", m.version.as_str())?;
-        let plan = transport.plan(&product, current.as_ref(), &version)?;
+        // Without the running manifest nothing of the running tree is verified: the plan
+        // is that of a device with nothing installed (whole objects).
+        let from = current.as_ref().filter(|_| base.is_some());
+        let plan = transport.plan(&product, from, &version)?;
         let before = transport.downloaded();
         let mut report = DeployReport {
             version: m.version.clone(),
