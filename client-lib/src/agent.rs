@@ -247,13 +247,20 @@ impl Agent {
         Ok(m)
     }
 
-    /// Installs exactly `version`, older or newer: an operator's explicit choice.
-    pub fn install(&self, version: &str) -> Result<DeployReport> {
+    /// Installs exactly `version`, older or newer: an operator's explicit choice. The
+    /// running version is up to date, not a failure, and records nothing.
+    pub fn install(&self, version: &str) -> Result<UpdateOutcome> {
         let _lock = self.device.lock()?;
+        let current = self.device.current()?;
+        if current.as_deref() == Some(version) {
+            return Ok(UpdateOutcome::UpToDate {
+                version: current.map(Name::into_string),
+            });
+        }
         let result = self
             .fetch_manifest(version)
             .and_then(|m| self.device.deploy(&m, &*self.transport, &self.trusted));
-        self.record(version, result)
+        self.record(version, result).map(UpdateOutcome::Updated)
     }
 
     /// Records an attempt's outcome and returns it. When the record itself cannot be written
@@ -430,10 +437,10 @@ impl Show for UpdateOutcome {
     fn text(&self) -> String {
         match self {
             UpdateOutcome::Updated(r) => r.text(),
-            UpdateOutcome::UpToDate { version } => format!(
-                "up to date at {}",
-                version.as_deref().unwrap_or("nothing installed")
-            ),
+            UpdateOutcome::UpToDate { version: Some(v) } => {
+                format!("up to date: {v} is already running")
+            }
+            UpdateOutcome::UpToDate { version: None } => "up to date: nothing installed".into(),
         }
     }
     json_via_serde!();

@@ -779,3 +779,67 @@ fn a_missing_running_manifest_means_an_update_of_whole_objects() {
     assert_eq!(std::fs::read(root.join("current/tool")).unwrap(), two);
     assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
 }
+
+#[test]
+fn installing_the_running_version_succeeds_saying_so_and_records_no_failure() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    let out = agent.install("1").unwrap();
+    assert!(
+        matches!(&out, UpdateOutcome::UpToDate { version: Some(v) } if v == "1"),
+        "{out:?}"
+    );
+    use deltaroot_client::agent::Show;
+    assert!(
+        out.text().contains("1 is already running"),
+        "{}",
+        out.text()
+    );
+    let last = agent.status().unwrap().last;
+    assert_eq!(last.last_result.as_deref(), Some("ok"), "{last:?}");
+    assert_eq!(last.last_error, None);
+}
+
+#[test]
+fn installing_the_previous_version_again_reuses_its_complete_deployment() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, root) = one_then_two(tmp.path());
+    assert_eq!(agent.rollback().unwrap(), "1");
+    // Nothing can be downloaded any more: version 2 must come from deployments/2.
+    std::fs::remove_dir_all(f.root.join("objects")).unwrap();
+    std::fs::remove_dir_all(f.root.join("deltas")).unwrap();
+    let UpdateOutcome::Updated(r) = agent.install("2").unwrap() else {
+        panic!("not installed")
+    };
+    assert_eq!(
+        (r.downloaded_bytes, r.objects, r.deltas),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().1
+    );
+}
+
+#[test]
+fn after_a_rollback_check_and_update_agree_that_the_version_left_is_not_offered() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = one_then_two(tmp.path());
+    assert_eq!(agent.rollback().unwrap(), "1");
+    let offer = agent.check().unwrap();
+    assert_eq!(offer.latest.as_deref(), Some("2"));
+    assert!(offer.update.is_none(), "{offer:?}");
+    let out = agent.update().unwrap();
+    assert!(
+        matches!(&out, UpdateOutcome::UpToDate { version: Some(v) } if v == "1"),
+        "{out:?}"
+    );
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+}

@@ -198,7 +198,7 @@ impl Device {
 
     /// Removes deployments and manifests other than `current` and `previous`, and the
     /// content store.
-    fn collect_garbage(&self) -> Result<()> {
+    pub(super) fn collect_garbage(&self) -> Result<()> {
         let keep: HashSet<String> = [self.current()?, self.previous()?]
             .into_iter()
             .flatten()

@@ -272,6 +272,17 @@ impl Device {
         if current.as_deref() == Some(m.version.as_str()) {
             return Err(self.err(format!("version {} is already running", m.version)));
         }
+        // A complete deployment of this very release (rolled back from, say) is switched
+        // to again, not fetched again.
+        if self.is_complete(&m.version, Some(target)) {
+            self.switch_to(&m.version)?;
+            self.collect_garbage()?;
+            return Ok(DeployReport {
+                version: m.version.clone(),
+                from: current.map(Name::into_string),
+                ..Default::default()
+            });
+        }
         let running = match &current {
             Some(v) => self.running_manifest(v, trusted)?,
             None => None,
