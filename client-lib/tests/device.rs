@@ -843,3 +843,71 @@ fn after_a_rollback_check_and_update_agree_that_the_version_left_is_not_offered(
     );
     assert_eq!(agent.device.current().unwrap().unwrap(), "1");
 }
+
+#[test]
+fn the_next_run_after_a_kill_past_the_switch_cleans_staging_and_prunes() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    // What a kill right after the switch leaves: the contents and downloads of the attempt,
+    // and a deployment older than `previous` not yet pruned.
+    std::fs::create_dir_all(root.join("deployments/0/bin")).unwrap();
+    std::fs::write(root.join("deployments/0/bin/tool"), b"old").unwrap();
+    std::fs::write(root.join("state/manifests/0.manifest"), b"old").unwrap();
+    for d in ["staging/content", "staging/downloads", "staging/tree"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join("left"), b"left").unwrap();
+    }
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::UpToDate { .. }), "{out:?}");
+    let left = walk(&root.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+    let mut kept: Vec<String> = std::fs::read_dir(root.join("deployments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["1", "2"]);
+    assert!(!root.join("state/manifests/0.manifest").exists());
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().1
+    );
+    assert_eq!(
+        std::fs::read(root.join("previous/bin/tool")).unwrap(),
+        tools().0
+    );
+}
+
+#[test]
+fn an_attempt_that_failed_keeps_its_verified_contents_for_the_next_run_to_resume() {
+    use folder::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    let (kept, lost) = (noise(b"kept", 4096), noise(b"lost", 1000));
+    f.publish(
+        "2",
+        200,
+        vec![file("kept", &kept, 0o644), file("lost", &lost, 0o644)],
+        &[&kept, &lost],
+        Some(&v1),
+        &[],
+    );
+    let obj = f.root.join(object_path(&Hash::of(&lost)));
+    let saved = std::fs::read(&obj).unwrap();
+    std::fs::remove_file(&obj).unwrap();
+    assert!(agent.install("2").is_err());
+    // Another command takes the lock: the contents for version 2 are still there.
+    agent.update().unwrap_err();
+    let stored = root
+        .join("staging/content")
+        .join(Hash::of(&kept).to_string());
+    assert!(stored.is_file());
+    std::fs::write(&obj, saved).unwrap();
+    agent.install("2").unwrap();
+    assert_eq!(std::fs::read(root.join("current/kept")).unwrap(), kept);
+    let left = walk(&root.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+}

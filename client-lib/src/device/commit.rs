@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::{
     now, DeployReport, Device, Status, COMPLETE, CONTENT, DOWNLOADS, MANIFESTS, REPLACED,
-    STAGING_TREE, STATUS,
+    STAGING_FOR, STAGING_TREE, STATUS,
 };
 use crate::error::Result;
 use deltaroot_format::{Hash, Name, VerifiedManifest};
@@ -196,9 +196,23 @@ impl Device {
         Ok(prev)
     }
 
-    /// Removes deployments and manifests other than `current` and `previous`, and the
-    /// content store.
+    /// Removes deployments and manifests other than `current` and `previous`, and what
+    /// `staging/` holds.
     pub(super) fn collect_garbage(&self) -> Result<()> {
+        self.prune()?;
+        for d in [CONTENT, DOWNLOADS, REPLACED] {
+            self.remove_dir_if_present(d)?;
+        }
+        match self.dir.remove_file(STAGING_FOR) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(STAGING_FOR)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes deployments (each losing its mark first) and manifests other than those of
+    /// `current` and `previous`. Never either of those: when a link cannot be read, nothing
+    /// is removed.
+    pub(super) fn prune(&self) -> Result<()> {
         let keep: HashSet<String> = [self.current()?, self.previous()?]
             .into_iter()
             .flatten()
@@ -220,9 +234,6 @@ impl Device {
                 self.sync_dir("deployments")?;
                 self.sync_dir(MANIFESTS)?;
             }
-        }
-        for d in [CONTENT, DOWNLOADS, REPLACED] {
-            self.remove_dir_if_present(d)?;
         }
         Ok(())
     }

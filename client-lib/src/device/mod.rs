@@ -11,6 +11,7 @@
 //! staging/content/<hash>   verified new contents waiting to be placed
 //! staging/downloads/       partial downloads, resumed after a cut
 //! staging/replaced/         an incomplete tree of the version installed, moved aside
+//! staging/for               the version the contents and downloads are for (resumable)
 //! state/manifests/         the signed manifests of the kept versions
 //! state/complete/<version>  written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
@@ -55,6 +56,9 @@ const MANIFESTS: &str = "state/manifests";
 const COMPLETE: &str = "state/complete";
 /// Where an incomplete tree of the version being installed is moved aside whole.
 const REPLACED: &str = "staging/replaced";
+/// The version the contents and downloads under `staging/` are for, written before the
+/// first download: what the next run may resume.
+const STAGING_FOR: &str = "staging/for";
 const STATUS: &str = "state/status.json";
 /// Downloads and delta applications in flight at once.
 const FETCH_THREADS: usize = 4;
@@ -153,6 +157,7 @@ impl Device {
             .into_std();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| self.err("another deltaroot-agent holds state/lock"))?;
+        self.tidy();
         Ok(DeviceLock(f))
     }
 
@@ -321,6 +326,7 @@ impl Device {
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
         let staged = self
             .check_space(target, base_ref.map(|b| b.0), &plan)
+            .and_then(|()| self.write_atomic(STAGING_FOR, format!("{version}\n").as_bytes()))
             .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report))
             .and_then(|()| {
                 report.downloaded_bytes = transport.downloaded() - before;
@@ -391,18 +397,52 @@ impl Device {
     fn clean_failed_attempt(&self, error: &Error) {
         let all = error.is_out_of_space();
         let dirs: &[&str] = if all {
-            &[STAGING_TREE, REPLACED, CONTENT, DOWNLOADS]
+            &[STAGING_TREE, REPLACED, CONTENT, DOWNLOADS, STAGING_FOR]
         } else {
             &[STAGING_TREE, REPLACED]
         };
-        for d in dirs {
-            match self.dir.remove_dir_all(d) {
+        self.remove_quietly(dirs);
+    }
+
+    /// Removes each of `rels` (a folder or a file) under the root, logging what fails.
+    fn remove_quietly(&self, rels: &[&str]) {
+        for rel in rels {
+            let res = match self.dir.symlink_metadata(rel) {
+                Ok(m) if m.is_dir() => self.dir.remove_dir_all(rel),
+                Ok(_) => self.dir.remove_file(rel),
+                Err(e) => Err(e),
+            };
+            match res {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(path = %self.root.join(d).display(), error = %e, "could not clean up after a failed update")
+                    tracing::warn!(path = %self.root.join(rel).display(), error = %e, "could not remove a leftover")
                 }
             }
+        }
+    }
+
+    /// Run with the lock taken, before anything else: removes what an earlier run killed at
+    /// any point left behind. The staging tree and a tree moved aside always go (an attempt
+    /// rebuilds them); contents and downloads go too unless they are for a version still
+    /// to be installed (`staging/for`), which the next attempt resumes. Deployments other
+    /// than `current` and `previous` are pruned. Best effort: logged, never an error.
+    fn tidy(&self) {
+        self.remove_quietly(&[STAGING_TREE, REPLACED]);
+        let pending = self
+            .dir
+            .read_to_string(STAGING_FOR)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| {
+                self.current().ok().flatten().as_deref() != Some(v.as_str())
+                    && !self.is_complete(v, None)
+            });
+        if pending.is_none() {
+            self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR]);
+        }
+        if let Err(e) = self.prune() {
+            tracing::warn!(root = %self.root.display(), error = %e, "could not prune old deployments");
         }
     }
 }
