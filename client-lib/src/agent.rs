@@ -346,6 +346,10 @@ impl Agent {
     pub fn rollback(&self) -> Result<Name> {
         let _lock = self.device.lock()?;
         let left = self.device.current()?;
+        if let Some(prev) = self.device.previous()? {
+            // Unmarked (installed before the marks): marked only if it verifies whole.
+            self.device.adopt_deployment(&prev, &self.trusted);
+        }
         let now_running = self.device.rollback()?;
         // Rolled back either way: a record that cannot be written does not undo that.
         if let Err(e) = self.device.record_rollback(left.as_ref()) {

@@ -911,3 +911,17 @@ fn an_attempt_that_failed_keeps_its_verified_contents_for_the_next_run_to_resume
     let left = walk(&root.join("staging"));
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn an_unmarked_previous_deployment_that_verifies_whole_is_rolled_back_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    // As an agent from before the marks left it: the tree whole, no mark.
+    std::fs::remove_file(root.join("state/complete/1")).unwrap();
+    assert_eq!(agent.rollback().unwrap(), "1");
+    assert!(root.join("state/complete/1").is_file());
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+}

@@ -133,6 +133,39 @@ impl Device {
         self.write_atomic(&mark, format!("{}\n", Hash::of(&bytes)).as_bytes())
     }
 
+    /// Marks `deployments/<v>` complete if it has no mark (an agent from before the marks
+    /// installed it) but matches its stored, re-verified manifest entry by entry. Returns
+    /// whether it is complete now; a tree that does not match (half deleted) stays
+    /// unmarked.
+    pub fn adopt_deployment(&self, v: &str, trusted: &[deltaroot_format::PublicKey]) -> bool {
+        if self.is_complete(v, None) {
+            return true;
+        }
+        let tree = self.dir.symlink_metadata(format!("deployments/{v}"));
+        if !tree.is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        let Ok(m) = self.manifest(v, trusted) else {
+            return false;
+        };
+        let found = match deltaroot_format::tree::scan(&self.deployment_path(v)) {
+            Ok(found) => found,
+            Err(_) => return false,
+        };
+        let diffs = deltaroot_format::tree::differences(&m.manifest().entries, &found);
+        if let Some(first) = diffs.first() {
+            tracing::warn!(version = v, differences = diffs.len(), first = %first, "deployment does not match its manifest");
+            return false;
+        }
+        match self.mark_complete(&m) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(version = v, error = %e, "could not mark a verified deployment");
+                false
+            }
+        }
+    }
+
     /// Removes the mark of `v` (durably) before its tree is touched.
     fn unmark_complete(&self, v: &str) -> Result<()> {
         let rel = format!("{COMPLETE}/{v}");
