@@ -10,10 +10,10 @@
 //! staging/tree/            the next version while it is built
 //! staging/content/<hash>   verified new contents waiting to be placed
 //! staging/downloads/       partial downloads, resumed after a cut
-//! staging/replaced/         an incomplete tree of the version installed, moved aside
-//! staging/for               the version the contents and downloads are for (resumable)
+//! staging/replaced/        an incomplete tree of the version installed, moved aside
+//! staging/for              the version the contents and downloads are for (resumable)
 //! state/manifests/         the signed manifests of the kept versions
-//! state/complete/<version>  written last: that deployment is whole and verified
+//! state/complete/<v>       written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
 //! ```
 //!
