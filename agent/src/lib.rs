@@ -100,7 +100,27 @@ pub enum Command {
     Rollback,
 }
 
+impl Command {
+    /// Whether the command may create the device root: only `install` and `update` do;
+    /// `check`, `status` and `rollback` on a root that does not exist say so.
+    pub fn creates_root(&self) -> bool {
+        matches!(self, Command::Install { .. } | Command::Update)
+    }
+}
+
 impl Cli {
+    /// Refuses a command that does not install (`check`, `status`, `rollback`) on a device
+    /// root that does not exist, naming it, before anything is created there.
+    pub fn check_root(&self, settings: &Settings) -> Result<()> {
+        match &settings.root {
+            Some(root) if !self.command.creates_root() && !root.is_dir() => Err(Error::Device {
+                root: root.clone(),
+                what: "does not exist (only install and update create a device root)".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The settings the flags name, over those of `--config` when given.
     pub fn settings(&self) -> Result<Settings> {
         let file = match &self.config {

@@ -202,3 +202,34 @@ fn deltaroot_apply_applies_one_delta_and_refuses_the_wrong_base_by_name() {
         );
     }
 }
+
+#[test]
+fn reading_commands_on_a_device_root_that_does_not_exist_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::from_seed([4; 32]);
+    let pubp = dir.path().join("k.pub");
+    std::fs::write(&pubp, key.public().to_text()).unwrap();
+    let folder = dir.path().join("release");
+    std::fs::create_dir(&folder).unwrap();
+    let root = dir.path().join("no/such/root");
+    for cmd in ["check", "status", "rollback"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_deltaroot-agent"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--folder")
+            .arg(&folder)
+            .args(["--product", "demo", "--device-id", "test"])
+            .arg("--trust")
+            .arg(&pubp)
+            .arg(cmd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {out:?}");
+        assert!(
+            err.contains(&root.display().to_string()) && err.contains("does not exist"),
+            "{cmd}: {err}"
+        );
+        assert!(!dir.path().join("no").exists(), "{cmd} created the root");
+    }
+}

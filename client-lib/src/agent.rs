@@ -247,13 +247,20 @@ impl Agent {
         Ok(m)
     }
 
-    /// Installs exactly `version`, older or newer: an operator's explicit choice.
-    pub fn install(&self, version: &str) -> Result<DeployReport> {
+    /// Installs exactly `version`, older or newer: an operator's explicit choice. The
+    /// running version is up to date, not a failure, and records nothing.
+    pub fn install(&self, version: &str) -> Result<UpdateOutcome> {
         let _lock = self.device.lock()?;
+        let current = self.device.current()?;
+        if current.as_deref() == Some(version) {
+            return Ok(UpdateOutcome::UpToDate {
+                version: current.map(Name::into_string),
+            });
+        }
         let result = self
             .fetch_manifest(version)
             .and_then(|m| self.device.deploy(&m, &*self.transport, &self.trusted));
-        self.record(version, result)
+        self.record(version, result).map(UpdateOutcome::Updated)
     }
 
     /// Records an attempt's outcome and returns it. When the record itself cannot be written
@@ -263,6 +270,10 @@ impl Agent {
     fn record(&self, version: &str, result: Result<DeployReport>) -> Result<DeployReport> {
         if let Err(e) = self.device.record(version, &result) {
             tracing::warn!(version, error = %e, "could not record the outcome of the update");
+            // A status that still says "ok" from before would be a lie: none is better.
+            if result.is_err() {
+                self.device.forget_status();
+            }
         }
         result
     }
@@ -287,8 +298,13 @@ impl Agent {
             });
         };
         let result = self.fetch_manifest(&offer.version).and_then(|m| {
-            if let Some(cur) = &current {
-                let running = self.device.manifest(cur, &self.trusted)?;
+            // Without the running version's manifest there is nothing to compare with: the
+            // offer is taken (logged when the manifest is read).
+            let running = match &current {
+                Some(cur) => self.device.running_manifest(cur, &self.trusted)?,
+                None => None,
+            };
+            if let (Some(cur), Some(running)) = (&current, running) {
                 let running_created = running.manifest().created;
                 let pinned = self.pin.as_ref().is_some_and(|p| *p == offer.version);
                 if m.manifest().created < running_created && !pinned {
@@ -330,8 +346,16 @@ impl Agent {
     pub fn rollback(&self) -> Result<Name> {
         let _lock = self.device.lock()?;
         let left = self.device.current()?;
+        if let Some(prev) = self.device.previous()? {
+            // Unmarked (installed before the marks): marked only if it verifies whole.
+            self.device.adopt_deployment(&prev, &self.trusted);
+        }
         let now_running = self.device.rollback()?;
-        self.device.record_rollback(left.as_ref())?;
+        // Rolled back either way: a record that cannot be written does not undo that.
+        if let Err(e) = self.device.record_rollback(left.as_ref()) {
+            tracing::warn!(error = %e, "could not record the rollback");
+            self.device.forget_status();
+        }
         Ok(now_running)
     }
 }
@@ -417,10 +441,10 @@ impl Show for UpdateOutcome {
     fn text(&self) -> String {
         match self {
             UpdateOutcome::Updated(r) => r.text(),
-            UpdateOutcome::UpToDate { version } => format!(
-                "up to date at {}",
-                version.as_deref().unwrap_or("nothing installed")
-            ),
+            UpdateOutcome::UpToDate { version: Some(v) } => {
+                format!("up to date: {v} is already running")
+            }
+            UpdateOutcome::UpToDate { version: None } => "up to date: nothing installed".into(),
         }
     }
     json_via_serde!();

@@ -55,6 +55,13 @@ pub enum Error {
     Missing { location: String },
 
     // --- the device ---
+    #[error("{path}: not enough space for version {version}: it needs {needed} bytes, {available} are available")]
+    NoSpace {
+        path: PathBuf,
+        version: String,
+        needed: u64,
+        available: u64,
+    },
     #[error("device root {root}: {what}")]
     Device { root: PathBuf, what: String },
     #[error("configuration {path}: {what}")]
@@ -66,6 +73,20 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// The file system is full (or the quota spent): [`Error::NoSpace`], or an I/O error
+    /// `ENOSPC` / `EDQUOT`.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::NoSpace { .. } => true,
+            Error::Io { source, .. } => {
+                let code = source.raw_os_error();
+                code == Some(rustix::io::Errno::NOSPC.raw_os_error())
+                    || code == Some(rustix::io::Errno::DQUOT.raw_os_error())
+            }
+            _ => false,
+        }
     }
 
     /// A delta that cannot give its content: damaged, of an unknown method, not on the

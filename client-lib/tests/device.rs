@@ -443,8 +443,485 @@ fn a_full_disk_while_staging_is_the_error_reported() {
         Some(&v1),
         &[],
     );
+    // Refused before anything is staged, with what it needs and what there is.
+    let err = agent.install("2").unwrap_err().to_string();
+    assert!(err.contains("needs") && err.contains("available"), "{err}");
+    assert!(err.contains(&mnt.display().to_string()), "{err}");
+    assert!(!err.contains("status.json"), "{err}");
+}
+
+/// Version 1 installed, then version 2 over it: `current` is 2, `previous` is 1.
+fn one_then_two(tmp: &std::path::Path) -> (folder::Release, Agent, std::path::PathBuf) {
+    use folder::*;
+    let (f, agent, v1) = folder_and_agent(tmp);
+    agent.install("1").unwrap();
+    let (one, two) = tools();
+    f.publish(
+        "2",
+        200,
+        vec![
+            dir("bin"),
+            file("bin/tool", &two, 0o4755),
+            file("etc.conf", b"setting = 2\n", 0o644),
+            symlink("link", "bin/tool"),
+        ],
+        &[&two, b"setting = 2\n"],
+        Some(&v1),
+        &[(&one, &two)],
+    );
+    agent.install("2").unwrap();
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    (f, agent, tmp.join("root"))
+}
+
+#[test]
+fn rollback_refuses_a_half_deleted_previous_deployment_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    // What a kill in the middle of removing deployments/1 leaves: the folder, part of its
+    // files, and no mark of a complete deployment.
+    std::fs::remove_file(root.join("deployments/1/bin/tool")).unwrap();
+    let _ = std::fs::remove_file(root.join("state/complete/1"));
+    let err = agent.rollback().unwrap_err().to_string();
+    assert!(err.contains("1") && err.contains("not complete"), "{err}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    assert_ne!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("rolled-back")
+    );
+}
+
+#[test]
+fn a_complete_previous_deployment_is_marked_and_rolled_back_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    assert!(root.join("state/complete/1").is_file());
+    assert!(root.join("state/complete/2").is_file());
+    assert_eq!(agent.rollback().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+}
+
+/// A 1 MiB tmpfs at `<tmp>/root`, unmounted when dropped; `None` where mounting needs root
+/// this test does not have.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(tmp: &std::path::Path) -> Option<Tmpfs> {
+        let mnt = tmp.join("root");
+        std::fs::create_dir(&mnt).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs(mnt)),
+            other => {
+                eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A release folder that fills the device's disk (a file at `fill`) just before its first
+/// download: the update runs out of space in the middle of staging.
+struct FillsTheDisk {
+    inner: Folder,
+    fill: std::path::PathBuf,
+}
+
+impl Transport for FillsTheDisk {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn check(
+        &self,
+        q: &deltaroot_client::transport::CheckQuery<'_>,
+    ) -> deltaroot_client::Result<deltaroot_format::api::CheckResponse> {
+        self.inner.check(q)
+    }
+    fn get(&self, rel: &str, limit: u64) -> deltaroot_client::Result<Vec<u8>> {
+        self.inner.get(rel, limit)
+    }
+    fn plan(
+        &self,
+        product: &deltaroot_format::Name,
+        from: Option<&deltaroot_format::Name>,
+        to: &deltaroot_format::Name,
+    ) -> deltaroot_client::Result<deltaroot_format::Plan> {
+        self.inner.plan(product, from, to)
+    }
+    fn download(
+        &self,
+        rel: &str,
+        file: &mut std::fs::File,
+        path: &std::path::Path,
+        exact: Option<u64>,
+        max: u64,
+    ) -> deltaroot_client::Result<u64> {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::File::create_new(&self.fill) {
+            while f.write_all(&[7u8; 4096]).is_ok() {}
+        }
+        self.inner.download(rel, file, path, exact, max)
+    }
+    fn downloaded(&self) -> u64 {
+        self.inner.downloaded()
+    }
+}
+
+#[test]
+fn a_disk_that_fills_while_staging_reports_its_own_error_and_leaves_no_staging_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mnt) = Tmpfs::mount(tmp.path()) else {
+        return;
+    };
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("ok")
+    );
+    let big = noise(b"big", 200 << 10);
+    f.publish(
+        "2",
+        200,
+        vec![folder::file("big", &big, 0o644)],
+        &[&big],
+        Some(&v1),
+        &[],
+    );
+    let transport = FillsTheDisk {
+        inner: Folder::open(&f.root).unwrap(),
+        fill: mnt.0.join("filler"),
+    };
+    let agent = Agent::with_transport(
+        Settings {
+            root: Some(mnt.0.clone()),
+            product: Some("demo".into()),
+            trust: vec![tmp.path().join("k.pub")],
+            device_id: Some("test-folder".into()),
+            ..Settings::default()
+        },
+        Box::new(transport),
+    )
+    .unwrap();
     let err = agent.install("2").unwrap_err().to_string();
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("staging/"), "{err}");
     assert!(!err.contains("status.json"), "{err}");
+    // The last result is not the earlier "ok".
+    let last = agent.status().unwrap().last;
+    assert_ne!(last.last_result.as_deref(), Some("ok"), "{last:?}");
+    // Nothing of the attempt is left under staging/.
+    let left: Vec<_> = walk(&mnt.0.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(mnt.0.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+}
+
+/// Every file (not directory) under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_release_larger_than_the_free_space_is_refused_before_staging_with_the_figures() {
+    use folder::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    // A signed manifest naming a file of 2^52 bytes: no disk here holds it. Its object is a
+    // few bytes, so only the manifest's sizes can tell.
+    let huge = deltaroot_format::Entry::Node {
+        path: EntryPath::new(b"huge").unwrap(),
+        kind: Kind::File {
+            size: 1 << 52,
+            hash: Hash::of(b"huge"),
+        },
+        meta: match file("x", b"", 0o644) {
+            deltaroot_format::Entry::Node { meta, .. } => meta,
+            _ => unreachable!(),
+        },
+    };
+    f.publish("2", 200, vec![huge], &[b"huge"], Some(&v1), &[]);
+    // A partial download an earlier attempt left.
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("staging/downloads")).unwrap();
+    std::fs::write(root.join("staging/downloads/leftover.zst"), b"partial").unwrap();
+    let err = agent.install("2").unwrap_err().to_string();
+    // It needs the file and its download; the figures are in the message.
+    let needed: u64 = err
+        .split("needs ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(needed > 1 << 52 && err.contains("are available"), "{err}");
+    assert!(err.contains("not enough space for version 2"), "{err}");
+    assert!(err.contains(&root.display().to_string()), "{err}");
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("failed")
+    );
+    let left = walk(&root.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+}
+
+#[test]
+fn current_pointing_at_a_missing_version_is_left_by_the_next_update() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    std::fs::remove_file(root.join("current")).unwrap();
+    std::os::unix::fs::symlink("deployments/9", root.join("current")).unwrap();
+    assert!(agent.status().is_ok());
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::Updated(_)), "{out:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+    assert_eq!(agent.device.previous().unwrap(), None);
+}
+
+#[test]
+fn current_as_a_real_directory_is_moved_aside_not_deleted_and_left() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("current/etc")).unwrap();
+    std::fs::write(root.join("current/etc/mine"), b"kept").unwrap();
+    assert_eq!(agent.status().unwrap().current, None);
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::Updated(_)), "{out:?}");
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
+    // What stood there is kept, untouched, beside.
+    assert_eq!(
+        std::fs::read(root.join("current.unmanaged/etc/mine")).unwrap(),
+        b"kept"
+    );
+}
+
+#[test]
+fn garbage_in_the_status_file_is_an_unknown_status_not_a_stuck_agent() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    std::fs::write(root.join("state/status.json"), b"\x00{ not json").unwrap();
+    assert_eq!(agent.status().unwrap().last.last_result, None);
+    assert!(agent.check().unwrap().update.is_some());
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::Updated(_)), "{out:?}");
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("ok")
+    );
+}
+
+#[test]
+fn a_missing_running_manifest_means_an_update_of_whole_objects() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    let (one, two) = tools();
+    f.publish(
+        "2",
+        200,
+        vec![folder::file("tool", &two, 0o755)],
+        &[&two],
+        Some(&v1),
+        &[(&one, &two)],
+    );
+    std::fs::remove_file(root.join("state/manifests/1.manifest")).unwrap();
+    let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!((r.deltas, r.objects, r.linked), (0, 1, 0), "{r:?}");
+    assert_eq!(std::fs::read(root.join("current/tool")).unwrap(), two);
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+}
+
+#[test]
+fn installing_the_running_version_succeeds_saying_so_and_records_no_failure() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    let out = agent.install("1").unwrap();
+    assert!(
+        matches!(&out, UpdateOutcome::UpToDate { version: Some(v) } if v == "1"),
+        "{out:?}"
+    );
+    use deltaroot_client::agent::Show;
+    assert!(
+        out.text().contains("1 is already running"),
+        "{}",
+        out.text()
+    );
+    let last = agent.status().unwrap().last;
+    assert_eq!(last.last_result.as_deref(), Some("ok"), "{last:?}");
+    assert_eq!(last.last_error, None);
+}
+
+#[test]
+fn installing_the_previous_version_again_reuses_its_complete_deployment() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, root) = one_then_two(tmp.path());
+    assert_eq!(agent.rollback().unwrap(), "1");
+    // Nothing can be downloaded any more: version 2 must come from deployments/2.
+    std::fs::remove_dir_all(f.root.join("objects")).unwrap();
+    std::fs::remove_dir_all(f.root.join("deltas")).unwrap();
+    let UpdateOutcome::Updated(r) = agent.install("2").unwrap() else {
+        panic!("not installed")
+    };
+    assert_eq!(
+        (r.downloaded_bytes, r.objects, r.deltas),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(agent.device.current().unwrap().unwrap(), "2");
+    assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().1
+    );
+}
+
+#[test]
+fn after_a_rollback_check_and_update_agree_that_the_version_left_is_not_offered() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _) = one_then_two(tmp.path());
+    assert_eq!(agent.rollback().unwrap(), "1");
+    let offer = agent.check().unwrap();
+    assert_eq!(offer.latest.as_deref(), Some("2"));
+    assert!(offer.update.is_none(), "{offer:?}");
+    let out = agent.update().unwrap();
+    assert!(
+        matches!(&out, UpdateOutcome::UpToDate { version: Some(v) } if v == "1"),
+        "{out:?}"
+    );
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+}
+
+#[test]
+fn the_next_run_after_a_kill_past_the_switch_cleans_staging_and_prunes() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    // What a kill right after the switch leaves: the contents and downloads of the attempt,
+    // and a deployment older than `previous` not yet pruned.
+    std::fs::create_dir_all(root.join("deployments/0/bin")).unwrap();
+    std::fs::write(root.join("deployments/0/bin/tool"), b"old").unwrap();
+    std::fs::write(root.join("state/manifests/0.manifest"), b"old").unwrap();
+    for d in ["staging/content", "staging/downloads", "staging/tree"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join("left"), b"left").unwrap();
+    }
+    let out = agent.update().unwrap();
+    assert!(matches!(out, UpdateOutcome::UpToDate { .. }), "{out:?}");
+    let left = walk(&root.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+    let mut kept: Vec<String> = std::fs::read_dir(root.join("deployments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["1", "2"]);
+    assert!(!root.join("state/manifests/0.manifest").exists());
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().1
+    );
+    assert_eq!(
+        std::fs::read(root.join("previous/bin/tool")).unwrap(),
+        tools().0
+    );
+}
+
+#[test]
+fn an_attempt_that_failed_keeps_its_verified_contents_for_the_next_run_to_resume() {
+    use folder::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    let (kept, lost) = (noise(b"kept", 4096), noise(b"lost", 1000));
+    f.publish(
+        "2",
+        200,
+        vec![file("kept", &kept, 0o644), file("lost", &lost, 0o644)],
+        &[&kept, &lost],
+        Some(&v1),
+        &[],
+    );
+    let obj = f.root.join(object_path(&Hash::of(&lost)));
+    let saved = std::fs::read(&obj).unwrap();
+    std::fs::remove_file(&obj).unwrap();
+    assert!(agent.install("2").is_err());
+    // Another command takes the lock: the contents for version 2 are still there.
+    agent.update().unwrap_err();
+    let stored = root
+        .join("staging/content")
+        .join(Hash::of(&kept).to_string());
+    assert!(stored.is_file());
+    std::fs::write(&obj, saved).unwrap();
+    agent.install("2").unwrap();
+    assert_eq!(std::fs::read(root.join("current/kept")).unwrap(), kept);
+    let left = walk(&root.join("staging"));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_unmarked_previous_deployment_that_verifies_whole_is_rolled_back_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, root) = one_then_two(tmp.path());
+    // As an agent from before the marks left it: the tree whole, no mark.
+    std::fs::remove_file(root.join("state/complete/1")).unwrap();
+    assert_eq!(agent.rollback().unwrap(), "1");
+    assert!(root.join("state/complete/1").is_file());
+    assert_eq!(
+        std::fs::read(root.join("current/bin/tool")).unwrap(),
+        tools().0
+    );
 }

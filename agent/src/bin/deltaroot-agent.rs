@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let settings = cli.settings().context("reading the settings")?;
+    cli.check_root(&settings)?;
     let agent = Agent::new(settings).context("configuring the agent")?;
     let show = |v: &dyn Show| {
         if cli.json {

@@ -4,10 +4,14 @@
 use std::collections::HashSet;
 
 use super::{
-    now, DeployReport, Device, Status, CONTENT, DOWNLOADS, MANIFESTS, STAGING_TREE, STATUS,
+    now, DeployReport, Device, Status, COMPLETE, CONTENT, DOWNLOADS, MANIFESTS, REPLACED,
+    STAGING_FOR, STAGING_TREE, STATUS,
 };
 use crate::error::Result;
-use deltaroot_format::{Name, VerifiedManifest};
+use deltaroot_format::{Hash, Name, VerifiedManifest};
+
+/// Where a real directory found at `current` is kept.
+const UNMANAGED: &str = "current.unmanaged";
 
 impl Device {
     /// Records the outcome of an attempt in `state/status.json`.
@@ -30,31 +34,170 @@ impl Device {
         })
     }
 
+    /// Removes `state/status.json` (best effort) when an outcome could not be recorded, so
+    /// that `status` does not go on showing an earlier result.
+    pub fn forget_status(&self) {
+        match self.dir.remove_file(STATUS) {
+            Ok(()) => {
+                let _ = self.sync_dir("state");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove the outdated {STATUS}"),
+        }
+    }
+
     fn write_status(&self, status: &Status) -> Result<()> {
         let json = serde_json::to_vec_pretty(status).expect("status serialises");
         self.write_atomic(STATUS, &json)
     }
 
     /// Moves the verified staging tree into place and switches `current` to it.
+    ///
+    /// A complete tree is never deleted in place: an earlier, incomplete tree of the same
+    /// version loses its mark first and is then moved aside whole (`staging/replaced`); the
+    /// new tree is renamed in, synced, and marked complete last. A power cut at any point
+    /// leaves either the old `current` or the new one, and never a marked tree that is not
+    /// whole.
     pub(super) fn commit(&self, target: &VerifiedManifest) -> Result<()> {
         let v = &target.manifest().version;
         let dest = format!("deployments/{v}");
-        if self.dir.exists(&dest) {
-            self.dir.remove_dir_all(&dest).map_err(self.io(&dest))?;
-        }
+        self.unmark_complete(v)?;
         let base = format!("{MANIFESTS}/{v}");
         self.write_atomic(&format!("{base}.manifest"), target.bytes())?;
         self.write_atomic(&format!("{base}.sig"), target.signature())?;
+        if self.dir.symlink_metadata(&dest).is_ok() {
+            self.remove_dir_if_present(REPLACED)?;
+            self.dir
+                .rename(&dest, &self.dir, REPLACED)
+                .map_err(self.io(&dest))?;
+        }
         self.dir
             .rename(STAGING_TREE, &self.dir, &dest)
             .map_err(self.io(&dest))?;
         self.sync_dir("deployments")?;
-        let old = self.current()?;
-        if let Some(old) = &old {
-            self.set_link("previous", old)?;
-        }
-        self.set_link("current", v)?;
+        self.sync_dir("staging")?;
+        self.mark_complete(target)?;
+        self.mark_running_deployment()?;
+        self.switch_to(v)?;
         self.collect_garbage()
+    }
+
+    /// Points `previous` at the running version (if any) and `current` at `v`.
+    pub(super) fn switch_to(&self, v: &str) -> Result<()> {
+        if let Some(old) = self.current()? {
+            if old != v {
+                self.set_link("previous", &old)?;
+            }
+        }
+        // A real directory at `current` is kept, moved aside whole, never deleted.
+        if self
+            .dir
+            .symlink_metadata("current")
+            .is_ok_and(|m| m.is_dir())
+        {
+            if self.dir.symlink_metadata(UNMANAGED).is_ok() {
+                return Err(self.err(format!(
+                    "current is a directory and {UNMANAGED} is taken: move one of them away"
+                )));
+            }
+            self.dir
+                .rename("current", &self.dir, UNMANAGED)
+                .map_err(self.io(UNMANAGED))?;
+            tracing::warn!(root = %self.root.display(), "the directory at current was moved to {UNMANAGED}");
+        }
+        self.set_link("current", v)
+    }
+
+    /// The mark of a complete deployment holds the hash of its manifest's bytes.
+    fn mark_complete(&self, target: &VerifiedManifest) -> Result<()> {
+        let v = &target.manifest().version;
+        let mark = format!("{}\n", Hash::of(target.bytes()));
+        self.write_atomic(&format!("{COMPLETE}/{v}"), mark.as_bytes())
+    }
+
+    /// Marks the running deployment complete when an agent from before these marks put it
+    /// there (it pointed `current` only at whole trees), so that it can be rolled back to.
+    fn mark_running_deployment(&self) -> Result<()> {
+        let Some(cur) = self.current()? else {
+            return Ok(());
+        };
+        let mark = format!("{COMPLETE}/{cur}");
+        let tree = self.dir.symlink_metadata(format!("deployments/{cur}"));
+        if self.dir.exists(&mark) || !tree.is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let rel = format!("{MANIFESTS}/{cur}.manifest");
+        let Ok(bytes) = self.dir.read(&rel) else {
+            return Ok(());
+        };
+        self.write_atomic(&mark, format!("{}\n", Hash::of(&bytes)).as_bytes())
+    }
+
+    /// Marks `deployments/<v>` complete if it has no mark (an agent from before the marks
+    /// installed it) but matches its stored, re-verified manifest entry by entry. Returns
+    /// whether it is complete now; a tree that does not match (half deleted) stays
+    /// unmarked.
+    pub fn adopt_deployment(&self, v: &str, trusted: &[deltaroot_format::PublicKey]) -> bool {
+        if self.is_complete(v, None) {
+            return true;
+        }
+        let tree = self.dir.symlink_metadata(format!("deployments/{v}"));
+        if !tree.is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        let Ok(m) = self.manifest(v, trusted) else {
+            return false;
+        };
+        let found = match deltaroot_format::tree::scan(&self.deployment_path(v)) {
+            Ok(found) => found,
+            Err(_) => return false,
+        };
+        let diffs = deltaroot_format::tree::differences(&m.manifest().entries, &found);
+        if let Some(first) = diffs.first() {
+            tracing::warn!(version = v, differences = diffs.len(), first = %first, "deployment does not match its manifest");
+            return false;
+        }
+        match self.mark_complete(&m) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(version = v, error = %e, "could not mark a verified deployment");
+                false
+            }
+        }
+    }
+
+    /// Removes the mark of `v` (durably) before its tree is touched.
+    fn unmark_complete(&self, v: &str) -> Result<()> {
+        let rel = format!("{COMPLETE}/{v}");
+        match self.dir.remove_file(&rel) {
+            Ok(()) => self.sync_dir(COMPLETE),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(&rel)(e)),
+        }
+    }
+
+    /// Whether `deployments/<v>` is a whole, verified deployment: its mark is there (and,
+    /// given `manifest`, names that manifest) and its tree is a directory.
+    pub(super) fn is_complete(&self, v: &str, manifest: Option<&VerifiedManifest>) -> bool {
+        let Ok(mark) = self.dir.read_to_string(format!("{COMPLETE}/{v}")) else {
+            return false;
+        };
+        if let Some(m) = manifest {
+            if mark.trim() != Hash::of(m.bytes()).to_string() {
+                return false;
+            }
+        }
+        self.dir
+            .symlink_metadata(format!("deployments/{v}"))
+            .is_ok_and(|m| m.is_dir())
+    }
+
+    fn remove_dir_if_present(&self, rel: &str) -> Result<()> {
+        match self.dir.remove_dir_all(rel) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(rel)(e)),
+        }
     }
 
     /// Points `name` at `deployments/<version>` by renaming a new symlink over it.
@@ -76,17 +219,33 @@ impl Device {
         let prev = self
             .previous()?
             .ok_or_else(|| self.err("there is no previous version to roll back to"))?;
-        if !self.dir.exists(format!("deployments/{prev}")) {
-            return Err(self.err(format!("previous version {prev} is no longer deployed")));
+        if !self.is_complete(&prev, None) {
+            return Err(self.err(format!(
+                "previous version {prev} is not complete in deployments/{prev} (an interrupted install or removal left it): not rolled back, nothing changed"
+            )));
         }
         self.set_link("current", &prev)?;
         self.set_link("previous", &cur)?;
         Ok(prev)
     }
 
-    /// Removes deployments and manifests other than `current` and `previous`, and the
-    /// content store.
-    fn collect_garbage(&self) -> Result<()> {
+    /// Removes deployments and manifests other than `current` and `previous`, and what
+    /// `staging/` holds.
+    pub(super) fn collect_garbage(&self) -> Result<()> {
+        self.prune()?;
+        for d in [CONTENT, DOWNLOADS, REPLACED] {
+            self.remove_dir_if_present(d)?;
+        }
+        match self.dir.remove_file(STAGING_FOR) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(STAGING_FOR)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes deployments (each losing its mark first) and manifests other than those of
+    /// `current` and `previous`. Never either of those: when a link cannot be read, nothing
+    /// is removed.
+    pub(super) fn prune(&self) -> Result<()> {
         let keep: HashSet<String> = [self.current()?, self.previous()?]
             .into_iter()
             .flatten()
@@ -100,15 +259,13 @@ impl Device {
             let e = e.map_err(self.io("deployments"))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name) {
+                self.unmark_complete(&name)?;
                 let rel = format!("deployments/{name}");
                 self.dir.remove_dir_all(&rel).map_err(self.io(&rel))?;
                 let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.manifest"));
                 let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.sig"));
-            }
-        }
-        for d in [CONTENT, DOWNLOADS] {
-            if self.dir.exists(d) {
-                self.dir.remove_dir_all(d).map_err(self.io(d))?;
+                self.sync_dir("deployments")?;
+                self.sync_dir(MANIFESTS)?;
             }
         }
         Ok(())

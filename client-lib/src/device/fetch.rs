@@ -284,63 +284,43 @@ impl Device {
             }
         }
         let given: Mutex<(Vec<Hash>, Vec<Hash>)> = Mutex::new((Vec::new(), Vec::new()));
-        let failed: Mutex<Option<Error>> = Mutex::new(None);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(PackEntry, Vec<u8>)>(FETCH_THREADS);
-        let rx = Mutex::new(rx);
-        std::thread::scope(|scope| {
-            for _ in 0..FETCH_THREADS {
-                scope.spawn(|| loop {
-                    let next = rx.lock().expect("not poisoned").recv();
-                    let Ok((e, body)) = next else { break };
-                    let item = want[&e.target];
-                    match self.apply_entry(&e, &body, item, have, base) {
-                        Ok(()) => {
-                            let mut g = given.lock().expect("not poisoned");
-                            match e.kind {
-                                EntryKind::Object => g.1.push(e.target),
-                                EntryKind::Delta(_) => g.0.push(e.target),
-                            }
-                        }
-                        Err(err) if err.is_unusable_delta() => {
-                            tracing::warn!(content = %e.target, error = %err, "pack entry unusable; fetching it alone");
-                        }
-                        Err(err) => {
-                            failed.lock().expect("not poisoned").get_or_insert(err);
-                            break;
-                        }
-                    }
-                });
-            }
-            loop {
-                if failed.lock().expect("not poisoned").is_some() {
-                    break;
+        let produce = || loop {
+            let next = reader.next_body(|e| {
+                let item = want[&e.target];
+                match e.kind {
+                    EntryKind::Object => item.size,
+                    EntryKind::Delta(m) => unwrapped_bound(m, item.size, item.fetch.bytes()),
                 }
-                let next = reader.next_body(|e| {
-                    let item = want[&e.target];
+            });
+            match next {
+                Ok(Some(entry)) if !needed.contains(&entry.0.target) => {}
+                Ok(Some(entry)) => return Some(entry),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(pack = rel, error = %e, "pack ends early; fetching the rest alone");
+                    return None;
+                }
+            }
+        };
+        let consume = |(e, body): (PackEntry, Vec<u8>)| {
+            let item = want[&e.target];
+            match self.apply_entry(&e, &body, item, have, base) {
+                Ok(()) => {
+                    let mut g = given.lock().expect("not poisoned");
                     match e.kind {
-                        EntryKind::Object => item.size,
-                        EntryKind::Delta(m) => unwrapped_bound(m, item.size, item.fetch.bytes()),
+                        EntryKind::Object => g.1.push(e.target),
+                        EntryKind::Delta(_) => g.0.push(e.target),
                     }
-                });
-                match next {
-                    Ok(Some(entry)) if !needed.contains(&entry.0.target) => {}
-                    Ok(Some(entry)) => {
-                        if tx.send(entry).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(pack = rel, error = %e, "pack ends early; fetching the rest alone");
-                        break;
-                    }
+                    Ok(())
                 }
+                Err(err) if err.is_unusable_delta() => {
+                    tracing::warn!(content = %e.target, error = %err, "pack entry unusable; fetching it alone");
+                    Ok(())
+                }
+                Err(err) => Err(err),
             }
-            drop(tx);
-        });
-        if let Some(e) = failed.into_inner().expect("not poisoned") {
-            return Err(e);
-        }
+        };
+        pipeline(FETCH_THREADS, produce, consume)?;
         Ok(given.into_inner().expect("not poisoned"))
     }
 
@@ -482,6 +462,51 @@ impl Device {
     }
 }
 
+/// Hands what `produce` gives (until `None`) to `workers` threads running `consume`, through
+/// a queue of `workers` items, and returns the first error of a consumer.
+///
+/// An end on either side ends both: the producer's end (or its error, which it logs and
+/// turns into `None`) drops the sender, so the consumers see the queue close; a consumer's
+/// error drops the receiver, so a producer blocked on a full queue gets a send error at once
+/// instead of waiting for ever for consumers that are gone (and holding `state/lock`).
+fn pipeline<T: Send>(
+    workers: usize,
+    mut produce: impl FnMut() -> Option<T>,
+    consume: impl Fn(T) -> Result<()> + Sync,
+) -> Result<()> {
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(workers);
+    let rx = Mutex::new(Some(rx));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let next = rx.lock().expect("not poisoned").as_ref().map(|r| r.recv());
+                let Some(Ok(item)) = next else { break };
+                if let Err(err) = consume(item) {
+                    failed.lock().expect("not poisoned").get_or_insert(err);
+                    // Whoever waits on a full queue learns at once that no one will take it.
+                    drop(rx.lock().expect("not poisoned").take());
+                    break;
+                }
+            });
+        }
+        loop {
+            if failed.lock().expect("not poisoned").is_some() {
+                break;
+            }
+            let Some(item) = produce() else { break };
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+    });
+    match failed.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// A delta's source in the running tree, opened to be read where the delta needs it (an ELF
 /// delta reads the headers and the ranges its records name, not the whole file).
 fn open_source(base_dir: &Dir, path: &EntryPath) -> Result<std::fs::File> {
@@ -489,4 +514,61 @@ fn open_source(base_dir: &Dir, path: &EntryPath) -> Result<std::fs::File> {
         .open(path.as_path())
         .map_err(Error::io(path.as_path()))?
         .into_std())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::pipeline;
+    use crate::error::Error;
+
+    /// Every consumer fails (a full disk) after the producer has filled the queue: the
+    /// producer must see it and stop, not wait for ever to hand over the next item.
+    #[test]
+    fn a_pipeline_whose_consumers_all_fail_returns_their_error_instead_of_hanging() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            let res = pipeline(
+                4,
+                || {
+                    n += 1;
+                    (n < 100_000).then_some(n)
+                },
+                |_| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    Err(Error::io("staging/content/x")(std::io::Error::other(
+                        "No space left on device",
+                    )))
+                },
+            );
+            tx.send(res.map_err(|e| e.to_string())).unwrap();
+        });
+        let res = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the pipeline hangs when its consumers fail");
+        let err = res.unwrap_err();
+        assert!(err.contains("staging/content/x: No space left"), "{err}");
+    }
+
+    /// The producer ends early (a pack cut short): the consumers see the end and stop.
+    #[test]
+    fn a_pipeline_ends_when_its_producer_does() {
+        let done = std::sync::atomic::AtomicU32::new(0);
+        let mut n = 0u32;
+        pipeline(
+            4,
+            || {
+                n += 1;
+                (n <= 10).then_some(n)
+            },
+            |_| {
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(done.into_inner(), 10);
+    }
 }

@@ -10,7 +10,10 @@
 //! staging/tree/            the next version while it is built
 //! staging/content/<hash>   verified new contents waiting to be placed
 //! staging/downloads/       partial downloads, resumed after a cut
+//! staging/replaced/        an incomplete tree of the version installed, moved aside
+//! staging/for              the version the contents and downloads are for (resumable)
 //! state/manifests/         the signed manifests of the kept versions
+//! state/complete/<v>       written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
 //! ```
 //!
@@ -37,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-use deltaroot_format::{Hash, Name, PublicKey, VerifiedManifest};
+use deltaroot_format::{fsio, Hash, Name, PublicKey, VerifiedManifest};
 
 mod commit;
 mod fetch;
@@ -47,6 +50,15 @@ const STAGING_TREE: &str = "staging/tree";
 const CONTENT: &str = "staging/content";
 const DOWNLOADS: &str = "staging/downloads";
 const MANIFESTS: &str = "state/manifests";
+/// `state/complete/<version>`: written last, after `deployments/<version>` was verified,
+/// renamed into place and synced; removed first, before the tree is touched. Only a
+/// deployment with its mark is switched to.
+const COMPLETE: &str = "state/complete";
+/// Where an incomplete tree of the version being installed is moved aside whole.
+const REPLACED: &str = "staging/replaced";
+/// The version the contents and downloads under `staging/` are for, written before the
+/// first download: what the next run may resume.
+const STAGING_FOR: &str = "staging/for";
 const STATUS: &str = "state/status.json";
 /// Downloads and delta applications in flight at once.
 const FETCH_THREADS: usize = 4;
@@ -107,8 +119,13 @@ impl Device {
     pub fn open(root: &Path) -> Result<Device> {
         std::fs::create_dir_all(root).map_err(Error::io(root))?;
         let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(Error::io(root))?;
-        for d in ["deployments", "staging", "state", MANIFESTS] {
-            dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
+        for d in ["deployments", "staging", "state", MANIFESTS, COMPLETE] {
+            if !dir.exists(d) {
+                dir.create_dir_all(d).map_err(Error::io(root.join(d)))?;
+                // The new entry is durable only once the folder holding it is synced.
+                let parent = Path::new(d).parent();
+                fsio::sync_dir_in(&dir, parent).map_err(Error::io(root.join(d)))?;
+            }
         }
         Ok(Device {
             root: root.to_owned(),
@@ -140,6 +157,7 @@ impl Device {
             .into_std();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| self.err("another deltaroot-agent holds state/lock"))?;
+        self.tidy();
         Ok(DeviceLock(f))
     }
 
@@ -163,9 +181,28 @@ impl Device {
         }
     }
 
-    /// The running version.
+    /// The running version: `current`'s, when it is a link to a deployment that is there.
+    /// A `current` that is a real directory, or a link to a deployment that is gone, runs no
+    /// version deltaroot knows: it is logged and counts as nothing installed, so the next
+    /// update installs a whole version and replaces it (a real directory is kept, moved
+    /// aside to `current.unmanaged`).
     pub fn current(&self) -> Result<Option<Name>> {
-        self.link_version("current")
+        match self.dir.symlink_metadata("current") {
+            Ok(m) if m.is_dir() => {
+                tracing::warn!(root = %self.root.display(), "current is a directory, not a link to a deployment: treated as nothing installed");
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let v = self.link_version("current")?;
+        if let Some(name) = &v {
+            let tree = self.dir.symlink_metadata(format!("deployments/{name}"));
+            if !tree.is_ok_and(|m| m.is_dir()) {
+                tracing::warn!(root = %self.root.display(), version = %name, "current points at a deployment that is not there: treated as nothing installed");
+                return Ok(None);
+            }
+        }
+        Ok(v)
     }
 
     /// The version `rollback` returns to.
@@ -192,11 +229,33 @@ impl Device {
         Ok(VerifiedManifest::verify(bytes, sig, trusted)?)
     }
 
+    /// The last result; a status file that cannot be parsed is logged and counts as no
+    /// result (it is rewritten by the next attempt).
     pub fn status(&self) -> Result<Status> {
         match self.dir.read(STATUS) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| self.err(format!("{STATUS}: {e}"))),
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.root.join(STATUS).display(), error = %e, "unreadable status: treated as unknown");
+                Status::default()
+            })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::default()),
             Err(e) => Err(self.io(STATUS)(e)),
+        }
+    }
+
+    /// The stored manifest of the running version `v`, re-verified; `None` (logged) when it
+    /// is not there, so that an update proceeds as onto a device with nothing verified.
+    pub fn running_manifest(
+        &self,
+        v: &str,
+        trusted: &[PublicKey],
+    ) -> Result<Option<VerifiedManifest>> {
+        match self.manifest(v, trusted) {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::Io { path, source }) if source.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "the running version's manifest is missing: nothing of the running tree is reused");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -218,9 +277,23 @@ impl Device {
         if current.as_deref() == Some(m.version.as_str()) {
             return Err(self.err(format!("version {} is already running", m.version)));
         }
-        let base = match &current {
-            Some(v) => {
-                let cm = self.manifest(v, trusted)?;
+        // A complete deployment of this very release (rolled back from, say) is switched
+        // to again, not fetched again.
+        if self.is_complete(&m.version, Some(target)) {
+            self.switch_to(&m.version)?;
+            self.collect_garbage()?;
+            return Ok(DeployReport {
+                version: m.version.clone(),
+                from: current.map(Name::into_string),
+                ..Default::default()
+            });
+        }
+        let running = match &current {
+            Some(v) => self.running_manifest(v, trusted)?,
+            None => None,
+        };
+        let base = match (&current, running) {
+            (Some(v), Some(cm)) => {
                 if cm.manifest().product != m.product {
                     return Err(self.err(format!(
                         "running product {} cannot move to product {}",
@@ -234,12 +307,15 @@ impl Device {
                     .map_err(self.io(&format!("deployments/{v}")))?;
                 Some((cm, dir))
             }
-            None => None,
+            _ => None,
         };
         // The manifest's names were checked when it was verified.
         let product = Name::new("product", m.product.as_str())?;
         let version = Name::new("version", m.version.as_str())?;
-        let plan = transport.plan(&product, current.as_ref(), &version)?;
+        // Without the running manifest nothing of the running tree is verified: the plan
+        // is that of a device with nothing installed (whole objects).
+        let from = current.as_ref().filter(|_| base.is_some());
+        let plan = transport.plan(&product, from, &version)?;
         let before = transport.downloaded();
         let mut report = DeployReport {
             version: m.version.clone(),
@@ -248,12 +324,126 @@ impl Device {
             ..Default::default()
         };
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
-        self.fetch_contents(target, base_ref, &plan, transport, &mut report)?;
-        report.downloaded_bytes = transport.downloaded() - before;
-        self.build_tree(target, base_ref, &mut report)?;
-        self.verify_staged(target)?;
-        self.commit(target)?;
-        Ok(report)
+        let staged = self
+            .check_space(target, base_ref.map(|b| b.0), &plan)
+            .and_then(|()| self.write_atomic(STAGING_FOR, format!("{version}\n").as_bytes()))
+            .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report))
+            .and_then(|()| {
+                report.downloaded_bytes = transport.downloaded() - before;
+                self.build_tree(target, base_ref, &mut report)
+            })
+            .and_then(|()| self.verify_staged(target))
+            .and_then(|()| self.commit(target));
+        if let Err(e) = &staged {
+            self.clean_failed_attempt(e);
+        }
+        staged.map(|()| report)
+    }
+
+    /// Refuses, before anything is staged, a target that the file system of the root cannot
+    /// hold: its downloads (the plan's bytes) and every file that is not hardlinked from
+    /// the running tree.
+    fn check_space(
+        &self,
+        target: &VerifiedManifest,
+        base: Option<&deltaroot_format::Manifest>,
+        plan: &deltaroot_format::Plan,
+    ) -> Result<()> {
+        let linkable: std::collections::HashSet<(Hash, &deltaroot_format::Meta)> = base
+            .map(|b| {
+                b.entries
+                    .iter()
+                    .filter_map(|e| match e {
+                        deltaroot_format::Entry::Node {
+                            kind: deltaroot_format::Kind::File { hash, .. },
+                            meta,
+                            ..
+                        } => Some((*hash, meta)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut needed = plan.download_bytes;
+        for e in &target.manifest().entries {
+            if let deltaroot_format::Entry::Node {
+                kind: deltaroot_format::Kind::File { hash, size },
+                meta,
+                ..
+            } = e
+            {
+                if !linkable.contains(&(*hash, meta)) {
+                    needed = needed.saturating_add(*size);
+                }
+            }
+        }
+        let fs = rustix::fs::statvfs(&self.root).map_err(|e| self.io(".")(e.into()))?;
+        let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if needed > available {
+            return Err(Error::NoSpace {
+                path: self.root.clone(),
+                version: target.manifest().version.clone(),
+                needed,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    /// What a failed attempt leaves under `staging/`: the tree (always rebuilt) goes; on a
+    /// full disk everything goes, downloads and contents included, so the disk is not left
+    /// full; otherwise verified contents and partial downloads stay for the next attempt
+    /// to resume. Best effort: the attempt's own error is what is reported.
+    fn clean_failed_attempt(&self, error: &Error) {
+        let all = error.is_out_of_space();
+        let dirs: &[&str] = if all {
+            &[STAGING_TREE, REPLACED, CONTENT, DOWNLOADS, STAGING_FOR]
+        } else {
+            &[STAGING_TREE, REPLACED]
+        };
+        self.remove_quietly(dirs);
+    }
+
+    /// Removes each of `rels` (a folder or a file) under the root, logging what fails.
+    fn remove_quietly(&self, rels: &[&str]) {
+        for rel in rels {
+            let res = match self.dir.symlink_metadata(rel) {
+                Ok(m) if m.is_dir() => self.dir.remove_dir_all(rel),
+                Ok(_) => self.dir.remove_file(rel),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %self.root.join(rel).display(), error = %e, "could not remove a leftover")
+                }
+            }
+        }
+    }
+
+    /// Run with the lock taken, before anything else: removes what an earlier run killed at
+    /// any point left behind. The staging tree and a tree moved aside always go (an attempt
+    /// rebuilds them); contents and downloads go too unless they are for a version still
+    /// to be installed (`staging/for`), which the next attempt resumes. Deployments other
+    /// than `current` and `previous` are pruned. Best effort: logged, never an error.
+    fn tidy(&self) {
+        self.remove_quietly(&[STAGING_TREE, REPLACED]);
+        let pending = self
+            .dir
+            .read_to_string(STAGING_FOR)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| {
+                self.current().ok().flatten().as_deref() != Some(v.as_str())
+                    && !self.is_complete(v, None)
+            });
+        if pending.is_none() {
+            self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR]);
+        }
+        if let Err(e) = self.prune() {
+            tracing::warn!(root = %self.root.display(), error = %e, "could not prune old deployments");
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! **Check.** A folder has no server to ask: the offer is the device's pin if it has one,
 //! else the version the channel's `latest` file names (none if there is no such file). It
-//! is offered when it is not the running version; its release must be in the folder.
+//! is offered when it is not the running version, nor one the device rolled back from (as a
+//! server does); its release must be in the folder.
 //! `download_bytes` is that of the plan the device will use, `image_bytes` the sum of the
 //! distinct contents of the release (its plan from nothing). A folder carries no signed
 //! downgrade statement: an older release than the running one is refused by the agent unless
@@ -125,8 +126,10 @@ impl Transport for Folder {
     fn check(&self, q: &CheckQuery<'_>) -> Result<CheckResponse> {
         let latest = self.latest(q.product, q.channel)?;
         let target = q.pin.or(latest.as_ref());
+        // As a server does: a device that rolled back from a release is not offered it again.
+        let rolled_back = |t: &Name| q.last == Some(("rolled-back", t));
         let update = match target {
-            Some(t) if Some(t) != q.current => {
+            Some(t) if Some(t) != q.current && !rolled_back(t) => {
                 let rel = format!("v1/products/{}/releases/{t}/manifest", q.product);
                 if !self.exists(&rel) {
                     return Err(Error::Missing {

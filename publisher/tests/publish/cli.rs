@@ -150,7 +150,9 @@ fn static_release_folder_installs_a_device() {
     })
     .unwrap();
     agent.install("1").unwrap();
-    let r = agent.install("2").unwrap();
+    let deltaroot_client::agent::UpdateOutcome::Updated(r) = agent.install("2").unwrap() else {
+        panic!("2 not installed")
+    };
     assert_eq!(
         r.downloaded_bytes,
         summary["download_bytes"].as_u64().unwrap()
