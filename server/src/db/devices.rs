@@ -45,6 +45,20 @@ pub struct DeviceRow {
     pub seen_at: i64,
 }
 
+/// The columns every device query selects, in this order.
+const DEVICE_COLS: &str = "device_id, channel, current_version, last_result, attempted, seen_at";
+
+fn device_row(r: &sqlx::any::AnyRow) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        device_id: r.try_get(0)?,
+        channel: r.try_get(1)?,
+        current: r.try_get(2)?,
+        result: r.try_get(3)?,
+        attempted: r.try_get(4)?,
+        seen_at: r.try_get(5)?,
+    })
+}
+
 impl Db {
     /// Devices of a product whose last attempt was `version`, seen since `since`, and how
     /// many of them report `failed` or `rolled-back`.
@@ -108,23 +122,14 @@ impl Db {
 
     /// The last check-in of one device.
     pub async fn device(&self, product_id: i64, device_id: &str) -> Result<Option<DeviceRow>> {
-        let row = sqlx::query(
-            "SELECT device_id, channel, current_version, last_result, attempted, seen_at
-             FROM devices WHERE product_id = $1 AND device_id = $2",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE product_id = $1 AND device_id = $2"
+        ))
         .bind(product_id)
         .bind(device_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(DeviceRow {
-            device_id: r.try_get(0)?,
-            channel: r.try_get(1)?,
-            current: r.try_get(2)?,
-            result: r.try_get(3)?,
-            attempted: r.try_get(4)?,
-            seen_at: r.try_get(5)?,
-        }))
+        row.as_ref().map(device_row).transpose()
     }
 
     /// A page of a product's devices by id: at most `limit` after `after`, only those whose
@@ -136,30 +141,17 @@ impl Db {
         result: Option<CheckInResult>,
         limit: i64,
     ) -> Result<Vec<DeviceRow>> {
-        let rows = sqlx::query(
-            "SELECT device_id, channel, current_version, last_result, attempted, seen_at
-             FROM devices WHERE product_id = $1 AND device_id > $2
-               AND ($3 = '' OR last_result = $3)
-             ORDER BY device_id LIMIT $4",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE product_id = $1 AND device_id > $2
+               AND ($3 = '' OR last_result = $3) ORDER BY device_id LIMIT $4"
+        ))
         .bind(product_id)
         .bind(after.unwrap_or(""))
         .bind(result.map(CheckInResult::as_str).unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceRow {
-                    device_id: r.try_get(0)?,
-                    channel: r.try_get(1)?,
-                    current: r.try_get(2)?,
-                    result: r.try_get(3)?,
-                    attempted: r.try_get(4)?,
-                    seen_at: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(device_row).collect()
     }
 
     /// Forgets devices whose last check-in is older than `before`; how many.
