@@ -153,6 +153,9 @@ pub fn spawn(h: Housekeeping, fleet: Weak<Fleet>, db: Db, store: Store, metrics:
                 }
             }
             drop(f);
+            if let Err(e) = db.prune_sessions().await {
+                tracing::error!(error = %e, "removing expired sessions failed");
+            }
             if let Some(grace) = h.orphan_grace {
                 match sweep(&db, &store, grace, false).await {
                     Ok(s) => {

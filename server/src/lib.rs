@@ -18,6 +18,7 @@
 //! - [`deltas`]: deltas for release pairs the publisher did not diff, built in the background
 //!   by a bounded queue.
 //! - [`metrics`]: Prometheus counters.
+//! - [`ui`]: the operators' dashboard: sign-in, sessions, pages.
 //! - [`access`]: who may do what: token scopes, user roles, password hashes.
 //! - [`client`]: the operator commands' HTTP client.
 //! - [`cli`]: the `deltaroot-server` command line.
@@ -44,6 +45,7 @@ pub mod plans;
 pub mod releases;
 pub mod spool;
 pub mod store;
+pub mod ui;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +97,8 @@ pub struct Config {
     /// Stored files no release references are removed once older than this (`None`: only
     /// by `deltaroot-server gc`).
     pub orphan_grace: Option<Duration>,
+    /// Dashboard cookies carry `Secure` (off with `serve --plain-http`).
+    pub secure_cookies: bool,
 }
 
 impl Config {
@@ -122,6 +126,7 @@ impl Config {
             housekeeping_every: Some(Duration::from_secs(3600)),
             device_retention: Some(Duration::from_secs(90 * 86400)),
             orphan_grace: Some(Duration::from_secs(24 * 3600)),
+            secure_cookies: true,
         }
     }
 }
@@ -143,6 +148,8 @@ pub struct App {
     pub timeouts: conn::Timeouts,
     /// The clock of the database and the fleet.
     pub clock: clock::Clock,
+    /// The dashboard's sign-in limiter and cookie settings.
+    pub ui: Arc<ui::Ui>,
 }
 
 /// Where the embedded default keeps its files.
@@ -238,6 +245,7 @@ impl App {
                 idle: config.idle_timeout,
             },
             clock: config.clock.clone(),
+            ui: ui::Ui::new(config.secure_cookies),
         })
     }
 }

@@ -128,6 +128,7 @@ pub fn router(app: App) -> Router {
             "/packs/{fan}/{name}",
             get(down::get_pack).put(up::put_pack).head(down::get_pack),
         )
+        .merge(crate::ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,

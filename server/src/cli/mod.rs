@@ -394,6 +394,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 watch_every: Some(Duration::from_secs(watch_secs.max(1))),
                 delta_level,
+                secure_cookies: !plain_http,
                 ..storage.config()
             };
             let app = App::start(&config).await.with_context(|| {

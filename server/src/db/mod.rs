@@ -7,7 +7,7 @@
 //! `RETURNING`); migrations live in `../migrations/{sqlite,postgres}`.
 //!
 //! By concern: [`releases`] (products and releases), [`channels`] (channels, rollouts,
-//! downgrades, the audit log), [`devices`] (check-ins), [`tokens`], [`users`], [`stored`] (objects,
+//! downgrades, the audit log), [`devices`] (check-ins), [`tokens`], [`users`], [`sessions`], [`stored`] (objects,
 //! deltas and packs) and [`plans`].
 
 use std::path::Path;
@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 pub use channels::{AuditRow, ChannelRow, NewRollout, Rollout, RolloutState};
 pub use devices::{CheckIn, CheckInResult, DeviceRow};
 pub use releases::{NewRelease, ReleaseRow};
+pub use sessions::SessionRow;
 pub use stored::StoredFile;
 pub use tokens::TokenRow;
 pub use users::UserRow;
@@ -30,6 +31,7 @@ mod channels;
 mod devices;
 mod plans;
 mod releases;
+mod sessions;
 mod stored;
 mod tokens;
 mod users;

@@ -65,7 +65,8 @@ impl Db {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
-    /// Sets a user's password hash (and role, when given). `false` when there is no such user.
+    /// Sets a user's password hash (and role, when given), ending the user's sessions.
+    /// `false` when there is no such user.
     pub async fn update_user(
         &self,
         name: &str,
@@ -82,11 +83,13 @@ impl Db {
         .bind(self.now())
         .execute(&self.pool)
         .await?;
+        self.end_sessions_of(name).await?;
         Ok(done.rows_affected() > 0)
     }
 
-    /// Removes a user. `false` when there is no such user.
+    /// Removes a user and ends their sessions. `false` when there is no such user.
     pub async fn remove_user(&self, name: &str) -> Result<bool> {
+        self.end_sessions_of(name).await?;
         let done = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&self.pool)

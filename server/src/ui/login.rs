@@ -1,0 +1,230 @@
+//! Logging in and out, and the [`Session`] extractor every page takes.
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::{
+    cookie, escape, page, redirect, set_cookie, FAILURE_WINDOW_SECS, MAX_FAILURES, SESSION_SECS,
+};
+use crate::access::{verify_password, Role};
+use crate::error::{blocking, Error, Result};
+use crate::App;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "drt_session";
+/// The login form's CSRF cookie (before there is a session).
+pub const LOGIN_CSRF_COOKIE: &str = "drt_login_csrf";
+
+/// A signed-in user: the request carried the cookie of a live session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user: String,
+    pub role: Role,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    /// The cookie's value, to end the session.
+    id: String,
+}
+
+impl OptionalFromRequestParts<App> for Session {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Option<Self>> {
+        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        Ok(app.db.session(id).await?.map(|s| Session {
+            user: s.user,
+            role: s.role,
+            csrf: s.csrf,
+            id: id.to_string(),
+        }))
+    }
+}
+
+impl FromRequestParts<App> for Session {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &App,
+    ) -> std::result::Result<Self, Response> {
+        match <Session as OptionalFromRequestParts<App>>::from_request_parts(parts, app).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(redirect("/ui/login")),
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+/// 32 random bytes as hex: session ids and CSRF tokens.
+fn random() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    hex::encode(b)
+}
+
+fn login_page(status: StatusCode, csrf: &str, error: Option<&str>, name: &str) -> Response {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let mut r = page(
+        "Sign in",
+        &format!(
+            "<h1>Sign in to deltaroot</h1>{error}\
+             <form method=\"post\" action=\"/ui/login\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label for=\"username\">User name</label>\
+             <input id=\"username\" name=\"username\" autocomplete=\"username\" required value=\"{}\">\
+             <label for=\"password\">Password</label>\
+             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <div><button type=\"submit\">Sign in</button></div></form>\
+             <p>No user yet? On the server: <code>deltaroot-server user add NAME --role admin --data DIR</code>.</p>",
+            escape(csrf),
+            escape(name)
+        ),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// `GET /ui/login`: the form, with a fresh CSRF token in a field and a cookie.
+pub async fn form(State(app): State<App>, s: Option<Session>) -> Response {
+    if s.is_some() {
+        return redirect("/ui/");
+    }
+    let csrf = random();
+    let mut r = login_page(StatusCode::OK, &csrf, None, "");
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app.ui, LOGIN_CSRF_COOKIE, &csrf, 3600),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The hash of a random password nobody knows, verified for unknown users so that they
+/// cost as much as a wrong password.
+fn nobody() -> Result<String> {
+    static NOBODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(h) = NOBODY.get() {
+        return Ok(h.clone());
+    }
+    let h = crate::access::hash_password(&random())?;
+    Ok(NOBODY.get_or_init(|| h).clone())
+}
+
+/// `POST /ui/login`.
+pub async fn login(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Result<Response> {
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
+    if f.csrf.is_empty() || expected != f.csrf {
+        return Err(Error::Forbidden(
+            "the sign-in form has expired or was not sent by this site: reload the page".into(),
+        ));
+    }
+    let name = f.username.trim().to_string();
+    let now = app.clock.now();
+    let key = name.to_lowercase();
+    if let Some((n, since)) = app.ui.failures.get(&key, app.clock.now_ms()) {
+        if n >= MAX_FAILURES {
+            let wait = (since + FAILURE_WINDOW_SECS - now).max(1);
+            let mut r = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &f.csrf,
+                Some(&format!(
+                    "Too many failed sign-ins for this user: try again in {wait} s."
+                )),
+                &name,
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                wait.to_string().parse().expect("digits"),
+            );
+            return Ok(r);
+        }
+    }
+    let user = app.db.user_login(&name).await?;
+    let password = f.password;
+    let (role, good) = blocking("checking a password", move || {
+        let (role, hash) = match user {
+            Some((role, hash)) => (Some(role), hash),
+            None => (None, nobody()?),
+        };
+        Ok((role, verify_password(&password, &hash)?))
+    })
+    .await?;
+    let Some(role) = role.filter(|_| good) else {
+        let (n, since) = app
+            .ui
+            .failures
+            .get(&key, app.clock.now_ms())
+            .unwrap_or((0, now));
+        // The window counts from the first failure: stored with that time.
+        app.ui.failures.insert(key, (n + 1, since), since * 1000);
+        tracing::warn!(user = %name, failures = n + 1, "failed sign-in");
+        return Ok(login_page(
+            StatusCode::UNAUTHORIZED,
+            &f.csrf,
+            Some("Wrong user name or password."),
+            &name,
+        ));
+    };
+    app.ui.failures.insert(key, (0, now), now * 1000);
+    let id = random();
+    app.db
+        .create_session(&id, &name, &random(), SESSION_SECS)
+        .await?;
+    tracing::info!(user = %name, %role, "signed in");
+    let mut r = redirect("/ui/");
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app.ui, SESSION_COOKIE, &id, SESSION_SECS),
+    );
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app.ui, LOGIN_CSRF_COOKIE, "", 0),
+    );
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/logout`: ends the session; its CSRF token is required.
+pub async fn logout(
+    State(app): State<App>,
+    s: Session,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response> {
+    if f.csrf != s.csrf {
+        return Err(Error::Forbidden(
+            "the form was not sent by this session: reload the page".into(),
+        ));
+    }
+    app.db.end_session(&s.id).await?;
+    tracing::info!(user = %s.user, "signed out");
+    let mut r = redirect("/ui/login");
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app.ui, SESSION_COOKIE, "", 0),
+    );
+    Ok(r)
+}

@@ -1,0 +1,188 @@
+//! The dashboard's sign-in, over HTTP on both backends: the CSRF pair on the login form, wrong
+//! passwords refused and then rate-limited, sessions in the database (a second replica
+//! knows them), cookie flags, and a logged-out session refused.
+
+use std::time::Duration;
+
+use deltaroot_server::access::{hash_password, Role};
+
+use crate::common::{tls, Backend, Server};
+
+on_both_backends!(sign_in_sessions_and_sign_out);
+
+/// An HTTPS client that trusts the test certificate, keeps no cookies and follows no
+/// redirects: each test sees every answer.
+fn browser() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tls().cert.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value a `Set-Cookie` of the answer gives `name`, and the whole header.
+fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, String)> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (kv, _) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = kv.split_once('=')?;
+            (k == name).then(|| (val.to_string(), v.to_string()))
+        })
+}
+
+/// The login form's CSRF token: from the page's hidden field, which must equal the cookie.
+fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
+    let r = b.get(format!("{url}/ui/login")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let (cookie, _) = set_cookie(&r, "drt_login_csrf").expect("a CSRF cookie");
+    let html = r.text().unwrap();
+    for input in ["name=\"username\"", "name=\"password\"", "name=\"csrf\""] {
+        assert!(html.contains(input), "{html}");
+    }
+    assert!(html.contains(&format!("value=\"{cookie}\"")), "{html}");
+    cookie
+}
+
+fn post_login(
+    b: &reqwest::blocking::Client,
+    url: &str,
+    cookie: Option<&str>,
+    csrf: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::blocking::Response {
+    let mut req = b.post(format!("{url}/ui/login")).form(&[
+        ("username", user),
+        ("password", password),
+        ("csrf", csrf),
+    ]);
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("drt_login_csrf={c}"));
+    }
+    req.send().unwrap()
+}
+
+fn sign_in_sessions_and_sign_out(backend: Backend) {
+    let server = Server::start(backend);
+    let b = browser();
+    let url = &server.url;
+    let hash = hash_password("a long enough secret").unwrap();
+    server
+        .op(server.app.db.add_user("ada", Role::Operator, &hash))
+        .unwrap();
+
+    // Without a session the start page sends to the login.
+    let r = b.get(format!("{url}/ui/")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+
+    // The CSRF pair: a post without the token, with a wrong one, or without the cookie is
+    // refused, whatever the password.
+    let csrf = login_form(&b, url);
+    for (cookie, token) in [
+        (Some(csrf.as_str()), ""),
+        (Some(csrf.as_str()), "00"),
+        (None, csrf.as_str()),
+    ] {
+        let r = post_login(&b, url, cookie, token, "ada", "a long enough secret");
+        assert_eq!(r.status(), 403, "{cookie:?} {token:?}");
+        assert!(set_cookie(&r, "drt_session").is_none());
+    }
+
+    // Wrong passwords (and an unknown user) are refused; past five the user is locked out
+    // for five minutes, even with the right password.
+    let r = post_login(&b, url, Some(&csrf), &csrf, "nobody", "whatever it is");
+    assert_eq!(r.status(), 401);
+    for _ in 0..5 {
+        let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "not the secret");
+        assert_eq!(r.status(), 401);
+        assert!(r.text().unwrap().contains("Wrong user name or password."));
+    }
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(set_cookie(&r, "drt_session").is_none());
+    server.advance(Duration::from_secs(301));
+
+    // The right password now: a session cookie with every flag, and the start page.
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/");
+    let (session, header) = set_cookie(&r, "drt_session").expect("a session cookie");
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+        assert!(header.contains(flag), "{header}");
+    }
+    let page = |server_url: &str, session: &str| {
+        b.get(format!("{server_url}/ui/"))
+            .header("cookie", format!("drt_session={session}"))
+            .send()
+            .unwrap()
+    };
+    let r = page(url, &session);
+    assert_eq!(r.status(), 200);
+    let html = r.text().unwrap();
+    assert!(
+        html.contains("Signed in as <strong>ada</strong> (operator)"),
+        "{html}"
+    );
+    assert!(html.contains("No product yet"), "{html}");
+    let form_csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+
+    // Sessions live in the database: another replica knows this one.
+    let replica = server.replica();
+    assert_eq!(page(&replica.url, &session).status(), 200);
+    // An invented cookie is no session.
+    assert_eq!(page(url, &"ab".repeat(32)).status(), 303);
+
+    // Signing out needs the session's CSRF token; then the cookie is refused everywhere.
+    let logout = |token: &str| {
+        b.post(format!("{url}/ui/logout"))
+            .header("cookie", format!("drt_session={session}"))
+            .form(&[("csrf", token)])
+            .send()
+            .unwrap()
+    };
+    assert_eq!(logout("00").status(), 403);
+    assert_eq!(
+        page(url, &session).status(),
+        200,
+        "a refused sign-out ends nothing"
+    );
+    let r = logout(&form_csrf);
+    assert_eq!(r.status(), 303);
+    assert_eq!(page(url, &session).status(), 303);
+    assert_eq!(page(&replica.url, &session).status(), 303);
+
+    // A new password ends the user's sessions.
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    let (again, _) = set_cookie(&r, "drt_session").unwrap();
+    assert_eq!(page(url, &again).status(), 200);
+    let new = hash_password("a brand new secret").unwrap();
+    server
+        .op(server.app.db.update_user("ada", Some(&new), None))
+        .unwrap();
+    assert_eq!(page(url, &again).status(), 303);
+}
+
+/// `serve --plain-http` leaves `Secure` off (a browser would not send the cookie back).
+#[test]
+fn plain_http_cookies_are_not_secure() {
+    let server = Server::start_with(Backend::Sqlite, |c| c.secure_cookies = false);
+    let r = browser()
+        .get(format!("{}/ui/login", server.plain_url))
+        .send()
+        .unwrap();
+    let (_, header) = set_cookie(&r, "drt_login_csrf").unwrap();
+    assert!(
+        header.contains("HttpOnly") && !header.contains("Secure"),
+        "{header}"
+    );
+}
