@@ -21,7 +21,7 @@ use crate::App;
 /// A downgrade statement issued more than this far in the future is refused (clock skew).
 const MAX_SKEW_SECS: i64 = 3600;
 
-async fn product(app: &App, product: &Name) -> Result<std::sync::Arc<ProductView>> {
+pub(crate) async fn product(app: &App, product: &Name) -> Result<std::sync::Arc<ProductView>> {
     // Operators read their own writes: no cached copy.
     app.fleet.invalidate(product, None);
     app.fleet
@@ -41,7 +41,11 @@ fn percent(field: &str, v: f64) -> Result<f64> {
 }
 
 /// The status of one channel as operators see it.
-async fn channel_status(app: &App, p: &ProductView, channel: &Name) -> Result<ChannelStatus> {
+pub(crate) async fn channel_status(
+    app: &App,
+    p: &ProductView,
+    channel: &Name,
+) -> Result<ChannelStatus> {
     let row =
         app.db.channel_state(p.id, channel).await?.ok_or_else(|| {
             Error::NotFound(format!("product {} has no channel {channel}", p.name))
@@ -132,8 +136,22 @@ pub async fn promote(
     NamePath((p, channel)): NamePath<(Name, Name)>,
     JsonBody(req): JsonBody<PromoteRequest>,
 ) -> Result<Json<ChannelStatus>> {
-    let who = caller.name;
-    let p = product(&app, &p).await?;
+    promote_as(&app, &p, &channel, req, &caller.name)
+        .await
+        .map(Json)
+}
+
+/// Promotes as `who` (a token's name, or a dashboard user's): the API route and the
+/// dashboard's form both come here, after checking the operate right.
+pub async fn promote_as(
+    app: &App,
+    p: &Name,
+    channel: &Name,
+    req: PromoteRequest,
+    who: &str,
+) -> Result<ChannelStatus> {
+    let (app, channel, who) = (app.clone(), channel.clone(), who.to_string());
+    let p = product(&app, p).await?;
     let start = percent("percent", req.percent.unwrap_or(100.0))?;
     let step = percent("step_percent", req.step_percent.unwrap_or(0.0))?;
     let step_secs = req.step_secs.unwrap_or(0);
@@ -200,10 +218,11 @@ pub async fn promote(
         by = who,
         "promoted"
     );
-    changed(&app, &p, &channel).await
+    changed(&app, &p, &channel).await.map(|Json(s)| s)
 }
 
-async fn set_paused(
+/// Pauses or resumes as `who` (the API routes and the dashboard's forms).
+pub async fn set_paused(
     app: App,
     p: Name,
     channel: Name,

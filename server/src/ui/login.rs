@@ -8,8 +8,9 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::{
-    cookie, escape, page, redirect, set_cookie, FAILURE_WINDOW_SECS, MAX_FAILURES, SESSION_SECS,
+    cookie, html, redirect, set_cookie, User, FAILURE_WINDOW_SECS, MAX_FAILURES, SESSION_SECS,
 };
+use super::{PageError, PageResult};
 use crate::access::{verify_password, Role};
 use crate::error::{blocking, Error, Result};
 use crate::App;
@@ -66,28 +67,25 @@ fn random() -> String {
     hex::encode(b)
 }
 
+#[derive(askama::Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    user: Option<User>,
+    csrf: &'a str,
+    error: Option<String>,
+    name: &'a str,
+}
+
 fn login_page(status: StatusCode, csrf: &str, error: Option<&str>, name: &str) -> Response {
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
-        .unwrap_or_default();
-    let mut r = page(
-        "Sign in",
-        &format!(
-            "<h1>Sign in to deltaroot</h1>{error}\
-             <form method=\"post\" action=\"/ui/login\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <label for=\"username\">User name</label>\
-             <input id=\"username\" name=\"username\" autocomplete=\"username\" required value=\"{}\">\
-             <label for=\"password\">Password</label>\
-             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-             <div><button type=\"submit\">Sign in</button></div></form>\
-             <p>No user yet? On the server: <code>deltaroot-server user add NAME --role admin --data DIR</code>.</p>",
-            escape(csrf),
-            escape(name)
-        ),
-    );
-    *r.status_mut() = status;
-    r
+    html(
+        status,
+        &LoginPage {
+            user: None,
+            csrf,
+            error: error.map(str::to_string),
+            name,
+        },
+    )
 }
 
 /// `GET /ui/login`: the form, with a fresh CSRF token in a field and a cookie.
@@ -130,12 +128,12 @@ pub async fn login(
     State(app): State<App>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
-) -> Result<Response> {
+) -> PageResult<Response> {
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if f.csrf.is_empty() || expected != f.csrf {
-        return Err(Error::Forbidden(
+        return Err(PageError(Error::Forbidden(
             "the sign-in form has expired or was not sent by this site: reload the page".into(),
-        ));
+        )));
     }
     let name = f.username.trim().to_string();
     let now = app.clock.now();
@@ -213,11 +211,11 @@ pub async fn logout(
     State(app): State<App>,
     s: Session,
     Form(f): Form<CsrfForm>,
-) -> Result<Response> {
+) -> PageResult<Response> {
     if f.csrf != s.csrf {
-        return Err(Error::Forbidden(
+        return Err(PageError(Error::Forbidden(
             "the form was not sent by this session: reload the page".into(),
-        ));
+        )));
     }
     app.db.end_session(&s.id).await?;
     tracing::info!(user = %s.user, "signed out");

@@ -9,9 +9,11 @@
 //!   starts a session: cookie `drt_session`, `HttpOnly; SameSite=Strict; Path=/ui`, and
 //!   `Secure` unless the server speaks plain HTTP.
 //! - `POST /ui/logout`: ends the session (its CSRF token required).
-//! - `GET /ui/`: the start page (a session required; without one, a redirect to the login).
+//! - `GET /ui/`: the start page (a session required; without one, a redirect to the login);
+//!   the other pages are in `pages.rs`, their templates in `server/templates/`.
 
 mod login;
+mod pages;
 
 use std::sync::Arc;
 
@@ -57,8 +59,16 @@ pub fn routes() -> Router<App> {
     Router::new()
         .route("/ui/login", get(login::form).post(login::login))
         .route("/ui/logout", post(login::logout))
-        .route("/ui/", get(home))
+        .route("/ui/", get(pages::home))
         .route("/ui", get(|| async { redirect("/ui/") }))
+        .route("/ui/assets/style.css", get(style))
+        .route("/ui/products/{product}/releases", get(pages::releases))
+        .route("/ui/products/{product}/channels", get(pages::channels))
+        .route("/ui/products/{product}/promote", post(pages::promote))
+        .route(
+            "/ui/products/{product}/channels/{channel}/{action}",
+            post(pages::pause_or_resume),
+        )
 }
 
 /// A 303 to `to`.
@@ -87,76 +97,97 @@ pub fn set_cookie(ui: &Ui, name: &str, value: &str, max_age: i64) -> HeaderValue
     .expect("cookie values are hex")
 }
 
-/// Text made safe for HTML.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+/// A rendered page, or a 500 naming the template.
+pub fn html<T: askama::Template>(status: StatusCode, t: &T) -> Response {
+    match t.render() {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => crate::error::Error::BadConfig(format!("rendering a page: {e}")).into_response(),
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    user: Option<User>,
+    title: String,
+    message: String,
+    back: &'static str,
+}
+
+/// An error answered as a page of the dashboard, with the status the API would give: a 4xx
+/// names what was wrong, a 5xx says "internal error" (the detail is logged).
+pub struct PageError(pub crate::error::Error);
+
+impl From<crate::error::Error> for PageError {
+    fn from(e: crate::error::Error) -> PageError {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "page failed");
+        }
+        let title = match status {
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::NOT_FOUND => "Not found",
+            s if s.is_server_error() => "Server error",
+            _ => "Refused",
+        };
+        html(
+            status,
+            &ErrorPage {
+                user: None,
+                title: title.into(),
+                message: self.0.public_message(),
+                back: "/ui/",
+            },
+        )
+    }
+}
+
+/// What the dashboard's handlers answer.
+pub type PageResult<T> = std::result::Result<T, PageError>;
+
+/// The signed-in user, as the frame of every page shows it.
+pub struct User {
+    pub name: String,
+    pub role: String,
+    pub csrf: String,
+}
+
+impl From<&Session> for User {
+    fn from(s: &Session) -> User {
+        User {
+            name: s.user.clone(),
+            role: s.role.to_string(),
+            csrf: s.csrf.clone(),
         }
     }
-    out
 }
 
-/// A whole page: the dashboard's frame around `body` (already escaped).
-pub fn page(title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · deltaroot</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}}\
-         label{{display:block;margin:.6rem 0 .2rem}}input{{font-size:1rem;padding:.4rem}}\
-         button{{font-size:1rem;padding:.4rem 1rem;margin-top:1rem}}.error{{color:#a00}}</style>\
-         </head><body><main>{body}</main></body></html>\n",
-        escape(title)
-    );
+/// The dashboard's one style sheet, served from the binary (nothing from the internet).
+const STYLE: &str = include_str!("../../templates/assets/style.css");
+
+async fn style() -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        html,
+        STYLE,
     )
         .into_response()
-}
-
-/// The start page: who is signed in, and the products.
-async fn home(
-    axum::extract::State(app): axum::extract::State<App>,
-    s: Option<Session>,
-) -> crate::error::Result<Response> {
-    let Some(s) = s else {
-        return Ok(redirect("/ui/login"));
-    };
-    let products = app.db.product_names().await?;
-    let list = if products.is_empty() {
-        "<p>No product yet: publish a first release with <code>deltaroot publish NEW --product P \
-         --version V --key release.key --server URL --token T</code>.</p>"
-            .to_string()
-    } else {
-        let items: String = products
-            .iter()
-            .map(|p| format!("<li>{}</li>", escape(p)))
-            .collect();
-        format!("<h2>Products</h2><ul>{items}</ul>")
-    };
-    Ok(page(
-        "Products",
-        &format!(
-            "<h1>deltaroot</h1><p>Signed in as <strong>{}</strong> ({}).</p>{list}\
-             <form method=\"post\" action=\"/ui/logout\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\">Sign out</button></form>",
-            escape(&s.user),
-            s.role,
-            escape(&s.csrf)
-        ),
-    ))
 }
 
 impl Session {

@@ -7,8 +7,12 @@ use std::time::Duration;
 use deltaroot_server::access::{hash_password, Role};
 
 use crate::common::{tls, Backend, Server};
+use crate::fleet::fleet;
 
-on_both_backends!(sign_in_sessions_and_sign_out);
+on_both_backends!(
+    sign_in_sessions_and_sign_out,
+    operators_act_from_the_channels_page_viewers_only_read,
+);
 
 /// An HTTPS client that trusts the test certificate, keeps no cookies and follows no
 /// redirects: each test sees every answer.
@@ -125,7 +129,7 @@ fn sign_in_sessions_and_sign_out(backend: Backend) {
     assert_eq!(r.status(), 200);
     let html = r.text().unwrap();
     assert!(
-        html.contains("Signed in as <strong>ada</strong> (operator)"),
+        html.contains("<span>ada (operator)</span>"),
         "{html}"
     );
     assert!(html.contains("No product yet"), "{html}");
@@ -185,4 +189,170 @@ fn plain_http_cookies_are_not_secure() {
         header.contains("HttpOnly") && !header.contains("Secure"),
         "{header}"
     );
+}
+
+/// Signs `user` in: the session cookie and the session's CSRF token (from the start page).
+fn sign_in(
+    b: &reqwest::blocking::Client,
+    url: &str,
+    user: &str,
+    password: &str,
+) -> (String, String) {
+    let csrf = login_form(b, url);
+    let r = post_login(b, url, Some(&csrf), &csrf, user, password);
+    assert_eq!(r.status(), 303, "{user}");
+    let (session, _) = set_cookie(&r, "drt_session").unwrap();
+    let html = b
+        .get(format!("{url}/ui/"))
+        .header("cookie", format!("drt_session={session}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    (session, token)
+}
+
+fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
+    let f = fleet(backend, 2, "1.0");
+    let s = &f.server;
+    let url = &s.url;
+    let b = browser();
+    for (name, role) in [("op", Role::Operator), ("vi", Role::Viewer)] {
+        let h = hash_password("a long enough secret").unwrap();
+        s.op(s.app.db.add_user(name, role, &h)).unwrap();
+    }
+    let get = |session: &str, path: &str| {
+        let r = b
+            .get(format!("{url}{path}"))
+            .header("cookie", format!("drt_session={session}"))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let post = |session: &str, path: &str, form: &[(&str, &str)]| {
+        let r = b
+            .post(format!("{url}{path}"))
+            .header("cookie", format!("drt_session={session}"))
+            .form(form)
+            .send()
+            .unwrap();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), location, r.text().unwrap())
+    };
+
+    // A viewer reads the releases (with what each update costs) and the channels...
+    let (vi, vi_csrf) = sign_in(&b, url, "vi", "a long enough secret");
+    let (st, html) = get(&vi, "/ui/products/demo/releases");
+    assert_eq!(st, 200, "{html}");
+    assert!(
+        html.contains("<td>2.0</td>") && html.contains("<td>1.0</td>"),
+        "{html}"
+    );
+    assert!(html.contains("first release"), "{html}");
+    assert!(
+        html.contains("% of the image)"),
+        "a download from 1.0 to 2.0: {html}"
+    );
+    let (st, html) = get(&vi, "/ui/products/demo/channels");
+    assert_eq!(st, 200);
+    assert!(html.contains("stable: 1.0"), "{html}");
+    assert!(
+        !html.contains("action=\"/ui/products/demo/promote\""),
+        "{html}"
+    );
+    assert!(html.contains("Your role (viewer) reads"), "{html}");
+    // ...and is refused every write, with a page that says why; nothing changes.
+    let promote = [
+        ("csrf", vi_csrf.as_str()),
+        ("channel", "stable"),
+        ("version", "2.0"),
+        ("percent", "10"),
+        ("confirm", "yes"),
+    ];
+    let (st, _, html) = post(&vi, "/ui/products/demo/promote", &promote);
+    assert_eq!(st, 403);
+    assert!(
+        html.contains("vi&#34; lacks the operate scope (it has read)"),
+        "{html}"
+    );
+    for action in ["pause", "resume"] {
+        let path = format!("/ui/products/demo/channels/stable/{action}");
+        let (st, _, _) = post(
+            &vi,
+            &path,
+            &[("csrf", vi_csrf.as_str()), ("confirm", "yes")],
+        );
+        assert_eq!(st, 403, "{action}");
+    }
+    let st = f.status();
+    assert_eq!((st.version.as_deref(), st.paused), (Some("1.0"), false));
+
+    // An operator promotes to a tenth of the devices, pauses and resumes; each lands in the
+    // audit log under the user's name. A form without the session's token is refused.
+    let (op, op_csrf) = sign_in(&b, url, "op", "a long enough secret");
+    let (st, html) = get(&op, "/ui/products/demo/channels");
+    assert_eq!(st, 200);
+    assert!(
+        html.contains("action=\"/ui/products/demo/promote\""),
+        "{html}"
+    );
+    let mut forged = promote;
+    forged[0].1 = "00";
+    let (st, _, _) = post(&op, "/ui/products/demo/promote", &forged);
+    assert_eq!(st, 403);
+    let mut good = promote;
+    good[0].1 = op_csrf.as_str();
+    let (st, location, _) = post(&op, "/ui/products/demo/promote", &good);
+    assert_eq!(
+        (st, location.as_deref()),
+        (303, Some("/ui/products/demo/channels?done=promote"))
+    );
+    let st = f.status();
+    let ro = st.rollout.unwrap();
+    assert_eq!((ro.version.as_str(), ro.percent), ("2.0", 10.0));
+    let (_, html) = get(&op, "/ui/products/demo/channels?done=promote");
+    assert!(
+        html.contains("Promoted.") && html.contains("offered to 10.0 % of devices"),
+        "{html}"
+    );
+    let (st, _, _) = post(
+        &op,
+        "/ui/products/demo/channels/stable/pause",
+        &[("csrf", op_csrf.as_str()), ("confirm", "yes")],
+    );
+    assert_eq!(st, 303);
+    assert!(f.status().paused);
+    let (st, _, _) = post(
+        &op,
+        "/ui/products/demo/channels/stable/resume",
+        &[("csrf", op_csrf.as_str()), ("confirm", "yes")],
+    );
+    assert_eq!(st, 303);
+    assert!(!f.status().paused);
+    let audit = s.op(s.client().audit("demo")).unwrap();
+    let got: Vec<(&str, &str)> = audit
+        .iter()
+        .take(3)
+        .map(|e| (e.who.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("user:op", "resume"),
+            ("user:op", "pause"),
+            ("user:op", "promote")
+        ]
+    );
+    // Another product's page is a 404 page, not a server error.
+    let (st, html) = get(&op, "/ui/products/nothing/channels");
+    assert_eq!(st, 404, "{html}");
 }

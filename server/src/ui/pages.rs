@@ -1,0 +1,299 @@
+//! The dashboard's pages and forms: products, a product's releases (with what each update
+//! costs to download), its channels with the operator's actions. Every page takes a
+//! [`Session`]; every form checks the session's CSRF token, then the user's role, and goes
+//! through the same functions as the API (`crate::channels`), so the audit log records the
+//! user as `user:NAME`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use deltaroot_format::api::PromoteRequest;
+use deltaroot_format::units::human_bytes;
+use deltaroot_format::Name;
+use serde::Deserialize;
+
+use super::{html, redirect, Session, User};
+use super::{PageError, PageResult as Result};
+use crate::access::Scope;
+use crate::api::extract::{NamePath, NameQuery};
+use crate::channels::{channel_status, product, promote_as, set_paused};
+use crate::client::when;
+use crate::db::stored_name;
+use crate::error::Error;
+use crate::App;
+
+/// Releases on one page of the releases list.
+pub const RELEASES_PAGE: usize = 50;
+
+#[derive(askama::Template)]
+#[template(path = "home.html")]
+struct Home {
+    user: Option<User>,
+    products: Vec<String>,
+}
+
+/// `GET /ui/`: every product.
+pub async fn home(State(app): State<App>, s: Option<Session>) -> Result<Response> {
+    let Some(s) = s else {
+        return Ok(redirect("/ui/login"));
+    };
+    let products = app.db.product_names().await?;
+    Ok(html(
+        StatusCode::OK,
+        &Home {
+            user: Some((&s).into()),
+            products,
+        },
+    ))
+}
+
+struct ReleaseLine {
+    version: String,
+    created: String,
+    by: String,
+    entries: i64,
+    image: String,
+    download: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "releases.html")]
+struct Releases {
+    user: Option<User>,
+    product: Name,
+    rows: Vec<ReleaseLine>,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    page: Option<usize>,
+}
+
+/// `GET /ui/products/{product}/releases?page=N`: newest first, with the download a device on
+/// the release before needs (from the stored plan, when there is one).
+pub async fn releases(
+    State(app): State<App>,
+    s: Session,
+    NamePath(product_name): NamePath<Name>,
+    NameQuery(q): NameQuery<PageQuery>,
+) -> Result<Response> {
+    s.rights().require(Scope::Read, Some(&product_name))?;
+    let all = crate::releases::list(&app, &product_name).await?;
+    let page = q.page.unwrap_or(0);
+    let start = page.saturating_mul(RELEASES_PAGE).min(all.len());
+    let end = (start + RELEASES_PAGE).min(all.len());
+    let mut rows = Vec::with_capacity(end - start);
+    for (i, r) in all.iter().enumerate().take(end).skip(start) {
+        let before = all.get(i + 1);
+        let download = match before {
+            Some(b) => match app.db.plan_size(Some(b.id), r.id).await? {
+                Some(n) => format!(
+                    "{} from {} ({:.1} % of the image)",
+                    human_bytes(n),
+                    b.version,
+                    100.0 * n as f64 / (r.image_bytes.max(1) as f64)
+                ),
+                None => format!("no plan from {} yet", b.version),
+            },
+            None => "first release".into(),
+        };
+        rows.push(ReleaseLine {
+            version: r.version.to_string(),
+            created: when(r.created),
+            by: r.published_by.clone(),
+            entries: r.entries,
+            image: human_bytes(r.image_bytes.max(0) as u64),
+            download,
+        });
+    }
+    Ok(html(
+        StatusCode::OK,
+        &Releases {
+            user: Some((&s).into()),
+            product: product_name,
+            rows,
+            prev: page.checked_sub(1),
+            next: (end < all.len()).then_some(page + 1),
+        },
+    ))
+}
+
+struct ChannelLine {
+    name: String,
+    version: String,
+    paused: bool,
+    rollout: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "channels.html")]
+struct Channels {
+    user: Option<User>,
+    product: Name,
+    channels: Vec<ChannelLine>,
+    versions: Vec<String>,
+    can_operate: bool,
+    role: String,
+    csrf: String,
+    notice: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct NoticeQuery {
+    done: Option<String>,
+}
+
+/// `GET /ui/products/{product}/channels`: each channel, its rollout, and (for operators)
+/// pause, resume and promote.
+pub async fn channels(
+    State(app): State<App>,
+    s: Session,
+    NamePath(product_name): NamePath<Name>,
+    NameQuery(q): NameQuery<NoticeQuery>,
+) -> Result<Response> {
+    let rights = s.rights();
+    rights.require(Scope::Read, Some(&product_name))?;
+    let p = product(&app, &product_name).await?;
+    let mut channels = Vec::new();
+    for c in app.db.channel_names(p.id).await? {
+        let st = channel_status(&app, &p, &stored_name("channel", c)?).await?;
+        let rollout = match &st.rollout {
+            Some(r) => format!(
+                "Rollout of {}: {}, offered to {:.1} % of devices ({} reports, {} failures){}",
+                r.version,
+                r.state,
+                r.percent,
+                r.reports,
+                r.failures,
+                r.reason
+                    .as_deref()
+                    .map(|w| format!("; {w}"))
+                    .unwrap_or_default()
+            ),
+            None => match &st.downgrade {
+                Some(d) => format!("Rolled back to {d} by a signed downgrade."),
+                None => "Every device is offered it.".into(),
+            },
+        };
+        channels.push(ChannelLine {
+            name: st.channel.to_string(),
+            version: st.version.map(|v| v.to_string()).unwrap_or("-".into()),
+            paused: st.paused,
+            rollout,
+        });
+    }
+    let mut versions: Vec<_> = p.by_version.values().collect();
+    versions.sort_by_key(|r| std::cmp::Reverse((r.created, r.id)));
+    let notice = q.done.map(|d| match d.as_str() {
+        "promote" => "Promoted.".to_string(),
+        "pause" => "Paused.".to_string(),
+        "resume" => "Resumed.".to_string(),
+        _ => "Done.".to_string(),
+    });
+    Ok(html(
+        StatusCode::OK,
+        &Channels {
+            user: Some((&s).into()),
+            product: product_name.clone(),
+            channels,
+            versions: versions.iter().map(|r| r.version.to_string()).collect(),
+            can_operate: rights.require(Scope::Operate, Some(&product_name)).is_ok(),
+            role: s.role.to_string(),
+            csrf: s.csrf.clone(),
+            notice,
+        },
+    ))
+}
+
+/// A form's CSRF token must be the session's, then the user must operate the product.
+fn may_operate(s: &Session, csrf: &str, product: &Name) -> Result<()> {
+    if csrf != s.csrf {
+        return Err(PageError(Error::Forbidden(
+            "the form was not sent by this session: reload the page".into(),
+        )));
+    }
+    Ok(s.rights().require(Scope::Operate, Some(product))?)
+}
+
+/// The audit log's name for a dashboard user.
+fn who(s: &Session) -> String {
+    format!("user:{}", s.user)
+}
+
+fn back_to_channels(product: &Name, done: &str) -> Response {
+    let to = format!("/ui/products/{product}/channels?done={done}");
+    (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, to)]).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct PromoteForm {
+    #[serde(default)]
+    csrf: String,
+    channel: Name,
+    version: Name,
+    percent: f64,
+    #[serde(default)]
+    step_percent: Option<f64>,
+    #[serde(default)]
+    step_secs: Option<u64>,
+    #[serde(default, deserialize_with = "empty_is_none")]
+    max_failure_rate: Option<f64>,
+}
+
+/// An empty number field is no value.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `POST /ui/products/{product}/promote`.
+pub async fn promote(
+    State(app): State<App>,
+    s: Session,
+    NamePath(product_name): NamePath<Name>,
+    Form(f): Form<PromoteForm>,
+) -> Result<Response> {
+    may_operate(&s, &f.csrf, &product_name)?;
+    let req = PromoteRequest {
+        version: f.version,
+        percent: Some(f.percent),
+        step_percent: f.step_percent.filter(|v| *v > 0.0),
+        step_secs: f.step_secs.filter(|v| *v > 0),
+        floor: None,
+        max_failure_rate: f.max_failure_rate,
+        min_reports: None,
+    };
+    promote_as(&app, &product_name, &f.channel, req, &who(&s)).await?;
+    Ok(back_to_channels(&product_name, "promote"))
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/products/{product}/channels/{channel}/pause|resume`.
+pub async fn pause_or_resume(
+    State(app): State<App>,
+    s: Session,
+    NamePath((product_name, channel, action)): NamePath<(Name, Name, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response> {
+    may_operate(&s, &f.csrf, &product_name)?;
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => return Err(PageError(Error::NotFound(format!("no action {other:?}")))),
+    };
+    let _ = set_paused(app, product_name.clone(), channel, who(&s), paused).await?;
+    Ok(back_to_channels(&product_name, &action))
+}
