@@ -40,6 +40,25 @@ impl Db {
         }
     }
 
+    /// The stored plans ending at release `to`: (from release id, `None` for a device with
+    /// nothing installed; download bytes), smallest download first.
+    pub async fn plans_to(&self, to: i64) -> Result<Vec<(Option<i64>, u64)>> {
+        let rows = sqlx::query(
+            "SELECT from_release, download_bytes FROM plans WHERE to_release = $1
+             ORDER BY download_bytes, from_release",
+        )
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let from: i64 = r.try_get(0)?;
+                let bytes: i64 = r.try_get(1)?;
+                Ok(((from != 0).then_some(from), bytes.max(0) as u64))
+            })
+            .collect()
+    }
+
     /// The download size of a stored plan.
     pub async fn plan_size(&self, from: Option<i64>, to: i64) -> Result<Option<u64>> {
         let row = sqlx::query(

@@ -107,6 +107,38 @@ impl Db {
         Ok(out)
     }
 
+    /// The method of each stored delta among `pairs` (source, target).
+    pub async fn delta_methods(&self, pairs: &[(Hash, Hash)]) -> Result<HashMap<(Hash, Hash), u8>> {
+        let mut out = HashMap::new();
+        for chunk in pairs.chunks(CHUNK / 2) {
+            let mut sql = String::from("SELECT source, target, method FROM deltas WHERE ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!(
+                    "(source = ${} AND target = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                ));
+            }
+            let mut q = sqlx::query(&sql);
+            for (s, t) in chunk {
+                q = q.bind(s.to_string()).bind(t.to_string());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let (s, t, m): (String, String, i64) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                let parse = |h: &str| {
+                    h.parse::<Hash>()
+                        .map_err(|e| Error::Corrupt(format!("stored delta name {h}: {e}")))
+                };
+                out.insert((parse(&s)?, parse(&t)?), m.clamp(0, 255) as u8);
+            }
+        }
+        Ok(out)
+    }
+
     /// Stored deltas producing any of `targets`: target -> [(source, bytes)].
     pub async fn deltas_to(&self, targets: &[Hash]) -> Result<HashMap<Hash, Vec<(Hash, u64)>>> {
         let mut out: HashMap<Hash, Vec<(Hash, u64)>> = HashMap::new();

@@ -14,6 +14,7 @@
 
 mod login;
 mod pages;
+mod release;
 
 use std::sync::Arc;
 
@@ -63,6 +64,10 @@ pub fn routes() -> Router<App> {
         .route("/ui", get(|| async { redirect("/ui/") }))
         .route("/ui/assets/style.css", get(style))
         .route("/ui/products/{product}/releases", get(pages::releases))
+        .route(
+            "/ui/products/{product}/releases/{version}",
+            get(release::release),
+        )
         .route("/ui/products/{product}/channels", get(pages::channels))
         .route("/ui/products/{product}/promote", post(pages::promote))
         .route(

@@ -128,10 +128,7 @@ fn sign_in_sessions_and_sign_out(backend: Backend) {
     let r = page(url, &session);
     assert_eq!(r.status(), 200);
     let html = r.text().unwrap();
-    assert!(
-        html.contains("<span>ada (operator)</span>"),
-        "{html}"
-    );
+    assert!(html.contains("<span>ada (operator)</span>"), "{html}");
     assert!(html.contains("No product yet"), "{html}");
     let form_csrf = html
         .split("name=\"csrf\" value=\"")
@@ -254,7 +251,8 @@ fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
     let (st, html) = get(&vi, "/ui/products/demo/releases");
     assert_eq!(st, 200, "{html}");
     assert!(
-        html.contains("<td>2.0</td>") && html.contains("<td>1.0</td>"),
+        html.contains("/ui/products/demo/releases/2.0\">2.0</a>")
+            && html.contains("/ui/products/demo/releases/1.0\">1.0</a>"),
         "{html}"
     );
     assert!(html.contains("first release"), "{html}");
@@ -262,6 +260,30 @@ fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
         html.contains("% of the image)"),
         "a download from 1.0 to 2.0: {html}"
     );
+    // A release: what changed since the one before, how each file is sent, what it costs.
+    let (st, html) = get(&vi, "/ui/products/demo/releases/2.0");
+    assert_eq!(st, 200, "{html}");
+    assert!(html.contains("What changed since 1.0"), "{html}");
+    assert!(
+        html.contains("<code>bin/app</code></td><td>changed</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<code>etc/only-in-2</code></td><td>added</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<code>etc/only-in-1</code></td><td>removed</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("delta: ") || html.contains("whole (zstd)"),
+        "{html}"
+    );
+    let (_, found) = get(&vi, "/ui/products/demo/releases/2.0?q=no-such-file");
+    assert!(!found.contains("<code>bin/app</code>"), "{found}");
+    let (st, _) = get(&vi, "/ui/products/demo/releases/9.9");
+    assert_eq!(st, 404);
     let (st, html) = get(&vi, "/ui/products/demo/channels");
     assert_eq!(st, 200);
     assert!(html.contains("stable: 1.0"), "{html}");
