@@ -417,11 +417,25 @@ impl Db {
 
     /// The newest audit lines of a product.
     pub async fn audit(&self, product: &str, limit: i64) -> Result<Vec<AuditRow>> {
+        self.audit_where(Some(product), None, None, limit).await
+    }
+
+    /// The newest audit lines, of one product, by one operator, of one action when given.
+    pub async fn audit_where(
+        &self,
+        product: Option<&str>,
+        who: Option<&str>,
+        action: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
-            "SELECT at, who, product, channel, action, detail FROM audit WHERE product = $1
-             ORDER BY id DESC LIMIT $2",
+            "SELECT at, who, product, channel, action, detail FROM audit
+             WHERE ($1 = '' OR product = $1) AND ($2 = '' OR who = $2) AND ($3 = '' OR action = $3)
+             ORDER BY id DESC LIMIT $4",
         )
-        .bind(product)
+        .bind(product.unwrap_or(""))
+        .bind(who.unwrap_or(""))
+        .bind(action.unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

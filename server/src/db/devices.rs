@@ -132,6 +132,24 @@ impl Db {
         row.as_ref().map(device_row).transpose()
     }
 
+    /// How many of a product's devices run each version (`None`: nothing installed yet),
+    /// most first.
+    pub async fn version_counts(&self, product_id: i64) -> Result<Vec<(Option<String>, u64)>> {
+        let rows = sqlx::query(
+            "SELECT current_version, COUNT(*) FROM devices WHERE product_id = $1
+             GROUP BY current_version ORDER BY COUNT(*) DESC, current_version",
+        )
+        .bind(product_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get(1)?;
+                Ok((r.try_get(0)?, n.max(0) as u64))
+            })
+            .collect()
+    }
+
     /// A page of a product's devices by id: at most `limit` after `after`, only those whose
     /// last report is `result` when given.
     pub async fn devices(

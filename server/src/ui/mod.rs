@@ -12,6 +12,7 @@
 //! - `GET /ui/`: the start page (a session required; without one, a redirect to the login);
 //!   the other pages are in `pages.rs`, their templates in `server/templates/`.
 
+mod fleet;
 mod login;
 mod pages;
 mod release;
@@ -69,6 +70,8 @@ pub fn routes() -> Router<App> {
             get(release::release),
         )
         .route("/ui/products/{product}/channels", get(pages::channels))
+        .route("/ui/products/{product}/devices", get(fleet::devices))
+        .route("/ui/audit", get(fleet::audit))
         .route("/ui/products/{product}/promote", post(pages::promote))
         .route(
             "/ui/products/{product}/channels/{channel}/{action}",

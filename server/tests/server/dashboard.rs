@@ -374,6 +374,43 @@ fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
             ("user:op", "promote")
         ]
     );
+    // The audit log page, filtered by operator and by action.
+    let (st, html) = get(&vi, "/ui/audit?who=user:op");
+    assert_eq!(st, 200);
+    assert_eq!(html.matches("<td>user:op</td>").count(), 3, "{html}");
+    let (_, html) = get(&vi, "/ui/audit?product=demo&action=no-such-action");
+    assert!(html.contains("Nothing in the audit log matches."), "{html}");
+
+    // The devices page: versions the fleet runs, devices by last report, one by id.
+    let (_, html) = get(&vi, "/ui/products/demo/devices");
+    assert!(html.contains("No device has checked in yet"), "{html}");
+    for (id, result) in [("dev-1", "failed"), ("dev-2", "ok"), ("dev-3", "ok")] {
+        let r = f
+            .http
+            .get(format!(
+                "{url}/v1/products/demo/channels/stable/check?current=1.0&device={id}&result={result}&attempted=2.0"
+            ))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    s.flush();
+    let (_, html) = get(&vi, "/ui/products/demo/devices");
+    assert!(
+        html.contains("<td>1.0</td><td class=\"num\">3</td><td class=\"num\">100.0 %</td>"),
+        "{html}"
+    );
+    let (_, html) = get(&vi, "/ui/products/demo/devices?result=failed");
+    assert!(
+        html.contains("<code>dev-1</code>") && !html.contains("<code>dev-2</code>"),
+        "{html}"
+    );
+    assert!(html.contains("2.0: failed"), "{html}");
+    let (_, html) = get(&vi, "/ui/products/demo/devices?id=dev-3");
+    assert!(html.contains("<code>dev-3</code>"), "{html}");
+    let (_, html) = get(&vi, "/ui/products/demo/devices?id=nope");
+    assert!(html.contains("No device nope has checked in."), "{html}");
+
     // Another product's page is a 404 page, not a server error.
     let (st, html) = get(&op, "/ui/products/nothing/channels");
     assert_eq!(st, 404, "{html}");
