@@ -54,6 +54,21 @@ pub enum Error {
     #[error("{location}: not in the release folder")]
     Missing { location: String },
 
+    // --- the plan (not signed: held to the signed manifest) ---
+    #[error("plan for version {version}: {entry} is declared {declared} bytes, more than its bound of {bound} bytes from the signed manifest")]
+    PlanBound {
+        version: String,
+        entry: String,
+        declared: u64,
+        bound: u64,
+    },
+    #[error("plan for version {version}: {entry} {reason}")]
+    PlanEntry {
+        version: String,
+        entry: String,
+        reason: String,
+    },
+
     // --- the device ---
     #[error("{path}: not enough space for version {version}: it needs {needed} bytes, {available} are available")]
     NoSpace {

@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::transport::Transport;
 use deltaroot_format::{fsio, Hash, Name, PublicKey, VerifiedManifest};
 
+mod bounds;
 mod commit;
 mod fetch;
 mod stage;
@@ -316,6 +317,8 @@ impl Device {
         // is that of a device with nothing installed (whole objects).
         let from = current.as_ref().filter(|_| base.is_some());
         let plan = transport.plan(&product, from, &version)?;
+        // Not signed: its sizes are held to the signed manifest's before any download.
+        bounds::check_plan(target, &plan)?;
         let before = transport.downloaded();
         let mut report = DeployReport {
             version: m.version.clone(),
