@@ -49,6 +49,8 @@ pub enum Error {
     Truncated { url: String, got: u64, want: u64 },
     #[error("GET {url}: answer is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    #[error("GET {url}: the update passed its deadline of {secs} s (update_deadline_secs)")]
+    Deadline { url: String, secs: u64 },
 
     /// A file the source does not hold (a release folder's missing delta, plan or release).
     #[error("{location}: not in the release folder")]

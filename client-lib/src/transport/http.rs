@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{check_exact, copy_bounded, CheckQuery, Sink, Transport};
+use super::{check_exact, copy_bounded, CheckQuery, Deadline, DeadlineSlot, Sink, Transport};
 use super::{MAX_CHECK_BYTES, MAX_PLAN_BYTES};
 use crate::error::{Error, Result};
 use deltaroot_format::api::CheckResponse;
@@ -27,6 +27,7 @@ pub struct Http {
     client: reqwest::blocking::Client,
     /// Bytes received from object and delta downloads, for reports and tests.
     pub downloaded: AtomicU64,
+    deadline: DeadlineSlot,
 }
 
 impl Http {
@@ -65,6 +66,7 @@ impl Http {
             objects: trim(objects.unwrap_or(server)),
             client,
             downloaded: AtomicU64::new(0),
+            deadline: DeadlineSlot::default(),
         })
     }
 
@@ -202,6 +204,7 @@ impl Transport for Http {
                 Sink {
                     file: &mut *file,
                     path,
+                    deadline: self.deadline.get().as_ref(),
                 },
                 max,
             ) {
@@ -216,6 +219,10 @@ impl Transport for Http {
 
     fn downloaded(&self) -> u64 {
         self.downloaded.load(Ordering::Relaxed)
+    }
+
+    fn set_deadline(&self, deadline: Option<Deadline>) {
+        self.deadline.set(deadline);
     }
 }
 
