@@ -267,3 +267,17 @@ fn a_download_cut_at_its_bound_leaves_no_partial_file_behind() {
     let left = files_under(&tmp.path().join("root"), "staging/downloads");
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The free space is checked against the downloads the plan's checked entries add up to,
+/// not against its `download_bytes`, which is one more unsigned claim.
+#[test]
+fn the_free_space_is_checked_against_the_plans_bounded_entries_not_its_claimed_total() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, _agent, _v1) = folder_and_agent(tmp.path());
+    let (agent, _t) = hostile(tmp.path(), &f.root, |plan| plan.download_bytes = 1 << 50);
+    agent.install("1").unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("root/current/bin/tool")).unwrap(),
+        tools().0
+    );
+}

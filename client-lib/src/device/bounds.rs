@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 
 /// Refuses `plan` if it names a content `target` does not hold, another size than the
 /// manifest's, or a download larger than its bound; the error names the entry, the size
-/// declared and the bound.
-pub(super) fn check_plan(target: &VerifiedManifest, plan: &Plan) -> Result<()> {
+/// declared and the bound. Returns the bytes the plan downloads, added up from its checked
+/// entries (its `download_bytes` is one more claim, not used).
+pub(super) fn check_plan(target: &VerifiedManifest, plan: &Plan) -> Result<u64> {
     let m = target.manifest();
     let contents = m.contents();
     let version = || m.version.clone();
@@ -54,6 +55,7 @@ pub(super) fn check_plan(target: &VerifiedManifest, plan: &Plan) -> Result<()> {
             *b = b.saturating_add(bound);
         }
     }
+    let mut total = 0u64;
     for (pack, bound) in plan.packs.iter().zip(pack_bounds) {
         if pack.bytes > bound {
             return Err(Error::PlanBound {
@@ -63,8 +65,14 @@ pub(super) fn check_plan(target: &VerifiedManifest, plan: &Plan) -> Result<()> {
                 bound,
             });
         }
+        total = total.saturating_add(pack.bytes);
     }
-    Ok(())
+    for item in &plan.items {
+        if item.pack.is_none_or(|p| p >= plan.packs.len()) {
+            total = total.saturating_add(item.fetch.bytes());
+        }
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -130,7 +138,7 @@ mod tests {
             |_| Vec::new(),
         )
         .unwrap();
-        check_plan(&target, &plan).unwrap();
+        assert_eq!(check_plan(&target, &plan).unwrap(), plan.download_bytes);
         let first = &mut plan.items[0];
         first.fetch = Fetch::Delta {
             source: Hash::of(b"old"),
@@ -142,7 +150,7 @@ mod tests {
             bytes: total,
         }];
         plan.items.iter_mut().for_each(|i| i.pack = Some(0));
-        check_plan(&target, &plan).unwrap();
+        assert_eq!(check_plan(&target, &plan).unwrap(), total);
         plan.packs[0].bytes = u64::MAX;
         let err = check_plan(&target, &plan).unwrap_err().to_string();
         assert!(err.contains("packs/"), "{err}");
