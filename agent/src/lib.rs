@@ -79,6 +79,10 @@ pub struct Cli {
     /// PEM certificate of a private certificate authority for the server's HTTPS.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// How long one update may take, in seconds, before it stops with an error naming the
+    /// deadline (default 21600: 6 hours).
+    #[arg(long)]
+    pub update_deadline_secs: Option<u64>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -138,6 +142,7 @@ impl Cli {
             device_id: self.device_id.clone(),
             pin: self.pin.clone(),
             ca_cert: self.ca_cert.clone(),
+            update_deadline_secs: self.update_deadline_secs,
         }))
     }
 }

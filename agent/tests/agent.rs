@@ -107,6 +107,7 @@ fn the_deployed_example_settings_parse() {
     let extra: Settings = toml::from_str(&commented).unwrap();
     assert!(extra.ca_cert.is_some() && extra.objects_url.is_some());
     assert!(extra.pin.is_some() && extra.device_id.is_some());
+    assert_eq!(extra.update_deadline_secs, Some(6 * 3600));
 }
 
 /// A bsdiff delta of `old` to `new` in its container, as the publisher would write it.
@@ -232,4 +233,27 @@ fn reading_commands_on_a_device_root_that_does_not_exist_create_nothing() {
         );
         assert!(!dir.path().join("no").exists(), "{cmd} created the root");
     }
+}
+
+#[test]
+fn the_update_deadline_comes_from_toml_and_the_flag_overrides_it() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "update_deadline_secs = 600\n").unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+    let cli =
+        deltaroot_agent::Cli::try_parse_from(["deltaroot-agent", "--config", cfg_arg, "status"])
+            .unwrap();
+    assert_eq!(cli.settings().unwrap().update_deadline_secs, Some(600));
+    let cli = deltaroot_agent::Cli::try_parse_from([
+        "deltaroot-agent",
+        "--config",
+        cfg_arg,
+        "--update-deadline-secs",
+        "30",
+        "status",
+    ])
+    .unwrap();
+    assert_eq!(cli.settings().unwrap().update_deadline_secs, Some(30));
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeployReport, Device, Status};
 use crate::error::{Error, Result};
-use crate::transport::{CheckQuery, Folder, Transport};
+use crate::transport::{system_clock, CheckQuery, Clock, Deadline, Folder, Transport};
 use deltaroot_format::api::{CheckResponse, RESULTS};
 use deltaroot_format::fsio;
 use deltaroot_format::{human_bytes, DeviceId, Name, PublicKey, SignedDowngrade, VerifiedManifest};
@@ -17,6 +17,8 @@ use deltaroot_format::{human_bytes, DeviceId, Name, PublicKey, SignedDowngrade, 
 pub const DEVICE_ID_FILE: &str = "state/device-id";
 /// The machine's own id, preferred when present (systemd's `machine-id(5)`).
 pub const MACHINE_ID: &str = "/etc/machine-id";
+/// How long one update may take unless `update_deadline_secs` says otherwise: 6 hours.
+pub const DEFAULT_UPDATE_DEADLINE_SECS: u64 = 6 * 3600;
 
 /// Agent settings, from a TOML file and/or the command line.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,6 +49,10 @@ pub struct Settings {
     /// PEM certificate of a private certificate authority that signed the server's
     /// certificate, for HTTPS.
     pub ca_cert: Option<PathBuf>,
+    /// How long one update (install or update) may take, in seconds, before it stops with
+    /// an error naming the deadline (a body dribbled a byte at a time); checked between
+    /// the chunks of every download. Default [`DEFAULT_UPDATE_DEADLINE_SECS`].
+    pub update_deadline_secs: Option<u64>,
 }
 
 impl Settings {
@@ -64,7 +70,8 @@ impl Settings {
             channel,
             device_id,
             pin,
-            ca_cert
+            ca_cert,
+            update_deadline_secs
         );
         if !over.trust.is_empty() {
             self.trust = over.trust;
@@ -84,6 +91,19 @@ pub struct Agent {
     /// Sent with every check.
     pub device_id: DeviceId,
     pub pin: Option<Name>,
+    /// How long one update may take, in seconds (`update_deadline_secs`).
+    pub update_deadline_secs: u64,
+    /// The clock the deadline is measured on ([`system_clock`]; tests set their own).
+    pub clock: Clock,
+}
+
+/// Clears the transport's deadline when an update ends, however it ends.
+struct DeadlineGuard<'a>(&'a dyn Transport);
+
+impl Drop for DeadlineGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_deadline(None);
+    }
 }
 
 /// What `update` did.
@@ -206,7 +226,18 @@ impl Agent {
             trusted,
             device_id,
             pin,
+            update_deadline_secs: s
+                .update_deadline_secs
+                .unwrap_or(DEFAULT_UPDATE_DEADLINE_SECS),
+            clock: system_clock(),
         })
+    }
+
+    /// Starts the deadline of one update on the transport, until the guard is dropped.
+    fn start_deadline(&self) -> DeadlineGuard<'_> {
+        let d = Deadline::new(self.update_deadline_secs, self.clock.clone());
+        self.transport.set_deadline(Some(d));
+        DeadlineGuard(&*self.transport)
     }
 
     /// Asks the transport what the channel (or the pin) offers: what runs, who asks, how the
@@ -257,6 +288,7 @@ impl Agent {
                 version: current.map(Name::into_string),
             });
         }
+        let _deadline = self.start_deadline();
         let result = self
             .fetch_manifest(version)
             .and_then(|m| self.device.deploy(&m, &*self.transport, &self.trusted));
@@ -297,6 +329,7 @@ impl Agent {
                 version: current.map(Name::into_string),
             });
         };
+        let _deadline = self.start_deadline();
         let result = self.fetch_manifest(&offer.version).and_then(|m| {
             // Without the running version's manifest there is nothing to compare with: the
             // offer is taken (logged when the manifest is read).

@@ -49,10 +49,27 @@ pub enum Error {
     Truncated { url: String, got: u64, want: u64 },
     #[error("GET {url}: answer is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    #[error("GET {url}: the update passed its deadline of {secs} s (update_deadline_secs)")]
+    Deadline { url: String, secs: u64 },
 
     /// A file the source does not hold (a release folder's missing delta, plan or release).
     #[error("{location}: not in the release folder")]
     Missing { location: String },
+
+    // --- the plan (not signed: held to the signed manifest) ---
+    #[error("plan for version {version}: {entry} is declared {declared} bytes, more than its bound of {bound} bytes from the signed manifest")]
+    PlanBound {
+        version: String,
+        entry: String,
+        declared: u64,
+        bound: u64,
+    },
+    #[error("plan for version {version}: {entry} {reason}")]
+    PlanEntry {
+        version: String,
+        entry: String,
+        reason: String,
+    },
 
     // --- the device ---
     #[error("{path}: not enough space for version {version}: it needs {needed} bytes, {available} are available")]

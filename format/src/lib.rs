@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod bounds;
 pub mod channel;
 pub mod container;
 mod decoders;

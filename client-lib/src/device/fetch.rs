@@ -12,9 +12,8 @@ use cap_std::fs::Dir;
 use super::{DeployReport, Device, Job, CONTENT, DOWNLOADS, FETCH_THREADS};
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-use deltaroot_format::container::{
-    apply_delta_to, apply_payload_to, unwrapped_bound, Payload, Source,
-};
+use deltaroot_format::bounds::{object_bound, pack_body_bound};
+use deltaroot_format::container::{apply_delta_to, apply_payload_to, Payload, Source};
 use deltaroot_format::fsio::AtomicFile;
 use deltaroot_format::plan::entry_matches;
 use deltaroot_format::tree;
@@ -191,7 +190,8 @@ impl Device {
             Some(Fetch::Object { bytes }) => Some(*bytes),
             _ => None,
         };
-        let max = exact.unwrap_or(size + size / 8 + (1 << 20));
+        // The plan's bytes were checked against this bound (`bounds::check_plan`).
+        let max = exact.unwrap_or(object_bound(size));
         let dl = format!("{DOWNLOADS}/{hash}.zst");
         let rel = object_path(&hash);
         self.download(transport, &rel, &dl, exact, max)?;
@@ -282,16 +282,22 @@ impl Device {
                     reason: format!("entry {} is not one the plan fetches through it", e.target),
                 }));
             }
+            // Item sizes are the signed manifest's (`bounds::check_plan`); no body is read,
+            // nor room made for it, past its bound.
+            let bound = pack_body_bound(e.kind, want[&e.target].size);
+            if e.len > bound {
+                return Err(Error::from(FormatError::PackMalformed {
+                    pack: rel.to_string(),
+                    reason: format!(
+                        "entry {} declares {} bytes, more than its bound of {bound}",
+                        e.target, e.len
+                    ),
+                }));
+            }
         }
         let given: Mutex<(Vec<Hash>, Vec<Hash>)> = Mutex::new((Vec::new(), Vec::new()));
         let produce = || loop {
-            let next = reader.next_body(|e| {
-                let item = want[&e.target];
-                match e.kind {
-                    EntryKind::Object => item.size,
-                    EntryKind::Delta(m) => unwrapped_bound(m, item.size, item.fetch.bytes()),
-                }
-            });
+            let next = reader.next_body(|e| pack_body_bound(e.kind, want[&e.target].size));
             match next {
                 Ok(Some(entry)) if !needed.contains(&entry.0.target) => {}
                 Ok(Some(entry)) => return Some(entry),
@@ -394,7 +400,14 @@ impl Device {
             .open_with(dl, &opts)
             .map_err(self.io(dl))?
             .into_std();
-        transport.download(rel, &mut file, &self.root.join(dl), exact, max)
+        let res = transport.download(rel, &mut file, &self.root.join(dl), exact, max);
+        // A download refused (too long, cut short, not there) is emptied by the transport:
+        // it is removed rather than left for a resume that has nothing to resume. One that
+        // failed on the way keeps its bytes for the next attempt.
+        if res.is_err() && file.metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = self.dir.remove_file(dl);
+        }
+        res
     }
 
     /// Writes a verified content into the store. Not synced one by one: the staged tree is

@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::transport::Transport;
 use deltaroot_format::{fsio, Hash, Name, PublicKey, VerifiedManifest};
 
+mod bounds;
 mod commit;
 mod fetch;
 mod stage;
@@ -316,6 +317,8 @@ impl Device {
         // is that of a device with nothing installed (whole objects).
         let from = current.as_ref().filter(|_| base.is_some());
         let plan = transport.plan(&product, from, &version)?;
+        // Not signed: its sizes are held to the signed manifest's before any download.
+        let download_bytes = bounds::check_plan(target, &plan)?;
         let before = transport.downloaded();
         let mut report = DeployReport {
             version: m.version.clone(),
@@ -325,7 +328,7 @@ impl Device {
         };
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
         let staged = self
-            .check_space(target, base_ref.map(|b| b.0), &plan)
+            .check_space(target, base_ref.map(|b| b.0), download_bytes)
             .and_then(|()| self.write_atomic(STAGING_FOR, format!("{version}\n").as_bytes()))
             .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report))
             .and_then(|()| {
@@ -341,13 +344,13 @@ impl Device {
     }
 
     /// Refuses, before anything is staged, a target that the file system of the root cannot
-    /// hold: its downloads (the plan's bytes) and every file that is not hardlinked from
-    /// the running tree.
+    /// hold: its downloads (`download_bytes`, the plan's checked entries added up) and every
+    /// file that is not hardlinked from the running tree.
     fn check_space(
         &self,
         target: &VerifiedManifest,
         base: Option<&deltaroot_format::Manifest>,
-        plan: &deltaroot_format::Plan,
+        download_bytes: u64,
     ) -> Result<()> {
         let linkable: std::collections::HashSet<(Hash, &deltaroot_format::Meta)> = base
             .map(|b| {
@@ -364,7 +367,7 @@ impl Device {
                     .collect()
             })
             .unwrap_or_default();
-        let mut needed = plan.download_bytes;
+        let mut needed = download_bytes;
         for e in &target.manifest().entries {
             if let deltaroot_format::Entry::Node {
                 kind: deltaroot_format::Kind::File { hash, size },

@@ -36,7 +36,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
 use super::MAX_PLAN_BYTES;
-use super::{check_exact, copy_bounded, CheckQuery, Sink, Transport};
+use super::{check_exact, copy_bounded, CheckQuery, Deadline, DeadlineSlot, Sink, Transport};
 use crate::error::{Error, Result};
 use deltaroot_format::api::{CheckResponse, UpdateOffer};
 use deltaroot_format::{Name, Plan};
@@ -46,6 +46,7 @@ pub struct Folder {
     root: PathBuf,
     dir: Dir,
     downloaded: AtomicU64,
+    deadline: DeadlineSlot,
 }
 
 impl Folder {
@@ -56,6 +57,7 @@ impl Folder {
             root: root.to_owned(),
             dir,
             downloaded: AtomicU64::new(0),
+            deadline: DeadlineSlot::default(),
         })
     }
 
@@ -196,7 +198,11 @@ impl Transport for Folder {
         let from = self.path(rel);
         let len = copy_bounded(
             src,
-            Sink { file, path },
+            Sink {
+                file,
+                path,
+                deadline: self.deadline.get().as_ref(),
+            },
             have,
             max,
             &location,
@@ -208,5 +214,9 @@ impl Transport for Folder {
 
     fn downloaded(&self) -> u64 {
         self.downloaded.load(Ordering::Relaxed)
+    }
+
+    fn set_deadline(&self, deadline: Option<Deadline>) {
+        self.deadline.set(deadline);
     }
 }

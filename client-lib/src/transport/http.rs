@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{check_exact, copy_bounded, CheckQuery, Sink, Transport};
+use super::{check_exact, copy_bounded, CheckQuery, Deadline, DeadlineSlot, Sink, Transport};
 use super::{MAX_CHECK_BYTES, MAX_PLAN_BYTES};
 use crate::error::{Error, Result};
 use deltaroot_format::api::CheckResponse;
@@ -27,6 +27,7 @@ pub struct Http {
     client: reqwest::blocking::Client,
     /// Bytes received from object and delta downloads, for reports and tests.
     pub downloaded: AtomicU64,
+    deadline: DeadlineSlot,
 }
 
 impl Http {
@@ -65,6 +66,7 @@ impl Http {
             objects: trim(objects.unwrap_or(server)),
             client,
             downloaded: AtomicU64::new(0),
+            deadline: DeadlineSlot::default(),
         })
     }
 
@@ -93,13 +95,30 @@ impl Http {
     pub fn get_bytes(&self, path: &str, limit: u64) -> Result<Vec<u8>> {
         let url = format!("{}/{path}", self.api);
         let resp = self.get(&url, 0)?;
+        let deadline = self.deadline.get();
+        let mut body = resp.take(limit + 1);
         let mut out = Vec::new();
-        resp.take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Http {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // A manifest or plan dribbled a byte at a time is held to the deadline too.
+            if let Some(d) = &deadline {
+                d.check(&url)?;
+            }
+            let n = match body.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::Http {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
         if out.len() as u64 > limit {
             return Err(Error::TooLarge { url, limit });
         }
@@ -202,6 +221,7 @@ impl Transport for Http {
                 Sink {
                     file: &mut *file,
                     path,
+                    deadline: self.deadline.get().as_ref(),
                 },
                 max,
             ) {
@@ -217,6 +237,10 @@ impl Transport for Http {
     fn downloaded(&self) -> u64 {
         self.downloaded.load(Ordering::Relaxed)
     }
+
+    fn set_deadline(&self, deadline: Option<Deadline>) {
+        self.deadline.set(deadline);
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -228,4 +252,57 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::Http;
+    use crate::error::Error;
+    use crate::transport::{Deadline, Transport};
+
+    /// A server that sends the head of a 1 MB answer and 10 bytes of it, then nothing, with
+    /// the connection held open: a plan (or an object) dribbled. A clock that moves 500 s
+    /// per read of it passes an 800 s deadline at the second chunk, so the read that would
+    /// wait for ever is never made.
+    #[test]
+    fn a_dribbled_document_or_download_is_stopped_at_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let mut c = conn.unwrap();
+                let mut head = [0u8; 4096];
+                let _ = c.read(&mut head);
+                let _ =
+                    c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n0123456789");
+                held.push(c);
+            }
+        });
+        let http = Http::new(&format!("http://{addr}"), None).unwrap();
+        let start = Instant::now();
+        let reads = Arc::new(AtomicU64::new(0));
+        let clock = Arc::new(move || {
+            start + Duration::from_secs(500 * reads.fetch_add(1, Ordering::Relaxed))
+        });
+        http.set_deadline(Some(Deadline::new(800, clock.clone())));
+        let err = http.get_bytes("v1/plan", 1 << 20).unwrap_err();
+        assert!(matches!(err, Error::Deadline { secs: 800, .. }), "{err}");
+        assert!(err.to_string().contains("v1/plan"), "{err}");
+
+        http.set_deadline(Some(Deadline::new(800, clock)));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("dl");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let err = http
+            .download("objects/ab/cd", &mut file, &path, None, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(err, Error::Deadline { secs: 800, .. }), "{err}");
+        assert!(err.to_string().contains("objects/ab/cd"), "{err}");
+    }
 }

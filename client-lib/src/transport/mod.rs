@@ -11,6 +11,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deltaroot_format::api::CheckResponse;
 use deltaroot_format::{DeviceId, Name, Plan};
@@ -31,6 +33,62 @@ pub const MAX_CHECK_BYTES: u64 = 1 << 20;
 pub const MAX_PLAN_BYTES: u64 = 256 << 20;
 /// A signature is 64 bytes.
 pub const SIGNATURE_BYTES: u64 = 64;
+
+/// Where the time comes from: [`Instant::now`] but in tests.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// The system's monotonic clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Instant::now)
+}
+
+/// The time one update may take (`update_deadline_secs`): a body dribbled a byte at a time
+/// does not keep the device busy for longer. Checked between the chunks a transport reads.
+#[derive(Clone)]
+pub struct Deadline {
+    end: Instant,
+    secs: u64,
+    clock: Clock,
+}
+
+impl Deadline {
+    /// A deadline `secs` seconds from now on `clock`.
+    pub fn new(secs: u64, clock: Clock) -> Deadline {
+        let now = clock();
+        Deadline {
+            end: now
+                .checked_add(Duration::from_secs(secs))
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400)),
+            secs,
+            clock,
+        }
+    }
+
+    /// [`Error::Deadline`] naming `url` once the deadline has passed.
+    pub fn check(&self, url: &str) -> Result<()> {
+        if (self.clock)() >= self.end {
+            return Err(Error::Deadline {
+                url: url.to_string(),
+                secs: self.secs,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The deadline a transport holds for the update under way (see
+/// [`Transport::set_deadline`]).
+#[derive(Default)]
+pub(crate) struct DeadlineSlot(Mutex<Option<Deadline>>);
+
+impl DeadlineSlot {
+    pub fn set(&self, d: Option<Deadline>) {
+        *self.0.lock().expect("not poisoned") = d;
+    }
+    pub fn get(&self) -> Option<Deadline> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
 
 /// What a device tells its source when it asks for an update.
 #[derive(Clone, Copy, Debug)]
@@ -86,17 +144,25 @@ pub trait Transport: Send + Sync {
 
     /// Bytes received so far by [`Transport::download`], for reports.
     fn downloaded(&self) -> u64;
+
+    /// The deadline of the update under way (`None`: none), which every read of a download
+    /// checks between chunks. A transport of the embedder's that ignores it (the default)
+    /// is held to it only between downloads.
+    fn set_deadline(&self, _deadline: Option<Deadline>) {}
 }
 
 /// Where a download goes: the open file, and its path for errors.
 pub(crate) struct Sink<'a> {
     pub file: &'a mut File,
     pub path: &'a Path,
+    /// The deadline of the update the download is part of, checked between chunks.
+    pub deadline: Option<&'a Deadline>,
 }
 
 /// Copies at most `max - have` more bytes of `from` (read from `location`) to `to` after its
 /// first `have` bytes, counting them into `count`; returns the new length, or `TooLarge`
-/// (with the file emptied) past `max`. A read error is `read_error(error, bytes so far)`; a
+/// (with the file emptied) past `max`, or [`Error::Deadline`] (the bytes so far kept for a
+/// resume) once `deadline` has passed, checked before every read. A read error is `read_error(error, bytes so far)`; a
 /// write error an [`Error::Io`] naming the file (final: a full disk is reported as such).
 /// Shared by the transports.
 pub(crate) fn copy_bounded(
@@ -116,6 +182,9 @@ pub(crate) fn copy_bounded(
     let mut buf = vec![0u8; 1 << 16];
     let mut len = have;
     loop {
+        if let Some(d) = to.deadline {
+            d.check(location)?;
+        }
         let n = from.read(&mut buf).map_err(|e| read_error(e, len))?;
         if n == 0 {
             return Ok(len);
@@ -150,5 +219,61 @@ pub(crate) fn check_exact(
             })
         }
         _ => Ok(len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{copy_bounded, Deadline, Sink};
+    use crate::error::Error;
+
+    /// A body that never ends, one byte per read.
+    struct Dribble;
+
+    impl std::io::Read for Dribble {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf[0] = 7;
+            Ok(1)
+        }
+    }
+
+    /// A byte every 2 s (the clock moves 2 s per read of it) is stopped at the deadline, at
+    /// 400 bytes for 800 s, with the bytes so far kept for a resume.
+    #[test]
+    fn a_dribbled_body_is_stopped_at_the_deadline() {
+        let start = Instant::now();
+        let reads = Arc::new(AtomicU64::new(0));
+        let r = reads.clone();
+        let clock =
+            Arc::new(move || start + Duration::from_secs(2 * r.fetch_add(1, Ordering::Relaxed)));
+        let deadline = Deadline::new(800, clock);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("dl");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let count = AtomicU64::new(0);
+        let err = copy_bounded(
+            Dribble,
+            Sink {
+                file: &mut file,
+                path: &path,
+                deadline: Some(&deadline),
+            },
+            0,
+            1 << 40,
+            "http://server/objects/ab/cd",
+            &count,
+            |e, _| Error::io("dribble")(e),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Deadline { secs: 800, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("http://server/objects/ab/cd"), "{msg}");
+        assert!(msg.contains("deadline of 800 s"), "{msg}");
+        assert_eq!(count.load(Ordering::Relaxed), 399);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 399);
     }
 }
