@@ -159,6 +159,19 @@ enum Command {
         #[command(flatten)]
         engine: Engine,
     },
+    /// Print the completion script for SHELL to stdout (e.g. `deltaroot completions bash >
+    /// /etc/bash_completion.d/deltaroot`).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages into DIR: deltaroot.1 and one per command (deltaroot-publish.1, …).
+    Man {
+        /// The folder to write the pages into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Apply a delta container to one file (like bspatch).
     Apply {
         /// The file the delta was made from.
@@ -291,6 +304,20 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             mode,
         } => apply(&old, &patch, &out, mode)?,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "deltaroot",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).map_err(Error::io(&out))?;
+            clap_mangen::generate_to(Cli::command(), &out).map_err(Error::io(&out))?;
+        }
     }
     Ok(())
 }
@@ -303,4 +330,48 @@ pub fn apply(old: &Path, patch: &Path, out: &Path, mode: Option<u32>) -> Result<
     let n = apply_file_with(old, patch, out, &ApplyOptions { mode })?;
     println!("{}: {n} bytes, verified", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
+    /// as `path arg` (clap's generated `--help` and `--version` left out).
+    pub(crate) fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
+        for arg in cmd.get_arguments() {
+            // clap's own --help and --version, not arguments of ours (a positional may be
+            // called `version`: the action tells them apart, not the name).
+            let generated = matches!(
+                arg.get_action(),
+                clap::ArgAction::Help
+                    | clap::ArgAction::HelpShort
+                    | clap::ArgAction::HelpLong
+                    | clap::ArgAction::Version
+            );
+            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            without_help(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let mut missing = Vec::new();
+        without_help(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_walk_finds_an_argument_without_help() {
+        let cmd = clap::Command::new("t")
+            .subcommand(clap::Command::new("s").arg(clap::Arg::new("bare").long("bare")));
+        let mut missing = Vec::new();
+        without_help(&cmd, "", &mut missing);
+        assert_eq!(missing, ["t s bare"]);
+    }
 }

@@ -1,9 +1,9 @@
 //! The server's integration tests, one binary: the spine (publish, install, update, attack,
 //! roll back), the fleet (channels, rollouts, pinning, floors), what operators meet
-//! (`operators`: routes, replicas, bad requests, the operator CLI, shutdown), the data
-//! (stored files written once, the orphan sweep, device retention, caches) and the HTTP
-//! edge against hostile clients (`edge`), each case on both backends where the backend
-//! matters. The harness is in `common`.
+//! (`operators`: routes, replicas, bad requests, the operator CLI and its completions and
+//! man pages, shutdown), the data (stored files written once, the orphan sweep, device
+//! retention, caches) and the HTTP edge against hostile clients (`edge`), each case on both
+//! backends where the backend matters. The harness is in `common`.
 
 #[macro_use]
 mod common;
