@@ -120,6 +120,10 @@ enum Command {
         /// Upload token for --server.
         #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM file of a private certificate authority (one or more certificates) to trust,
+        /// besides the built-in roots, for a --server whose certificate it signed.
+        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+        ca_cert: Option<PathBuf>,
         /// Write a static release folder instead.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -212,6 +216,7 @@ pub fn run(cli: Cli) -> Result<()> {
             key,
             server,
             token,
+            ca_cert,
             out,
             json,
             quiet,
@@ -234,9 +239,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let eng = engine.options()?;
             let key = crate::keys::load(&key)?;
             let sink: Box<dyn Sink> = match (server, out) {
-                (Some(url), None) => {
-                    Box::new(ServerSink::new(&url, token.as_deref().unwrap_or_default())?)
-                }
+                (Some(url), None) => Box::new(ServerSink::with_ca_cert(
+                    &url,
+                    token.as_deref().unwrap_or_default(),
+                    ca_cert.as_deref(),
+                )?),
                 (None, Some(dir)) => Box::new(DirSink::new(&dir)?),
                 _ => {
                     return Err(Error::Usage(

@@ -2,8 +2,9 @@
 //! roll back), the fleet (channels, rollouts, pinning, floors), what operators meet
 //! (`operators`: routes, replicas, bad requests, the operator CLI and its completions and
 //! man pages, shutdown), the data (stored files written once, the orphan sweep, device
-//! retention, caches) and the HTTP edge against hostile clients (`edge`), each case on both
-//! backends where the backend matters. The harness is in `common`.
+//! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
+//! HTTPS with a private certificate authority (`tls`), each case on both backends where the
+//! backend matters. The harness is in `common`.
 
 #[macro_use]
 mod common;
@@ -12,3 +13,4 @@ mod edge;
 mod fleet;
 mod operators;
 mod spine;
+mod tls;
