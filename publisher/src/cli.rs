@@ -148,6 +148,16 @@ enum Command {
         /// Send every download of the update alone instead of packing the small ones together.
         #[arg(long)]
         no_packs: bool,
+        /// Leave out of the image every path of OLD and NEW this glob matches (repeatable),
+        /// matched against the tree-relative path: `*` within one component, `**` across
+        /// them, `?`, `[abc]` (e.g. `run/*.sock`, `**/__pycache__`, `var/cache`). A
+        /// directory matched is left out whole; a socket left out is no error.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Remove the first N components of each member name of a tar OLD or NEW (as
+        /// `tar --strip-components`), e.g. 1 for a tar of `rootfs/etc/…`.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        strip_components: usize,
         #[command(flatten)]
         engine: Engine,
     },
@@ -224,6 +234,8 @@ pub fn run(cli: Cli) -> Result<()> {
             memory_mib,
             report,
             no_packs,
+            exclude,
+            strip_components,
             engine,
         } => {
             let (old, new) = match trees.as_slice() {
@@ -261,6 +273,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 progress: !quiet,
                 memory_budget: memory_mib << 20,
                 packs: !no_packs,
+                input: crate::input::InputOptions {
+                    exclude: crate::exclude::Exclude::new(&exclude),
+                    strip_components,
+                },
             };
             let mode = if quiet {
                 progress::Mode::Off

@@ -313,7 +313,13 @@ fn completions_and_man_pages_cover_the_commands_and_their_options() {
     };
     assert!(page("deltaroot.1").contains("publish"));
     let publish = page("deltaroot-publish.1");
-    for opt in ["product", "from\\-version", "ca\\-cert", "skip\\-method"] {
+    for opt in [
+        "product",
+        "from\\-version",
+        "ca\\-cert",
+        "skip\\-method",
+        "exclude",
+    ] {
         assert!(publish.contains(opt), "{opt} missing from:\n{publish}");
     }
     // The page is one man(1) reads, when man is installed.
