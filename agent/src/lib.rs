@@ -41,6 +41,7 @@ pub fn settings_file(path: &Path) -> Result<Settings> {
 /// The `deltaroot-agent` command line.
 #[derive(Parser)]
 #[command(
+    name = "deltaroot-agent",
     version,
     about = "Keeps a device's image tree up to date from a deltaroot server"
 )]
@@ -61,6 +62,7 @@ pub struct Cli {
     /// Base URL for objects and deltas, when a mirror serves them.
     #[arg(long)]
     pub objects_url: Option<String>,
+    /// The product this device runs (releases and channels are per product).
     #[arg(long)]
     pub product: Option<String>,
     /// Channel to follow (default stable).
@@ -93,7 +95,10 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Install exactly this version (also to downgrade on purpose).
-    Install { version: String },
+    Install {
+        /// The release to install.
+        version: String,
+    },
     /// Ask the server whether an update is available and what it costs.
     Check,
     /// Move to the newest release on the channel.
@@ -102,6 +107,31 @@ pub enum Command {
     Status,
     /// Switch back to the previous version.
     Rollback,
+    /// Print the completion script for SHELL to stdout.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages into DIR: deltaroot-agent.1 and one per command.
+    Man {
+        /// The folder to write the pages into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// `deltaroot-agent completions SHELL`: the script, on `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "deltaroot-agent", out);
+}
+
+/// `deltaroot-agent man --out DIR`: deltaroot-agent.1 and a page per command in `dir`.
+pub fn man_pages(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 impl Command {
@@ -144,5 +174,63 @@ impl Cli {
             ca_cert: self.ca_cert.clone(),
             update_deadline_secs: self.update_deadline_secs,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
+    /// as `path arg` (clap's generated `--help` and `--version` left out).
+    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
+        for arg in cmd.get_arguments() {
+            // clap's own --help and --version, not arguments of ours (a positional may be
+            // called `version`: the action tells them apart, not the name).
+            let generated = matches!(
+                arg.get_action(),
+                clap::ArgAction::Help
+                    | clap::ArgAction::HelpShort
+                    | clap::ArgAction::HelpLong
+                    | clap::ArgAction::Version
+            );
+            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            without_help(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let cmd = super::Cli::command();
+        assert_eq!(cmd.get_name(), "deltaroot-agent");
+        let mut missing = Vec::new();
+        without_help(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        let bare = cmd.mut_subcommand("install", |c| {
+            c.mut_arg("version", |a| a.help(None::<&str>).long_help(None::<&str>))
+        });
+        let mut found = Vec::new();
+        without_help(&bare, "", &mut found);
+        assert_eq!(found, ["deltaroot-agent install version"]);
+    }
+
+    #[test]
+    fn completions_name_the_commands_and_man_pages_their_options() {
+        let mut script = Vec::new();
+        super::completions(clap_complete::Shell::Bash, &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for sub in ["install", "check", "update", "status", "rollback"] {
+            assert!(script.contains(sub), "{sub} missing from:\n{script}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        super::man_pages(dir.path()).unwrap();
+        let top = std::fs::read_to_string(dir.path().join("deltaroot-agent.1")).unwrap();
+        assert!(top.contains("trust") && top.contains("product"), "{top}");
+        assert!(dir.path().join("deltaroot-agent-install.1").is_file());
     }
 }

@@ -45,13 +45,24 @@ pub enum FoundKind {
 
 /// Walks `root` (not following symlinks) and returns every entry below it, sorted by path.
 pub fn walk(root: &Path) -> Result<Vec<Found>, Error> {
+    walk_except(root, &|_| false)
+}
+
+/// Like [`walk`], leaving out every path `skip` accepts without looking at what it is (a
+/// socket left out is no error), and for a directory everything below it.
+pub fn walk_except(root: &Path, skip: &dyn Fn(&EntryPath) -> bool) -> Result<Vec<Found>, Error> {
     let mut out = Vec::new();
-    walk_dir(root, None, &mut out)?;
+    walk_dir(root, None, skip, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk_dir(dir: &Path, rel: Option<&EntryPath>, out: &mut Vec<Found>) -> Result<(), Error> {
+fn walk_dir(
+    dir: &Path,
+    rel: Option<&EntryPath>,
+    skip: &dyn Fn(&EntryPath) -> bool,
+    out: &mut Vec<Found>,
+) -> Result<(), Error> {
     let rd = fs::read_dir(dir).map_err(io_err(dir))?;
     for item in rd {
         let item = item.map_err(io_err(dir))?;
@@ -65,6 +76,9 @@ fn walk_dir(dir: &Path, rel: Option<&EntryPath>, out: &mut Vec<Found>) -> Result
             path: abs.clone(),
             what: e.to_string(),
         })?;
+        if skip(&path) {
+            continue;
+        }
         let st = fs::symlink_metadata(&abs).map_err(io_err(&abs))?;
         let ft = st.file_type();
         let kind = if ft.is_dir() {
@@ -104,7 +118,7 @@ fn walk_dir(dir: &Path, rel: Option<&EntryPath>, out: &mut Vec<Found>) -> Result
             inode,
         });
         if is_dir {
-            walk_dir(&abs, Some(&path), out)?;
+            walk_dir(&abs, Some(&path), skip, out)?;
         }
     }
     Ok(())

@@ -81,7 +81,7 @@ impl Engine {
     }
 }
 
-// Parsed once per run: the size of the largest variant costs nothing.
+// Parsed once per run: the size of the `publish` variant costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
@@ -131,6 +131,10 @@ enum Command {
         /// Upload token for --server.
         #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM file of a private certificate authority (one or more certificates) to trust,
+        /// besides the built-in roots, for a --server whose certificate it signed.
+        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+        ca_cert: Option<PathBuf>,
         /// Write a static release folder instead.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -155,6 +159,16 @@ enum Command {
         /// Send every download of the update alone instead of packing the small ones together.
         #[arg(long)]
         no_packs: bool,
+        /// Leave out of the image every path of OLD and NEW this glob matches (repeatable),
+        /// matched against the tree-relative path: `*` within one component, `**` across
+        /// them, `?`, `[abc]` (e.g. `run/*.sock`, `**/__pycache__`, `var/cache`). A
+        /// directory matched is left out whole; a socket left out is no error.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Remove the first N components of each member name of a tar OLD or NEW (as
+        /// `tar --strip-components`), e.g. 1 for a tar of `rootfs/etc/…`.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        strip_components: usize,
         #[command(flatten)]
         engine: Engine,
     },
@@ -169,6 +183,19 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         engine: Engine,
+    },
+    /// Print the completion script for SHELL to stdout (e.g. `deltaroot completions bash >
+    /// /etc/bash_completion.d/deltaroot`).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages into DIR: deltaroot.1 and one per command (deltaroot-publish.1, …).
+    Man {
+        /// The folder to write the pages into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Apply a delta container to one file (like bspatch).
     Apply {
@@ -212,6 +239,7 @@ pub fn run(cli: Cli) -> Result<()> {
             key,
             server,
             token,
+            ca_cert,
             out,
             json,
             quiet,
@@ -219,6 +247,8 @@ pub fn run(cli: Cli) -> Result<()> {
             memory_mib,
             report,
             no_packs,
+            exclude,
+            strip_components,
             engine,
         } => {
             let (old, new) = match trees.as_slice() {
@@ -234,9 +264,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let eng = engine.options()?;
             let key = crate::keys::load(&key)?;
             let sink: Box<dyn Sink> = match (server, out) {
-                (Some(url), None) => {
-                    Box::new(ServerSink::new(&url, token.as_deref().unwrap_or_default())?)
-                }
+                (Some(url), None) => Box::new(ServerSink::with_ca_cert(
+                    &url,
+                    token.as_deref().unwrap_or_default(),
+                    ca_cert.as_deref(),
+                )?),
                 (None, Some(dir)) => Box::new(DirSink::new(&dir)?),
                 _ => {
                     return Err(Error::Usage(
@@ -255,6 +287,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 progress: !quiet,
                 memory_budget: memory_mib << 20,
                 packs: !no_packs,
+                input: crate::input::InputOptions {
+                    exclude: crate::exclude::Exclude::new(&exclude),
+                    strip_components,
+                },
             };
             let mode = if quiet {
                 progress::Mode::Off
@@ -305,6 +341,20 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             mode,
         } => apply(&old, &patch, &out, mode)?,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "deltaroot",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).map_err(Error::io(&out))?;
+            clap_mangen::generate_to(Cli::command(), &out).map_err(Error::io(&out))?;
+        }
     }
     Ok(())
 }
@@ -317,4 +367,48 @@ pub fn apply(old: &Path, patch: &Path, out: &Path, mode: Option<u32>) -> Result<
     let n = apply_file_with(old, patch, out, &ApplyOptions { mode })?;
     println!("{}: {n} bytes, verified", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
+    /// as `path arg` (clap's generated `--help` and `--version` left out).
+    pub(crate) fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
+        for arg in cmd.get_arguments() {
+            // clap's own --help and --version, not arguments of ours (a positional may be
+            // called `version`: the action tells them apart, not the name).
+            let generated = matches!(
+                arg.get_action(),
+                clap::ArgAction::Help
+                    | clap::ArgAction::HelpShort
+                    | clap::ArgAction::HelpLong
+                    | clap::ArgAction::Version
+            );
+            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            without_help(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let mut missing = Vec::new();
+        without_help(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_walk_finds_an_argument_without_help() {
+        let cmd = clap::Command::new("t")
+            .subcommand(clap::Command::new("s").arg(clap::Arg::new("bare").long("bare")));
+        let mut missing = Vec::new();
+        without_help(&cmd, "", &mut missing);
+        assert_eq!(missing, ["t s bare"]);
+    }
 }

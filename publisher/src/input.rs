@@ -14,6 +14,17 @@ use deltaroot_format::{Entry, EntryPath, Hash, Kind, Meta};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::exclude::Exclude;
+
+/// How an input tree is read: paths left out, and components stripped from a tar's names.
+#[derive(Clone, Debug, Default)]
+pub struct InputOptions {
+    /// `--exclude`: paths (and, for directories, all below them) left out of the image.
+    pub exclude: Exclude,
+    /// `--strip-components N`: the first N components of each tar member's name are
+    /// removed (members with no more are skipped), as `tar --strip-components` does.
+    pub strip_components: usize,
+}
 
 /// A scanned input tree.
 pub struct InputTree {
@@ -27,9 +38,19 @@ pub struct InputTree {
 impl InputTree {
     /// Reads a directory or a tar archive (by its name).
     pub fn open(path: &Path, progress: &dyn Fn(u64)) -> Result<InputTree> {
+        Self::open_with(path, progress, &InputOptions::default())
+    }
+
+    /// Like [`InputTree::open`], leaving out what `opts.exclude` matches and stripping
+    /// `opts.strip_components` from a tar's names.
+    pub fn open_with(
+        path: &Path,
+        progress: &dyn Fn(u64),
+        opts: &InputOptions,
+    ) -> Result<InputTree> {
         let meta = std::fs::metadata(path).map_err(Error::io(path))?;
         if meta.is_dir() {
-            Self::from_dir(path, progress)
+            Self::from_dir_except(path, progress, &opts.exclude)
         } else {
             let name = path.to_string_lossy();
             let zstd = name.ends_with(".tar.zst") || name.ends_with(".tzst");
@@ -39,13 +60,31 @@ impl InputTree {
                     what: "not a directory, .tar or .tar.zst".into(),
                 });
             }
-            Self::from_tar(path, zstd)
+            Self::from_tar(path, zstd, opts)
         }
     }
 
     /// Scans a directory, hashing files on all cores.
     pub fn from_dir(root: &Path, progress: &dyn Fn(u64)) -> Result<InputTree> {
-        let found = tree::walk(root)?;
+        Self::from_dir_except(root, progress, &Exclude::default())
+    }
+
+    fn from_dir_except(
+        root: &Path,
+        progress: &dyn Fn(u64),
+        exclude: &Exclude,
+    ) -> Result<InputTree> {
+        let found = tree::walk_except(root, &|p| exclude.matches(p)).map_err(|e| match e {
+            // A socket (or a name no image can hold): say how to leave it out.
+            deltaroot_format::Error::Unsupported { path, what } => Error::Input {
+                what: format!(
+                    "{what}; leave it out of the image with --exclude {}",
+                    path.strip_prefix(root).unwrap_or(&path).display()
+                ),
+                path,
+            },
+            e => e.into(),
+        })?;
         let hashes: Vec<Option<Hash>> = found
             .par_iter()
             .map(|f| match f.kind {
@@ -67,7 +106,7 @@ impl InputTree {
         })
     }
 
-    fn from_tar(path: &Path, zstd: bool) -> Result<InputTree> {
+    fn from_tar(path: &Path, zstd: bool, opts: &InputOptions) -> Result<InputTree> {
         let file = File::open(path).map_err(Error::io(path))?;
         let reader: Box<dyn Read> = if zstd {
             Box::new(zstd::stream::read::Decoder::new(file).map_err(Error::io(path))?)
@@ -86,12 +125,21 @@ impl InputTree {
         let mut nodes: BTreeMap<EntryPath, (Kind, Meta)> = BTreeMap::new();
         let mut links: Vec<(EntryPath, EntryPath)> = Vec::new();
         let mut content = HashMap::new();
+        // The first component of every member's name, while there is only one.
+        let mut tops = TopLevel::default();
+        let strip = opts.strip_components;
         for (n, item) in archive.entries().map_err(Error::io(path))?.enumerate() {
             let mut item = item.map_err(Error::io(path))?;
             let raw = item.path_bytes().into_owned();
-            let Some(p) = tar_path(&raw).map_err(|e| bad(e.to_string()))? else {
+            let Some(p) = tar_path(&raw, strip).map_err(|e| bad(e.to_string()))? else {
                 continue;
             };
+            if strip == 0 {
+                tops.see(&p, item.header().entry_type() == tar::EntryType::Directory);
+            }
+            if opts.exclude.covers(&p) {
+                continue;
+            }
             let h = item.header().clone();
             let mut xattrs: deltaroot_format::Xattrs = Vec::new();
             if let Some(exts) = item.pax_extensions().map_err(Error::io(path))? {
@@ -154,7 +202,7 @@ impl InputTree {
                 }
                 tar::EntryType::Symlink => Kind::Symlink { target: link()? },
                 tar::EntryType::Link => {
-                    let t = tar_path(&link()?)
+                    let t = tar_path(&link()?, strip)
                         .map_err(|e| bad(e.to_string()))?
                         .ok_or_else(|| bad("hardlink to the root".into()))?;
                     links.push((p, t));
@@ -166,6 +214,13 @@ impl InputTree {
                 other => return Err(bad(format!("entry {n} has unsupported type {other:?}"))),
             };
             nodes.insert(p, (kind, meta));
+        }
+        if let Some(top) = tops.single() {
+            eprintln!(
+                "warning: {}: every path is under {top}/, which the image would hold as a \
+                 folder at its root; --strip-components 1 takes the tree out of it",
+                path.display()
+            );
         }
         // Parents a tar leaves implicit become plain 0755 root directories.
         let implicit: Vec<EntryPath> = nodes
@@ -260,8 +315,12 @@ impl InputTree {
     }
 }
 
-/// Normalises a tar member name: strips `./` and a trailing `/`; `None` for the root.
-fn tar_path(raw: &[u8]) -> std::result::Result<Option<EntryPath>, deltaroot_format::PathError> {
+/// Normalises a tar member name: strips `./`, a trailing `/` and the first `strip`
+/// components; `None` for the root (and for names with no more than `strip` components).
+fn tar_path(
+    raw: &[u8],
+    strip: usize,
+) -> std::result::Result<Option<EntryPath>, deltaroot_format::PathError> {
     let mut s = raw;
     while let Some(rest) = s.strip_prefix(b"./") {
         s = rest;
@@ -269,8 +328,73 @@ fn tar_path(raw: &[u8]) -> std::result::Result<Option<EntryPath>, deltaroot_form
     while let Some(rest) = s.strip_suffix(b"/") {
         s = rest;
     }
+    for _ in 0..strip {
+        let rest = match s.iter().position(|c| *c == b'/') {
+            Some(i) => &s[i + 1..],
+            None => &[][..],
+        };
+        s = rest;
+        while let Some(rest) = s.strip_prefix(b"/") {
+            s = rest;
+        }
+    }
     if s.is_empty() || s == b"." {
         return Ok(None);
     }
     EntryPath::new(s).map(Some)
+}
+
+/// Whether every member of a tar sits under one top-level folder (`rootfs/etc/…`,
+/// `rootfs/usr/…`): the mistake `--strip-components 1` undoes.
+#[derive(Default)]
+struct TopLevel {
+    /// The one first component seen so far.
+    top: Option<Vec<u8>>,
+    /// Whether that component is a directory member or only a prefix of others.
+    deeper: bool,
+    /// A second first component, or a top-level member that is not a directory.
+    mixed: bool,
+}
+
+impl TopLevel {
+    fn see(&mut self, p: &EntryPath, is_dir: bool) {
+        let b = p.as_bytes();
+        let (first, nested) = match b.iter().position(|c| *c == b'/') {
+            Some(i) => (&b[..i], true),
+            None => (b, false),
+        };
+        if !nested && !is_dir {
+            self.mixed = true;
+        }
+        match &self.top {
+            Some(t) if t.as_slice() != first => self.mixed = true,
+            Some(_) => {}
+            None => self.top = Some(first.to_vec()),
+        }
+        self.deeper |= nested;
+    }
+
+    /// The one top-level folder, if every path is under it (and it holds something).
+    fn single(&self) -> Option<String> {
+        match &self.top {
+            Some(t) if !self.mixed && self.deeper => Some(String::from_utf8_lossy(t).into()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_components_drops_leading_folders() {
+        let p = |raw: &str, n| tar_path(raw.as_bytes(), n).unwrap().map(|p| p.to_string());
+        assert_eq!(p("./rootfs/etc/passwd", 1).as_deref(), Some("etc/passwd"));
+        assert_eq!(p("rootfs/etc/", 1).as_deref(), Some("etc"));
+        assert_eq!(p("rootfs/", 1), None);
+        assert_eq!(p("a/b/c", 2).as_deref(), Some("c"));
+        assert_eq!(p("a/b", 2), None);
+        assert_eq!(p("etc/passwd", 0).as_deref(), Some("etc/passwd"));
+    }
 }

@@ -4,6 +4,7 @@
 //! - [`checks`]: what is asked of the destination before encoding: a free version, and the
 //!   release OLD must be.
 //! - [`input`]: reading a tree (directory or tar) into manifest entries and contents.
+//! - [`exclude`]: `--exclude` globs, paths left out of the image.
 //! - [`matching`]: finding the old version of each changed file, renames included.
 //! - [`packing`]: packing a release pair's small downloads into a few compressed packs.
 //! - [`publish`]: the whole run, on all cores, with progress and a summary.
@@ -15,6 +16,7 @@
 pub mod checks;
 pub mod cli;
 pub mod error;
+pub mod exclude;
 pub mod input;
 pub mod keys;
 pub mod matching;

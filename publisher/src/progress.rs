@@ -21,6 +21,9 @@ pub enum Mode {
     Lines { every: Duration },
 }
 
+/// How often a bar is redrawn when nothing completes.
+const STEADY_TICK: Duration = Duration::from_millis(250);
+
 /// The interval of [`Mode::Lines`] unless `--progress-every` says otherwise.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
 
@@ -71,6 +74,10 @@ impl Progress {
                     .progress_chars("=> "),
                 );
                 b.set_message(phase);
+                // Redrawn on a timer, not only when a file is done: the rate and the ETA
+                // (indicatif's smoothed estimate) move steadily even while one large file
+                // takes a minute, instead of jumping at each completion.
+                b.enable_steady_tick(STEADY_TICK);
                 b
             }
             Mode::Off | Mode::Lines { .. } => ProgressBar::hidden(),

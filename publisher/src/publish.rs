@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::checks;
 use crate::error::Result;
-use crate::input::InputTree;
+use crate::input::{InputOptions, InputTree};
 use crate::matching::{self, Pair};
 use crate::progress::{self, Progress};
 use crate::sink::{Release, Sink};
@@ -44,6 +44,8 @@ pub struct PublishOptions {
     pub memory_budget: u64,
     /// Pack the pair's small downloads together (`--no-packs` turns it off).
     pub packs: bool,
+    /// How OLD and NEW are read: `--exclude`, `--strip-components`.
+    pub input: InputOptions,
 }
 
 /// The default `memory_budget`: 2 GiB.
@@ -171,7 +173,7 @@ pub fn publish_with(
     let scan = Progress::new(mode, "scanning", 0, 0);
     let add = |n: u64| scan.file_done(n);
     let old_tree = match old {
-        Some(p) => InputTree::open(p, &add)?,
+        Some(p) => InputTree::open_with(p, &add, &opts.input)?,
         None => InputTree::empty(),
     };
     // Deltas from an OLD that is not the release devices run start from contents they do
@@ -179,7 +181,7 @@ pub fn publish_with(
     if let (Some(path), Some(release)) = (old, &from_release) {
         checks::old_is_release(path, release, &old_tree.entries)?;
     }
-    let new_tree = InputTree::open(new, &add)?;
+    let new_tree = InputTree::open_with(new, &add, &opts.input)?;
     scan.finish();
 
     let created = opts.created.unwrap_or_else(|| {

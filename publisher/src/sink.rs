@@ -66,13 +66,32 @@ pub struct ServerSink {
 
 impl ServerSink {
     pub fn new(base: &str, token: &str) -> Result<ServerSink> {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(3600))
-            .build()
-            .map_err(|e| Error::Http {
-                url: base.into(),
-                reason: e.to_string(),
-            })?;
+        ServerSink::with_ca_cert(base, token, None)
+    }
+
+    /// Like [`ServerSink::new`], also trusting the certificates in the PEM file `ca_cert`
+    /// (a private certificate authority that signed the server's certificate; one or more).
+    pub fn with_ca_cert(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<ServerSink> {
+        let mut builder =
+            reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(3600));
+        if let Some(p) = ca_cert {
+            let pem = std::fs::read(p).map_err(Error::io(p))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Error::Input {
+                    path: p.to_owned(),
+                    what: "holds no PEM certificate (--ca-cert takes the certificate authority's certificate)"
+                        .into(),
+                })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder.build().map_err(|e| Error::Http {
+            url: base.into(),
+            reason: http_reason(&e),
+        })?;
         Ok(ServerSink {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
@@ -86,12 +105,12 @@ impl ServerSink {
             .send()
             .map_err(|e| Error::Http {
                 url: url.into(),
-                reason: e.to_string(),
+                reason: http_reason(&e),
             })?;
         let status = resp.status();
         let body = resp.bytes().map_err(|e| Error::Http {
             url: url.into(),
-            reason: e.to_string(),
+            reason: http_reason(&e),
         })?;
         if !status.is_success() {
             let text = serde_json::from_slice::<ErrorBody>(&body)
@@ -339,4 +358,26 @@ impl Sink for DirSink {
             download_bytes: Some(plan.download_bytes),
         })
     }
+}
+
+/// A failed request's whole cause chain (reqwest's own message is only "error sending
+/// request"), and, where the server's certificate was not trusted, how to trust it.
+fn http_reason(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    if s.contains("invalid peer certificate") || s.contains("UnknownIssuer") {
+        s.push_str(
+            " (if a private certificate authority signed the server's certificate, \
+             pass its certificate with --ca-cert FILE or SSL_CERT_FILE)",
+        );
+    }
+    s
 }

@@ -13,6 +13,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            deltaroot_agent::completions(*shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { out } => {
+            return deltaroot_agent::man_pages(out)
+                .with_context(|| format!("writing man pages into {}", out.display()));
+        }
+        _ => {}
+    }
     let settings = cli.settings().context("reading the settings")?;
     cli.check_root(&settings)?;
     let agent = Agent::new(settings).context("configuring the agent")?;
@@ -36,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             let v = agent.rollback().context("rolling back")?;
             println!("rolled back: current is now {v}");
         }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("answered above"),
     }
     Ok(())
 }

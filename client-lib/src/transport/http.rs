@@ -243,6 +243,7 @@ impl Transport for Http {
     }
 }
 
+/// An error and its causes, and what to do where the server's certificate is the cause.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -251,8 +252,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         s.push_str(&c.to_string());
         cur = c.source();
     }
+    if s.contains("CaUsedAsEndEntity") {
+        s.push_str(CA_AS_SERVER);
+    } else if s.contains("UnknownIssuer") {
+        s.push_str(UNKNOWN_ISSUER);
+    }
     s
 }
+
+/// rustls refuses a server certificate that is itself a certificate authority (a
+/// self-signed `CA:TRUE` certificate given both as the server's and as `ca_cert`).
+const CA_AS_SERVER: &str = " (the server presented a certificate authority's certificate \
+    (CA:TRUE): the server certificate must be a leaf certificate signed by the CA given to \
+    the agent as --ca-cert / ca_cert; the README shows how to make both with openssl)";
+
+const UNKNOWN_ISSUER: &str = " (no trusted certificate authority signed the server's \
+    certificate: give the agent the private CA's certificate as --ca-cert / ca_cert)";
 
 #[cfg(test)]
 mod tests {

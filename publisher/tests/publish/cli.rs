@@ -1,6 +1,6 @@
 //! The `deltaroot` command's own behaviour: tar input, a static release folder installed
 //! from by a device, single-file `diff`/`apply` (and the mode `apply` gives), help lines
-//! and the version, progress lines.
+//! and the version, completions and man pages, progress lines.
 
 use std::path::Path;
 use std::process::Command;
@@ -294,6 +294,49 @@ fn every_option_has_help_and_version_names_the_command() {
         run(&["--version"]),
         format!("deltaroot {}\n", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn completions_and_man_pages_cover_the_commands_and_their_options() {
+    let script = run(&["completions", "bash"]);
+    for sub in ["keygen", "publish", "diff", "apply", "completions", "man"] {
+        assert!(
+            script.contains(sub),
+            "{sub} missing from the bash completions"
+        );
+    }
+    assert!(script.contains("--from-version"));
+    assert!(run(&["completions", "zsh"]).contains("publish"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    run(&["man", "--out", dir.to_str().unwrap()]);
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert!(page("deltaroot.1").contains("publish"));
+    let publish = page("deltaroot-publish.1");
+    for opt in [
+        "product",
+        "from\\-version",
+        "ca\\-cert",
+        "skip\\-method",
+        "exclude",
+    ] {
+        assert!(publish.contains(opt), "{opt} missing from:\n{publish}");
+    }
+    // The page is one man(1) reads, when man is installed.
+    if let Ok(out) = Command::new("man")
+        .arg("-l")
+        .arg(dir.join("deltaroot-publish.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+    {
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("--from-version"), "{text}");
+        }
+    }
 }
 
 #[test]

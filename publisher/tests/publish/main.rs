@@ -2,10 +2,12 @@
 //! behaviour (`cli`: tar input, a static release folder a device installs from, single-file
 //! `diff`/`apply`, help, progress), the checks `publish` makes before writing anything
 //! (`checks`), the ELF method on real ELF pairs (`elf`) and compressed files (`compressed`:
-//! gzip, xz, `--skip-method`). The helpers and fixtures are in `common`.
+//! gzip, xz, `--skip-method`), and what is read of the input trees (`input`: `--exclude`,
+//! `--strip-components`). The helpers and fixtures are in `common`.
 
 mod checks;
 mod cli;
 mod common;
 mod compressed;
 mod elf;
+mod input;

@@ -21,6 +21,7 @@ use accounts::{TokenCommand, UserCommand};
 
 #[derive(Parser)]
 #[command(
+    name = "deltaroot-server",
     version,
     about = "Stores deltaroot releases, serves them to devices, and steers the fleet"
 )]
@@ -83,6 +84,7 @@ struct Remote {
     /// signed by.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// The product to act on.
     #[arg(long)]
     product: String,
     /// Print JSON instead of lines for people.
@@ -104,6 +106,7 @@ impl Remote {
 enum Command {
     /// Serve the API, manifests, objects and deltas.
     Serve {
+        /// Address and port to listen on (HTTPS, or HTTP with --plain-http).
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         #[command(flatten)]
@@ -139,6 +142,8 @@ enum Command {
         /// How often devices should poll, in seconds (answers spread it by --poll-jitter).
         #[arg(long, default_value_t = 3600)]
         poll_secs: u64,
+        /// Share of --poll-secs by which each answer's poll interval is spread at random
+        /// (0.2: 2,880 to 4,320 s for 3,600), so that devices do not all poll together.
         #[arg(long, default_value_t = 0.2)]
         poll_jitter: f64,
         /// How long a replica answers checks from cached channel state, in milliseconds.
@@ -168,6 +173,7 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Logs on stderr as text lines or one JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -207,6 +213,7 @@ enum Command {
     Status {
         #[command(flatten)]
         remote: Remote,
+        /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
     },
@@ -214,8 +221,10 @@ enum Command {
     Promote {
         #[command(flatten)]
         remote: Remote,
+        /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
+        /// The release to point the channel at.
         version: Name,
         /// Share of devices offered the release at first (0-100).
         #[arg(long)]
@@ -223,6 +232,7 @@ enum Command {
         /// Raise the share by this much every --step-secs.
         #[arg(long)]
         step_percent: Option<f64>,
+        /// Seconds between two raises of the share by --step-percent.
         #[arg(long)]
         step_secs: Option<u64>,
         /// A release every older device must install first.
@@ -239,6 +249,7 @@ enum Command {
     Pause {
         #[command(flatten)]
         remote: Remote,
+        /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
     },
@@ -246,6 +257,7 @@ enum Command {
     Resume {
         #[command(flatten)]
         remote: Remote,
+        /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
     },
@@ -254,8 +266,10 @@ enum Command {
     Rollback {
         #[command(flatten)]
         remote: Remote,
+        /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
+        /// The older release to roll the channel back to.
         version: String,
         /// The release key file (`deltaroot keygen`).
         #[arg(long)]
@@ -265,8 +279,10 @@ enum Command {
     Rollout {
         #[command(flatten)]
         remote: Remote,
+        /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
+        /// Share of devices offered the rollout's release (0-100).
         percent: f64,
     },
     /// Show the audit log: who changed what, when.
@@ -282,10 +298,23 @@ enum Command {
         #[arg(long, value_name = "RESULT")]
         result: Option<String>,
     },
+    /// Print the completion script for SHELL to stdout.
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages into DIR: deltaroot-server.1 and one per command.
+    Man {
+        /// The folder to write the pages into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Show a device's last check-in.
     Device {
         #[command(flatten)]
         remote: Remote,
+        /// The device's id (its /etc/machine-id or the id it generated).
         id: String,
     },
 }
@@ -308,6 +337,22 @@ pub fn init_logging(format: LogFormat) {
 /// Parses the command line and runs it on a runtime of the right size.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "deltaroot-server", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(out).with_context(|| format!("making {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let threads = match &cli.command {
         Command::Serve { threads, .. } => *threads,
         _ => Some(1),
@@ -566,6 +611,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .join("\n")
             });
         }
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("main answers these without a runtime")
+        }
         Command::Device { remote, id } => {
             let d = remote.client()?.device(&remote.product, &id).await?;
             print(remote.json, &d, show_device);
@@ -584,4 +632,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
+    /// as `path arg` (clap's generated `--help` and `--version` left out).
+    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
+        for arg in cmd.get_arguments() {
+            // clap's own --help and --version, not arguments of ours (a positional may be
+            // called `version`: the action tells them apart, not the name).
+            let generated = matches!(
+                arg.get_action(),
+                clap::ArgAction::Help
+                    | clap::ArgAction::HelpShort
+                    | clap::ArgAction::HelpLong
+                    | clap::ArgAction::Version
+            );
+            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            without_help(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let cmd = super::Cli::command();
+        assert_eq!(cmd.get_name(), "deltaroot-server");
+        let mut missing = Vec::new();
+        without_help(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        // The walk reaches nested commands (`token create`).
+        let bare = cmd.clone().mut_subcommand("token", |t| {
+            t.mut_subcommand("create", |c| {
+                c.mut_arg("name", |a| a.help(None::<&str>).long_help(None::<&str>))
+            })
+        });
+        let mut found = Vec::new();
+        without_help(&bare, "", &mut found);
+        assert_eq!(found, ["deltaroot-server token create name"]);
+    }
 }

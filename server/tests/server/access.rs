@@ -71,6 +71,7 @@ fn publish_with(
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
+        input: Default::default(),
     };
     publish(Some(trees[0].path()), trees[1].path(), &f.key, &sink, &opts)
         .map(|_| ())

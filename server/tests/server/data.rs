@@ -198,6 +198,7 @@ fn orphan_uploads_are_swept_after_the_grace_period(backend: Backend) {
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
+        input: Default::default(),
     };
     let err = match publish(
         Some(trees[0].path()),

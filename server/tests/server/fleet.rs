@@ -108,6 +108,7 @@ fn publish_skipping(
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
+        input: Default::default(),
     };
     publish(old, trees[n as usize - 1].path(), k, &sink, &opts).unwrap();
 }

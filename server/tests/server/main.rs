@@ -1,10 +1,11 @@
 //! The server's integration tests, one binary: the spine (publish, install, update, attack,
 //! roll back), the fleet (channels, rollouts, pinning, floors), what operators meet
-//! (`operators`: routes, replicas, bad requests, the operator CLI, shutdown), the data
-//! (stored files written once, the orphan sweep, device retention, caches) and the HTTP
-//! edge against hostile clients (`edge`), each case on both backends where the backend
-//! matters; who may do what (`access`: token scopes, users, rollbacks that go back) and the
-//! dashboard's sign-in (`dashboard`). The harness is in `common`.
+//! (`operators`: routes, replicas, bad requests, the operator CLI and its completions and
+//! man pages, shutdown), the data (stored files written once, the orphan sweep, device
+//! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
+//! HTTPS with a private certificate authority (`tls`), each case on both backends where the
+//! backend matters; who may do what (`access`: token scopes, users, rollbacks that go back)
+//! and the dashboard (`dashboard`). The harness is in `common`.
 
 #[macro_use]
 mod common;
@@ -15,3 +16,4 @@ mod edge;
 mod fleet;
 mod operators;
 mod spine;
+mod tls;

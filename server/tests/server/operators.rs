@@ -488,3 +488,44 @@ fn shutdown_finishes_downloads_in_flight(backend: Backend) {
     );
     place.remove(&rt);
 }
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let exe = env!("CARGO_BIN_EXE_deltaroot-server");
+    let out = std::process::Command::new(exe)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let script = String::from_utf8(out.stdout).unwrap();
+    for sub in [
+        "serve",
+        "promote",
+        "rollback",
+        "token",
+        "create",
+        "completions",
+    ] {
+        assert!(
+            script.contains(sub),
+            "{sub} missing from the bash completions"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["man", "--out"])
+        .arg(dir.path().join("man1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.path().join("man1").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert!(page("deltaroot-server.1").contains("promote"));
+    let serve = page("deltaroot-server-serve.1");
+    for opt in ["tls\\-cert", "poll\\-jitter", "max\\-upload\\-mib"] {
+        assert!(serve.contains(opt), "{opt} missing from:\n{serve}");
+    }
+    assert!(page("deltaroot-server-token-create.1").contains(".TH"));
+}

@@ -90,6 +90,7 @@ fn publish_to(
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
+        input: Default::default(),
     };
     deltaroot_publisher::publish::publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
 }
@@ -476,6 +477,7 @@ fn first_release_by_another_key_is_forbidden(backend: Backend) {
         progress: false,
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
+        input: Default::default(),
     };
     let err = publish(None, &fixture().join("v2"), &k, &sink, &opts)
         .unwrap_err()
