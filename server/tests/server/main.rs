@@ -10,6 +10,7 @@
 #[macro_use]
 mod common;
 mod access;
+mod browser;
 mod dashboard;
 mod data;
 mod edge;
