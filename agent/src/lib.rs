@@ -134,6 +134,36 @@ pub fn man_pages(dir: &Path) -> std::io::Result<()> {
     clap_mangen::generate_to(Cli::command(), dir)
 }
 
+/// Every argument of `cmd` and of its subcommands, at any depth, without a help line, as
+/// `command subcommand argument` (clap's generated `--help` and `--version` left out). Every
+/// deltaroot command line's tests hold their arguments to it (`deltaroot`,
+/// `deltaroot-server` and `deltaroot-agent` take this crate as a dev-dependency for it).
+pub fn arguments_without_help(cmd: &clap::Command) -> Vec<String> {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
+        for arg in cmd.get_arguments() {
+            // clap's own --help and --version, not arguments of ours (a positional may be
+            // called `version`: the action tells them apart, not the name).
+            let generated = matches!(
+                arg.get_action(),
+                clap::ArgAction::Help
+                    | clap::ArgAction::HelpShort
+                    | clap::ArgAction::HelpLong
+                    | clap::ArgAction::Version
+            );
+            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &path, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(cmd, "", &mut missing);
+    missing
+}
+
 impl Command {
     /// Whether the command may create the device root: only `install` and `update` do;
     /// `check`, `status` and `rollback` on a root that does not exist say so.
@@ -181,41 +211,16 @@ impl Cli {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
-    /// as `path arg` (clap's generated `--help` and `--version` left out).
-    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
-        for arg in cmd.get_arguments() {
-            // clap's own --help and --version, not arguments of ours (a positional may be
-            // called `version`: the action tells them apart, not the name).
-            let generated = matches!(
-                arg.get_action(),
-                clap::ArgAction::Help
-                    | clap::ArgAction::HelpShort
-                    | clap::ArgAction::HelpLong
-                    | clap::ArgAction::Version
-            );
-            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
-                missing.push(format!("{path} {}", arg.get_id()));
-            }
-        }
-        for sub in cmd.get_subcommands() {
-            without_help(sub, &path, missing);
-        }
-    }
-
     #[test]
     fn every_argument_of_every_command_has_help() {
         let cmd = super::Cli::command();
         assert_eq!(cmd.get_name(), "deltaroot-agent");
-        let mut missing = Vec::new();
-        without_help(&cmd, "", &mut missing);
+        let missing = super::arguments_without_help(&cmd);
         assert!(missing.is_empty(), "arguments without help: {missing:?}");
         let bare = cmd.mut_subcommand("install", |c| {
             c.mut_arg("version", |a| a.help(None::<&str>).long_help(None::<&str>))
         });
-        let mut found = Vec::new();
-        without_help(&bare, "", &mut found);
+        let found = super::arguments_without_help(&bare);
         assert_eq!(found, ["deltaroot-agent install version"]);
     }
 

@@ -373,33 +373,9 @@ pub fn apply(old: &Path, patch: &Path, out: &Path, mode: Option<u32>) -> Result<
 mod tests {
     use clap::CommandFactory;
 
-    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
-    /// as `path arg` (clap's generated `--help` and `--version` left out).
-    pub(crate) fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
-        for arg in cmd.get_arguments() {
-            // clap's own --help and --version, not arguments of ours (a positional may be
-            // called `version`: the action tells them apart, not the name).
-            let generated = matches!(
-                arg.get_action(),
-                clap::ArgAction::Help
-                    | clap::ArgAction::HelpShort
-                    | clap::ArgAction::HelpLong
-                    | clap::ArgAction::Version
-            );
-            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
-                missing.push(format!("{path} {}", arg.get_id()));
-            }
-        }
-        for sub in cmd.get_subcommands() {
-            without_help(sub, &path, missing);
-        }
-    }
-
     #[test]
     fn every_argument_of_every_command_has_help() {
-        let mut missing = Vec::new();
-        without_help(&super::Cli::command(), "", &mut missing);
+        let missing = deltaroot_agent::arguments_without_help(&super::Cli::command());
         assert!(missing.is_empty(), "arguments without help: {missing:?}");
     }
 
@@ -407,8 +383,7 @@ mod tests {
     fn the_walk_finds_an_argument_without_help() {
         let cmd = clap::Command::new("t")
             .subcommand(clap::Command::new("s").arg(clap::Arg::new("bare").long("bare")));
-        let mut missing = Vec::new();
-        without_help(&cmd, "", &mut missing);
+        let missing = deltaroot_agent::arguments_without_help(&cmd);
         assert_eq!(missing, ["t s bare"]);
     }
 }

@@ -638,35 +638,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every argument of `cmd` and of its subcommands, at any depth, without a help line,
-    /// as `path arg` (clap's generated `--help` and `--version` left out).
-    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-        let path = format!("{path} {}", cmd.get_name()).trim().to_string();
-        for arg in cmd.get_arguments() {
-            // clap's own --help and --version, not arguments of ours (a positional may be
-            // called `version`: the action tells them apart, not the name).
-            let generated = matches!(
-                arg.get_action(),
-                clap::ArgAction::Help
-                    | clap::ArgAction::HelpShort
-                    | clap::ArgAction::HelpLong
-                    | clap::ArgAction::Version
-            );
-            if arg.get_help().is_none() && arg.get_long_help().is_none() && !generated {
-                missing.push(format!("{path} {}", arg.get_id()));
-            }
-        }
-        for sub in cmd.get_subcommands() {
-            without_help(sub, &path, missing);
-        }
-    }
-
     #[test]
     fn every_argument_of_every_command_has_help() {
         let cmd = super::Cli::command();
         assert_eq!(cmd.get_name(), "deltaroot-server");
-        let mut missing = Vec::new();
-        without_help(&cmd, "", &mut missing);
+        let missing = deltaroot_agent::arguments_without_help(&cmd);
         assert!(missing.is_empty(), "arguments without help: {missing:?}");
         // The walk reaches nested commands (`token create`).
         let bare = cmd.clone().mut_subcommand("token", |t| {
@@ -674,8 +650,7 @@ mod tests {
                 c.mut_arg("name", |a| a.help(None::<&str>).long_help(None::<&str>))
             })
         });
-        let mut found = Vec::new();
-        without_help(&bare, "", &mut found);
+        let found = deltaroot_agent::arguments_without_help(&bare);
         assert_eq!(found, ["deltaroot-server token create name"]);
     }
 }
