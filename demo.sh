@@ -7,7 +7,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (the sample trees hold device nodes and owners)" >&2; exit 2; }
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+echo "== building the release binaries (the first time takes a while: about 20 minutes on 2 cores)"
+cargo build --release --manifest-path "$here/Cargo.toml"
 bin=$here/target/release
 work=${DEMO_DIR:-$(mktemp -d /tmp/deltaroot-demo.XXXXXX)}
 mkdir -p "$work"
@@ -27,15 +28,19 @@ v1=1.0.$$ v2=2.0.$$
 echo "== publishing $v1 (first release) and $v2 (from $v1) to $url"
 pub=("$bin/deltaroot" publish --product demo --key "$work/release.key" --server "$url" --token "$token")
 "${pub[@]}" "$work/trees/v1" --version "$v1"
-"${pub[@]}" "$work/trees/v1" "$work/trees/v2" --from-version "$v1" --version "$v2"
+"${pub[@]}" "$work/trees/v1" "$work/trees/v2" --from-version "$v1" --version "$v2" | tee "$work/publish-$v2.txt"
 
 agent=("$bin/deltaroot-agent" --root "$work/device" --server "$url" --product demo --trust "$work/release.pub")
 echo "== device: install $v1, then update"
+served() { curl -fs "$url/metrics" | awk '/^deltaroot_served_bytes_total/ { s += $2 } END { print s + 0 }'; }
 "${agent[@]}" install "$v1"
+installed=$(served)
 "${agent[@]}" check
 "${agent[@]}" update
 "${agent[@]}" status
 python3 "$here/fixtures/spine-tree/make.py" --check-tree 2 "$work/device/current" | tail -n 1
-echo "== server metrics"
-curl -fs "$url/metrics" | grep -v '^#'
+echo "== what it cost (every counter: curl $url/metrics)"
+updated=$(served)
+image=$(sed -n 's/^  image: //p' "$work/publish-$v2.txt")
+echo "the device downloaded $installed bytes to install $v1 whole, then $((updated - installed)) bytes to update to $v2 (whose image is $image)"
 echo "== everything is in $work (device root: $work/device)"
