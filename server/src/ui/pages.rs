@@ -26,19 +26,110 @@ use crate::App;
 /// Releases on one page of the releases list.
 pub const RELEASES_PAGE: usize = 50;
 
+struct ChannelGlance {
+    name: String,
+    version: String,
+    state: String,
+    failures: String,
+}
+
+struct ProductGlance {
+    name: String,
+    newest: String,
+    devices: u64,
+    share: String,
+    channels: Vec<ChannelGlance>,
+}
+
 #[derive(askama::Template)]
 #[template(path = "home.html")]
 struct Home {
     user: Option<User>,
-    products: Vec<String>,
+    products: Vec<ProductGlance>,
 }
 
-/// `GET /ui/`: every product.
+/// Products on the start page at most (the rest by their pages).
+pub const HOME_PRODUCTS: usize = 50;
+
+/// `GET /ui/`: every product at a glance: its newest release, each channel's release and
+/// rollout with its failure rate, and which versions its devices run.
 pub async fn home(State(app): State<App>, s: Option<Session>) -> Result<Response> {
     let Some(s) = s else {
         return Ok(redirect("/ui/login"));
     };
-    let products = app.db.product_names().await?;
+    let rights = s.rights();
+    let mut products = Vec::new();
+    for name in app
+        .db
+        .product_names()
+        .await?
+        .into_iter()
+        .take(HOME_PRODUCTS)
+    {
+        let name = stored_name("product", name)?;
+        if rights.require(Scope::Read, Some(&name)).is_err() {
+            continue;
+        }
+        let p = product(&app, &name).await?;
+        let newest = p
+            .by_id
+            .values()
+            .max_by_key(|r| (r.created, r.id))
+            .map(|r| format!("{} ({})", r.version, when(r.created)))
+            .unwrap_or_else(|| "none".into());
+        let counts = app.db.version_counts(p.id).await?;
+        let devices: u64 = counts.iter().map(|(_, n)| n).sum();
+        let share = counts
+            .iter()
+            .take(4)
+            .map(|(v, n)| {
+                format!(
+                    "{:.0} % on {}",
+                    100.0 * *n as f64 / devices.max(1) as f64,
+                    v.as_deref().unwrap_or("nothing")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut channels = Vec::new();
+        for c in app.db.channel_names(p.id).await? {
+            let st = channel_status(&app, &p, &stored_name("channel", c)?).await?;
+            let (state, failures) = match &st.rollout {
+                Some(r) => (
+                    format!("{} at {:.0} %", r.state, r.percent),
+                    if r.reports == 0 {
+                        "no reports yet".to_string()
+                    } else {
+                        format!(
+                            "{:.1} % ({} of {})",
+                            100.0 * r.failures as f64 / r.reports as f64,
+                            r.failures,
+                            r.reports
+                        )
+                    },
+                ),
+                None if st.downgrade.is_some() => ("rolled back".into(), "-".into()),
+                None => ("all devices".into(), "-".into()),
+            };
+            channels.push(ChannelGlance {
+                name: st.channel.to_string(),
+                version: st.version.map(|v| v.to_string()).unwrap_or("-".into()),
+                state: if st.paused {
+                    format!("paused; {state}")
+                } else {
+                    state
+                },
+                failures,
+            });
+        }
+        products.push(ProductGlance {
+            name: name.to_string(),
+            newest,
+            devices,
+            share,
+            channels,
+        });
+    }
     Ok(html(
         StatusCode::OK,
         &Home {

@@ -411,6 +411,16 @@ fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
     let (_, html) = get(&vi, "/ui/products/demo/devices?id=nope");
     assert!(html.contains("No device nope has checked in."), "{html}");
 
+    // The start page: every product at a glance.
+    let (_, html) = get(&vi, "/ui/");
+    assert!(html.contains("<h2>demo</h2>"), "{html}");
+    assert!(html.contains("Newest release: 2.0 (1970-01-12"), "{html}");
+    assert!(html.contains("Devices: 3 (100 % on 1.0)"), "{html}");
+    assert!(
+        html.contains("<td>stable</td><td>2.0</td><td>active at 10 %</td><td>33.3 % (1 of 3)</td>"),
+        "{html}"
+    );
+
     // Another product's page is a 404 page, not a server error.
     let (st, html) = get(&op, "/ui/products/nothing/channels");
     assert_eq!(st, 404, "{html}");
