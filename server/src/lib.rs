@@ -12,6 +12,7 @@
 //!   or PostgreSQL.
 //! - [`store`]: objects and deltas in a local folder or S3-compatible storage, written once.
 //! - [`files`]: keep-first writes of objects, deltas and packs with their recorded sizes.
+//! - [`backup`]: `backup` and `restore` of the embedded default.
 //! - [`gc`]: housekeeping: the orphan sweep and device retention.
 //! - [`cache`]: the bounded maps the fleet's caches use.
 //! - [`clock`]: the one clock every server time comes from.
@@ -28,6 +29,7 @@ mod macros;
 
 pub mod access;
 pub mod api;
+pub mod backup;
 pub mod cache;
 pub mod channels;
 pub mod cli;

@@ -189,6 +189,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Back up the embedded default while the server runs: a consistent snapshot of the
+    /// SQLite database (VACUUM INTO), then the object folder (files already in OUT are kept).
+    /// PostgreSQL and S3: pg_dump and a bucket copy (docs/OPERATIONS.md).
+    Backup {
+        #[command(flatten)]
+        storage: Storage,
+        /// The backup folder (made if missing; a second backup into it copies only new files).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Restore a backup folder into an empty data folder (never over a database).
+    Restore {
+        /// The backup folder (`backup --out`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The data folder to restore into, then `serve --data` it.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
     /// Manage API tokens: create (with scopes and products), list, revoke.
     Token {
         #[command(subcommand)]
@@ -464,6 +483,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             tracing::info!("stopped");
+        }
+        Command::Backup { storage, out } => {
+            init_logging(LogFormat::Text);
+            let objects = match &storage.objects {
+                Some(o) if o.starts_with("s3://") => anyhow::bail!(
+                    "backup copies a local object folder; {o} is S3: copy the bucket \
+                     (docs/OPERATIONS.md)"
+                ),
+                Some(o) => PathBuf::from(o.strip_prefix("file://").unwrap_or(o)),
+                None => crate::DataDir(storage.data.clone()).objects(),
+            };
+            let app = App::start(&storage.offline())
+                .await
+                .with_context(|| format!("opening {}", storage.data.display()))?;
+            let c = crate::backup::backup(&app.db, &objects, &out)
+                .await
+                .with_context(|| format!("backing up into {}", out.display()))?;
+            println!(
+                "backed up the database and {} stored files ({} bytes; {} were there already) into {}",
+                c.files,
+                c.bytes,
+                c.kept,
+                out.display()
+            );
+        }
+        Command::Restore { from, data } => {
+            init_logging(LogFormat::Text);
+            let c = crate::backup::restore(&from, &data)
+                .await
+                .with_context(|| format!("restoring {} into {}", from.display(), data.display()))?;
+            println!(
+                "restored the database and {} stored files ({} bytes) into {}: serve --data {}",
+                c.files,
+                c.bytes,
+                data.display(),
+                data.display()
+            );
         }
         Command::Gc {
             storage,

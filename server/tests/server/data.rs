@@ -500,3 +500,112 @@ impl Sink for Interrupted<'_> {
         self.0.release_at(product, version)
     }
 }
+
+/// `deltaroot-server ARGS`: (success, stdout, stderr).
+fn server_cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deltaroot-server"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A backup taken while the server runs, restored into an empty folder, serves the fleet:
+/// a device on 1.0 updates to 2.0 from the restored server, and the audit log survived.
+#[test]
+fn a_backup_restores_a_server_that_updates_devices() {
+    let f = crate::fleet::fleet(Backend::Sqlite, 2, "1.0");
+    let root = tempfile::tempdir().unwrap();
+    let a = agent(&f.server, root.path(), &f.trust);
+    a.install("1.0").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (backup, restored) = (tmp.path().join("backup"), tmp.path().join("restored"));
+    let data = f.server.data.path().as_os_str();
+    let (ok, out, err) = server_cli(&[
+        "backup".as_ref(),
+        "--data".as_ref(),
+        data,
+        "--out".as_ref(),
+        backup.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("backed up the database and "), "{out}");
+    assert!(!out.contains(" and 0 stored files"), "{out}");
+    // A second backup copies nothing new.
+    let (ok, again, err) = server_cli(&[
+        "backup".as_ref(),
+        "--data".as_ref(),
+        data,
+        "--out".as_ref(),
+        backup.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(again.contains(" and 0 stored files (0 bytes; "), "{again}");
+
+    let (ok, out, err) = server_cli(&[
+        "restore".as_ref(),
+        "--from".as_ref(),
+        backup.as_os_str(),
+        "--data".as_ref(),
+        restored.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("restored the database and "), "{out}");
+    // Never over a database.
+    let (ok, _, err) = server_cli(&[
+        "restore".as_ref(),
+        "--from".as_ref(),
+        backup.as_os_str(),
+        "--data".as_ref(),
+        restored.as_os_str(),
+    ]);
+    assert!(
+        !ok && err.contains("restore into an empty data folder"),
+        "{err}"
+    );
+
+    // The restored folder, served: the same token promotes 2.0, the device updates.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_deltaroot-server"))
+        .args(["serve", "--plain-http", "--listen", &listen, "--data"])
+        .arg(&restored)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    let start = std::time::Instant::now();
+    while reqwest::blocking::get(format!("{url}/healthz")).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the restored server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = crate::common::runtime();
+    let c = deltaroot_server::client::Client::new(&url, Some(&f.server.token), None).unwrap();
+    let audit = rt.block_on(c.audit("demo")).unwrap();
+    assert!(audit.iter().any(|e| e.action == "promote"), "{audit:?}");
+    rt.block_on(c.promote("demo", "stable", &promote_to("2.0")))
+        .unwrap();
+    let a = crate::common::agent_with(&f.server, root.path(), &f.trust, |s| {
+        s.server = Some(url.clone());
+        s.ca_cert = None;
+    });
+    let report = a.update().unwrap();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(format!("{report:?}").contains("2.0"), "{report:?}");
+    assert_eq!(
+        std::fs::read_link(root.path().join("current")).unwrap(),
+        std::path::Path::new("deployments/2.0")
+    );
+}
