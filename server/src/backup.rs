@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::db::{Backend, Db};
 use crate::error::{Error, Result};
+use crate::store::Store;
 
 /// The database file of a backup (and of the data folder).
 pub const DATABASE: &str = "deltaroot.db";
@@ -32,8 +33,15 @@ pub struct Copied {
     pub kept: u64,
 }
 
-/// Backs up the database `db` (SQLite only) and the object folder `objects` into `out`.
-pub async fn backup(db: &Db, objects: &Path, out: &Path) -> Result<Copied> {
+/// Backs up the database `db` (SQLite only) and the local object store `store` into `out`.
+pub async fn backup(db: &Db, store: &Store, out: &Path) -> Result<Copied> {
+    let Some(objects) = store.folder() else {
+        return Err(Error::BadConfig(format!(
+            "backup copies a local object folder; {} is S3: copy the bucket \
+             (docs/OPERATIONS.md)",
+            store.url()
+        )));
+    };
     if db.backend() != Backend::Sqlite {
         return Err(Error::BadConfig(format!(
             "backup copies the embedded SQLite database; {} is PostgreSQL: use pg_dump \

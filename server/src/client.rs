@@ -244,18 +244,19 @@ impl Client {
     /// Every device of a product (page by page, by id), or those whose last report is
     /// `result` (`ok`, `failed`, `rolled-back`).
     pub async fn devices(&self, product: &str, result: Option<&str>) -> Result<Vec<DeviceInfo>> {
+        let page = crate::channels::DEVICES_PAGE as usize;
         let mut all: Vec<DeviceInfo> = Vec::new();
         loop {
-            let mut path = format!("v1/products/{product}/devices?limit=1000");
+            let mut path = format!("v1/products/{product}/devices?limit={page}");
             if let Some(last) = all.last() {
                 path.push_str(&format!("&after={}", last.device_id));
             }
             if let Some(r) = result {
                 path.push_str(&format!("&result={r}"));
             }
-            let page: Vec<DeviceInfo> = self.get(&path).await?;
-            let done = page.len() < 1000;
-            all.extend(page);
+            let got: Vec<DeviceInfo> = self.get(&path).await?;
+            let done = got.len() < page;
+            all.extend(got);
             if done {
                 return Ok(all);
             }

@@ -158,6 +158,11 @@ impl Store {
         &self.url
     }
 
+    /// The folder of a local store (`None` for S3).
+    pub fn folder(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
+    }
+
     /// Stores `data` at `rel` unless a file is there already, which stays: stored files
     /// are immutable (plans and caches hold their sizes), so of two racing uploads the first
     /// is kept (S3: a conditional PUT, `If-None-Match: *`; a folder: a hard link that does

@@ -105,12 +105,6 @@ impl Need for Operate {
 /// Like `Caller`, it reads only the request's head.
 pub struct Allowed<N>(pub Caller, pub PhantomData<N>);
 
-impl<N> Allowed<N> {
-    pub fn caller(&self) -> &Caller {
-        &self.0
-    }
-}
-
 impl<N: Need + Send> FromRequestParts<App> for Allowed<N> {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {

@@ -486,18 +486,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup { storage, out } => {
             init_logging(LogFormat::Text);
-            let objects = match &storage.objects {
-                Some(o) if o.starts_with("s3://") => anyhow::bail!(
-                    "backup copies a local object folder; {o} is S3: copy the bucket \
-                     (docs/OPERATIONS.md)"
-                ),
-                Some(o) => PathBuf::from(o.strip_prefix("file://").unwrap_or(o)),
-                None => crate::DataDir(storage.data.clone()).objects(),
-            };
             let app = App::start(&storage.offline())
                 .await
                 .with_context(|| format!("opening {}", storage.data.display()))?;
-            let c = crate::backup::backup(&app.db, &objects, &out)
+            let c = crate::backup::backup(&app.db, &app.store, &out)
                 .await
                 .with_context(|| format!("backing up into {}", out.display()))?;
             println!(

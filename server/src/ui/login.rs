@@ -8,7 +8,8 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::{
-    cookie, html, redirect, set_cookie, User, FAILURE_WINDOW_SECS, MAX_FAILURES, SESSION_SECS,
+    cookie, html, redirect, set_cookie, CsrfForm, User, FAILURE_WINDOW_SECS, MAX_FAILURES,
+    SESSION_SECS,
 };
 use super::{PageError, PageResult};
 use crate::access::{verify_password, Role};
@@ -200,23 +201,13 @@ pub async fn login(
     Ok(r)
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /ui/logout`: ends the session; its CSRF token is required.
 pub async fn logout(
     State(app): State<App>,
     s: Session,
     Form(f): Form<CsrfForm>,
 ) -> PageResult<Response> {
-    if f.csrf != s.csrf {
-        return Err(PageError(Error::Forbidden(
-            "the form was not sent by this session: reload the page".into(),
-        )));
-    }
+    s.check_csrf(&f.csrf)?;
     app.db.end_session(&s.id).await?;
     tracing::info!(user = %s.user, "signed out");
     let mut r = redirect("/ui/login");

@@ -80,8 +80,15 @@ pub fn routes() -> Router<App> {
 }
 
 /// A 303 to `to`.
-pub fn redirect(to: &'static str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+pub fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// A form that carries only the session's CSRF token (sign-out, pause, resume).
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
 }
 
 /// `name=value` of the request's `Cookie` headers.
@@ -202,5 +209,15 @@ impl Session {
     /// What the session's user may do.
     pub fn rights(&self) -> Rights {
         Rights::of_user(&self.user, self.role)
+    }
+
+    /// Refuses (403) a form whose CSRF token is not this session's.
+    pub fn check_csrf(&self, csrf: &str) -> PageResult<()> {
+        if csrf != self.csrf {
+            return Err(PageError(crate::error::Error::Forbidden(
+                "the form was not sent by this session: reload the page".into(),
+            )));
+        }
+        Ok(())
     }
 }

@@ -6,14 +6,14 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Form;
 use deltaroot_format::api::PromoteRequest;
 use deltaroot_format::units::human_bytes;
 use deltaroot_format::Name;
 use serde::Deserialize;
 
-use super::{html, redirect, Session, User};
+use super::{html, redirect, CsrfForm, Session, User};
 use super::{PageError, PageResult as Result};
 use crate::access::Scope;
 use crate::api::extract::{NamePath, NameQuery};
@@ -301,11 +301,7 @@ pub async fn channels(
 
 /// A form's CSRF token must be the session's, then the user must operate the product.
 fn may_operate(s: &Session, csrf: &str, product: &Name) -> Result<()> {
-    if csrf != s.csrf {
-        return Err(PageError(Error::Forbidden(
-            "the form was not sent by this session: reload the page".into(),
-        )));
-    }
+    s.check_csrf(csrf)?;
     Ok(s.rights().require(Scope::Operate, Some(product))?)
 }
 
@@ -315,8 +311,7 @@ fn who(s: &Session) -> String {
 }
 
 fn back_to_channels(product: &Name, done: &str) -> Response {
-    let to = format!("/ui/products/{product}/channels?done={done}");
-    (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, to)]).into_response()
+    redirect(&format!("/ui/products/{product}/channels?done={done}"))
 }
 
 #[derive(Deserialize)]
@@ -364,12 +359,6 @@ pub async fn promote(
     };
     promote_as(&app, &product_name, &f.channel, req, &who(&s)).await?;
     Ok(back_to_channels(&product_name, "promote"))
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// `POST /ui/products/{product}/channels/{channel}/pause|resume`.

@@ -15,7 +15,8 @@ use super::{html, PageResult, Session, User};
 use crate::access::Scope;
 use crate::api::extract::{NamePath, NameQuery};
 use crate::client::when;
-use crate::releases::{find_release, load_manifest};
+use crate::error::Error;
+use crate::releases::load_manifest;
 use crate::App;
 
 /// Files listed at most (the rest are counted).
@@ -79,8 +80,12 @@ pub async fn release(
     NameQuery(search): NameQuery<Search>,
 ) -> PageResult<Response> {
     s.rights().require(Scope::Read, Some(&product))?;
-    let r = find_release(&app, &product, &version).await?;
     let all = crate::releases::list(&app, &product).await?;
+    let at = all
+        .iter()
+        .position(|x| x.version == version)
+        .ok_or_else(|| Error::NotFound(format!("product {product} has no release {version}")))?;
+    let r = &all[at];
     let version_of: HashMap<i64, String> =
         all.iter().map(|r| (r.id, r.version.to_string())).collect();
     let plans = app
@@ -98,8 +103,7 @@ pub async fn release(
         })
         .collect();
     // The release before: the next older in the list (newest first).
-    let at = all.iter().position(|x| x.id == r.id);
-    let before = at.and_then(|i| all.get(i + 1)).cloned();
+    let before = all.get(at + 1).cloned();
     let q = search.q.unwrap_or_default();
     let mut page = ReleasePage {
         user: Some((&s).into()),
@@ -123,7 +127,7 @@ pub async fn release(
     let Some(before) = before else {
         return Ok(html(StatusCode::OK, &page));
     };
-    let new = load_manifest(&app, &product, &r).await?;
+    let new = load_manifest(&app, &product, r).await?;
     let old = load_manifest(&app, &product, &before).await?;
     let files = |m: &deltaroot_format::Manifest| -> BTreeMap<String, (Hash, u64)> {
         m.entries
