@@ -126,7 +126,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// Server base URL to upload to.
-        #[arg(long, value_name = "URL", conflicts_with = "out", requires = "token")]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "DELTAROOT_SERVER",
+            conflicts_with = "out",
+            requires = "token"
+        )]
         server: Option<String>,
         /// Upload token for --server.
         #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]

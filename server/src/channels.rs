@@ -305,7 +305,9 @@ pub async fn rollback(
     })?;
     if let Some(c) = p.by_id.get(&cur.release_id) {
         // A rollback goes to an older release; a newer one goes out by promotion, in waves.
-        if target.id == c.id || target.created >= c.created {
+        // Older as the releases list orders them: by creation, then by publication (two
+        // releases built within one second).
+        if (target.created, target.id) >= (c.created, c.id) {
             return Err(Error::Conflict(format!(
                 "{channel} is on {}: a rollback goes to an older release, and {} is not older; \
                  promote it instead",

@@ -189,9 +189,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Back up the embedded default while the server runs: a consistent snapshot of the
-    /// SQLite database (VACUUM INTO), then the object folder (files already in OUT are kept).
-    /// PostgreSQL and S3: pg_dump and a bucket copy (docs/OPERATIONS.md).
+    /// Back up while the server runs: a consistent snapshot of the database (SQLite's
+    /// VACUUM INTO, or pg_dump for PostgreSQL), then every stored file of the object folder
+    /// or bucket (files already in OUT are kept).
     Backup {
         #[command(flatten)]
         storage: Storage,
@@ -199,14 +199,15 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Restore a backup folder into an empty data folder (never over a database).
+    /// Restore a backup folder into an empty data folder or PostgreSQL database (never
+    /// over a database), and the object folder or bucket `--objects` names.
     Restore {
         /// The backup folder (`backup --out`).
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// The data folder to restore into, then `serve --data` it.
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        /// Where to restore to: then `serve` with the same --data, --database, --objects.
+        #[command(flatten)]
+        storage: Storage,
     },
     /// Manage API tokens: create (with scopes and products), list, revoke.
     Token {
@@ -500,17 +501,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Command::Restore { from, data } => {
+        Command::Restore { from, storage } => {
             init_logging(LogFormat::Text);
-            let c = crate::backup::restore(&from, &data)
+            let data = storage.data.display();
+            let c = crate::backup::restore(&from, &storage.config())
                 .await
-                .with_context(|| format!("restoring {} into {}", from.display(), data.display()))?;
+                .with_context(|| format!("restoring {} into {data}", from.display()))?;
             println!(
-                "restored the database and {} stored files ({} bytes) into {}: serve --data {}",
-                c.files,
-                c.bytes,
-                data.display(),
-                data.display()
+                "restored the database and {} stored files ({} bytes; {} were there already) \
+                 into {data}: serve it with the same --data, --database and --objects",
+                c.files, c.bytes, c.kept,
             );
         }
         Command::Gc {

@@ -52,6 +52,8 @@ pub struct Db {
     backend: Backend,
     /// The URL without its password, for messages.
     shown: String,
+    /// The URL as given, for PostgreSQL's own tools (`backup`).
+    url: String,
     /// Where every time the database records comes from.
     clock: Clock,
 }
@@ -69,7 +71,7 @@ fn params(first: usize, n: usize) -> String {
 }
 
 /// Hides the password of a database URL.
-fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let cred = &url[s + 3..at];
@@ -136,6 +138,7 @@ impl Db {
             pool,
             backend,
             shown,
+            url: url.to_string(),
             clock: Clock::system(),
         })
     }
@@ -167,6 +170,11 @@ impl Db {
     /// The URL, password hidden.
     pub fn url(&self) -> &str {
         &self.shown
+    }
+
+    /// The URL as given, password and all: only for PostgreSQL's own tools.
+    pub(crate) fn connect_url(&self) -> &str {
+        &self.url
     }
 
     /// Answers when the database does.

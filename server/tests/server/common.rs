@@ -130,6 +130,8 @@ pub struct Place {
     pub config: Config,
     /// The PostgreSQL schema made for this place.
     pub schema: Option<String>,
+    /// The PostgreSQL database made for this place ([`Place::empty_twin`]).
+    pub database: Option<String>,
 }
 
 impl Place {
@@ -165,15 +167,68 @@ impl Place {
             backend,
             config,
             schema,
+            database: None,
         }
     }
 
     /// Drops the PostgreSQL schema [`Place::new`] made. (The bucket prefix stays in moto's
     /// memory until `.ci/services stop`: deleting it took half a second a case.)
     pub fn remove(&self, rt: &tokio::runtime::Runtime) {
-        if let (Some(name), Some(s)) = (&self.schema, services()) {
+        if let (Some(name), Some(s)) = (&self.database, services()) {
+            admin(
+                rt,
+                s,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        } else if let (Some(name), Some(s)) = (&self.schema, services()) {
             admin(rt, s, &format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
         }
+    }
+}
+
+impl Place {
+    /// The arguments (`--data`, `--database`, `--objects`) and the environment (S3's
+    /// endpoint and credentials) with which the server's commands reach this place.
+    pub fn cli(&self, data: &Path) -> (Vec<std::ffi::OsString>, Vec<(&'static str, String)>) {
+        let mut args = vec!["--data".into(), data.as_os_str().to_owned()];
+        if let Some(d) = &self.config.database {
+            args.extend(["--database".into(), d.into()]);
+        }
+        if let Some(o) = &self.config.objects {
+            args.extend(["--objects".into(), o.into()]);
+        }
+        let s3 = &self.config.s3;
+        let env = [
+            ("AWS_ENDPOINT_URL", &s3.endpoint),
+            ("AWS_ACCESS_KEY_ID", &s3.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key),
+            ("AWS_REGION", &s3.region),
+        ];
+        let env = env
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect();
+        (args, env)
+    }
+
+    /// Another place on the same services, empty: a new PostgreSQL database (whose
+    /// `search_path` names this place's schema, which a restore brings back) and a new
+    /// bucket prefix; for SQLite, the data folder `data`. Dropped by [`Place::remove`].
+    pub fn empty_twin(&self, rt: &tokio::runtime::Runtime, data: &Path) -> Place {
+        let mut twin = Place::new(Backend::Sqlite, rt, data);
+        if let (Some(schema), Some(s)) = (&self.schema, services()) {
+            let db = format!("dr_{}", random_name());
+            admin(rt, s, &format!("CREATE DATABASE {db}"));
+            let base = s.postgres.split('?').next().unwrap();
+            let server = &base[..base.rfind('/').unwrap()];
+            twin.config.database =
+                Some(format!("{server}/{db}?options=-c%20search_path%3D{schema}"));
+            twin.config.objects = Some(format!("{}/{}", s.s3.trim_end_matches('/'), random_name()));
+            twin.config.s3 = self.config.s3.clone();
+            twin.backend = Backend::PostgresS3;
+            twin.database = Some(db);
+        }
+        twin
     }
 }
 
