@@ -63,8 +63,9 @@ check_units() {
     for prog in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "${units[@]/#/$here/}" | sort -u); do
         if ! grep -qx "$(basename "$prog")" <<<"$bins"; then
             fail "units: $prog is not a binary of this workspace ($(echo $bins))"
+        else
+            echo "   $prog: a binary of the workspace; stand-in executable in the test root"
         fi
-        echo "   $prog: a binary of the workspace; stand-in executable in the test root"
         mkdir -p "$root$(dirname "$prog")"
         cp "$(type -P true)" "$root$prog"
     done
@@ -79,6 +80,19 @@ check_units() {
         echo "$out" | sed 's/^/   /'
         fail "systemd-analyze verify (exit $rc)"
     fi
+
+    # verify does not look for the unit a timer starts: its Unit=, or the service of its name.
+    local t target
+    for t in "$here"/*.timer; do
+        [ -e "$t" ] || continue
+        target=$(sed -n 's/^Unit=\(.*\)/\1/p' "$t")
+        target=${target:-$(basename "$t" .timer).service}
+        if [ -e "$here/$target" ]; then
+            echo "   $(basename "$t") starts $target"
+        else
+            fail "$(basename "$t") starts $target, which is not in deploy/"
+        fi
+    done
 
     # The server's sandbox may not loosen without someone changing this number on purpose
     # (systemd-analyze security's exposure, times ten: 3.2 today).
