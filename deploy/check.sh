@@ -1,6 +1,7 @@
 #!/bin/bash
 # Checks everything deploy/ ships, for CI: the systemd units, the Kubernetes manifests, the
-# Prometheus alert rules (and the Compose file's own check, where there is one). Runs every
+# Prometheus alert rules (that they name only metrics and routes server/src serves), and the
+# Compose file's own check where there is one. Runs every
 # check, prints what each one looked at, and exits non-zero if any failed.
 #
 # Needs: systemd-analyze and systemd-sysusers (Debian `systemd`), promtool (Debian
@@ -187,6 +188,27 @@ check_prometheus() {
     echo "== promtool test rules prometheus/alerts.test.yaml"
     (cd "$here/prometheus" && promtool test rules alerts.test.yaml) 2>&1 | grep -v '^$' | sed 's/^/   /'
     [ "${PIPESTATUS[0]}" -eq 0 ] || fail "promtool test rules"
+    # Every metric the rules name is one the server serves (a metric renamed in the code
+    # cannot leave the rules watching nothing).
+    local m
+    for m in $(grep -v '^ *#' "$here/prometheus/alerts.yaml" | grep -o 'deltaroot_[a-z_]*' | sed 's/_\(bucket\|sum\|count\)$//' | sort -u); do
+        if grep -rqw "$m" "$repo/server/src"; then
+            echo "   $m: served by the server (server/src)"
+        else
+            fail "alerts.yaml names $m, which server/src does not serve"
+        fi
+    done
+    # And every route they name is one of the server's routes (api::ROUTES).
+    local r
+    for r in $(grep -v '^ *#' "$here/prometheus/alerts.yaml" | grep -o 'route="[^"]*"' | sort -u); do
+        r=${r#route=\"}
+        r=${r%\"}
+        if grep -qF "\"$r\")," "$repo/server/src/api/mod.rs"; then
+            echo "   route $r: one of the server's routes"
+        else
+            fail "alerts.yaml names route $r, which is not in server/src/api/mod.rs's ROUTES"
+        fi
+    done
     # Every alert has a test, by name.
     local a
     for a in $(sed -n 's/^ *- alert: *//p' "$here/prometheus/alerts.yaml"); do
