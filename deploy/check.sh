@@ -1,8 +1,8 @@
 #!/bin/bash
 # Checks everything deploy/ ships, for CI: the systemd units, the Kubernetes manifests, the
 # Prometheus alert rules (that they name only metrics and routes server/src serves), and the
-# Compose file's own check where there is one. Runs every
-# check, prints what each one looked at, and exits non-zero if any failed.
+# Compose file's own check where there is one. Runs every check, prints what each one looked
+# at, and exits non-zero if any failed.
 #
 # Needs: systemd-analyze and systemd-sysusers (Debian `systemd`), promtool (Debian
 # `prometheus`), kubernetes-validate (PyPI `kubernetes-validate`, which brings PyYAML and
