@@ -3,6 +3,7 @@
 //! audit log, against a running server.
 
 use std::path::Path;
+use std::time::Duration;
 
 use deltaroot_format::api::{
     AuditEntry, ChannelStatus, ErrorBody, PromoteRequest, RollbackRequest, RolloutRequest,
@@ -67,6 +68,56 @@ pub fn show_device(d: &DeviceInfo) -> String {
     s
 }
 
+/// An HTTP client that also trusts `ca_cert` (a PEM file of a private certificate
+/// authority) and gives up on a request after `timeout`; `url` names it in errors.
+fn http_client(url: &str, ca_cert: Option<&Path>, timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("deltaroot-server/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout);
+    if let Some(p) = ca_cert {
+        let pem = std::fs::read(p).map_err(|source| Error::Io {
+            path: p.to_owned(),
+            source,
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            Error::BadConfig(format!("{}: not a PEM certificate: {e}", p.display()))
+        })?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().map_err(|source| Error::Request {
+        method: "GET",
+        url: url.to_string(),
+        source,
+    })
+}
+
+/// `GET url` once (`deltaroot-server health`, a container's health check): the body when
+/// the server answers 200 OK; otherwise an error naming the URL and the status the server
+/// answered, or why no answer came (refused, timed out after `timeout`, a certificate).
+pub async fn health(url: &str, ca_cert: Option<&Path>, timeout: Duration) -> Result<String> {
+    let fail = |source| Error::Request {
+        method: "GET",
+        url: url.to_string(),
+        source,
+    };
+    let resp = http_client(url, ca_cert, timeout)?
+        .get(url)
+        .send()
+        .await
+        .map_err(fail)?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(fail)?;
+    if status != reqwest::StatusCode::OK {
+        return Err(Error::Remote {
+            method: "GET",
+            url: url.to_string(),
+            status: status.as_u16(),
+            message: body.chars().take(300).collect(),
+        });
+    }
+    Ok(body)
+}
+
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -76,28 +127,10 @@ pub struct Client {
 impl Client {
     /// `ca_cert`: a PEM file of the server's certificate authority, for a private one.
     pub fn new(base: &str, token: Option<&str>, ca_cert: Option<&Path>) -> Result<Client> {
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("deltaroot-server/", env!("CARGO_PKG_VERSION")))
-            .timeout(std::time::Duration::from_secs(60));
-        if let Some(p) = ca_cert {
-            let pem = std::fs::read(p).map_err(|source| Error::Io {
-                path: p.to_owned(),
-                source,
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                Error::BadConfig(format!("{}: not a PEM certificate: {e}", p.display()))
-            })?;
-            b = b.add_root_certificate(cert);
-        }
-        let http = b.build().map_err(|source| Error::Request {
-            method: "GET",
-            url: base.to_string(),
-            source,
-        })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.map(str::to_string),
-            http,
+            http: http_client(base, ca_cert, Duration::from_secs(60))?,
         })
     }
 

@@ -2,7 +2,8 @@
 //!
 //! `serve`, `gc`, `token …` and `user …` ([`accounts`]) work on the server's own state; the
 //! operator commands (`releases`, `channels`, `status`, `promote`, `pause`, `resume`,
-//! `rollback`, `rollout`, `audit`, `devices`, `device`) talk to a running server over its API.
+//! `rollback`, `rollout`, `audit`, `devices`, `device`) talk to a running server over its API,
+//! and `health` asks one whether it is up (a container's health check).
 
 mod accounts;
 
@@ -329,6 +330,24 @@ enum Command {
         /// The folder to write the pages into (made if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+    /// Check a running server's health: GET --url once; exit 0 when it answers 200 OK, 1
+    /// with the reason otherwise (a container's HEALTHCHECK, where there is no shell or curl).
+    Health {
+        /// The URL to GET (`https://…` with --ca-cert for a server on a private CA).
+        #[arg(
+            long,
+            env = "DELTAROOT_HEALTH_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+        /// PEM certificate of a private certificate authority the server's certificate is
+        /// signed by.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Longest wait for the answer, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
     },
     /// Show a device's last check-in.
     Device {
@@ -661,6 +680,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("main answers these without a runtime")
+        }
+        Command::Health {
+            url,
+            ca_cert,
+            timeout_secs,
+        } => {
+            let body = crate::client::health(
+                &url,
+                ca_cert.as_deref(),
+                Duration::from_secs(timeout_secs.max(1)),
+            )
+            .await?;
+            println!("{url}: 200 OK {}", body.trim());
         }
         Command::Device { remote, id } => {
             let d = remote.client()?.device(&remote.product, &id).await?;

@@ -463,3 +463,13 @@ pub fn agent_with(
 pub fn agent(server: &Server, root: &Path, trust: &Path) -> Agent {
     agent_with(server, root, trust, |_| {})
 }
+
+/// `deltaroot ARGS` run in this process through the publisher's command line.
+pub fn deltaroot(args: &[&str]) -> Result<(), String> {
+    use clap::Parser;
+    let cli = deltaroot_publisher::cli::Cli::try_parse_from(
+        std::iter::once("deltaroot").chain(args.iter().copied()),
+    )
+    .map_err(|e| e.to_string())?;
+    deltaroot_publisher::cli::run(cli).map_err(|e| e.to_string())
+}

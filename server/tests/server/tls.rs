@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use deltaroot_client::agent::{Agent, Settings};
 
+use crate::common::deltaroot;
+
 const EXE: &str = env!("CARGO_BIN_EXE_deltaroot-server");
 
 /// A `deltaroot-server serve` process on a free loopback port, its stderr collected.
@@ -102,16 +104,6 @@ fn private_ca(dir: &Path) -> [PathBuf; 4] {
         std::fs::write(f, t).unwrap();
     }
     files
-}
-
-/// `deltaroot ARGS` run in this process through the publisher's command line.
-fn deltaroot(args: &[&str]) -> Result<(), String> {
-    use clap::Parser;
-    let cli = deltaroot_publisher::cli::Cli::try_parse_from(
-        std::iter::once("deltaroot").chain(args.iter().copied()),
-    )
-    .map_err(|e| e.to_string())?;
-    deltaroot_publisher::cli::run(cli).map_err(|e| e.to_string())
 }
 
 fn agent(url: &str, root: &Path, trust: &Path, ca: &Path) -> Agent {
