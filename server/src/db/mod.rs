@@ -53,7 +53,7 @@ pub struct Db {
     /// The URL without its password, for messages.
     shown: String,
     /// The URL as given, for PostgreSQL's own tools (`backup`).
-    url: String,
+    given: String,
     /// Where every time the database records comes from.
     clock: Clock,
 }
@@ -138,7 +138,7 @@ impl Db {
             pool,
             backend,
             shown,
-            url: url.to_string(),
+            given: url.to_string(),
             clock: Clock::system(),
         })
     }
@@ -174,7 +174,7 @@ impl Db {
 
     /// The URL as given, password and all: only for PostgreSQL's own tools.
     pub(crate) fn connect_url(&self) -> &str {
-        &self.url
+        &self.given
     }
 
     /// Answers when the database does.
