@@ -5,12 +5,14 @@
 //! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
 //! HTTPS with a private certificate authority (`tls`), each case on both backends where the
 //! backend matters; who may do what (`access`: token scopes, users, rollbacks that go back)
-//! and the dashboard (`dashboard`). The harness is in `common`.
+//! and the dashboard (`dashboard`); Debian's nginx with the examples in `deploy/nginx/`
+//! (`cache`). The harness is in `common`.
 
 #[macro_use]
 mod common;
 mod access;
 mod browser;
+mod cache;
 mod dashboard;
 mod data;
 mod edge;
