@@ -5,14 +5,16 @@
 //! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
 //! HTTPS with a private certificate authority (`tls`), each case on both backends where the
 //! backend matters; who may do what (`access`: token scopes, users, rollbacks that go back)
-//! the dashboard (`dashboard`), backups that restore (`backup`), and the container image,
-//! run with podman (`container`). The harness is in `common`.
+//! the dashboard (`dashboard`), backups that restore (`backup`), the container image, run
+//! with podman (`container`), and Debian's nginx with the examples in `deploy/nginx/`
+//! (`cache`). The harness is in `common`.
 
 #[macro_use]
 mod common;
 mod access;
 mod backup;
 mod browser;
+mod cache;
 mod container;
 mod dashboard;
 mod data;
