@@ -55,8 +55,9 @@ pub struct Cli {
     /// Server base URL.
     #[arg(long, conflicts_with = "folder")]
     pub server: Option<String>,
-    /// A static release folder (`deltaroot publish --out DIR`, a USB stick) to update from
-    /// instead of a server: the channel's `latest` file, or --pin, names the version.
+    /// A static release folder (`deltaroot publish --out DIR`, a USB stick), or its
+    /// http(s):// URL on a web server, to update from instead of a server: the channel's
+    /// `latest` file, or --pin, names the version.
     #[arg(long)]
     pub folder: Option<PathBuf>,
     /// Base URL for objects and deltas, when a mirror serves them.

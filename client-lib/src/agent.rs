@@ -28,9 +28,9 @@ pub struct Settings {
     pub root: Option<PathBuf>,
     /// Base URL of the deltaroot server (needs the `http` feature).
     pub server: Option<String>,
-    /// A static release folder (`deltaroot publish --out DIR`: a USB stick, a mounted share)
-    /// to update from instead of a server; see `transport::Folder` for how it answers a
-    /// check.
+    /// A static release folder (`deltaroot publish --out DIR`: a USB stick, a mounted share,
+    /// or its `http(s)://` URL on any web server) to update from instead of a server; see
+    /// `transport::layout` for how it answers a check.
     pub folder: Option<PathBuf>,
     /// Base URL of objects and deltas, when a mirror or CDN serves them.
     pub objects_url: Option<String>,
@@ -179,7 +179,12 @@ impl Agent {
                 ))
             }
             (Some(server), None) => http_transport(server, &s)?,
-            (None, Some(folder)) => Box::new(Folder::open(folder)?),
+            (None, Some(folder)) => match folder.to_str() {
+                Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                    folder_url_transport(url, &s)?
+                }
+                _ => Box::new(Folder::open(folder)?),
+            },
             (None, None) => {
                 return Err(settings_error(
                     "server (or folder) is not set (flag or config file)",
@@ -407,6 +412,21 @@ fn http_transport(server: &str, s: &Settings) -> Result<Box<dyn Transport>> {
         s.objects_url.as_deref(),
         s.ca_cert.as_deref(),
     )?))
+}
+
+#[cfg(feature = "http")]
+fn folder_url_transport(url: &str, s: &Settings) -> Result<Box<dyn Transport>> {
+    Ok(Box::new(crate::transport::Http::release_folder(
+        url,
+        s.ca_cert.as_deref(),
+    )?))
+}
+
+#[cfg(not(feature = "http"))]
+fn folder_url_transport(url: &str, _: &Settings) -> Result<Box<dyn Transport>> {
+    Err(settings_error(&format!(
+        "folder {url} is a URL, and this build has no HTTP client (feature http)"
+    )))
 }
 
 #[cfg(not(feature = "http"))]

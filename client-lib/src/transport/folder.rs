@@ -10,18 +10,7 @@
 //! v1/products/<p>/channels/<c>/latest          "<version>\n", written last by the publisher
 //! ```
 //!
-//! **Check.** A folder has no server to ask: the offer is the device's pin if it has one,
-//! else the version the channel's `latest` file names (none if there is no such file). It
-//! is offered when it is not the running version, nor one the device rolled back from (as a
-//! server does); its release must be in the folder.
-//! `download_bytes` is that of the plan the device will use, `image_bytes` the sum of the
-//! distinct contents of the release (its plan from nothing). A folder carries no signed
-//! downgrade statement: an older release than the running one is refused by the agent unless
-//! the device is pinned to it or an operator installs it by name (`deltaroot-agent install`).
-//! Device id and last result are not reported anywhere.
-//!
-//! **Plan.** `plans/<from>/<to>` when the folder holds it, else `plans/-/<to>` (the whole
-//! release), as the server does for a version it does not know.
+//! What a device reads from it, and how it decides, is in [`super::layout`].
 //!
 //! Everything is read through a `cap_std` handle of the folder: a symlink on the stick that
 //! leads out of it is refused. A missing file is [`Error::Missing`]; for a delta or pack
@@ -35,10 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-use super::MAX_PLAN_BYTES;
-use super::{check_exact, copy_bounded, CheckQuery, Deadline, DeadlineSlot, Sink, Transport};
+use super::{
+    check_exact, copy_bounded, layout, CheckQuery, Deadline, DeadlineSlot, Sink, Transport,
+};
 use crate::error::{Error, Result};
-use deltaroot_format::api::{CheckResponse, UpdateOffer};
+use deltaroot_format::api::CheckResponse;
 use deltaroot_format::{Name, Plan};
 
 /// A static release folder.
@@ -83,10 +73,6 @@ impl Folder {
         })
     }
 
-    fn exists(&self, rel: &str) -> bool {
-        self.dir.is_file(rel)
-    }
-
     /// Reads `rel` whole, refusing more than `limit` bytes.
     fn read(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -102,21 +88,19 @@ impl Folder {
         }
         Ok(out)
     }
+}
 
-    /// The version `channels/<c>/latest` names, if the file is there.
-    fn latest(&self, product: &Name, channel: &Name) -> Result<Option<Name>> {
-        let rel = format!("v1/products/{product}/channels/{channel}/latest");
-        let bytes = match self.read(&rel, 256) {
-            Err(Error::Missing { .. }) => return Ok(None),
-            other => other?,
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        Name::new("version", text.trim())
-            .map(Some)
-            .map_err(|e| Error::Config {
-                path: self.path(&rel),
-                what: e.to_string(),
-            })
+impl layout::Files for Folder {
+    fn read(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        Folder::read(self, rel, limit)
+    }
+
+    fn locate(&self, rel: &str) -> String {
+        self.path(rel).display().to_string()
+    }
+
+    fn holds(&self, rel: &str, _limit: u64) -> Result<bool> {
+        Ok(self.dir.is_file(rel))
     }
 }
 
@@ -126,40 +110,7 @@ impl Transport for Folder {
     }
 
     fn check(&self, q: &CheckQuery<'_>) -> Result<CheckResponse> {
-        let latest = self.latest(q.product, q.channel)?;
-        let target = q.pin.or(latest.as_ref());
-        // As a server does: a device that rolled back from a release is not offered it again.
-        let rolled_back = |t: &Name| q.last == Some(("rolled-back", t));
-        let update = match target {
-            Some(t) if Some(t) != q.current && !rolled_back(t) => {
-                let rel = format!("v1/products/{}/releases/{t}/manifest", q.product);
-                if !self.exists(&rel) {
-                    return Err(Error::Missing {
-                        location: self.path(&rel).display().to_string(),
-                    });
-                }
-                let plan = self.plan(q.product, q.current, t)?;
-                let whole = match q.current {
-                    Some(_) => self.plan(q.product, None, t)?,
-                    None => plan.clone(),
-                };
-                Some(UpdateOffer {
-                    version: t.clone(),
-                    download_bytes: plan.download_bytes,
-                    image_bytes: whole.items.iter().map(|i| i.size).sum(),
-                    downgrade: None,
-                })
-            }
-            _ => None,
-        };
-        Ok(CheckResponse {
-            product: q.product.clone(),
-            channel: q.channel.clone(),
-            latest,
-            update,
-            paused: false,
-            next_check_secs: None,
-        })
+        layout::check(self, q)
     }
 
     fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
@@ -167,15 +118,7 @@ impl Transport for Folder {
     }
 
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
-        let pair = from
-            .map(|f| format!("v1/products/{product}/plans/{f}/{to}"))
-            .filter(|rel| self.exists(rel));
-        let rel = pair.unwrap_or_else(|| format!("v1/products/{product}/plans/-/{to}"));
-        let bytes = self.read(&rel, MAX_PLAN_BYTES)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Config {
-            path: self.path(&rel),
-            what: format!("not a plan: {e}"),
-        })
+        layout::plan(self, product, from, to)
     }
 
     fn download(

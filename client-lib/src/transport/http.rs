@@ -4,6 +4,10 @@
 //! and deltas are plain immutable files under `objects/` and `deltas/`, which may come from
 //! the server itself or from any static mirror or CDN (`objects_url`). Downloads go to disk,
 //! resume with a `Range` request after a cut, and are bounded by the size the plan promised.
+//!
+//! [`Http::release_folder`] reads a release folder (`deltaroot publish --out`) that any web
+//! server serves instead: the check and the plan are then decided on the device from the
+//! folder's files ([`super::layout`]), as from a mounted folder.
 
 use std::fs::File;
 use std::io::Read;
@@ -11,7 +15,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{check_exact, copy_bounded, CheckQuery, Deadline, DeadlineSlot, Sink, Transport};
+use super::{
+    check_exact, copy_bounded, layout, CheckQuery, Deadline, DeadlineSlot, Sink, Transport,
+};
 use super::{MAX_CHECK_BYTES, MAX_PLAN_BYTES};
 use crate::error::{Error, Result};
 use deltaroot_format::api::CheckResponse;
@@ -28,6 +34,8 @@ pub struct Http {
     /// Bytes received from object and delta downloads, for reports and tests.
     pub downloaded: AtomicU64,
     deadline: DeadlineSlot,
+    /// A static release folder, not a deltaroot server.
+    folder: bool,
 }
 
 impl Http {
@@ -67,6 +75,16 @@ impl Http {
             client,
             downloaded: AtomicU64::new(0),
             deadline: DeadlineSlot::default(),
+            folder: false,
+        })
+    }
+
+    /// A release folder (`deltaroot publish --out`) served at `url` by any web server,
+    /// trusting the certificate authority in `ca_cert` too, if given.
+    pub fn release_folder(url: &str, ca_cert: Option<&Path>) -> Result<Http> {
+        Ok(Http {
+            folder: true,
+            ..Http::with_ca_cert(url, None, ca_cert)?
         })
     }
 
@@ -159,6 +177,24 @@ impl Http {
     }
 }
 
+impl layout::Files for Http {
+    /// A file the web server does not have (404, 410) is not in the folder.
+    fn read(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        self.get_bytes(rel, limit).map_err(|e| match e {
+            Error::HttpStatus {
+                url,
+                status: 404 | 410,
+                ..
+            } => Error::Missing { location: url },
+            e => e,
+        })
+    }
+
+    fn locate(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.api)
+    }
+}
+
 /// Names allow `+`, which a query string would read as a space.
 fn query_value(v: &str) -> String {
     v.replace('+', "%2B")
@@ -171,6 +207,9 @@ impl Transport for Http {
 
     /// `GET v1/products/P/channels/C/check?device=…&current=…&result=…&attempted=…&pin=…`
     fn check(&self, q: &CheckQuery<'_>) -> Result<CheckResponse> {
+        if self.folder {
+            return layout::check(self, q);
+        }
         let mut query = vec![format!("device={}", query_value(q.device))];
         if let Some(v) = q.current {
             query.push(format!("current={}", query_value(v)));
@@ -195,6 +234,9 @@ impl Transport for Http {
     }
 
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
+        if self.folder {
+            return layout::plan(self, product, from, to);
+        }
         let from = from.map_or("-", |f| f.as_str());
         self.get_json(
             &format!("v1/products/{product}/plans/{from}/{to}"),

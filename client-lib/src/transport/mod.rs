@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 mod folder;
 #[cfg(feature = "http")]
 mod http;
+mod layout;
 
 pub use folder::Folder;
 #[cfg(feature = "http")]
