@@ -3,10 +3,10 @@
 # in that order, in an empty folder, with the built binaries first on PATH; then checks
 # that the device ended where the guide says (2.0 after the rollback) and that the server
 # answered over HTTPS with the private CA. CI runs it (.ci/run) after the tests built the
-# binaries; BIN (default target/debug) says where they are.
+# binaries; BIN (default $CARGO_TARGET_DIR/debug, else target/debug) says where they are.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(cd "${BIN:-$here/target/debug}" && pwd)
+bin=$(cd "${BIN:-${CARGO_TARGET_DIR:-$here/target}/debug}" && pwd)
 for b in deltaroot deltaroot-server deltaroot-agent; do
   [ -x "$bin/$b" ] || { echo "first-hour: $bin/$b is missing (cargo build first, or BIN=DIR)" >&2; exit 1; }
 done
