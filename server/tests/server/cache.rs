@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use deltaroot_client::agent::{Agent, Settings, UpdateOutcome};
 use deltaroot_client::device::DeployReport;
-use deltaroot_engine::EngineOptions;
-use deltaroot_publisher::publish::{publish, PublishOptions};
+use deltaroot_publisher::publish::publish;
 use deltaroot_publisher::sink::DirSink;
 
 use crate::common::{agent_with, key, promote_to, tls, Backend, Server};
@@ -430,22 +429,7 @@ fn a_device_updates_from_a_static_folder() {
     let out = tempfile::tempdir().unwrap();
     let sink = DirSink::new(out.path()).unwrap();
     let release = |n: u32| {
-        let opts = PublishOptions {
-            product: "demo".into(),
-            version: format!("{n}.0"),
-            from_version: (n > 1).then(|| format!("{}.0", n - 1)),
-            channel: Some("stable".into()),
-            percent: None,
-            engine: EngineOptions {
-                level: 3,
-                ..EngineOptions::default()
-            },
-            created: Some(1_000_000 + u64::from(n) * 1000),
-            progress: false,
-            memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
-            packs: true,
-            input: Default::default(),
-        };
+        let opts = crate::fleet::release_options(n, "stable");
         let old = (n > 1).then(|| trees[n as usize - 2].path());
         publish(old, trees[n as usize - 1].path(), &k, &sink, &opts).unwrap();
     };

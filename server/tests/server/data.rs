@@ -185,20 +185,10 @@ fn orphan_uploads_are_swept_after_the_grace_period(backend: Backend) {
     // hold is an orphan.
     let sink = ServerSink::new(&server.plain_url, &server.token).unwrap();
     let opts = PublishOptions {
-        product: "demo".into(),
         version: "3.0".into(),
         from_version: Some("1.0".into()),
-        channel: Some("ci".into()),
-        percent: None,
-        engine: EngineOptions {
-            level: 3,
-            ..EngineOptions::default()
-        },
         created: Some(1_009_000),
-        progress: false,
-        memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
-        packs: true,
-        input: Default::default(),
+        ..crate::fleet::release_options(3, "ci")
     };
     let err = match publish(
         Some(trees[0].path()),

@@ -79,6 +79,27 @@ pub(crate) fn fleet(backend: Backend, count: u32, stable: &str) -> Fleet {
     f
 }
 
+/// What release `n` of [`tree`] is published with: version `n.0` from `(n-1).0` onto
+/// `channel`, created 1000 s after the one before.
+pub(crate) fn release_options(n: u32, channel: &str) -> PublishOptions {
+    PublishOptions {
+        product: "demo".into(),
+        version: format!("{n}.0"),
+        from_version: (n > 1).then(|| format!("{}.0", n - 1)),
+        channel: Some(channel.into()),
+        percent: None,
+        engine: EngineOptions {
+            level: 3,
+            ..EngineOptions::default()
+        },
+        created: Some(1_000_000 + u64::from(n) * 1000),
+        progress: false,
+        memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
+        packs: true,
+        input: Default::default(),
+    }
+}
+
 pub(crate) fn publish_release(server: &Server, k: &SecretKey, trees: &[tempfile::TempDir], n: u32) {
     publish_skipping(server, k, trees, n, MethodSet::default());
 }
@@ -93,23 +114,8 @@ fn publish_skipping(
 ) {
     let sink = ServerSink::new(&server.plain_url, &server.token).unwrap();
     let old = (n > 1).then(|| trees[n as usize - 2].path());
-    let opts = PublishOptions {
-        product: "demo".into(),
-        version: format!("{n}.0"),
-        from_version: (n > 1).then(|| format!("{}.0", n - 1)),
-        channel: Some("ci".into()),
-        percent: None,
-        engine: EngineOptions {
-            level: 3,
-            skip,
-            ..EngineOptions::default()
-        },
-        created: Some(1_000_000 + u64::from(n) * 1000),
-        progress: false,
-        memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
-        packs: true,
-        input: Default::default(),
-    };
+    let mut opts = release_options(n, "ci");
+    opts.engine.skip = skip;
     publish(old, trees[n as usize - 1].path(), k, &sink, &opts).unwrap();
 }
 
