@@ -99,11 +99,7 @@ fn a_backup_restores_a_server_that_updates_devices(backend: Backend) {
     }
 
     // The restored place, served: the same token promotes 2.0, the device updates.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let _serve = Serving(
         std::process::Command::new(env!("CARGO_BIN_EXE_deltaroot-server"))

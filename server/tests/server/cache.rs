@@ -46,11 +46,7 @@ impl Nginx {
     fn start(file: &str, more: impl FnOnce(&Path) -> Vec<(&'static str, String)>) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let (cert, key) = (d.join("tls.pem"), d.join("tls.key"));
         std::fs::write(&cert, &tls().cert).unwrap();
         std::fs::write(&key, &tls().key).unwrap();

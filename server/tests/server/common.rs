@@ -98,6 +98,15 @@ pub fn services_for(module: &str, name: &str) -> Option<&'static Services> {
     s
 }
 
+/// A loopback port nothing listens on now, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn random_name() -> String {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).unwrap();

@@ -154,11 +154,7 @@ fn the_image_serves_a_device_as_a_user_without_a_shell() {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::os::unix::fs::chown(&data, Some(UID), Some(UID)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
     let volume = format!("{}:/data", data.display());
