@@ -66,7 +66,16 @@ pub async fn plan(
         PlanFrom::Nothing => None,
         PlanFrom::Version(v) => app.db.release(&product, &v).await?,
     };
-    Ok(Json(plan_for(&app, &product, from.as_ref(), &to).await?))
+    let plan = plan_for(&app, &product, from.as_ref(), &to).await?;
+    // The dashboard's bytes served against full images count plans as devices fetch them
+    // (downloads are by content and name no product). A failure here costs the count only.
+    if let Some(p) = app.fleet.product(&product).await? {
+        let image = to.image_bytes.max(0) as u64;
+        if let Err(e) = app.db.count_plan(p.id, plan.download_bytes, image).await {
+            tracing::warn!(error = %e, "counting a plan for the dashboard failed");
+        }
+    }
+    Ok(Json(plan))
 }
 
 /// The version a plan starts from: a name, or `-` for a device with nothing.

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
+use super::daily::{count_checkin, VersionDeltas};
 use super::{params, Db};
 use crate::error::Result;
 
@@ -12,6 +13,8 @@ use crate::error::Result;
 /// SQLite parameters by name, which costs time quadratic in their number: at 100 rows that
 /// lookup was a third of the check-in writer's time under the load benchmark.
 const CHECKIN_ROWS: usize = 20;
+/// Devices whose previous check-in one `SELECT` reads (2 parameters each).
+const PREVIOUS_ROWS: usize = 50;
 
 text_enum! {
     /// What a device reports of its last update attempt (`result=` of a check).
@@ -78,7 +81,43 @@ impl Db {
         Ok((n as u64, f as u64))
     }
 
-    /// Writes a batch of check-ins: the last one of each device wins.
+    /// The previous check-in (time, version) of each device of `rows`, read before the
+    /// batch's transaction so that it starts with a write (SQLite replicas sharing a file).
+    async fn previous(
+        &self,
+        rows: &[&CheckIn],
+    ) -> Result<HashMap<(i64, String), (i64, Option<String>)>> {
+        let mut out = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(PREVIOUS_ROWS) {
+            let cond = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(product_id = ${} AND device_id = ${})",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "SELECT product_id, device_id, seen_at, current_version FROM devices WHERE {cond}"
+            );
+            let mut q = sqlx::query(&sql);
+            for c in chunk {
+                q = q.bind(c.product_id).bind(c.device_id.clone());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(
+                    (r.try_get(0)?, r.try_get(1)?),
+                    (r.try_get(2)?, r.try_get(3)?),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch of check-ins: the last one of each device wins. The daily version
+    /// counts (`version_days`) change in the same transaction.
     pub async fn record_checkins(&self, batch: &[CheckIn]) -> Result<()> {
         let mut last: HashMap<(i64, &str), &CheckIn> = HashMap::new();
         for c in batch {
@@ -90,6 +129,18 @@ impl Db {
         rows.sort_unstable_by(|a, b| {
             (a.product_id, &a.device_id).cmp(&(b.product_id, &b.device_id))
         });
+        let previous = self.previous(&rows).await?;
+        let mut deltas = VersionDeltas::new();
+        for c in &rows {
+            let before = previous.get(&(c.product_id, c.device_id.clone()));
+            count_checkin(
+                &mut deltas,
+                c.product_id,
+                before.map(|(at, v)| (*at, v.as_deref())),
+                c.at,
+                c.current.as_deref(),
+            );
+        }
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(CHECKIN_ROWS) {
             let values = (0..chunk.len())
@@ -116,6 +167,7 @@ impl Db {
             }
             q.execute(&mut *tx).await?;
         }
+        Db::add_version_days(&mut tx, deltas).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! `RETURNING`); migrations live in `../migrations/{sqlite,postgres}`.
 //!
 //! By concern: [`releases`] (products and releases), [`channels`] (channels, rollouts,
-//! downgrades, the audit log), [`devices`] (check-ins), [`tokens`], [`users`], [`sessions`], [`stored`] (objects,
+//! downgrades, the audit log), [`devices`] (check-ins), [`daily`] (the dashboard's daily rollups), [`tokens`], [`users`], [`sessions`], [`stored`] (objects,
 //! deltas and packs) and [`plans`].
 
 use std::path::Path;
@@ -28,6 +28,7 @@ pub use tokens::TokenRow;
 pub use users::UserRow;
 
 mod channels;
+pub mod daily;
 mod devices;
 mod plans;
 mod releases;

@@ -1,5 +1,5 @@
-//! The devices page (which versions the fleet runs, devices by last report, a device by
-//! id) and the audit log page (filtered by product, operator and action).
+//! The devices page (which versions the fleet runs, a chart of that over the last 30 days
+//! from the daily rollup, devices by last report, a device by id) and the audit log page (filtered by product, operator and action).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -44,6 +44,7 @@ struct Devices {
     product: Name,
     versions: Vec<VersionLine>,
     total: u64,
+    chart: Option<super::daily::ShareChart>,
     id: String,
     results: Vec<ResultChoice>,
     devices: Vec<DeviceLine>,
@@ -89,6 +90,7 @@ pub async fn devices(
             share: format!("{:.1} %", 100.0 * n as f64 / total.max(1) as f64),
         })
         .collect();
+    let chart = super::daily::share_chart(&app, &p).await?;
     let id = q.id.unwrap_or_default().trim().to_string();
     let result: Option<CheckInResult> = match q.result.as_deref().map(str::trim) {
         None | Some("") | Some("any") => None,
@@ -130,6 +132,7 @@ pub async fn devices(
             product: product_name,
             versions,
             total,
+            chart,
             id,
             results,
             devices,

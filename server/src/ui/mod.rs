@@ -12,6 +12,7 @@
 //! - `GET /ui/`: the start page (a session required; without one, a redirect to the login);
 //!   the other pages are in `pages.rs`, their templates in `server/templates/`.
 
+mod daily;
 mod fleet;
 mod login;
 mod pages;

@@ -38,6 +38,7 @@ struct ProductGlance {
     newest: String,
     devices: u64,
     share: String,
+    week: super::daily::Week,
     channels: Vec<ChannelGlance>,
 }
 
@@ -52,7 +53,8 @@ struct Home {
 pub const HOME_PRODUCTS: usize = 50;
 
 /// `GET /ui/`: every product at a glance: its newest release, each channel's release and
-/// rollout with its failure rate, and which versions its devices run.
+/// rollout with its failure rate, which versions its devices run, and the bytes served this
+/// week against what full images would have cost.
 pub async fn home(State(app): State<App>, s: Option<Session>) -> Result<Response> {
     let Some(s) = s else {
         return Ok(redirect("/ui/login"));
@@ -127,6 +129,7 @@ pub async fn home(State(app): State<App>, s: Option<Session>) -> Result<Response
             newest,
             devices,
             share,
+            week: super::daily::served_this_week(&app, p.id).await?,
             channels,
         });
     }

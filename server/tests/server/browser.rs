@@ -339,5 +339,15 @@ fn the_dashboard_in_a_real_browser() {
         let h = hash_password("a long enough secret").unwrap();
         s.op(s.app.db.add_user(name, role, &h)).unwrap();
     }
+    // Check-ins and a plan fetched: the devices page draws its chart, the start page its
+    // week of bytes served, and axe checks both.
+    for (id, current) in [("dev-1", "1.0"), ("dev-2", "1.0"), ("dev-3", "2.0")] {
+        f.check(&format!("current={current}&device={id}"));
+    }
+    s.flush();
+    let plan = f
+        .http
+        .get(format!("{}/v1/products/demo/plans/1.0/2.0", s.url));
+    assert_eq!(plan.send().unwrap().status(), 200);
     s.op(operator_and_viewer(&f, &driver));
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use deltaroot_server::access::{hash_password, Role};
 
-use crate::common::{tls, Backend, Server};
-use crate::fleet::fleet;
+use crate::common::{agent, promote_to, tls, Backend, Server};
+use crate::fleet::{fleet, updated};
 
 on_both_backends!(
     sign_in_sessions_and_sign_out,
     operators_act_from_the_channels_page_viewers_only_read,
+    version_share_by_day_and_bytes_served_this_week,
 );
 
 /// An HTTPS client that trusts the test certificate, keeps no cookies and follows no
@@ -424,4 +425,147 @@ fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
     // Another product's page is a 404 page, not a server error.
     let (st, html) = get(&op, "/ui/products/nothing/channels");
     assert_eq!(st, 404, "{html}");
+}
+
+/// The daily rollup: check-ins on two days, one device changing version within the first,
+/// give one row per (day, version) with each device counted once a day on its last version;
+/// the devices page draws them (and lists the numbers). The plans two updates fetched are
+/// the start page's bytes served this week, equal to what the server counted as served,
+/// against the two releases' full images. Days move with the server's clock; old days go.
+fn version_share_by_day_and_bytes_served_this_week(backend: Backend) {
+    use deltaroot_server::db::daily::{day_of, KEEP_DAYS};
+
+    let f = fleet(backend, 2, "1.0");
+    let s = &f.server;
+    let url = &s.url;
+    let b = browser();
+    let h = hash_password("a long enough secret").unwrap();
+    s.op(s.app.db.add_user("vi", Role::Viewer, &h)).unwrap();
+    // Sessions last 12 hours: each page is read with a new one, whatever the clock says.
+    let get = |path: &str| {
+        let (vi, _) = sign_in(&b, url, "vi", "a long enough secret");
+        let r = b
+            .get(format!("{url}{path}"))
+            .header("cookie", format!("drt_session={vi}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().unwrap()
+    };
+    let (pid, _) = s.op(s.app.db.product("demo")).unwrap().unwrap();
+    let html = get("/ui/products/demo/devices");
+    assert!(!html.contains("<svg role=\"img\""), "{html}");
+    let html = get("/ui/");
+    assert!(html.contains("No update was fetched this week."), "{html}");
+
+    // Day one: three devices on 1.0 (dev-1 twice), then dev-1 on 2.0 the same day.
+    let day = day_of(s.app.clock.now());
+    for (id, current) in [
+        ("dev-1", "1.0"),
+        ("dev-2", "1.0"),
+        ("dev-3", "1.0"),
+        ("dev-1", "1.0"),
+    ] {
+        f.check(&format!("current={current}&device={id}"));
+    }
+    s.flush();
+    f.check("current=2.0&device=dev-1");
+    s.flush();
+    // Day two: dev-1 and dev-2 on 2.0; dev-3 is not seen.
+    s.advance(Duration::from_secs(86_400));
+    for id in ["dev-1", "dev-2"] {
+        f.check(&format!("current=2.0&device={id}"));
+    }
+    s.flush();
+    let rows = s
+        .op(s.app.db.version_days(pid, day - 40, day + 40))
+        .unwrap();
+    let v = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        [
+            (day, v("1.0"), 2),
+            (day, v("2.0"), 1),
+            (day + 1, v("2.0"), 2)
+        ]
+    );
+    let date = |d: i64| deltaroot_server::client::when(d * 86_400)[..10].to_string();
+    let html = get("/ui/products/demo/devices");
+    assert!(
+        html.contains("<svg role=\"img\" aria-labelledby=\"share-title share-desc\""),
+        "{html}"
+    );
+    for title in [
+        format!("<title>{}: 2 devices on 1.0</title>", date(day)),
+        format!("<title>{}: 1 device on 2.0</title>", date(day)),
+        format!("<title>{}: 2 devices on 2.0</title>", date(day + 1)),
+    ] {
+        assert!(html.contains(&title), "{title}: {html}");
+    }
+    assert!(
+        html.contains(&format!("on {}: 2 on 2.0.</desc>", date(day + 1))),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "<th scope=\"col\">Day</th><th scope=\"col\">1.0</th><th scope=\"col\">2.0</th>"
+        ),
+        "{html}"
+    );
+    for row in [
+        format!(
+            "<tr><th scope=\"row\">{}</th><td class=\"num\">2</td><td class=\"num\">1</td><td class=\"num\">3</td></tr>",
+            date(day)
+        ),
+        format!(
+            "<tr><th scope=\"row\">{}</th><td class=\"num\">0</td><td class=\"num\">2</td><td class=\"num\">2</td></tr>",
+            date(day + 1)
+        ),
+    ] {
+        assert!(html.contains(&row), "{row}: {html}");
+    }
+
+    // A device installs 1.0 and updates to 2.0: two plans, what the server served for them.
+    f.promote(promote_to("2.0"));
+    let root = tempfile::tempdir().unwrap();
+    let a = agent(s, root.path(), &f.trust);
+    let before = s.served();
+    a.install("1.0").unwrap();
+    assert_eq!(updated(a.update().unwrap()), "2.0");
+    let served = s.served() - before;
+    let images: i64 = s
+        .op(s.app.db.releases("demo"))
+        .unwrap()
+        .iter()
+        .map(|r| r.image_bytes)
+        .sum();
+    let week = s.op(s.app.db.served(pid, day - 6, day + 1)).unwrap();
+    assert_eq!(
+        (week.plans, week.download_bytes, week.image_bytes),
+        (2, served, images as u64)
+    );
+    assert!(served > 0 && served < images as u64, "{served} {images}");
+    let html = get("/ui/");
+    let expected = format!(
+        "<tr><td class=\"num\">2</td><td class=\"num\">{} ({served} bytes)</td><td class=\"num\">{} ({images} bytes)</td><td class=\"num\">{:.1} %</td></tr>",
+        deltaroot_format::units::human_bytes(served),
+        deltaroot_format::units::human_bytes(images as u64),
+        100.0 * served as f64 / images as f64
+    );
+    assert!(html.contains(&expected), "{expected}: {html}");
+
+    // A week later nothing was fetched this week; the chart keeps 30 days; housekeeping
+    // drops days past the rollup's 400.
+    s.advance(Duration::from_secs(7 * 86_400));
+    assert!(get("/ui/").contains("No update was fetched this week."));
+    assert!(get("/ui/products/demo/devices").contains(&format!("{}: 2 devices on 1.0", date(day))));
+    s.advance(Duration::from_secs(30 * 86_400));
+    assert!(!get("/ui/products/demo/devices").contains("<svg role=\"img\""));
+    assert_eq!(s.op(s.app.db.prune_days()).unwrap(), 0);
+    s.advance(Duration::from_secs(KEEP_DAYS as u64 * 86_400));
+    assert!(s.op(s.app.db.prune_days()).unwrap() >= 4);
+    assert!(s
+        .op(s.app.db.version_days(pid, 0, i64::MAX))
+        .unwrap()
+        .is_empty());
 }
