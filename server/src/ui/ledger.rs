@@ -332,22 +332,29 @@ pub(super) struct Bar {
     /// The whole image's bar: top and height.
     pub image_y: u32,
     pub image_h: u32,
-    /// The download's bar (none without a plan from the release before).
+    /// The download's bar (none without a plan from the release before; at least 2 units
+    /// high when the download is not nothing, so that a small one still shows).
     pub download_y: u32,
     pub download_h: u32,
+    /// The download's share of the image, written above the bars ("-" without a plan).
+    pub share: String,
     pub label: String,
 }
 
-/// The savings chart: plot height, and its bars.
+/// The savings chart: its size, and its bars.
 pub(super) struct Chart {
     pub width: u32,
     pub height: u32,
+    /// Where the versions are written, below the bars.
+    pub baseline: u32,
     pub bars: Vec<Bar>,
 }
 
-/// Plot height in the chart's units (labels below it).
+/// Room above the bars (for the shares), the bars' height, and each release's slot width,
+/// in the chart's units.
+const TOP: u32 = 18;
 const PLOT: u32 = 160;
-const SLOT: u32 = 56;
+const SLOT: u32 = 64;
 
 /// The chart of `points` (oldest first): version, whole image, download from the release
 /// before; bars scaled to the largest image.
@@ -363,30 +370,75 @@ pub(super) fn chart(points: &[(String, u64, Option<u64>)]) -> Chart {
         .iter()
         .enumerate()
         .map(|(i, (version, image, download))| {
-            let (ih, dh) = (h(*image), download.map(h).unwrap_or(0));
+            let ih = h(*image);
+            let dh = match download {
+                Some(0) | None => 0,
+                Some(d) => h(*d).max(2),
+            };
+            let share = download.map(|d| 100.0 * d as f64 / (*image).max(1) as f64);
             Bar {
                 version: version.clone(),
                 x: i as u32 * SLOT + 8,
                 width: SLOT - 16,
-                image_y: PLOT - ih,
+                image_y: TOP + PLOT - ih,
                 image_h: ih,
-                download_y: PLOT - dh,
+                download_y: TOP + PLOT - dh,
                 download_h: dh,
-                label: match download {
-                    Some(d) => format!(
-                        "{version}: {} of {} ({:.1} %)",
+                share: share
+                    .map(|s| format!("{s:.1} %"))
+                    .unwrap_or_else(|| "-".into()),
+                label: match (download, share) {
+                    (Some(d), Some(s)) => format!(
+                        "{version}: {} of {} ({s:.1} %)",
                         human_bytes(*d),
                         human_bytes(*image),
-                        100.0 * *d as f64 / (*image).max(1) as f64
                     ),
-                    None => format!("{version}: no plan from the release before"),
+                    _ => format!("{version}: no plan from the release before"),
                 },
             }
         })
         .collect();
     Chart {
         width: (points.len() as u32 * SLOT).max(SLOT),
-        height: PLOT + 24,
+        height: TOP + PLOT + 20,
+        baseline: TOP + PLOT + 14,
         bars,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_scales_to_the_largest_image_and_shows_small_downloads() {
+        let c = chart(&[
+            ("1.0".into(), 1000, None),
+            ("2.0".into(), 2000, Some(1000)),
+            ("3.0".into(), 2000, Some(1)),
+        ]);
+        let bars: Vec<_> = c
+            .bars
+            .iter()
+            .map(|b| (b.image_h, b.download_h, b.share.as_str()))
+            .collect();
+        assert_eq!(bars, [(80, 0, "-"), (160, 80, "50.0 %"), (160, 2, "0.1 %")]);
+        assert_eq!(c.bars[1].image_y, TOP);
+        assert_eq!(c.bars[2].download_y, TOP + PLOT - 2);
+        assert_eq!(c.bars[0].label, "1.0: no plan from the release before");
+        assert_eq!(c.bars[1].label, "2.0: 1.0 kB of 2.0 kB (50.0 %)");
+    }
+
+    #[test]
+    fn diff_urls_escape_the_search() {
+        let p = Name::new("product", "demo".to_string()).unwrap();
+        assert_eq!(
+            diff_url(&p, "1.0", "2.0", "usr/lib x&y", 2),
+            "/ui/products/demo/diff?from=1.0&to=2.0&q=usr%2Flib%20x%26y&page=2"
+        );
+        assert_eq!(
+            diff_url(&p, "1.0", "2.0", "", 0),
+            "/ui/products/demo/diff?from=1.0&to=2.0"
+        );
     }
 }
