@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use deltaroot_server::access::{hash_password, Role};
 
-use crate::common::{tls, Backend, Server};
-use crate::fleet::fleet;
+use crate::common::{key, tls, Backend, Server};
+use crate::fleet::{fleet, publish_release};
 
 on_both_backends!(
     sign_in_sessions_and_sign_out,
@@ -708,4 +708,85 @@ fn row_of(html: &str, to: &str, from: &str) -> Vec<String> {
         .into_iter()
         .find(|r| r[0] == to && r[1].contains(&format!(">{from}</a>")))
         .unwrap_or_else(|| panic!("no plan {from} -> {to}: {html}"))
+}
+
+/// The diff page lists at most 200 files a page, largest first, with links on; the search
+/// and the page travel together.
+#[test]
+fn the_diff_is_paged() {
+    let server = Server::start(Backend::Sqlite);
+    let (k, _, _keys) = key(1);
+    // 230 files, each different in 2.0 (file i is 10 + i bytes: the order is known).
+    let trees: Vec<_> = (1..=2u8)
+        .map(|n| {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(d.path().join("data")).unwrap();
+            for i in 0..230usize {
+                std::fs::write(d.path().join(format!("data/f{i:03}")), vec![n; 10 + i]).unwrap();
+            }
+            d
+        })
+        .collect();
+    for n in 1..=2 {
+        publish_release(&server, &k, &trees, n);
+    }
+    let h = hash_password("a long enough secret").unwrap();
+    server
+        .op(server.app.db.add_user("vi", Role::Viewer, &h))
+        .unwrap();
+    let b = browser();
+    let (vi, _) = sign_in(&b, &server.url, "vi", "a long enough secret");
+    let get = |path: &str| {
+        let r = b
+            .get(format!("{}{path}", server.url))
+            .header("cookie", format!("drt_session={vi}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().unwrap()
+    };
+    let paths = |html: &str| -> Vec<String> {
+        table_rows(html, "files")
+            .into_iter()
+            .map(|r| r[0].replace("<code>", "").replace("</code>", ""))
+            .collect()
+    };
+    let html = get("/ui/products/demo/diff?from=1.0&to=2.0");
+    let first = paths(&html);
+    assert_eq!(first.len(), 200);
+    assert_eq!(
+        (first[0].as_str(), first[199].as_str()),
+        ("data/f229", "data/f030")
+    );
+    assert!(html.contains("files 1 to 200 of 230"), "{html}");
+    assert!(
+        html.contains("href=\"/ui/products/demo/diff?from=1.0&#38;to=2.0&#38;page=1\">next files"),
+        "{html}"
+    );
+    let html = get("/ui/products/demo/diff?from=1.0&to=2.0&page=1");
+    let rest = paths(&html);
+    assert_eq!(rest.len(), 30);
+    assert_eq!(
+        (rest[0].as_str(), rest[29].as_str()),
+        ("data/f029", "data/f000")
+    );
+    assert!(!html.contains("next files"), "{html}");
+    // Searched: the ten paths holding "f22", largest first.
+    let html = get("/ui/products/demo/diff?from=1.0&to=2.0&q=f22");
+    let found = paths(&html);
+    let want: Vec<String> = (220..230).rev().map(|i| format!("data/f{i}")).collect();
+    assert_eq!(found, want);
+    // The search travels with the page links.
+    let html = get("/ui/products/demo/diff?from=1.0&to=2.0&q=data%2F&page=1");
+    assert_eq!(paths(&html).len(), 30);
+    assert!(
+        html.contains(
+            "href=\"/ui/products/demo/diff?from=1.0&#38;to=2.0&#38;q=data%2F\">previous files"
+        ),
+        "{html}"
+    );
+    // A page past the end says so, and links back.
+    let html = get("/ui/products/demo/diff?from=1.0&to=2.0&page=9");
+    assert!(html.contains("No file on this page: 230 differ."), "{html}");
+    assert!(html.contains("previous files"), "{html}");
 }
