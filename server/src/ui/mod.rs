@@ -10,10 +10,13 @@
 //!   `Secure` unless the server speaks plain HTTP.
 //! - `POST /ui/logout`: ends the session (its CSRF token required).
 //! - `GET /ui/`: the start page (a session required; without one, a redirect to the login);
-//!   the other pages are in `pages.rs`, their templates in `server/templates/`.
+//!   the other pages are in `pages.rs`, `release.rs`, `fleet.rs` and `ledger.rs` (the
+//!   savings ledger and the file-by-file diff of two releases), their templates in
+//!   `server/templates/`.
 
 mod daily;
 mod fleet;
+mod ledger;
 mod login;
 mod pages;
 mod release;
@@ -70,6 +73,8 @@ pub fn routes() -> Router<App> {
             "/ui/products/{product}/releases/{version}",
             get(release::release),
         )
+        .route("/ui/products/{product}/ledger", get(ledger::ledger))
+        .route("/ui/products/{product}/diff", get(ledger::diff))
         .route("/ui/products/{product}/channels", get(pages::channels))
         .route("/ui/products/{product}/devices", get(fleet::devices))
         .route("/ui/audit", get(fleet::audit))

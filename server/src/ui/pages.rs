@@ -157,6 +157,7 @@ struct Releases {
     user: Option<User>,
     product: Name,
     rows: Vec<ReleaseLine>,
+    chart: super::ledger::Chart,
     prev: Option<usize>,
     next: Option<usize>,
 }
@@ -167,7 +168,8 @@ pub struct PageQuery {
 }
 
 /// `GET /ui/products/{product}/releases?page=N`: newest first, with the download a device on
-/// the release before needs (from the stored plan, when there is one).
+/// the release before needs (from the stored plan, when there is one), and the page's
+/// releases charted oldest first: that download against the whole image.
 pub async fn releases(
     State(app): State<App>,
     s: Session,
@@ -180,10 +182,16 @@ pub async fn releases(
     let start = page.saturating_mul(RELEASES_PAGE).min(all.len());
     let end = (start + RELEASES_PAGE).min(all.len());
     let mut rows = Vec::with_capacity(end - start);
+    let mut points = Vec::with_capacity(end - start);
     for (i, r) in all.iter().enumerate().take(end).skip(start) {
         let before = all.get(i + 1);
+        let size = match before {
+            Some(b) => app.db.plan_size(Some(b.id), r.id).await?,
+            None => None,
+        };
+        points.push((r.version.to_string(), r.image_bytes.max(0) as u64, size));
         let download = match before {
-            Some(b) => match app.db.plan_size(Some(b.id), r.id).await? {
+            Some(b) => match size {
                 Some(n) => format!(
                     "{} from {} ({:.1} % of the image)",
                     human_bytes(n),
@@ -209,6 +217,10 @@ pub async fn releases(
             user: Some((&s).into()),
             product: product_name,
             rows,
+            chart: super::ledger::chart(&{
+                points.reverse();
+                points
+            }),
             prev: page.checked_sub(1),
             next: (end < all.len()).then_some(page + 1),
         },

@@ -1,8 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
 //! driven over WebDriver by fantoccini) against a real server holding releases the real
-//! publisher made: an operator signs in, reads the releases, opens a release, promotes it
-//! to 10 %, sees it on the channels page and in the audit log; a viewer's promote is
-//! refused. axe-core (vendored in `fixtures/dashboard`) checks every page visited: no
+//! publisher made: an operator signs in, reads the releases, opens a release, the savings
+//! ledger and the diff of two releases, promotes a release to 10 %, sees it on the channels
+//! page and in the audit log; a viewer's promote is refused. axe-core (vendored in `fixtures/dashboard`) checks every page visited: no
 //! serious or critical violation.
 //!
 //! `.ci/run` installs Chromium and chromedriver; without `chromedriver` on the PATH the test
@@ -241,6 +241,30 @@ async fn operator_and_viewer(f: &Fleet, d: &Driver) {
     assert!(page.contains("What changed since 1.0"), "{page}");
     assert!(page.contains("bin/app"), "{page}");
     look(&c, "release").await;
+
+    // The savings ledger, and from it the file-by-file diff of 1.0 -> 2.0.
+    c.find(Locator::LinkText("savings ledger"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_path(&c, "/ui/products/demo/ledger").await;
+    let page = text(&c).await;
+    assert!(page.contains("Moving the fleet to a release"), "{page}");
+    look(&c, "ledger").await;
+    c.find(Locator::Css(
+        "a[href='/ui/products/demo/diff?from=1.0&to=2.0']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_path(&c, "/ui/products/demo/diff?from=1.0&to=2.0").await;
+    let page = text(&c).await;
+    assert!(page.contains("bin/app"), "{page}");
+    look(&c, "diff").await;
 
     // Promote 2.0 to a tenth of the devices.
     c.goto(&format!("{url}/ui/products/demo/channels"))

@@ -17,7 +17,7 @@ on_both_backends!(
 
 /// An HTTPS client that trusts the test certificate, keeps no cookies and follows no
 /// redirects: each test sees every answer.
-fn browser() -> reqwest::blocking::Client {
+pub(crate) fn browser() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(tls().cert.as_bytes()).unwrap())
         .redirect(reqwest::redirect::Policy::none())
@@ -190,7 +190,7 @@ fn plain_http_cookies_are_not_secure() {
 }
 
 /// Signs `user` in: the session cookie and the session's CSRF token (from the start page).
-fn sign_in(
+pub(crate) fn sign_in(
     b: &reqwest::blocking::Client,
     url: &str,
     user: &str,

@@ -5,9 +5,10 @@
 //! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
 //! HTTPS with a private certificate authority (`tls`), each case on both backends where the
 //! backend matters; who may do what (`access`: token scopes, users, rollbacks that go back)
-//! the dashboard (`dashboard`), backups that restore (`backup`), the container image, run
-//! with podman (`container`), and Debian's nginx with the examples in `deploy/nginx/`
-//! (`cache`). The harness is in `common`.
+//! the dashboard (`dashboard`), the savings ledger and the diff pages against the API
+//! (`ledger`), backups that restore (`backup`), the container image, run with podman
+//! (`container`), and Debian's nginx with the examples in `deploy/nginx/` (`cache`). The
+//! harness is in `common`.
 
 #[macro_use]
 mod common;
@@ -20,6 +21,7 @@ mod dashboard;
 mod data;
 mod edge;
 mod fleet;
+mod ledger;
 mod operators;
 mod spine;
 mod tls;
