@@ -331,7 +331,7 @@ pub async fn serve_with(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (io, service) = conn::watch_idle(stream, router.clone(), timeouts.idle);
+        let (io, service) = conn::watch_idle(stream, router.clone(), timeouts.idle, Some(peer));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();

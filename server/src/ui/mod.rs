@@ -4,7 +4,9 @@
 //!
 //! - `GET /ui/login`: the form (`username`, `password`, `csrf`); the CSRF token is also set
 //!   as a cookie, and the post must carry both (a page of another site cannot read it).
-//! - `POST /ui/login`: checks the CSRF pair, the failed-login limit, then the password
+//! - `POST /ui/login`: checks the CSRF pair, the failed-login limits (per user name, and per
+//!   client address whatever the names: the socket's peer, as the server trusts no
+//!   `X-Forwarded-For`), then the password
 //!   (argon2id, on the blocking pool; an unknown name costs the same as a wrong password);
 //!   starts a session: cookie `drt_session`, `HttpOnly; SameSite=Strict; Path=/ui`, and
 //!   `Secure` unless the server speaks plain HTTP.
@@ -36,13 +38,19 @@ pub const SESSION_SECS: i64 = 12 * 3600;
 /// refused until the window passes.
 pub const MAX_FAILURES: u32 = 5;
 pub const FAILURE_WINDOW_SECS: i64 = 300;
-/// User names whose failed logins are remembered at once (the limiter's own bound).
+/// Failed logins from one client address within [`FAILURE_WINDOW_SECS`], whatever the user
+/// names, before further tries from it are refused until the window passes.
+pub const MAX_ADDRESS_FAILURES: u32 = 20;
+/// User names, and client addresses, whose failed logins are remembered at once (each
+/// limiter's own bound).
 const LIMITER_CAPACITY: u64 = 10_000;
 
 /// The dashboard's per-replica state.
 pub struct Ui {
     /// Failed logins by user name: (count, first failure time in seconds).
     failures: Bounded<String, (u32, i64)>,
+    /// Failed logins by the client's address (the socket's peer): (count, first failure).
+    address_failures: Bounded<std::net::IpAddr, (u32, i64)>,
     /// Cookies get `Secure` (the server speaks HTTPS, or sits behind a proxy that does).
     pub secure_cookies: bool,
 }
@@ -51,6 +59,7 @@ impl Ui {
     pub fn new(secure_cookies: bool) -> Arc<Ui> {
         Arc::new(Ui {
             failures: Bounded::new(LIMITER_CAPACITY, FAILURE_WINDOW_SECS * 1000),
+            address_failures: Bounded::new(LIMITER_CAPACITY, FAILURE_WINDOW_SECS * 1000),
             secure_cookies,
         })
     }

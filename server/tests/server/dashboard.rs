@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use deltaroot_server::access::{hash_password, Role};
+use deltaroot_server::ui::MAX_ADDRESS_FAILURES;
 
 use crate::common::{tls, Backend, Server};
 use crate::fleet::fleet;
@@ -171,6 +172,46 @@ fn sign_in_sessions_and_sign_out(backend: Backend) {
         .op(server.app.db.update_user("ada", Some(&new), None))
         .unwrap();
     assert_eq!(page(url, &again).status(), 303);
+}
+
+/// One address trying many user names is refused, before any password is checked, once it
+/// has failed [`MAX_ADDRESS_FAILURES`] times in the window; after the window it may try again.
+#[test]
+fn one_address_trying_many_names_is_refused() {
+    let server = Server::start(Backend::Sqlite);
+    let b = browser();
+    let url = &server.url;
+    let hash = hash_password("a long enough secret").unwrap();
+    server
+        .op(server.app.db.add_user("ada", Role::Operator, &hash))
+        .unwrap();
+    let csrf = login_form(&b, url);
+    for i in 0..MAX_ADDRESS_FAILURES {
+        let r = post_login(
+            &b,
+            url,
+            Some(&csrf),
+            &csrf,
+            &format!("u{i}"),
+            "a guess at it",
+        );
+        assert_eq!(r.status(), 401, "try {i}");
+    }
+    // Every name had one failure only, but the address is spent: even the right password
+    // of a user who never failed is refused.
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(set_cookie(&r, "drt_session").is_none());
+    let html = r.text().unwrap();
+    assert!(
+        html.contains("Too many failed sign-ins from this address"),
+        "{html}"
+    );
+    server.advance(Duration::from_secs(301));
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    assert_eq!(r.status(), 303);
+    assert!(set_cookie(&r, "drt_session").is_some());
 }
 
 /// `serve --plain-http` leaves `Secure` off (a browser would not send the cookie back).
