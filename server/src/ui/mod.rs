@@ -14,6 +14,7 @@
 //! - `GET /ui/`: the start page (a session required; without one, a redirect to the login);
 //!   the other pages are in `pages.rs`, their templates in `server/templates/`.
 
+mod admin;
 mod fleet;
 mod login;
 mod pages;
@@ -81,6 +82,14 @@ pub fn routes() -> Router<App> {
         .route("/ui/products/{product}/channels", get(pages::channels))
         .route("/ui/products/{product}/devices", get(fleet::devices))
         .route("/ui/audit", get(fleet::audit))
+        .route("/ui/admin/users", get(admin::users).post(admin::add_user))
+        .route("/ui/admin/users/role", post(admin::set_role))
+        .route("/ui/admin/users/remove", post(admin::remove_user))
+        .route(
+            "/ui/admin/tokens",
+            get(admin::tokens).post(admin::create_token),
+        )
+        .route("/ui/admin/tokens/revoke", post(admin::revoke_token))
         .route("/ui/products/{product}/promote", post(pages::promote))
         .route(
             "/ui/products/{product}/channels/{channel}/{action}",

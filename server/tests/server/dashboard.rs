@@ -17,7 +17,7 @@ on_both_backends!(
 
 /// An HTTPS client that trusts the test certificate, keeps no cookies and follows no
 /// redirects: each test sees every answer.
-fn browser() -> reqwest::blocking::Client {
+pub(crate) fn browser() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(tls().cert.as_bytes()).unwrap())
         .redirect(reqwest::redirect::Policy::none())
@@ -26,7 +26,7 @@ fn browser() -> reqwest::blocking::Client {
 }
 
 /// The value a `Set-Cookie` of the answer gives `name`, and the whole header.
-fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, String)> {
+pub(crate) fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, String)> {
     r.headers()
         .get_all("set-cookie")
         .iter()
@@ -39,7 +39,7 @@ fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, St
 }
 
 /// The login form's CSRF token: from the page's hidden field, which must equal the cookie.
-fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
+pub(crate) fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
     let r = b.get(format!("{url}/ui/login")).send().unwrap();
     assert_eq!(r.status(), 200);
     let (cookie, _) = set_cookie(&r, "drt_login_csrf").expect("a CSRF cookie");
@@ -51,7 +51,7 @@ fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
     cookie
 }
 
-fn post_login(
+pub(crate) fn post_login(
     b: &reqwest::blocking::Client,
     url: &str,
     cookie: Option<&str>,
@@ -230,7 +230,7 @@ fn plain_http_cookies_are_not_secure() {
 }
 
 /// Signs `user` in: the session cookie and the session's CSRF token (from the start page).
-fn sign_in(
+pub(crate) fn sign_in(
     b: &reqwest::blocking::Client,
     url: &str,
     user: &str,

@@ -5,13 +5,14 @@
 //! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
 //! HTTPS with a private certificate authority (`tls`), each case on both backends where the
 //! backend matters; who may do what (`access`: token scopes, users, rollbacks that go back)
-//! the dashboard (`dashboard`), backups that restore (`backup`), the container image, run
+//! the dashboard (`dashboard`; its admin pages and rollback form: `admin`), backups that restore (`backup`), the container image, run
 //! with podman (`container`), and Debian's nginx with the examples in `deploy/nginx/`
 //! (`cache`). The harness is in `common`.
 
 #[macro_use]
 mod common;
 mod access;
+mod admin;
 mod backup;
 mod browser;
 mod cache;
