@@ -91,6 +91,7 @@ pub fn routes() -> Router<App> {
         )
         .route("/ui/admin/tokens/revoke", post(admin::revoke_token))
         .route("/ui/products/{product}/promote", post(pages::promote))
+        .route("/ui/products/{product}/rollback", post(pages::rollback))
         .route(
             "/ui/products/{product}/channels/{channel}/{action}",
             post(pages::pause_or_resume),

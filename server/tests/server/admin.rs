@@ -7,7 +7,12 @@ use crate::common::Backend;
 use crate::dashboard::{browser, sign_in};
 use crate::fleet::fleet;
 
-on_both_backends!(admins_manage_users_and_tokens_from_the_dashboard,);
+on_both_backends!(
+    admins_manage_users_and_tokens_from_the_dashboard,
+    operators_roll_back_with_an_uploaded_statement,
+);
+
+const EXE: &str = env!("CARGO_BIN_EXE_deltaroot-server");
 
 /// `(status, location, body)` of a request with a session cookie.
 fn send(req: reqwest::blocking::RequestBuilder, session: &str) -> (u16, Option<String>, String) {
@@ -222,4 +227,121 @@ fn admins_manage_users_and_tokens_from_the_dashboard(backend: Backend) {
         !html.contains(&token),
         "the audit log never holds the token"
     );
+}
+
+fn operators_roll_back_with_an_uploaded_statement(backend: Backend) {
+    let f = fleet(backend, 3, "2.0");
+    let s = &f.server;
+    let url = &s.url;
+    let b = browser();
+    let h = hash_password("a long enough secret").unwrap();
+    s.op(s.app.db.add_user("op", Role::Operator, &h)).unwrap();
+    let (op, csrf) = sign_in(&b, url, "op", "a long enough secret");
+
+    // The page shows the command and the form.
+    let (st, _, html) = send(b.get(format!("{url}/ui/products/demo/channels")), &op);
+    assert_eq!(st, 200);
+    assert!(
+        html.contains("--out rollback.json")
+            && html.contains("action=\"/ui/products/demo/rollback\""),
+        "{html}"
+    );
+
+    // `rollback --out FILE` signs without a server.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("release.key");
+    std::fs::write(&key, f.key.to_text()).unwrap();
+    let sign = |channel: &str, version: &str| {
+        let out = dir.path().join(format!("{channel}-{version}.json"));
+        let o = std::process::Command::new(EXE)
+            .args([
+                "rollback",
+                "--product",
+                "demo",
+                "--channel",
+                channel,
+                version,
+            ])
+            .arg("--key")
+            .arg(&key)
+            .arg("--out")
+            .arg(&out)
+            .env_remove("DELTAROOT_SERVER")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let good = sign("stable", "1.0");
+    let other = sign("ci", "1.0");
+    let roll = |channel: &str, statement: &str, token: &str| {
+        send(
+            b.post(format!("{url}/ui/products/demo/rollback")).form(&[
+                ("csrf", token),
+                ("channel", channel),
+                ("statement", statement),
+                ("confirm", "yes"),
+            ]),
+            &op,
+        )
+    };
+    // Refused: a statement for another channel, a tampered one, not JSON, a wrong CSRF token.
+    let (st, _, html) = roll("stable", &other, &csrf);
+    assert_eq!(st, 400);
+    assert!(
+        html.contains("the statement is for demo/ci, not demo/stable"),
+        "{html}"
+    );
+    let tampered = {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let text = v["statement"].as_str().unwrap().to_string();
+        let mut bytes = base64_decode(&text);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        v["statement"] = base64_encode(&bytes).into();
+        v.to_string()
+    };
+    let (st, _, html) = roll("stable", &tampered, &csrf);
+    assert_eq!(st, 400);
+    assert!(html.contains("signed with the product"), "{html}");
+    let (st, _, html) = roll("stable", "not a statement", &csrf);
+    assert_eq!(st, 400);
+    assert!(html.contains("rollback … --out FILE"), "{html}");
+    assert_eq!(roll("stable", &good, "00").0, 403);
+    assert_eq!(f.status().version.as_deref(), Some("2.0"));
+
+    // The right one rolls stable back to 1.0, under the user's name in the audit log.
+    let (st, location, _) = roll("stable", &good, &csrf);
+    assert_eq!(
+        (st, location.as_deref()),
+        (303, Some("/ui/products/demo/channels?done=rollback"))
+    );
+    let st = f.status();
+    assert_eq!(
+        (st.version.as_deref(), st.downgrade.as_deref()),
+        (Some("1.0"), Some("1.0"))
+    );
+    let audit = s.op(s.client().audit("demo")).unwrap();
+    assert_eq!(
+        (audit[0].who.as_str(), audit[0].action.as_str()),
+        ("user:op", "rollback")
+    );
+    let (_, _, html) = send(
+        b.get(format!("{url}/ui/products/demo/channels?done=rollback")),
+        &op,
+    );
+    assert!(
+        html.contains("Rolled back to 1.0 by a signed downgrade."),
+        "{html}"
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
