@@ -124,6 +124,11 @@ enum Command {
         /// Serve plain HTTP instead of HTTPS (behind a proxy, or for tests).
         #[arg(long, conflicts_with = "tls_cert")]
         plain_http: bool,
+        /// A proxy (its address, as the server sees it) whose X-Forwarded-For names the
+        /// client, for the dashboard's failed sign-in limit per address (repeat for
+        /// several; default: none, the socket's peer is the client).
+        #[arg(long, value_name = "ADDR")]
+        trust_forwarded_for: Vec<std::net::IpAddr>,
         /// Largest upload, in MiB (streamed to --data/uploads, never held in memory).
         #[arg(long, default_value_t = 2048)]
         max_upload_mib: usize,
@@ -443,6 +448,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             plain_http,
+            trust_forwarded_for,
             max_upload_mib,
             header_timeout_secs,
             idle_timeout_secs,
@@ -487,6 +493,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 watch_every: Some(Duration::from_secs(watch_secs.max(1))),
                 delta_level,
                 secure_cookies: !plain_http,
+                trusted_proxies: trust_forwarded_for,
                 ..storage.config()
             };
             let app = App::start(&config).await.with_context(|| {

@@ -173,7 +173,9 @@ pub async fn login(
     let now = app.clock.now();
     let now_ms = app.clock.now_ms();
     let key = name.to_lowercase();
-    let address = peer.map(|Extension(Peer(ip))| ip);
+    let address = app
+        .ui
+        .client_address(peer.map(|Extension(Peer(ip))| ip), &headers);
     // Refused before the password is looked at: too many failures from this address (for
     // any names), or for this name (from any address).
     let limited = address

@@ -5,8 +5,8 @@
 //! - `GET /ui/login`: the form (`username`, `password`, `csrf`); the CSRF token is also set
 //!   as a cookie, and the post must carry both (a page of another site cannot read it).
 //! - `POST /ui/login`: checks the CSRF pair, the failed-login limits (per user name, and per
-//!   client address whatever the names: the socket's peer, as the server trusts no
-//!   `X-Forwarded-For`), then the password
+//!   client address whatever the names: the socket's peer, or, from a proxy given to
+//!   `serve --trust-forwarded-for`, the address its `X-Forwarded-For` names), then the password
 //!   (argon2id, on the blocking pool; an unknown name costs the same as a wrong password);
 //!   starts a session: cookie `drt_session`, `HttpOnly; SameSite=Strict; Path=/ui`, and
 //!   `Secure` unless the server speaks plain HTTP.
@@ -54,15 +54,50 @@ pub struct Ui {
     address_failures: Bounded<std::net::IpAddr, (u32, i64)>,
     /// Cookies get `Secure` (the server speaks HTTPS, or sits behind a proxy that does).
     pub secure_cookies: bool,
+    /// Peers whose `X-Forwarded-For` is believed (`serve --trust-forwarded-for`).
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Ui {
-    pub fn new(secure_cookies: bool) -> Arc<Ui> {
+    pub fn new(secure_cookies: bool, trusted_proxies: Vec<std::net::IpAddr>) -> Arc<Ui> {
         Arc::new(Ui {
             failures: Bounded::new(LIMITER_CAPACITY, FAILURE_WINDOW_SECS * 1000),
             address_failures: Bounded::new(LIMITER_CAPACITY, FAILURE_WINDOW_SECS * 1000),
             secure_cookies,
+            trusted_proxies: trusted_proxies
+                .into_iter()
+                .map(|a| a.to_canonical())
+                .collect(),
         })
+    }
+
+    /// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
+    /// nearest address of `X-Forwarded-For` that is not one (read from the right: what
+    /// the client itself wrote on the left is not believed).
+    pub fn client_address(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        let peer = peer?;
+        if !self.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for a in forwarded.iter().rev() {
+            match a.parse::<std::net::IpAddr>() {
+                Ok(ip) if self.trusted_proxies.contains(&ip.to_canonical()) => continue,
+                Ok(ip) => return Some(ip.to_canonical()),
+                Err(_) => break,
+            }
+        }
+        Some(peer)
     }
 }
 

@@ -187,14 +187,9 @@ fn one_address_trying_many_names_is_refused() {
         .unwrap();
     let csrf = login_form(&b, url);
     for i in 0..MAX_ADDRESS_FAILURES {
-        let r = post_login(
-            &b,
-            url,
-            Some(&csrf),
-            &csrf,
-            &format!("u{i}"),
-            "a guess at it",
-        );
+        // An X-Forwarded-For from a peer that is no trusted proxy is not believed.
+        let client = format!("198.51.100.{i}");
+        let r = from(&b, url, &csrf, &client, &format!("u{i}"), "a guess at it");
         assert_eq!(r.status(), 401, "try {i}");
     }
     // Every name had one failure only, but the address is spent: even the right password
@@ -212,6 +207,49 @@ fn one_address_trying_many_names_is_refused() {
     let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
     assert_eq!(r.status(), 303);
     assert!(set_cookie(&r, "drt_session").is_some());
+}
+
+/// A sign-in whose request says it was forwarded for `client`.
+fn from(
+    b: &reqwest::blocking::Client,
+    url: &str,
+    csrf: &str,
+    client: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::blocking::Response {
+    b.post(format!("{url}/ui/login"))
+        .header("cookie", format!("drt_login_csrf={csrf}"))
+        .header("x-forwarded-for", client)
+        .form(&[("username", user), ("password", password), ("csrf", csrf)])
+        .send()
+        .unwrap()
+}
+
+/// Behind a proxy given to `serve --trust-forwarded-for`, the address its X-Forwarded-For
+/// names is the client: one client spent is refused, another signs in.
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
+    let server = Server::start_with(Backend::Sqlite, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    let b = browser();
+    let url = &server.url;
+    let hash = hash_password("a long enough secret").unwrap();
+    server
+        .op(server.app.db.add_user("ada", Role::Operator, &hash))
+        .unwrap();
+    let csrf = login_form(&b, url);
+    for i in 0..MAX_ADDRESS_FAILURES {
+        // What the client wrote itself (on the left) is not believed; the proxy's entry is.
+        let chain = format!("10.9.9.{i}, 203.0.113.5");
+        let r = from(&b, url, &csrf, &chain, &format!("u{i}"), "a guess at it");
+        assert_eq!(r.status(), 401, "try {i}");
+    }
+    let r = from(&b, url, &csrf, "203.0.113.5", "ada", "a long enough secret");
+    assert_eq!(r.status(), 429);
+    let r = from(&b, url, &csrf, "203.0.113.6", "ada", "a long enough secret");
+    assert_eq!(r.status(), 303);
 }
 
 /// `serve --plain-http` leaves `Secure` off (a browser would not send the cookie back).
