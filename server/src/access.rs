@@ -243,12 +243,28 @@ pub const MIN_PASSWORD: usize = 12;
 /// shorter than [`MIN_PASSWORD`] characters.
 pub fn password_from(text: &str, from: &str) -> Result<String> {
     let line = text.lines().next().unwrap_or("").to_string();
-    if line.chars().count() < MIN_PASSWORD {
+    check_password(&line, &format!("the password from {from}"))?;
+    Ok(line)
+}
+
+/// Refuses a password shorter than [`MIN_PASSWORD`] characters (`what` names it).
+pub fn check_password(password: &str, what: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD {
         return Err(Error::BadRequest(format!(
-            "the password from {from} is shorter than {MIN_PASSWORD} characters"
+            "{what} is shorter than {MIN_PASSWORD} characters"
         )));
     }
-    Ok(line)
+    Ok(())
+}
+
+/// A scope a token may hold: read, publish or operate (admin is a user role).
+pub fn token_scope(s: &str) -> Result<Scope> {
+    match s.parse::<Scope>()? {
+        Scope::Admin => Err(Error::BadRequest(
+            "admin is a user role; tokens are read, publish or operate".into(),
+        )),
+        v => Ok(v),
+    }
 }
 
 #[cfg(test)]

@@ -272,8 +272,20 @@ pub async fn rollback(
     NamePath((p, channel)): NamePath<(Name, Name)>,
     JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Result<Json<ChannelStatus>> {
-    let who = caller.name;
-    let p = product(&app, &p).await?;
+    rollback_as(&app, &p, &channel, &req, &caller.name).await
+}
+
+/// Rolls `channel` back with the signed downgrade statement of `req`, verified against the
+/// product's release key, as `who` (the API route and the dashboard's channels page).
+pub async fn rollback_as(
+    app: &App,
+    p: &Name,
+    channel: &Name,
+    req: &RollbackRequest,
+    who: &str,
+) -> Result<Json<ChannelStatus>> {
+    let channel = channel.clone();
+    let p = product(app, p).await?;
     let key = PublicKey::from_text(&p.key)?;
     let signed =
         SignedDowngrade::from_offer(&req.downgrade, std::slice::from_ref(&key)).map_err(|e| {
@@ -296,7 +308,7 @@ pub async fn rollback(
             s.issued
         )));
     }
-    let target = find_release(&app, &p.name, &s.version).await?;
+    let target = find_release(app, &p.name, &s.version).await?;
     let cur = app.db.channel_state(p.id, &channel).await?.ok_or_else(|| {
         Error::NotFound(format!(
             "product {} has no channel {channel} to roll back",
@@ -330,7 +342,7 @@ pub async fn rollback(
             &target.version,
             signed.bytes(),
             signed.signature(),
-            &who,
+            who,
         )
         .await?;
     tracing::warn!(
@@ -340,7 +352,7 @@ pub async fn rollback(
         by = who,
         "channel rolled back"
     );
-    changed(&app, &p, &channel).await
+    changed(app, &p, &channel).await
 }
 
 pub async fn rollout(

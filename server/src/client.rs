@@ -229,6 +229,7 @@ impl Client {
     }
 
     /// Signs a downgrade statement for `version` with the release key and sends it.
+    /// Rolls `channel` back to `version` with a downgrade statement signed now by `key`.
     pub async fn rollback(
         &self,
         product: &str,
@@ -236,15 +237,7 @@ impl Client {
         version: &str,
         key: &SecretKey,
     ) -> Result<ChannelStatus> {
-        let statement = Downgrade {
-            product: product.to_string(),
-            channel: channel.to_string(),
-            version: version.to_string(),
-            issued: crate::clock::Clock::system().now() as u64,
-        };
-        let req = RollbackRequest {
-            downgrade: statement.sign(key).to_offer(),
-        };
+        let req = rollback_request(product, channel, version, key);
         self.post(
             &format!("v1/products/{product}/channels/{channel}/rollback"),
             &req,
@@ -346,4 +339,24 @@ pub fn show_channel(c: &ChannelStatus) -> String {
         }
     }
     s
+}
+
+/// A rollback's body: a downgrade statement of `product`/`channel` to `version`, issued now
+/// and signed with the release key. `rollback --out FILE` writes it as JSON, which the
+/// channels page of the dashboard (or `POST …/rollback`) takes as it is.
+pub fn rollback_request(
+    product: &str,
+    channel: &str,
+    version: &str,
+    key: &SecretKey,
+) -> RollbackRequest {
+    let statement = Downgrade {
+        product: product.to_string(),
+        channel: channel.to_string(),
+        version: version.to_string(),
+        issued: crate::clock::Clock::system().now() as u64,
+    };
+    RollbackRequest {
+        downgrade: statement.sign(key).to_offer(),
+    }
 }

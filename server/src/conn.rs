@@ -186,7 +186,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 pub struct Tracked {
     inner: TowerToHyperService<Router>,
     activity: Arc<Activity>,
+    /// The socket's peer, given to each request as a [`Peer`] extension.
+    peer: Option<Peer>,
 }
+
+/// The address of the socket a request came on (the login limiter bounds tries by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer(pub std::net::IpAddr);
 
 impl<B> hyper::service::Service<hyper::Request<B>> for Tracked
 where
@@ -199,7 +205,10 @@ where
     type Error = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn call(&self, req: hyper::Request<B>) -> Self::Future {
+    fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
+        if let Some(p) = self.peer {
+            req.extensions_mut().insert(p);
+        }
         let guard = InFlight::new(&self.activity);
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -211,7 +220,12 @@ where
 }
 
 /// A connection's socket and service, closing the socket after `idle` without activity.
-pub fn watch_idle<T>(io: T, router: Router, idle: Duration) -> (IdleIo<T>, Tracked) {
+pub fn watch_idle<T>(
+    io: T,
+    router: Router,
+    idle: Duration,
+    peer: Option<std::net::SocketAddr>,
+) -> (IdleIo<T>, Tracked) {
     let activity = Arc::new(Activity::default());
     (
         IdleIo {
@@ -225,6 +239,7 @@ pub fn watch_idle<T>(io: T, router: Router, idle: Duration) -> (IdleIo<T>, Track
         Tracked {
             inner: TowerToHyperService::new(router),
             activity,
+            peer: peer.map(|a| Peer(a.ip().to_canonical())),
         },
     )
 }
@@ -238,7 +253,7 @@ mod tests {
     async fn idle_socket_times_out_unless_a_request_is_answered() {
         let idle = Duration::from_millis(200);
         let (a, mut b) = tokio::io::duplex(64);
-        let (mut io, svc) = watch_idle(a, Router::new(), idle);
+        let (mut io, svc) = watch_idle(a, Router::new(), idle, None);
         let mut buf = [0u8; 8];
         // Bytes keep it alive.
         for _ in 0..3 {

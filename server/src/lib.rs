@@ -101,6 +101,9 @@ pub struct Config {
     pub orphan_grace: Option<Duration>,
     /// Dashboard cookies carry `Secure` (off with `serve --plain-http`).
     pub secure_cookies: bool,
+    /// Proxies whose `X-Forwarded-For` names the client for the sign-in limiter (empty: the
+    /// socket's peer is the client).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Config {
@@ -129,6 +132,7 @@ impl Config {
             device_retention: Some(Duration::from_secs(90 * 86400)),
             orphan_grace: Some(Duration::from_secs(24 * 3600)),
             secure_cookies: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -247,7 +251,7 @@ impl App {
                 idle: config.idle_timeout,
             },
             clock: config.clock.clone(),
-            ui: ui::Ui::new(config.secure_cookies),
+            ui: ui::Ui::new(config.secure_cookies, config.trusted_proxies.clone()),
         })
     }
 }
@@ -331,7 +335,7 @@ pub async fn serve_with(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (io, service) = conn::watch_idle(stream, router.clone(), timeouts.idle);
+        let (io, service) = conn::watch_idle(stream, router.clone(), timeouts.idle, Some(peer));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();

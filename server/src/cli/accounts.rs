@@ -98,11 +98,7 @@ pub(super) enum UserCommand {
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
-    match s.parse::<Scope>() {
-        Ok(Scope::Admin) => Err("admin is a user role; tokens are read, publish or operate".into()),
-        Ok(v) => Ok(v),
-        Err(e) => Err(e.to_string()),
-    }
+    access::token_scope(s).map_err(|e| e.to_string())
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

@@ -75,9 +75,9 @@ impl Storage {
 /// How to reach a running server.
 #[derive(Args)]
 struct Remote {
-    /// The server's base URL.
+    /// The server's base URL (required, except by `rollback --out`).
     #[arg(long, env = "DELTAROOT_SERVER")]
-    server: String,
+    server: Option<String>,
     /// An operator (upload) token.
     #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -95,8 +95,11 @@ struct Remote {
 
 impl Remote {
     fn client(&self) -> anyhow::Result<Client> {
+        let server = self.server.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("the server's URL is needed: give --server or set DELTAROOT_SERVER")
+        })?;
         Ok(Client::new(
-            &self.server,
+            server,
             self.token.as_deref(),
             self.ca_cert.as_deref(),
         )?)
@@ -121,6 +124,11 @@ enum Command {
         /// Serve plain HTTP instead of HTTPS (behind a proxy, or for tests).
         #[arg(long, conflicts_with = "tls_cert")]
         plain_http: bool,
+        /// A proxy (its address, as the server sees it) whose X-Forwarded-For names the
+        /// client, for the dashboard's failed sign-in limit per address (repeat for
+        /// several; default: none, the socket's peer is the client).
+        #[arg(long, value_name = "ADDR")]
+        trust_forwarded_for: Vec<std::net::IpAddr>,
         /// Largest upload, in MiB (streamed to --data/uploads, never held in memory).
         #[arg(long, default_value_t = 2048)]
         max_upload_mib: usize,
@@ -283,7 +291,9 @@ enum Command {
         channel: String,
     },
     /// Roll a channel back to an older release: signs a downgrade statement with the
-    /// product's release key, so devices accept the older version.
+    /// product's release key, so devices accept the older version. With --out, only writes
+    /// the signed statement to a file (no server needed), for the channels page of the
+    /// dashboard.
     Rollback {
         #[command(flatten)]
         remote: Remote,
@@ -295,6 +305,9 @@ enum Command {
         /// The release key file (`deltaroot keygen`).
         #[arg(long)]
         key: PathBuf,
+        /// Write the signed statement (JSON) to this file instead of sending it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Set the share of a channel's rollout by hand (also restarts a stopped one).
     Rollout {
@@ -435,6 +448,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             plain_http,
+            trust_forwarded_for,
             max_upload_mib,
             header_timeout_secs,
             idle_timeout_secs,
@@ -479,6 +493,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 watch_every: Some(Duration::from_secs(watch_secs.max(1))),
                 delta_level,
                 secure_cookies: !plain_http,
+                trusted_proxies: trust_forwarded_for,
                 ..storage.config()
             };
             let app = App::start(&config).await.with_context(|| {
@@ -638,11 +653,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             version,
             key,
+            out,
         } => {
             let text = std::fs::read_to_string(&key)
                 .with_context(|| format!("reading {}", key.display()))?;
             let key = SecretKey::from_text(&text)
                 .with_context(|| format!("reading {}", key.display()))?;
+            if let Some(out) = out {
+                let req =
+                    crate::client::rollback_request(&remote.product, &channel, &version, &key);
+                let json = serde_json::to_string_pretty(&req)? + "\n";
+                std::fs::write(&out, json).with_context(|| format!("writing {}", out.display()))?;
+                println!(
+                    "wrote a downgrade statement of {}/{channel} to {version} in {}: paste it \
+                     on the channels page of the dashboard",
+                    remote.product,
+                    out.display()
+                );
+                return Ok(());
+            }
             let c = remote
                 .client()?
                 .rollback(&remote.product, &channel, &version, &key)

@@ -87,6 +87,20 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Records a change of users or tokens made from the dashboard in the audit log (under
+    /// no product: `who` is `user:NAME`).
+    pub async fn audit_accounts(
+        &self,
+        who: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        super::audit(&mut tx, self.now(), who, "", None, action, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes a user and ends their sessions. `false` when there is no such user.
     pub async fn remove_user(&self, name: &str) -> Result<bool> {
         self.end_sessions_of(name).await?;

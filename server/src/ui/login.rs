@@ -4,15 +4,18 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Form;
 use serde::Deserialize;
 
 use super::{
-    cookie, html, redirect, set_cookie, CsrfForm, User, FAILURE_WINDOW_SECS, MAX_FAILURES,
-    SESSION_SECS,
+    cookie, html, redirect, set_cookie, CsrfForm, User, FAILURE_WINDOW_SECS, MAX_ADDRESS_FAILURES,
+    MAX_FAILURES, SESSION_SECS,
 };
 use super::{PageError, PageResult};
 use crate::access::{verify_password, Role};
+use crate::cache::Bounded;
+use crate::conn::Peer;
 use crate::error::{blocking, Error, Result};
 use crate::App;
 
@@ -124,9 +127,39 @@ fn nobody() -> Result<String> {
     Ok(NOBODY.get_or_init(|| h).clone())
 }
 
+/// The seconds to wait when `key` has `max` failures within the window, else `None`.
+fn locked<K, Q>(
+    failures: &Bounded<K, (u32, i64)>,
+    key: &Q,
+    max: u32,
+    now: i64,
+    now_ms: i64,
+) -> Option<i64>
+where
+    K: std::hash::Hash + Eq + Clone + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    let (n, since) = failures.get(key, now_ms)?;
+    (n >= max).then(|| (since + FAILURE_WINDOW_SECS - now).max(1))
+}
+
+/// Counts one more failure of `key`; the count.
+fn failed<K: std::hash::Hash + Eq + Clone>(
+    failures: &Bounded<K, (u32, i64)>,
+    key: K,
+    now: i64,
+    now_ms: i64,
+) -> u32 {
+    let (n, since) = failures.get(&key, now_ms).unwrap_or((0, now));
+    // The window counts from the first failure: stored with that time.
+    failures.insert(key, (n + 1, since), since * 1000);
+    n + 1
+}
+
 /// `POST /ui/login`.
 pub async fn login(
     State(app): State<App>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> PageResult<Response> {
@@ -138,24 +171,42 @@ pub async fn login(
     }
     let name = f.username.trim().to_string();
     let now = app.clock.now();
+    let now_ms = app.clock.now_ms();
     let key = name.to_lowercase();
-    if let Some((n, since)) = app.ui.failures.get(&key, app.clock.now_ms()) {
-        if n >= MAX_FAILURES {
-            let wait = (since + FAILURE_WINDOW_SECS - now).max(1);
-            let mut r = login_page(
-                StatusCode::TOO_MANY_REQUESTS,
-                &f.csrf,
-                Some(&format!(
-                    "Too many failed sign-ins for this user: try again in {wait} s."
-                )),
-                &name,
-            );
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                wait.to_string().parse().expect("digits"),
-            );
-            return Ok(r);
-        }
+    let address = app
+        .ui
+        .client_address(peer.map(|Extension(Peer(ip))| ip), &headers);
+    // Refused before the password is looked at: too many failures from this address (for
+    // any names), or for this name (from any address).
+    let limited = address
+        .and_then(|ip| {
+            locked(
+                &app.ui.address_failures,
+                &ip,
+                MAX_ADDRESS_FAILURES,
+                now,
+                now_ms,
+            )
+            .map(|w| (w, "from this address"))
+        })
+        .or_else(|| {
+            locked(&app.ui.failures, &key, MAX_FAILURES, now, now_ms).map(|w| (w, "for this user"))
+        });
+    if let Some((wait, whose)) = limited {
+        tracing::warn!(user = %name, address = ?address, "sign-in refused: too many failures {whose}");
+        let mut r = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &f.csrf,
+            Some(&format!(
+                "Too many failed sign-ins {whose}: try again in {wait} s."
+            )),
+            &name,
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            wait.to_string().parse().expect("digits"),
+        );
+        return Ok(r);
     }
     let user = app.db.user_login(&name).await?;
     let password = f.password;
@@ -168,14 +219,11 @@ pub async fn login(
     })
     .await?;
     let Some(role) = role.filter(|_| good) else {
-        let (n, since) = app
-            .ui
-            .failures
-            .get(&key, app.clock.now_ms())
-            .unwrap_or((0, now));
-        // The window counts from the first failure: stored with that time.
-        app.ui.failures.insert(key, (n + 1, since), since * 1000);
-        tracing::warn!(user = %name, failures = n + 1, "failed sign-in");
+        let n = failed(&app.ui.failures, key, now, now_ms);
+        if let Some(ip) = address {
+            failed(&app.ui.address_failures, ip, now, now_ms);
+        }
+        tracing::warn!(user = %name, address = ?address, failures = n, "failed sign-in");
         return Ok(login_page(
             StatusCode::UNAUTHORIZED,
             &f.csrf,

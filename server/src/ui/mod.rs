@@ -4,7 +4,9 @@
 //!
 //! - `GET /ui/login`: the form (`username`, `password`, `csrf`); the CSRF token is also set
 //!   as a cookie, and the post must carry both (a page of another site cannot read it).
-//! - `POST /ui/login`: checks the CSRF pair, the failed-login limit, then the password
+//! - `POST /ui/login`: checks the CSRF pair, the failed-login limits (per user name, and per
+//!   client address whatever the names: the socket's peer, or, from a proxy given to
+//!   `serve --trust-forwarded-for`, the address its `X-Forwarded-For` names), then the password
 //!   (argon2id, on the blocking pool; an unknown name costs the same as a wrong password);
 //!   starts a session: cookie `drt_session`, `HttpOnly; SameSite=Strict; Path=/ui`, and
 //!   `Secure` unless the server speaks plain HTTP.
@@ -14,6 +16,7 @@
 //!   savings ledger and the file-by-file diff of two releases), their templates in
 //!   `server/templates/`.
 
+mod admin;
 mod daily;
 mod fleet;
 mod ledger;
@@ -40,23 +43,65 @@ pub const SESSION_SECS: i64 = 12 * 3600;
 /// refused until the window passes.
 pub const MAX_FAILURES: u32 = 5;
 pub const FAILURE_WINDOW_SECS: i64 = 300;
-/// User names whose failed logins are remembered at once (the limiter's own bound).
+/// Failed logins from one client address within [`FAILURE_WINDOW_SECS`], whatever the user
+/// names, before further tries from it are refused until the window passes.
+pub const MAX_ADDRESS_FAILURES: u32 = 20;
+/// User names, and client addresses, whose failed logins are remembered at once (each
+/// limiter's own bound).
 const LIMITER_CAPACITY: u64 = 10_000;
 
 /// The dashboard's per-replica state.
 pub struct Ui {
     /// Failed logins by user name: (count, first failure time in seconds).
     failures: Bounded<String, (u32, i64)>,
+    /// Failed logins by the client's address (the socket's peer): (count, first failure).
+    address_failures: Bounded<std::net::IpAddr, (u32, i64)>,
     /// Cookies get `Secure` (the server speaks HTTPS, or sits behind a proxy that does).
     pub secure_cookies: bool,
+    /// Peers whose `X-Forwarded-For` is believed (`serve --trust-forwarded-for`).
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Ui {
-    pub fn new(secure_cookies: bool) -> Arc<Ui> {
+    pub fn new(secure_cookies: bool, trusted_proxies: Vec<std::net::IpAddr>) -> Arc<Ui> {
         Arc::new(Ui {
             failures: Bounded::new(LIMITER_CAPACITY, FAILURE_WINDOW_SECS * 1000),
+            address_failures: Bounded::new(LIMITER_CAPACITY, FAILURE_WINDOW_SECS * 1000),
             secure_cookies,
+            trusted_proxies: trusted_proxies
+                .into_iter()
+                .map(|a| a.to_canonical())
+                .collect(),
         })
+    }
+
+    /// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
+    /// nearest address of `X-Forwarded-For` that is not one (read from the right: what
+    /// the client itself wrote on the left is not believed).
+    pub fn client_address(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        let peer = peer?;
+        if !self.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for a in forwarded.iter().rev() {
+            match a.parse::<std::net::IpAddr>() {
+                Ok(ip) if self.trusted_proxies.contains(&ip.to_canonical()) => continue,
+                Ok(ip) => return Some(ip.to_canonical()),
+                Err(_) => break,
+            }
+        }
+        Some(peer)
     }
 }
 
@@ -78,7 +123,16 @@ pub fn routes() -> Router<App> {
         .route("/ui/products/{product}/channels", get(pages::channels))
         .route("/ui/products/{product}/devices", get(fleet::devices))
         .route("/ui/audit", get(fleet::audit))
+        .route("/ui/admin/users", get(admin::users).post(admin::add_user))
+        .route("/ui/admin/users/role", post(admin::set_role))
+        .route("/ui/admin/users/remove", post(admin::remove_user))
+        .route(
+            "/ui/admin/tokens",
+            get(admin::tokens).post(admin::create_token),
+        )
+        .route("/ui/admin/tokens/revoke", post(admin::revoke_token))
         .route("/ui/products/{product}/promote", post(pages::promote))
+        .route("/ui/products/{product}/rollback", post(pages::rollback))
         .route(
             "/ui/products/{product}/channels/{channel}/{action}",
             post(pages::pause_or_resume),

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
-use deltaroot_format::api::PromoteRequest;
+use deltaroot_format::api::{PromoteRequest, RollbackRequest};
 use deltaroot_format::units::human_bytes;
 use deltaroot_format::Name;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::{html, redirect, CsrfForm, Session, User};
 use super::{PageError, PageResult as Result};
 use crate::access::Scope;
 use crate::api::extract::{NamePath, NameQuery};
-use crate::channels::{channel_status, product, promote_as, set_paused};
+use crate::channels::{channel_status, product, promote_as, rollback_as, set_paused};
 use crate::client::when;
 use crate::db::stored_name;
 use crate::error::Error;
@@ -297,6 +297,7 @@ pub async fn channels(
         "promote" => "Promoted.".to_string(),
         "pause" => "Paused.".to_string(),
         "resume" => "Resumed.".to_string(),
+        "rollback" => "Rolled back with the signed downgrade statement.".to_string(),
         _ => "Done.".to_string(),
     });
     Ok(html(
@@ -391,4 +392,33 @@ pub async fn pause_or_resume(
     };
     let _ = set_paused(app, product_name.clone(), channel, who(&s), paused).await?;
     Ok(back_to_channels(&product_name, &action))
+}
+
+#[derive(Deserialize)]
+pub struct RollbackForm {
+    #[serde(default)]
+    csrf: String,
+    channel: Name,
+    /// The JSON `deltaroot-server rollback … --out FILE` writes.
+    #[serde(default)]
+    statement: String,
+}
+
+/// `POST /ui/products/{product}/rollback`: rolls a channel back with a downgrade statement
+/// signed offline (`deltaroot-server rollback … --key K --out FILE`), verified exactly as
+/// the API's `POST …/rollback` verifies it (the same function).
+pub async fn rollback(
+    State(app): State<App>,
+    s: Session,
+    NamePath(product_name): NamePath<Name>,
+    Form(f): Form<RollbackForm>,
+) -> Result<Response> {
+    may_operate(&s, &f.csrf, &product_name)?;
+    let req: RollbackRequest = serde_json::from_str(f.statement.trim()).map_err(|e| {
+        Error::BadRequest(format!(
+            "the statement is not what `deltaroot-server rollback … --out FILE` writes: {e}"
+        ))
+    })?;
+    let _ = rollback_as(&app, &product_name, &f.channel, &req, &who(&s)).await?;
+    Ok(back_to_channels(&product_name, "rollback"))
 }

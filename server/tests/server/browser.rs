@@ -349,6 +349,32 @@ async fn operator_and_viewer(f: &Fleet, d: &Driver) {
     );
     let st = f.server.client().channel("demo", "stable").await.unwrap();
     assert_eq!(st.rollout.unwrap().percent, 10.0, "nothing changed");
+
+    // An admin's pages: users, and tokens (with one just created, shown once).
+    c.goto(&format!("{url}/ui/")).await.unwrap();
+    sign_out(&c).await;
+    sign_in(&c, url, "ad").await;
+    c.goto(&format!("{url}/ui/admin/users")).await.unwrap();
+    let page = text(&c).await;
+    assert!(page.contains("Add a user"), "{page}");
+    look(&c, "admin-users").await;
+    c.goto(&format!("{url}/ui/admin/tokens")).await.unwrap();
+    c.find(Locator::Css("input#name"))
+        .await
+        .unwrap()
+        .send_keys("nightly")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/ui/admin/tokens'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_path(&c, "/ui/admin/tokens").await;
+    let page = text(&c).await;
+    assert!(page.contains("Token nightly created"), "{page}");
+    look(&c, "admin-tokens").await;
     c.close().await.unwrap();
 }
 
@@ -359,7 +385,11 @@ fn the_dashboard_in_a_real_browser() {
     };
     let f = fleet(Backend::Sqlite, 2, "1.0");
     let s = &f.server;
-    for (name, role) in [("op", Role::Operator), ("vi", Role::Viewer)] {
+    for (name, role) in [
+        ("op", Role::Operator),
+        ("vi", Role::Viewer),
+        ("ad", Role::Admin),
+    ] {
         let h = hash_password("a long enough secret").unwrap();
         s.op(s.app.db.add_user(name, role, &h)).unwrap();
     }

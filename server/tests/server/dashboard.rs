@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use deltaroot_server::access::{hash_password, Role};
+use deltaroot_server::ui::MAX_ADDRESS_FAILURES;
 
 use crate::common::{agent, promote_to, tls, Backend, Server};
 use crate::fleet::{fleet, updated};
@@ -26,7 +27,7 @@ pub(crate) fn browser() -> reqwest::blocking::Client {
 }
 
 /// The value a `Set-Cookie` of the answer gives `name`, and the whole header.
-fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, String)> {
+pub(crate) fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, String)> {
     r.headers()
         .get_all("set-cookie")
         .iter()
@@ -39,7 +40,7 @@ fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, St
 }
 
 /// The login form's CSRF token: from the page's hidden field, which must equal the cookie.
-fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
+pub(crate) fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
     let r = b.get(format!("{url}/ui/login")).send().unwrap();
     assert_eq!(r.status(), 200);
     let (cookie, _) = set_cookie(&r, "drt_login_csrf").expect("a CSRF cookie");
@@ -51,7 +52,7 @@ fn login_form(b: &reqwest::blocking::Client, url: &str) -> String {
     cookie
 }
 
-fn post_login(
+pub(crate) fn post_login(
     b: &reqwest::blocking::Client,
     url: &str,
     cookie: Option<&str>,
@@ -172,6 +173,84 @@ fn sign_in_sessions_and_sign_out(backend: Backend) {
         .op(server.app.db.update_user("ada", Some(&new), None))
         .unwrap();
     assert_eq!(page(url, &again).status(), 303);
+}
+
+/// One address trying many user names is refused, before any password is checked, once it
+/// has failed [`MAX_ADDRESS_FAILURES`] times in the window; after the window it may try again.
+#[test]
+fn one_address_trying_many_names_is_refused() {
+    let server = Server::start(Backend::Sqlite);
+    let b = browser();
+    let url = &server.url;
+    let hash = hash_password("a long enough secret").unwrap();
+    server
+        .op(server.app.db.add_user("ada", Role::Operator, &hash))
+        .unwrap();
+    let csrf = login_form(&b, url);
+    for i in 0..MAX_ADDRESS_FAILURES {
+        // An X-Forwarded-For from a peer that is no trusted proxy is not believed.
+        let client = format!("198.51.100.{i}");
+        let r = from(&b, url, &csrf, &client, &format!("u{i}"), "a guess at it");
+        assert_eq!(r.status(), 401, "try {i}");
+    }
+    // Every name had one failure only, but the address is spent: even the right password
+    // of a user who never failed is refused.
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(set_cookie(&r, "drt_session").is_none());
+    let html = r.text().unwrap();
+    assert!(
+        html.contains("Too many failed sign-ins from this address"),
+        "{html}"
+    );
+    server.advance(Duration::from_secs(301));
+    let r = post_login(&b, url, Some(&csrf), &csrf, "ada", "a long enough secret");
+    assert_eq!(r.status(), 303);
+    assert!(set_cookie(&r, "drt_session").is_some());
+}
+
+/// A sign-in whose request says it was forwarded for `client`.
+fn from(
+    b: &reqwest::blocking::Client,
+    url: &str,
+    csrf: &str,
+    client: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::blocking::Response {
+    b.post(format!("{url}/ui/login"))
+        .header("cookie", format!("drt_login_csrf={csrf}"))
+        .header("x-forwarded-for", client)
+        .form(&[("username", user), ("password", password), ("csrf", csrf)])
+        .send()
+        .unwrap()
+}
+
+/// Behind a proxy given to `serve --trust-forwarded-for`, the address its X-Forwarded-For
+/// names is the client: one client spent is refused, another signs in.
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
+    let server = Server::start_with(Backend::Sqlite, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    let b = browser();
+    let url = &server.url;
+    let hash = hash_password("a long enough secret").unwrap();
+    server
+        .op(server.app.db.add_user("ada", Role::Operator, &hash))
+        .unwrap();
+    let csrf = login_form(&b, url);
+    for i in 0..MAX_ADDRESS_FAILURES {
+        // What the client wrote itself (on the left) is not believed; the proxy's entry is.
+        let chain = format!("10.9.9.{i}, 203.0.113.5");
+        let r = from(&b, url, &csrf, &chain, &format!("u{i}"), "a guess at it");
+        assert_eq!(r.status(), 401, "try {i}");
+    }
+    let r = from(&b, url, &csrf, "203.0.113.5", "ada", "a long enough secret");
+    assert_eq!(r.status(), 429);
+    let r = from(&b, url, &csrf, "203.0.113.6", "ada", "a long enough secret");
+    assert_eq!(r.status(), 303);
 }
 
 /// `serve --plain-http` leaves `Secure` off (a browser would not send the cookie back).

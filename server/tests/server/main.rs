@@ -5,14 +5,15 @@
 //! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
 //! HTTPS with a private certificate authority (`tls`), each case on both backends where the
 //! backend matters; who may do what (`access`: token scopes, users, rollbacks that go back)
-//! the dashboard (`dashboard`), the savings ledger and the diff pages against the API
-//! (`ledger`), backups that restore (`backup`), the container image, run with podman
-//! (`container`), and Debian's nginx with the examples in `deploy/nginx/` (`cache`). The
-//! harness is in `common`.
+//! the dashboard (`dashboard`; its admin pages and rollback form: `admin`), the savings
+//! ledger and the diff pages against the API (`ledger`), backups that restore (`backup`),
+//! the container image, run with podman (`container`), and Debian's nginx with the
+//! examples in `deploy/nginx/` (`cache`). The harness is in `common`.
 
 #[macro_use]
 mod common;
 mod access;
+mod admin;
 mod backup;
 mod browser;
 mod cache;
