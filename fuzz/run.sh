@@ -6,6 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
+target_dir=${CARGO_TARGET_DIR:-$here/target}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 # cargo fuzz needs nightly-only flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
 export RUSTC_BOOTSTRAP=1
@@ -16,7 +17,7 @@ mkdir -p "$work/seeds"
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p deltaroot-engine --example fuzz_seed
 for pair in "$work"/pairs/*/*; do
   name=$(basename "$(dirname "$pair")")-$(basename "$pair")
-  "$here/target/release/examples/fuzz_seed" "$pair/old" "$pair/new" "$work/seeds/$name"
+  "$target_dir/release/examples/fuzz_seed" "$pair/old" "$pair/new" "$work/seeds/$name"
 done
 # Two versions of a short text, compressed as Debian does (gzip -9n) and as a kernel is (xz).
 seq 1 2000 >"$work/text1"
@@ -26,12 +27,12 @@ for v in 1 2; do
   xz --check=crc32 -6 -c "$work/text$v" >"$work/text$v.xz"
 done
 for ext in gz xz; do
-  "$here/target/release/examples/fuzz_seed" --delta "$work/text1.$ext" "$work/text2.$ext" "$work/seeds/text-$ext"
+  "$target_dir/release/examples/fuzz_seed" --delta "$work/text1.$ext" "$work/text2.$ext" "$work/seeds/text-$ext"
 done
 # Many deflate blocks: only GNU gzip's own deflater rebuilds these.
 seq 1 60000 | gzip -9n >"$work/long1.gz"
 { echo "entry 0"; seq 1 59990; } | gzip -9n >"$work/long2.gz"
-"$here/target/release/examples/fuzz_seed" --delta "$work/long1.gz" "$work/long2.gz" "$work/seeds/long-gz"
+"$target_dir/release/examples/fuzz_seed" --delta "$work/long1.gz" "$work/long2.gz" "$work/seeds/long-gz"
 cd "$here/fuzz"
 for target in elf_decode apply_delta pack_read; do
   mkdir -p "$work/corpus-$target"
