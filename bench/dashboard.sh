@@ -67,6 +67,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM  # so that an interrupted run cleans up too
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 metric() { curl -sf "$url/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
@@ -185,7 +186,13 @@ LUA
   checks0=$(metric deltaroot_update_checks_total)
   wrk -t2 -c32 -d1200s --latency -s "$work/checks.lua" "$url/" >"$work/$b-wrk.txt" 2>&1 &
   wrkpid=$!
-  while kill -0 "$wrkpid" 2>/dev/null && [ $(( $(metric deltaroot_update_checks_total) - checks0 )) -lt "$CHECKINS" ]; do
+  local done_=0 last=-1 still=0
+  while kill -0 "$wrkpid" 2>/dev/null; do
+    done_=$(( $(metric deltaroot_update_checks_total) - checks0 ))
+    [ "$done_" -ge "$CHECKINS" ] && break
+    # wrk's threads stopped short (answers lost to a closed connection): no progress for 5 s.
+    if [ "$done_" = "$last" ]; then still=$((still + 1)); [ "$still" -ge 10 ] && break; else still=0; fi
+    last=$done_
     sleep 0.5
   done
   sleep 0.5

@@ -38,8 +38,9 @@ for b in ["sqlite", "postgres"]:
     print(f"## {'SQLite' if b == 'sqlite' else 'PostgreSQL'}\n")
     print(f"Measured {taken}. Load average (1, 5, 15 min) before the pages: {m['load_before']}; "
           f"after: {m['load_after']}"
-          + (" — **the machine was busy with other work (load above its 2 cores), "
-             "so these figures are pessimistic**" if float(m["load_before"].split()[0]) > 2
+          + (" — above its 2 cores: the 1-minute average still carries this script's own "
+             "check-in phase just before, and any other work on the machine (a CI run), "
+             "so these figures may be pessimistic" if float(m["load_before"].split()[0]) > 2
              or float(m["load_after"].split()[0]) > 2 else "") + ".\n")
     print("| page | n | p50 ms | p99 ms | max ms | page size | p99 under 100 ms |")
     print("|---|---:|---:|---:|---:|---:|---|")
