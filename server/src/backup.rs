@@ -125,7 +125,7 @@ pub async fn restore(from: &Path, target: &Config) -> Result<Copied> {
                 from.display()
             )))
         }
-        (true, false) if postgres.is_some() || target.database.is_some() => {
+        (true, false) if target.database.is_some() => {
             return Err(Error::BadConfig(format!(
                 "{} holds a SQLite snapshot: restore it into a data folder (--data, \
                  without --database)",

@@ -34,11 +34,6 @@ fn admin(s: &Session, csrf: Option<&str>) -> Result<()> {
     Ok(s.rights().require(Scope::Admin, None)?)
 }
 
-/// The audit log's name for the signed-in admin.
-fn who(s: &Session) -> String {
-    format!("user:{}", s.user)
-}
-
 /// Removing and revoking need the form's confirmation box.
 fn confirmed(confirm: &str) -> Result<()> {
     if confirm != "yes" {
@@ -141,7 +136,7 @@ pub async fn add_user(
     app.db.add_user(&name, role, &hash).await?;
     app.db
         .audit_accounts(
-            &who(&s),
+            &s.who(),
             "user-add",
             json!({"user": name.as_str(), "role": role}),
         )
@@ -178,7 +173,7 @@ pub async fn set_role(
         return Err(Error::NotFound(format!("no user is named {:?}", f.name)).into());
     }
     app.db
-        .audit_accounts(&who(&s), "user-role", json!({"user": f.name, "role": role}))
+        .audit_accounts(&s.who(), "user-role", json!({"user": f.name, "role": role}))
         .await?;
     tracing::info!(by = %s.user, user = %f.name, %role, "changed a user's role");
     Ok(redirect("/ui/admin/users?done=role"))
@@ -211,7 +206,7 @@ pub async fn remove_user(
         return Err(Error::NotFound(format!("no user is named {:?}", f.name)).into());
     }
     app.db
-        .audit_accounts(&who(&s), "user-remove", json!({"user": f.name}))
+        .audit_accounts(&s.who(), "user-remove", json!({"user": f.name}))
         .await?;
     tracing::info!(by = %s.user, user = %f.name, "removed a user");
     Ok(redirect("/ui/admin/users?done=remove"))
@@ -328,7 +323,7 @@ pub async fn create_token(
         .await?;
     app.db
         .audit_accounts(
-            &who(&s),
+            &s.who(),
             "token-create",
             json!({"token": name.as_str(), "scopes": scopes, "products": products}),
         )
@@ -349,7 +344,7 @@ pub async fn revoke_token(
         return Err(Error::NotFound(format!("no token is named {:?}", f.name)).into());
     }
     app.db
-        .audit_accounts(&who(&s), "token-revoke", json!({"token": f.name}))
+        .audit_accounts(&s.who(), "token-revoke", json!({"token": f.name}))
         .await?;
     tracing::info!(by = %s.user, token = %f.name, "revoked a token");
     Ok(redirect("/ui/admin/tokens?done=revoke"))

@@ -220,10 +220,7 @@ pub async fn served_this_week(app: &App, product_id: i64) -> Result<Week> {
         ratio: if s.image_bytes == 0 {
             "-".into()
         } else {
-            format!(
-                "{:.1} %",
-                100.0 * s.download_bytes as f64 / s.image_bytes as f64
-            )
+            super::release::share(s.download_bytes, s.image_bytes as i64)
         },
     })
 }

@@ -271,6 +271,11 @@ impl Session {
         Rights::of_user(&self.user, self.role)
     }
 
+    /// The audit log's name for the session's user: `user:NAME`.
+    pub fn who(&self) -> String {
+        format!("user:{}", self.user)
+    }
+
     /// Refuses (403) a form whose CSRF token is not this session's.
     pub fn check_csrf(&self, csrf: &str) -> PageResult<()> {
         if csrf != self.csrf {

@@ -321,11 +321,6 @@ fn may_operate(s: &Session, csrf: &str, product: &Name) -> Result<()> {
     Ok(s.rights().require(Scope::Operate, Some(product))?)
 }
 
-/// The audit log's name for a dashboard user.
-fn who(s: &Session) -> String {
-    format!("user:{}", s.user)
-}
-
 fn back_to_channels(product: &Name, done: &str) -> Response {
     redirect(&format!("/ui/products/{product}/channels?done={done}"))
 }
@@ -373,7 +368,7 @@ pub async fn promote(
         max_failure_rate: f.max_failure_rate,
         min_reports: None,
     };
-    promote_as(&app, &product_name, &f.channel, req, &who(&s)).await?;
+    promote_as(&app, &product_name, &f.channel, req, &s.who()).await?;
     Ok(back_to_channels(&product_name, "promote"))
 }
 
@@ -390,7 +385,7 @@ pub async fn pause_or_resume(
         "resume" => false,
         other => return Err(PageError(Error::NotFound(format!("no action {other:?}")))),
     };
-    let _ = set_paused(app, product_name.clone(), channel, who(&s), paused).await?;
+    let _ = set_paused(app, product_name.clone(), channel, s.who(), paused).await?;
     Ok(back_to_channels(&product_name, &action))
 }
 
@@ -419,6 +414,6 @@ pub async fn rollback(
             "the statement is not what `deltaroot-server rollback … --out FILE` writes: {e}"
         ))
     })?;
-    let _ = rollback_as(&app, &product_name, &f.channel, &req, &who(&s)).await?;
+    let _ = rollback_as(&app, &product_name, &f.channel, &req, &s.who()).await?;
     Ok(back_to_channels(&product_name, "rollback"))
 }

@@ -1,7 +1,7 @@
 //! The dashboard's admin pages (users and tokens: admins only, CSRF on every form, each change
 //! in the audit log) and the channels page's rollback with an uploaded signed statement.
 
-use deltaroot_server::access::{hash_password, Role};
+use deltaroot_server::access::Role;
 
 use crate::common::Backend;
 use crate::dashboard::{browser, sign_in};
@@ -33,8 +33,7 @@ fn admins_manage_users_and_tokens_from_the_dashboard(backend: Backend) {
     let url = &s.url;
     let b = browser();
     for (name, role) in [("root", Role::Admin), ("op", Role::Operator)] {
-        let h = hash_password("a long enough secret").unwrap();
-        s.op(s.app.db.add_user(name, role, &h)).unwrap();
+        s.add_user(name, role);
     }
     let get = |session: &str, path: &str| {
         let (st, _, body) = send(b.get(format!("{url}{path}")), session);
@@ -234,8 +233,7 @@ fn operators_roll_back_with_an_uploaded_statement(backend: Backend) {
     let s = &f.server;
     let url = &s.url;
     let b = browser();
-    let h = hash_password("a long enough secret").unwrap();
-    s.op(s.app.db.add_user("op", Role::Operator, &h)).unwrap();
+    s.add_user("op", Role::Operator);
     let (op, csrf) = sign_in(&b, url, "op", "a long enough secret");
 
     // The page shows the command and the form.

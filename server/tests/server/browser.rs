@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deltaroot_server::access::{hash_password, Role};
+use deltaroot_server::access::Role;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -390,8 +390,7 @@ fn the_dashboard_in_a_real_browser() {
         ("vi", Role::Viewer),
         ("ad", Role::Admin),
     ] {
-        let h = hash_password("a long enough secret").unwrap();
-        s.op(s.app.db.add_user(name, role, &h)).unwrap();
+        s.add_user(name, role);
     }
     // Check-ins and a plan fetched: the devices page draws its chart, the start page its
     // week of bytes served, and axe checks both.

@@ -98,6 +98,9 @@ pub fn services_for(module: &str, name: &str) -> Option<&'static Services> {
     s
 }
 
+/// The password of every user [`Server::add_user`] adds.
+pub const PASSWORD: &str = "a long enough secret";
+
 /// A loopback port nothing listens on now, for a process the test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -360,6 +363,12 @@ impl Server {
             owner: false,
             stop,
         }
+    }
+
+    /// Adds a dashboard user whose password is [`PASSWORD`].
+    pub fn add_user(&self, name: &str, role: deltaroot_server::access::Role) {
+        let hash = deltaroot_server::access::hash_password(PASSWORD).unwrap();
+        self.op(self.app.db.add_user(name, role, &hash)).unwrap();
     }
 
     /// A stored file's bytes, from the folder or the bucket.

@@ -75,10 +75,7 @@ fn sign_in_sessions_and_sign_out(backend: Backend) {
     let server = Server::start(backend);
     let b = browser();
     let url = &server.url;
-    let hash = hash_password("a long enough secret").unwrap();
-    server
-        .op(server.app.db.add_user("ada", Role::Operator, &hash))
-        .unwrap();
+    server.add_user("ada", Role::Operator);
 
     // Without a session the start page sends to the login.
     let r = b.get(format!("{url}/ui/")).send().unwrap();
@@ -182,10 +179,7 @@ fn one_address_trying_many_names_is_refused() {
     let server = Server::start(Backend::Sqlite);
     let b = browser();
     let url = &server.url;
-    let hash = hash_password("a long enough secret").unwrap();
-    server
-        .op(server.app.db.add_user("ada", Role::Operator, &hash))
-        .unwrap();
+    server.add_user("ada", Role::Operator);
     let csrf = login_form(&b, url);
     for i in 0..MAX_ADDRESS_FAILURES {
         // An X-Forwarded-For from a peer that is no trusted proxy is not believed.
@@ -236,10 +230,7 @@ fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
     });
     let b = browser();
     let url = &server.url;
-    let hash = hash_password("a long enough secret").unwrap();
-    server
-        .op(server.app.db.add_user("ada", Role::Operator, &hash))
-        .unwrap();
+    server.add_user("ada", Role::Operator);
     let csrf = login_form(&b, url);
     for i in 0..MAX_ADDRESS_FAILURES {
         // What the client wrote itself (on the left) is not believed; the proxy's entry is.
@@ -301,8 +292,7 @@ fn operators_act_from_the_channels_page_viewers_only_read(backend: Backend) {
     let url = &s.url;
     let b = browser();
     for (name, role) in [("op", Role::Operator), ("vi", Role::Viewer)] {
-        let h = hash_password("a long enough secret").unwrap();
-        s.op(s.app.db.add_user(name, role, &h)).unwrap();
+        s.add_user(name, role);
     }
     let get = |session: &str, path: &str| {
         let r = b
@@ -518,8 +508,7 @@ fn version_share_by_day_and_bytes_served_this_week(backend: Backend) {
     let s = &f.server;
     let url = &s.url;
     let b = browser();
-    let h = hash_password("a long enough secret").unwrap();
-    s.op(s.app.db.add_user("vi", Role::Viewer, &h)).unwrap();
+    s.add_user("vi", Role::Viewer);
     // Sessions last 12 hours: each page is read with a new one, whatever the clock says.
     let get = |path: &str| {
         let (vi, _) = sign_in(&b, url, "vi", "a long enough secret");

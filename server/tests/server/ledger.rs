@@ -2,7 +2,7 @@
 //! ledger (each stored plan's download against the image, split by method), what moving
 //! today's fleet to a release costs, and the file-by-file diff of two releases, paged.
 
-use deltaroot_server::access::{hash_password, Role};
+use deltaroot_server::access::Role;
 
 use crate::common::{key, Backend, Server};
 use crate::dashboard::{browser, sign_in};
@@ -45,8 +45,7 @@ fn the_ledger_and_the_diff_show_the_plans_the_server_serves(backend: Backend) {
     let s = &f.server;
     let url = &s.url;
     let b = browser();
-    let h = hash_password("a long enough secret").unwrap();
-    s.op(s.app.db.add_user("vi", Role::Viewer, &h)).unwrap();
+    s.add_user("vi", Role::Viewer);
     let (vi, _) = sign_in(&b, url, "vi", "a long enough secret");
     let get = |path: &str| {
         let r = b
@@ -312,10 +311,7 @@ fn the_diff_is_paged() {
     for n in 1..=2 {
         publish_release(&server, &k, &trees, n);
     }
-    let h = hash_password("a long enough secret").unwrap();
-    server
-        .op(server.app.db.add_user("vi", Role::Viewer, &h))
-        .unwrap();
+    server.add_user("vi", Role::Viewer);
     let b = browser();
     let (vi, _) = sign_in(&b, &server.url, "vi", "a long enough secret");
     let get = |path: &str| {
