@@ -152,11 +152,9 @@ async fn wait_path(c: &Client, path: &str) {
         if here == path && ready == "complete" {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still at {at} waiting for {path}: {}",
-            c.source().await.unwrap_or_default()
-        );
+        if start.elapsed() > Duration::from_secs(10) {
+            panic!("still at {at} waiting for {path}: {}", shown(c).await);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -195,12 +193,25 @@ async fn sign_out(c: &Client) {
 }
 
 async fn text(c: &Client) -> String {
-    c.find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    match c.find(Locator::Css("main")).await {
+        Ok(m) => m.text().await.unwrap(),
+        Err(e) => panic!(
+            "no <main> at {:?} ({e}): {}",
+            c.current_url().await.map(|u| u.to_string()),
+            shown(c).await
+        ),
+    }
+}
+
+/// What the page shows as text (a browser error page names its error code there).
+async fn shown(c: &Client) -> String {
+    c.execute(
+        "return document.body ? document.body.innerText : ''",
+        vec![],
+    )
+    .await
+    .map(|v| v.as_str().unwrap_or_default().to_string())
+    .unwrap_or_else(|e| format!("(no text: {e})"))
 }
 
 async fn operator_and_viewer(f: &Fleet, d: &Driver) {
@@ -380,6 +391,7 @@ async fn operator_and_viewer(f: &Fleet, d: &Driver) {
 
 #[test]
 fn the_dashboard_in_a_real_browser() {
+    let _network = crate::common::network_lock();
     let Some(driver) = start_driver() else {
         return;
     };

@@ -244,6 +244,14 @@ impl Place {
     }
 }
 
+/// Held by the tests that change the host's network (podman sets up namespaces and
+/// interfaces for a container) and by the browser test: Chromium aborts the requests in
+/// flight with `ERR_NETWORK_CHANGED` when an interface comes or goes.
+pub fn network_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs one statement on the PostgreSQL admin database.
 fn admin(rt: &tokio::runtime::Runtime, s: &Services, sql: &str) {
     use sqlx::Connection;
@@ -251,10 +259,17 @@ fn admin(rt: &tokio::runtime::Runtime, s: &Services, sql: &str) {
         let mut c = sqlx::PgConnection::connect(&s.postgres)
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", s.postgres));
-        sqlx::query(sql)
-            .execute(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        // A replica's writer may still hold a lock the statement needs: PostgreSQL then
+        // names a deadlock, and the statement is run again.
+        for tries in 1.. {
+            match sqlx::query(sql).execute(&mut c).await {
+                Ok(_) => return,
+                Err(e) if tries < 5 && e.to_string().contains("deadlock") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
     })
 }
 
@@ -433,6 +448,9 @@ impl Drop for Server {
             let _ = tx.send(());
         }
         if self.owner {
+            // The server's own writers (check-ins, housekeeping) stop first: a schema
+            // dropped under a running insert can deadlock with it.
+            self.rt.block_on(self.app.db.pool().close());
             self.place.remove(&self.rt);
         }
     }

@@ -99,6 +99,7 @@ fn the_image_serves_a_device_as_a_user_without_a_shell() {
     if Command::new("podman").arg("--version").output().is_err() {
         return skipped("podman is not installed (Debian: apt-get install podman runc)");
     }
+    let _network = crate::common::network_lock();
     // Before the guard, so that the container is gone before its /data is.
     let tmp = tempfile::tempdir().unwrap();
     let id = random();
