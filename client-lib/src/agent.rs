@@ -479,6 +479,17 @@ impl Show for CheckResponse {
                 human_bytes(u.download_bytes),
                 human_bytes(u.image_bytes)
             ),
+            None if self.paused => format!(
+                "no update: {}/{} is paused by its operators (it points at {})",
+                self.product,
+                self.channel,
+                self.latest.as_deref().unwrap_or("nothing yet")
+            ),
+            None if self.paced => format!(
+                "no update yet: the rollout on {}/{} is paced by its egress budget and this \
+                 hour's is spent; asking again later",
+                self.product, self.channel
+            ),
             None => format!(
                 "up to date: {}/{} offers {}",
                 self.product,

@@ -25,6 +25,10 @@ pub struct CheckResponse {
     /// When to ask again, in seconds (the server's poll interval with jitter).
     #[serde(default)]
     pub next_check_secs: Option<u64>,
+    /// The rollout has an update for this device, but its egress budget for this hour is
+    /// spent: ask again later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paced: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,11 @@ pub struct PromoteRequest {
     /// ...once at least this many have reported (default 10).
     #[serde(default)]
     pub min_reports: Option<u64>,
+    /// Pace the rollout by egress as well as by share: devices in the wave are admitted
+    /// (offered the release) while the downloads their plans name, summed over the clock
+    /// hour, stay within this many bytes. A device once admitted stays admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_hour: Option<u64>,
 }
 
 impl PromoteRequest {
@@ -91,15 +100,44 @@ impl PromoteRequest {
             floor: None,
             max_failure_rate: None,
             min_reports: None,
+            max_bytes_per_hour: None,
         }
     }
 }
 
-/// `POST /v1/products/{product}/channels/{channel}/rollout`: set the share by hand.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `POST /v1/products/{product}/channels/{channel}/rollout`: change the waves of the
+/// channel's rollout after it started. Absent fields keep their value; at least one is
+/// given. Setting the share (or the steps) restarts a stopped rollout and counts steps
+/// from now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutRequest {
-    pub percent: f64,
+    /// The share offered now, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Added to the share every `step_secs` seconds (0: raised by hand only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_secs: Option<u64>,
+    /// The failure share (0 to 1) that stops the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_reports: Option<u64>,
+    /// The egress budget in bytes per hour; 0 removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_hour: Option<u64>,
+}
+
+impl RolloutRequest {
+    /// Sets the share only.
+    pub fn percent(percent: f64) -> RolloutRequest {
+        RolloutRequest {
+            percent: Some(percent),
+            ..RolloutRequest::default()
+        }
+    }
 }
 
 /// `POST /v1/products/{product}/channels/{channel}/rollback`: a signed downgrade.
@@ -146,6 +184,15 @@ pub struct RolloutStatus {
     /// back.
     pub reports: u64,
     pub failures: u64,
+    /// The egress budget (bytes per hour), if the rollout is paced by one...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_hour: Option<u64>,
+    /// ...what this hour's admissions charged against it...
+    #[serde(default)]
+    pub egress_bytes_this_hour: u64,
+    /// ...and the devices it admitted so far.
+    #[serde(default)]
+    pub devices_admitted: u64,
 }
 
 /// One line of `GET /v1/products/{product}/audit`.

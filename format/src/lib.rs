@@ -48,4 +48,4 @@ pub use pack::{EntryKind, PackEntry, PackReader, PackWriter};
 pub use path::{escape_bytes, EntryPath, PathError};
 pub use plan::{attach_packs, compute_plan, Fetch, PackIndex, PackRef, Plan, PlanItem};
 pub use sign::{PublicKey, SecretKey, VerifiedManifest};
-pub use units::human_bytes;
+pub use units::{human_bytes, parse_bytes};

@@ -1,5 +1,6 @@
 //! Operator routes: promote a release to a channel (at once or in waves), pause and resume
-//! it, roll it back with a signed downgrade, set a rollout's share by hand, and read channel
+//! it, roll it back with a signed downgrade, change a rollout's waves (share, steps, failure
+//! limit, egress budget) after it started, and read channel
 //! status, devices and the audit log. Reading needs a token with the read scope (publish and
 //! operate include it), changing needs the operate scope, on the path's product; every change
 //! is in the audit log under the token's name.
@@ -12,7 +13,7 @@ use deltaroot_format::api::{
 use deltaroot_format::{DeviceId, Name, PublicKey, SignedDowngrade};
 
 use crate::api::extract::{Allowed, JsonBody, NamePath, NameQuery, Operate, Read};
-use crate::db::{stored_name, DeviceRow, NewRollout, RolloutState};
+use crate::db::{stored_name, DeviceRow, NewRollout, RolloutChange, RolloutState};
 use crate::error::{Error, Result};
 use crate::fleet::ProductView;
 use crate::releases::find_release;
@@ -37,6 +38,28 @@ fn percent(field: &str, v: f64) -> Result<f64> {
         Err(Error::BadRequest(format!(
             "{field} must be between 0 and 100, not {v}"
         )))
+    }
+}
+
+fn failure_rate(v: Option<f64>) -> Result<Option<f64>> {
+    match v {
+        Some(r) if !(r.is_finite() && (0.0..=1.0).contains(&r)) => Err(Error::BadRequest(format!(
+            "max_failure_rate is a share between 0 and 1, not {r}"
+        ))),
+        v => Ok(v),
+    }
+}
+
+/// An egress budget as stored: `Some(None)` for 0 (no budget); at most `i64::MAX` bytes.
+fn budget(v: Option<u64>) -> Result<Option<Option<i64>>> {
+    match v {
+        None => Ok(None),
+        Some(0) => Ok(Some(None)),
+        Some(b) => i64::try_from(b).map(|b| Some(Some(b))).map_err(|_| {
+            Error::BadRequest(format!(
+                "max_bytes_per_hour {b} is more than this server counts"
+            ))
+        }),
     }
 }
 
@@ -67,6 +90,10 @@ pub(crate) async fn channel_status(
                 Error::Conflict(format!("{channel} changed while it was read: ask again"))
             })?;
             let (reports, failures) = app.db.reports(p.id, &version, ro.created_at).await?;
+            let egress = match ro.max_bytes_per_hour {
+                Some(_) => app.db.egress(ro.id).await?,
+                None => Default::default(),
+            };
             Some(RolloutStatus {
                 id: ro.id,
                 version,
@@ -87,6 +114,9 @@ pub(crate) async fn channel_status(
                 started_at: ro.started_at,
                 reports,
                 failures,
+                max_bytes_per_hour: ro.max_bytes_per_hour.map(|b| b.max(0) as u64),
+                egress_bytes_this_hour: egress.bytes_this_hour,
+                devices_admitted: egress.devices,
             })
         }
         None => None,
@@ -160,13 +190,7 @@ pub async fn promote_as(
             "step_percent needs step_secs (how often to take a step)".into(),
         ));
     }
-    if let Some(r) = req.max_failure_rate {
-        if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
-            return Err(Error::BadRequest(format!(
-                "max_failure_rate is a share between 0 and 1, not {r}"
-            )));
-        }
-    }
+    failure_rate(req.max_failure_rate)?;
     let target = find_release(&app, &p.name, &req.version).await?;
     let floor = match &req.floor {
         Some(f) => {
@@ -206,6 +230,7 @@ pub async fn promote_as(
                 step_secs: step_secs.min(i64::MAX as u64) as i64,
                 max_failure_rate: req.max_failure_rate,
                 min_reports: req.min_reports.unwrap_or(10).min(i64::MAX as u64) as i64,
+                max_bytes_per_hour: budget(req.max_bytes_per_hour)?.flatten(),
             },
             &who,
         )
@@ -361,12 +386,42 @@ pub async fn rollout(
     NamePath((p, channel)): NamePath<(Name, Name)>,
     JsonBody(req): JsonBody<RolloutRequest>,
 ) -> Result<Json<ChannelStatus>> {
-    let who = caller.name;
-    let p = product(&app, &p).await?;
-    let pct = percent("percent", req.percent)?;
+    change_rollout_as(&app, &p, &channel, req, &caller.name)
+        .await
+        .map(Json)
+}
+
+/// Changes the waves of a channel's rollout as `who` (the API route and the dashboard's
+/// form both come here, after checking the operate right).
+pub async fn change_rollout_as(
+    app: &App,
+    p: &Name,
+    channel: &Name,
+    req: RolloutRequest,
+    who: &str,
+) -> Result<ChannelStatus> {
+    let p = product(app, p).await?;
+    let change = RolloutChange {
+        percent: req.percent.map(|v| percent("percent", v)).transpose()?,
+        step_percent: req
+            .step_percent
+            .map(|v| percent("step_percent", v))
+            .transpose()?,
+        step_secs: req.step_secs.map(|v| v.min(i64::MAX as u64) as i64),
+        max_failure_rate: failure_rate(req.max_failure_rate)?,
+        min_reports: req.min_reports.map(|v| v.min(i64::MAX as u64) as i64),
+        max_bytes_per_hour: budget(req.max_bytes_per_hour)?,
+    };
+    if change == RolloutChange::default() {
+        return Err(Error::BadRequest(
+            "nothing to change: give percent, step_percent, step_secs, max_failure_rate, \
+             min_reports or max_bytes_per_hour"
+                .into(),
+        ));
+    }
     if !app
         .db
-        .set_rollout_percent(p.id, &p.name, &channel, pct, &who)
+        .change_rollout(p.id, &p.name, channel, &change, who)
         .await?
     {
         return Err(Error::NotFound(format!(
@@ -374,7 +429,9 @@ pub async fn rollout(
             p.name
         )));
     }
-    changed(&app, &p, &channel).await
+    let s = changed(app, &p, channel).await?.0;
+    tracing::info!(product = %p.name, %channel, by = who, "rollout changed");
+    Ok(s)
 }
 
 pub async fn audit(

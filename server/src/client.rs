@@ -8,7 +8,7 @@ use std::time::Duration;
 use deltaroot_format::api::{
     AuditEntry, ChannelStatus, ErrorBody, PromoteRequest, RollbackRequest, RolloutRequest,
 };
-use deltaroot_format::{Downgrade, SecretKey};
+use deltaroot_format::{human_bytes, Downgrade, SecretKey};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -249,11 +249,11 @@ impl Client {
         &self,
         product: &str,
         channel: &str,
-        percent: f64,
+        req: &RolloutRequest,
     ) -> Result<ChannelStatus> {
         self.post(
             &format!("v1/products/{product}/channels/{channel}/rollout"),
-            &RolloutRequest { percent },
+            req,
         )
         .await
     }
@@ -332,6 +332,14 @@ pub fn show_channel(c: &ChannelStatus) -> String {
                 " (stops above {:.1} % after {} reports)",
                 m * 100.0,
                 r.min_reports
+            ));
+        }
+        if let Some(b) = r.max_bytes_per_hour {
+            s.push_str(&format!(
+                "\n  paced at {} an hour: {} charged this hour, {} devices admitted",
+                human_bytes(b),
+                human_bytes(r.egress_bytes_this_hour),
+                r.devices_admitted
             ));
         }
         if let Some(why) = &r.reason {

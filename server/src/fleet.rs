@@ -136,6 +136,26 @@ pub fn selected(product: &str, channel: &str, device: Option<&str>, percent: f64
     }
 }
 
+/// The rollout whose egress budget an offer of `target` is charged to, with the budget:
+/// the channel's active rollout when it is paced and `target` is its release (a floor, a
+/// pinned version or a downgrade is never paced).
+pub fn paced_by(
+    ch: Option<&ChannelView>,
+    ask: &Ask<'_>,
+    target: &ReleaseRow,
+) -> Option<(i64, u64)> {
+    if ask.pin.is_some() {
+        return None;
+    }
+    let ch = ch?;
+    let ro = ch.row.rollout.as_ref()?;
+    let paced = ro.state == RolloutState::Active
+        && ro.release_id == ch.row.release_id
+        && ro.release_id == target.id;
+    let budget = ro.max_bytes_per_hour.filter(|_| paced)?;
+    Some((ro.id, budget.max(0) as u64))
+}
+
 /// The pure decision: what `ask` gets from this channel at `now`.
 pub fn decide(
     p: &ProductView,
@@ -538,6 +558,7 @@ mod tests {
             created_at: 0,
             state,
             reason: None,
+            max_bytes_per_hour: None,
         }
     }
 

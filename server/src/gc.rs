@@ -1,5 +1,6 @@
 //! Housekeeping: the orphan sweep and the periodic task that runs it beside device
-//! retention, expired sessions and the dashboard's daily rollups past their 400 days.
+//! retention, expired sessions, the admissions of ended paced rollouts and the dashboard's
+//! daily rollups past their 400 days.
 //!
 //! Uploads come before the release that uses them: a publish refused at the end (a version
 //! that exists, another key) or never sent leaves objects, deltas and packs no release
@@ -155,6 +156,9 @@ pub fn spawn(h: Housekeeping, fleet: Weak<Fleet>, db: Db, store: Store, metrics:
             drop(f);
             if let Err(e) = db.prune_sessions().await {
                 tracing::error!(error = %e, "removing expired sessions failed");
+            }
+            if let Err(e) = db.prune_egress().await {
+                tracing::error!(error = %e, "forgetting the admissions of ended rollouts failed");
             }
             if let Err(e) = db.prune_days().await {
                 tracing::error!(error = %e, "dropping old days of the dashboard's rollups failed");

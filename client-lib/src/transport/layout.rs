@@ -93,6 +93,7 @@ pub(crate) fn check(files: &impl Files, q: &CheckQuery<'_>) -> Result<CheckRespo
         update,
         paused: false,
         next_check_secs: None,
+        paced: false,
     })
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::extract::{Allowed, NamePath, NameQuery, Read};
 use crate::db::{CheckIn, ReleaseRow};
 use crate::error::{Error, Result};
-use crate::fleet::{decide, Ask};
+use crate::fleet::{decide, paced_by, Ask};
 use crate::plans::plan_for;
 use crate::releases::find_release;
 use crate::App;
@@ -139,6 +139,7 @@ pub async fn check(
             at: now,
         });
     }
+    let mut paced = false;
     let update = match d.offer {
         Some((target, downgrade)) => {
             let from = ask.current.and_then(|v| p.by_version.get(v));
@@ -157,7 +158,13 @@ pub async fn check(
                     }
                 },
             };
-            Some(UpdateOffer {
+            // A rollout paced by egress offers its release to the devices it admits.
+            let admitted = match paced_by(ch.as_deref(), &ask, &target) {
+                Some((rollout, budget)) => app.db.admit(rollout, ask.device, bytes, budget).await?,
+                None => true,
+            };
+            paced = !admitted;
+            admitted.then(|| UpdateOffer {
                 version: target.version.clone(),
                 download_bytes: bytes,
                 image_bytes: target.image_bytes as u64,
@@ -173,5 +180,6 @@ pub async fn check(
         update,
         paused: d.paused,
         next_check_secs: Some(app.fleet.next_check_secs()),
+        paced,
     }))
 }

@@ -129,6 +129,26 @@ fn read_password(file: Option<&PathBuf>) -> anyhow::Result<String> {
     Ok(access::password_from(&text, &from)?)
 }
 
+/// Who the audit log names for a change made with these commands: `cli:` and the
+/// operating-system account that ran it (the commands act on the server's state directly,
+/// with no token or session to name).
+fn who() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Writes the audit line of an account change (under no product, as the dashboard's admin
+/// pages do).
+async fn audited(app: &crate::App, action: &str, detail: serde_json::Value) -> anyhow::Result<()> {
+    app.db
+        .audit_accounts(&who(), action, detail)
+        .await
+        .with_context(|| format!("writing the audit line of {action}"))
+}
+
 async fn hash(password: String) -> anyhow::Result<String> {
     Ok(tokio::task::spawn_blocking(move || access::hash_password(&password)).await??)
 }
@@ -148,6 +168,12 @@ pub(super) async fn token(command: TokenCommand) -> anyhow::Result<()> {
             app.db
                 .create_token(&name, &token, &scopes, products.as_deref())
                 .await?;
+            audited(
+                &app,
+                "token-create",
+                serde_json::json!({"token": name, "scopes": scopes, "products": products}),
+            )
+            .await?;
             println!("{token}");
         }
         TokenCommand::List { storage, json } => {
@@ -179,6 +205,7 @@ pub(super) async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     "no token is named {name:?}: `deltaroot-server token list` shows them"
                 );
             }
+            audited(&app, "token-revoke", serde_json::json!({"token": name})).await?;
             println!("revoked token {name:?}");
         }
     }
@@ -196,6 +223,12 @@ pub(super) async fn user(command: UserCommand) -> anyhow::Result<()> {
             let password = read_password(password_file.as_ref())?;
             let app = open(&storage).await?;
             app.db.add_user(&name, role, &hash(password).await?).await?;
+            audited(
+                &app,
+                "user-add",
+                serde_json::json!({"user": name, "role": role}),
+            )
+            .await?;
             println!("added user {name} ({role})");
         }
         UserCommand::List { storage, json } => {
@@ -226,6 +259,7 @@ pub(super) async fn user(command: UserCommand) -> anyhow::Result<()> {
             if !app.db.remove_user(&name).await? {
                 anyhow::bail!("no user is named {name}: `deltaroot-server user list` shows them");
             }
+            audited(&app, "user-remove", serde_json::json!({"user": name})).await?;
             println!("removed user {name}");
         }
         UserCommand::Passwd {
@@ -243,6 +277,12 @@ pub(super) async fn user(command: UserCommand) -> anyhow::Result<()> {
             {
                 anyhow::bail!("no user is named {name}: `deltaroot-server user list` shows them");
             }
+            audited(
+                &app,
+                "user-passwd",
+                serde_json::json!({"user": name, "role": role}),
+            )
+            .await?;
             println!("changed the password of user {name}");
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use deltaroot_format::api::PromoteRequest;
+use deltaroot_format::api::{PromoteRequest, RolloutRequest};
 use deltaroot_format::{Name, SecretKey};
 
 use crate::client::{show_channel, show_device, when, Client};
@@ -273,6 +273,10 @@ enum Command {
         /// ...once at least this many devices reported.
         #[arg(long)]
         min_reports: Option<u64>,
+        /// Pace the rollout by egress too: admit devices while the downloads their plans
+        /// name stay within this much per clock hour (e.g. 50G).
+        #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
+        max_bytes_per_hour: Option<u64>,
     },
     /// Stop offering updates on a channel.
     Pause {
@@ -309,15 +313,32 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Set the share of a channel's rollout by hand (also restarts a stopped one).
+    /// Change a channel's rollout after it started: its share, steps, failure limit or
+    /// egress budget. A new share or new steps restart a stopped rollout.
+    #[command(arg_required_else_help = true)]
     Rollout {
         #[command(flatten)]
         remote: Remote,
         /// The channel to act on.
         #[arg(long, default_value = "stable")]
         channel: String,
-        /// Share of devices offered the rollout's release (0-100).
-        percent: f64,
+        /// Share of devices offered the rollout's release now (0-100).
+        percent: Option<f64>,
+        /// Raise the share by this much every --step-secs from now.
+        #[arg(long)]
+        step_percent: Option<f64>,
+        /// Seconds between two raises of the share.
+        #[arg(long)]
+        step_secs: Option<u64>,
+        /// Stop when more than this share (0-1) of reporting devices failed or rolled back.
+        #[arg(long)]
+        max_failure_rate: Option<f64>,
+        /// ...once at least this many devices reported.
+        #[arg(long)]
+        min_reports: Option<u64>,
+        /// The egress budget per clock hour (e.g. 50G); 0 removes it.
+        #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
+        max_bytes_per_hour: Option<u64>,
     },
     /// Show the audit log: who changed what, when.
     Audit {
@@ -624,6 +645,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             floor,
             max_failure_rate,
             min_reports,
+            max_bytes_per_hour,
         } => {
             let req = PromoteRequest {
                 version,
@@ -633,6 +655,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 floor,
                 max_failure_rate,
                 min_reports,
+                max_bytes_per_hour,
             };
             let c = remote
                 .client()?
@@ -682,10 +705,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
             channel,
             percent,
+            step_percent,
+            step_secs,
+            max_failure_rate,
+            min_reports,
+            max_bytes_per_hour,
         } => {
+            let req = RolloutRequest {
+                percent,
+                step_percent,
+                step_secs,
+                max_failure_rate,
+                min_reports,
+                max_bytes_per_hour,
+            };
             let c = remote
                 .client()?
-                .rollout(&remote.product, &channel, percent)
+                .rollout(&remote.product, &channel, &req)
                 .await?;
             print(remote.json, &c, show_channel);
         }

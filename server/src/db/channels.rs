@@ -59,6 +59,8 @@ pub struct Rollout {
     pub created_at: i64,
     pub state: RolloutState,
     pub reason: Option<String>,
+    /// The egress budget: bytes per clock hour the rollout's admissions may charge.
+    pub max_bytes_per_hour: Option<i64>,
 }
 
 impl Rollout {
@@ -85,6 +87,7 @@ pub struct NewRollout {
     pub step_secs: i64,
     pub max_failure_rate: Option<f64>,
     pub min_reports: i64,
+    pub max_bytes_per_hour: Option<i64>,
 }
 
 impl NewRollout {
@@ -100,8 +103,22 @@ impl NewRollout {
             step_secs: 0,
             max_failure_rate: None,
             min_reports: 10,
+            max_bytes_per_hour: None,
         }
     }
+}
+
+/// A change to a rollout's waves after it started: `None` keeps the value. A new share or
+/// new steps restart a stopped rollout and count steps from the change.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutChange {
+    pub percent: Option<f64>,
+    pub step_percent: Option<f64>,
+    pub step_secs: Option<i64>,
+    pub max_failure_rate: Option<f64>,
+    pub min_reports: Option<i64>,
+    /// `Some(None)` removes the egress budget.
+    pub max_bytes_per_hour: Option<Option<i64>>,
 }
 
 /// An audit line.
@@ -116,7 +133,8 @@ pub struct AuditRow {
 }
 
 pub(super) const ROLLOUT_COLS: &str = "ro.id, ro.release_id, ro.previous_release_id, ro.floor_release_id, ro.start_percent, \
-     ro.step_percent, ro.step_secs, ro.max_failure_ppm, ro.min_reports, ro.started_at, ro.created_at, ro.state, ro.reason";
+     ro.step_percent, ro.step_secs, ro.max_failure_ppm, ro.min_reports, ro.started_at, ro.created_at, ro.state, ro.reason, \
+     ro.max_bytes_per_hour";
 
 pub(super) fn rollout_row(r: &AnyRow, at: usize) -> Result<Option<Rollout>> {
     let id: Option<i64> = r.try_get(at)?;
@@ -137,6 +155,7 @@ pub(super) fn rollout_row(r: &AnyRow, at: usize) -> Result<Option<Rollout>> {
         created_at: r.try_get(at + 10)?,
         state: r.try_get(at + 11)?,
         reason: r.try_get(at + 12)?,
+        max_bytes_per_hour: r.try_get(at + 13)?,
     }))
 }
 
@@ -307,46 +326,104 @@ impl Db {
         Ok(())
     }
 
-    /// Sets the share of the channel's rollout by hand (and makes it active again). `false`
-    /// when the channel has no rollout.
-    pub async fn set_rollout_percent(
+    /// Changes the waves of the channel's rollout (`change`'s `None` fields keep their
+    /// value). `false` when the channel has no rollout.
+    pub async fn change_rollout(
         &self,
         product_id: i64,
         product: &str,
         channel: &str,
-        percent: f64,
+        change: &RolloutChange,
         who: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE rollouts SET start_percent = $1, started_at = $2, state = $5, reason = NULL
-             WHERE id IN (SELECT rollout_id FROM channels WHERE product_id = $3 AND name = $4)",
-        )
-        .bind(percent)
-        .bind(self.now())
+        let t = self.now();
+        let row = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLS} FROM channels c JOIN rollouts ro ON ro.id = c.rollout_id
+             WHERE c.product_id = $1 AND c.name = $2"
+        ))
         .bind(product_id)
         .bind(channel)
-        .bind(RolloutState::Active)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(ro) = row
+            .as_ref()
+            .map(|r| rollout_row(r, 0))
+            .transpose()?
+            .flatten()
+        else {
             return Ok(false);
-        }
+        };
+        // New waves count from now, from the share in force now.
+        let rewaved =
+            change.percent.is_some() || change.step_percent.is_some() || change.step_secs.is_some();
+        let (start, started_at, state) = if rewaved {
+            let now_share = match ro.state {
+                RolloutState::Stopped => 0.0,
+                _ => ro.percent_at(t),
+            };
+            (change.percent.unwrap_or(now_share), t, RolloutState::Active)
+        } else {
+            (ro.start_percent, ro.started_at, ro.state)
+        };
+        let ppm = to_ppm(change.max_failure_rate.or(ro.max_failure_rate));
+        let budget = change.max_bytes_per_hour.unwrap_or(ro.max_bytes_per_hour);
+        sqlx::query(
+            "UPDATE rollouts SET start_percent = $1, step_percent = $2, step_secs = $3,
+                max_failure_ppm = $4, max_failure_rate = CAST($5 AS DOUBLE PRECISION) / 1000000,
+                min_reports = $6, max_bytes_per_hour = $7, started_at = $8, state = $9,
+                reason = CASE WHEN $10 = 1 THEN NULL ELSE reason END
+             WHERE id = $11",
+        )
+        .bind(start)
+        .bind(change.step_percent.unwrap_or(ro.step_percent))
+        .bind(change.step_secs.unwrap_or(ro.step_secs))
+        .bind(ppm)
+        .bind(ppm)
+        .bind(change.min_reports.unwrap_or(ro.min_reports))
+        .bind(budget)
+        .bind(started_at)
+        .bind(state)
+        .bind(i64::from(rewaved))
+        .bind(ro.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE channels SET updated_at = $1 WHERE product_id = $2 AND name = $3")
-            .bind(self.now())
+            .bind(t)
             .bind(product_id)
             .bind(channel)
             .execute(&mut *tx)
             .await?;
+        let mut detail = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            detail.insert(k.to_string(), v);
+        };
+        if let Some(v) = change.percent {
+            put("percent", v.into());
+        }
+        if let Some(v) = change.step_percent {
+            put("step_percent", v.into());
+        }
+        if let Some(v) = change.step_secs {
+            put("step_secs", v.into());
+        }
+        if let Some(v) = change.max_failure_rate {
+            put("max_failure_rate", v.into());
+        }
+        if let Some(v) = change.min_reports {
+            put("min_reports", v.into());
+        }
+        if let Some(v) = change.max_bytes_per_hour {
+            put("max_bytes_per_hour", v.into());
+        }
         audit(
             &mut tx,
-            self.now(),
+            t,
             who,
             product,
             Some(channel),
             "rollout",
-            serde_json::json!({ "percent": percent }),
+            serde_json::Value::Object(detail),
         )
         .await?;
         tx.commit().await?;
@@ -510,9 +587,9 @@ pub(super) async fn promote_in(
     let rollout_id: i64 = sqlx::query(
         "INSERT INTO rollouts (product_id, channel, release_id, previous_release_id, floor_release_id,
             start_percent, step_percent, step_secs, max_failure_ppm, max_failure_rate, min_reports,
-            started_at, created_at, state, reason, created_by)
+            started_at, created_at, state, reason, created_by, max_bytes_per_hour)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION) / 1000000, $11,
-            $12, $13, $14, NULL, $15) RETURNING id",
+            $12, $13, $14, NULL, $15, $16) RETURNING id",
     )
     .bind(product_id)
     .bind(channel)
@@ -529,6 +606,7 @@ pub(super) async fn promote_in(
     .bind(t)
     .bind(RolloutState::Active)
     .bind(who)
+    .bind(r.max_bytes_per_hour)
     .fetch_one(&mut **tx)
     .await?
     .try_get(0)?;
@@ -561,6 +639,7 @@ pub(super) async fn promote_in(
             "floor": r.floor,
             "max_failure_rate": r.max_failure_rate,
             "min_reports": r.min_reports,
+            "max_bytes_per_hour": r.max_bytes_per_hour,
         }),
     )
     .await
@@ -586,6 +665,7 @@ mod tests {
             created_at: 1000,
             state: RolloutState::Active,
             reason: None,
+            max_bytes_per_hour: None,
         };
         assert_eq!(r.percent_at(999), 10.0);
         assert_eq!(r.percent_at(1059), 10.0);

@@ -7,7 +7,7 @@
 //! `RETURNING`); migrations live in `../migrations/{sqlite,postgres}`.
 //!
 //! By concern: [`releases`] (products and releases), [`channels`] (channels, rollouts,
-//! downgrades, the audit log), [`devices`] (check-ins), [`daily`] (the dashboard's daily rollups), [`tokens`], [`users`], [`sessions`], [`stored`] (objects,
+//! downgrades, the audit log), [`devices`] (check-ins), [`daily`] (the dashboard's daily rollups), [`egress`] (rollouts paced by bytes), [`tokens`], [`users`], [`sessions`], [`stored`] (objects,
 //! deltas and packs) and [`plans`].
 
 use std::path::Path;
@@ -19,8 +19,9 @@ use sqlx::Executor;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 
-pub use channels::{AuditRow, ChannelRow, NewRollout, Rollout, RolloutState};
+pub use channels::{AuditRow, ChannelRow, NewRollout, Rollout, RolloutChange, RolloutState};
 pub use devices::{CheckIn, CheckInResult, DeviceRow};
+pub use egress::Egress;
 pub use releases::{NewRelease, ReleaseRow};
 pub use sessions::SessionRow;
 pub use stored::StoredFile;
@@ -30,6 +31,7 @@ pub use users::UserRow;
 mod channels;
 pub mod daily;
 mod devices;
+mod egress;
 mod plans;
 mod releases;
 mod sessions;

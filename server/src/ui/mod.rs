@@ -12,11 +12,14 @@
 //!   `Secure` unless the server speaks plain HTTP.
 //! - `POST /ui/logout`: ends the session (its CSRF token required).
 //! - `GET /ui/`: the start page (a session required; without one, a redirect to the login);
-//!   the other pages are in `pages.rs`, `release.rs`, `fleet.rs` and `ledger.rs` (the
+//!   the other pages are in `pages.rs`, `channels.rs` (the channels page and the operator's
+//!   forms: promote, change a rollout's waves, pause, resume, roll back), `release.rs`,
+//!   `fleet.rs` and `ledger.rs` (the
 //!   savings ledger and the file-by-file diff of two releases), their templates in
 //!   `server/templates/`.
 
 mod admin;
+mod channels;
 mod daily;
 mod fleet;
 mod ledger;
@@ -120,7 +123,7 @@ pub fn routes() -> Router<App> {
         )
         .route("/ui/products/{product}/ledger", get(ledger::ledger))
         .route("/ui/products/{product}/diff", get(ledger::diff))
-        .route("/ui/products/{product}/channels", get(pages::channels))
+        .route("/ui/products/{product}/channels", get(channels::channels))
         .route("/ui/products/{product}/devices", get(fleet::devices))
         .route("/ui/audit", get(fleet::audit))
         .route("/ui/admin/users", get(admin::users).post(admin::add_user))
@@ -131,11 +134,15 @@ pub fn routes() -> Router<App> {
             get(admin::tokens).post(admin::create_token),
         )
         .route("/ui/admin/tokens/revoke", post(admin::revoke_token))
-        .route("/ui/products/{product}/promote", post(pages::promote))
-        .route("/ui/products/{product}/rollback", post(pages::rollback))
+        .route("/ui/products/{product}/promote", post(channels::promote))
+        .route(
+            "/ui/products/{product}/rollout",
+            post(channels::change_rollout),
+        )
+        .route("/ui/products/{product}/rollback", post(channels::rollback))
         .route(
             "/ui/products/{product}/channels/{channel}/{action}",
-            post(pages::pause_or_resume),
+            post(channels::pause_or_resume),
         )
 }
 

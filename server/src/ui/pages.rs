@@ -1,26 +1,20 @@
-//! The dashboard's pages and forms: products, a product's releases (with what each update
-//! costs to download), its channels with the operator's actions. Every page takes a
-//! [`Session`]; every form checks the session's CSRF token, then the user's role, and goes
-//! through the same functions as the API (`crate::channels`), so the audit log records the
-//! user as `user:NAME`.
+//! The dashboard's start page and a product's releases (with what each update costs to
+//! download). A product's channels and the operator's forms are in [`super::channels`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Form;
-use deltaroot_format::api::{PromoteRequest, RollbackRequest};
 use deltaroot_format::units::human_bytes;
 use deltaroot_format::Name;
 use serde::Deserialize;
 
-use super::{html, redirect, CsrfForm, Session, User};
-use super::{PageError, PageResult as Result};
+use super::PageResult as Result;
+use super::{html, redirect, Session, User};
 use crate::access::Scope;
 use crate::api::extract::{NamePath, NameQuery};
-use crate::channels::{channel_status, product, promote_as, rollback_as, set_paused};
+use crate::channels::{channel_status, product};
 use crate::client::when;
 use crate::db::stored_name;
-use crate::error::Error;
 use crate::App;
 
 /// Releases on one page of the releases list.
@@ -225,195 +219,4 @@ pub async fn releases(
             next: (end < all.len()).then_some(page + 1),
         },
     ))
-}
-
-struct ChannelLine {
-    name: String,
-    version: String,
-    paused: bool,
-    rollout: String,
-}
-
-#[derive(askama::Template)]
-#[template(path = "channels.html")]
-struct Channels {
-    user: Option<User>,
-    product: Name,
-    channels: Vec<ChannelLine>,
-    versions: Vec<String>,
-    can_operate: bool,
-    role: String,
-    csrf: String,
-    notice: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct NoticeQuery {
-    done: Option<String>,
-}
-
-/// `GET /ui/products/{product}/channels`: each channel, its rollout, and (for operators)
-/// pause, resume and promote.
-pub async fn channels(
-    State(app): State<App>,
-    s: Session,
-    NamePath(product_name): NamePath<Name>,
-    NameQuery(q): NameQuery<NoticeQuery>,
-) -> Result<Response> {
-    let rights = s.rights();
-    rights.require(Scope::Read, Some(&product_name))?;
-    let p = product(&app, &product_name).await?;
-    let mut channels = Vec::new();
-    for c in app.db.channel_names(p.id).await? {
-        let st = channel_status(&app, &p, &stored_name("channel", c)?).await?;
-        let rollout = match &st.rollout {
-            Some(r) => format!(
-                "Rollout of {}: {}, offered to {:.1} % of devices ({} reports, {} failures){}",
-                r.version,
-                r.state,
-                r.percent,
-                r.reports,
-                r.failures,
-                r.reason
-                    .as_deref()
-                    .map(|w| format!("; {w}"))
-                    .unwrap_or_default()
-            ),
-            None => match &st.downgrade {
-                Some(d) => format!("Rolled back to {d} by a signed downgrade."),
-                None => "Every device is offered it.".into(),
-            },
-        };
-        channels.push(ChannelLine {
-            name: st.channel.to_string(),
-            version: st.version.map(|v| v.to_string()).unwrap_or("-".into()),
-            paused: st.paused,
-            rollout,
-        });
-    }
-    let mut versions: Vec<_> = p.by_version.values().collect();
-    versions.sort_by_key(|r| std::cmp::Reverse((r.created, r.id)));
-    let notice = q.done.map(|d| match d.as_str() {
-        "promote" => "Promoted.".to_string(),
-        "pause" => "Paused.".to_string(),
-        "resume" => "Resumed.".to_string(),
-        "rollback" => "Rolled back with the signed downgrade statement.".to_string(),
-        _ => "Done.".to_string(),
-    });
-    Ok(html(
-        StatusCode::OK,
-        &Channels {
-            user: Some((&s).into()),
-            product: product_name.clone(),
-            channels,
-            versions: versions.iter().map(|r| r.version.to_string()).collect(),
-            can_operate: rights.require(Scope::Operate, Some(&product_name)).is_ok(),
-            role: s.role.to_string(),
-            csrf: s.csrf.clone(),
-            notice,
-        },
-    ))
-}
-
-/// A form's CSRF token must be the session's, then the user must operate the product.
-fn may_operate(s: &Session, csrf: &str, product: &Name) -> Result<()> {
-    s.check_csrf(csrf)?;
-    Ok(s.rights().require(Scope::Operate, Some(product))?)
-}
-
-fn back_to_channels(product: &Name, done: &str) -> Response {
-    redirect(&format!("/ui/products/{product}/channels?done={done}"))
-}
-
-#[derive(Deserialize)]
-pub struct PromoteForm {
-    #[serde(default)]
-    csrf: String,
-    channel: Name,
-    version: Name,
-    percent: f64,
-    #[serde(default)]
-    step_percent: Option<f64>,
-    #[serde(default)]
-    step_secs: Option<u64>,
-    #[serde(default, deserialize_with = "empty_is_none")]
-    max_failure_rate: Option<f64>,
-}
-
-/// An empty number field is no value.
-fn empty_is_none<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<f64>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    match s.as_deref().map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-/// `POST /ui/products/{product}/promote`.
-pub async fn promote(
-    State(app): State<App>,
-    s: Session,
-    NamePath(product_name): NamePath<Name>,
-    Form(f): Form<PromoteForm>,
-) -> Result<Response> {
-    may_operate(&s, &f.csrf, &product_name)?;
-    let req = PromoteRequest {
-        version: f.version,
-        percent: Some(f.percent),
-        step_percent: f.step_percent.filter(|v| *v > 0.0),
-        step_secs: f.step_secs.filter(|v| *v > 0),
-        floor: None,
-        max_failure_rate: f.max_failure_rate,
-        min_reports: None,
-    };
-    promote_as(&app, &product_name, &f.channel, req, &s.who()).await?;
-    Ok(back_to_channels(&product_name, "promote"))
-}
-
-/// `POST /ui/products/{product}/channels/{channel}/pause|resume`.
-pub async fn pause_or_resume(
-    State(app): State<App>,
-    s: Session,
-    NamePath((product_name, channel, action)): NamePath<(Name, Name, String)>,
-    Form(f): Form<CsrfForm>,
-) -> Result<Response> {
-    may_operate(&s, &f.csrf, &product_name)?;
-    let paused = match action.as_str() {
-        "pause" => true,
-        "resume" => false,
-        other => return Err(PageError(Error::NotFound(format!("no action {other:?}")))),
-    };
-    let _ = set_paused(app, product_name.clone(), channel, s.who(), paused).await?;
-    Ok(back_to_channels(&product_name, &action))
-}
-
-#[derive(Deserialize)]
-pub struct RollbackForm {
-    #[serde(default)]
-    csrf: String,
-    channel: Name,
-    /// The JSON `deltaroot-server rollback … --out FILE` writes.
-    #[serde(default)]
-    statement: String,
-}
-
-/// `POST /ui/products/{product}/rollback`: rolls a channel back with a downgrade statement
-/// signed offline (`deltaroot-server rollback … --key K --out FILE`), verified exactly as
-/// the API's `POST …/rollback` verifies it (the same function).
-pub async fn rollback(
-    State(app): State<App>,
-    s: Session,
-    NamePath(product_name): NamePath<Name>,
-    Form(f): Form<RollbackForm>,
-) -> Result<Response> {
-    may_operate(&s, &f.csrf, &product_name)?;
-    let req: RollbackRequest = serde_json::from_str(f.statement.trim()).map_err(|e| {
-        Error::BadRequest(format!(
-            "the statement is not what `deltaroot-server rollback … --out FILE` writes: {e}"
-        ))
-    })?;
-    let _ = rollback_as(&app, &product_name, &f.channel, &req, &s.who()).await?;
-    Ok(back_to_channels(&product_name, "rollback"))
 }

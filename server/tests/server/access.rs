@@ -384,4 +384,36 @@ fn token_and_user_commands() {
     assert!(ok);
     let (ok, _, err) = offline(d, &["user", "remove", "vic"], "");
     assert!(!ok && err.contains("no user is named vic"), "{err}");
+    // Every change is in the audit log, by the account that ran the command; failed
+    // commands wrote nothing.
+    let lines = rt.block_on(db.audit_where(None, None, None, 100)).unwrap();
+    let actions: Vec<(&str, &str)> = lines
+        .iter()
+        .rev()
+        .map(|l| (l.who.as_str(), l.action.as_str()))
+        .collect();
+    let me = format!(
+        "cli:{}",
+        ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            .unwrap_or("unknown".into())
+    );
+    assert_eq!(
+        actions,
+        [
+            "token-create",
+            "token-create",
+            "token-revoke",
+            "user-add",
+            "user-add",
+            "user-passwd",
+            "user-remove"
+        ]
+        .map(|a| (me.as_str(), a)),
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&lines[1].detail).unwrap(),
+        serde_json::json!({"user": "vic", "role": "operator"})
+    );
 }

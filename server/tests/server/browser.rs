@@ -288,7 +288,12 @@ async fn operator_and_viewer(f: &Fleet, d: &Driver) {
         .select_by_value("2.0")
         .await
         .unwrap();
-    let percent = c.find(Locator::Css("input[name=percent]")).await.unwrap();
+    let percent = c
+        .find(Locator::Css(
+            "form[action='/ui/products/demo/promote'] input[name=percent]",
+        ))
+        .await
+        .unwrap();
     percent.clear().await.unwrap();
     percent.send_keys("10").await.unwrap();
     c.find(Locator::Css(
@@ -314,6 +319,43 @@ async fn operator_and_viewer(f: &Fleet, d: &Driver) {
     assert!(page.contains("offered to 10.0 % of devices"), "{page}");
     let st = f.server.client().channel("demo", "stable").await.unwrap();
     assert_eq!(st.rollout.unwrap().percent, 10.0);
+
+    // Paced by egress from the rollout's change form, folded until opened.
+    let waves = "#waves-stable form";
+    c.find(Locator::Css("#waves-stable summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let budget = c
+        .find(Locator::Css(&format!(
+            "{waves} input[name=max_bytes_per_hour]"
+        )))
+        .await
+        .unwrap();
+    budget.send_keys("50G").await.unwrap();
+    for part in ["input[name=confirm]", "button"] {
+        c.find(Locator::Css(&format!("{waves} {part}")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    wait_path(&c, "/ui/products/demo/channels?done=rollout").await;
+    let page = text(&c).await;
+    assert!(
+        page.contains("Paced by egress: at most 50.0 GB an hour"),
+        "{page}"
+    );
+    let st = f.server.client().channel("demo", "stable").await.unwrap();
+    let ro = st.rollout.unwrap();
+    assert_eq!(
+        (ro.percent, ro.max_bytes_per_hour),
+        (10.0, Some(50_000_000_000)),
+        "{page}\n{ro:?}"
+    );
 
     // The audit log names the operator.
     c.goto(&format!("{url}/ui/audit")).await.unwrap();

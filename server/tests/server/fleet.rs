@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use deltaroot_client::agent::UpdateOutcome;
 use deltaroot_engine::{candidates, EngineOptions, MethodSet};
-use deltaroot_format::api::{ChannelStatus, CheckResponse, PromoteRequest};
+use deltaroot_format::api::{ChannelStatus, CheckResponse, PromoteRequest, RolloutRequest};
 use deltaroot_format::{Downgrade, SecretKey};
 use deltaroot_publisher::publish::{publish, PublishOptions};
 use deltaroot_publisher::sink::ServerSink;
@@ -400,7 +400,7 @@ fn staged_rollout_reaches_only_its_share(backend: Backend) {
     let c = f.server.client();
     assert_eq!(
         f.server
-            .op(c.rollout("demo", "stable", 50.0))
+            .op(c.rollout("demo", "stable", &RolloutRequest::percent(50.0)))
             .unwrap()
             .rollout
             .unwrap()
@@ -476,7 +476,10 @@ fn rollout_stops_itself_on_failures(backend: Backend) {
 
     // An operator restarts it by hand.
     f.server
-        .op(f.server.client().rollout("demo", "stable", 100.0))
+        .op(f
+            .server
+            .client()
+            .rollout("demo", "stable", &RolloutRequest::percent(100.0)))
         .unwrap();
     assert_eq!(f.status().rollout.unwrap().state, "active");
     assert_eq!(

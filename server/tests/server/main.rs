@@ -1,5 +1,6 @@
 //! The server's integration tests, one binary: the spine (publish, install, update, attack,
-//! roll back), the fleet (channels, rollouts, pinning, floors), what operators meet
+//! roll back), the fleet (channels, rollouts, pinning, floors; rollouts paced by an egress
+//! budget and changed after they started: `pacing`), what operators meet
 //! (`operators`: routes, replicas, bad requests, the operator CLI and its completions and
 //! man pages, shutdown), the data (stored files written once, the orphan sweep, device
 //! retention, caches), the HTTP edge against hostile clients (`edge`) and the binary over
@@ -24,5 +25,6 @@ mod edge;
 mod fleet;
 mod ledger;
 mod operators;
+mod pacing;
 mod spine;
 mod tls;
