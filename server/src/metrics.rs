@@ -49,6 +49,8 @@ pub struct Metrics {
     pub checkins_dropped: AtomicU64,
     pub checkins_failed: AtomicU64,
     pub rollouts_stopped: AtomicU64,
+    /// Checks that found an update but were held back by the rollout's egress budget.
+    pub checks_paced: AtomicU64,
     /// Devices forgotten past the retention period.
     pub devices_pruned: AtomicU64,
     /// Stored files removed by the orphan sweep.
@@ -73,6 +75,7 @@ impl Default for Metrics {
             checkins_dropped: AtomicU64::new(0),
             checkins_failed: AtomicU64::new(0),
             rollouts_stopped: AtomicU64::new(0),
+            checks_paced: AtomicU64::new(0),
             devices_pruned: AtomicU64::new(0),
             orphans_removed: AtomicU64::new(0),
             routes: ROUTES.iter().map(|_| RouteStats::default()).collect(),
@@ -190,6 +193,12 @@ impl Metrics {
             "deltaroot_rollouts_stopped_total",
             "Rollouts this replica stopped on failures.",
             ld(&self.rollouts_stopped),
+        );
+        c(
+            &mut s,
+            "deltaroot_checks_paced_total",
+            "Update checks held back by their rollout's egress budget.",
+            ld(&self.checks_paced),
         );
         c(
             &mut s,

@@ -164,6 +164,9 @@ pub async fn check(
                 None => true,
             };
             paced = !admitted;
+            if paced {
+                app.metrics.checks_paced.fetch_add(1, Ordering::Relaxed);
+            }
             admitted.then(|| UpdateOffer {
                 version: target.version.clone(),
                 download_bytes: bytes,

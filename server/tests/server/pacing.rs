@@ -61,6 +61,14 @@ fn egress_budget_paces_a_rollout(backend: Backend) {
     assert!(!current.paced && current.update.is_none());
     let ro = f.status().rollout.unwrap();
     assert_eq!((ro.egress_bytes_this_hour, ro.devices_admitted), (3 * d, 3));
+    // 7 devices and one anonymous check held back so far.
+    let paced = f
+        .server
+        .app
+        .metrics
+        .checks_paced
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(paced, 8);
 
     // Another replica shares the budget: it admits no one this hour.
     let replica = f.server.replica();
