@@ -86,6 +86,10 @@ pub struct Cli {
     /// deadline (default 21600: 6 hours).
     #[arg(long)]
     pub update_deadline_secs: Option<u64>,
+    /// Most bytes per second the downloads of an update take together, e.g. 200k or 2M
+    /// (default: no limit).
+    #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
+    pub max_rate: Option<u64>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -204,6 +208,7 @@ impl Cli {
             pin: self.pin.clone(),
             ca_cert: self.ca_cert.clone(),
             update_deadline_secs: self.update_deadline_secs,
+            max_rate: self.max_rate,
         }))
     }
 }

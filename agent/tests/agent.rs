@@ -257,3 +257,23 @@ fn the_update_deadline_comes_from_toml_and_the_flag_overrides_it() {
     .unwrap();
     assert_eq!(cli.settings().unwrap().update_deadline_secs, Some(30));
 }
+
+#[test]
+fn the_bandwidth_limit_comes_from_toml_and_the_flag_reads_sizes() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "max_rate = 250000\n").unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+    let settings = |extra: &[&str]| {
+        let mut args = vec!["deltaroot-agent", "--config", cfg_arg];
+        args.extend_from_slice(extra);
+        args.push("status");
+        deltaroot_agent::Cli::try_parse_from(args).map(|c| c.settings().unwrap().max_rate)
+    };
+    assert_eq!(settings(&[]).unwrap(), Some(250_000));
+    assert_eq!(settings(&["--max-rate", "2M"]).unwrap(), Some(2_000_000));
+    assert_eq!(settings(&["--max-rate", "64KiB"]).unwrap(), Some(65_536));
+    let err = settings(&["--max-rate", "fast"]).err().unwrap().to_string();
+    assert!(err.contains("\"fast\" is not a size"), "{err}");
+}

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeployReport, Device, Status};
 use crate::error::{Error, Result};
-use crate::transport::{system_clock, CheckQuery, Clock, Deadline, Folder, Transport};
+use crate::transport::{
+    system_clock, system_sleep, CheckQuery, Clock, Deadline, Folder, Rate, Sleep, Transport,
+};
 use deltaroot_format::api::{CheckResponse, RESULTS};
 use deltaroot_format::fsio;
 use deltaroot_format::{human_bytes, DeviceId, Name, PublicKey, SignedDowngrade, VerifiedManifest};
@@ -53,6 +55,9 @@ pub struct Settings {
     /// an error naming the deadline (a body dribbled a byte at a time); checked between
     /// the chunks of every download. Default [`DEFAULT_UPDATE_DEADLINE_SECS`].
     pub update_deadline_secs: Option<u64>,
+    /// Most bytes per second all downloads of an update take together (none: as fast as the
+    /// network goes).
+    pub max_rate: Option<u64>,
 }
 
 impl Settings {
@@ -71,7 +76,8 @@ impl Settings {
             device_id,
             pin,
             ca_cert,
-            update_deadline_secs
+            update_deadline_secs,
+            max_rate
         );
         if !over.trust.is_empty() {
             self.trust = over.trust;
@@ -95,6 +101,10 @@ pub struct Agent {
     pub update_deadline_secs: u64,
     /// The clock the deadline is measured on ([`system_clock`]; tests set their own).
     pub clock: Clock,
+    /// The bandwidth limit of every update, in bytes per second (`max_rate`).
+    pub max_rate: Option<u64>,
+    /// How the bandwidth limit waits ([`system_sleep`]; tests set their own).
+    pub sleep: Sleep,
 }
 
 /// Clears the transport's deadline when an update ends, however it ends.
@@ -235,12 +245,15 @@ impl Agent {
                 .update_deadline_secs
                 .unwrap_or(DEFAULT_UPDATE_DEADLINE_SECS),
             clock: system_clock(),
+            max_rate: s.max_rate.filter(|r| *r > 0),
+            sleep: system_sleep(),
         })
     }
 
     /// Starts the deadline of one update on the transport, until the guard is dropped.
     fn start_deadline(&self) -> DeadlineGuard<'_> {
-        let d = Deadline::new(self.update_deadline_secs, self.clock.clone());
+        let rate = self.max_rate.map(|r| Rate::new(r, self.sleep.clone()));
+        let d = Deadline::new(self.update_deadline_secs, self.clock.clone()).with_rate(rate);
         self.transport.set_deadline(Some(d));
         DeadlineGuard(&*self.transport)
     }

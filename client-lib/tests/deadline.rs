@@ -1,5 +1,6 @@
 //! One update has a deadline (`update_deadline_secs`), checked between the chunks of every
-//! download, on a clock the tests drive (no sleeps).
+//! download, and may have a bandwidth limit (`max_rate`), paced between the same chunks; on
+//! a clock the tests drive (no sleeps).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,8 @@ fn racing_clock(step: u64) -> deltaroot_client::transport::Clock {
     Arc::new(move || start + Duration::from_secs(step * reads.fetch_add(1, Ordering::Relaxed)))
 }
 
-fn agent_with(tmp: &std::path::Path, deadline: Option<u64>) -> Agent {
-    Agent::new(Settings {
+fn settings(tmp: &std::path::Path, deadline: Option<u64>) -> Settings {
+    Settings {
         root: Some(tmp.join("root")),
         folder: Some(tmp.join("release")),
         product: Some("demo".into()),
@@ -28,8 +29,11 @@ fn agent_with(tmp: &std::path::Path, deadline: Option<u64>) -> Agent {
         device_id: Some("test-folder".into()),
         update_deadline_secs: deadline,
         ..Settings::default()
-    })
-    .unwrap()
+    }
+}
+
+fn agent_with(tmp: &std::path::Path, deadline: Option<u64>) -> Agent {
+    Agent::new(settings(tmp, deadline)).unwrap()
 }
 
 #[test]
@@ -51,4 +55,34 @@ fn an_update_past_its_deadline_stops_with_an_error_naming_it() {
     assert_eq!(agent.update_deadline_secs, DEFAULT_UPDATE_DEADLINE_SECS);
     agent.clock = racing_clock(1);
     agent.install("1").unwrap();
+}
+
+/// `max_rate` holds all the downloads of an update to that many bytes a second: on a clock
+/// that only the limit's waits move, the install waits what its bytes take at the rate.
+#[test]
+fn an_update_keeps_within_its_bandwidth_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, _agent, _v1) = folder_and_agent(tmp.path());
+    let mut agent = Agent::new(Settings {
+        max_rate: Some(10_000),
+        ..settings(tmp.path(), None)
+    })
+    .unwrap();
+    let start = Instant::now();
+    let waited = Arc::new(AtomicU64::new(0));
+    let w = waited.clone();
+    agent.clock = Arc::new(move || start + Duration::from_micros(w.load(Ordering::Relaxed)));
+    let w = waited.clone();
+    agent.sleep = Arc::new(move |d: Duration| {
+        w.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    });
+    agent.install("1").unwrap();
+    let bytes = agent.transport.downloaded();
+    assert!(bytes > 10_000, "{bytes}");
+    let secs = waited.load(Ordering::Relaxed) as f64 / 1e6;
+    let want = bytes as f64 / 10_000.0;
+    assert!(
+        (secs - want).abs() < 0.01,
+        "waited {secs} s for {bytes} bytes"
+    );
 }

@@ -25,6 +25,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = (&t[..split], t[split..].trim().to_ascii_lowercase());
+    let bad = || format!("{s:?} is not a size (e.g. 1500, 500M, 2 GB)");
+    if num.is_empty() {
+        return Err(bad());
+    }
     let unit = unit.strip_suffix('b').unwrap_or(&unit);
     let scale: u64 = match unit {
         "" => 1,
@@ -42,10 +46,6 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    let bad = || format!("{s:?} is not a size (e.g. 1500, 500M, 2 GB)");
-    if num.is_empty() {
-        return Err(bad());
-    }
     let v = if num.contains('.') {
         let f: f64 = num.parse().map_err(|_| bad())?;
         let v = f * scale as f64;

@@ -43,6 +43,47 @@ pub fn system_clock() -> Clock {
     Arc::new(Instant::now)
 }
 
+/// How a thread waits: [`std::thread::sleep`] but in tests, which move their clock instead.
+pub type Sleep = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// The system's sleep.
+pub fn system_sleep() -> Sleep {
+    Arc::new(std::thread::sleep)
+}
+
+/// A bandwidth limit (`max_rate`, bytes per second) shared by every download of one update:
+/// after each chunk a download waits until the bytes of all of them so far are within the
+/// rate since the first one began.
+pub struct Rate {
+    bytes_per_sec: u64,
+    /// When the first chunk came, and the bytes since.
+    state: Mutex<Option<(Instant, u64)>>,
+    sleep: Sleep,
+}
+
+impl Rate {
+    pub fn new(bytes_per_sec: u64, sleep: Sleep) -> Rate {
+        Rate {
+            bytes_per_sec: bytes_per_sec.max(1),
+            state: Mutex::new(None),
+            sleep,
+        }
+    }
+
+    /// Counts `n` bytes just received at `now`, and waits as long as the limit asks.
+    fn pace(&self, n: u64, now: Instant) {
+        let due = {
+            let mut st = self.state.lock().expect("not poisoned");
+            let (start, sent) = st.get_or_insert((now, 0));
+            *sent += n;
+            *start + Duration::from_secs_f64(*sent as f64 / self.bytes_per_sec as f64)
+        };
+        if due > now {
+            (self.sleep)(due - now);
+        }
+    }
+}
+
 /// The time one update may take (`update_deadline_secs`): a body dribbled a byte at a time
 /// does not keep the device busy for longer. Checked between the chunks a transport reads.
 #[derive(Clone)]
@@ -50,6 +91,8 @@ pub struct Deadline {
     end: Instant,
     secs: u64,
     clock: Clock,
+    /// The update's bandwidth limit, if it has one (paced between the same chunks).
+    rate: Option<Arc<Rate>>,
 }
 
 impl Deadline {
@@ -62,6 +105,20 @@ impl Deadline {
                 .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400)),
             secs,
             clock,
+            rate: None,
+        }
+    }
+
+    /// The same deadline, with every download of the update held to `rate`.
+    pub fn with_rate(mut self, rate: Option<Rate>) -> Deadline {
+        self.rate = rate.map(Arc::new);
+        self
+    }
+
+    /// Waits, if the update has a bandwidth limit, until `n` more bytes are within it.
+    pub fn pace(&self, n: u64) {
+        if let Some(r) = &self.rate {
+            r.pace(n, (self.clock)());
         }
     }
 
@@ -200,6 +257,9 @@ pub(crate) fn copy_bounded(
         }
         to.file.write_all(&buf[..n]).map_err(Error::io(to.path))?;
         count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(d) = to.deadline {
+            d.pace(n as u64);
+        }
     }
 }
 
@@ -276,5 +336,51 @@ mod tests {
         assert!(msg.contains("deadline of 800 s"), "{msg}");
         assert_eq!(count.load(Ordering::Relaxed), 399);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 399);
+    }
+
+    /// 1 MiB in two downloads at 100 kB/s: they wait 10.49 s in all (a clock that only
+    /// the waits move), the second download paced by the bytes of the first too; without a
+    /// limit nothing waits.
+    #[test]
+    fn downloads_of_an_update_share_its_bandwidth_limit() {
+        let start = Instant::now();
+        let waited = Arc::new(AtomicU64::new(0));
+        let w = waited.clone();
+        let clock = Arc::new(move || start + Duration::from_micros(w.load(Ordering::Relaxed)));
+        let w = waited.clone();
+        let sleep = Arc::new(move |d: Duration| {
+            w.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("dl");
+        let run = |deadline: &Deadline| {
+            for _ in 0..2 {
+                let mut file = std::fs::File::create(&path).unwrap();
+                let body = std::io::Cursor::new(vec![5u8; 512 << 10]);
+                let len = copy_bounded(
+                    body,
+                    Sink {
+                        file: &mut file,
+                        path: &path,
+                        deadline: Some(deadline),
+                    },
+                    0,
+                    1 << 20,
+                    "http://server/objects/ab/cd",
+                    &AtomicU64::new(0),
+                    |e, _| Error::io("body")(e),
+                )
+                .unwrap();
+                assert_eq!(len, 512 << 10);
+            }
+        };
+        let limited = Deadline::new(3600, clock.clone())
+            .with_rate(Some(super::Rate::new(100_000, sleep.clone())));
+        run(&limited);
+        let secs = waited.load(Ordering::Relaxed) as f64 / 1e6;
+        assert!((secs - 10.48576).abs() < 0.01, "{secs}");
+        waited.store(0, Ordering::Relaxed);
+        run(&Deadline::new(3600, clock));
+        assert_eq!(waited.load(Ordering::Relaxed), 0);
     }
 }
