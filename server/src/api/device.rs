@@ -126,6 +126,17 @@ pub async fn check(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
     let ch = app.fleet.channel(p.id, &channel).await?;
+    if ch.is_none() && ask.pin.is_none() {
+        // A channel name the product does not have (a typo in the device's settings) is an
+        // error naming the ones it has; a product with no channel yet offers nothing.
+        let known = app.db.channel_names(p.id).await?;
+        if !known.is_empty() {
+            return Err(Error::NotFound(format!(
+                "product {product} has no channel {channel} (its channels: {})",
+                known.join(", ")
+            )));
+        }
+    }
     let now = app.clock.now();
     let d = decide(&p, &channel, ch.as_deref(), &ask, now)?;
     if let Some(device) = ask.device {

@@ -338,6 +338,15 @@ impl Db {
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let t = self.now();
+        // A write first: SQLite then takes its write lock now (waiting for the check-in
+        // writer's if need be) instead of failing at the first write after a read, and
+        // PostgreSQL holds the channel's row until the end, so two changes do not interleave.
+        sqlx::query("UPDATE channels SET updated_at = $1 WHERE product_id = $2 AND name = $3")
+            .bind(t)
+            .bind(product_id)
+            .bind(channel)
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query(&format!(
             "SELECT {ROLLOUT_COLS} FROM channels c JOIN rollouts ro ON ro.id = c.rollout_id
              WHERE c.product_id = $1 AND c.name = $2"
@@ -388,12 +397,6 @@ impl Db {
         .bind(ro.id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE channels SET updated_at = $1 WHERE product_id = $2 AND name = $3")
-            .bind(t)
-            .bind(product_id)
-            .bind(channel)
-            .execute(&mut *tx)
-            .await?;
         let mut detail = serde_json::Map::new();
         let mut put = |k: &str, v: serde_json::Value| {
             detail.insert(k.to_string(), v);
@@ -561,6 +564,13 @@ pub(super) async fn promote_in(
     r: &NewRollout,
     who: &str,
 ) -> Result<()> {
+    // A write first (see `change_rollout`): the channel's row, if there is one.
+    sqlx::query("UPDATE channels SET updated_at = $1 WHERE product_id = $2 AND name = $3")
+        .bind(t)
+        .bind(product_id)
+        .bind(channel)
+        .execute(&mut **tx)
+        .await?;
     let previous: Option<i64> =
         sqlx::query("SELECT release_id FROM channels WHERE product_id = $1 AND name = $2")
             .bind(product_id)

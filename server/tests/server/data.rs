@@ -17,7 +17,7 @@ use deltaroot_server::db::{CheckIn, NewRollout, StoredFile};
 use deltaroot_server::files::Body;
 use sqlx::Row;
 
-use crate::common::{agent, key, promote_to, Backend, Server};
+use crate::common::{agent, agent_with, key, promote_to, Backend, Server};
 use crate::fleet::{publish_release, tree};
 
 on_both_backends!(
@@ -170,7 +170,9 @@ fn orphan_uploads_are_swept_after_the_grace_period(backend: Backend) {
     publish_release(&server, &k, &trees, 2);
     // A device's plan 1.0 -> 2.0 is stored, as after a first update check.
     let root = tempfile::tempdir().unwrap();
-    let a = agent(&server, root.path(), &trust);
+    let a = agent_with(&server, root.path(), &trust, |s| {
+        s.channel = Some("ci".into())
+    });
     a.install("1.0").unwrap();
     let _ = a.check().unwrap();
     let kept_before = stored(&server);

@@ -25,6 +25,7 @@ on_both_backends!(
     pinned_devices_follow_their_version,
     device_several_versions_behind_and_floors,
     server_built_deltas_skip_the_publishers_skipped_methods,
+    a_channel_the_product_lacks_is_named_not_empty,
 );
 
 /// Release `n` of a small tree: some files change every release, one never does.
@@ -640,4 +641,32 @@ fn server_built_deltas_skip_the_publishers_skipped_methods(backend: Backend) {
     assert_ne!(header.method, preferred, "the server used a skipped method");
     assert_eq!(updated(a.update().unwrap()), "3.0");
     same_tree(trees[2].path(), &root.path().join("current"));
+}
+
+/// A device set to a channel its product does not have (a typo) gets an error naming the
+/// channels there are, not "up to date" for ever; a pinned device needs no channel.
+fn a_channel_the_product_lacks_is_named_not_empty(backend: Backend) {
+    let f = fleet(backend, 1, "1.0");
+    let url = format!(
+        "{}/v1/products/demo/channels/stabel/check?device=d1",
+        f.server.url
+    );
+    let r = f.http.get(&url).send().unwrap();
+    assert_eq!(r.status(), 404);
+    let body = r.text().unwrap();
+    assert!(
+        body.contains("product demo has no channel stabel (its channels: ci, stable)"),
+        "{body}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let a = agent_with(&f.server, root.path(), &f.trust, |s| {
+        s.channel = Some("stabel".into())
+    });
+    let err = a.check().unwrap_err().to_string();
+    assert!(
+        err.contains("no channel stabel (its channels: ci, stable)"),
+        "{err}"
+    );
+    let r = f.http.get(format!("{url}&pin=1.0")).send().unwrap();
+    assert_eq!(r.status(), 200);
 }
