@@ -23,8 +23,8 @@
 # (it covers the API routes), so the figures are client-side: from sending the request to its
 # last byte, an upper bound of the server's time.
 #
-# PostgreSQL comes from .ci/services (DELTAROOT_SERVICES_DIR=/tmp/svc-bench, port 58432; its S3
-# server, moto, on 58433), stopped afterwards if this script started it.
+# PostgreSQL comes from .ci/services (DELTAROOT_SERVICES_DIR=/tmp/svc-bench, port 24432; its S3
+# server, moto, on 24433), stopped afterwards if this script started it.
 # Writes bench/results/dashboard-<backend>.json and bench/results/dashboard.md (from every
 # backend's last JSON, with bench/results/dashboard-notes.md). Needs wrk, curl, python3 (and psql for PostgreSQL).
 set -euo pipefail
@@ -57,7 +57,7 @@ else
 fi
 work=$(mktemp -d /tmp/deltaroot-dashboard.XXXXXX)
 export DELTAROOT_SERVICES_DIR=${DELTAROOT_SERVICES_DIR:-/tmp/svc-bench}
-export DELTAROOT_PG_PORT=${DELTAROOT_PG_PORT:-58432} DELTAROOT_S3_PORT=${DELTAROOT_S3_PORT:-58433}
+export DELTAROOT_PG_PORT=${DELTAROOT_PG_PORT:-24432} DELTAROOT_S3_PORT=${DELTAROOT_S3_PORT:-24433}
 pid=
 started_services=
 cleanup() {
