@@ -342,6 +342,14 @@ impl Agent {
         let _lock = self.device.lock()?;
         let current = self.device.current()?;
         let answer = self.ask(current.as_ref())?;
+        tracing::info!(
+            channel = %answer.channel,
+            latest = answer.latest.as_deref().unwrap_or("-"),
+            offered = answer.update.as_ref().map_or("nothing", |u| u.version.as_str()),
+            paused = answer.paused,
+            paced = answer.paced,
+            "checked"
+        );
         let Some(offer) = answer.update else {
             return Ok(UpdateOutcome::UpToDate {
                 version: current.map(Name::into_string),

@@ -1,6 +1,6 @@
-//! One update has a deadline (`update_deadline_secs`), checked between the chunks of every
-//! download, and may have a bandwidth limit (`max_rate`), paced between the same chunks; on
-//! a clock the tests drive (no sleeps).
+//! The course of one update: its deadline (`update_deadline_secs`), checked between the
+//! chunks of every download, and its bandwidth limit (`max_rate`), paced between the same
+//! chunks, on a clock the tests drive (no sleeps); and the steps the agent logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,4 +85,53 @@ fn an_update_keeps_within_its_bandwidth_limit() {
         (secs - want).abs() < 0.01,
         "waited {secs} s for {bytes} bytes"
     );
+}
+
+thread_local! {
+    /// What this thread logged (each test runs on a thread of its own).
+    static LOGGED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where the log lines go: the logging thread's own buffer. One subscriber for the whole
+/// binary: tracing caches whether a log line is wanted when it is first met, so a
+/// subscriber set for one test only would miss lines another test met first.
+struct ThreadLog;
+
+impl std::io::Write for ThreadLog {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGGED.with(|l| l.borrow_mut().extend_from_slice(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An update logs each of its steps (what the check offered, the plan, the downloads, the
+/// tree, the switch), so that an unattended device's journal says where it stopped.
+#[test]
+fn an_update_logs_its_steps() {
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(|| ThreadLog)
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, _agent, _v1) = folder_and_agent(tmp.path());
+    let agent = agent_with(tmp.path(), None);
+    agent.update().unwrap();
+    let log = LOGGED.with(|l| String::from_utf8(l.borrow().clone()).unwrap());
+    let steps = [
+        "checked",
+        "offered=\"1\"",
+        "plan read: downloading",
+        "downloads verified: building the new tree in staging",
+        "tree built: verifying it against the manifest",
+        "switched: current is now 1",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let found = log[at..].find(step);
+        assert!(found.is_some(), "{step:?} after byte {at} of:\n{log}");
+        at += found.unwrap();
+    }
 }

@@ -7,8 +7,12 @@ use deltaroot_agent::{Cli, Command};
 use deltaroot_client::agent::{Agent, Show};
 
 fn main() -> anyhow::Result<()> {
+    // The agent's own steps (info) unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
+        .from_env_lossy();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();

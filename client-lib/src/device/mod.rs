@@ -281,6 +281,7 @@ impl Device {
         // A complete deployment of this very release (rolled back from, say) is switched
         // to again, not fetched again.
         if self.is_complete(&m.version, Some(target)) {
+            tracing::info!(version = %m.version, "its deployment is complete on the device: switching to it without a download");
             self.switch_to(&m.version)?;
             self.collect_garbage()?;
             return Ok(DeployReport {
@@ -319,6 +320,12 @@ impl Device {
         let plan = transport.plan(&product, from, &version)?;
         // Not signed: its sizes are held to the signed manifest's before any download.
         let download_bytes = bounds::check_plan(target, &plan)?;
+        tracing::info!(
+            version = %version,
+            from = from.map(|f| f.as_str()).unwrap_or("nothing"),
+            download_bytes,
+            "plan read: downloading"
+        );
         let before = transport.downloaded();
         let mut report = DeployReport {
             version: m.version.clone(),
@@ -333,10 +340,25 @@ impl Device {
             .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report))
             .and_then(|()| {
                 report.downloaded_bytes = transport.downloaded() - before;
+                tracing::info!(
+                    downloaded_bytes = report.downloaded_bytes,
+                    "downloads verified: building the new tree in staging"
+                );
                 self.build_tree(target, base_ref, &mut report)
             })
-            .and_then(|()| self.verify_staged(target))
+            .and_then(|()| {
+                tracing::info!(
+                    linked = report.linked,
+                    copied = report.copied,
+                    written = report.written,
+                    "tree built: verifying it against the manifest"
+                );
+                self.verify_staged(target)
+            })
             .and_then(|()| self.commit(target));
+        if staged.is_ok() {
+            tracing::info!(version = %version, "switched: current is now {version}");
+        }
         if let Err(e) = &staged {
             self.clean_failed_attempt(e);
         }
