@@ -112,6 +112,24 @@ pub enum Command {
     Status,
     /// Switch back to the previous version.
     Rollback,
+    /// Confirm the version on trial after a switch, so that boot-check keeps it; with
+    /// --checks, only if every health check there passes first.
+    MarkGood {
+        /// A folder of health checks: each executable file in it, in name order, must exit
+        /// 0 within --check-timeout-secs (e.g. /etc/deltaroot/health.d).
+        #[arg(long, value_name = "DIR")]
+        checks: Option<PathBuf>,
+        /// The time each health check may take.
+        #[arg(long, default_value_t = 60)]
+        check_timeout_secs: u64,
+    },
+    /// Early in each boot: count a boot of the version on trial, and switch back to the
+    /// version before it once it has booted --boot-attempts times without mark-good.
+    BootCheck {
+        /// Boots the version on trial gets.
+        #[arg(long, default_value_t = deltaroot_client::agent::DEFAULT_BOOT_ATTEMPTS)]
+        boot_attempts: u32,
+    },
     /// Print the completion script for SHELL to stdout.
     Completions {
         /// The shell the script is for.

@@ -277,3 +277,38 @@ fn the_bandwidth_limit_comes_from_toml_and_the_flag_reads_sizes() {
     let err = settings(&["--max-rate", "fast"]).err().unwrap().to_string();
     assert!(err.contains("\"fast\" is not a size"), "{err}");
 }
+
+/// Every `ExecStart` of `deploy/` that runs the agent parses with its command line, so a
+/// flag renamed in the code cannot leave a unit that fails at boot.
+#[test]
+fn the_deploy_units_run_the_agent_with_flags_it_has() {
+    use clap::Parser;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&deploy).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().and_then(|x| x.to_str()) != Some("service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let Some(cmd) = line.strip_prefix("ExecStart=/usr/bin/deltaroot-agent ") else {
+                continue;
+            };
+            let args = std::iter::once("deltaroot-agent").chain(cmd.split_whitespace());
+            if let Err(e) = deltaroot_agent::Cli::try_parse_from(args) {
+                panic!("{}: {cmd}: {e}", path.display());
+            }
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "deltaroot-agent.service",
+            "deltaroot-boot-check.service",
+            "deltaroot-health.service"
+        ]
+    );
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{DeployReport, Device, Status};
+use crate::device::{BootCheck, DeployReport, Device, MarkGood, Status, Trial};
 use crate::error::{Error, Result};
 use crate::transport::{
     system_clock, system_sleep, CheckQuery, Clock, Deadline, Folder, Rate, Sleep, Transport,
@@ -168,7 +168,12 @@ pub struct StatusReport {
     pub current: Option<Name>,
     pub previous: Option<Name>,
     pub last: Status,
+    /// The running version's trial, until it is marked good.
+    pub trial: Option<Trial>,
 }
+
+/// Boots a version on trial gets before `boot_check` reverts it (`--boot-attempts`).
+pub const DEFAULT_BOOT_ATTEMPTS: u32 = 3;
 
 /// A setting that must hold a name.
 fn name_setting(field: &'static str, value: String) -> Result<Name> {
@@ -397,7 +402,22 @@ impl Agent {
             current: self.device.current()?,
             previous: self.device.previous()?,
             last: self.device.status()?,
+            trial: self.device.trial()?,
         })
+    }
+
+    /// Confirms the running version (the end of its trial): see [`Device::mark_good`].
+    pub fn mark_good(&self) -> Result<MarkGood> {
+        let _lock = self.device.lock()?;
+        self.device.mark_good()
+    }
+
+    /// Counts a boot of the version on trial and reverts it after `attempts` boots without
+    /// [`Agent::mark_good`]: see [`Device::boot_check`]. Needs no network; the revert is
+    /// reported (`rolled-back`, with the reason) at the next check.
+    pub fn boot_check(&self, attempts: u32) -> Result<BootCheck> {
+        let _lock = self.device.lock()?;
+        self.device.boot_check(attempts)
     }
 
     /// Switches back to the previous version and records `rolled-back` for the version left,
@@ -410,6 +430,10 @@ impl Agent {
             self.device.adopt_deployment(&prev, &self.trusted);
         }
         let now_running = self.device.rollback()?;
+        // A rollback by hand ends any trial: the operator chose the version.
+        if let Err(e) = self.device.end_trial() {
+            tracing::warn!(error = %e, "could not end the trial");
+        }
         // Rolled back either way: a record that cannot be written does not undo that.
         if let Err(e) = self.device.record_rollback(left.as_ref()) {
             tracing::warn!(error = %e, "could not record the rollback");
@@ -550,7 +574,49 @@ impl Show for StatusReport {
                 s.push_str(&format!(": {e}"));
             }
         }
+        if let Some(t) = &self.trial {
+            s.push_str(&format!(
+                "\ntrial    {} on trial, {} boots counted; `deltaroot-agent mark-good` confirms it",
+                t.version, t.boots
+            ));
+        }
         s
+    }
+    json_via_serde!();
+}
+
+impl Show for BootCheck {
+    fn text(&self) -> String {
+        match self {
+            BootCheck::NoTrial { current } => format!(
+                "nothing on trial: {} runs",
+                current.as_deref().unwrap_or("nothing")
+            ),
+            BootCheck::OnTrial {
+                version,
+                boot,
+                attempts,
+            } => format!("{version} on trial: boot {boot} of {attempts} before it is reverted"),
+            BootCheck::Reverted { from, to, reason } => {
+                format!("reverted from {from} to {to}: {reason}")
+            }
+            BootCheck::Kept { version, reason } => {
+                format!("{reason}, and there is no version to revert to: {version} stays")
+            }
+        }
+    }
+    json_via_serde!();
+}
+
+impl Show for MarkGood {
+    fn text(&self) -> String {
+        match self {
+            MarkGood::Marked { version } => format!("marked good: {version} stays"),
+            MarkGood::NoTrial { current } => format!(
+                "nothing on trial: {} runs",
+                current.as_deref().unwrap_or("nothing")
+            ),
+        }
     }
     json_via_serde!();
 }

@@ -79,6 +79,8 @@ pub enum Error {
         needed: u64,
         available: u64,
     },
+    #[error("health check {script}: {what}")]
+    HealthCheck { script: PathBuf, what: String },
     #[error("device root {root}: {what}")]
     Device { root: PathBuf, what: String },
     #[error("configuration {path}: {what}")]

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod device;
 pub mod error;
+pub mod health;
 pub mod transport;
 
 pub use error::{Error, Result};

@@ -723,3 +723,185 @@ fn an_unmarked_previous_deployment_that_verifies_whole_is_rolled_back_to() {
         tools().0
     );
 }
+
+/// Publishes version 2 of [`folder_and_agent`]'s release (the tool changes, by delta).
+fn publish_two(f: &folder::Release, v1: &deltaroot_format::Manifest) {
+    use folder::*;
+    let (one, two) = tools();
+    f.publish(
+        "2",
+        200,
+        vec![
+            dir("bin"),
+            file("bin/tool", &two, 0o4755),
+            file("etc.conf", b"setting = 1\n", 0o644),
+            symlink("link", "bin/tool"),
+        ],
+        &[&two],
+        Some(v1),
+        &[(&one, &two)],
+    );
+}
+
+/// A simulated boot sequence: an update puts 2 on trial; three boots without mark-good
+/// count, the fourth reverts to 1 and records `rolled-back` with the reason, which the next
+/// check reports; a trial marked good is kept through any number of boots.
+#[test]
+fn a_version_never_marked_good_is_reverted_after_its_boots() {
+    use deltaroot_client::device::{BootCheck, MarkGood};
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    agent.update().unwrap();
+    // The first install is on trial too, with nothing to go back to.
+    assert_eq!(agent.status().unwrap().trial.unwrap().previous, None);
+    assert_eq!(
+        agent.mark_good().unwrap(),
+        MarkGood::Marked {
+            version: "1".into()
+        }
+    );
+    assert_eq!(
+        agent.boot_check(3).unwrap(),
+        BootCheck::NoTrial {
+            current: Some("1".into())
+        }
+    );
+    publish_two(&f, &v1);
+    agent.update().unwrap();
+    let t = agent.status().unwrap().trial.unwrap();
+    assert_eq!(
+        (t.version.as_str(), t.previous.as_deref(), t.boots),
+        ("2", Some("1"), 0)
+    );
+    for boot in 1..=3 {
+        assert_eq!(
+            agent.boot_check(3).unwrap(),
+            BootCheck::OnTrial {
+                version: "2".into(),
+                boot,
+                attempts: 3
+            }
+        );
+        assert_eq!(agent.device.current().unwrap().as_deref(), Some("2"));
+    }
+    let reason = "2 was not marked good within 3 boots";
+    assert_eq!(
+        agent.boot_check(3).unwrap(),
+        BootCheck::Reverted {
+            from: "2".into(),
+            to: "1".into(),
+            reason: reason.into()
+        }
+    );
+    let st = agent.status().unwrap();
+    assert_eq!(st.current.as_deref(), Some("1"));
+    assert_eq!(st.trial, None);
+    assert_eq!(
+        (
+            st.last.last_result.as_deref(),
+            st.last.last_version.as_deref(),
+            st.last.last_error.as_deref()
+        ),
+        (Some("rolled-back"), Some("2"), Some(reason))
+    );
+    // The next check reports the revert, and 2 is not offered again.
+    let answer = agent.check().unwrap();
+    assert!(answer.update.is_none(), "{answer:?}");
+    // Later boots count nothing.
+    assert!(matches!(
+        agent.boot_check(3).unwrap(),
+        BootCheck::NoTrial { .. }
+    ));
+
+    // Installed by name again and marked good after one boot: it stays.
+    agent.install("2").unwrap();
+    assert!(matches!(
+        agent.boot_check(1).unwrap(),
+        BootCheck::OnTrial { boot: 1, .. }
+    ));
+    assert_eq!(
+        agent.mark_good().unwrap(),
+        MarkGood::Marked {
+            version: "2".into()
+        }
+    );
+    for _ in 0..5 {
+        assert!(matches!(
+            agent.boot_check(1).unwrap(),
+            BootCheck::NoTrial { .. }
+        ));
+    }
+    assert_eq!(agent.device.current().unwrap().as_deref(), Some("2"));
+}
+
+/// A first install never marked good has nothing to revert to: it stays, recorded as
+/// failed with the reason; a garbage trial file counts as no trial.
+#[test]
+fn a_first_install_never_marked_good_stays_and_says_so() {
+    use deltaroot_client::device::BootCheck;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_f, agent, _v1) = folder_and_agent(tmp.path());
+    agent.update().unwrap();
+    assert!(matches!(
+        agent.boot_check(0).unwrap(),
+        BootCheck::Kept { ref version, .. } if version == "1"
+    ));
+    let st = agent.status().unwrap();
+    assert_eq!(st.current.as_deref(), Some("1"));
+    assert_eq!(st.last.last_result.as_deref(), Some("failed"));
+    assert!(st
+        .last
+        .last_error
+        .unwrap()
+        .contains("there is no version to revert to"));
+    std::fs::write(tmp.path().join("root/state/trial.json"), b"{garbage").unwrap();
+    assert!(matches!(
+        agent.boot_check(0).unwrap(),
+        BootCheck::NoTrial { .. }
+    ));
+    assert!(!tmp.path().join("root/state/trial.json").exists());
+}
+
+/// Health checks run in name order; the first failure stops the rest and names the script,
+/// its exit and the end of its output; one that overruns its limit is stopped.
+#[test]
+fn health_checks_pass_fail_and_time_out() {
+    use deltaroot_client::health::run_checks;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("health.d");
+    std::fs::create_dir(&dir).unwrap();
+    let script = |name: &str, body: &str, mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let limit = std::time::Duration::from_secs(2);
+    assert!(run_checks(&tmp.path().join("none"), limit)
+        .unwrap()
+        .is_empty());
+    script("10-fine", "echo fine", 0o755);
+    script("README", "exit 1", 0o644);
+    script(".20-hidden", "exit 1", 0o755);
+    let ran = run_checks(&dir, limit).unwrap();
+    assert_eq!(ran, vec![dir.join("10-fine")]);
+    script("30-broken", "echo the disk is read-only >&2; exit 3", 0o755);
+    script("40-never", "touch \"$0.ran\"", 0o755);
+    let err = run_checks(&dir, limit).unwrap_err().to_string();
+    assert!(err.contains("30-broken"), "{err}");
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(err.contains("the disk is read-only"), "{err}");
+    assert!(
+        !dir.join("40-never.ran").exists(),
+        "checks after a failure run"
+    );
+    std::fs::remove_file(dir.join("30-broken")).unwrap();
+    script("35-hangs", "echo waiting; sleep 60", 0o755);
+    let err = run_checks(&dir, std::time::Duration::from_millis(500))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("35-hangs") && err.contains("still running after 0 s: stopped"),
+        "{err}"
+    );
+}

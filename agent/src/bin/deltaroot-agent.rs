@@ -51,6 +51,22 @@ fn main() -> anyhow::Result<()> {
             let v = agent.rollback().context("rolling back")?;
             println!("rolled back: current is now {v}");
         }
+        Command::MarkGood {
+            checks,
+            check_timeout_secs,
+        } => {
+            if let Some(dir) = checks {
+                let limit = std::time::Duration::from_secs(*check_timeout_secs);
+                deltaroot_client::health::run_checks(dir, limit)
+                    .context("not marked good: a health check failed")?;
+            }
+            show(&agent.mark_good().context("marking good")?)
+        }
+        Command::BootCheck { boot_attempts } => show(
+            &agent
+                .boot_check(*boot_attempts)
+                .context("checking the boot")?,
+        ),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("answered above"),
     }
     Ok(())

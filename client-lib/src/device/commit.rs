@@ -46,7 +46,7 @@ impl Device {
         }
     }
 
-    fn write_status(&self, status: &Status) -> Result<()> {
+    pub(super) fn write_status(&self, status: &Status) -> Result<()> {
         let json = serde_json::to_vec_pretty(status).expect("status serialises");
         self.write_atomic(STATUS, &json)
     }
@@ -78,6 +78,7 @@ impl Device {
         self.sync_dir("staging")?;
         self.mark_complete(target)?;
         self.mark_running_deployment()?;
+        self.start_trial(v)?;
         self.switch_to(v)?;
         self.collect_garbage()
     }
@@ -206,7 +207,7 @@ impl Device {
             .map_err(self.io(name))
     }
 
-    fn sync_dir(&self, rel: &str) -> Result<()> {
+    pub(super) fn sync_dir(&self, rel: &str) -> Result<()> {
         let d = self.dir.open(rel).map_err(self.io(rel))?;
         rustix::fs::fsync(&d).map_err(|e| self.io(rel)(e.into()))
     }

@@ -15,6 +15,7 @@
 //! state/manifests/         the signed manifests of the kept versions
 //! state/complete/<v>       written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
+//! state/trial.json         the running version's trial until it is marked good (`trial`)
 //! ```
 //!
 //! The running tree is only ever read: unchanged files are hardlinked from it, and a file
@@ -27,7 +28,8 @@
 //!   [`Device::deploy`], which runs the steps below in order;
 //! - `fetch`: the contents the target needs, from packs, deltas and single downloads;
 //! - `stage`: the staging tree built from the running tree and the content store, verified;
-//! - `commit`: the switch, rollback, the record of an attempt, pruning.
+//! - `commit`: the switch, rollback, the record of an attempt, pruning;
+//! - `trial`: the trial of a new version, `mark_good` and `boot_check`'s revert.
 
 use std::fs::File;
 use std::io;
@@ -46,6 +48,9 @@ mod bounds;
 mod commit;
 mod fetch;
 mod stage;
+mod trial;
+
+pub use trial::{BootCheck, MarkGood, Trial};
 
 const STAGING_TREE: &str = "staging/tree";
 const CONTENT: &str = "staging/content";
@@ -282,6 +287,7 @@ impl Device {
         // to again, not fetched again.
         if self.is_complete(&m.version, Some(target)) {
             tracing::info!(version = %m.version, "its deployment is complete on the device: switching to it without a download");
+            self.start_trial(&m.version)?;
             self.switch_to(&m.version)?;
             self.collect_garbage()?;
             return Ok(DeployReport {

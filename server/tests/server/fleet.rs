@@ -26,6 +26,7 @@ on_both_backends!(
     device_several_versions_behind_and_floors,
     server_built_deltas_skip_the_publishers_skipped_methods,
     a_channel_the_product_lacks_is_named_not_empty,
+    a_device_reverts_a_version_never_marked_good_and_the_rollout_stops,
 );
 
 /// Release `n` of a small tree: some files change every release, one never does.
@@ -669,4 +670,47 @@ fn a_channel_the_product_lacks_is_named_not_empty(backend: Backend) {
     );
     let r = f.http.get(format!("{url}&pin=1.0")).send().unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A simulated boot loop: a device updates to 2, boots it three times without mark-good,
+/// the fourth boot-check reverts it to 1; its next check reports `rolled-back`, and the
+/// rollout's failure limit stops the rollout.
+fn a_device_reverts_a_version_never_marked_good_and_the_rollout_stops(backend: Backend) {
+    use deltaroot_client::device::BootCheck;
+    let f = fleet(backend, 2, "1.0");
+    let root = tempfile::tempdir().unwrap();
+    let a = agent(&f.server, root.path(), &f.trust);
+    a.update().unwrap();
+    a.mark_good().unwrap();
+    f.promote(PromoteRequest {
+        max_failure_rate: Some(0.5),
+        min_reports: Some(1),
+        ..promote_to("2.0")
+    });
+    a.update().unwrap();
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
+    for _ in 0..3 {
+        assert!(matches!(
+            a.boot_check(3).unwrap(),
+            BootCheck::OnTrial { .. }
+        ));
+    }
+    assert!(matches!(
+        a.boot_check(3).unwrap(),
+        BootCheck::Reverted { ref to, .. } if to == "1.0"
+    ));
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("current/etc/version")).unwrap(),
+        "1\n"
+    );
+    // The check after the revert reports it and is not offered 2.0 again.
+    assert!(a.check().unwrap().update.is_none());
+    f.server.flush();
+    let stopped = f.server.op(f.server.app.fleet.watch_rollouts()).unwrap();
+    assert_eq!(stopped.len(), 1);
+    let ro = f.status().rollout.unwrap();
+    assert_eq!(
+        (ro.state.as_str(), ro.reports, ro.failures),
+        ("stopped", 1, 1)
+    );
 }
