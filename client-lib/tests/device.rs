@@ -270,20 +270,7 @@ fn one_then_two(tmp: &std::path::Path) -> (folder::Release, Agent, std::path::Pa
     use folder::*;
     let (f, agent, v1) = folder_and_agent(tmp);
     agent.install("1").unwrap();
-    let (one, two) = tools();
-    f.publish(
-        "2",
-        200,
-        vec![
-            dir("bin"),
-            file("bin/tool", &two, 0o4755),
-            file("etc.conf", b"setting = 2\n", 0o644),
-            symlink("link", "bin/tool"),
-        ],
-        &[&two, b"setting = 2\n"],
-        Some(&v1),
-        &[(&one, &two)],
-    );
+    publish_two(&f, &v1, b"setting = 2\n");
     agent.install("2").unwrap();
     assert_eq!(agent.device.current().unwrap().unwrap(), "2");
     assert_eq!(agent.device.previous().unwrap().unwrap(), "1");
@@ -724,8 +711,9 @@ fn an_unmarked_previous_deployment_that_verifies_whole_is_rolled_back_to() {
     );
 }
 
-/// Publishes version 2 of [`folder_and_agent`]'s release (the tool changes, by delta).
-fn publish_two(f: &folder::Release, v1: &deltaroot_format::Manifest) {
+/// Publishes version 2 of [`folder_and_agent`]'s release: the tool changes (by delta), the
+/// setting file holds `conf`.
+fn publish_two(f: &folder::Release, v1: &deltaroot_format::Manifest, conf: &[u8]) {
     use folder::*;
     let (one, two) = tools();
     f.publish(
@@ -734,10 +722,10 @@ fn publish_two(f: &folder::Release, v1: &deltaroot_format::Manifest) {
         vec![
             dir("bin"),
             file("bin/tool", &two, 0o4755),
-            file("etc.conf", b"setting = 1\n", 0o644),
+            file("etc.conf", conf, 0o644),
             symlink("link", "bin/tool"),
         ],
-        &[&two],
+        &[&two, conf],
         Some(v1),
         &[(&one, &two)],
     );
@@ -766,7 +754,7 @@ fn a_version_never_marked_good_is_reverted_after_its_boots() {
             current: Some("1".into())
         }
     );
-    publish_two(&f, &v1);
+    publish_two(&f, &v1, b"setting = 1\n");
     agent.update().unwrap();
     let t = agent.status().unwrap().trial.unwrap();
     assert_eq!(

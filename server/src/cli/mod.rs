@@ -106,6 +106,27 @@ impl Remote {
     }
 }
 
+/// How a rollout goes on after its first share: `promote` sets it, `rollout` changes it.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Waves {
+    /// Raise the share by this much every --step-secs (for `rollout`: counted from now).
+    #[arg(long)]
+    pub step_percent: Option<f64>,
+    /// Seconds between two raises of the share by --step-percent.
+    #[arg(long)]
+    pub step_secs: Option<u64>,
+    /// Stop when more than this share (0-1) of reporting devices failed or rolled back.
+    #[arg(long)]
+    pub max_failure_rate: Option<f64>,
+    /// ...once at least this many devices reported.
+    #[arg(long)]
+    pub min_reports: Option<u64>,
+    /// Pace the rollout by egress too: admit devices while the downloads their plans name
+    /// stay within this much per clock hour (e.g. 50G); for `rollout`, 0 removes the budget.
+    #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
+    pub max_bytes_per_hour: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API, manifests, objects and deltas.
@@ -258,25 +279,11 @@ enum Command {
         /// Share of devices offered the release at first (0-100).
         #[arg(long)]
         percent: Option<f64>,
-        /// Raise the share by this much every --step-secs.
-        #[arg(long)]
-        step_percent: Option<f64>,
-        /// Seconds between two raises of the share by --step-percent.
-        #[arg(long)]
-        step_secs: Option<u64>,
         /// A release every older device must install first.
         #[arg(long)]
         floor: Option<Name>,
-        /// Stop when more than this share (0-1) of reporting devices failed or rolled back.
-        #[arg(long)]
-        max_failure_rate: Option<f64>,
-        /// ...once at least this many devices reported.
-        #[arg(long)]
-        min_reports: Option<u64>,
-        /// Pace the rollout by egress too: admit devices while the downloads their plans
-        /// name stay within this much per clock hour (e.g. 50G).
-        #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
-        max_bytes_per_hour: Option<u64>,
+        #[command(flatten)]
+        waves: Waves,
     },
     /// Stop offering updates on a channel.
     Pause {
@@ -324,21 +331,8 @@ enum Command {
         channel: String,
         /// Share of devices offered the rollout's release now (0-100).
         percent: Option<f64>,
-        /// Raise the share by this much every --step-secs from now.
-        #[arg(long)]
-        step_percent: Option<f64>,
-        /// Seconds between two raises of the share.
-        #[arg(long)]
-        step_secs: Option<u64>,
-        /// Stop when more than this share (0-1) of reporting devices failed or rolled back.
-        #[arg(long)]
-        max_failure_rate: Option<f64>,
-        /// ...once at least this many devices reported.
-        #[arg(long)]
-        min_reports: Option<u64>,
-        /// The egress budget per clock hour (e.g. 50G); 0 removes it.
-        #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
-        max_bytes_per_hour: Option<u64>,
+        #[command(flatten)]
+        waves: Waves,
     },
     /// Show the audit log: who changed what, when.
     Audit {
@@ -640,22 +634,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             version,
             percent,
-            step_percent,
-            step_secs,
             floor,
-            max_failure_rate,
-            min_reports,
-            max_bytes_per_hour,
+            waves: w,
         } => {
             let req = PromoteRequest {
                 version,
                 percent,
-                step_percent,
-                step_secs,
+                step_percent: w.step_percent,
+                step_secs: w.step_secs,
                 floor,
-                max_failure_rate,
-                min_reports,
-                max_bytes_per_hour,
+                max_failure_rate: w.max_failure_rate,
+                min_reports: w.min_reports,
+                max_bytes_per_hour: w.max_bytes_per_hour,
             };
             let c = remote
                 .client()?
@@ -705,19 +695,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
             channel,
             percent,
-            step_percent,
-            step_secs,
-            max_failure_rate,
-            min_reports,
-            max_bytes_per_hour,
+            waves: w,
         } => {
             let req = RolloutRequest {
                 percent,
-                step_percent,
-                step_secs,
-                max_failure_rate,
-                min_reports,
-                max_bytes_per_hour,
+                step_percent: w.step_percent,
+                step_secs: w.step_secs,
+                max_failure_rate: w.max_failure_rate,
+                min_reports: w.min_reports,
+                max_bytes_per_hour: w.max_bytes_per_hour,
             };
             let c = remote
                 .client()?
