@@ -90,6 +90,10 @@ pub struct Cli {
     /// (default: no limit).
     #[arg(long, value_name = "SIZE", value_parser = deltaroot_format::parse_bytes)]
     pub max_rate: Option<u64>,
+    /// A folder of hooks: every executable of its pre-switch.d runs before a switch (a
+    /// failure stops it), of post-switch.d after, of revert.d after boot-check reverted.
+    #[arg(long, value_name = "DIR")]
+    pub hooks: Option<PathBuf>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -227,6 +231,8 @@ impl Cli {
             ca_cert: self.ca_cert.clone(),
             update_deadline_secs: self.update_deadline_secs,
             max_rate: self.max_rate,
+            hooks: self.hooks.clone(),
+            hook_timeout_secs: None,
         }))
     }
 }

@@ -58,7 +58,15 @@ pub struct Settings {
     /// Most bytes per second all downloads of an update take together (none: as fast as the
     /// network goes).
     pub max_rate: Option<u64>,
+    /// A folder of hooks: `pre-switch.d`, `post-switch.d` and `revert.d`, each executable
+    /// in them run around a switch or a revert (`deltaroot_client::health::Hooks`).
+    pub hooks: Option<PathBuf>,
+    /// The time each hook may take, in seconds (default [`DEFAULT_HOOK_TIMEOUT_SECS`]).
+    pub hook_timeout_secs: Option<u64>,
 }
+
+/// How long a hook may run by default.
+pub const DEFAULT_HOOK_TIMEOUT_SECS: u64 = 300;
 
 impl Settings {
     /// Fields set in `over` replace those in `self`.
@@ -77,7 +85,9 @@ impl Settings {
             pin,
             ca_cert,
             update_deadline_secs,
-            max_rate
+            max_rate,
+            hooks,
+            hook_timeout_secs
         );
         if !over.trust.is_empty() {
             self.trust = over.trust;
@@ -233,7 +243,13 @@ impl Agent {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let device = Device::open(&root)?;
+        let mut device = Device::open(&root)?;
+        device.set_hooks(s.hooks.map(|dir| crate::health::Hooks {
+            dir,
+            limit: std::time::Duration::from_secs(
+                s.hook_timeout_secs.unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS),
+            ),
+        }));
         let device_id = match s.device_id {
             Some(id) => DeviceId::new(id).map_err(|e| settings_error(&e.to_string()))?,
             None => resolve_device_id(&root, Path::new(MACHINE_ID))?,
@@ -497,7 +513,7 @@ macro_rules! json_via_serde {
 
 impl Show for DeployReport {
     fn text(&self) -> String {
-        format!(
+        let mut s = format!(
             "installed {} (from {}): downloaded {} (plan {}) in {} deltas and {} objects; {} files hardlinked, {} copied, {} written",
             self.version,
             self.from.as_deref().unwrap_or("nothing"),
@@ -508,7 +524,11 @@ impl Show for DeployReport {
             self.linked,
             self.copied,
             self.written
-        )
+        );
+        for h in &self.hooks {
+            s.push_str(&format!("\n  {h}"));
+        }
+        s
     }
     json_via_serde!();
 }
@@ -597,8 +617,17 @@ impl Show for BootCheck {
                 boot,
                 attempts,
             } => format!("{version} on trial: boot {boot} of {attempts} before it is reverted"),
-            BootCheck::Reverted { from, to, reason } => {
-                format!("reverted from {from} to {to}: {reason}")
+            BootCheck::Reverted {
+                from,
+                to,
+                reason,
+                hooks,
+            } => {
+                let mut s = format!("reverted from {from} to {to}: {reason}");
+                for h in hooks {
+                    s.push_str(&format!("\n  {h}"));
+                }
+                s
             }
             BootCheck::Kept { version, reason } => {
                 format!("{reason}, and there is no version to revert to: {version} stays")

@@ -79,8 +79,9 @@ pub enum Error {
         needed: u64,
         available: u64,
     },
-    #[error("health check {script}: {what}")]
-    HealthCheck { script: PathBuf, what: String },
+    /// A health check or hook that failed, overran its limit or could not start.
+    #[error("{script}: {what}")]
+    Script { script: PathBuf, what: String },
     #[error("device root {root}: {what}")]
     Device { root: PathBuf, what: String },
     #[error("configuration {path}: {what}")]

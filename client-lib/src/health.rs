@@ -1,7 +1,8 @@
-//! The image's health checks before a version on trial is marked good: each executable file
-//! of a drop-in folder (e.g. `/etc/deltaroot/health.d`), in name order, with a time limit;
-//! the first that fails or overruns stops the rest, and its error names the script, how it
-//! ended and the end of its output.
+//! Scripts of drop-in folders, each executable file in name order with a time limit: the
+//! image's health checks before a version on trial is marked good (e.g.
+//! `/etc/deltaroot/health.d`; the first that fails or overruns stops the rest, and its error
+//! names the script, how it ended and the end of its output), and the device's hooks around a
+//! switch ([`Hooks`]: `pre-switch.d`, `post-switch.d`, `revert.d`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,14 +45,78 @@ pub fn scripts(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn run_checks(dir: &Path, limit: Duration) -> Result<Vec<PathBuf>> {
     let all = scripts(dir)?;
     for script in &all {
-        run_one(script, limit)?;
+        run_one(script, limit, &[])?;
         tracing::info!(script = %script.display(), "health check passed");
     }
     Ok(all)
 }
 
-fn run_one(script: &Path, limit: Duration) -> Result<()> {
-    let fail = |what: String| Error::HealthCheck {
+/// The device's hooks: `<dir>/pre-switch.d` runs before `current` moves to a new version
+/// (a failure stops the switch), `<dir>/post-switch.d` after it, `<dir>/revert.d` after
+/// `boot_check` switched back. Each script gets `DELTAROOT_EVENT`, `DELTAROOT_ROOT`,
+/// `DELTAROOT_FROM` (empty for nothing), `DELTAROOT_TO` and `DELTAROOT_TREE` (the tree of
+/// `DELTAROOT_TO`) in its environment.
+#[derive(Clone, Debug)]
+pub struct Hooks {
+    pub dir: PathBuf,
+    /// The time each hook may take.
+    pub limit: Duration,
+}
+
+/// What the hooks of one event did, a line per script: its name, `ok` or how it failed,
+/// and the end of its output.
+pub type HookLines = Vec<String>;
+
+impl Hooks {
+    /// Runs the hooks of `event` (`pre-switch`, `post-switch`, `revert`) with `env`; every
+    /// one, or up to the first failure when `stop_at_failure`. The lines of those that ran,
+    /// and the first failure.
+    pub fn run(
+        &self,
+        event: &str,
+        env: &[(&str, String)],
+        stop_at_failure: bool,
+    ) -> (HookLines, Option<Error>) {
+        let dir = self.dir.join(format!("{event}.d"));
+        let all = match scripts(&dir) {
+            Ok(a) => a,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let mut env: Vec<(&str, String)> = env.to_vec();
+        env.push(("DELTAROOT_EVENT", event.to_string()));
+        let (mut lines, mut first) = (Vec::new(), None);
+        for script in &all {
+            let name = script.file_name().unwrap_or_default().to_string_lossy();
+            match run_one(script, self.limit, &env) {
+                Ok(tail) => {
+                    tracing::info!(event, hook = %name, "hook ran");
+                    lines.push(format!("{event} {name}: ok{}", shown(&tail)));
+                }
+                Err(e) => {
+                    tracing::warn!(event, hook = %name, error = %e, "hook failed");
+                    lines.push(format!("{event} {name}: {e}"));
+                    first.get_or_insert(e);
+                    if stop_at_failure {
+                        break;
+                    }
+                }
+            }
+        }
+        (lines, first)
+    }
+}
+
+fn shown(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+/// Runs `script` with `env` added; the end of its output, or how it failed.
+fn run_one(script: &Path, limit: Duration, env: &[(&str, String)]) -> Result<String> {
+    let fail = |what: String| Error::Script {
         script: script.to_owned(),
         what,
     };
@@ -59,6 +124,7 @@ fn run_one(script: &Path, limit: Duration) -> Result<()> {
     // A process group of its own, so that what the script started goes with it: a
     // leftover `sleep` holding its output open would otherwise hold this up too.
     let mut child = Command::new(script)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -135,6 +201,6 @@ fn run_one(script: &Path, limit: Duration) -> Result<()> {
             limit.as_secs()
         )))),
         Some(s) if !s.success() => Err(fail(with_output(format!("failed ({s})")))),
-        Some(_) => Ok(()),
+        Some(_) => Ok(tail),
     }
 }

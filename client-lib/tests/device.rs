@@ -778,7 +778,8 @@ fn a_version_never_marked_good_is_reverted_after_its_boots() {
         BootCheck::Reverted {
             from: "2".into(),
             to: "1".into(),
-            reason: reason.into()
+            reason: reason.into(),
+            hooks: Vec::new(),
         }
     );
     let st = agent.status().unwrap();
@@ -891,5 +892,93 @@ fn health_checks_pass_fail_and_time_out() {
     assert!(
         err.contains("35-hangs") && err.contains("still running after 0 s: stopped"),
         "{err}"
+    );
+}
+
+/// Hooks around a switch: pre-switch and post-switch scripts run with the move in their
+/// environment and their output in the report; a failing pre-switch hook stops the switch
+/// (the running version stays, the attempt is recorded failed naming the hook); revert hooks
+/// run after boot-check switched back.
+#[test]
+fn hooks_run_around_a_switch_and_a_failing_one_stops_it() {
+    use deltaroot_client::agent::UpdateOutcome;
+    use deltaroot_client::device::BootCheck;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, _, v1) = folder_and_agent(tmp.path());
+    let hooks = tmp.path().join("hooks");
+    let log = tmp.path().join("hooks.log");
+    let hook = |event: &str, name: &str, body: &str| {
+        let d = hooks.join(format!("{event}.d"));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let record = format!(
+        "echo \"$DELTAROOT_EVENT $DELTAROOT_FROM>$DELTAROOT_TO $(cat \"$DELTAROOT_TREE/etc.conf\")\" >> {}; echo noted",
+        log.display()
+    );
+    for event in ["pre-switch", "post-switch", "revert"] {
+        hook(event, "10-record", &record);
+    }
+    let agent = Agent::new(Settings {
+        root: Some(tmp.path().join("root")),
+        folder: Some(f.root.clone()),
+        product: Some("demo".into()),
+        trust: vec![tmp.path().join("k.pub")],
+        device_id: Some("test-folder".into()),
+        hooks: Some(hooks.clone()),
+        ..Settings::default()
+    })
+    .unwrap();
+    let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!(
+        r.hooks,
+        [
+            "pre-switch 10-record: ok: noted",
+            "post-switch 10-record: ok: noted"
+        ]
+    );
+    agent.mark_good().unwrap();
+    publish_two(&f, &v1, b"setting = 2\n");
+    // A failing pre-switch hook: 2 is not switched to, and the attempt says why.
+    hook(
+        "pre-switch",
+        "20-refuse",
+        "echo not during a shift >&2; exit 4",
+    );
+    let err = agent.update().unwrap_err().to_string();
+    assert!(
+        err.contains("a pre-switch hook stopped the switch to 2")
+            && err.contains("20-refuse")
+            && err.contains("not during a shift"),
+        "{err}"
+    );
+    assert_eq!(agent.device.current().unwrap().as_deref(), Some("1"));
+    let st = agent.status().unwrap();
+    assert_eq!(st.last.last_result.as_deref(), Some("failed"));
+    assert_eq!(st.trial, None);
+    // Allowed again: the switch goes through, then a revert runs the revert hooks.
+    std::fs::remove_file(hooks.join("pre-switch.d/20-refuse")).unwrap();
+    agent.update().unwrap();
+    assert!(matches!(
+        agent.boot_check(0).unwrap(),
+        BootCheck::Reverted { ref hooks, .. } if hooks == &["revert 10-record: ok: noted"]
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        [
+            "pre-switch >1 setting = 1",
+            "post-switch >1 setting = 1",
+            "pre-switch 1>2 setting = 2",
+            "pre-switch 1>2 setting = 2",
+            "post-switch 1>2 setting = 2",
+            "revert 2>1 setting = 1",
+            ""
+        ]
+        .join("\n")
     );
 }

@@ -58,7 +58,11 @@ impl Device {
     /// new tree is renamed in, synced, and marked complete last. A power cut at any point
     /// leaves either the old `current` or the new one, and never a marked tree that is not
     /// whole.
-    pub(super) fn commit(&self, target: &VerifiedManifest) -> Result<()> {
+    pub(super) fn commit(
+        &self,
+        target: &VerifiedManifest,
+        report: &mut DeployReport,
+    ) -> Result<()> {
         let v = &target.manifest().version;
         let dest = format!("deployments/{v}");
         self.unmark_complete(v)?;
@@ -78,9 +82,25 @@ impl Device {
         self.sync_dir("staging")?;
         self.mark_complete(target)?;
         self.mark_running_deployment()?;
+        self.switch_on_trial(v, report)?;
+        self.collect_garbage()
+    }
+
+    /// Switches to the complete deployment of `v`, which goes on trial: the pre-switch
+    /// hooks first, which may stop the switch (the tree stays, complete, for a later
+    /// attempt), the post-switch hooks after, which are told of it and cannot undo it.
+    pub(super) fn switch_on_trial(&self, v: &str, report: &mut DeployReport) -> Result<()> {
+        let from = self.current()?.map(Name::into_string);
+        let (lines, failed) = self.run_hooks("pre-switch", from.as_deref(), v, true);
+        report.hooks.extend(lines);
+        if let Some(e) = failed {
+            return Err(self.err(format!("a pre-switch hook stopped the switch to {v}: {e}")));
+        }
         self.start_trial(v)?;
         self.switch_to(v)?;
-        self.collect_garbage()
+        let (lines, _) = self.run_hooks("post-switch", from.as_deref(), v, false);
+        report.hooks.extend(lines);
+        Ok(())
     }
 
     /// Points `previous` at the running version (if any) and `current` at `v`.

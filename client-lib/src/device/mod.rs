@@ -100,6 +100,9 @@ pub struct DeployReport {
     pub copied: u64,
     /// Files written from downloaded content.
     pub written: u64,
+    /// What the hooks around the switch did, a line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
 }
 
 /// The device's update lock (`state/lock`, `flock`), released when dropped. It is released
@@ -118,6 +121,8 @@ impl Drop for DeviceLock {
 pub struct Device {
     root: PathBuf,
     dir: Dir,
+    /// The hooks run around a switch and a revert, if the device has any.
+    hooks: Option<crate::health::Hooks>,
 }
 
 impl Device {
@@ -136,7 +141,37 @@ impl Device {
         Ok(Device {
             root: root.to_owned(),
             dir,
+            hooks: None,
         })
+    }
+
+    /// Runs `hooks` around every switch and revert of this device from now on.
+    pub fn set_hooks(&mut self, hooks: Option<crate::health::Hooks>) {
+        self.hooks = hooks;
+    }
+
+    /// Runs the hooks of `event` for a move from `from` to `to`, if the device has hooks:
+    /// their lines, and the first failure (the only one when `stop_at_failure`).
+    fn run_hooks(
+        &self,
+        event: &str,
+        from: Option<&str>,
+        to: &str,
+        stop_at_failure: bool,
+    ) -> (Vec<String>, Option<Error>) {
+        let Some(h) = &self.hooks else {
+            return (Vec::new(), None);
+        };
+        let env = [
+            ("DELTAROOT_ROOT", self.root.display().to_string()),
+            ("DELTAROOT_FROM", from.unwrap_or("").to_string()),
+            ("DELTAROOT_TO", to.to_string()),
+            (
+                "DELTAROOT_TREE",
+                self.deployment_path(to).display().to_string(),
+            ),
+        ];
+        h.run(event, &env, stop_at_failure)
     }
 
     pub fn root(&self) -> &Path {
@@ -287,14 +322,14 @@ impl Device {
         // to again, not fetched again.
         if self.is_complete(&m.version, Some(target)) {
             tracing::info!(version = %m.version, "its deployment is complete on the device: switching to it without a download");
-            self.start_trial(&m.version)?;
-            self.switch_to(&m.version)?;
-            self.collect_garbage()?;
-            return Ok(DeployReport {
+            let mut report = DeployReport {
                 version: m.version.clone(),
                 from: current.map(Name::into_string),
                 ..Default::default()
-            });
+            };
+            self.switch_on_trial(&m.version, &mut report)?;
+            self.collect_garbage()?;
+            return Ok(report);
         }
         let running = match &current {
             Some(v) => self.running_manifest(v, trusted)?,
@@ -361,7 +396,7 @@ impl Device {
                 );
                 self.verify_staged(target)
             })
-            .and_then(|()| self.commit(target));
+            .and_then(|()| self.commit(target, &mut report));
         if staged.is_ok() {
             tracing::info!(version = %version, "switched: current is now {version}");
         }

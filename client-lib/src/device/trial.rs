@@ -55,6 +55,9 @@ pub enum BootCheck {
         from: String,
         to: String,
         reason: String,
+        /// What the revert hooks did, a line each.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        hooks: Vec<String>,
     },
     /// Not marked good in `attempts` boots, but nothing to go back to (the first install):
     /// it stays, recorded as failed.
@@ -198,10 +201,12 @@ impl Device {
         self.rollback()?;
         self.end_trial()?;
         tracing::warn!(from = t.version, to, "{reason}: reverted");
+        let (hooks, _) = self.run_hooks("revert", Some(&t.version), &to, false);
         Ok(BootCheck::Reverted {
             from: t.version,
             to,
             reason,
+            hooks,
         })
     }
 }
