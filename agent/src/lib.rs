@@ -111,7 +111,15 @@ pub enum Command {
     /// Ask the server whether an update is available and what it costs.
     Check,
     /// Move to the newest release on the channel.
-    Update,
+    Update {
+        /// Only download and verify it into the device's staging, for a maintenance window
+        /// (`--apply-staged` then installs it without the network).
+        #[arg(long, conflicts_with = "apply_staged")]
+        download_only: bool,
+        /// Install what `--download-only` staged, without the network.
+        #[arg(long)]
+        apply_staged: bool,
+    },
     /// Show the running and previous versions and the last result.
     Status,
     /// Switch back to the previous version.
@@ -195,7 +203,7 @@ impl Command {
     /// Whether the command may create the device root: only `install` and `update` do;
     /// `check`, `status` and `rollback` on a root that does not exist say so.
     pub fn creates_root(&self) -> bool {
-        matches!(self, Command::Install { .. } | Command::Update)
+        matches!(self, Command::Install { .. } | Command::Update { .. })
     }
 }
 

@@ -129,8 +129,12 @@ impl Drop for DeadlineGuard<'_> {
 /// What `update` did.
 #[derive(Debug, Serialize)]
 pub enum UpdateOutcome {
-    UpToDate { version: Option<String> },
+    UpToDate {
+        version: Option<String>,
+    },
     Updated(DeployReport),
+    /// `update --download-only`: downloaded and verified, not switched to.
+    Staged(DeployReport),
 }
 
 /// A device id: 1 to 128 of `A-Z a-z 0-9 . _ : -` ([`DeviceId`]'s rule, which the server
@@ -360,6 +364,36 @@ impl Agent {
     /// signed by a trusted key that names this product, channel and version and was issued
     /// after the running release was created.
     pub fn update(&self) -> Result<UpdateOutcome> {
+        self.update_with(false)
+    }
+
+    /// `update --download-only`: what [`Agent::update`] would do up to its downloads, all
+    /// verified into `staging/` with the signed manifest; nothing is switched, and a failure
+    /// is not recorded as a failed update (no attempt was made).
+    pub fn download_update(&self) -> Result<UpdateOutcome> {
+        self.update_with(true)
+    }
+
+    /// `update --apply-staged`: installs what `update --download-only` staged, without the
+    /// network (its manifest verified again; a content missing from the staging is an
+    /// error naming it, and nothing changes).
+    pub fn apply_staged(&self) -> Result<UpdateOutcome> {
+        let _lock = self.device.lock()?;
+        let Some(m) = self.device.staged(&self.trusted)? else {
+            return Err(Error::Device {
+                root: self.device.root().to_owned(),
+                what: "nothing is staged: run `update --download-only` first".into(),
+            });
+        };
+        let version = m.manifest().version.clone();
+        let offline = StagedOnly {
+            root: self.device.root().to_owned(),
+        };
+        let result = self.device.deploy(&m, &offline, &self.trusted);
+        self.record(&version, result).map(UpdateOutcome::Updated)
+    }
+
+    fn update_with(&self, download_only: bool) -> Result<UpdateOutcome> {
         let _lock = self.device.lock()?;
         let current = self.device.current()?;
         let answer = self.ask(current.as_ref())?;
@@ -405,8 +439,15 @@ impl Agent {
                         .map_err(|e| refuse(format!("its downgrade statement is refused: {e}")))?;
                 }
             }
-            self.device.deploy(&m, &*self.transport, &self.trusted)
+            if download_only {
+                self.device.stage_downloads(&m, &*self.transport, &self.trusted)
+            } else {
+                self.device.deploy(&m, &*self.transport, &self.trusted)
+            }
         });
+        if download_only {
+            return result.map(UpdateOutcome::Staged);
+        }
         self.record(&offer.version, result)
             .map(UpdateOutcome::Updated)
     }
@@ -570,6 +611,11 @@ impl Show for UpdateOutcome {
     fn text(&self) -> String {
         match self {
             UpdateOutcome::Updated(r) => r.text(),
+            UpdateOutcome::Staged(r) => format!(
+                "downloaded {} for {} and verified it; `update --apply-staged` installs it",
+                human_bytes(r.downloaded_bytes),
+                r.version
+            ),
             UpdateOutcome::UpToDate { version: Some(v) } => {
                 format!("up to date: {v} is already running")
             }
@@ -648,4 +694,65 @@ impl Show for MarkGood {
         }
     }
     json_via_serde!();
+}
+
+/// The source of `update --apply-staged`: everything must be in `staging/` already; it
+/// fetches nothing.
+struct StagedOnly {
+    root: PathBuf,
+}
+
+impl StagedOnly {
+    fn not_staged(&self, what: &str) -> Error {
+        Error::Device {
+            root: self.root.clone(),
+            what: format!("{what} was not downloaded by `update --download-only`: run it again"),
+        }
+    }
+}
+
+impl Transport for StagedOnly {
+    fn location(&self) -> String {
+        format!("{}/staging", self.root.display())
+    }
+
+    fn check(&self, _q: &CheckQuery<'_>) -> Result<CheckResponse> {
+        Err(self.not_staged("an update check"))
+    }
+
+    fn get(&self, rel: &str, _limit: u64) -> Result<Vec<u8>> {
+        Err(self.not_staged(rel))
+    }
+
+    /// Nothing to fetch: the contents are staged.
+    fn plan(
+        &self,
+        product: &Name,
+        from: Option<&Name>,
+        to: &Name,
+    ) -> Result<deltaroot_format::Plan> {
+        Ok(deltaroot_format::Plan {
+            product: product.to_string(),
+            from: from.map(|f| f.to_string()),
+            to: to.to_string(),
+            items: Vec::new(),
+            packs: Vec::new(),
+            download_bytes: 0,
+        })
+    }
+
+    fn download(
+        &self,
+        rel: &str,
+        _file: &mut std::fs::File,
+        _path: &Path,
+        _exact: Option<u64>,
+        _max: u64,
+    ) -> Result<u64> {
+        Err(self.not_staged(rel))
+    }
+
+    fn downloaded(&self) -> u64 {
+        0
+    }
 }

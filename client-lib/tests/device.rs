@@ -982,3 +982,71 @@ fn hooks_run_around_a_switch_and_a_failing_one_stops_it() {
         .join("\n")
     );
 }
+
+/// A maintenance window: `update --download-only` fetches and verifies 2 into staging and
+/// changes nothing else; `update --apply-staged` installs it with the release folder gone
+/// (no network), and refuses, changing nothing, when a staged content is missing or nothing
+/// is staged.
+#[test]
+fn download_only_then_apply_staged_without_the_network() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    let err = agent.apply_staged().unwrap_err().to_string();
+    assert!(err.contains("nothing is staged"), "{err}");
+    publish_two(&f, &v1, b"setting = 2\n");
+    let UpdateOutcome::Staged(r) = agent.download_update().unwrap() else {
+        panic!("not staged")
+    };
+    assert_eq!(r.version, "2");
+    assert!(r.downloaded_bytes > 0);
+    assert_eq!(agent.device.current().unwrap().as_deref(), Some("1"));
+    assert!(!root.join("deployments/2").exists());
+    assert!(root.join("staging/manifest").is_file());
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("ok")
+    );
+
+    // A staged content lost: refused, nothing changes, and the staging stays for a
+    // download that completes it.
+    let content = root.join("staging/content");
+    let lost = std::fs::read_dir(&content)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let kept = std::fs::read(&lost).unwrap();
+    std::fs::remove_file(&lost).unwrap();
+    let moved = tmp.path().join("release-away");
+    std::fs::rename(&f.root, &moved).unwrap();
+    let err = agent.apply_staged().unwrap_err().to_string();
+    assert!(
+        err.contains("was not downloaded by `update --download-only`"),
+        "{err}"
+    );
+    assert_eq!(agent.device.current().unwrap().as_deref(), Some("1"));
+    std::fs::write(&lost, kept).unwrap();
+
+    // Whole again: installed with the release folder still away.
+    let UpdateOutcome::Updated(r) = agent.apply_staged().unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!((r.version.as_str(), r.downloaded_bytes), ("2", 0));
+    assert_eq!(agent.device.current().unwrap().as_deref(), Some("2"));
+    assert_eq!(
+        std::fs::read(root.join("current/etc.conf")).unwrap(),
+        b"setting = 2\n"
+    );
+    assert!(!root.join("staging/manifest").exists());
+    assert!(
+        walk(&root.join("staging")).is_empty(),
+        "{:?}",
+        walk(&root.join("staging"))
+    );
+    let err = agent.apply_staged().unwrap_err().to_string();
+    assert!(err.contains("nothing is staged"), "{err}");
+}

@@ -45,7 +45,17 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("installing {version}"))?,
         ),
         Command::Check => show(&agent.check().context("checking for updates")?),
-        Command::Update => show(&agent.update().context("updating")?),
+        Command::Update {
+            download_only,
+            apply_staged,
+        } => show(
+            &match (download_only, apply_staged) {
+                (true, _) => agent.download_update(),
+                (_, true) => agent.apply_staged(),
+                _ => agent.update(),
+            }
+            .context("updating")?,
+        ),
         Command::Status => show(&agent.status().context("reading status")?),
         Command::Rollback => {
             let v = agent.rollback().context("rolling back")?;

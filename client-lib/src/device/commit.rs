@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::{
     now, DeployReport, Device, Status, COMPLETE, CONTENT, DOWNLOADS, MANIFESTS, REPLACED,
-    STAGING_FOR, STAGING_TREE, STATUS,
+    STAGED_MANIFEST, STAGED_SIG, STAGING_FOR, STAGING_TREE, STATUS,
 };
 use crate::error::Result;
 use deltaroot_format::{Hash, Name, VerifiedManifest};
@@ -257,10 +257,13 @@ impl Device {
         for d in [CONTENT, DOWNLOADS, REPLACED] {
             self.remove_dir_if_present(d)?;
         }
-        match self.dir.remove_file(STAGING_FOR) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(STAGING_FOR)(e)),
-            _ => Ok(()),
+        for f in [STAGED_MANIFEST, STAGED_SIG, STAGING_FOR] {
+            match self.dir.remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.io(f)(e)),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Removes deployments (each losing its mark first) and manifests other than those of

@@ -12,6 +12,7 @@
 //! staging/downloads/       partial downloads, resumed after a cut
 //! staging/replaced/        an incomplete tree of the version installed, moved aside
 //! staging/for              the version the contents and downloads are for (resumable)
+//! staging/manifest(.sig)   what `update --download-only` staged, for `--apply-staged`
 //! state/manifests/         the signed manifests of the kept versions
 //! state/complete/<v>       written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
@@ -66,6 +67,10 @@ const REPLACED: &str = "staging/replaced";
 /// first download: what the next run may resume.
 const STAGING_FOR: &str = "staging/for";
 const STATUS: &str = "state/status.json";
+/// The signed manifest (and `.sig`) of what `update --download-only` staged, for
+/// `update --apply-staged`.
+const STAGED_MANIFEST: &str = "staging/manifest";
+const STAGED_SIG: &str = "staging/manifest.sig";
 /// Downloads and delta applications in flight at once.
 const FETCH_THREADS: usize = 4;
 
@@ -313,6 +318,48 @@ impl Device {
         transport: &dyn Transport,
         trusted: &[PublicKey],
     ) -> Result<DeployReport> {
+        self.deploy_with(target, transport, trusted, false)
+    }
+
+    /// Downloads and verifies what `target` needs into `staging/`, and keeps its signed
+    /// manifest there, without building or switching: [`Device::staged`] and
+    /// [`Device::deploy`] with a transport that fetches nothing finish it later.
+    pub fn stage_downloads(
+        &self,
+        target: &VerifiedManifest,
+        transport: &dyn Transport,
+        trusted: &[PublicKey],
+    ) -> Result<DeployReport> {
+        self.deploy_with(target, transport, trusted, true)
+    }
+
+    /// The manifest `stage_downloads` kept, re-verified with `trusted`; `None` when nothing is
+    /// staged (or what is staged is for the running version).
+    pub fn staged(&self, trusted: &[PublicKey]) -> Result<Option<VerifiedManifest>> {
+        let bytes = match self.dir.read(STAGED_MANIFEST) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(STAGED_MANIFEST)(e)),
+        };
+        let sig = self.dir.read(STAGED_SIG).map_err(self.io(STAGED_SIG))?;
+        let m = VerifiedManifest::verify(bytes, sig, trusted)?;
+        let for_version = self.dir.read_to_string(STAGING_FOR).unwrap_or_default();
+        let current = self.current()?;
+        if for_version.trim() != m.manifest().version
+            || current.as_deref() == Some(m.manifest().version.as_str())
+        {
+            return Ok(None);
+        }
+        Ok(Some(m))
+    }
+
+    fn deploy_with(
+        &self,
+        target: &VerifiedManifest,
+        transport: &dyn Transport,
+        trusted: &[PublicKey],
+        download_only: bool,
+    ) -> Result<DeployReport> {
         let m = target.manifest();
         let current = self.current()?;
         if current.as_deref() == Some(m.version.as_str()) {
@@ -378,7 +425,20 @@ impl Device {
         let staged = self
             .check_space(target, base_ref.map(|b| b.0), download_bytes)
             .and_then(|()| self.write_atomic(STAGING_FOR, format!("{version}\n").as_bytes()))
-            .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report))
+            .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report));
+        if download_only {
+            report.downloaded_bytes = transport.downloaded() - before;
+            let kept = staged
+                .and_then(|()| self.write_atomic(STAGED_MANIFEST, target.bytes()))
+                .and_then(|()| self.write_atomic(STAGED_SIG, target.signature()));
+            if let Err(e) = &kept {
+                self.clean_failed_attempt(e);
+            } else {
+                tracing::info!(version = %version, downloaded_bytes = report.downloaded_bytes, "downloaded and verified: `update --apply-staged` installs it");
+            }
+            return kept.map(|()| report);
+        }
+        let staged = staged
             .and_then(|()| {
                 report.downloaded_bytes = transport.downloaded() - before;
                 tracing::info!(
@@ -463,7 +523,15 @@ impl Device {
     fn clean_failed_attempt(&self, error: &Error) {
         let all = error.is_out_of_space();
         let dirs: &[&str] = if all {
-            &[STAGING_TREE, REPLACED, CONTENT, DOWNLOADS, STAGING_FOR]
+            &[
+                STAGING_TREE,
+                REPLACED,
+                CONTENT,
+                DOWNLOADS,
+                STAGING_FOR,
+                STAGED_MANIFEST,
+                STAGED_SIG,
+            ]
         } else {
             &[STAGING_TREE, REPLACED]
         };
@@ -505,7 +573,7 @@ impl Device {
                     && !self.is_complete(v, None)
             });
         if pending.is_none() {
-            self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR]);
+            self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR, STAGED_MANIFEST, STAGED_SIG]);
         }
         if let Err(e) = self.prune() {
             tracing::warn!(root = %self.root.display(), error = %e, "could not prune old deployments");
