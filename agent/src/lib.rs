@@ -94,6 +94,10 @@ pub struct Cli {
     /// failure stops it), of post-switch.d after, of revert.d after boot-check reverted.
     #[arg(long, value_name = "DIR")]
     pub hooks: Option<PathBuf>,
+    /// Deployments kept on the device, newest first (default 2), besides the running,
+    /// previous and last good ones, which are always kept.
+    #[arg(long, value_name = "N")]
+    pub keep_versions: Option<u32>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -241,6 +245,7 @@ impl Cli {
             max_rate: self.max_rate,
             hooks: self.hooks.clone(),
             hook_timeout_secs: None,
+            keep_versions: self.keep_versions,
         }))
     }
 }

@@ -63,6 +63,9 @@ pub struct Settings {
     pub hooks: Option<PathBuf>,
     /// The time each hook may take, in seconds (default [`DEFAULT_HOOK_TIMEOUT_SECS`]).
     pub hook_timeout_secs: Option<u64>,
+    /// Deployments kept on the device, newest first (default 2), besides the running,
+    /// previous and last good ones, which are always kept.
+    pub keep_versions: Option<u32>,
 }
 
 /// How long a hook may run by default.
@@ -87,7 +90,8 @@ impl Settings {
             update_deadline_secs,
             max_rate,
             hooks,
-            hook_timeout_secs
+            hook_timeout_secs,
+            keep_versions
         );
         if !over.trust.is_empty() {
             self.trust = over.trust;
@@ -248,6 +252,9 @@ impl Agent {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut device = Device::open(&root)?;
+        if let Some(n) = s.keep_versions {
+            device.set_keep_versions(n as usize);
+        }
         device.set_hooks(s.hooks.map(|dir| crate::health::Hooks {
             dir,
             limit: std::time::Duration::from_secs(

@@ -1050,3 +1050,63 @@ fn download_only_then_apply_staged_without_the_network() {
     let err = agent.apply_staged().unwrap_err().to_string();
     assert!(err.contains("nothing is staged"), "{err}");
 }
+
+/// Pruning keeps the running and previous deployments, the last one marked good, and the
+/// `keep_versions` newest installed; the others go.
+#[test]
+fn pruning_keeps_the_last_good_version_and_the_newest() {
+    use folder::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, _, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    let agent_keeping = |n: u32| {
+        Agent::new(Settings {
+            root: Some(root.clone()),
+            folder: Some(f.root.clone()),
+            product: Some("demo".into()),
+            trust: vec![tmp.path().join("k.pub")],
+            device_id: Some("test-folder".into()),
+            keep_versions: Some(n),
+            ..Settings::default()
+        })
+        .unwrap()
+    };
+    let agent = agent_keeping(2);
+    agent.install("1").unwrap();
+    agent.mark_good().unwrap();
+    publish_two(&f, &v1, b"setting = 2\n");
+    agent.install("2").unwrap();
+    let (one, _) = tools();
+    for (v, at) in [("3", 300), ("4", 400)] {
+        let conf = format!("setting = {v}\n");
+        f.publish(
+            v,
+            at,
+            vec![
+                dir("bin"),
+                file("bin/tool", &one, 0o4755),
+                file("etc.conf", conf.as_bytes(), 0o644),
+            ],
+            &[&one, conf.as_bytes()],
+            None,
+            &[],
+        );
+        agent.install(v).unwrap();
+    }
+    let kept = || {
+        let mut v: Vec<String> = std::fs::read_dir(root.join("deployments"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // 4 runs, 3 is previous, 1 was marked good; 2 went.
+    assert_eq!(kept(), ["1", "3", "4"]);
+    assert!(!root.join("state/manifests/2.manifest").exists());
+    // Keeping three: 2 comes back with its install, and stays beside the newest.
+    let agent = agent_keeping(3);
+    agent.install("2").unwrap();
+    assert_eq!(kept(), ["1", "2", "3", "4"]);
+    assert_eq!(agent.device.last_good().as_deref(), Some("1"));
+}

@@ -232,6 +232,22 @@ impl Device {
         rustix::fs::fsync(&d).map_err(|e| self.io(rel)(e.into()))
     }
 
+    /// The `n` deployments whose completion marks are the newest.
+    fn newest_complete(&self, n: usize) -> Vec<String> {
+        let Ok(marks) = self.dir.read_dir(COMPLETE) else {
+            return Vec::new();
+        };
+        let mut all: Vec<(std::time::SystemTime, String)> = marks
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let when = e.metadata().ok()?.modified().ok()?.into_std();
+                Some((when, e.file_name().to_string_lossy().into_owned()))
+            })
+            .collect();
+        all.sort_by(|a, b| b.cmp(a));
+        all.into_iter().take(n).map(|(_, v)| v).collect()
+    }
+
     /// Swaps `current` and `previous`.
     pub fn rollback(&self) -> Result<Name> {
         let cur = self
@@ -267,14 +283,17 @@ impl Device {
     }
 
     /// Removes deployments (each losing its mark first) and manifests other than those of
-    /// `current` and `previous`. Never either of those: when a link cannot be read, nothing
-    /// is removed.
+    /// `current`, `previous`, the last version marked good, and the `keep_versions` newest
+    /// installed (by the time of their completion mark). Never `current` or `previous`: when
+    /// a link cannot be read, nothing is removed.
     pub(super) fn prune(&self) -> Result<()> {
-        let keep: HashSet<String> = [self.current()?, self.previous()?]
+        let mut keep: HashSet<String> = [self.current()?, self.previous()?]
             .into_iter()
             .flatten()
             .map(Name::into_string)
             .collect();
+        keep.extend(self.last_good());
+        keep.extend(self.newest_complete(self.keep_versions));
         for e in self
             .dir
             .read_dir("deployments")

@@ -71,6 +71,8 @@ const STATUS: &str = "state/status.json";
 /// `update --apply-staged`.
 const STAGED_MANIFEST: &str = "staging/manifest";
 const STAGED_SIG: &str = "staging/manifest.sig";
+/// Deployments kept by default: the newest two (the running one and the one before).
+pub const DEFAULT_KEEP_VERSIONS: usize = 2;
 /// Downloads and delta applications in flight at once.
 const FETCH_THREADS: usize = 4;
 
@@ -128,6 +130,9 @@ pub struct Device {
     dir: Dir,
     /// The hooks run around a switch and a revert, if the device has any.
     hooks: Option<crate::health::Hooks>,
+    /// Deployments pruning keeps besides the running, previous and last good ones: the
+    /// newest installed.
+    keep_versions: usize,
 }
 
 impl Device {
@@ -147,7 +152,14 @@ impl Device {
             root: root.to_owned(),
             dir,
             hooks: None,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         })
+    }
+
+    /// Keeps the `n` newest deployments from now on (besides the running, previous and last
+    /// good ones, which are always kept).
+    pub fn set_keep_versions(&mut self, n: usize) {
+        self.keep_versions = n;
     }
 
     /// Runs `hooks` around every switch and revert of this device from now on.

@@ -26,6 +26,8 @@ use crate::error::Result;
 
 /// The trial of the running version, if it has not been marked good.
 pub(super) const TRIAL: &str = "state/trial.json";
+/// The last version marked good, which pruning keeps.
+pub(super) const GOOD: &str = "state/good";
 
 /// A version on trial.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,6 +113,15 @@ impl Device {
         self.write_atomic(TRIAL, &json)
     }
 
+    /// The last version marked good, if any.
+    pub fn last_good(&self) -> Option<String> {
+        self.dir
+            .read_to_string(GOOD)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
     /// Ends any trial (the version is good, or an operator rolled back by hand).
     pub fn end_trial(&self) -> Result<()> {
         match self.dir.remove_file(TRIAL) {
@@ -124,6 +135,7 @@ impl Device {
     pub fn mark_good(&self) -> Result<MarkGood> {
         match self.trial()? {
             Some(t) => {
+                self.write_atomic(GOOD, format!("{}\n", t.version).as_bytes())?;
                 self.end_trial()?;
                 tracing::info!(version = t.version, "marked good: the trial ended");
                 Ok(MarkGood::Marked { version: t.version })
