@@ -573,6 +573,12 @@ impl Show for DeployReport {
             self.copied,
             self.written
         );
+        if self.repaired > 0 {
+            s.push_str(&format!(
+                "\n  {} files of the running tree had changed on the device: fetched whole",
+                self.repaired
+            ));
+        }
         for h in &self.hooks {
             s.push_str(&format!("\n  {h}"));
         }

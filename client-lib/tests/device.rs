@@ -1110,3 +1110,29 @@ fn pruning_keeps_the_last_good_version_and_the_newest() {
     assert_eq!(kept(), ["1", "2", "3", "4"]);
     assert_eq!(agent.device.last_good().as_deref(), Some("1"));
 }
+
+/// A byte changed on the device in a running file that the next release keeps: the update
+/// does not fail for ever on it; the content is fetched whole, and the new tree is right.
+#[test]
+fn a_running_file_changed_on_the_device_is_fetched_whole_by_the_next_update() {
+    use deltaroot_client::agent::UpdateOutcome;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    agent.install("1").unwrap();
+    // Not through the link: the running deployment's own file, as a stray write would.
+    std::fs::write(root.join("deployments/1/etc.conf"), b"setting = 9\n").unwrap();
+    publish_two(&f, &v1, b"setting = 1\n");
+    let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
+        panic!("not updated")
+    };
+    assert_eq!(r.repaired, 1);
+    assert_eq!(
+        std::fs::read(root.join("current/etc.conf")).unwrap(),
+        b"setting = 1\n"
+    );
+    assert_eq!(
+        agent.status().unwrap().last.last_result.as_deref(),
+        Some("ok")
+    );
+}

@@ -32,6 +32,7 @@ impl Device {
         plan: &Plan,
         transport: &dyn Transport,
         report: &mut DeployReport,
+        distrusted: &HashSet<Hash>,
     ) -> Result<()> {
         self.dir.create_dir_all(CONTENT).map_err(self.io(CONTENT))?;
         self.dir
@@ -42,6 +43,7 @@ impl Device {
                 m.entries
                     .iter()
                     .filter_map(|e| e.file().map(|(h, _)| (h, e.path())))
+                    .filter(|(h, _)| !distrusted.contains(h))
                     .collect()
             })
             .unwrap_or_default();

@@ -107,6 +107,10 @@ pub struct DeployReport {
     pub copied: u64,
     /// Files written from downloaded content.
     pub written: u64,
+    /// Contents of the running tree that were not what its manifest says (changed on the
+    /// device), fetched whole instead of reused.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub repaired: u64,
     /// What the hooks around the switch did, a line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<String>,
@@ -434,10 +438,13 @@ impl Device {
             ..Default::default()
         };
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
+        let none = std::collections::HashSet::new();
         let staged = self
             .check_space(target, base_ref.map(|b| b.0), download_bytes)
             .and_then(|()| self.write_atomic(STAGING_FOR, format!("{version}\n").as_bytes()))
-            .and_then(|()| self.fetch_contents(target, base_ref, &plan, transport, &mut report));
+            .and_then(|()| {
+                self.fetch_contents(target, base_ref, &plan, transport, &mut report, &none)
+            });
         if download_only {
             report.downloaded_bytes = transport.downloaded() - before;
             let kept = staged
@@ -457,7 +464,7 @@ impl Device {
                     downloaded_bytes = report.downloaded_bytes,
                     "downloads verified: building the new tree in staging"
                 );
-                self.build_tree(target, base_ref, &mut report)
+                self.build_tree(target, base_ref, &mut report, &none)
             })
             .and_then(|()| {
                 tracing::info!(
@@ -467,8 +474,34 @@ impl Device {
                     "tree built: verifying it against the manifest"
                 );
                 self.verify_staged(target)
-            })
-            .and_then(|()| self.commit(target, &mut report));
+            });
+        // A tree that does not verify may have reused a file the device changed under the
+        // running version: those contents are fetched whole and the tree built again.
+        let staged = match (staged, base_ref) {
+            (Err(e @ Error::Verify { .. }), Some(b)) => {
+                let bad = self.damaged_base(target, b)?;
+                if bad.is_empty() {
+                    Err(e)
+                } else {
+                    report.repaired = bad.len() as u64;
+                    let before = transport.downloaded();
+                    report = DeployReport {
+                        linked: 0,
+                        copied: 0,
+                        written: 0,
+                        ..report
+                    };
+                    let r = self
+                        .fetch_contents(target, Some(b), &plan, transport, &mut report, &bad)
+                        .and_then(|()| self.build_tree(target, Some(b), &mut report, &bad))
+                        .and_then(|()| self.verify_staged(target));
+                    report.downloaded_bytes += transport.downloaded() - before;
+                    r
+                }
+            }
+            (r, _) => r,
+        };
+        let staged = staged.and_then(|()| self.commit(target, &mut report));
         if staged.is_ok() {
             tracing::info!(version = %version, "switched: current is now {version}");
         }
@@ -591,6 +624,10 @@ impl Device {
             tracing::warn!(root = %self.root.display(), error = %e, "could not prune old deployments");
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn now() -> u64 {

@@ -23,6 +23,7 @@ impl Device {
         target: &VerifiedManifest,
         base: Option<(&deltaroot_format::Manifest, &Dir)>,
         report: &mut DeployReport,
+        distrusted: &std::collections::HashSet<Hash>,
     ) -> Result<()> {
         if self.dir.exists(STAGING_TREE) {
             self.dir
@@ -55,6 +56,9 @@ impl Device {
                     meta,
                 } = e
                 {
+                    if distrusted.contains(hash) {
+                        continue;
+                    }
                     linkable.entry((*hash, meta)).or_default().push(path);
                     by_content.entry(*hash).or_insert(path);
                 }
@@ -152,6 +156,49 @@ impl Device {
     }
 
     /// Scans the staging tree and compares it with the manifest, entry by entry.
+    /// The contents of the running tree the target reuses whose files are not what the
+    /// running manifest says (a byte changed on the device): they are fetched whole instead.
+    pub(super) fn damaged_base(
+        &self,
+        target: &VerifiedManifest,
+        base: (&deltaroot_format::Manifest, &Dir),
+    ) -> Result<std::collections::HashSet<Hash>> {
+        use std::io::Read;
+        let wanted: std::collections::HashSet<Hash> =
+            target.manifest().contents().into_keys().collect();
+        let mut bad = std::collections::HashSet::new();
+        for e in &base.0.entries {
+            let Entry::Node {
+                path,
+                kind: Kind::File { hash, .. },
+                ..
+            } = e
+            else {
+                continue;
+            };
+            if !wanted.contains(hash) || bad.contains(hash) {
+                continue;
+            }
+            let found = base.1.open(path.as_path()).and_then(|f| {
+                let mut f = f.into_std();
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(Hash::from(h.finalize()));
+                    }
+                    h.update(&buf[..n]);
+                }
+            });
+            if found.ok() != Some(*hash) {
+                tracing::warn!(path = %path.as_path().display(), "a file of the running tree is not what its manifest says: fetching its content whole");
+                bad.insert(*hash);
+            }
+        }
+        Ok(bad)
+    }
+
     pub(super) fn verify_staged(&self, target: &VerifiedManifest) -> Result<()> {
         let found = tree::scan(&self.root.join(STAGING_TREE))?;
         let diffs = tree::differences(&target.manifest().entries, &found);
