@@ -922,16 +922,7 @@ fn hooks_run_around_a_switch_and_a_failing_one_stops_it() {
     for event in ["pre-switch", "post-switch", "revert"] {
         hook(event, "10-record", &record);
     }
-    let agent = Agent::new(Settings {
-        root: Some(tmp.path().join("root")),
-        folder: Some(f.root.clone()),
-        product: Some("demo".into()),
-        trust: vec![tmp.path().join("k.pub")],
-        device_id: Some("test-folder".into()),
-        hooks: Some(hooks.clone()),
-        ..Settings::default()
-    })
-    .unwrap();
+    let agent = folder::folder_agent(tmp.path(), &f, |s| s.hooks = Some(hooks.clone()));
     let UpdateOutcome::Updated(r) = agent.update().unwrap() else {
         panic!("not updated")
     };
@@ -1059,18 +1050,7 @@ fn pruning_keeps_the_last_good_version_and_the_newest() {
     let tmp = tempfile::tempdir().unwrap();
     let (f, _, v1) = folder_and_agent(tmp.path());
     let root = tmp.path().join("root");
-    let agent_keeping = |n: u32| {
-        Agent::new(Settings {
-            root: Some(root.clone()),
-            folder: Some(f.root.clone()),
-            product: Some("demo".into()),
-            trust: vec![tmp.path().join("k.pub")],
-            device_id: Some("test-folder".into()),
-            keep_versions: Some(n),
-            ..Settings::default()
-        })
-        .unwrap()
-    };
+    let agent_keeping = |n: u32| folder_agent(tmp.path(), &f, |s| s.keep_versions = Some(n));
     let agent = agent_keeping(2);
     agent.install("1").unwrap();
     agent.mark_good().unwrap();

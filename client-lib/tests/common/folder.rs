@@ -178,16 +178,27 @@ pub fn folder_and_agent(tmp: &std::path::Path) -> (Release, Agent, deltaroot_for
         None,
         &[],
     );
-    let agent = Agent::new(Settings {
+    let agent = folder_agent(tmp, &f, |_| {});
+    (f, agent, v1)
+}
+
+/// An agent on `tmp/root` updating from `f`, trusting `tmp/k.pub`, with the settings
+/// `change` makes.
+pub fn folder_agent(
+    tmp: &std::path::Path,
+    f: &Release,
+    change: impl FnOnce(&mut Settings),
+) -> Agent {
+    let mut s = Settings {
         root: Some(tmp.join("root")),
         folder: Some(f.root.clone()),
         product: Some("demo".into()),
-        trust: vec![pubp],
+        trust: vec![tmp.join("k.pub")],
         device_id: Some("test-folder".into()),
         ..Settings::default()
-    })
-    .unwrap();
-    (f, agent, v1)
+    };
+    change(&mut s);
+    Agent::new(s).unwrap()
 }
 
 /// Every file (not directory) under `dir`.
