@@ -280,8 +280,7 @@ pub async fn change_rollout(
     // The form shows sizes rounded (`human_bytes`): a budget shown unchanged is unchanged.
     let shown = r.max_bytes_per_hour.map(human_bytes).unwrap_or_default();
     let req = RolloutRequest {
-        percent: Some(f.percent)
-            .filter(|v| differs(*v, r.percent) && number(*v) != number(r.percent)),
+        percent: Some(f.percent).filter(|v| number(*v) != number(r.percent)),
         step_percent: Some(f.step_percent).filter(|v| differs(*v, r.step_percent)),
         step_secs: Some(f.step_secs).filter(|v| *v != r.step_secs),
         max_failure_rate: f

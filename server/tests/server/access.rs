@@ -4,13 +4,12 @@
 
 use std::process::Command;
 
-use deltaroot_engine::EngineOptions;
 use deltaroot_format::api::ChannelStatus;
 use deltaroot_publisher::publish::{publish, PublishOptions};
 use deltaroot_publisher::sink::ServerSink;
 
 use crate::common::{promote_to, Backend, Server};
-use crate::fleet::{fleet, status_of, tree, Fleet};
+use crate::fleet::{fleet, release_options, status_of, tree, Fleet};
 
 on_both_backends!(
     scoped_tokens_are_held_to_their_scope_and_products,
@@ -58,20 +57,9 @@ fn publish_with(
     let trees = [tree(n - 1), tree(n)];
     let sink = ServerSink::new(&f.server.plain_url, token).unwrap();
     let opts = PublishOptions {
-        product: "demo".into(),
-        version: format!("{n}.0"),
-        from_version: Some(format!("{}.0", n - 1)),
         channel: channel.map(str::to_string),
         percent,
-        engine: EngineOptions {
-            level: 3,
-            ..EngineOptions::default()
-        },
-        created: Some(1_000_000 + u64::from(n) * 1000),
-        progress: false,
-        memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
-        packs: true,
-        input: Default::default(),
+        ..release_options(n, "ci")
     };
     publish(Some(trees[0].path()), trees[1].path(), &f.key, &sink, &opts)
         .map(|_| ())
