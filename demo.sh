@@ -9,7 +9,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (the sample trees hold device nodes and owners)" >&2; exit 2; }
 echo "== building the release binaries (the first time takes a while: about 20 minutes on 2 cores)"
 cargo build --release --manifest-path "$here/Cargo.toml"
-bin=$here/target/release
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to here, as cargo reads it).
+bin=$(cd "$here" && realpath -m "${CARGO_TARGET_DIR:-target}")/release
 work=${DEMO_DIR:-$(mktemp -d /tmp/deltaroot-demo.XXXXXX)}
 mkdir -p "$work"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
