@@ -9,11 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::device::{BootCheck, DeployReport, Device, MarkGood, Status, Trial};
 use crate::error::{Error, Result};
 use crate::transport::{
-    system_clock, system_sleep, CheckQuery, Clock, Deadline, Folder, Rate, Sleep, Transport,
+    system_clock, system_sleep, system_wall, CheckQuery, Clock, Deadline, Folder, Rate, Sleep,
+    Transport, Wall,
 };
 use deltaroot_format::api::{CheckResponse, RESULTS};
 use deltaroot_format::fsio;
-use deltaroot_format::{human_bytes, DeviceId, Name, PublicKey, SignedDowngrade, VerifiedManifest};
+use deltaroot_format::{
+    human_bytes, DeviceId, Name, PublicKey, Question, SignedDowngrade, TrustedAnswer,
+    VerifiedManifest,
+};
 
 /// Where a device id is kept when the machine has none, under the device root.
 pub const DEVICE_ID_FILE: &str = "state/device-id";
@@ -119,6 +123,9 @@ pub struct Agent {
     pub max_rate: Option<u64>,
     /// How the bandwidth limit waits ([`system_sleep`]; tests set their own).
     pub sleep: Sleep,
+    /// The time of day signed answers' expiry is held to ([`system_wall`]; tests set their
+    /// own).
+    pub wall: Wall,
 }
 
 /// Clears the transport's deadline when an update ends, however it ends.
@@ -279,6 +286,7 @@ impl Agent {
             clock: system_clock(),
             max_rate: s.max_rate.filter(|r| *r > 0),
             sleep: system_sleep(),
+            wall: system_wall(),
         })
     }
 
@@ -302,14 +310,46 @@ impl Agent {
             (Some(r), Some(v)) if RESULTS.contains(&r.as_str()) => Some((r.as_str(), v)),
             _ => None,
         };
-        self.transport.check(&CheckQuery {
+        let answer = self.transport.check(&CheckQuery {
             product: &self.product,
             channel: &self.channel,
             current,
             device: &self.device_id,
             last,
             pin: self.pin.as_ref(),
-        })
+        })?;
+        if !self.transport.signs_answers() {
+            return Ok(answer);
+        }
+        self.trust_answer(answer, current)
+    }
+
+    /// What a server's answer says, taken from its signed bytes alone: signed by a trusted
+    /// key or one it delegated to, about this question, not expired, not older than the
+    /// newest this device took (`state/answers.json`, updated here).
+    fn trust_answer(&self, answer: CheckResponse, current: Option<&Name>) -> Result<CheckResponse> {
+        let refused = |e: deltaroot_format::Error| Error::Answer {
+            url: self.transport.location(),
+            source: e,
+        };
+        let mut seen = self.device.answers_seen()?;
+        let downgrade = answer.update.as_ref().and_then(|u| u.downgrade.as_ref());
+        let taken = TrustedAnswer::verify(answer.signed.as_ref(), &self.trusted)
+            .and_then(|t| {
+                t.accept(
+                    &Question {
+                        product: &self.product,
+                        channel: &self.channel,
+                        current,
+                    },
+                    (self.wall)(),
+                    &mut seen,
+                    downgrade,
+                )
+            })
+            .map_err(refused)?;
+        self.device.remember_answers(&seen)?;
+        Ok(taken)
     }
 
     /// Fetches and verifies a release's manifest, checking it is the one asked for.

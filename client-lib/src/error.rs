@@ -49,6 +49,14 @@ pub enum Error {
     Truncated { url: String, got: u64, want: u64 },
     #[error("GET {url}: answer is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    /// A server's answer to a check that the device does not take (unsigned, signed by
+    /// an untrusted key, expired, older than one it took, about another question).
+    #[error("check at {url}: {source}")]
+    Answer {
+        url: String,
+        #[source]
+        source: deltaroot_format::Error,
+    },
     #[error("GET {url}: the update passed its deadline of {secs} s (update_deadline_secs)")]
     Deadline { url: String, secs: u64 },
 

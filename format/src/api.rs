@@ -29,6 +29,40 @@ pub struct CheckResponse {
     /// spent: ask again later.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paced: bool,
+    /// The answer as the server signed it (`format::answer`): a device acts on that, never
+    /// on the fields above, which are for people and older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedAnswer>,
+}
+
+/// A signed answer (`format::answer::Answer`) in an API body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAnswer {
+    /// The answer's bytes, standard base64.
+    pub answer: String,
+    /// The 64-byte Ed25519 signature over them, standard base64.
+    pub signature: String,
+    /// The release key's delegation to the key that signed it (absent when a release key
+    /// signed the answer itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<DelegationOffer>,
+}
+
+/// A signed delegation statement (`format::answer::Delegation`) in an API body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationOffer {
+    /// The statement's bytes, standard base64.
+    pub statement: String,
+    /// The release key's signature over them, standard base64.
+    pub signature: String,
+}
+
+/// `GET /v1/answer-key`: the server's online key, which signs its answers once a release key
+/// delegated to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerKey {
+    /// The `.pub` text of the key.
+    pub public_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +279,10 @@ pub struct PublishRequest {
     /// own deltas for pairs ending at this release do not use them either.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip_methods: Vec<Method>,
+    /// The release key's delegation to the server's online key (`GET /v1/answer-key`),
+    /// signed with the same key as the manifest: the server signs its answers with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<DelegationOffer>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

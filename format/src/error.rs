@@ -60,6 +60,9 @@ pub enum Error {
     },
     #[error("{path}: {what}")]
     Unsupported { path: PathBuf, what: String },
+    // --- signed answers (`answer.rs`) ---
+    #[error("{what} refused: {reason}")]
+    Refused { what: String, reason: String },
 }
 
 impl Error {

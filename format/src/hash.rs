@@ -13,6 +13,11 @@ impl Hash {
         Hash(*blake3::hash(data).as_bytes())
     }
 
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Lower-case hex, 64 characters.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

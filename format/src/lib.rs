@@ -14,6 +14,7 @@
 //!   file, synced, renamed, directory synced).
 //! - [`name`]: validated [`Name`]s (products, channels, versions) and [`DeviceId`]s.
 
+pub mod answer;
 pub mod api;
 pub mod apply;
 pub mod bounds;
@@ -38,6 +39,7 @@ pub mod units;
 pub mod wire;
 pub mod xz;
 
+pub use answer::{Answer, Delegation, Freshness, Question, TrustedAnswer};
 pub use channel::{Downgrade, SignedDowngrade};
 pub use container::{apply_delta, encode_delta, DeltaHeader, Method};
 pub use error::{Error, Result};

@@ -47,6 +47,18 @@ impl PublicKey {
             .map_err(|_| bad())
     }
 
+    /// The key from its 32 raw bytes, if they are a valid point.
+    pub fn from_bytes(raw: &[u8; 32]) -> Option<Self> {
+        ed25519_dalek::VerifyingKey::from_bytes(raw)
+            .ok()
+            .map(PublicKey)
+    }
+
+    /// The 32 raw bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     pub fn to_text(&self) -> String {
         format!(
             "{PUB_PREFIX}{}\n",

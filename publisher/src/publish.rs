@@ -326,6 +326,7 @@ pub fn publish_with(
     let answer = sink.publish(&Release {
         signed: &signed,
         public_key: &public,
+        key,
         channel: channel.as_ref(),
         percent: opts.percent,
         old: old_manifest.as_ref(),

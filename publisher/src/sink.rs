@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use deltaroot_format::api::{
-    ErrorBody, PublishRequest, PublishResponse, StoredRequest, StoredResponse,
+    AnswerKey, DelegationOffer, ErrorBody, PublishRequest, PublishResponse, StoredRequest,
+    StoredResponse,
 };
 use deltaroot_format::{
-    attach_packs, compute_plan, delta_path, object_path, Hash, Manifest, Method, Name, PackIndex,
-    VerifiedManifest,
+    attach_packs, compute_plan, delta_path, object_path, Delegation, Hash, Manifest, Method, Name,
+    PackIndex, PublicKey, SecretKey, VerifiedManifest,
 };
 
 use crate::error::{Error, Result};
@@ -43,6 +44,8 @@ fn manifest_rel(product: &str, version: &str) -> String {
 pub struct Release<'a> {
     pub signed: &'a VerifiedManifest,
     pub public_key: &'a str,
+    /// The release key: it also signs the delegation to a server's answer key.
+    pub key: &'a SecretKey,
     /// The channel to point at it, if any.
     pub channel: Option<&'a Name>,
     /// The share of the channel's devices offered it at first (a server's staged rollout).
@@ -125,6 +128,37 @@ impl ServerSink {
         Ok(body.to_vec())
     }
 
+    /// The release key's delegation to the server's answer key (`GET /v1/answer-key`),
+    /// so that the server signs its answers about the product; none from a server too old
+    /// to sign answers.
+    fn delegation(&self, product: &str, key: &SecretKey) -> Result<Option<DelegationOffer>> {
+        let url = format!("{}/v1/answer-key", self.base);
+        let bytes = match self.send(self.client.get(&url), &url) {
+            Ok(b) => b,
+            Err(Error::Server { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = |reason: String| Error::Http {
+            url: url.clone(),
+            reason,
+        };
+        let answer: AnswerKey = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("answer is not the expected JSON: {e}")))?;
+        let online = PublicKey::from_text(&answer.public_key)
+            .map_err(|e| bad(format!("the answer key: {e}")))?;
+        let issued = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Some(
+            Delegation {
+                product: manifest_name("product", product)?,
+                key: online,
+                issued,
+            }
+            .sign(key),
+        ))
+    }
+
     fn json<T: serde::de::DeserializeOwned>(
         &self,
         url: &str,
@@ -194,6 +228,7 @@ impl Sink for ServerSink {
                 .transpose()?,
             packs: r.packs.iter().map(|p| p.hash).collect(),
             skip_methods: r.skipped.to_vec(),
+            delegation: self.delegation(&m.product, r.key)?,
         };
         self.json(
             &format!("{}/v1/products/{}/releases", self.base, m.product),

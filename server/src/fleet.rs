@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use deltaroot_format::api::DowngradeOffer;
+use deltaroot_format::api::{DelegationOffer, DowngradeOffer};
 use deltaroot_format::{Downgrade, Name};
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,6 +48,8 @@ pub struct ProductView {
     pub id: i64,
     pub name: Name,
     pub key: String,
+    /// The release key's delegation to this server's answer key, if one was published.
+    pub delegation: Option<DelegationOffer>,
     pub by_version: HashMap<Name, Arc<ReleaseRow>>,
     pub by_id: HashMap<i64, Arc<ReleaseRow>>,
 }
@@ -109,6 +111,8 @@ pub struct Fleet {
     plan_sizes: Bounded<(i64, i64), u64>,
     queue: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
+    /// Which delegations name this server's answer key.
+    answers: Arc<crate::answers::Signer>,
 }
 
 /// Where a device falls in a rollout: a stable number in [0, 100) from its id.
@@ -241,6 +245,7 @@ impl Fleet {
         cache: CacheSettings,
         poll: PollSettings,
         metrics: Arc<Metrics>,
+        answers: Arc<crate::answers::Signer>,
     ) -> Arc<Fleet> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let ttl_ms = i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX);
@@ -253,6 +258,7 @@ impl Fleet {
             plan_sizes: Bounded::new(cache.capacity, ttl_ms),
             queue: tx,
             metrics: metrics.clone(),
+            answers,
         });
         tokio::spawn(write_checkins(db, rx, metrics));
         fleet
@@ -288,10 +294,12 @@ impl Fleet {
                     by_version.insert(r.version.clone(), r.clone());
                     by_id.insert(r.id, r);
                 }
+                let delegation = self.db.delegation(id).await?;
                 Some(Arc::new(ProductView {
                     id,
                     name: name.clone(),
                     key: pubkey,
+                    delegation: self.answers.usable(delegation),
                     by_version,
                     by_id,
                 }))
@@ -525,6 +533,7 @@ mod tests {
             id: 1,
             name: "p".parse().unwrap(),
             key: String::new(),
+            delegation: None,
             by_version: rs.iter().map(|r| (r.version.clone(), r.clone())).collect(),
             by_id: rs.iter().map(|r| (r.id, r.clone())).collect(),
         }

@@ -28,6 +28,7 @@
 mod macros;
 
 pub mod access;
+pub mod answers;
 pub mod api;
 pub mod backup;
 pub mod cache;
@@ -104,6 +105,8 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` names the client for the sign-in limiter (empty: the
     /// socket's peer is the client).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How long a device may act on a signed answer (`serve --answer-ttl`).
+    pub answer_ttl: Duration,
 }
 
 impl Config {
@@ -133,6 +136,7 @@ impl Config {
             orphan_grace: Some(Duration::from_secs(24 * 3600)),
             secure_cookies: true,
             trusted_proxies: Vec::new(),
+            answer_ttl: Duration::from_secs(86400),
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct App {
     pub clock: clock::Clock,
     /// The dashboard's sign-in limiter and cookie settings.
     pub ui: Arc<ui::Ui>,
+    /// The online key that signs answers to checks, and how long they are valid.
+    pub answers: Arc<answers::Signer>,
 }
 
 /// Where the embedded default keeps its files.
@@ -200,6 +206,10 @@ impl App {
             Some(url) => store::Store::open(url, &config.s3)?,
             None => store::Store::local(&d.objects())?,
         };
+        let answers = Arc::new(answers::Signer {
+            key: db.answer_key(config.clock.now()).await?,
+            ttl: config.answer_ttl,
+        });
         let metrics = Arc::new(Metrics::default());
         let fleet = fleet::Fleet::start(
             db.clone(),
@@ -209,6 +219,7 @@ impl App {
             },
             config.poll,
             metrics.clone(),
+            answers.clone(),
         );
         if let Some(every) = config.watch_every {
             let f = Arc::downgrade(&fleet);
@@ -252,6 +263,7 @@ impl App {
             },
             clock: config.clock.clone(),
             ui: ui::Ui::new(config.secure_cookies, config.trusted_proxies.clone()),
+            answers,
         })
     }
 }

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use deltaroot_format::api::{PublishRequest, PublishResponse};
-use deltaroot_format::{Hash, Method, Name, PublicKey, VerifiedManifest};
+use deltaroot_format::{Delegation, Hash, Method, Name, PublicKey, VerifiedManifest};
 
 use crate::db::{NewRelease, ReleaseRow};
 use crate::error::{blocking, Error, Result};
@@ -94,6 +94,11 @@ pub async fn publish(
             m.product
         )));
     }
+    let delegation = req
+        .delegation
+        .as_ref()
+        .map(|d| app.answers.check_delegation(&product, &key, d))
+        .transpose()?;
     // Packs belong to the pair from `from_version`, which must exist, and must be stored.
     let from_release = match &req.from_version {
         Some(v) => app.db.release(&product, v).await?,
@@ -142,8 +147,16 @@ pub async fn publish(
                 .map(|r| (r.id, &req.packs[..])),
         })
         .await?;
-    app.fleet
-        .invalidate(&product, app.db.product(&product).await?.map(|p| p.0));
+    let product_id = app.db.product(&product).await?.map(|p| p.0);
+    if let (Some(id), Some((bytes, sig))) = (product_id, &delegation) {
+        // Devices refuse a delegation older than one they took: keep the newest.
+        let issued = |b: &[u8]| Delegation::decode(b).map_or(0, |d| d.issued);
+        let stored = app.db.delegation(id).await?;
+        if stored.is_none_or(|(b, _)| issued(&b) <= issued(bytes)) {
+            app.db.set_delegation(id, bytes, sig).await?;
+        }
+    }
+    app.fleet.invalidate(&product, product_id);
     tracing::info!(%product, version = m.version, by = who, "release published");
     let mut download_bytes = None;
     if let Some(old) = &from_release {

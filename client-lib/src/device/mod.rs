@@ -17,6 +17,7 @@
 //! state/complete/<v>       written last: that deployment is whole and verified
 //! state/status.json        the last result, for `status`
 //! state/trial.json         the running version's trial until it is marked good (`trial`)
+//! state/answers.json       the newest signed answers taken, to refuse older ones (`answers`)
 //! ```
 //!
 //! The running tree is only ever read: unchanged files are hardlinked from it, and a file
@@ -45,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::transport::Transport;
 use deltaroot_format::{fsio, Hash, Name, PublicKey, VerifiedManifest};
 
+mod answers;
 mod bounds;
 mod commit;
 mod fetch;

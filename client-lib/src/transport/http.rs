@@ -229,6 +229,10 @@ impl Transport for Http {
         self.get_json(&path, MAX_CHECK_BYTES)
     }
 
+    fn signs_answers(&self) -> bool {
+        !self.folder
+    }
+
     fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
         self.get_bytes(rel, limit)
     }

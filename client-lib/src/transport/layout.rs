@@ -94,6 +94,7 @@ pub(crate) fn check(files: &impl Files, q: &CheckQuery<'_>) -> Result<CheckRespo
         paused: false,
         next_check_secs: None,
         paced: false,
+        signed: None,
     })
 }
 

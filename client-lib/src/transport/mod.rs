@@ -43,6 +43,19 @@ pub fn system_clock() -> Clock {
     Arc::new(Instant::now)
 }
 
+/// The time of day, in seconds since the Unix epoch: what signed answers' expiry is
+/// measured against ([`system_wall`] but in tests).
+pub type Wall = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's time of day.
+pub fn system_wall() -> Wall {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
 /// How a thread waits: [`std::thread::sleep`] but in tests, which move their clock instead.
 pub type Sleep = Arc<dyn Fn(Duration) + Send + Sync>;
 
@@ -169,6 +182,13 @@ pub trait Transport: Send + Sync {
 
     /// Whether the channel (or the pin) offers this device something else than it runs.
     fn check(&self, q: &CheckQuery<'_>) -> Result<CheckResponse>;
+
+    /// Whether its answers to checks must be signed (a server: yes; a release folder,
+    /// which no online key stands behind, no). The agent refuses an unsigned, expired or
+    /// older answer from a transport that says yes.
+    fn signs_answers(&self) -> bool {
+        false
+    }
 
     /// A small document at `rel` (a manifest, a signature), refused past `limit` bytes.
     fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>>;

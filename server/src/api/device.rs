@@ -8,11 +8,13 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use deltaroot_format::api::{CheckResponse, UpdateOffer};
-use deltaroot_format::{DeviceId, Name, Plan};
+use base64::Engine;
+use deltaroot_format::answer::Offer;
+use deltaroot_format::api::{AnswerKey, CheckResponse, UpdateOffer};
+use deltaroot_format::{Answer, DeviceId, Hash, Name, Plan};
 use serde::Deserialize;
 
-use super::extract::{Allowed, NamePath, NameQuery, Read};
+use super::extract::{Allowed, NamePath, NameQuery, Publish, Read};
 use crate::db::{CheckIn, ReleaseRow};
 use crate::error::{Error, Result};
 use crate::fleet::{decide, paced_by, Ask};
@@ -187,13 +189,47 @@ pub async fn check(
         }
         None => None,
     };
+    let next_check_secs = app.fleet.next_check_secs();
+    // What the device acts on: the same answer, signed and expiring, when the product's
+    // release key delegated to this server's key.
+    let signed = p.delegation.as_ref().map(|delegation| {
+        let answer = Answer {
+            product: product.clone(),
+            channel: channel.clone(),
+            current: q.current.clone(),
+            latest: d.latest.clone(),
+            offer: update.as_ref().map(|u| Offer {
+                version: u.version.clone(),
+                download_bytes: u.download_bytes,
+                image_bytes: u.image_bytes,
+                downgrade: u.downgrade.as_ref().and_then(|d| {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    b64.decode(&d.statement).ok().map(|b| Hash::of(&b))
+                }),
+            }),
+            paused: d.paused,
+            paced,
+            next_check_secs,
+            channel_at: ch.as_ref().map_or(0, |c| c.row.updated_at),
+            issued: 0,
+            expires: 0,
+        };
+        app.answers.sign(answer, now, Some(delegation))
+    });
     Ok(Json(CheckResponse {
         product,
         channel,
         latest: d.latest,
         update,
         paused: d.paused,
-        next_check_secs: Some(app.fleet.next_check_secs()),
+        next_check_secs: Some(next_check_secs),
         paced,
+        signed,
     }))
+}
+
+/// `GET /v1/answer-key`: the key that signs this server's answers, for a publisher to
+/// delegate to.
+pub async fn answer_key(State(app): State<App>, _caller: Allowed<Publish>) -> Json<AnswerKey> {
+    Json(app.answers.public())
 }

@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("POST", "/v1/stored"),
+    ("GET", "/v1/answer-key"),
     ("GET POST", "/v1/products/{product}/releases"),
     ("GET", "/v1/products/{product}/releases/{version}/{file}"),
     ("GET", "/v1/products/{product}/plans/{from}/{to}"),
@@ -71,6 +72,7 @@ pub fn router(app: App) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route("/v1/stored", post(up::stored))
+        .route("/v1/answer-key", get(device::answer_key))
         .route(
             "/v1/products/{product}/releases",
             post(up::publish).get(device::list_releases),

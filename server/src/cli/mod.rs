@@ -176,6 +176,11 @@ enum Command {
         /// (0.2: 2,880 to 4,320 s for 3,600), so that devices do not all poll together.
         #[arg(long, default_value_t = 0.2)]
         poll_jitter: f64,
+        /// How long a device may act on a signed answer to its check, in seconds: an answer
+        /// a network replays later than this is refused (as is one older than the newest a
+        /// device took). At least 60; allow for the error of devices' clocks.
+        #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(u64).range(60..))]
+        answer_ttl: u64,
         /// How long a replica answers checks from cached channel state, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         cache_ms: u64,
@@ -471,6 +476,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             build_queue,
             poll_secs,
             poll_jitter,
+            answer_ttl,
             cache_ms,
             cache_capacity,
             device_retention_days,
@@ -509,6 +515,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 delta_level,
                 secure_cookies: !plain_http,
                 trusted_proxies: trust_forwarded_for,
+                answer_ttl: Duration::from_secs(answer_ttl),
                 ..storage.config()
             };
             let app = App::start(&config).await.with_context(|| {

@@ -28,6 +28,7 @@ pub use stored::StoredFile;
 pub use tokens::TokenRow;
 pub use users::UserRow;
 
+mod answers;
 mod channels;
 pub mod daily;
 mod devices;

@@ -67,7 +67,6 @@ pub(super) fn release_row(r: &AnyRow) -> Result<ReleaseRow> {
 }
 
 impl Db {
-    /// The product's id and public key.
     /// Every product's name, in order.
     pub async fn product_names(&self) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM products ORDER BY name")
@@ -76,6 +75,7 @@ impl Db {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
+    /// The product's id and public key.
     pub async fn product(&self, name: &str) -> Result<Option<(i64, String)>> {
         let row = sqlx::query("SELECT id, public_key FROM products WHERE name = $1")
             .bind(name)

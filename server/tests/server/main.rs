@@ -1,5 +1,5 @@
 //! The server's integration tests, one binary: the spine (publish, install, update, attack,
-//! roll back), the fleet (channels, rollouts, pinning, floors; rollouts paced by an egress
+//! roll back), signed answers and what a device refuses of them (`answers`), the fleet (channels, rollouts, pinning, floors; rollouts paced by an egress
 //! budget and changed after they started: `pacing`), what operators meet
 //! (`operators`: routes, replicas, bad requests, the operator CLI and its completions and
 //! man pages, shutdown), the data (stored files written once, the orphan sweep, device
@@ -15,6 +15,7 @@
 mod common;
 mod access;
 mod admin;
+mod answers;
 mod backup;
 mod browser;
 mod cache;

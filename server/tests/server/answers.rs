@@ -1,0 +1,219 @@
+//! Signed answers end to end, on both backends: the publisher delegates to the server's
+//! answer key, the server signs every check's answer, and a device refuses what a network
+//! (or anyone without the keys) makes of them: an answer replayed after the channel moved
+//! (the freeze, and the withdrawn downgrade), an expired one, another device's question,
+//! an unsigned one, one under a replaced delegation, one from an untrusted key. A device
+//! acts on the signed bytes only, whatever the JSON around them says.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltaroot_client::agent::{Agent, Settings};
+use deltaroot_client::transport::{CheckQuery, Deadline, Http, Transport};
+use deltaroot_client::Result;
+use deltaroot_format::answer::Offer;
+use deltaroot_format::api::{AnswerKey, CheckResponse};
+use deltaroot_format::{Answer, Delegation, Name, Plan, SecretKey, TrustedAnswer};
+
+use crate::common::{agent, key, promote_to, Backend};
+use crate::fleet::{fleet, updated, Fleet};
+
+on_both_backends!(signed_answers_hold_against_replay_freeze_and_mix_and_match,);
+
+/// A network in the middle: every check is answered with `answer`, the rest goes to the
+/// server.
+struct Replay {
+    inner: Http,
+    answer: CheckResponse,
+}
+
+impl Transport for Replay {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn check(&self, _q: &CheckQuery<'_>) -> Result<CheckResponse> {
+        Ok(self.answer.clone())
+    }
+    fn signs_answers(&self) -> bool {
+        true
+    }
+    fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        self.inner.get(rel, limit)
+    }
+    fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
+        self.inner.plan(product, from, to)
+    }
+    fn download(
+        &self,
+        rel: &str,
+        file: &mut std::fs::File,
+        path: &Path,
+        exact: Option<u64>,
+        max: u64,
+    ) -> Result<u64> {
+        self.inner.download(rel, file, path, exact, max)
+    }
+    fn downloaded(&self) -> u64 {
+        self.inner.downloaded()
+    }
+    fn set_deadline(&self, d: Option<Deadline>) {
+        self.inner.set_deadline(d)
+    }
+}
+
+/// The device at `root`, its checks answered with `answer`.
+fn replayed(f: &Fleet, root: &Path, answer: CheckResponse) -> Agent {
+    let inner = Http::with_ca_cert(&f.server.url, None, Some(&f.server.ca_cert)).unwrap();
+    let s = Settings {
+        root: Some(root.to_owned()),
+        product: Some("demo".into()),
+        trust: vec![f.trust.clone()],
+        device_id: Some("test-replayed".into()),
+        ..Settings::default()
+    };
+    Agent::with_transport(s, Box::new(Replay { inner, answer })).unwrap()
+}
+
+fn refused(a: &Agent) -> String {
+    a.check().unwrap_err().to_string()
+}
+
+fn signed_answers_hold_against_replay_freeze_and_mix_and_match(backend: Backend) {
+    let f = fleet(backend, 2, "1.0");
+    let root = tempfile::tempdir().unwrap();
+    let a = agent(&f.server, root.path(), &f.trust);
+    assert_eq!(updated(a.update().unwrap()), "1.0");
+
+    // What the server answers is signed by its answer key, which the release key delegated
+    // to at publish, and valid for a day.
+    let on_1 = "current=1.0&device=test-replayed";
+    let before = f.check(on_1);
+    let answer_key: AnswerKey = f
+        .http
+        .get(format!("{}/v1/answer-key", f.server.url))
+        .bearer_auth(&f.server.token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let t = TrustedAnswer::verify(before.signed.as_ref(), &[f.key.public()]).unwrap();
+    assert_eq!(t.delegation().unwrap().key.to_text(), answer_key.public_key);
+    assert_eq!(t.answer().expires - t.answer().issued, 86_400);
+    assert_eq!(t.answer().offer, None);
+    // The answer key is no secret but the route still wants a token.
+    let anon = f
+        .http
+        .get(format!("{}/v1/answer-key", f.server.url))
+        .send()
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+
+    // The channel moves to 2.0; the device takes that state.
+    f.promote(promote_to("2.0"));
+    f.server.advance(Duration::from_millis(1100));
+    let now = f.check(on_1);
+    assert_eq!(now.update.as_ref().unwrap().version, "2.0");
+    assert_eq!(a.check().unwrap().update.unwrap().version, "2.0");
+    let seen = a.device.answers_seen().unwrap();
+    assert!(seen.channels["stable"].channel_at > 0, "{seen:?}");
+
+    // Freeze: the network replays the answer from before the promotion. Refused.
+    let err = refused(&replayed(&f, root.path(), before.clone()));
+    assert!(err.contains("older than the state"), "{err}");
+
+    // The JSON around the signed answer is not what the device acts on.
+    let mut lying = now.clone();
+    lying.update = None;
+    lying.latest = None;
+    let r = replayed(&f, root.path(), lying).check().unwrap();
+    assert_eq!(r.update.unwrap().version, "2.0");
+
+    // Unsigned (a server that holds no delegation, or a network that strips it): refused.
+    let mut bare = now.clone();
+    bare.signed = None;
+    let err = refused(&replayed(&f, root.path(), bare));
+    assert!(err.contains("did not sign"), "{err}");
+
+    // Another question's answer: the one for a device on 2.0.
+    let on_2 = f.check("current=2.0&device=test-replayed");
+    let err = refused(&replayed(&f, root.path(), on_2));
+    assert!(
+        err.contains("answers a device running 2.0, and this one runs 1.0"),
+        "{err}"
+    );
+
+    // Expired: the device's clock is past the answer's validity.
+    let mut late = agent(&f.server, root.path(), &f.trust);
+    let past = t.answer().expires + 86_400 * 2;
+    late.wall = Arc::new(move || past);
+    let err = refused(&late);
+    assert!(err.contains("expired"), "{err}");
+
+    // An old online key the release key once delegated to, signing a fresh answer: the
+    // device has seen a newer delegation, so that key is replaced.
+    let old_key = SecretKey::from_seed([42; 32]);
+    let old_delegation = Delegation {
+        product: "demo".parse().unwrap(),
+        key: old_key.public(),
+        issued: 1,
+    }
+    .sign(&f.key);
+    let mut forged = Answer::decode(&b64(&now.signed.as_ref().unwrap().answer)).unwrap();
+    forged.offer = Some(Offer {
+        version: "2.0".parse().unwrap(),
+        download_bytes: 1,
+        image_bytes: 1,
+        downgrade: None,
+    });
+    let mut old = now.clone();
+    old.signed = Some(forged.sign(&old_key, Some(old_delegation)));
+    let err = refused(&replayed(&f, root.path(), old));
+    assert!(err.contains("was replaced"), "{err}");
+
+    // A device that trusts another release key takes none of it.
+    let (_, other_trust, _keys) = key(7);
+    let stranger = tempfile::tempdir().unwrap();
+    let s = agent(&f.server, stranger.path(), &other_trust);
+    let err = s.check().unwrap_err().to_string();
+    assert!(
+        err.contains("does not verify against the trusted key"),
+        "{err}"
+    );
+
+    // Replay of a withdrawn downgrade: the device on 2.0 is rolled back to 1.0 with a
+    // signed statement; the channel then moves forward again. The answer that carried the
+    // statement, replayed, is refused.
+    assert_eq!(updated(a.update().unwrap()), "2.0");
+    let c = f.server.client();
+    f.server
+        .op(c.rollback("demo", "stable", "1.0", &f.key))
+        .unwrap();
+    f.server.advance(Duration::from_millis(1100));
+    let rolled_back = f.check("current=2.0&device=test-replayed");
+    assert!(rolled_back.update.as_ref().unwrap().downgrade.is_some());
+    assert_eq!(a.check().unwrap().update.unwrap().version, "1.0");
+    f.promote(promote_to("2.0"));
+    f.server.advance(Duration::from_millis(1100));
+    assert!(a.check().unwrap().update.is_none());
+    let err = refused(&replayed(&f, root.path(), rolled_back.clone()));
+    assert!(err.contains("older than the state"), "{err}");
+    // The statement sent with the answer in force now (which offers nothing): nothing.
+    let mut mixed = f.check("current=2.0&device=test-replayed");
+    mixed.update = rolled_back.update.clone();
+    assert!(replayed(&f, root.path(), mixed)
+        .check()
+        .unwrap()
+        .update
+        .is_none());
+    assert!(matches!(
+        a.update().unwrap(),
+        deltaroot_client::agent::UpdateOutcome::UpToDate { .. }
+    ));
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
