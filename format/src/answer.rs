@@ -30,8 +30,8 @@ pub const DELEGATION_MAGIC: &[u8; 8] = b"DRDELEG1";
 pub const ANSWER_MAGIC: &[u8; 8] = b"DRANSWR1";
 /// Largest delegation accepted: magic, a name, a key, the time.
 pub const MAX_DELEGATION_BYTES: usize = 8 + 65 + 32 + 8;
-/// Largest answer accepted: magic, five names, flags, a hash, three varints, two times.
-pub const MAX_ANSWER_BYTES: usize = 8 + 5 * 65 + 1 + 32 + 3 * 10 + 16;
+/// Largest answer accepted: magic, five names, flags, a hash, three varints, three times.
+pub const MAX_ANSWER_BYTES: usize = 8 + 5 * 65 + 1 + 32 + 3 * 10 + 24;
 
 const PAUSED: u8 = 1;
 const PACED: u8 = 2;
@@ -617,9 +617,27 @@ mod tests {
         want.extend_from_slice(&1_700_086_500u64.to_le_bytes());
         assert_eq!(b, want);
         assert_eq!(Answer::decode(&b).unwrap(), a);
-        let mut full = sample();
-        full.offer.as_mut().unwrap().downgrade = Some(Hash::of(b"statement"));
-        full.paced = true;
+        // The largest answer there can be is within the limit.
+        let long = n(&"v".repeat(64));
+        let full = Answer {
+            product: long.clone(),
+            channel: long.clone(),
+            current: Some(long.clone()),
+            latest: Some(long.clone()),
+            offer: Some(Offer {
+                version: long,
+                download_bytes: u64::MAX,
+                image_bytes: u64::MAX,
+                downgrade: Some(Hash::of(b"statement")),
+            }),
+            paused: true,
+            paced: true,
+            next_check_secs: u64::MAX,
+            channel_at: i64::MAX,
+            issued: u64::MAX,
+            expires: u64::MAX,
+        };
+        assert_eq!(full.encode().len(), MAX_ANSWER_BYTES);
         assert_eq!(Answer::decode(&full.encode()).unwrap(), full);
     }
 
