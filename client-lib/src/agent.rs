@@ -111,6 +111,8 @@ pub struct Agent {
     pub transport: Box<dyn Transport>,
     pub product: Name,
     pub channel: Name,
+    /// The release keys of `--trust`. What signs now is [`Agent::active_keys`]: these and
+    /// the keys rotations introduced, less those they replaced.
     pub trusted: Vec<PublicKey>,
     /// Sent with every check.
     pub device_id: DeviceId,
@@ -326,15 +328,25 @@ impl Agent {
 
     /// What a server's answer says, taken from its signed bytes alone: signed by a trusted
     /// key or one it delegated to, about this question, not expired, not older than the
-    /// newest this device took (`state/answers.json`, updated here).
+    /// newest this device took (`state/answers.json`, updated here). The release key
+    /// rotations that come with it are taken first (`state/keys.json`).
     fn trust_answer(&self, answer: CheckResponse, current: Option<&Name>) -> Result<CheckResponse> {
         let refused = |e: deltaroot_format::Error| Error::Answer {
             url: self.transport.location(),
             source: e,
         };
+        let mut ring = self.device.keyring()?;
+        if ring
+            .learn(&self.product, &self.trusted, &answer.rotations)
+            .map_err(refused)?
+        {
+            self.device.remember_keyring(&ring)?;
+            tracing::info!(keys = ?ring.active(&self.trusted), "release key rotated");
+        }
+        let active = ring.active(&self.trusted);
         let mut seen = self.device.answers_seen()?;
         let downgrade = answer.update.as_ref().and_then(|u| u.downgrade.as_ref());
-        let taken = TrustedAnswer::verify(answer.signed.as_ref(), &self.trusted)
+        let taken = TrustedAnswer::verify(answer.signed.as_ref(), &active)
             .and_then(|t| {
                 t.accept(
                     &Question {
@@ -352,11 +364,56 @@ impl Agent {
         Ok(taken)
     }
 
+    /// The release keys that sign what this device takes now: `--trust`, and the keys
+    /// rotations introduced, less those they replaced.
+    pub fn active_keys(&self) -> Result<Vec<PublicKey>> {
+        Ok(self.device.keyring()?.active(&self.trusted))
+    }
+
+    /// Every release key this device ever trusted: what the manifests it keeps are signed
+    /// with.
+    fn known_keys(&self) -> Result<Vec<PublicKey>> {
+        Ok(self.device.keyring()?.known(&self.trusted))
+    }
+
     /// Fetches and verifies a release's manifest, checking it is the one asked for.
     pub fn fetch_manifest(&self, version: &str) -> Result<VerifiedManifest> {
         let version = Name::new("version", version)?;
         let (bytes, sig) = self.transport.manifest(&self.product, &version)?;
-        let m = VerifiedManifest::verify(bytes, sig, &self.trusted)?;
+        let ring = self.device.keyring()?;
+        let m = match VerifiedManifest::verify(
+            bytes.clone(),
+            sig.clone(),
+            &ring.active(&self.trusted),
+        ) {
+            Ok(m) => m,
+            // A release signed before a rotation replaced its key is still the product's.
+            Err(e) => {
+                let revoked = ring.revoked();
+                let keys: Vec<PublicKey> = revoked.iter().map(|(k, _)| k.clone()).collect();
+                let Ok(m) = VerifiedManifest::verify(bytes, sig, &keys) else {
+                    return Err(e.into());
+                };
+                let (key, at) = revoked
+                    .iter()
+                    .find(|(k, _)| k.id() == m.key_id())
+                    .expect("the key that verified is one of them");
+                if m.manifest().created >= *at {
+                    return Err(Error::Answer {
+                        url: self.transport.location(),
+                        source: deltaroot_format::Error::Refused {
+                            what: format!("manifest of {version}"),
+                            reason: format!(
+                                "it is signed by key {}, which a rotation replaced at {at}, and created at {}, after that",
+                                key.id(),
+                                m.manifest().created
+                            ),
+                        },
+                    });
+                }
+                m
+            }
+        };
         if m.manifest().product != self.product || m.manifest().version != version {
             return Err(Error::WrongRelease {
                 expected: self.product.to_string(),
@@ -379,9 +436,10 @@ impl Agent {
             });
         }
         let _deadline = self.start_deadline();
-        let result = self
-            .fetch_manifest(version)
-            .and_then(|m| self.device.deploy(&m, &*self.transport, &self.trusted));
+        let result = self.fetch_manifest(version).and_then(|m| {
+            self.device
+                .deploy(&m, &*self.transport, &self.known_keys()?)
+        });
         self.record(version, result).map(UpdateOutcome::Updated)
     }
 
@@ -426,7 +484,8 @@ impl Agent {
     /// error naming it, and nothing changes).
     pub fn apply_staged(&self) -> Result<UpdateOutcome> {
         let _lock = self.device.lock()?;
-        let Some(m) = self.device.staged(&self.trusted)? else {
+        let known = self.known_keys()?;
+        let Some(m) = self.device.staged(&known)? else {
             return Err(Error::Device {
                 root: self.device.root().to_owned(),
                 what: "nothing is staged: run `update --download-only` first".into(),
@@ -436,7 +495,7 @@ impl Agent {
         let offline = StagedOnly {
             root: self.device.root().to_owned(),
         };
-        let result = self.device.deploy(&m, &offline, &self.trusted);
+        let result = self.device.deploy(&m, &offline, &known);
         self.record(&version, result).map(UpdateOutcome::Updated)
     }
 
@@ -462,7 +521,7 @@ impl Agent {
             // Without the running version's manifest there is nothing to compare with: the
             // offer is taken (logged when the manifest is read).
             let running = match &current {
-                Some(cur) => self.device.running_manifest(cur, &self.trusted)?,
+                Some(cur) => self.device.running_manifest(cur, &self.known_keys()?)?,
                 None => None,
             };
             if let (Some(cur), Some(running)) = (&current, running) {
@@ -479,7 +538,7 @@ impl Agent {
                     let Some(statement) = &offer.downgrade else {
                         return Err(refuse("the server sent no signed downgrade".into()));
                     };
-                    SignedDowngrade::from_offer(statement, &self.trusted)
+                    SignedDowngrade::from_offer(statement, &self.active_keys()?)
                         .and_then(|s| {
                             s.allows(&self.product, &self.channel, &offer.version, running_created)
                         })
@@ -487,9 +546,10 @@ impl Agent {
                 }
             }
             if download_only {
-                self.device.stage_downloads(&m, &*self.transport, &self.trusted)
+                self.device
+                    .stage_downloads(&m, &*self.transport, &self.known_keys()?)
             } else {
-                self.device.deploy(&m, &*self.transport, &self.trusted)
+                self.device.deploy(&m, &*self.transport, &self.known_keys()?)
             }
         });
         if download_only {
@@ -531,7 +591,7 @@ impl Agent {
         let left = self.device.current()?;
         if let Some(prev) = self.device.previous()? {
             // Unmarked (installed before the marks): marked only if it verifies whole.
-            self.device.adopt_deployment(&prev, &self.trusted);
+            self.device.adopt_deployment(&prev, &self.known_keys()?);
         }
         let now_running = self.device.rollback()?;
         // A rollback by hand ends any trial: the operator chose the version.

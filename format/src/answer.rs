@@ -171,10 +171,10 @@ pub struct Answer {
     pub paused: bool,
     pub paced: bool,
     pub next_check_secs: u64,
-    /// When the channel's state last changed (seconds since the epoch, 0 for a device that
-    /// follows a pin on a product without the channel): a device refuses a state older than
-    /// one it has seen.
-    pub channel_at: i64,
+    /// The channel's state as a number the server raises at every change of it (0 for a
+    /// device that follows a pin on a product without the channel): a device refuses a
+    /// state older than one it has seen.
+    pub channel_serial: i64,
     /// Seconds since the epoch when it was signed, and until when a device may act on it.
     pub issued: u64,
     pub expires: u64,
@@ -225,7 +225,7 @@ impl Answer {
             }
         }
         put_varint(&mut out, self.next_check_secs);
-        out.extend_from_slice(&self.channel_at.to_le_bytes());
+        out.extend_from_slice(&self.channel_serial.to_le_bytes());
         out.extend_from_slice(&self.issued.to_le_bytes());
         out.extend_from_slice(&self.expires.to_le_bytes());
         out
@@ -265,7 +265,7 @@ impl Answer {
             None
         };
         let next_check_secs = r.varint("next check").map_err(&bad)?;
-        let channel_at = r.u64_le("channel time").map_err(&bad)? as i64;
+        let channel_serial = r.u64_le("channel serial").map_err(&bad)? as i64;
         let issued = r.u64_le("issued").map_err(&bad)?;
         let expires = r.u64_le("expires").map_err(&bad)?;
         if !r.is_empty() {
@@ -280,7 +280,7 @@ impl Answer {
             paused: flags & PAUSED != 0,
             paced: flags & PACED != 0,
             next_check_secs,
-            channel_at,
+            channel_serial,
             issued,
             expires,
         })
@@ -310,7 +310,7 @@ pub struct Freshness {
 /// The newest channel state and answer a device took for one channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelSeen {
-    pub channel_at: i64,
+    pub channel_serial: i64,
     pub issued: u64,
 }
 
@@ -458,12 +458,12 @@ impl TrustedAnswer {
             .get(a.channel.as_str())
             .copied()
             .unwrap_or_default();
-        if a.channel_at < last.channel_at {
+        if a.channel_serial < last.channel_serial {
             return Err(refused(
                 what,
                 format!(
-                    "it shows channel {} as it was at {}, older than the state at {} this device has seen",
-                    a.channel, a.channel_at, last.channel_at
+                    "it shows channel {} at change {}, older than the state at change {} this device has seen",
+                    a.channel, a.channel_serial, last.channel_serial
                 ),
             ));
         }
@@ -503,7 +503,7 @@ impl TrustedAnswer {
         seen.channels.insert(
             a.channel.to_string(),
             ChannelSeen {
-                channel_at: a.channel_at,
+                channel_serial: a.channel_serial,
                 issued: last.issued.max(a.issued),
             },
         );
@@ -516,6 +516,7 @@ impl TrustedAnswer {
             next_check_secs: (a.next_check_secs > 0).then_some(a.next_check_secs),
             paced: a.paced,
             signed: None,
+            rotations: Vec::new(),
         })
     }
 
@@ -550,7 +551,7 @@ mod tests {
             paused: false,
             paced: false,
             next_check_secs: 3600,
-            channel_at: 1_700_000_000,
+            channel_serial: 1_700_000_000,
             issued: 1_700_000_100,
             expires: 1_700_086_500,
         }
@@ -633,7 +634,7 @@ mod tests {
             paused: true,
             paced: true,
             next_check_secs: u64::MAX,
-            channel_at: i64::MAX,
+            channel_serial: i64::MAX,
             issued: u64::MAX,
             expires: u64::MAX,
         };
@@ -669,7 +670,7 @@ mod tests {
         assert_eq!(r.update.unwrap().version, n("2.0"));
         assert_eq!(r.next_check_secs, Some(3600));
         assert_eq!(seen.delegation_issued, 10);
-        assert_eq!(seen.channels["stable"].channel_at, 1_700_000_000);
+        assert_eq!(seen.channels["stable"].channel_serial, 1_700_000_000);
         // Signed by the release key itself: no delegation needed.
         let direct = sample().sign(&release(), None);
         let (p, c, v) = (n("demo"), n("stable"), n("1.0"));
@@ -740,7 +741,7 @@ mod tests {
 
         take(&sample(), 1_700_000_200, &mut seen).unwrap();
         let mut older = sample();
-        older.channel_at -= 1;
+        older.channel_serial -= 1;
         let err = take(&older, 1_700_000_200, &mut seen)
             .unwrap_err()
             .to_string();

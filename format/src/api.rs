@@ -33,6 +33,10 @@ pub struct CheckResponse {
     /// on the fields above, which are for people and older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedAnswer>,
+    /// The product's release key rotations, oldest first (`format::rotation`): each signed
+    /// by the key it replaces, so they need no other signature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<DelegationOffer>,
 }
 
 /// A signed answer (`format::answer::Answer`) in an API body.
@@ -55,6 +59,25 @@ pub struct DelegationOffer {
     pub statement: String,
     /// The release key's signature over them, standard base64.
     pub signature: String,
+}
+
+/// `POST /v1/products/{product}/keys`: a new release key for the product, introduced by a
+/// rotation statement the current key signed, with the new key's delegation to the
+/// server's answer key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    pub rotation: DelegationOffer,
+    pub delegation: DelegationOffer,
+}
+
+/// The answer to a key rotation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    pub product: Name,
+    /// Key ids (`PublicKey::id`) of the key replaced and of the product's key now.
+    pub old_key_id: String,
+    pub key_id: String,
 }
 
 /// `GET /v1/answer-key`: the server's online key, which signs its answers once a release key

@@ -12,3 +12,20 @@ CREATE TABLE answer_keys (
 -- The newest delegation of the product's release key to the online key, and its signature.
 ALTER TABLE products ADD COLUMN delegation BLOB;
 ALTER TABLE products ADD COLUMN delegation_sig BLOB;
+
+-- Release key rotations (`deltaroot rotate-key`): each statement signed by the key it
+-- replaces (`old_key`), oldest first; devices learn the product's current key from them
+-- and the server still verifies releases signed by an old key.
+CREATE TABLE key_rotations (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    product_id  INTEGER NOT NULL REFERENCES products (id),
+    old_key     TEXT NOT NULL,
+    statement   BLOB NOT NULL,
+    signature   BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX key_rotations_product ON key_rotations (product_id, id);
+
+-- Raised by every change of a channel (promote, pause, resume, rollback, rollout changes):
+-- signed answers carry it, and a device refuses an answer showing a lower one than it took.
+ALTER TABLE channels ADD COLUMN serial INTEGER NOT NULL DEFAULT 0;

@@ -27,14 +27,14 @@ pub fn version_is_free(sink: &dyn Sink, product: &str, version: &str) -> Result<
     }
 }
 
-/// The destination's release `version` of `product`, its signature verified with `key` (the
-/// publisher's own: a product's releases are all signed by its one key) and its product and
-/// version checked against where it is stored.
+/// The destination's release `version` of `product`, its signature verified with `keys` (the
+/// publisher's own, and the earlier keys of the product a rotation replaced) and its product
+/// and version checked against where it is stored.
 pub fn fetch_release(
     sink: &dyn Sink,
     product: &str,
     version: &str,
-    key: &PublicKey,
+    keys: &[PublicKey],
 ) -> Result<VerifiedManifest> {
     let at = || sink.release_at(product, version);
     let (bytes, signature) = sink
@@ -50,7 +50,7 @@ pub fn fetch_release(
         at: at(),
         reason,
     };
-    let signed = VerifiedManifest::verify(bytes, signature, std::slice::from_ref(key))
+    let signed = VerifiedManifest::verify(bytes, signature, keys)
         .map_err(|e| not_verified(e.to_string()))?;
     let m = signed.manifest();
     if m.product != product || m.version != version {

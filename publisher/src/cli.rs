@@ -125,6 +125,10 @@ enum Command {
         /// The product's secret key (from keygen), which signs the release.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// The public key (.pub) of an earlier release key of the product, replaced by
+        /// rotate-key, with which release --from-version may be signed (repeatable).
+        #[arg(long, value_name = "FILE")]
+        previous_key: Vec<PathBuf>,
         /// Server base URL to upload to.
         #[arg(
             long,
@@ -177,6 +181,29 @@ enum Command {
         strip_components: usize,
         #[command(flatten)]
         engine: Engine,
+    },
+    /// Replace a product's release key on a server: --new-key signs its releases from now
+    /// on. Devices that trust the current key learn the new one from the server's answers
+    /// and refuse the current one for anything new; releases it signed stay installable.
+    RotateKey {
+        /// The product whose key changes.
+        #[arg(long)]
+        product: String,
+        /// The product's current secret key, which signs the rotation.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The secret key that replaces it (from keygen).
+        #[arg(long, value_name = "FILE")]
+        new_key: PathBuf,
+        /// Server base URL.
+        #[arg(long, value_name = "URL", env = "DELTAROOT_SERVER")]
+        server: String,
+        /// Token with the publish scope on the product.
+        #[arg(long, env = "DELTAROOT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// PEM file of a private certificate authority to trust for --server.
+        #[arg(long, value_name = "FILE", env = "SSL_CERT_FILE")]
+        ca_cert: Option<PathBuf>,
     },
     /// Diff one file into a delta container (like bsdiff).
     Diff {
@@ -234,6 +261,25 @@ pub fn run(cli: Cli) -> Result<()> {
             let (k, p) = crate::keys::keygen(&out)?;
             println!("wrote {} and {}", k.display(), p.display());
         }
+        Command::RotateKey {
+            product,
+            key,
+            new_key,
+            server,
+            token,
+            ca_cert,
+        } => {
+            let (old, new) = (crate::keys::load(&key)?, crate::keys::load(&new_key)?);
+            let sink = ServerSink::with_ca_cert(&server, &token, ca_cert.as_deref())?;
+            let r = sink.rotate_key(&product, &old, &new)?;
+            println!(
+                "product {}: release key {} replaced by {}; publish with {} from now on",
+                r.product,
+                r.old_key_id,
+                r.key_id,
+                new_key.display()
+            );
+        }
         Command::Publish {
             trees,
             product,
@@ -243,6 +289,7 @@ pub fn run(cli: Cli) -> Result<()> {
             no_channel,
             percent,
             key,
+            previous_key,
             server,
             token,
             ca_cert,
@@ -297,6 +344,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     exclude: crate::exclude::Exclude::new(&exclude),
                     strip_components,
                 },
+                previous_keys: previous_key
+                    .iter()
+                    .map(|p| crate::keys::load_public(p))
+                    .collect::<Result<_>>()?,
             };
             let mode = if quiet {
                 progress::Mode::Off

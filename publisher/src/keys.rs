@@ -40,3 +40,12 @@ pub fn load(path: &Path) -> Result<SecretKey> {
         what: e.to_string(),
     })
 }
+
+/// Reads a public key file.
+pub fn load_public(path: &Path) -> Result<deltaroot_format::PublicKey> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    deltaroot_format::PublicKey::from_text(&text).map_err(|e| Error::Input {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })
+}

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use deltaroot_format::api::StoredRequest;
 use deltaroot_format::{
     attach_packs, compute_plan, delta_path, object_path, Entry, Fetch, Hash, Manifest, Name,
-    SecretKey, VerifiedManifest,
+    PublicKey, SecretKey, VerifiedManifest,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -46,6 +46,9 @@ pub struct PublishOptions {
     pub packs: bool,
     /// How OLD and NEW are read: `--exclude`, `--strip-components`.
     pub input: InputOptions,
+    /// Earlier release keys of the product (replaced by `rotate-key`): release
+    /// `from_version` may be signed by one of them rather than by the key that signs now.
+    pub previous_keys: Vec<PublicKey>,
 }
 
 /// The default `memory_budget`: 2 GiB.
@@ -166,7 +169,9 @@ pub fn publish_with(
             sink,
             &opts.product,
             v,
-            &key.public(),
+            &std::iter::once(key.public())
+                .chain(opts.previous_keys.iter().cloned())
+                .collect::<Vec<_>>(),
         )?),
         _ => None,
     };

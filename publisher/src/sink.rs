@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use deltaroot_format::api::{
-    AnswerKey, DelegationOffer, ErrorBody, PublishRequest, PublishResponse, StoredRequest,
-    StoredResponse,
+    AnswerKey, DelegationOffer, ErrorBody, PublishRequest, PublishResponse, RotateKeyRequest,
+    RotateKeyResponse, StoredRequest, StoredResponse,
 };
 use deltaroot_format::{
     attach_packs, compute_plan, delta_path, object_path, Delegation, Hash, Manifest, Method, Name,
-    PackIndex, PublicKey, SecretKey, VerifiedManifest,
+    PackIndex, PublicKey, Rotation, SecretKey, VerifiedManifest,
 };
 
 use crate::error::{Error, Result};
@@ -146,17 +146,45 @@ impl ServerSink {
             .map_err(|e| bad(format!("answer is not the expected JSON: {e}")))?;
         let online = PublicKey::from_text(&answer.public_key)
             .map_err(|e| bad(format!("the answer key: {e}")))?;
-        let issued = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         Ok(Some(
             Delegation {
                 product: manifest_name("product", product)?,
                 key: online,
-                issued,
+                issued: now_secs(),
             }
             .sign(key),
         ))
+    }
+
+    /// Replaces the product's release key `old` by `new` on the server: a rotation statement
+    /// signed by `old`, and `new`'s delegation to the server's answer key.
+    pub fn rotate_key(
+        &self,
+        product: &str,
+        old: &SecretKey,
+        new: &SecretKey,
+    ) -> Result<RotateKeyResponse> {
+        let name = manifest_name("product", product)?;
+        let delegation = self
+            .delegation(product, new)?
+            .ok_or_else(|| Error::Server {
+                url: format!("{}/v1/answer-key", self.base),
+                status: 404,
+                body: "this server does not sign answers: it cannot take a key rotation".into(),
+            })?;
+        let rotation = Rotation {
+            product: name,
+            key: new.public(),
+            issued: now_secs(),
+        }
+        .sign(old);
+        self.json(
+            &format!("{}/v1/products/{product}/keys", self.base),
+            &RotateKeyRequest {
+                rotation,
+                delegation,
+            },
+        )
     }
 
     fn json<T: serde::de::DeserializeOwned>(
@@ -235,6 +263,13 @@ impl Sink for ServerSink {
             &req,
         )
     }
+}
+
+/// Seconds since the Unix epoch, for the statements the release key signs.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A product or version name of a manifest, which checked it when it was decoded.

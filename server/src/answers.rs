@@ -1,6 +1,9 @@
 //! Signed answers (`deltaroot_format::answer`): the online key that signs every answer to a
 //! check, and the delegations to it that publishers send with their releases.
 //!
+//! Release key rotation is here too (`rotate_key`): the product's key changes only by a
+//! statement the current key signed, which devices receive with every answer.
+//!
 //! The server never holds a release key. A release key's delegation names this
 //! deployment's online key (`GET /v1/answer-key`); with it stored, every answer about the
 //! product is signed and expires after `serve --answer-ttl`. Without one (a product last
@@ -10,10 +13,13 @@
 use std::time::Duration;
 
 use base64::Engine;
-use deltaroot_format::api::{AnswerKey, DelegationOffer, SignedAnswer};
-use deltaroot_format::{Answer, Delegation, Name, PublicKey, SecretKey};
+use deltaroot_format::api::{
+    AnswerKey, DelegationOffer, RotateKeyRequest, RotateKeyResponse, SignedAnswer,
+};
+use deltaroot_format::{Answer, Delegation, Name, PublicKey, Rotation, SecretKey};
 
 use crate::error::{Error, Result};
+use crate::App;
 
 /// The online key and how long its answers are valid.
 pub struct Signer {
@@ -90,4 +96,76 @@ impl Signer {
             signature: b64.encode(sig),
         })
     }
+}
+
+fn decode(what: &str, offer: &DelegationOffer) -> Result<(Vec<u8>, Vec<u8>)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bad = |field: &str| Error::BadRequest(format!("{what} {field} is not standard base64"));
+    Ok((
+        b64.decode(&offer.statement).map_err(|_| bad("statement"))?,
+        b64.decode(&offer.signature).map_err(|_| bad("signature"))?,
+    ))
+}
+
+/// `POST /v1/products/{product}/keys`: replaces the product's release key by the one a
+/// rotation statement names, signed by the current key; the new key's delegation to the
+/// answer key comes with it, so answers stay signed. Releases the old key signed stay.
+pub async fn rotate_key(
+    app: &App,
+    product: &Name,
+    who: &str,
+    req: RotateKeyRequest,
+) -> Result<RotateKeyResponse> {
+    let (id, current) = app
+        .db
+        .product(product)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
+    let old = PublicKey::from_text(&current)
+        .map_err(|e| Error::Corrupt(format!("key of product {product}: {e}")))?;
+    let (rotation, _) = Rotation::verify(&req.rotation, std::slice::from_ref(&old))
+        .map_err(|e| Error::BadRequest(format!("{e} (the product's key is {})", old.id())))?;
+    if rotation.product != *product {
+        return Err(Error::BadRequest(format!(
+            "the rotation is for product {}, not {product}",
+            rotation.product
+        )));
+    }
+    if rotation.key == old {
+        return Err(Error::BadRequest(
+            "the rotation names the product's current key".into(),
+        ));
+    }
+    let delegation = app
+        .answers
+        .check_delegation(product, &rotation.key, &req.delegation)?;
+    let statement = decode("rotation", &req.rotation)?;
+    app.db
+        .rotate_key(
+            product,
+            id,
+            who,
+            &current,
+            &rotation.key.to_text(),
+            (&statement.0, &statement.1),
+            (&delegation.0, &delegation.1),
+        )
+        .await?;
+    app.fleet.invalidate(product, Some(id));
+    tracing::info!(%product, old = old.id(), new = rotation.key.id(), by = who, "release key rotated");
+    Ok(RotateKeyResponse {
+        product: product.clone(),
+        old_key_id: old.id(),
+        key_id: rotation.key.id(),
+    })
+}
+
+/// Every key releases of the product were signed with: the current one, then each a
+/// rotation replaced.
+pub async fn product_keys(app: &App, product_id: i64, current: &str) -> Result<Vec<PublicKey>> {
+    let mut keys = vec![current.to_string()];
+    keys.extend(app.db.rotations(product_id).await?.into_iter().map(|r| r.2));
+    keys.iter()
+        .map(|k| PublicKey::from_text(k).map_err(|e| Error::Corrupt(format!("a stored key: {e}"))))
+        .collect()
 }

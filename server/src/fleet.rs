@@ -50,6 +50,8 @@ pub struct ProductView {
     pub key: String,
     /// The release key's delegation to this server's answer key, if one was published.
     pub delegation: Option<DelegationOffer>,
+    /// The release key's rotations, oldest first, as devices receive them.
+    pub rotations: Vec<DelegationOffer>,
     pub by_version: HashMap<Name, Arc<ReleaseRow>>,
     pub by_id: HashMap<i64, Arc<ReleaseRow>>,
 }
@@ -295,11 +297,23 @@ impl Fleet {
                     by_id.insert(r.id, r);
                 }
                 let delegation = self.db.delegation(id).await?;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let rotations = self
+                    .db
+                    .rotations(id)
+                    .await?
+                    .into_iter()
+                    .map(|(statement, signature, _)| DelegationOffer {
+                        statement: b64.encode(statement),
+                        signature: b64.encode(signature),
+                    })
+                    .collect();
                 Some(Arc::new(ProductView {
                     id,
                     name: name.clone(),
                     key: pubkey,
                     delegation: self.answers.usable(delegation),
+                    rotations,
                     by_version,
                     by_id,
                 }))
@@ -534,6 +548,7 @@ mod tests {
             name: "p".parse().unwrap(),
             key: String::new(),
             delegation: None,
+            rotations: Vec::new(),
             by_version: rs.iter().map(|r| (r.version.clone(), r.clone())).collect(),
             by_id: rs.iter().map(|r| (r.id, r.clone())).collect(),
         }
@@ -547,6 +562,7 @@ mod tests {
                 downgrade: None,
                 rollout,
                 updated_at: 0,
+                serial: 0,
             },
             downgrade: None,
         }

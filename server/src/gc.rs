@@ -61,9 +61,20 @@ impl Live {
 
 async fn live(db: &Db) -> Result<Live> {
     let mut contents = HashSet::new();
+    // Every key each product's releases were signed with: the current one and those
+    // rotations replaced.
+    let mut keys: std::collections::HashMap<String, Vec<PublicKey>> = Default::default();
     for (product, key, manifest, signature) in db.all_manifests().await? {
-        let key = PublicKey::from_text(&key)?;
-        let m = VerifiedManifest::verify(manifest, signature, &[key]).map_err(|e| {
+        if !keys.contains_key(&product) {
+            let mut all = vec![PublicKey::from_text(&key)?];
+            if let Some((id, _)) = db.product(&product).await? {
+                for (_, _, old) in db.rotations(id).await? {
+                    all.push(PublicKey::from_text(&old)?);
+                }
+            }
+            keys.insert(product.clone(), all);
+        }
+        let m = VerifiedManifest::verify(manifest, signature, &keys[&product]).map_err(|e| {
             // Never sweep on a guess: a release that does not read stops the sweep.
             Error::Corrupt(format!("a release manifest of product {product}: {e}"))
         })?;

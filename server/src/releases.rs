@@ -33,17 +33,17 @@ pub async fn list(app: &App, product: &Name) -> Result<Vec<ReleaseRow>> {
 /// manifest can be large). A stored manifest that no longer verifies is corrupt data, a
 /// server error.
 pub async fn load_manifest(app: &App, product: &str, r: &ReleaseRow) -> Result<VerifiedManifest> {
-    let (_, key) = app
+    let (id, key) = app
         .db
         .product(product)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
-    let key = PublicKey::from_text(&key)
-        .map_err(|e| Error::Corrupt(format!("key of product {product}: {e}")))?;
+    // A release signed before a key rotation verifies with the key it replaced.
+    let keys = crate::answers::product_keys(app, id, &key).await?;
     let (m, s) = app.db.manifest(r.id).await?;
     let version = r.version.clone();
     blocking("verifying a stored manifest", move || {
-        VerifiedManifest::verify(m, s, &[key])
+        VerifiedManifest::verify(m, s, &keys)
             .map_err(|e| Error::Corrupt(format!("stored manifest of {version}: {e}")))
     })
     .await

@@ -1,15 +1,17 @@
 //! What the device remembers of the signed answers it took (`state/answers.json`): the
 //! newest delegation and each channel's newest state, so that a replayed older answer is
-//! refused (`deltaroot_format::answer`).
+//! refused (`deltaroot_format::answer`); and the release keys it learned from rotations and
+//! those they revoked (`state/keys.json`, `deltaroot_format::rotation`).
 
 use std::io;
 
-use deltaroot_format::Freshness;
+use deltaroot_format::{Freshness, Keyring};
 
 use super::Device;
 use crate::error::Result;
 
 const ANSWERS: &str = "state/answers.json";
+const KEYS: &str = "state/keys.json";
 
 impl Device {
     /// The newest answers taken. A file that cannot be parsed is logged and counts as none
@@ -32,5 +34,24 @@ impl Device {
         }
         let json = serde_json::to_vec_pretty(seen).expect("answers serialise");
         self.write_atomic(ANSWERS, &json)
+    }
+
+    /// The keys learned from rotations. Unlike the answers, a file that cannot be parsed is
+    /// an error: treating it as empty would trust a revoked key again.
+    pub fn keyring(&self) -> Result<Keyring> {
+        match self.dir.read(KEYS) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| crate::error::Error::Device {
+                root: self.root.clone(),
+                what: format!("{KEYS} cannot be read ({e}): restore it or remove it and trust the current key with --trust"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Keyring::default()),
+            Err(e) => Err(self.io(KEYS)(e)),
+        }
+    }
+
+    /// Records the keys learned.
+    pub fn remember_keyring(&self, ring: &Keyring) -> Result<()> {
+        let json = serde_json::to_vec_pretty(ring).expect("keys serialise");
+        self.write_atomic(KEYS, &json)
     }
 }

@@ -95,6 +95,7 @@ pub(crate) fn check(files: &impl Files, q: &CheckQuery<'_>) -> Result<CheckRespo
         next_check_secs: None,
         paced: false,
         signed: None,
+        rotations: Vec::new(),
     })
 }
 

@@ -210,7 +210,7 @@ pub async fn check(
             paused: d.paused,
             paced,
             next_check_secs,
-            channel_at: ch.as_ref().map_or(0, |c| c.row.updated_at),
+            channel_serial: ch.as_ref().map_or(0, |c| c.row.serial),
             issued: 0,
             expires: 0,
         };
@@ -225,6 +225,7 @@ pub async fn check(
         next_check_secs: Some(next_check_secs),
         paced,
         signed,
+        rotations: p.rotations.clone(),
     }))
 }
 

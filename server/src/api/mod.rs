@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/answer-key"),
     ("GET POST", "/v1/products/{product}/releases"),
     ("GET", "/v1/products/{product}/releases/{version}/{file}"),
+    ("POST", "/v1/products/{product}/keys"),
     ("GET", "/v1/products/{product}/plans/{from}/{to}"),
     ("GET", "/v1/products/{product}/channels/{channel}/check"),
     ("GET", "/v1/products/{product}/channels"),
@@ -73,6 +74,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/v1/stored", post(up::stored))
         .route("/v1/answer-key", get(device::answer_key))
+        .route("/v1/products/{product}/keys", post(up::rotate_key))
         .route(
             "/v1/products/{product}/releases",
             post(up::publish).get(device::list_releases),

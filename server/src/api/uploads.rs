@@ -8,7 +8,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use deltaroot_format::api::{PublishRequest, PublishResponse, StoredRequest, StoredResponse};
+use deltaroot_format::api::{
+    PublishRequest, PublishResponse, RotateKeyRequest, RotateKeyResponse, StoredRequest,
+    StoredResponse,
+};
 use deltaroot_format::{pack_path, EntryKind, Hash, Name};
 
 use super::extract::{parse_hash, Allowed, JsonBody, NamePath, Publish};
@@ -41,6 +44,19 @@ pub async fn publish(
     }
     let r = crate::releases::publish(&app, product, &caller.name, req).await?;
     Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// `POST /v1/products/{product}/keys`: a release key rotation (the publish scope on the
+/// product).
+pub async fn rotate_key(
+    State(app): State<App>,
+    Allowed(caller, _): Allowed<Publish>,
+    NamePath(product): NamePath<Name>,
+    JsonBody(req): JsonBody<RotateKeyRequest>,
+) -> Result<Json<RotateKeyResponse>> {
+    crate::answers::rotate_key(&app, &product, &caller.name, req)
+        .await
+        .map(Json)
 }
 
 /// The hash an upload of a `kind` (object, pack) is named by, which must sit under its

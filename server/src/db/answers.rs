@@ -1,9 +1,9 @@
-//! The online key that signs answers, and each product's delegation to it (migration 0012,
-//! `docs/FORMAT.md`, "Signed answers").
+//! The online key that signs answers, each product's delegation to it, and release key
+//! rotations (migration 0012, `docs/FORMAT.md` §10.6 and §10.7).
 
 use sqlx::Row;
 
-use super::Db;
+use super::{audit, Db};
 use crate::error::{Error, Result};
 use deltaroot_format::SecretKey;
 
@@ -67,6 +67,78 @@ impl Db {
             .bind(product_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// The product's rotation statements and signatures, oldest first, with the key each
+    /// replaced.
+    pub async fn rotations(&self, product_id: i64) -> Result<Vec<(Vec<u8>, Vec<u8>, String)>> {
+        let rows = sqlx::query(
+            "SELECT statement, signature, old_key FROM key_rotations WHERE product_id = $1 ORDER BY id",
+        )
+        .bind(product_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Replaces the product's release key `old` by `new` (texts as in `.pub` files), keeping
+    /// the rotation statement and the new key's delegation, audited as `who`. Refused when
+    /// the product's key is no longer `old` (another rotation came first).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rotate_key(
+        &self,
+        product: &str,
+        product_id: i64,
+        who: &str,
+        old: &str,
+        new: &str,
+        rotation: (&[u8], &[u8]),
+        delegation: (&[u8], &[u8]),
+    ) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE products SET public_key = $1, delegation = $2, delegation_sig = $3
+             WHERE id = $4 AND public_key = $5",
+        )
+        .bind(new)
+        .bind(delegation.0)
+        .bind(delegation.1)
+        .bind(product_id)
+        .bind(old)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            return Err(Error::Conflict(format!(
+                "the release key of product {product} changed meanwhile: fetch it and sign again"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO key_rotations (product_id, old_key, statement, signature, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(product_id)
+        .bind(old)
+        .bind(rotation.0)
+        .bind(rotation.1)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            now,
+            who,
+            product,
+            None,
+            "rotate-key",
+            serde_json::json!({ "old": old.trim(), "new": new.trim() }),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

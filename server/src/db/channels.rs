@@ -17,6 +17,8 @@ pub struct ChannelRow {
     pub downgrade: Option<(Vec<u8>, Vec<u8>)>,
     pub rollout: Option<Rollout>,
     pub updated_at: i64,
+    /// Raised by every change: what signed answers order channel states by.
+    pub serial: i64,
 }
 
 text_enum! {
@@ -180,7 +182,7 @@ impl Db {
         channel: &str,
     ) -> Result<Option<ChannelRow>> {
         let row = sqlx::query(&format!(
-            "SELECT c.release_id, c.paused, c.downgrade, c.downgrade_sig, c.updated_at, {ROLLOUT_COLS}
+            "SELECT c.release_id, c.paused, c.downgrade, c.downgrade_sig, c.updated_at, c.serial, {ROLLOUT_COLS}
              FROM channels c LEFT JOIN rollouts ro ON ro.id = c.rollout_id
              WHERE c.product_id = $1 AND c.name = $2"
         ))
@@ -196,7 +198,8 @@ impl Db {
             paused: r.try_get::<i64, _>(1)? != 0,
             downgrade: statement.zip(sig),
             updated_at: r.try_get(4)?,
-            rollout: rollout_row(&r, 5)?,
+            serial: r.try_get(5)?,
+            rollout: rollout_row(&r, 6)?,
         }))
     }
 
@@ -246,7 +249,7 @@ impl Db {
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
-            "UPDATE channels SET paused = $1, updated_at = $2 WHERE product_id = $3 AND name = $4",
+            "UPDATE channels SET paused = $1, updated_at = $2, serial = serial + 1 WHERE product_id = $3 AND name = $4",
         )
         .bind(i64::from(paused))
         .bind(self.now())
@@ -301,7 +304,7 @@ impl Db {
             "INSERT INTO channels (product_id, name, release_id, updated_at, paused, downgrade, downgrade_sig, rollout_id)
              VALUES ($1, $2, $3, $4, 0, $5, $6, NULL)
              ON CONFLICT (product_id, name) DO UPDATE SET release_id = excluded.release_id,
-                updated_at = excluded.updated_at, paused = 0, downgrade = excluded.downgrade,
+                updated_at = excluded.updated_at, serial = channels.serial + 1, paused = 0, downgrade = excluded.downgrade,
                 downgrade_sig = excluded.downgrade_sig, rollout_id = NULL",
         )
         .bind(product_id)
@@ -341,7 +344,7 @@ impl Db {
         // A write first: SQLite then takes its write lock now (waiting for the check-in
         // writer's if need be) instead of failing at the first write after a read, and
         // PostgreSQL holds the channel's row until the end, so two changes do not interleave.
-        sqlx::query("UPDATE channels SET updated_at = $1 WHERE product_id = $2 AND name = $3")
+        sqlx::query("UPDATE channels SET updated_at = $1, serial = serial + 1 WHERE product_id = $2 AND name = $3")
             .bind(t)
             .bind(product_id)
             .bind(channel)
@@ -455,6 +458,11 @@ impl Db {
         if n == 0 {
             return Ok(false);
         }
+        // What devices are offered changed: answers from before are older now.
+        sqlx::query("UPDATE channels SET serial = serial + 1 WHERE rollout_id = $1")
+            .bind(rollout_id)
+            .execute(&mut *tx)
+            .await?;
         audit(
             &mut tx,
             self.now(),
@@ -565,7 +573,7 @@ pub(super) async fn promote_in(
     who: &str,
 ) -> Result<()> {
     // A write first (see `change_rollout`): the channel's row, if there is one.
-    sqlx::query("UPDATE channels SET updated_at = $1 WHERE product_id = $2 AND name = $3")
+    sqlx::query("UPDATE channels SET updated_at = $1, serial = serial + 1 WHERE product_id = $2 AND name = $3")
         .bind(t)
         .bind(product_id)
         .bind(channel)
@@ -624,7 +632,7 @@ pub(super) async fn promote_in(
         "INSERT INTO channels (product_id, name, release_id, updated_at, paused, downgrade, downgrade_sig, rollout_id)
          VALUES ($1, $2, $3, $4, 0, NULL, NULL, $5)
          ON CONFLICT (product_id, name) DO UPDATE SET release_id = excluded.release_id,
-            updated_at = excluded.updated_at, paused = 0, downgrade = NULL, downgrade_sig = NULL,
+            updated_at = excluded.updated_at, serial = channels.serial + 1, paused = 0, downgrade = NULL, downgrade_sig = NULL,
             rollout_id = excluded.rollout_id",
     )
     .bind(product_id)

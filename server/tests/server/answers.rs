@@ -3,7 +3,8 @@
 //! (or anyone without the keys) makes of them: an answer replayed after the channel moved
 //! (the freeze, and the withdrawn downgrade), an expired one, another device's question,
 //! an unsigned one, one under a replaced delegation, one from an untrusted key. A device
-//! acts on the signed bytes only, whatever the JSON around them says.
+//! acts on the signed bytes only, whatever the JSON around them says. Release keys rotate
+//! (`deltaroot rotate-key`), and the key replaced is refused for anything new.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,11 +16,16 @@ use deltaroot_client::Result;
 use deltaroot_format::answer::Offer;
 use deltaroot_format::api::{AnswerKey, CheckResponse};
 use deltaroot_format::{Answer, Delegation, Name, Plan, SecretKey, TrustedAnswer};
+use deltaroot_publisher::publish::{publish, PublishOptions};
+use deltaroot_publisher::sink::ServerSink;
 
 use crate::common::{agent, key, promote_to, Backend};
 use crate::fleet::{fleet, updated, Fleet};
 
-on_both_backends!(signed_answers_hold_against_replay_freeze_and_mix_and_match,);
+on_both_backends!(
+    signed_answers_hold_against_replay_freeze_and_mix_and_match,
+    release_keys_rotate_and_the_old_key_is_refused,
+);
 
 /// A network in the middle: every check is answered with `answer`, the rest goes to the
 /// server.
@@ -116,7 +122,7 @@ fn signed_answers_hold_against_replay_freeze_and_mix_and_match(backend: Backend)
     assert_eq!(now.update.as_ref().unwrap().version, "2.0");
     assert_eq!(a.check().unwrap().update.unwrap().version, "2.0");
     let seen = a.device.answers_seen().unwrap();
-    assert!(seen.channels["stable"].channel_at > 0, "{seen:?}");
+    assert!(seen.channels["stable"].channel_serial > 0, "{seen:?}");
 
     // Freeze: the network replays the answer from before the promotion. Refused.
     let err = refused(&replayed(&f, root.path(), before.clone()));
@@ -216,4 +222,93 @@ fn signed_answers_hold_against_replay_freeze_and_mix_and_match(backend: Backend)
 fn b64(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// `deltaroot rotate-key`: the product's key changes on the server by a statement the old
+/// key signed; devices learn the new key from the answers, take releases the old key signed
+/// before, and refuse it for anything new.
+fn release_keys_rotate_and_the_old_key_is_refused(backend: Backend) {
+    let f = fleet(backend, 2, "2.0");
+    let root = tempfile::tempdir().unwrap();
+    let a = agent(&f.server, root.path(), &f.trust);
+    assert_eq!(updated(a.update().unwrap()), "2.0");
+
+    let (k2, k2_trust, _k2_dir) = key(2);
+    let sink = ServerSink::new(&f.server.plain_url, &f.server.token).unwrap();
+    // Signed by a key that is not the product's: refused.
+    let stranger = SecretKey::from_seed([9; 32]);
+    let err = sink
+        .rotate_key("demo", &stranger, &k2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("does not verify"),
+        "{err}"
+    );
+    let r = sink.rotate_key("demo", &f.key, &k2).unwrap();
+    assert_eq!(r.key_id, k2.public().id());
+    let audit = f.server.op(f.server.client().audit("demo")).unwrap();
+    assert_eq!(audit[0].action, "rotate-key");
+
+    // The old key publishes nothing more; the new one does, from a release the old one signed
+    // once told it may be (--previous-key).
+    let trees = [crate::fleet::tree(2), crate::fleet::tree(3)];
+    let opts = crate::fleet::release_options(3, "stable");
+    let old_key = publish(Some(trees[0].path()), trees[1].path(), &f.key, &sink, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(old_key.contains("another key"), "{old_key}");
+    let unknown = publish(Some(trees[0].path()), trees[1].path(), &k2, &sink, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("2.0"), "{unknown}");
+    let opts = PublishOptions {
+        previous_keys: vec![f.key.public()],
+        ..opts
+    };
+    publish(Some(trees[0].path()), trees[1].path(), &k2, &sink, &opts).unwrap();
+    f.server.advance(Duration::from_millis(1100));
+
+    // The device, trusting the old key only, learns the new one from the answer.
+    assert_eq!(updated(a.update().unwrap()), "3.0");
+    assert_eq!(a.active_keys().unwrap(), vec![k2.public()]);
+    // A release the old key signed before the rotation still installs.
+    assert_eq!(updated(a.install("1.0").unwrap()), "1.0");
+    // An answer signed by the old key is refused now.
+    let mut by_old = f.check("current=1.0&device=test-replayed");
+    let answer = Answer::decode(&b64(&by_old.signed.as_ref().unwrap().answer)).unwrap();
+    by_old.signed = Some(answer.sign(&f.key, None));
+    let err = refused(&replayed(&f, root.path(), by_old));
+    assert!(
+        err.contains("does not verify against the trusted key"),
+        "{err}"
+    );
+    // A release the old key signs after the rotation (a thief's) is refused by name.
+    let url = format!("{}/v1/products/demo/releases/2.0/manifest", f.server.url);
+    let get = |url: &str| f.http.get(url).send().unwrap().bytes().unwrap().to_vec();
+    let stored = deltaroot_format::VerifiedManifest::verify(
+        get(&url),
+        get(&format!("{url}.sig")),
+        &[f.key.public()],
+    )
+    .unwrap();
+    let mut m = stored.manifest().clone();
+    m.created = 4_000_000_000;
+    let forged = deltaroot_format::VerifiedManifest::sign(m, &f.key);
+    f.server.sql(
+        "UPDATE releases SET manifest = $1 WHERE version = '2.0'",
+        forged.bytes().to_vec(),
+    );
+    f.server.sql(
+        "UPDATE releases SET signature = $1 WHERE version = '2.0'",
+        forged.signature().to_vec(),
+    );
+    let err = a.install("2.0").unwrap_err().to_string();
+    assert!(err.contains("which a rotation replaced"), "{err}");
+    assert_eq!(a.device.current().unwrap().as_deref(), Some("1.0"));
+
+    // A new device given the new key takes the releases it signs.
+    let fresh = tempfile::tempdir().unwrap();
+    let b = agent(&f.server, fresh.path(), &k2_trust);
+    assert_eq!(updated(b.update().unwrap()), "3.0");
 }

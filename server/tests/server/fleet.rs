@@ -99,6 +99,7 @@ pub(crate) fn release_options(n: u32, channel: &str) -> PublishOptions {
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
         input: Default::default(),
+        previous_keys: Vec::new(),
     }
 }
 

@@ -91,6 +91,7 @@ fn publish_to(
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
         input: Default::default(),
+        previous_keys: Vec::new(),
     };
     deltaroot_publisher::publish::publish(old.map(|o| o.1), new, key, &sink, &opts).unwrap()
 }
@@ -478,6 +479,7 @@ fn first_release_by_another_key_is_forbidden(backend: Backend) {
         memory_budget: deltaroot_publisher::publish::DEFAULT_MEMORY_BUDGET,
         packs: true,
         input: Default::default(),
+        previous_keys: Vec::new(),
     };
     let err = publish(None, &fixture().join("v2"), &k, &sink, &opts)
         .unwrap_err()
