@@ -124,6 +124,14 @@ pub enum Command {
         #[arg(long)]
         apply_staged: bool,
     },
+    /// Make this device's key pair (state/device.key) if it has none and enroll its public
+    /// half with the server: from then on its check-ins are signed, and the server records
+    /// no other for it.
+    Enroll {
+        /// A token of the enroll scope (`deltaroot-server token create NAME --scope enroll`).
+        #[arg(long, env = "DELTAROOT_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Show the running and previous versions and the last result.
     Status,
     /// Switch back to the previous version.
@@ -204,10 +212,14 @@ pub fn arguments_without_help(cmd: &clap::Command) -> Vec<String> {
 }
 
 impl Command {
-    /// Whether the command may create the device root: only `install` and `update` do;
+    /// Whether the command may create the device root: only `install`, `update` and
+    /// `enroll` (provisioning, before the first install) do;
     /// `check`, `status` and `rollback` on a root that does not exist say so.
     pub fn creates_root(&self) -> bool {
-        matches!(self, Command::Install { .. } | Command::Update { .. })
+        matches!(
+            self,
+            Command::Install { .. } | Command::Update { .. } | Command::Enroll { .. }
+        )
     }
 }
 

@@ -139,6 +139,14 @@ impl Drop for DeadlineGuard<'_> {
     }
 }
 
+/// What `enroll` did.
+#[derive(Debug, Serialize)]
+pub struct Enrolled {
+    pub product: Name,
+    pub device: String,
+    pub key_id: String,
+}
+
 /// What `update` did.
 #[derive(Debug, Serialize)]
 pub enum UpdateOutcome {
@@ -312,6 +320,21 @@ impl Agent {
             (Some(r), Some(v)) if RESULTS.contains(&r.as_str()) => Some((r.as_str(), v)),
             _ => None,
         };
+        // An enrolled device signs what it reports.
+        let signature = self.device.device_key()?.map(|key| {
+            let at = (self.wall)();
+            let c = deltaroot_format::checkin::CheckIn {
+                product: &self.product,
+                channel: &self.channel,
+                device: &self.device_id,
+                current: current.map(|v| v.as_str()),
+                result: last.map(|(r, _)| r),
+                attempted: last.map(|(_, v)| v.as_str()),
+                pin: self.pin.as_deref(),
+                at,
+            };
+            (at, c.sign(&key))
+        });
         let answer = self.transport.check(&CheckQuery {
             product: &self.product,
             channel: &self.channel,
@@ -319,6 +342,7 @@ impl Agent {
             device: &self.device_id,
             last,
             pin: self.pin.as_ref(),
+            signed: signature.as_ref().map(|(at, sig)| (*at, sig.as_str())),
         })?;
         if !self.transport.signs_answers() {
             return Ok(answer);
@@ -362,6 +386,22 @@ impl Agent {
             .map_err(refused)?;
         self.device.remember_answers(&seen)?;
         Ok(taken)
+    }
+
+    /// Makes the device's own key if it has none (`state/device.key`) and enrolls its public
+    /// half with the server, with a token of the enroll scope; from then on every check-in
+    /// is signed, and the server records no other for this device.
+    pub fn enroll(&self, token: &str) -> Result<Enrolled> {
+        let _lock = self.device.lock()?;
+        let key = self.device.device_key_or_new()?;
+        let public = key.public();
+        self.transport
+            .enroll(&self.product, &self.device_id, &public.to_text(), token)?;
+        Ok(Enrolled {
+            product: self.product.clone(),
+            device: self.device_id.to_string(),
+            key_id: public.id(),
+        })
     }
 
     /// The release keys that sign what this device takes now: `--trust`, and the keys
@@ -657,6 +697,16 @@ macro_rules! json_via_serde {
             serde_json::to_string_pretty(self).expect("results serialise")
         }
     };
+}
+
+impl Show for Enrolled {
+    fn text(&self) -> String {
+        format!(
+            "enrolled device {} of {} with key {}: its check-ins are signed from now on",
+            self.device, self.product, self.key_id
+        )
+    }
+    json_via_serde!();
 }
 
 impl Show for DeployReport {

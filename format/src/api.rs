@@ -71,6 +71,23 @@ pub struct RotateKeyRequest {
     pub delegation: DelegationOffer,
 }
 
+/// `POST /v1/products/{product}/devices/{device}/key`: a device's public key (the enroll
+/// scope), with which it signs its check-ins from then on (`format::checkin`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The `.pub` text of the device's key.
+    pub public_key: String,
+}
+
+/// The answer to an enrollment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub product: Name,
+    pub device: String,
+    pub key_id: String,
+}
+
 /// The answer to a key rotation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RotateKeyResponse {
@@ -143,6 +160,9 @@ pub struct PromoteRequest {
     /// hour, stay within this many bytes. A device once admitted stays admitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_hour: Option<u64>,
+    /// The failure-rate stop counts only reports of enrolled devices, signed by their keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed_reports_only: bool,
 }
 
 impl PromoteRequest {
@@ -158,6 +178,7 @@ impl PromoteRequest {
             max_failure_rate: None,
             min_reports: None,
             max_bytes_per_hour: None,
+            signed_reports_only: false,
         }
     }
 }
@@ -250,6 +271,9 @@ pub struct RolloutStatus {
     /// ...and the devices it admitted so far.
     #[serde(default)]
     pub devices_admitted: u64,
+    /// The failure-rate stop counts signed reports only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed_reports_only: bool,
 }
 
 /// One line of `GET /v1/products/{product}/audit`.

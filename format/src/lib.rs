@@ -19,6 +19,7 @@ pub mod api;
 pub mod apply;
 pub mod bounds;
 pub mod channel;
+pub mod checkin;
 pub mod container;
 mod decoders;
 pub mod elf;

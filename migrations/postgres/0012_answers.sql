@@ -29,3 +29,18 @@ CREATE INDEX key_rotations_product ON key_rotations (product_id, id);
 -- Raised by every change of a channel (promote, pause, resume, rollback, rollout changes):
 -- signed answers carry it, and a device refuses an answer showing a lower one than it took.
 ALTER TABLE channels ADD COLUMN serial BIGINT NOT NULL DEFAULT 0;
+
+-- Enrolled devices (`deltaroot-agent enroll`, a token with the enroll scope): the key each
+-- signs its check-ins with. A check-in of an enrolled device that is not validly signed is
+-- not recorded; `devices.signed` says the last one was signed.
+CREATE TABLE device_keys (
+    product_id  BIGINT NOT NULL REFERENCES products (id),
+    device_id   TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    enrolled_by TEXT NOT NULL,
+    PRIMARY KEY (product_id, device_id)
+);
+ALTER TABLE devices ADD COLUMN signed BIGINT NOT NULL DEFAULT 0;
+-- A rollout whose failure-rate stop counts signed reports only.
+ALTER TABLE rollouts ADD COLUMN signed_reports_only BIGINT NOT NULL DEFAULT 0;

@@ -25,6 +25,9 @@ text_enum! {
         Publish = "publish",
         Operate = "operate",
         Admin = "admin",
+        /// Enrolling devices' keys (`deltaroot-agent enroll`): a token for the factory or
+        /// the provisioning step, which may do nothing else.
+        Enroll = "enroll",
     }
 }
 
@@ -261,7 +264,7 @@ pub fn check_password(password: &str, what: &str) -> Result<()> {
 pub fn token_scope(s: &str) -> Result<Scope> {
     match s.parse::<Scope>()? {
         Scope::Admin => Err(Error::BadRequest(
-            "admin is a user role; tokens are read, publish or operate".into(),
+            "admin is a user role; tokens are read, publish, operate or enroll".into(),
         )),
         v => Ok(v),
     }

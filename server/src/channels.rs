@@ -89,7 +89,10 @@ pub(crate) async fn channel_status(
             let version = version_of(ro.release_id).ok_or_else(|| {
                 Error::Conflict(format!("{channel} changed while it was read: ask again"))
             })?;
-            let (reports, failures) = app.db.reports(p.id, &version, ro.created_at).await?;
+            let (reports, failures) = app
+                .db
+                .reports(p.id, &version, ro.created_at, ro.signed_reports_only)
+                .await?;
             let egress = match ro.max_bytes_per_hour {
                 Some(_) => app.db.egress(ro.id).await?,
                 None => Default::default(),
@@ -117,6 +120,7 @@ pub(crate) async fn channel_status(
                 max_bytes_per_hour: ro.max_bytes_per_hour.map(|b| b.max(0) as u64),
                 egress_bytes_this_hour: egress.bytes_this_hour,
                 devices_admitted: egress.devices,
+                signed_reports_only: ro.signed_reports_only,
             })
         }
         None => None,
@@ -231,6 +235,7 @@ pub async fn promote_as(
                 max_failure_rate: req.max_failure_rate,
                 min_reports: req.min_reports.unwrap_or(10).min(i64::MAX as u64) as i64,
                 max_bytes_per_hour: budget(req.max_bytes_per_hour)?.flatten(),
+                signed_reports_only: req.signed_reports_only,
             },
             &who,
         )

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use deltaroot_format::api::{DelegationOffer, DowngradeOffer};
-use deltaroot_format::{Downgrade, Name};
+use deltaroot_format::{Downgrade, Name, PublicKey};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::Bounded;
@@ -111,6 +111,8 @@ pub struct Fleet {
     products: Cached<String, ProductView>,
     channels: Cached<(i64, String), ChannelView>,
     plan_sizes: Bounded<(i64, i64), u64>,
+    /// Enrolled devices' keys, and devices known to have none.
+    device_keys: Bounded<(i64, String), Option<PublicKey>>,
     queue: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
     /// Which delegations name this server's answer key.
@@ -258,6 +260,7 @@ impl Fleet {
             products: Bounded::new(cache.capacity, ttl_ms),
             channels: Bounded::new(cache.capacity, ttl_ms),
             plan_sizes: Bounded::new(cache.capacity, ttl_ms),
+            device_keys: Bounded::new(cache.capacity, ttl_ms),
             queue: tx,
             metrics: metrics.clone(),
             answers,
@@ -268,7 +271,8 @@ impl Fleet {
 
     /// Entries held by the caches (products, channels, plan sizes).
     pub fn cache_entries(&self) -> u64 {
-        (self.products.len() + self.channels.len() + self.plan_sizes.len()) as u64
+        (self.products.len() + self.channels.len() + self.plan_sizes.len() + self.device_keys.len())
+            as u64
     }
 
     /// The fleet's clock: what check-ins, rollout steps and retention are measured by.
@@ -380,6 +384,32 @@ impl Fleet {
             .insert((from.unwrap_or(0), to), bytes, self.clock.now_ms());
     }
 
+    /// The key device `device` of the product enrolled, if any (cached like channel state;
+    /// an enrollment on another replica shows within the cache's time).
+    pub async fn device_key(&self, product_id: i64, device: &str) -> Result<Option<PublicKey>> {
+        let k = (product_id, device.to_string());
+        if let Some(v) = self.device_keys.get(&k, self.clock.now_ms()) {
+            return Ok(v);
+        }
+        let key = self
+            .db
+            .device_key(product_id, device)
+            .await?
+            .map(|t| {
+                PublicKey::from_text(&t)
+                    .map_err(|e| Error::Corrupt(format!("key of device {device}: {e}")))
+            })
+            .transpose()?;
+        self.device_keys.insert(k, key.clone(), self.clock.now_ms());
+        Ok(key)
+    }
+
+    /// Forgets a device's cached key (it enrolled one just now).
+    pub fn forget_device_key(&self, product_id: i64, device: &str) {
+        self.device_keys
+            .remove_if(|(p, d)| *p == product_id && d == device);
+    }
+
     /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).
     pub fn record(&self, c: CheckIn) {
         match self.queue.try_send(Msg::CheckIn(c)) {
@@ -432,7 +462,10 @@ impl Fleet {
             let Some(max) = ro.max_failure_rate else {
                 continue;
             };
-            let (reports, failures) = self.db.reports(product_id, &version, ro.created_at).await?;
+            let (reports, failures) = self
+                .db
+                .reports(product_id, &version, ro.created_at, ro.signed_reports_only)
+                .await?;
             if reports == 0 || reports < ro.min_reports as u64 {
                 continue;
             }
@@ -584,6 +617,7 @@ mod tests {
             state,
             reason: None,
             max_bytes_per_hour: None,
+            signed_reports_only: false,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub rollouts_stopped: AtomicU64,
     /// Checks that found an update but were held back by the rollout's egress budget.
     pub checks_paced: AtomicU64,
+    /// Check-ins of enrolled devices not recorded: unsigned, badly signed, or out of time.
+    pub checkins_unsigned: AtomicU64,
     /// Devices forgotten past the retention period.
     pub devices_pruned: AtomicU64,
     /// Stored files removed by the orphan sweep.
@@ -76,6 +78,7 @@ impl Default for Metrics {
             checkins_failed: AtomicU64::new(0),
             rollouts_stopped: AtomicU64::new(0),
             checks_paced: AtomicU64::new(0),
+            checkins_unsigned: AtomicU64::new(0),
             devices_pruned: AtomicU64::new(0),
             orphans_removed: AtomicU64::new(0),
             routes: ROUTES.iter().map(|_| RouteStats::default()).collect(),
@@ -199,6 +202,12 @@ impl Metrics {
             "deltaroot_checks_paced_total",
             "Update checks held back by their rollout's egress budget.",
             ld(&self.checks_paced),
+        );
+        c(
+            &mut s,
+            "deltaroot_checkins_unsigned_total",
+            "Check-ins of enrolled devices not recorded: unsigned, badly signed or out of time.",
+            ld(&self.checkins_unsigned),
         );
         c(
             &mut s,

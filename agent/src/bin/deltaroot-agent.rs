@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             }
             .context("updating")?,
         ),
+        Command::Enroll { token } => show(&agent.enroll(token).context("enrolling the device")?),
         Command::Status => show(&agent.status().context("reading status")?),
         Command::Rollback => {
             let v = agent.rollback().context("rolling back")?;

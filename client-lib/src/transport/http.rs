@@ -21,7 +21,7 @@ use super::{
 use super::{MAX_CHECK_BYTES, MAX_PLAN_BYTES};
 use crate::error::{Error, Result};
 use deltaroot_format::api::CheckResponse;
-use deltaroot_format::{Name, Plan};
+use deltaroot_format::{DeviceId, Name, Plan};
 
 /// How many times a download is retried after a network error.
 const RETRIES: u32 = 4;
@@ -220,6 +220,9 @@ impl Transport for Http {
         if let Some(p) = q.pin {
             query.push(format!("pin={}", query_value(p)));
         }
+        if let Some((at, sig)) = q.signed {
+            query.push(format!("at={at}&sig={sig}"));
+        }
         let path = format!(
             "v1/products/{}/channels/{}/check?{}",
             q.product,
@@ -231,6 +234,45 @@ impl Transport for Http {
 
     fn signs_answers(&self) -> bool {
         !self.folder
+    }
+
+    fn enroll(
+        &self,
+        product: &Name,
+        device: &DeviceId,
+        public_key: &str,
+        token: &str,
+    ) -> Result<String> {
+        let url = format!(
+            "{}/v1/products/{product}/devices/{}/key",
+            self.api,
+            query_value(device)
+        );
+        let http = |reason: String| Error::Http {
+            url: url.clone(),
+            reason,
+        };
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&deltaroot_format::api::EnrollRequest {
+                public_key: public_key.to_string(),
+            })
+            .send()
+            .map_err(|e| http(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            return Err(Error::HttpStatus {
+                url,
+                status: status.as_u16(),
+                body: body.chars().take(300).collect(),
+            });
+        }
+        let r: deltaroot_format::api::EnrollResponse = serde_json::from_str(&body)
+            .map_err(|e| http(format!("answer is not the expected JSON: {e}")))?;
+        Ok(r.key_id)
     }
 
     fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {

@@ -173,6 +173,9 @@ pub struct CheckQuery<'a> {
     pub last: Option<(&'a str, &'a Name)>,
     /// The version the device is pinned to, if any.
     pub pin: Option<&'a Name>,
+    /// An enrolled device's signature of this check-in (`format::checkin`): the time it
+    /// signed, and the signature in hex.
+    pub signed: Option<(u64, &'a str)>,
 }
 
 /// What a device needs from where it updates.
@@ -188,6 +191,22 @@ pub trait Transport: Send + Sync {
     /// older answer from a transport that says yes.
     fn signs_answers(&self) -> bool {
         false
+    }
+
+    /// Enrolls the device's public key (`.pub` text) with the server, with a token of the
+    /// enroll scope. A release folder has no one to enroll with.
+    fn enroll(
+        &self,
+        product: &Name,
+        device: &DeviceId,
+        public_key: &str,
+        token: &str,
+    ) -> Result<String> {
+        let _ = (product, device, public_key, token);
+        Err(Error::Config {
+            path: std::path::PathBuf::from(self.location()),
+            what: "a release folder takes no enrollment: enroll with a server".into(),
+        })
     }
 
     /// A small document at `rel` (a manifest, a signature), refused past `limit` bytes.

@@ -10,14 +10,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use deltaroot_format::answer::Offer;
-use deltaroot_format::api::{AnswerKey, CheckResponse, UpdateOffer};
-use deltaroot_format::{Answer, DeviceId, Hash, Name, Plan};
+use deltaroot_format::api::{AnswerKey, CheckResponse, EnrollRequest, EnrollResponse, UpdateOffer};
+use deltaroot_format::checkin::{CheckIn as SignedCheckIn, CHECKIN_SKEW_SECS};
+use deltaroot_format::{Answer, DeviceId, Hash, Name, Plan, PublicKey};
 use serde::Deserialize;
 
-use super::extract::{Allowed, NamePath, NameQuery, Publish, Read};
+use super::extract::{Allowed, Enroll, JsonBody, NamePath, NameQuery, Publish, Read};
 use crate::db::{CheckIn, ReleaseRow};
 use crate::error::{Error, Result};
-use crate::fleet::{decide, paced_by, Ask};
+use crate::fleet::{decide, paced_by, Ask, ProductView};
 use crate::plans::plan_for;
 use crate::releases::find_release;
 use crate::App;
@@ -99,7 +100,8 @@ impl<'de> Deserialize<'de> for PlanFrom {
 }
 
 /// The query string of a check: `current=V&device=ID&result=R&attempted=V&pin=V`, each
-/// optional; others are ignored.
+/// optional, and `at=T&sig=S` from an enrolled device (`format::checkin`); others are
+/// ignored.
 #[derive(Deserialize)]
 pub struct CheckQuery {
     current: Option<Name>,
@@ -107,6 +109,68 @@ pub struct CheckQuery {
     pin: Option<Name>,
     device: Option<DeviceId>,
     result: Option<String>,
+    at: Option<u64>,
+    sig: Option<String>,
+}
+
+/// Whether a check-in is recorded, and as signed: a device that enrolled a key must sign
+/// it (within [`CHECKIN_SKEW_SECS`] of the server's time); one that did not is recorded
+/// unsigned.
+async fn signed_checkin(
+    app: &App,
+    product: &ProductView,
+    channel: &str,
+    device: &str,
+    q: &CheckQuery,
+    now: i64,
+) -> Result<Option<bool>> {
+    let Some(key) = app.fleet.device_key(product.id, device).await? else {
+        return Ok(Some(false));
+    };
+    let (Some(at), Some(sig)) = (q.at, q.sig.as_deref()) else {
+        return Ok(None);
+    };
+    if now.max(0).abs_diff(at as i64) > CHECKIN_SKEW_SECS {
+        return Ok(None);
+    }
+    let c = SignedCheckIn {
+        product: &product.name,
+        channel,
+        device,
+        current: q.current.as_deref(),
+        result: q.result.as_deref(),
+        attempted: q.attempted.as_deref(),
+        pin: q.pin.as_deref(),
+        at,
+    };
+    Ok(c.verify(&key, sig).then_some(true))
+}
+
+/// `POST /v1/products/{product}/devices/{device}/key`: enrolls the key a device signs its
+/// check-ins with (the enroll scope).
+pub async fn enroll(
+    State(app): State<App>,
+    Allowed(caller, _): Allowed<Enroll>,
+    NamePath((product, device)): NamePath<(Name, DeviceId)>,
+    JsonBody(req): JsonBody<EnrollRequest>,
+) -> Result<Json<EnrollResponse>> {
+    let key = PublicKey::from_text(&req.public_key)
+        .map_err(|e| Error::BadRequest(format!("public_key: {e}")))?;
+    let (id, _) = app
+        .db
+        .product(&product)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no product {product}")))?;
+    app.db
+        .enroll(&product, id, &device, &key.to_text(), &caller.name)
+        .await?;
+    app.fleet.forget_device_key(id, &device);
+    tracing::info!(%product, device = %device, key = key.id(), by = caller.name, "device enrolled");
+    Ok(Json(EnrollResponse {
+        product,
+        device: device.to_string(),
+        key_id: key.id(),
+    }))
 }
 
 pub async fn check(
@@ -141,8 +205,20 @@ pub async fn check(
     }
     let now = app.clock.now();
     let d = decide(&p, &channel, ch.as_deref(), &ask, now)?;
-    if let Some(device) = ask.device {
+    let signed = match ask.device {
+        Some(device) => signed_checkin(&app, &p, &channel, device, &q, now).await?,
+        None => None,
+    };
+    if ask.device.is_some() && signed.is_none() {
+        // An enrolled device's check-in that it did not sign: answered, never recorded,
+        // so that a forged report neither counts nor hides the device's own.
+        app.metrics
+            .checkins_unsigned
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    if let (Some(device), Some(signed)) = (ask.device, signed) {
         app.fleet.record(CheckIn {
+            signed,
             product_id: p.id,
             device_id: device.to_string(),
             channel: channel.to_string(),

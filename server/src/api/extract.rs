@@ -89,6 +89,8 @@ pub struct Read;
 pub struct Publish;
 /// Promote, pause, resume, roll back, set a rollout's share.
 pub struct Operate;
+/// Enrolling a device's key.
+pub struct Enroll;
 
 impl Need for Read {
     const SCOPE: Scope = Scope::Read;
@@ -98,6 +100,9 @@ impl Need for Publish {
 }
 impl Need for Operate {
     const SCOPE: Scope = Scope::Operate;
+}
+impl Need for Enroll {
+    const SCOPE: Scope = Scope::Enroll;
 }
 
 /// A [`Caller`] holding the scope `N` on the product the path names (any product for a route

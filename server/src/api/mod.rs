@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/products/{product}/audit"),
     ("GET", "/v1/products/{product}/devices"),
     ("GET", "/v1/products/{product}/devices/{device}"),
+    ("POST", "/v1/products/{product}/devices/{device}/key"),
     ("GET HEAD PUT", "/objects/{fan}/{name}"),
     ("GET HEAD PUT", "/deltas/{fan}/{name}"),
     ("GET HEAD PUT", "/packs/{fan}/{name}"),
@@ -116,6 +117,10 @@ pub fn router(app: App) -> Router {
         .route("/v1/products/{product}/audit", get(ch::audit))
         .route("/v1/products/{product}/devices", get(ch::devices))
         .route("/v1/products/{product}/devices/{device}", get(ch::device))
+        .route(
+            "/v1/products/{product}/devices/{device}/key",
+            post(device::enroll),
+        )
         .route(
             "/objects/{fan}/{name}",
             get(down::get_object)

@@ -24,7 +24,8 @@ pub(super) enum TokenCommand {
         name: String,
         /// What the token may do: read (releases, channels, devices, audit log), publish
         /// (uploads and releases; includes read), operate (promote, pause, resume, roll
-        /// back, set a rollout's share; includes read). Repeat for several.
+        /// back, set a rollout's share; includes read), enroll (devices' keys, with
+        /// `deltaroot-agent enroll`: for provisioning; nothing else). Repeat for several.
         #[arg(long, value_parser = parse_scope)]
         scope: Vec<Scope>,
         /// Hold the token to this product (repeat for several; default: every product).

@@ -287,6 +287,10 @@ enum Command {
         /// A release every older device must install first.
         #[arg(long)]
         floor: Option<Name>,
+        /// Count only the reports of enrolled devices, signed with their keys, for
+        /// --max-failure-rate (`deltaroot-agent enroll`): forged reports stop nothing.
+        #[arg(long)]
+        signed_reports_only: bool,
         #[command(flatten)]
         waves: Waves,
     },
@@ -642,6 +646,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             percent,
             floor,
+            signed_reports_only,
             waves: w,
         } => {
             let req = PromoteRequest {
@@ -653,6 +658,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_failure_rate: w.max_failure_rate,
                 min_reports: w.min_reports,
                 max_bytes_per_hour: w.max_bytes_per_hour,
+                signed_reports_only,
             };
             let c = remote
                 .client()?

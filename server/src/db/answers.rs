@@ -141,4 +141,54 @@ impl Db {
         tx.commit().await?;
         Ok(())
     }
+
+    /// The key a device enrolled, as its `.pub` text.
+    pub async fn device_key(&self, product_id: i64, device: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT public_key FROM device_keys WHERE product_id = $1 AND device_id = $2",
+        )
+        .bind(product_id)
+        .bind(device)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    /// Enrolls (or re-enrolls) a device's key, audited as `who`.
+    pub async fn enroll(
+        &self,
+        product: &str,
+        product_id: i64,
+        device: &str,
+        key: &str,
+        who: &str,
+    ) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO device_keys (product_id, device_id, public_key, enrolled_at, enrolled_by)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (product_id, device_id) DO UPDATE SET public_key = excluded.public_key,
+                enrolled_at = excluded.enrolled_at, enrolled_by = excluded.enrolled_by",
+        )
+        .bind(product_id)
+        .bind(device)
+        .bind(key)
+        .bind(now)
+        .bind(who)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            now,
+            who,
+            product,
+            None,
+            "enroll",
+            serde_json::json!({ "device": device, "key": key.trim() }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }

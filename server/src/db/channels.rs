@@ -63,6 +63,8 @@ pub struct Rollout {
     pub reason: Option<String>,
     /// The egress budget: bytes per clock hour the rollout's admissions may charge.
     pub max_bytes_per_hour: Option<i64>,
+    /// The failure-rate stop counts signed reports only (enrolled devices).
+    pub signed_reports_only: bool,
 }
 
 impl Rollout {
@@ -90,6 +92,7 @@ pub struct NewRollout {
     pub max_failure_rate: Option<f64>,
     pub min_reports: i64,
     pub max_bytes_per_hour: Option<i64>,
+    pub signed_reports_only: bool,
 }
 
 impl NewRollout {
@@ -106,6 +109,7 @@ impl NewRollout {
             max_failure_rate: None,
             min_reports: 10,
             max_bytes_per_hour: None,
+            signed_reports_only: false,
         }
     }
 }
@@ -136,7 +140,7 @@ pub struct AuditRow {
 
 pub(super) const ROLLOUT_COLS: &str = "ro.id, ro.release_id, ro.previous_release_id, ro.floor_release_id, ro.start_percent, \
      ro.step_percent, ro.step_secs, ro.max_failure_ppm, ro.min_reports, ro.started_at, ro.created_at, ro.state, ro.reason, \
-     ro.max_bytes_per_hour";
+     ro.max_bytes_per_hour, ro.signed_reports_only";
 
 pub(super) fn rollout_row(r: &AnyRow, at: usize) -> Result<Option<Rollout>> {
     let id: Option<i64> = r.try_get(at)?;
@@ -158,6 +162,7 @@ pub(super) fn rollout_row(r: &AnyRow, at: usize) -> Result<Option<Rollout>> {
         state: r.try_get(at + 11)?,
         reason: r.try_get(at + 12)?,
         max_bytes_per_hour: r.try_get(at + 13)?,
+        signed_reports_only: r.try_get::<i64, _>(at + 14)? != 0,
     }))
 }
 
@@ -605,9 +610,9 @@ pub(super) async fn promote_in(
     let rollout_id: i64 = sqlx::query(
         "INSERT INTO rollouts (product_id, channel, release_id, previous_release_id, floor_release_id,
             start_percent, step_percent, step_secs, max_failure_ppm, max_failure_rate, min_reports,
-            started_at, created_at, state, reason, created_by, max_bytes_per_hour)
+            started_at, created_at, state, reason, created_by, max_bytes_per_hour, signed_reports_only)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CAST($10 AS DOUBLE PRECISION) / 1000000, $11,
-            $12, $13, $14, NULL, $15, $16) RETURNING id",
+            $12, $13, $14, NULL, $15, $16, $17) RETURNING id",
     )
     .bind(product_id)
     .bind(channel)
@@ -625,6 +630,7 @@ pub(super) async fn promote_in(
     .bind(RolloutState::Active)
     .bind(who)
     .bind(r.max_bytes_per_hour)
+    .bind(i64::from(r.signed_reports_only))
     .fetch_one(&mut **tx)
     .await?
     .try_get(0)?;
@@ -658,6 +664,7 @@ pub(super) async fn promote_in(
             "max_failure_rate": r.max_failure_rate,
             "min_reports": r.min_reports,
             "max_bytes_per_hour": r.max_bytes_per_hour,
+            "signed_reports_only": r.signed_reports_only,
         }),
     )
     .await
@@ -684,6 +691,7 @@ mod tests {
             state: RolloutState::Active,
             reason: None,
             max_bytes_per_hour: None,
+            signed_reports_only: false,
         };
         assert_eq!(r.percent_at(999), 10.0);
         assert_eq!(r.percent_at(1059), 10.0);

@@ -35,6 +35,8 @@ pub struct CheckIn {
     pub result: Option<CheckInResult>,
     pub attempted: Option<String>,
     pub at: i64,
+    /// Signed by the device's enrolled key.
+    pub signed: bool,
 }
 
 /// A row of the `devices` table: the last check-in of one device.
@@ -64,17 +66,26 @@ fn device_row(r: &sqlx::any::AnyRow) -> Result<DeviceRow> {
 
 impl Db {
     /// Devices of a product whose last attempt was `version`, seen since `since`, and how
-    /// many of them report `failed` or `rolled-back`.
-    pub async fn reports(&self, product_id: i64, version: &str, since: i64) -> Result<(u64, u64)> {
+    /// many of them report `failed` or `rolled-back`; with `signed_only`, enrolled devices'
+    /// signed reports only.
+    pub async fn reports(
+        &self,
+        product_id: i64,
+        version: &str,
+        since: i64,
+        signed_only: bool,
+    ) -> Result<(u64, u64)> {
         let row = sqlx::query(
             "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN last_result IN ($4, $5) THEN 1 ELSE 0 END), 0) AS BIGINT)
-             FROM devices WHERE product_id = $1 AND attempted = $2 AND seen_at >= $3 AND last_result IS NOT NULL",
+             FROM devices WHERE product_id = $1 AND attempted = $2 AND seen_at >= $3 AND last_result IS NOT NULL
+                AND (signed = 1 OR $6 = 0)",
         )
         .bind(product_id)
         .bind(version)
         .bind(since)
         .bind(CheckInResult::Failed)
         .bind(CheckInResult::RolledBack)
+        .bind(i64::from(signed_only))
         .fetch_one(&self.pool)
         .await?;
         let (n, f): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
@@ -144,15 +155,15 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(CHECKIN_ROWS) {
             let values = (0..chunk.len())
-                .map(|i| format!("({})", params(i * 7 + 1, 7)))
+                .map(|i| format!("({})", params(i * 8 + 1, 8)))
                 .collect::<Vec<_>>()
                 .join(",");
             let sql = format!(
-                "INSERT INTO devices (product_id, device_id, channel, current_version, last_result, attempted, seen_at)
+                "INSERT INTO devices (product_id, device_id, channel, current_version, last_result, attempted, seen_at, signed)
                  VALUES {values}
                  ON CONFLICT (product_id, device_id) DO UPDATE SET channel = excluded.channel,
                     current_version = excluded.current_version, last_result = excluded.last_result,
-                    attempted = excluded.attempted, seen_at = excluded.seen_at"
+                    attempted = excluded.attempted, seen_at = excluded.seen_at, signed = excluded.signed"
             );
             let mut q = sqlx::query(&sql);
             for c in chunk {
@@ -163,7 +174,8 @@ impl Db {
                     .bind(c.current.clone())
                     .bind(c.result)
                     .bind(c.attempted.clone())
-                    .bind(c.at);
+                    .bind(c.at)
+                    .bind(i64::from(c.signed));
             }
             q.execute(&mut *tx).await?;
         }

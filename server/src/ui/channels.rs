@@ -237,6 +237,7 @@ pub async fn promote(
         max_failure_rate: f.max_failure_rate,
         min_reports: None,
         max_bytes_per_hour: Some(budget_field(&f.max_bytes_per_hour)?).filter(|b| *b > 0),
+        signed_reports_only: false,
     };
     promote_as(&app, &product_name, &f.channel, req, &s.who()).await?;
     Ok(back_to_channels(&product_name, "promote"))

@@ -14,7 +14,7 @@ use deltaroot_client::agent::{Agent, Settings};
 use deltaroot_client::transport::{CheckQuery, Deadline, Http, Transport};
 use deltaroot_client::Result;
 use deltaroot_format::answer::Offer;
-use deltaroot_format::api::{AnswerKey, CheckResponse};
+use deltaroot_format::api::{AnswerKey, CheckResponse, PromoteRequest};
 use deltaroot_format::{Answer, Delegation, Name, Plan, SecretKey, TrustedAnswer};
 use deltaroot_publisher::publish::{publish, PublishOptions};
 use deltaroot_publisher::sink::ServerSink;
@@ -25,6 +25,7 @@ use crate::fleet::{fleet, updated, Fleet};
 on_both_backends!(
     signed_answers_hold_against_replay_freeze_and_mix_and_match,
     release_keys_rotate_and_the_old_key_is_refused,
+    forged_check_ins_stop_nothing_against_a_signed_only_rollout,
 );
 
 /// A network in the middle: every check is answered with `answer`, the rest goes to the
@@ -311,4 +312,126 @@ fn release_keys_rotate_and_the_old_key_is_refused(backend: Backend) {
     let fresh = tempfile::tempdir().unwrap();
     let b = agent(&f.server, fresh.path(), &k2_trust);
     assert_eq!(updated(b.update().unwrap()), "3.0");
+}
+
+/// Enrolled devices sign their check-ins; a rollout can count signed reports only. Forged
+/// reports (unsigned, or badly signed, or in an enrolled device's name) then neither stop
+/// it nor hide a real failure; a signed revert does stop it.
+fn forged_check_ins_stop_nothing_against_a_signed_only_rollout(backend: Backend) {
+    let f = fleet(backend, 2, "1.0");
+    let server = &f.server;
+    server
+        .op(server.app.db.create_token(
+            "factory",
+            "drt_factory_token_0123456789",
+            "enroll",
+            Some("demo"),
+        ))
+        .unwrap();
+    let read = deltaroot_server::new_token();
+    server
+        .op(server.app.db.create_token("dash", &read, "read", None))
+        .unwrap();
+
+    let (ra, rb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = agent(&f.server, ra.path(), &f.trust);
+    let b = agent(&f.server, rb.path(), &f.trust);
+    // Only a token of the enroll scope enrolls.
+    let err = a.enroll(&read).unwrap_err().to_string();
+    assert!(err.contains("403") && err.contains("enroll"), "{err}");
+    let err = a.enroll("drt_nonsense").unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+    for d in [&a, &b] {
+        let e = d.enroll("drt_factory_token_0123456789").unwrap();
+        assert_eq!(e.key_id.len(), 16);
+        assert_eq!(updated(d.update().unwrap()), "1.0");
+    }
+    let key = ra.path().join("state/device.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let st = f.promote(PromoteRequest {
+        max_failure_rate: Some(0.4),
+        min_reports: Some(1),
+        signed_reports_only: true,
+        ..promote_to("2.0")
+    });
+    assert!(st.rollout.as_ref().unwrap().signed_reports_only);
+    server.advance(Duration::from_millis(1100));
+    assert_eq!(updated(a.update().unwrap()), "2.0");
+    a.check().unwrap(); // reports ok, signed
+    server.flush();
+
+    // 30 forged failures from invented devices, and one in a's name, unsigned or with a
+    // signature that is not a's: none is counted, a's own report stands.
+    for i in 0..30 {
+        f.check(&format!(
+            "device=forged-{i}&current=1.0&result=failed&attempted=2.0"
+        ));
+    }
+    let a_id = a.device_id.to_string();
+    f.check(&format!(
+        "device={a_id}&current=1.0&result=failed&attempted=2.0"
+    ));
+    let stranger = SecretKey::from_seed([77; 32]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let forged = deltaroot_format::checkin::CheckIn {
+        product: "demo",
+        channel: "stable",
+        device: &a_id,
+        current: Some("1.0"),
+        result: Some("failed"),
+        attempted: Some("2.0"),
+        pin: None,
+        at: now,
+    };
+    f.check(&format!(
+        "device={a_id}&current=1.0&result=failed&attempted=2.0&at={now}&sig={}",
+        forged.sign(&stranger)
+    ));
+    server.flush();
+    assert_eq!(
+        server.op(server.app.fleet.watch_rollouts()).unwrap(),
+        Vec::<i64>::new()
+    );
+    let ro = f.status().rollout.unwrap();
+    assert_eq!(
+        (ro.state.as_str(), ro.reports, ro.failures),
+        ("active", 1, 0)
+    );
+    let row = server.op(server.client().device("demo", &a_id)).unwrap();
+    assert_eq!(row.result.as_deref(), Some("ok"));
+    let metrics = f
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("deltaroot_checkins_unsigned_total 2"),
+        "{metrics}"
+    );
+
+    // b installs 2.0, never marks it good, and reverts: its signed report stops the rollout.
+    assert_eq!(updated(b.update().unwrap()), "2.0");
+    for _ in 0..4 {
+        b.boot_check(3).unwrap();
+    }
+    assert_eq!(b.device.current().unwrap().as_deref(), Some("1.0"));
+    b.check().unwrap();
+    server.flush();
+    let stopped = server.op(server.app.fleet.watch_rollouts()).unwrap();
+    assert_eq!(stopped, [ro.id]);
+    let ro = f.status().rollout.unwrap();
+    assert_eq!(
+        (ro.state.as_str(), ro.reports, ro.failures),
+        ("stopped", 2, 1)
+    );
 }

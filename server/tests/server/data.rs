@@ -318,6 +318,7 @@ fn devices_past_the_retention_period_are_forgotten(backend: Backend) {
             result: None,
             attempted: None,
             at: fleet.now(),
+            signed: false,
         });
     }
     server.flush();
