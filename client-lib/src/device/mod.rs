@@ -71,6 +71,14 @@ const STATUS: &str = "state/status.json";
 /// `update --apply-staged`.
 const STAGED_MANIFEST: &str = "staging/manifest";
 const STAGED_SIG: &str = "staging/manifest.sig";
+/// The folders of the root that `fsio` writes temporary files in (beside each target:
+/// `current` and `previous`, the state files, manifests, marks, the staging files and store).
+const TEMP_DIRS: &[&str] = &[
+    "", "state", MANIFESTS, COMPLETE, "staging", CONTENT, DOWNLOADS,
+];
+/// How `deltaroot_format::fsio` ends the name of a temporary file
+/// (`.<target>.<pid>.<attempt>.deltaroot-tmp`).
+const TEMP_SUFFIX: &[u8] = b".deltaroot-tmp";
 /// Deployments kept by default: the newest two (the running one and the one before).
 pub const DEFAULT_KEEP_VERSIONS: usize = 2;
 /// Downloads and delta applications in flight at once.
@@ -604,10 +612,12 @@ impl Device {
     /// Run with the lock taken, before anything else: removes what an earlier run killed at
     /// any point left behind. The staging tree and a tree moved aside always go (an attempt
     /// rebuilds them); contents and downloads go too unless they are for a version still
-    /// to be installed (`staging/for`), which the next attempt resumes. Deployments other
-    /// than `current` and `previous` are pruned. Best effort: logged, never an error.
+    /// to be installed (`staging/for`), which the next attempt resumes. The temporary files
+    /// of writes cut short go. Deployments other than `current` and `previous` are pruned.
+    /// Best effort: logged, never an error.
     fn tidy(&self) {
         self.remove_quietly(&[STAGING_TREE, REPLACED]);
+        self.remove_temporaries();
         let pending = self
             .dir
             .read_to_string(STAGING_FOR)
@@ -622,6 +632,35 @@ impl Device {
         }
         if let Err(e) = self.prune() {
             tracing::warn!(root = %self.root.display(), error = %e, "could not prune old deployments");
+        }
+    }
+}
+
+impl Device {
+    /// Removes the temporary files of writes that a killed run left half done (a temporary
+    /// file is only ever renamed into place by the run that made it, and runs hold the lock).
+    fn remove_temporaries(&self) {
+        for d in TEMP_DIRS {
+            let Ok(entries) = self.dir.read_dir(if d.is_empty() { "." } else { d }) else {
+                continue;
+            };
+            let mut removed = false;
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.as_bytes();
+                if name.starts_with(b".") && name.ends_with(TEMP_SUFFIX) {
+                    let rel = Path::new(d).join(std::ffi::OsStr::from_bytes(name));
+                    match self.dir.remove_file(&rel) {
+                        Ok(()) => removed = true,
+                        Err(e) => {
+                            tracing::warn!(path = %self.root.join(&rel).display(), error = %e, "could not remove a leftover temporary file")
+                        }
+                    }
+                }
+            }
+            if removed {
+                let _ = fsio::sync_dir_in(&self.dir, Some(Path::new(d)));
+            }
         }
     }
 }
