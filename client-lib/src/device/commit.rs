@@ -261,9 +261,30 @@ impl Device {
                 "previous version {prev} is not complete in deployments/{prev} (an interrupted install or removal left it): not rolled back, nothing changed"
             )));
         }
-        self.set_link("current", &prev)?;
-        self.set_link("previous", &cur)?;
+        self.swap_links(&cur, &prev)?;
         Ok(prev)
+    }
+
+    /// Swaps `current` and `previous` in one step (`renameat2` with `RENAME_EXCHANGE`), then
+    /// syncs the root: a kill or a power cut leaves both links as they were or both swapped,
+    /// never both at one version (the one rolled back from lost). A file system without the
+    /// exchange gets the two link renames.
+    fn swap_links(&self, cur: &str, prev: &str) -> Result<()> {
+        use rustix::fs::{renameat_with, RenameFlags};
+        match renameat_with(
+            &self.dir,
+            "current",
+            &self.dir,
+            "previous",
+            RenameFlags::EXCHANGE,
+        ) {
+            Ok(()) => self.sync_dir("."),
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                self.set_link("current", prev)?;
+                self.set_link("previous", cur)
+            }
+            Err(e) => Err(self.io("current")(e.into())),
+        }
     }
 
     /// Removes deployments and manifests other than `current` and `previous`, and what
