@@ -22,6 +22,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+/// A system call's number and its first three arguments.
+pub type Call = (i64, [u64; 3]);
+
 /// How a traced run ended.
 #[derive(Debug)]
 pub struct Traced {
@@ -32,8 +35,9 @@ pub struct Traced {
     pub killed: bool,
     /// The exit code of a run that ended by itself.
     pub code: Option<i32>,
-    /// The number of each system call entered, in order, when asked for.
-    pub calls: Vec<i64>,
+    /// The number and first three arguments of each system call entered, in order, when
+    /// asked for.
+    pub calls: Vec<Call>,
 }
 
 /// Runs `program args` traced; kills it on entry to system call number `kill_at` (counted
@@ -139,11 +143,74 @@ pub fn run(program: &Path, args: &[OsString], kill_at: Option<u64>, record: bool
     out
 }
 
-/// The number of the system call `tid` is stopped in (`/proc/<tid>/syscall`'s first field).
-fn syscall_number(tid: Pid) -> i64 {
+/// The number and first three arguments of the system call `tid` is stopped in
+/// (`/proc/<tid>/syscall`: the number in decimal, then the arguments in hex).
+fn syscall_number(tid: Pid) -> Call {
     let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).unwrap_or_default();
-    text.split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1)
+    let mut fields = text.split_whitespace();
+    let nr = fields.next().and_then(|n| n.parse().ok()).unwrap_or(-1);
+    let mut args = [u64::MAX; 3];
+    for (a, f) in args.iter_mut().zip(fields) {
+        *a = u64::from_str_radix(f.trim_start_matches("0x"), 16).unwrap_or(u64::MAX);
+    }
+    (nr, args)
+}
+
+/// Whether a system call changes what a SIGKILL leaves on disk: a kill right before it and
+/// right after it are the states a run passes through. Left out: writes to standard output
+/// and error (the agent's log), opens only to read, and syncs (a killed process loses no
+/// page cache).
+pub fn changes_disk((nr, args): Call) -> bool {
+    use nix::libc as c;
+    let writes = [c::SYS_write, c::SYS_pwrite64, c::SYS_writev, c::SYS_pwritev];
+    if writes.contains(&nr) {
+        return args[0] > 2;
+    }
+    let writing = |flags: u64| {
+        let flags = flags as i32;
+        flags & (c::O_WRONLY | c::O_RDWR | c::O_CREAT | c::O_TRUNC) != 0
+    };
+    if nr == c::SYS_openat {
+        return writing(args[2]);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if nr == c::SYS_open {
+        return writing(args[1]);
+    }
+    let changes = [
+        c::SYS_openat2,
+        c::SYS_mkdirat,
+        c::SYS_unlinkat,
+        c::SYS_renameat,
+        c::SYS_renameat2,
+        c::SYS_linkat,
+        c::SYS_symlinkat,
+        c::SYS_fchmodat,
+        c::SYS_fchmod,
+        c::SYS_fchownat,
+        c::SYS_fchown,
+        c::SYS_setxattr,
+        c::SYS_lsetxattr,
+        c::SYS_fsetxattr,
+        c::SYS_ftruncate,
+        c::SYS_fallocate,
+        c::SYS_copy_file_range,
+        c::SYS_utimensat,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    let legacy = [
+        c::SYS_creat,
+        c::SYS_mkdir,
+        c::SYS_rmdir,
+        c::SYS_unlink,
+        c::SYS_rename,
+        c::SYS_link,
+        c::SYS_symlink,
+        c::SYS_chmod,
+        c::SYS_chown,
+        c::SYS_lchown,
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    let legacy: [i64; 0] = [];
+    changes.contains(&nr) || legacy.contains(&nr)
 }
