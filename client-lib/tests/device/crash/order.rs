@@ -9,7 +9,8 @@
 //!   at it, which the next two check);
 //! - the rename of `state/complete/<v>`'s temporary file (the mark): every file and
 //!   directory of `deployments/<v>`, `deployments` itself, and the version's manifests;
-//! - the switch (a rename onto `current`): the same, the mark and `state/complete`;
+//! - the switch (a rename onto `current`, or rollback's exchange): the same, the mark,
+//!   `state/complete`, and `state` with the trial or status written before it;
 //! - the end of the run: the root, `deployments`, `state` and its folders.
 
 use std::collections::{BTreeSet, HashMap};
@@ -287,7 +288,15 @@ pub fn replay(log: &str, root: &Path) -> Checked {
                     tree(
                         &v,
                         format!("the switch to {v}"),
-                        &["state/complete", mark.as_str()],
+                        // The trial (update, install) or the status (a revert) written
+                        // before the switch, so that a cut after it is seen.
+                        &[
+                            "state/complete",
+                            mark.as_str(),
+                            "state",
+                            "state/trial.json",
+                            "state/status.json",
+                        ],
                         &mut checked,
                     );
                 }
