@@ -168,7 +168,7 @@ impl Fixture {
             _tmp: tmp,
         };
         // r1: 1 installed; r12: updated to 2; r123: updated to 3, 1 pruned (keep 1);
-        // r123b: 3 booted once on trial.
+        // r123b: 3 booted once on trial; r12s: 3 downloaded into the staging of r12.
         let m1 = tree::publish(&f, &images, 1, None);
         fx.agent_ok(&fx.root("r1"), &["install", "1"]);
         let m2 = tree::publish(&f, &images, 2, Some(&m1));
@@ -178,6 +178,8 @@ impl Fixture {
         copy_root(&fx.root("r12"), &fx.root("r123"));
         fx.agent_ok(&fx.root("r123"), &["update"]);
         assert_eq!(names(&fx.root("r123").join("deployments")).len(), 2);
+        copy_root(&fx.root("r12"), &fx.root("r12s"));
+        fx.agent_ok(&fx.root("r12s"), &["update", "--download-only"]);
         copy_root(&fx.root("r123"), &fx.root("r123b"));
         fx.agent_ok(&fx.root("r123b"), &["boot-check", "--boot-attempts", "1"]);
         let want = (1..=3)
@@ -423,6 +425,16 @@ fn an_update_killed_at_any_system_call_recovers() {
         points: 60,
     };
     crash_case(&fx, &case);
+    let staged = Case {
+        name: "update --apply-staged",
+        from: "r12s",
+        cmd: &["update", "--apply-staged"],
+        old: "2",
+        new: "3",
+        toggles: false,
+        points: 60,
+    };
+    crash_case(&fx, &staged);
 }
 
 #[test]
