@@ -7,8 +7,8 @@
 //! - every `state/complete/<v>` mark names a deployment that is exactly the image of `v`;
 //! - `deltaroot-agent status` reports as running the version `current` points at;
 //! - `rollback`, run on a copy, either refuses or switches to a complete tree;
-//! - the next run of the same command (for `rollback`, which toggles, once it has switched:
-//!   a command that only takes the lock) finishes the job and leaves nothing behind: no
+//! - the next run of the same command (for `rollback` and `update --apply-staged` once they
+//!   have switched, which have nothing left to do then: a command that only takes the lock) finishes the job and leaves nothing behind: no
 //!   `staging/` content, no deployment, mark or manifest but those kept, no temporary file
 //!   (`.<name>.<pid>.<n>.deltaroot-tmp`, `deltaroot_format::fsio`) anywhere under the root.
 //!
@@ -273,9 +273,10 @@ struct Case<'a> {
     cmd: &'a [&'a str],
     old: &'a str,
     new: &'a str,
-    /// A second run undoes the first (`rollback`): once `current` is the new version, the
-    /// next run is `boot-check`, which only takes the lock (and tidies).
-    toggles: bool,
+    /// Once `current` is the new version the command has nothing left to do (`rollback` would
+    /// undo it, `update --apply-staged` finds nothing staged): the next run is then
+    /// `boot-check`, which only takes the lock (and tidies).
+    done_once_switched: bool,
     /// Kill points at most: every system call of a shorter command.
     points: u64,
 }
@@ -321,7 +322,7 @@ fn crash_case(fx: &Fixture, case: &Case) -> usize {
         check_killed(fx, case, &work, &spare, &at);
         // The next run finishes the job.
         let cur = link(&work, "current");
-        let next: &[&str] = if case.toggles && cur.as_deref() == Some(case.new) {
+        let next: &[&str] = if case.done_once_switched && cur.as_deref() == Some(case.new) {
             &["boot-check"]
         } else {
             case.cmd
@@ -421,7 +422,7 @@ fn an_update_killed_at_any_system_call_recovers() {
         cmd: &["update"],
         old: "2",
         new: "3",
-        toggles: false,
+        done_once_switched: false,
         points: 60,
     };
     crash_case(&fx, &case);
@@ -431,7 +432,7 @@ fn an_update_killed_at_any_system_call_recovers() {
         cmd: &["update", "--apply-staged"],
         old: "2",
         new: "3",
-        toggles: false,
+        done_once_switched: true,
         points: 60,
     };
     crash_case(&fx, &staged);
@@ -446,7 +447,7 @@ fn installs_of_a_pruned_and_of_the_previous_version_killed_at_any_system_call_re
         cmd: &["install", "1"],
         old: "3",
         new: "1",
-        toggles: false,
+        done_once_switched: false,
         points: 60,
     };
     crash_case(&fx, &pruned);
@@ -456,7 +457,7 @@ fn installs_of_a_pruned_and_of_the_previous_version_killed_at_any_system_call_re
         cmd: &["install", "2"],
         old: "3",
         new: "2",
-        toggles: false,
+        done_once_switched: false,
         points: 60,
     };
     crash_case(&fx, &previous);
@@ -471,7 +472,7 @@ fn rollback_and_a_boot_check_revert_killed_at_any_system_call_recover() {
         cmd: &["rollback"],
         old: "3",
         new: "2",
-        toggles: true,
+        done_once_switched: true,
         points: 60,
     };
     crash_case(&fx, &rollback);
@@ -481,7 +482,7 @@ fn rollback_and_a_boot_check_revert_killed_at_any_system_call_recover() {
         cmd: &["boot-check", "--boot-attempts", "1"],
         old: "3",
         new: "2",
-        toggles: false,
+        done_once_switched: false,
         points: 60,
     };
     crash_case(&fx, &boot);
