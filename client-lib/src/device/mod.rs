@@ -612,12 +612,11 @@ impl Device {
     /// Run with the lock taken, before anything else: removes what an earlier run killed at
     /// any point left behind. The staging tree and a tree moved aside always go (an attempt
     /// rebuilds them); contents and downloads go too unless they are for a version still
-    /// to be installed (`staging/for`), which the next attempt resumes. The temporary files
+    /// to be installed (`staging/for`), which the next attempt resumes: then the contents
+    /// a killed build had moved into the staging tree go back to the store first. The temporary files
     /// of writes cut short go. Deployments other than `current` and `previous` are pruned.
     /// Best effort: logged, never an error.
     fn tidy(&self) {
-        self.remove_quietly(&[STAGING_TREE, REPLACED]);
-        self.remove_temporaries();
         let pending = self
             .dir
             .read_to_string(STAGING_FOR)
@@ -627,6 +626,23 @@ impl Device {
                 self.current().ok().flatten().as_deref() != Some(v.as_str())
                     && !self.is_complete(v, None)
             });
+        if let Some(v) = &pending {
+            // A tree of it renamed into place but not marked is pruned below: its contents
+            // go back too (never out of `current`'s or `previous`'s tree).
+            let links = [
+                self.current().ok().flatten(),
+                self.previous().ok().flatten(),
+            ];
+            let unmarked = format!("deployments/{v}");
+            let own = !links.iter().flatten().any(|l| l.as_str() == v);
+            for tree in [STAGING_TREE, REPLACED, unmarked.as_str()] {
+                if tree == STAGING_TREE || tree == REPLACED || own {
+                    self.rescue_contents(tree);
+                }
+            }
+        }
+        self.remove_quietly(&[STAGING_TREE, REPLACED]);
+        self.remove_temporaries();
         if pending.is_none() {
             self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR, STAGED_MANIFEST, STAGED_SIG]);
         }
@@ -637,6 +653,45 @@ impl Device {
 }
 
 impl Device {
+    /// Moves back into the content store what a killed build had moved from it into the
+    /// tree at `rel` (its files of one link, named by their hash, their xattrs removed), so
+    /// that the next attempt need not fetch them again: `update --apply-staged` cannot.
+    /// The store is verified by hash before it is used. Best effort.
+    fn rescue_contents(&self, rel: &str) {
+        let tree = self.root.join(rel);
+        let Ok(found) = deltaroot_format::tree::walk(&tree) else {
+            return;
+        };
+        let mut moved = false;
+        for f in found {
+            // Hardlinked from the running tree (or within the tree): not the store's.
+            let one_link = f.inode.is_none();
+            if !matches!(f.kind, deltaroot_format::tree::FoundKind::File { .. }) || !one_link {
+                continue;
+            }
+            let Ok(hash) = deltaroot_format::tree::hash_file(&f.abs) else {
+                continue;
+            };
+            let dest = format!("{CONTENT}/{hash}");
+            if self.dir.exists(&dest) || self.dir.create_dir_all(CONTENT).is_err() {
+                continue;
+            }
+            for (name, _) in deltaroot_format::tree::read_xattrs(&f.abs).unwrap_or_default() {
+                let _ = rustix::fs::lremovexattr(&f.abs, std::ffi::OsStr::from_bytes(&name));
+            }
+            let from = Path::new(rel).join(f.path.as_path());
+            match self.dir.rename(&from, &self.dir, &dest) {
+                Ok(()) => moved = true,
+                Err(e) => {
+                    tracing::warn!(path = %f.abs.display(), error = %e, "could not move a content back into the store")
+                }
+            }
+        }
+        if moved {
+            let _ = fsio::sync_dir_in(&self.dir, Some(Path::new(CONTENT)));
+        }
+    }
+
     /// Removes the temporary files of writes that a killed run left half done (a temporary
     /// file is only ever renamed into place by the run that made it, and runs hold the lock).
     fn remove_temporaries(&self) {
