@@ -617,15 +617,13 @@ impl Device {
     /// of writes cut short go. Deployments other than `current` and `previous` are pruned.
     /// Best effort: logged, never an error.
     fn tidy(&self) {
-        let pending = self
+        let staged_for = self
             .dir
             .read_to_string(STAGING_FOR)
             .ok()
             .map(|v| v.trim().to_string())
-            .filter(|v| {
-                self.current().ok().flatten().as_deref() != Some(v.as_str())
-                    && !self.is_complete(v, None)
-            });
+            .filter(|v| self.current().ok().flatten().as_deref() != Some(v.as_str()));
+        let pending = staged_for.clone().filter(|v| !self.is_complete(v, None));
         if let Some(v) = &pending {
             // A tree of it renamed into place but not marked is pruned below: its contents
             // go back too (never out of `current`'s or `previous`'s tree).
@@ -643,7 +641,12 @@ impl Device {
         }
         self.remove_quietly(&[STAGING_TREE, REPLACED]);
         self.remove_temporaries();
-        if pending.is_none() {
+        if pending.is_none() && staged_for.is_some() {
+            // Complete but not switched to (a run killed before its switch): its contents
+            // are not needed, but `update --apply-staged` still finds what it staged, and
+            // switches to it.
+            self.remove_quietly(&[CONTENT, DOWNLOADS]);
+        } else if pending.is_none() {
             self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR, STAGED_MANIFEST, STAGED_SIG]);
         }
         if let Err(e) = self.prune() {
