@@ -1116,3 +1116,8 @@ fn a_running_file_changed_on_the_device_is_fetched_whole_by_the_next_update() {
         Some("ok")
     );
 }
+
+/// The real `deltaroot-agent` killed at every system call of its commands (ptrace), and what
+/// each kill leaves checked: `device/crash.rs`.
+#[path = "device/crash.rs"]
+mod crash;

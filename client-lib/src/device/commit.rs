@@ -261,9 +261,30 @@ impl Device {
                 "previous version {prev} is not complete in deployments/{prev} (an interrupted install or removal left it): not rolled back, nothing changed"
             )));
         }
-        self.set_link("current", &prev)?;
-        self.set_link("previous", &cur)?;
+        self.swap_links(&cur, &prev)?;
         Ok(prev)
+    }
+
+    /// Swaps `current` and `previous` in one step (`renameat2` with `RENAME_EXCHANGE`), then
+    /// syncs the root: a kill or a power cut leaves both links as they were or both swapped,
+    /// never both at one version (the one rolled back from lost). A file system without the
+    /// exchange gets the two link renames.
+    fn swap_links(&self, cur: &str, prev: &str) -> Result<()> {
+        use rustix::fs::{renameat_with, RenameFlags};
+        match renameat_with(
+            &self.dir,
+            "current",
+            &self.dir,
+            "previous",
+            RenameFlags::EXCHANGE,
+        ) {
+            Ok(()) => self.sync_dir("."),
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                self.set_link("current", prev)?;
+                self.set_link("previous", cur)
+            }
+            Err(e) => Err(self.io("current")(e.into())),
+        }
     }
 
     /// Removes deployments and manifests other than `current` and `previous`, and what
@@ -285,7 +306,8 @@ impl Device {
     /// Removes deployments (each losing its mark first) and manifests other than those of
     /// `current`, `previous`, the last version marked good, and the `keep_versions` newest
     /// installed (by the time of their completion mark). Never `current` or `previous`: when
-    /// a link cannot be read, nothing is removed.
+    /// a link cannot be read, nothing is removed. A version is whatever has a deployment, a
+    /// mark or a manifest, so that what a killed removal left goes too.
     pub(super) fn prune(&self) -> Result<()> {
         let mut keep: HashSet<String> = [self.current()?, self.previous()?]
             .into_iter()
@@ -294,22 +316,34 @@ impl Device {
             .collect();
         keep.extend(self.last_good());
         keep.extend(self.newest_complete(self.keep_versions));
-        for e in self
-            .dir
-            .read_dir("deployments")
-            .map_err(self.io("deployments"))?
-        {
-            let e = e.map_err(self.io("deployments"))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
-                self.unmark_complete(&name)?;
-                let rel = format!("deployments/{name}");
-                self.dir.remove_dir_all(&rel).map_err(self.io(&rel))?;
-                let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.manifest"));
-                let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.sig"));
-                self.sync_dir("deployments")?;
-                self.sync_dir(MANIFESTS)?;
+        // A run killed half way through removing a version left some of its deployment,
+        // mark and manifests: what is left goes too.
+        let mut versions = std::collections::BTreeSet::new();
+        for d in ["deployments", COMPLETE, MANIFESTS] {
+            for e in self.dir.read_dir(d).map_err(self.io(d))? {
+                let name = e.map_err(self.io(d))?.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let v = match d {
+                    MANIFESTS => name
+                        .strip_suffix(".manifest")
+                        .or_else(|| name.strip_suffix(".sig"))
+                        .unwrap_or(&name),
+                    _ => &name,
+                };
+                versions.insert(v.to_string());
             }
+        }
+        for name in versions.into_iter().filter(|v| !keep.contains(v)) {
+            self.unmark_complete(&name)?;
+            let rel = format!("deployments/{name}");
+            self.remove_dir_if_present(&rel)?;
+            let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.manifest"));
+            let _ = self.dir.remove_file(format!("{MANIFESTS}/{name}.sig"));
+            self.sync_dir("deployments")?;
+            self.sync_dir(MANIFESTS)?;
         }
         Ok(())
     }

@@ -73,6 +73,14 @@ const STATUS: &str = "state/status.json";
 /// `update --apply-staged`.
 const STAGED_MANIFEST: &str = "staging/manifest";
 const STAGED_SIG: &str = "staging/manifest.sig";
+/// The folders of the root that `fsio` writes temporary files in (beside each target:
+/// `current` and `previous`, the state files, manifests, marks, the staging files and store).
+const TEMP_DIRS: &[&str] = &[
+    "", "state", MANIFESTS, COMPLETE, "staging", CONTENT, DOWNLOADS,
+];
+/// How `deltaroot_format::fsio` ends the name of a temporary file
+/// (`.<target>.<pid>.<attempt>.deltaroot-tmp`).
+const TEMP_SUFFIX: &[u8] = b".deltaroot-tmp";
 /// Deployments kept by default: the newest two (the running one and the one before).
 pub const DEFAULT_KEEP_VERSIONS: usize = 2;
 /// Downloads and delta applications in flight at once.
@@ -606,24 +614,113 @@ impl Device {
     /// Run with the lock taken, before anything else: removes what an earlier run killed at
     /// any point left behind. The staging tree and a tree moved aside always go (an attempt
     /// rebuilds them); contents and downloads go too unless they are for a version still
-    /// to be installed (`staging/for`), which the next attempt resumes. Deployments other
-    /// than `current` and `previous` are pruned. Best effort: logged, never an error.
+    /// to be installed (`staging/for`), which the next attempt resumes: then the contents
+    /// a killed build had moved into the staging tree go back to the store first. The temporary files
+    /// of writes cut short go. Deployments other than `current` and `previous` are pruned.
+    /// Best effort: logged, never an error.
     fn tidy(&self) {
-        self.remove_quietly(&[STAGING_TREE, REPLACED]);
-        let pending = self
+        let staged_for = self
             .dir
             .read_to_string(STAGING_FOR)
             .ok()
             .map(|v| v.trim().to_string())
-            .filter(|v| {
-                self.current().ok().flatten().as_deref() != Some(v.as_str())
-                    && !self.is_complete(v, None)
-            });
-        if pending.is_none() {
+            .filter(|v| self.current().ok().flatten().as_deref() != Some(v.as_str()));
+        let pending = staged_for.clone().filter(|v| !self.is_complete(v, None));
+        if let Some(v) = &pending {
+            // A tree of it renamed into place but not marked is pruned below: its contents
+            // go back too (never out of `current`'s or `previous`'s tree).
+            let links = [
+                self.current().ok().flatten(),
+                self.previous().ok().flatten(),
+            ];
+            let unmarked = format!("deployments/{v}");
+            let own = !links.iter().flatten().any(|l| l.as_str() == v);
+            for tree in [STAGING_TREE, REPLACED, unmarked.as_str()] {
+                if tree == STAGING_TREE || tree == REPLACED || own {
+                    self.rescue_contents(tree);
+                }
+            }
+        }
+        self.remove_quietly(&[STAGING_TREE, REPLACED]);
+        self.remove_temporaries();
+        if pending.is_none() && staged_for.is_some() {
+            // Complete but not switched to (a run killed before its switch): its contents
+            // are not needed, but `update --apply-staged` still finds what it staged, and
+            // switches to it.
+            self.remove_quietly(&[CONTENT, DOWNLOADS]);
+        } else if pending.is_none() {
             self.remove_quietly(&[CONTENT, DOWNLOADS, STAGING_FOR, STAGED_MANIFEST, STAGED_SIG]);
         }
         if let Err(e) = self.prune() {
             tracing::warn!(root = %self.root.display(), error = %e, "could not prune old deployments");
+        }
+    }
+}
+
+impl Device {
+    /// Moves back into the content store what a killed build had moved from it into the
+    /// tree at `rel` (its files of one link, named by their hash, their xattrs removed), so
+    /// that the next attempt need not fetch them again: `update --apply-staged` cannot.
+    /// The store is verified by hash before it is used. Best effort.
+    fn rescue_contents(&self, rel: &str) {
+        let tree = self.root.join(rel);
+        let Ok(found) = deltaroot_format::tree::walk(&tree) else {
+            return;
+        };
+        let mut moved = false;
+        for f in found {
+            // Hardlinked from the running tree (or within the tree): not the store's.
+            let one_link = f.inode.is_none();
+            if !matches!(f.kind, deltaroot_format::tree::FoundKind::File { .. }) || !one_link {
+                continue;
+            }
+            let Ok(hash) = deltaroot_format::tree::hash_file(&f.abs) else {
+                continue;
+            };
+            let dest = format!("{CONTENT}/{hash}");
+            if self.dir.exists(&dest) || self.dir.create_dir_all(CONTENT).is_err() {
+                continue;
+            }
+            for (name, _) in deltaroot_format::tree::read_xattrs(&f.abs).unwrap_or_default() {
+                let _ = rustix::fs::lremovexattr(&f.abs, std::ffi::OsStr::from_bytes(&name));
+            }
+            let from = Path::new(rel).join(f.path.as_path());
+            match self.dir.rename(&from, &self.dir, &dest) {
+                Ok(()) => moved = true,
+                Err(e) => {
+                    tracing::warn!(path = %f.abs.display(), error = %e, "could not move a content back into the store")
+                }
+            }
+        }
+        if moved {
+            let _ = fsio::sync_dir_in(&self.dir, Some(Path::new(CONTENT)));
+        }
+    }
+
+    /// Removes the temporary files of writes that a killed run left half done (a temporary
+    /// file is only ever renamed into place by the run that made it, and runs hold the lock).
+    fn remove_temporaries(&self) {
+        for d in TEMP_DIRS {
+            let Ok(entries) = self.dir.read_dir(if d.is_empty() { "." } else { d }) else {
+                continue;
+            };
+            let mut removed = false;
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.as_bytes();
+                if name.starts_with(b".") && name.ends_with(TEMP_SUFFIX) {
+                    let rel = Path::new(d).join(std::ffi::OsStr::from_bytes(name));
+                    match self.dir.remove_file(&rel) {
+                        Ok(()) => removed = true,
+                        Err(e) => {
+                            tracing::warn!(path = %self.root.join(&rel).display(), error = %e, "could not remove a leftover temporary file")
+                        }
+                    }
+                }
+            }
+            if removed {
+                let _ = fsio::sync_dir_in(&self.dir, Some(Path::new(d)));
+            }
         }
     }
 }
