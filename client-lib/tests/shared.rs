@@ -98,7 +98,11 @@ fn a_shared_folder_survives_updates_rollbacks_and_pruning_untouched() {
     assert_eq!(link("2"), Path::new("../../../shared/var/lib"));
     assert_eq!(data(&root), written);
 
+    // Without its mark (as an older agent left it), 1 is verified whole, its link included,
+    // before it is rolled back to.
+    std::fs::remove_file(root.join("state/complete/1")).unwrap();
     assert_eq!(agent.rollback().unwrap(), "1");
+    assert!(root.join("state/complete/1").is_file());
     assert_eq!(data(&root), written);
 
     // 2 was rolled back from and is not offered again: 3 is the next update.
