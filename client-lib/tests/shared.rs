@@ -39,9 +39,15 @@ fn entries(conf: &[u8]) -> Vec<Entry> {
     ]
 }
 
-/// What the device wrote: its bytes, inode and modification time.
+/// What the device wrote, read through the running version.
 fn data(root: &Path) -> (Vec<u8>, u64, i64) {
-    let p = root.join("current/var/lib/app/db");
+    data_at(&root.join("current/var/lib"))
+}
+
+/// What the device wrote in the shared folder `shared`: its bytes, inode and modification
+/// time.
+fn data_at(shared: &Path) -> (Vec<u8>, u64, i64) {
+    let p = shared.join("app/db");
     let m = std::fs::metadata(&p).unwrap();
     (std::fs::read(&p).unwrap(), m.ino(), m.mtime())
 }
@@ -206,4 +212,32 @@ fn a_manifest_placing_a_file_in_a_shared_path_is_refused_and_changes_nothing() {
         err.contains("entry var/lib:") && err.contains("must be a directory"),
         "{err}"
     );
+}
+
+#[test]
+fn a_shared_folder_the_device_has_already_is_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut f, agent, _) = folder_and_agent(tmp.path());
+    let root = tmp.path().join("root");
+    f.shared = vec![EntryPath::new("var/lib").unwrap()];
+    let tool = tools().0;
+    f.publish(
+        "1",
+        100,
+        entries(b"setting = 1\n"),
+        &[&tool, b"setting = 1\n"],
+        None,
+        &[],
+    );
+    // Made by hand before the first install (another mode than the release's 0750), with
+    // data in it.
+    let shared = root.join("shared/var/lib");
+    std::fs::create_dir_all(shared.join("app")).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(shared.join("app/db"), b"the device's data").unwrap();
+    let before = data_at(&shared);
+    agent.install("1").unwrap();
+    assert_eq!(data(&root), before);
+    let m = std::fs::symlink_metadata(&shared).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o700);
 }

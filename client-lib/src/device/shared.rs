@@ -125,7 +125,12 @@ impl Device {
             self.dir
                 .rename(&tmp, &self.dir, &rel)
                 .map_err(Error::io(self.root.join(&rel)))?;
-            self.sync_dir(&parent.to_string_lossy())?;
+            // The folder and any parent made for it are durable once each folder holding
+            // one is synced, up to the root.
+            for dir in rel.ancestors().skip(1) {
+                deltaroot_format::fsio::sync_dir_in(&self.dir, Some(dir))
+                    .map_err(Error::io(self.root.join(dir)))?;
+            }
             tracing::info!(path = %self.root.join(&rel).display(), "created the shared folder");
         }
         Ok(())
