@@ -15,6 +15,7 @@ fn manifest(entries: Vec<Entry>) -> Manifest {
         product: "demo".into(),
         version: "1".into(),
         created: 1,
+        shared: vec![],
         entries,
     }
 }
@@ -248,6 +249,7 @@ fn a_full_disk_while_staging_is_the_error_reported() {
         product: "demo".into(),
         version: "1".into(),
         created: 1,
+        shared: vec![],
         entries: vec![],
     };
     f.publish(

@@ -15,6 +15,8 @@ pub enum Error {
     ManifestWire(#[from] WireError),
     #[error("manifest entry {path}: {what}")]
     ManifestEntry { path: String, what: String },
+    #[error("shared path {path}: {what}")]
+    SharedPath { path: String, what: String },
     #[error("{field} {value:?} is not a valid name (1-64 of A-Z a-z 0-9 . _ + ~ -, not starting with . or -)")]
     BadName { field: &'static str, value: String },
     #[error("{what} is not a deltaroot {kind} key (expected one line `{prefix}<base64>`)")]

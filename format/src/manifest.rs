@@ -5,15 +5,20 @@
 //! private to this crate: the only way to get a manifest from bytes is
 //! [`crate::VerifiedManifest::verify`], which checks the signature first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::hash::Hash;
-use super::path::{EntryPath, MAX_PATH_LEN};
+use super::path::{escape_bytes, EntryPath, MAX_PATH_LEN};
 use super::wire::{put_bytes, put_varint, Reader, WireError};
 use crate::error::Error;
 
-/// First eight bytes of every manifest.
+/// First eight bytes of a manifest that declares no shared path.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"DRMANIF1";
+/// First eight bytes of a manifest that declares shared paths: their list follows `created`
+/// (`docs/FORMAT.md` §3.1). A reader that knows only `DRMANIF1` refuses it by its magic.
+pub const MANIFEST_MAGIC_SHARED: &[u8; 8] = b"DRMANIF2";
+/// Most shared paths a manifest may declare.
+pub const MAX_SHARED: usize = 64;
 /// Most entries a manifest may hold.
 pub const MAX_ENTRIES: u64 = 16_000_000;
 /// Largest xattr value accepted (the Linux VFS limit).
@@ -86,8 +91,40 @@ pub struct Manifest {
     /// Seconds since the Unix epoch when the release was made; devices refuse to move to a
     /// release older than the one they run unless told to install it by name.
     pub created: u64,
+    /// Folders that live outside the deployments and survive updates and rollbacks (the
+    /// device's data: `var/lib`, `home`). Sorted, none within another ([`check_shared`]);
+    /// each is a directory of `entries` (where the device links its shared folder) with no
+    /// entry below it.
+    pub shared: Vec<EntryPath>,
     /// Sorted by path, unique.
     pub entries: Vec<Entry>,
+}
+
+/// Checks a list of shared paths: at most [`MAX_SHARED`], sorted (so no duplicates), none
+/// within another.
+pub fn check_shared(shared: &[EntryPath]) -> Result<(), Error> {
+    let bad = |p: &EntryPath, what: String| Error::SharedPath {
+        path: p.to_string(),
+        what,
+    };
+    if let Some(p) = shared.get(MAX_SHARED) {
+        return Err(bad(p, format!("more than {MAX_SHARED} shared paths")));
+    }
+    for (i, p) in shared.iter().enumerate() {
+        if let Some(prev) = i.checked_sub(1).map(|j| &shared[j]) {
+            if prev == p {
+                return Err(bad(p, "is declared twice".into()));
+            }
+            if prev > p {
+                return Err(bad(p, format!("is not sorted after {prev}")));
+            }
+        }
+        // A folder sorts before everything within it.
+        if let Some(outer) = shared[..i].iter().find(|o| p.is_within(o)) {
+            return Err(bad(p, format!("is within the shared path {outer}")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a product or version name: it is used as a URL and directory component.
@@ -107,10 +144,21 @@ impl Manifest {
     /// The canonical encoding; these are the bytes that get signed.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.entries.len() * 64);
-        out.extend_from_slice(MANIFEST_MAGIC);
+        // Without shared paths, the bytes of the first format: every reader takes them.
+        out.extend_from_slice(if self.shared.is_empty() {
+            MANIFEST_MAGIC
+        } else {
+            MANIFEST_MAGIC_SHARED
+        });
         put_bytes(&mut out, self.product.as_bytes());
         put_bytes(&mut out, self.version.as_bytes());
         out.extend_from_slice(&self.created.to_le_bytes());
+        if !self.shared.is_empty() {
+            put_varint(&mut out, self.shared.len() as u64);
+            for p in &self.shared {
+                put_bytes(&mut out, p.as_bytes());
+            }
+        }
         put_varint(&mut out, self.entries.len() as u64);
         for e in &self.entries {
             put_bytes(&mut out, e.path().as_bytes());
@@ -157,18 +205,29 @@ impl Manifest {
     /// verification.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, Error> {
         let mut r = Reader::new(bytes);
-        if r.take(8, "magic")? != MANIFEST_MAGIC {
+        let magic = r.take(8, "magic")?;
+        let declares_shared = if magic == MANIFEST_MAGIC {
+            false
+        } else if magic == MANIFEST_MAGIC_SHARED {
+            true
+        } else {
             return Err(WireError {
                 offset: 0,
-                what: "does not start with DRMANIF1".into(),
+                what: "does not start with DRMANIF1 or DRMANIF2".into(),
             }
             .into());
-        }
+        };
         let product = utf8(r.bytes(64, "product")?, "product")?;
         check_name("product", &product)?;
         let version = utf8(r.bytes(64, "version")?, "version")?;
         check_name("version", &version)?;
         let created = r.u64_le("created")?;
+        let shared = if declares_shared {
+            read_shared(&mut r)?
+        } else {
+            Vec::new()
+        };
+        let shared_set: HashSet<&EntryPath> = shared.iter().collect();
         let count = r.varint_max(MAX_ENTRIES, "entry count")?;
         // Each entry takes at least four bytes, which bounds the allocation by the input.
         let mut entries = Vec::with_capacity((count as usize).min(bytes.len() / 4));
@@ -194,8 +253,20 @@ impl Manifest {
                     Some((true, _)) => {}
                     _ => return Err(bad(format!("parent {parent} is not an earlier directory"))),
                 }
+                // Every entry's parent came earlier, so the first entry below a shared path
+                // is one whose parent is that path: refusing those refuses all below.
+                if shared_set.contains(&parent) {
+                    return Err(bad(format!(
+                        "is in the shared path {parent}: a release cannot place files there"
+                    )));
+                }
             }
             let tag = r.u8("entry type")?;
+            if tag != TAG_DIR && shared_set.contains(&path) {
+                return Err(bad(
+                    "is a shared path: it must be a directory (where the device links the shared folder)".into(),
+                ));
+            }
             let entry = if tag == TAG_HARDLINK {
                 let t = r.bytes(MAX_PATH_LEN, "hardlink target")?;
                 let target = EntryPath::new(t).map_err(|e| bad(e.to_string()))?;
@@ -273,12 +344,29 @@ impl Manifest {
         if !r.is_empty() {
             return Err(r.error("trailing bytes after the last entry").into());
         }
+        if let Some(p) = shared.iter().find(|p| !seen.contains_key(*p)) {
+            return Err(Error::SharedPath {
+                path: p.to_string(),
+                what: "has no directory entry in the manifest (where the device links it)".into(),
+            });
+        }
         Ok(Manifest {
             product,
             version,
             created,
+            shared,
             entries,
         })
+    }
+
+    /// Whether `path` is one of the shared paths.
+    pub fn is_shared(&self, path: &EntryPath) -> bool {
+        self.shared.binary_search(path).is_ok()
+    }
+
+    /// The shared path `path` lies strictly below, if any.
+    pub fn shared_above(&self, path: &EntryPath) -> Option<&EntryPath> {
+        self.shared.iter().find(|s| path.is_within(s) && path != *s)
     }
 
     /// Content hash -> size of every regular file.
@@ -304,6 +392,22 @@ impl Manifest {
     }
 }
 
+/// The shared paths of a `DRMANIF2`: a count, then each path.
+fn read_shared(r: &mut Reader<'_>) -> Result<Vec<EntryPath>, Error> {
+    let n = r.varint_max(MAX_SHARED as u64, "shared path count")?;
+    let mut shared = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let b = r.bytes(MAX_PATH_LEN, "shared path")?;
+        let p = EntryPath::new(b).map_err(|e| Error::SharedPath {
+            path: escape_bytes(b),
+            what: e.to_string(),
+        })?;
+        shared.push(p);
+    }
+    check_shared(&shared)?;
+    Ok(shared)
+}
+
 fn utf8(b: &[u8], field: &'static str) -> Result<String, Error> {
     String::from_utf8(b.to_vec()).map_err(|_| Error::BadName {
         field,
@@ -327,6 +431,7 @@ pub(crate) mod tests {
             product: "demo".into(),
             version: "1.0".into(),
             created: 1_700_000_000,
+            shared: vec![],
             entries: vec![
                 Entry::Node {
                     path: p(b"bin"),
@@ -364,6 +469,168 @@ pub(crate) mod tests {
                 },
             ],
         }
+    }
+
+    /// [`sample`] with `home` and `var/lib` shared, and `var/log` beside them.
+    pub(crate) fn sample_shared() -> Manifest {
+        let mut m = sample();
+        let dir = |s: &str| Entry::Node {
+            path: EntryPath::new(s).unwrap(),
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o750,
+                uid: 0,
+                gid: 0,
+                xattrs: vec![],
+            },
+        };
+        m.entries
+            .extend(["home", "var", "var/lib", "var/log"].map(dir));
+        m.shared = vec![
+            EntryPath::new("home").unwrap(),
+            EntryPath::new("var/lib").unwrap(),
+        ];
+        m
+    }
+
+    /// `m` (which declares no shared path) encoded as a `DRMANIF2` declaring `raw`, byte
+    /// strings that need not be paths.
+    fn with_raw_shared(m: &Manifest, raw: &[&[u8]]) -> Vec<u8> {
+        let v1 = m.encode();
+        let head = 8 + 1 + m.product.len() + 1 + m.version.len() + 8;
+        let mut out = MANIFEST_MAGIC_SHARED.to_vec();
+        out.extend_from_slice(&v1[8..head]);
+        put_varint(&mut out, raw.len() as u64);
+        for p in raw {
+            put_bytes(&mut out, p);
+        }
+        out.extend_from_slice(&v1[head..]);
+        out
+    }
+
+    #[test]
+    fn shared_paths_round_trip_under_the_second_magic() {
+        let m = sample_shared();
+        let bytes = m.encode();
+        assert_eq!(&bytes[..8], b"DRMANIF2");
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        // The list sits right after `created`: two paths, `home` and `var/lib`.
+        let at = 8 + 5 + 4 + 8;
+        assert_eq!(&bytes[at..at + 14], b"\x02\x04home\x07var/lib");
+        // A manifest without shared paths keeps the first format's bytes.
+        assert_eq!(&sample().encode()[..8], b"DRMANIF1");
+        let mut later = bytes.clone();
+        later[7] = b'3';
+        let err = Manifest::decode(&later).unwrap_err().to_string();
+        assert!(err.contains("DRMANIF1 or DRMANIF2"), "{err}");
+        for n in 0..bytes.len() {
+            assert!(
+                Manifest::decode(&bytes[..n]).is_err(),
+                "prefix {n} accepted"
+            );
+        }
+        let mut m = sample_shared();
+        let i = m.entries.len() - 1;
+        assert!(m.is_shared(m.entries[i - 1].path()) && !m.is_shared(m.entries[i].path()));
+        let below = EntryPath::new("var/lib/x/y").unwrap();
+        assert_eq!(
+            m.shared_above(&below).map(|p| p.to_string()).as_deref(),
+            Some("var/lib")
+        );
+        assert_eq!(m.shared_above(m.entries[i - 1].path()), None);
+        m.entries.truncate(0);
+        assert!(Manifest::decode(&m.encode()).is_err());
+    }
+
+    #[test]
+    fn an_entry_in_a_shared_path_is_refused_naming_both() {
+        for (path, shared) in [("var/lib/db", "var/lib"), ("home/u", "home")] {
+            let mut m = sample_shared();
+            let at = m
+                .entries
+                .iter()
+                .position(|e| e.path().as_bytes() > path.as_bytes());
+            let entry = Entry::Node {
+                path: EntryPath::new(path).unwrap(),
+                kind: Kind::File {
+                    size: 1,
+                    hash: Hash::of(b"x"),
+                },
+                meta: Meta::default(),
+            };
+            m.entries.insert(at.unwrap_or(m.entries.len()), entry);
+            let err = Manifest::decode(&m.encode()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("entry {path}:"))
+                    && err.contains(&format!("shared path {shared}")),
+                "{err}"
+            );
+        }
+        // The shared path itself must be a directory, and there.
+        let mut m = sample_shared();
+        let i = m
+            .entries
+            .iter()
+            .position(|e| e.path().as_bytes() == b"home")
+            .unwrap();
+        m.entries[i] = Entry::Node {
+            path: EntryPath::new("home").unwrap(),
+            kind: Kind::Symlink {
+                target: b"/elsewhere".to_vec(),
+            },
+            meta: Meta::default(),
+        };
+        let err = Manifest::decode(&m.encode()).unwrap_err().to_string();
+        assert!(
+            err.contains("entry home:") && err.contains("must be a directory"),
+            "{err}"
+        );
+        m.entries.remove(i);
+        let err = Manifest::decode(&m.encode()).unwrap_err().to_string();
+        assert!(
+            err.contains("shared path home: has no directory entry"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_shared_paths_are_refused() {
+        let mut m = sample_shared();
+        m.shared.clear();
+        let cases: [(&[&[u8]], &str); 7] = [
+            (&[b"../etc"], "`..`"),
+            (&[b"/var/lib"], "absolute"),
+            (&[b""], "empty"),
+            (&[b"home", b"home"], "declared twice"),
+            (&[b"var", b"var/lib"], "within the shared path var"),
+            (&[b"var/lib", b"home"], "not sorted after var/lib"),
+            (&[b"home/"], "`..`"),
+        ];
+        for (raw, want) in cases {
+            let err = Manifest::decode(&with_raw_shared(&m, raw))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("shared path") && err.contains(want),
+                "{raw:?}: {err}"
+            );
+        }
+        let many: Vec<Vec<u8>> = (0..=MAX_SHARED)
+            .map(|i| format!("d{i:03}").into_bytes())
+            .collect();
+        let many: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+        let err = Manifest::decode(&with_raw_shared(&m, &many))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared path count"), "{err}");
+        // The same list with the entries it needs decodes.
+        let back = Manifest::decode(&with_raw_shared(&m, &[b"home", b"var/lib"])).unwrap();
+        assert_eq!(back, sample_shared());
+        let nested = [EntryPath::new("a").unwrap(), EntryPath::new("a/b").unwrap()];
+        assert!(check_shared(&nested).is_err());
+        assert!(
+            check_shared(&[EntryPath::new("a").unwrap(), EntryPath::new("a-b").unwrap()]).is_ok()
+        );
     }
 
     #[test]

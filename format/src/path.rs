@@ -87,6 +87,20 @@ impl EntryPath {
         }
     }
 
+    /// Whether `self` is `other` or lies below it (component by component: `a-b` is not
+    /// within `a`).
+    pub fn is_within(&self, other: &EntryPath) -> bool {
+        match self.0.strip_prefix(other.0.as_slice()) {
+            Some(rest) => rest.is_empty() || rest[0] == b'/',
+            None => false,
+        }
+    }
+
+    /// How many components the path has (`var/lib`: 2).
+    pub fn depth(&self) -> usize {
+        1 + self.0.iter().filter(|&&b| b == b'/').count()
+    }
+
     /// `self/name`, checked.
     pub fn join(&self, name: &[u8]) -> Result<EntryPath, PathError> {
         let mut bytes = self.0.clone();
@@ -158,6 +172,17 @@ mod tests {
         assert_eq!(p.file_name(), b"line\nbreak");
         assert_eq!(p.parent().unwrap().as_bytes(), b"names/caf\xe9");
         assert_eq!(p.to_string(), "names/caf\\xe9/line\\nbreak");
+    }
+
+    #[test]
+    fn within_is_by_component() {
+        let p = |s: &str| EntryPath::new(s).unwrap();
+        assert!(p("var/lib").is_within(&p("var/lib")));
+        assert!(p("var/lib/x").is_within(&p("var/lib")));
+        assert!(p("var/lib/x").is_within(&p("var")));
+        assert!(!p("var/libx").is_within(&p("var/lib")));
+        assert!(!p("var").is_within(&p("var/lib")));
+        assert_eq!((p("home").depth(), p("var/lib/x").depth()), (1, 3));
     }
 
     #[test]

@@ -228,6 +228,7 @@ mod tests {
             product: "p".into(),
             version: version.into(),
             created: 0,
+            shared: vec![],
             entries: files
                 .iter()
                 .map(|(p, c)| Entry::Node {

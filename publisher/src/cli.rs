@@ -175,6 +175,13 @@ enum Command {
         /// directory matched is left out whole; a socket left out is no error.
         #[arg(long, value_name = "GLOB")]
         exclude: Vec<String>,
+        /// Declare PATH shared (repeatable; e.g. `--shared var/lib --shared home`): the
+        /// device's data, kept once outside its deployments and linked into each, which no
+        /// update or rollback rewrites. NEW must hold PATH as a directory (its mode and owner
+        /// are the shared folder's when a device first makes it); what NEW holds in it is left
+        /// out of the release. OLD is read without what its release shares.
+        #[arg(long, value_name = "PATH")]
+        shared: Vec<String>,
         /// Remove the first N components of each member name of a tar OLD or NEW (as
         /// `tar --strip-components`), e.g. 1 for a tar of `rootfs/etc/…`.
         #[arg(long, value_name = "N", default_value_t = 0)]
@@ -301,6 +308,7 @@ pub fn run(cli: Cli) -> Result<()> {
             report,
             no_packs,
             exclude,
+            shared,
             strip_components,
             engine,
         } => {
@@ -315,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let eng = engine.options()?;
+            let shared = crate::shared::parse(&shared)?;
             let key = crate::keys::load(&key)?;
             let sink: Box<dyn Sink> = match (server, out) {
                 (Some(url), None) => Box::new(ServerSink::with_ca_cert(
@@ -343,6 +352,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 input: crate::input::InputOptions {
                     exclude: crate::exclude::Exclude::new(&exclude),
                     strip_components,
+                    shared,
                 },
                 previous_keys: previous_key
                     .iter()

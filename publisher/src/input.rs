@@ -24,6 +24,10 @@ pub struct InputOptions {
     /// `--strip-components N`: the first N components of each tar member's name are
     /// removed (members with no more are skipped), as `tar --strip-components` does.
     pub strip_components: usize,
+    /// `--shared`: NEW's shared paths (the device's data), everything below them left out
+    /// of the release (`crate::shared`); OLD is read as the release it is, by the shared
+    /// paths that release declares.
+    pub shared: Vec<EntryPath>,
 }
 
 /// A scanned input tree.

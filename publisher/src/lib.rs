@@ -5,6 +5,7 @@
 //!   release OLD must be.
 //! - [`input`]: reading a tree (directory or tar) into manifest entries and contents.
 //! - [`exclude`]: `--exclude` globs, paths left out of the image.
+//! - [`shared`]: `--shared` paths, the device's data: left out of the image.
 //! - [`matching`]: finding the old version of each changed file, renames included.
 //! - [`packing`]: packing a release pair's small downloads into a few compressed packs.
 //! - [`publish`]: the whole run, on all cores, with progress and a summary.
@@ -23,6 +24,7 @@ pub mod matching;
 pub mod packing;
 pub mod progress;
 pub mod publish;
+pub mod shared;
 pub mod sink;
 
 pub use error::{Error, Result};

@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::input::{InputOptions, InputTree};
 use crate::matching::{self, Pair};
 use crate::progress::{self, Progress};
+use crate::shared;
 use crate::sink::{Release, Sink};
 use deltaroot_engine::budget::Budget;
 use deltaroot_engine::{self, EngineOptions};
@@ -94,6 +95,20 @@ pub struct Summary {
     pub packed: u64,
     /// What `download_bytes` would be with every download fetched alone.
     pub unpacked_bytes: u64,
+    /// The shared paths the release declares (`--shared`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<String>,
+    /// Entries of NEW below them, left out of the release (the device's data).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shared_left_out: u64,
+    /// What changes for devices where the release's shared paths differ from the one they
+    /// run, a line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared_changes: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One content a device downloads, and what it costs.
@@ -175,19 +190,26 @@ pub fn publish_with(
         )?),
         _ => None,
     };
+    deltaroot_format::manifest::check_shared(&opts.input.shared)?;
     let scan = Progress::new(mode, "scanning", 0, 0);
     let add = |n: u64| scan.file_done(n);
-    let old_tree = match old {
+    let mut old_tree = match old {
         Some(p) => InputTree::open_with(p, &add, &opts.input)?,
         None => InputTree::empty(),
     };
+    // OLD as devices run it: without what its release's shared paths hold.
+    if let Some(release) = &from_release {
+        shared::leave_out(&mut old_tree.entries, &release.manifest().shared);
+    }
     // Deltas from an OLD that is not the release devices run start from contents they do
     // not hold: they would download whole objects instead.
     if let (Some(path), Some(release)) = (old, &from_release) {
         checks::old_is_release(path, release, &old_tree.entries)?;
     }
-    let new_tree = InputTree::open_with(new, &add, &opts.input)?;
+    let mut new_tree = InputTree::open_with(new, &add, &opts.input)?;
     scan.finish();
+    shared::check_directories(&new_tree.entries, &opts.input.shared)?;
+    let shared_left_out = shared::leave_out(&mut new_tree.entries, &opts.input.shared) as u64;
 
     let created = opts.created.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -199,12 +221,17 @@ pub fn publish_with(
         product: opts.product.clone(),
         version: opts.version.clone(),
         created,
+        shared: opts.input.shared.clone(),
         entries: new_tree.entries.clone(),
     };
     let old_manifest = old.map(|_| Manifest {
         product: opts.product.clone(),
         version: opts.from_version.clone().unwrap_or_else(|| "old".into()),
         created: 0,
+        shared: from_release
+            .as_ref()
+            .map(|r| r.manifest().shared.clone())
+            .unwrap_or_default(),
         entries: old_tree.entries.clone(),
     });
     let signed = VerifiedManifest::sign(manifest, key);
@@ -347,6 +374,12 @@ pub fn publish_with(
         image_bytes: signed.manifest().total_file_bytes(),
         image_compressed_bytes: object_bytes.values().sum(),
         download_bytes: answer.download_bytes.unwrap_or(plan.download_bytes),
+        shared: opts.input.shared.iter().map(|p| p.to_string()).collect(),
+        shared_left_out,
+        shared_changes: from_release
+            .as_ref()
+            .map(|r| shared::changes(r.manifest(), &opts.input.shared))
+            .unwrap_or_default(),
         ..Summary::default()
     };
     s.packs = plan.packs.len() as u64;
@@ -531,6 +564,17 @@ impl std::fmt::Display for Summary {
             self.entries_removed,
             self.entries_unchanged
         )?;
+        if !self.shared.is_empty() {
+            writeln!(
+                f,
+                "  shared: {} ({} entries of NEW in them left out: the device's data, not the release's)",
+                self.shared.join(", "),
+                self.shared_left_out
+            )?;
+        }
+        for c in &self.shared_changes {
+            writeln!(f, "  note: {c}")?;
+        }
         writeln!(
             f,
             "  image: {} in files, {} as zstd objects",

@@ -101,6 +101,7 @@ mod tests {
             product: "demo".into(),
             version: "2".into(),
             created: 1,
+            shared: vec![],
             entries,
         };
         VerifiedManifest::sign(m, &SecretKey::from_seed([3; 32]))

@@ -82,6 +82,7 @@ impl Device {
         self.sync_dir("staging")?;
         self.mark_complete(target)?;
         self.mark_running_deployment()?;
+        self.ensure_shared(target.manifest())?;
         self.switch_on_trial(v, report)?;
         self.collect_garbage()
     }
@@ -173,7 +174,8 @@ impl Device {
             Ok(found) => found,
             Err(_) => return false,
         };
-        let diffs = deltaroot_format::tree::differences(&m.manifest().entries, &found);
+        let want = super::shared::deployed_entries(m.manifest());
+        let diffs = deltaroot_format::tree::differences(&want, &found);
         if let Some(first) = diffs.first() {
             tracing::warn!(version = v, differences = diffs.len(), first = %first, "deployment does not match its manifest");
             return false;

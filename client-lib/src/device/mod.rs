@@ -4,7 +4,12 @@
 //! Layout under the root (see `ARCHITECTURE.md`, "A device applies an update"):
 //!
 //! ```text
-//! deployments/<version>/   one complete tree per kept version
+//! deployments/<version>/   one complete tree per kept version; each shared path of its
+//!                          release (`var/lib`) a symlink to shared/<path>
+//!                          (`deployments/2/var/lib -> ../../../shared/var/lib`)
+//! shared/<path>/           the device's data in a shared path: created (empty, with the
+//!                          mode the release declares) when a release first shares it, then
+//!                          never written by updates, rollbacks or pruning
 //! current  -> deployments/<version>      the running version
 //! previous -> deployments/<version>      what `rollback` returns to
 //! staging/tree/            the next version while it is built
@@ -31,6 +36,7 @@
 //! - `fetch`: the contents the target needs, from packs, deltas and single downloads;
 //! - `stage`: the staging tree built from the running tree and the content store, verified;
 //! - `commit`: the switch, rollback, the record of an attempt, pruning;
+//! - `shared`: the shared paths, linked into each deployment, their folders made once;
 //! - `trial`: the trial of a new version, `mark_good` and `boot_check`'s revert.
 
 use std::fs::File;
@@ -50,6 +56,7 @@ mod answers;
 mod bounds;
 mod commit;
 mod fetch;
+mod shared;
 mod stage;
 mod trial;
 
@@ -400,6 +407,7 @@ impl Device {
                 from: current.map(Name::into_string),
                 ..Default::default()
             };
+            self.ensure_shared(m)?;
             self.switch_on_trial(&m.version, &mut report)?;
             self.collect_garbage()?;
             return Ok(report);

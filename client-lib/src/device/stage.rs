@@ -11,7 +11,7 @@ use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, FileType, Mode, Timestamps};
 use rustix::time::Timespec;
 
-use super::{DeployReport, Device, CONTENT, STAGING_TREE};
+use super::{shared, DeployReport, Device, CONTENT, STAGING_TREE};
 use crate::error::{Error, Result};
 use deltaroot_format::tree;
 use deltaroot_format::{Entry, EntryPath, Hash, Kind, Meta, VerifiedManifest};
@@ -70,10 +70,16 @@ impl Device {
         let mut placed: HashMap<Hash, &EntryPath> = HashMap::new();
         let mut dirs: Vec<(&EntryPath, &Meta)> = Vec::new();
 
-        for e in &target.manifest().entries {
+        let m = target.manifest();
+        for e in &m.entries {
             match e {
                 Entry::Hardlink { path, target } => builder.hardlink(target, path)?,
                 Entry::Node { path, kind, meta } => match kind {
+                    // Where the device's shared folder is linked in (`shared.rs`).
+                    Kind::Dir if m.is_shared(path) => {
+                        builder.symlink(&shared::link_target(path), path)?;
+                        builder.set_meta(path, &shared::link_meta(meta), false)?;
+                    }
                     Kind::Dir => {
                         builder.mkdir(path)?;
                         dirs.push((path, meta));
@@ -201,7 +207,7 @@ impl Device {
 
     pub(super) fn verify_staged(&self, target: &VerifiedManifest) -> Result<()> {
         let found = tree::scan(&self.root.join(STAGING_TREE))?;
-        let diffs = tree::differences(&target.manifest().entries, &found);
+        let diffs = tree::differences(&shared::deployed_entries(target.manifest()), &found);
         if let Some(first) = diffs.first() {
             return Err(Error::Verify {
                 version: target.manifest().version.clone(),
@@ -213,10 +219,11 @@ impl Device {
     }
 }
 
-/// Writes entries into the staging tree through its directory handle.
-struct Builder<'a> {
-    staging: &'a Dir,
-    staging_path: &'a Path,
+/// Writes entries into the staging tree (or the shared folders) through its directory
+/// handle.
+pub(super) struct Builder<'a> {
+    pub(super) staging: &'a Dir,
+    pub(super) staging_path: &'a Path,
 }
 
 impl Builder<'_> {
@@ -272,7 +279,7 @@ impl Builder<'_> {
 
     /// Owner, then mode (chown clears setuid), then xattrs (chown clears capabilities),
     /// then the normalised mtime.
-    fn set_meta(&self, path: &EntryPath, meta: &Meta, chmod: bool) -> Result<()> {
+    pub(super) fn set_meta(&self, path: &EntryPath, meta: &Meta, chmod: bool) -> Result<()> {
         let (dir, name) = self.parent(path)?;
         rustix::fs::chownat(
             &dir,

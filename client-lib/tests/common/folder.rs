@@ -15,6 +15,8 @@ use deltaroot_format::{
 pub struct Release {
     pub root: PathBuf,
     pub key: SecretKey,
+    /// The shared paths every release published from now on declares.
+    pub shared: Vec<EntryPath>,
 }
 
 pub fn put(root: &Path, rel: &str, bytes: &[u8]) {
@@ -79,6 +81,7 @@ impl Release {
             product: "demo".into(),
             version: version.into(),
             created,
+            shared: self.shared.clone(),
             entries,
         };
         for c in contents {
@@ -164,6 +167,7 @@ pub fn folder_and_agent(tmp: &std::path::Path) -> (Release, Agent, deltaroot_for
     let f = Release {
         root: tmp.join("release"),
         key,
+        shared: Vec::new(),
     };
     let v1 = f.publish(
         "1",

@@ -3,7 +3,7 @@
 //! `diff`/`apply`, help, progress), the checks `publish` makes before writing anything
 //! (`checks`), the ELF method on real ELF pairs (`elf`) and compressed files (`compressed`:
 //! gzip, xz, `--skip-method`), and what is read of the input trees (`input`: `--exclude`,
-//! `--strip-components`). The helpers and fixtures are in `common`.
+//! `--strip-components`) and `--shared` (`shared`). The helpers and fixtures are in `common`.
 
 mod checks;
 mod cli;
@@ -11,3 +11,4 @@ mod common;
 mod compressed;
 mod elf;
 mod input;
+mod shared;
