@@ -157,6 +157,7 @@ impl Fixture {
         let f = super::folder::Release {
             root: dir.join("release"),
             key,
+            shared: Vec::new(),
         };
         let images = dir.join("images");
         let fx = Fixture {

@@ -2,14 +2,11 @@
 //! the device root, is linked into every deployment, and no update, rollback or pruning
 //! touches what the device wrote there; a manifest that places files in it is refused.
 
-#[path = "common/folder.rs"]
-mod folder;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use deltaroot_format::{Entry, EntryPath, Error, Manifest, VerifiedManifest};
-use folder::*;
+use super::folder::*;
 
 /// `dir(path)` with another mode.
 fn dir_mode(path: &str, mode: u32) -> Entry {

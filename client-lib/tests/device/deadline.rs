@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use deltaroot_client::agent::{Agent, Settings, DEFAULT_UPDATE_DEADLINE_SECS};
 
-#[path = "common/folder.rs"]
-mod folder;
 
-use folder::{folder_and_agent, walk};
+use super::folder::{folder_and_agent, walk};
 
 /// A clock that moves `step` seconds each time it is read.
 fn racing_clock(step: u64) -> deltaroot_client::transport::Clock {

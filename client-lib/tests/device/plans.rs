@@ -11,10 +11,8 @@ use deltaroot_client::transport::{CheckQuery, Folder, Transport};
 use deltaroot_format::bounds::{delta_bound, object_bound};
 use deltaroot_format::{delta_path, object_path, pack_path, Hash, Name, PackRef, Plan};
 
-#[path = "common/folder.rs"]
-mod folder;
 
-use folder::{folder_and_agent, noise, tools, walk};
+use super::folder::{folder_and_agent, noise, tools, walk};
 
 /// A release folder whose plans `edit` changes; downloads are counted.
 struct HostilePlan {
@@ -154,7 +152,7 @@ fn a_plan_naming_a_terabyte_object_is_refused_by_name_before_any_download() {
 
 #[test]
 fn a_plan_naming_a_delta_past_its_bound_is_refused_by_name_before_any_download() {
-    use folder::*;
+    use super::folder::*;
     let tmp = tempfile::tempdir().unwrap();
     let (f, agent, v1) = folder_and_agent(tmp.path());
     agent.install("1").unwrap();
