@@ -1123,9 +1123,9 @@ fn a_running_file_changed_on_the_device_is_fetched_whole_by_the_next_update() {
 /// each kill leaves checked: `device/crash.rs`.
 #[path = "device/crash.rs"]
 mod crash;
-#[path = "device/shared.rs"]
-mod shared;
-#[path = "device/plans.rs"]
-mod plans;
 #[path = "device/deadline.rs"]
 mod deadline;
+#[path = "device/plans.rs"]
+mod plans;
+#[path = "device/shared.rs"]
+mod shared;

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::hash::Hash;
 use crate::name::Name;
 use crate::sign::{PublicKey, SecretKey};
+use crate::statement::{decode_b64, name, refused, KeyStatement};
 use crate::wire::{put_bytes, put_varint, Reader, WireError};
 
 /// First bytes of a delegation statement; the last byte is the format version.
@@ -29,7 +30,7 @@ pub const DELEGATION_MAGIC: &[u8; 8] = b"DRDELEG1";
 /// First bytes of a signed answer; the last byte is the format version.
 pub const ANSWER_MAGIC: &[u8; 8] = b"DRANSWR1";
 /// Largest delegation accepted: magic, a name, a key, the time.
-pub const MAX_DELEGATION_BYTES: usize = 8 + 65 + 32 + 8;
+pub const MAX_DELEGATION_BYTES: usize = crate::statement::MAX_KEY_STATEMENT_BYTES;
 /// Largest answer accepted: magic, five names, flags, a hash, three varints, three times.
 pub const MAX_ANSWER_BYTES: usize = 8 + 5 * 65 + 1 + 32 + 3 * 10 + 24;
 
@@ -38,31 +39,12 @@ const PACED: u8 = 2;
 const OFFER: u8 = 4;
 const DOWNGRADE: u8 = 8;
 
-fn refused(what: &str, reason: impl Into<String>) -> Error {
-    Error::Refused {
-        what: what.to_string(),
-        reason: reason.into(),
-    }
-}
-
 fn malformed(what: &'static str) -> impl Fn(WireError) -> Error {
     move |e| refused(what, format!("malformed: {e}"))
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
-}
-
-fn decode_b64(what: &str, field: &str, text: &str) -> Result<Vec<u8>, Error> {
-    b64()
-        .decode(text)
-        .map_err(|_| refused(what, format!("{field} is not standard base64")))
-}
-
-fn name(r: &mut Reader<'_>, what: &'static str, field: &'static str) -> Result<Name, Error> {
-    let b = r.bytes(64, field).map_err(malformed(what))?;
-    let s = std::str::from_utf8(b).map_err(|_| refused(what, format!("{field} is not UTF-8")))?;
-    Name::new(field, s)
 }
 
 fn optional_name(
@@ -92,62 +74,40 @@ pub struct Delegation {
 impl Delegation {
     const WHAT: &'static str = "delegation statement";
 
+    fn statement(&self) -> KeyStatement {
+        KeyStatement {
+            product: self.product.clone(),
+            key: self.key.clone(),
+            issued: self.issued,
+        }
+    }
+
+    fn from_statement(s: KeyStatement) -> Delegation {
+        Delegation {
+            product: s.product,
+            key: s.key,
+            issued: s.issued,
+        }
+    }
+
     /// The exact bytes that are signed.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAX_DELEGATION_BYTES);
-        out.extend_from_slice(DELEGATION_MAGIC);
-        put_bytes(&mut out, self.product.as_bytes());
-        out.extend_from_slice(&self.key.to_bytes());
-        out.extend_from_slice(&self.issued.to_le_bytes());
-        out
+        self.statement().encode(DELEGATION_MAGIC)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Delegation, Error> {
-        let bad = malformed(Self::WHAT);
-        if bytes.len() > MAX_DELEGATION_BYTES {
-            return Err(refused(Self::WHAT, format!("{} bytes", bytes.len())));
-        }
-        let mut r = Reader::new(bytes);
-        if r.take(8, "magic").map_err(&bad)? != DELEGATION_MAGIC {
-            return Err(refused(Self::WHAT, "magic is not DRDELEG1"));
-        }
-        let product = name(&mut r, Self::WHAT, "product")?;
-        let key = PublicKey::from_bytes(&r.array::<32>("key").map_err(&bad)?)
-            .ok_or_else(|| refused(Self::WHAT, "the key is not an Ed25519 point"))?;
-        let issued = r.u64_le("issued").map_err(&bad)?;
-        if !r.is_empty() {
-            return Err(bad(r.error("trailing bytes after the issue time")));
-        }
-        Ok(Delegation {
-            product,
-            key,
-            issued,
-        })
+        KeyStatement::decode(DELEGATION_MAGIC, Self::WHAT, bytes).map(Self::from_statement)
     }
 
     /// Signs it with a release key, in the form API bodies carry.
     pub fn sign(&self, key: &SecretKey) -> DelegationOffer {
-        let bytes = self.encode();
-        DelegationOffer {
-            statement: b64().encode(&bytes),
-            signature: b64().encode(key.sign(&bytes)),
-        }
+        self.statement().sign(DELEGATION_MAGIC, key)
     }
 
     /// Decodes an API body's delegation and checks it was signed by one of `trusted`.
     pub fn verify(offer: &DelegationOffer, trusted: &[PublicKey]) -> Result<Delegation, Error> {
-        let bytes = decode_b64(Self::WHAT, "statement", &offer.statement)?;
-        let sig = decode_b64(Self::WHAT, "signature", &offer.signature)?;
-        if !trusted.iter().any(|k| k.verify(&bytes, &sig)) {
-            return Err(refused(
-                Self::WHAT,
-                format!(
-                    "its signature does not verify against the trusted key(s) {}",
-                    key_ids(trusted)
-                ),
-            ));
-        }
-        Delegation::decode(&bytes)
+        KeyStatement::verify(DELEGATION_MAGIC, Self::WHAT, offer, trusted)
+            .map(|(s, _)| Self::from_statement(s))
     }
 }
 

@@ -36,6 +36,7 @@ pub mod path;
 pub mod plan;
 pub mod rotation;
 pub mod sign;
+pub mod statement;
 pub mod tree;
 pub mod units;
 pub mod wire;

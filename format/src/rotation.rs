@@ -11,12 +11,12 @@ use crate::api::DelegationOffer;
 use crate::error::Error;
 use crate::name::Name;
 use crate::sign::{PublicKey, SecretKey};
-use crate::wire::{put_bytes, Reader, WireError};
+use crate::statement::KeyStatement;
 
 /// First bytes of a rotation statement; the last byte is the format version.
 pub const ROTATION_MAGIC: &[u8; 8] = b"DRROTAT1";
 /// Largest rotation statement: magic, a name, a key, the time.
-pub const MAX_ROTATION_BYTES: usize = 8 + 65 + 32 + 8;
+pub const MAX_ROTATION_BYTES: usize = crate::statement::MAX_KEY_STATEMENT_BYTES;
 /// Most rotations a device takes from one answer, and most keys it learns.
 pub const MAX_ROTATIONS: usize = 64;
 
@@ -26,18 +26,12 @@ pub type RotationOffer = DelegationOffer;
 const WHAT: &str = "key rotation statement";
 
 fn refused(reason: impl Into<String>) -> Error {
-    Error::Refused {
-        what: WHAT.to_string(),
-        reason: reason.into(),
-    }
+    crate::statement::refused(WHAT, reason)
 }
 
 /// The statement bytes of an API body.
 fn decoded(offer: &RotationOffer) -> Result<Vec<u8>, Error> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(&offer.statement)
-        .map_err(|_| refused("statement is not standard base64"))
+    crate::statement::decode_b64(WHAT, "statement", &offer.statement)
 }
 
 /// "For `product`, `key` replaces the release key that signs this, from `issued` on."
@@ -51,52 +45,34 @@ pub struct Rotation {
 }
 
 impl Rotation {
+    fn statement(&self) -> KeyStatement {
+        KeyStatement {
+            product: self.product.clone(),
+            key: self.key.clone(),
+            issued: self.issued,
+        }
+    }
+
+    fn from_statement(s: KeyStatement) -> Rotation {
+        Rotation {
+            product: s.product,
+            key: s.key,
+            issued: s.issued,
+        }
+    }
+
     /// The exact bytes that are signed.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAX_ROTATION_BYTES);
-        out.extend_from_slice(ROTATION_MAGIC);
-        put_bytes(&mut out, self.product.as_bytes());
-        out.extend_from_slice(&self.key.to_bytes());
-        out.extend_from_slice(&self.issued.to_le_bytes());
-        out
+        self.statement().encode(ROTATION_MAGIC)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Rotation, Error> {
-        let bad = |e: WireError| refused(format!("malformed: {e}"));
-        if bytes.len() > MAX_ROTATION_BYTES {
-            return Err(refused(format!("{} bytes", bytes.len())));
-        }
-        let mut r = Reader::new(bytes);
-        if r.take(8, "magic").map_err(bad)? != ROTATION_MAGIC {
-            return Err(refused("magic is not DRROTAT1"));
-        }
-        let name = r.bytes(64, "product").map_err(bad)?;
-        let product = Name::new(
-            "product",
-            std::str::from_utf8(name).map_err(|_| refused("product is not UTF-8"))?,
-        )?;
-        let key = PublicKey::from_bytes(&r.array::<32>("key").map_err(bad)?)
-            .ok_or_else(|| refused("the key is not an Ed25519 point"))?;
-        let issued = r.u64_le("issued").map_err(bad)?;
-        if !r.is_empty() {
-            return Err(bad(r.error("trailing bytes after the issue time")));
-        }
-        Ok(Rotation {
-            product,
-            key,
-            issued,
-        })
+        KeyStatement::decode(ROTATION_MAGIC, WHAT, bytes).map(Self::from_statement)
     }
 
     /// Signs it with the key being replaced.
     pub fn sign(&self, old: &SecretKey) -> RotationOffer {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let bytes = self.encode();
-        RotationOffer {
-            statement: b64.encode(&bytes),
-            signature: b64.encode(old.sign(&bytes)),
-        }
+        self.statement().sign(ROTATION_MAGIC, old)
     }
 
     /// Decodes an API body's statement and finds which of `keys` signed it.
@@ -104,26 +80,8 @@ impl Rotation {
         offer: &RotationOffer,
         keys: &[PublicKey],
     ) -> Result<(Rotation, PublicKey), Error> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let bytes = decoded(offer)?;
-        let sig = b64
-            .decode(&offer.signature)
-            .map_err(|_| refused("signature is not standard base64"))?;
-        let signer = keys
-            .iter()
-            .find(|k| k.verify(&bytes, &sig))
-            .ok_or_else(|| {
-                refused(format!(
-                    "its signature does not verify against the key(s) {}",
-                    keys.iter()
-                        .map(PublicKey::id)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?
-            .clone();
-        Ok((Rotation::decode(&bytes)?, signer))
+        KeyStatement::verify(ROTATION_MAGIC, WHAT, offer, keys)
+            .map(|(s, signer)| (Self::from_statement(s), signer))
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use deltaroot_client::agent::{Agent, Settings, DEFAULT_UPDATE_DEADLINE_SECS};
 
-
 use super::folder::{folder_and_agent, walk};
 
 /// A clock that moves `step` seconds each time it is read.

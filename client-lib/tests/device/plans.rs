@@ -11,7 +11,6 @@ use deltaroot_client::transport::{CheckQuery, Folder, Transport};
 use deltaroot_format::bounds::{delta_bound, object_bound};
 use deltaroot_format::{delta_path, object_path, pack_path, Hash, Name, PackRef, Plan};
 
-
 use super::folder::{folder_and_agent, noise, tools, walk};
 
 /// A release folder whose plans `edit` changes; downloads are counted.

@@ -5,8 +5,8 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use deltaroot_format::{Entry, EntryPath, Error, Manifest, VerifiedManifest};
 use super::folder::*;
+use deltaroot_format::{Entry, EntryPath, Error, Manifest, VerifiedManifest};
 
 /// `dir(path)` with another mode.
 fn dir_mode(path: &str, mode: u32) -> Entry {
@@ -49,11 +49,10 @@ fn data_at(shared: &Path) -> (Vec<u8>, u64, i64) {
     (std::fs::read(&p).unwrap(), m.ino(), m.mtime())
 }
 
-#[test]
-fn a_shared_folder_survives_updates_rollbacks_and_pruning_untouched() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (mut f, _, _) = folder_and_agent(tmp.path());
-    let root = tmp.path().join("root");
+/// A release folder in `tmp` whose release 1 shares `var/lib`, an agent on `tmp/root` and
+/// release 1's manifest.
+fn sharing_var_lib(tmp: &Path) -> (Release, deltaroot_client::agent::Agent, Manifest) {
+    let (mut f, agent, _) = folder_and_agent(tmp);
     f.shared = vec![EntryPath::new("var/lib").unwrap()];
     let tool = tools().0;
     let v1 = f.publish(
@@ -64,6 +63,14 @@ fn a_shared_folder_survives_updates_rollbacks_and_pruning_untouched() {
         None,
         &[],
     );
+    (f, agent, v1)
+}
+
+#[test]
+fn a_shared_folder_survives_updates_rollbacks_and_pruning_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, _, v1) = sharing_var_lib(tmp.path());
+    let root = tmp.path().join("root");
     assert_eq!(v1.shared.len(), 1);
     // Keeping no more than current and previous: 2 is pruned by the last update.
     let agent = folder_agent(tmp.path(), &f, |s| s.keep_versions = Some(0));
@@ -141,18 +148,8 @@ fn a_shared_folder_survives_updates_rollbacks_and_pruning_untouched() {
 #[test]
 fn a_manifest_placing_a_file_in_a_shared_path_is_refused_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut f, agent, _) = folder_and_agent(tmp.path());
+    let (f, agent, v1) = sharing_var_lib(tmp.path());
     let root = tmp.path().join("root");
-    f.shared = vec![EntryPath::new("var/lib").unwrap()];
-    let tool = tools().0;
-    let v1 = f.publish(
-        "1",
-        100,
-        entries(b"setting = 1\n"),
-        &[&tool, b"setting = 1\n"],
-        None,
-        &[],
-    );
     agent.install("1").unwrap();
     std::fs::create_dir_all(root.join("current/var/lib/app")).unwrap();
     std::fs::write(root.join("current/var/lib/app/db"), b"the device's data").unwrap();
@@ -214,18 +211,8 @@ fn a_manifest_placing_a_file_in_a_shared_path_is_refused_and_changes_nothing() {
 #[test]
 fn a_shared_folder_the_device_has_already_is_left_as_it_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut f, agent, _) = folder_and_agent(tmp.path());
+    let (_f, agent, _) = sharing_var_lib(tmp.path());
     let root = tmp.path().join("root");
-    f.shared = vec![EntryPath::new("var/lib").unwrap()];
-    let tool = tools().0;
-    f.publish(
-        "1",
-        100,
-        entries(b"setting = 1\n"),
-        &[&tool, b"setting = 1\n"],
-        None,
-        &[],
-    );
     // Made by hand before the first install (another mode than the release's 0750), with
     // data in it.
     let shared = root.join("shared/var/lib");
