@@ -25,6 +25,7 @@ on_both_backends!(
     object_that_hashes_wrong_is_refused,
     truncated_download_is_refused,
     corrupt_delta_falls_back_to_the_object,
+    lying_delta_headers_fall_back_to_the_object,
     damaged_pack_falls_back_to_its_items,
     interrupted_update_resumes_through_its_pack,
     first_release_by_another_key_is_forbidden,
@@ -460,6 +461,48 @@ fn corrupt_delta_falls_back_to_the_object(backend: Backend) {
     assert!(report.objects > 0);
     assert!(report.downloaded_bytes > report.planned_bytes);
     assert_eq!(a.device.current().unwrap().as_deref(), Some("2.0"));
+    assert_same_tree(&fixture().join("v2"), &w.root.path().join("current"));
+}
+
+/// Deltas whose headers lie: a target of a terabyte, another source, another method than
+/// the payload's. Each is refused (the device never reserves what a header claims) and its
+/// content comes whole.
+fn lying_delta_headers_fall_back_to_the_object(backend: Backend) {
+    use deltaroot_format::{encode_delta, DeltaHeader, Hash, Method};
+    let w = world(backend);
+    damage_packs(&w);
+    let pool = w.server.app.db.pool().clone();
+    let pairs: Vec<(String, String)> = w
+        .server
+        .rt
+        .block_on(sqlx::query_as("SELECT source, target FROM deltas").fetch_all(&pool))
+        .unwrap();
+    assert!(pairs.len() >= 3, "release 2.0 has {} deltas", pairs.len());
+    for (i, (s, t)) in pairs.iter().enumerate() {
+        let rel = deltaroot_format::delta_path(&s.parse().unwrap(), &t.parse().unwrap());
+        let data = w.server.read_stored(&rel);
+        let (mut h, payload) = DeltaHeader::decode(&data).unwrap();
+        match i % 3 {
+            0 => h.target_size = 1 << 40,
+            1 => h.source = Hash([7; 32]),
+            _ => {
+                h.method = if h.method == Method::Zstd {
+                    Method::BsdiffZstd
+                } else {
+                    Method::Zstd
+                }
+            }
+        }
+        let lying = encode_delta(&h, payload);
+        w.server.write_stored(&rel, lying);
+    }
+    let a = agent(&w.server, w.root.path(), &w.trust);
+    let report = match a.update().unwrap() {
+        UpdateOutcome::Updated(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(report.deltas, 0);
+    assert!(report.objects > 0);
     assert_same_tree(&fixture().join("v2"), &w.root.path().join("current"));
 }
 
