@@ -300,12 +300,14 @@ impl Agent {
         })
     }
 
-    /// Starts the deadline of one update on the transport, until the guard is dropped.
-    fn start_deadline(&self) -> DeadlineGuard<'_> {
+    /// Starts the deadline of one update on the transport, until the guard is dropped; plans
+    /// from a server must be signed by a key the active release keys delegated to.
+    fn start_deadline(&self) -> Result<DeadlineGuard<'_>> {
+        self.transport.trust_plans(self.active_keys()?);
         let rate = self.max_rate.map(|r| Rate::new(r, self.sleep.clone()));
         let d = Deadline::new(self.update_deadline_secs, self.clock.clone()).with_rate(rate);
         self.transport.set_deadline(Some(d));
-        DeadlineGuard(&*self.transport)
+        Ok(DeadlineGuard(&*self.transport))
     }
 
     /// Asks the transport what the channel (or the pin) offers: what runs, who asks, how the
@@ -475,7 +477,7 @@ impl Agent {
                 version: current.map(Name::into_string),
             });
         }
-        let _deadline = self.start_deadline();
+        let _deadline = self.start_deadline()?;
         let result = self.fetch_manifest(version).and_then(|m| {
             self.device
                 .deploy(&m, &*self.transport, &self.known_keys()?)
@@ -556,7 +558,7 @@ impl Agent {
                 version: current.map(Name::into_string),
             });
         };
-        let _deadline = self.start_deadline();
+        let _deadline = self.start_deadline()?;
         let result = self.fetch_manifest(&offer.version).and_then(|m| {
             // Without the running version's manifest there is nothing to compare with: the
             // offer is taken (logged when the manifest is read).

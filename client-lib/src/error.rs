@@ -49,9 +49,9 @@ pub enum Error {
     Truncated { url: String, got: u64, want: u64 },
     #[error("GET {url}: answer is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
-    /// A server's answer to a check that the device does not take (unsigned, signed by
-    /// an untrusted key, expired, older than one it took, about another question).
-    #[error("check at {url}: {source}")]
+    /// A server's answer (to a check, or a plan) that the device does not take (unsigned,
+    /// signed by an untrusted key, expired, older than one it took, about another question).
+    #[error("{url}: {source}")]
     Answer {
         url: String,
         #[source]
@@ -64,7 +64,7 @@ pub enum Error {
     #[error("{location}: not in the release folder")]
     Missing { location: String },
 
-    // --- the plan (not signed: held to the signed manifest) ---
+    // --- the plan (held to the signed manifest, signed or not) ---
     #[error("plan for version {version}: {entry} is declared {declared} bytes, more than its bound of {bound} bytes from the signed manifest")]
     PlanBound {
         version: String,

@@ -257,6 +257,64 @@ impl Answer {
     }
 }
 
+/// The bytes the answer key signs for a plan: the pair it is for and the BLAKE3 of the plan
+/// as served (`docs/FORMAT.md` §10.6, "Plans").
+pub fn plan_message(product: &str, from: Option<&str>, to: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = b"deltaroot-plan-v1\0".to_vec();
+    for f in [product, from.unwrap_or("-"), to] {
+        out.extend_from_slice(f.as_bytes());
+        out.push(0);
+    }
+    out.extend_from_slice(Hash::of(body).as_bytes());
+    out
+}
+
+/// Checks a plan's signature (`sig`, hex) and the delegation it came with (`delegation`,
+/// `<statement>.<signature>` in standard base64) against `trusted` release keys: the
+/// delegation names the product, and its key signed the plan of this pair.
+pub fn verify_plan(
+    trusted: &[PublicKey],
+    (product, from, to): (&str, Option<&str>, &str),
+    body: &[u8],
+    sig: Option<&str>,
+    delegation: Option<&str>,
+) -> Result<(), Error> {
+    let what = "plan";
+    let (Some(sig), Some(delegation)) = (sig, delegation) else {
+        return Err(refused(
+            what,
+            "the server did not sign it (deltaroot-signature and deltaroot-delegation headers)",
+        ));
+    };
+    let (statement, signature) = delegation
+        .split_once('.')
+        .ok_or_else(|| refused(what, "the delegation header is not <statement>.<signature>"))?;
+    let d = Delegation::verify(
+        &DelegationOffer {
+            statement: statement.to_string(),
+            signature: signature.to_string(),
+        },
+        trusted,
+    )?;
+    if d.product.as_str() != product {
+        return Err(refused(
+            what,
+            format!("its key was delegated for {}, not {product}", d.product),
+        ));
+    }
+    let sig = hex::decode(sig).map_err(|_| refused(what, "the signature is not hex"))?;
+    if !d.key.verify(&plan_message(product, from, to, body), &sig) {
+        return Err(refused(
+            what,
+            format!(
+                "its signature does not verify against the delegated key {}",
+                d.key.id()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What a device remembers of the answers it took (`state/answers.json`), so that an older
 /// one is refused: the newest delegation, and each channel's newest state and answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -723,6 +781,30 @@ mod tests {
                 .to_string();
             assert!(err.contains("it answers"), "{err}");
         }
+    }
+
+    #[test]
+    fn plans_verify_only_for_their_pair_and_body() {
+        let body = br#"{"items":[]}"#;
+        let sig = hex::encode(online().sign(&plan_message("demo", Some("1.0"), "2.0", body)));
+        let d = delegation(10);
+        let header = format!("{}.{}", d.statement, d.signature);
+        let trusted = [release().public()];
+        let pair = ("demo", Some("1.0"), "2.0");
+        verify_plan(&trusted, pair, body, Some(&sig), Some(&header)).unwrap();
+        for (pair, body) in [
+            (("demo", None, "2.0"), &body[..]),
+            (("demo", Some("1.0"), "3.0"), &body[..]),
+            (pair, br#"{"items":[1]}"#),
+        ] {
+            assert!(verify_plan(&trusted, pair, body, Some(&sig), Some(&header)).is_err());
+        }
+        let err = verify_plan(&trusted, pair, body, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not sign"), "{err}");
+        let stranger = [SecretKey::from_seed([3; 32]).public()];
+        assert!(verify_plan(&stranger, pair, body, Some(&sig), Some(&header)).is_err());
     }
 
     #[test]

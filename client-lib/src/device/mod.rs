@@ -440,7 +440,8 @@ impl Device {
         // is that of a device with nothing installed (whole objects).
         let from = current.as_ref().filter(|_| base.is_some());
         let plan = transport.plan(&product, from, &version)?;
-        // Not signed: its sizes are held to the signed manifest's before any download.
+        // Signed by the server's answer key (checked by the transport) or not (a release
+        // folder): either way its sizes are held to the signed manifest's before any download.
         let download_bytes = bounds::check_plan(target, &plan)?;
         tracing::info!(
             version = %version,

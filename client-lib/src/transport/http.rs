@@ -36,6 +36,9 @@ pub struct Http {
     deadline: DeadlineSlot,
     /// A static release folder, not a deltaroot server.
     folder: bool,
+    /// The release keys a plan's delegation must verify with ([`Transport::trust_plans`]);
+    /// plans are taken unsigned until they are set.
+    plan_trust: std::sync::Mutex<Option<Vec<deltaroot_format::PublicKey>>>,
 }
 
 impl Http {
@@ -76,6 +79,7 @@ impl Http {
             downloaded: AtomicU64::new(0),
             deadline: DeadlineSlot::default(),
             folder: false,
+            plan_trust: Default::default(),
         })
     }
 
@@ -111,8 +115,18 @@ impl Http {
 
     /// GETs a small document, refusing answers over `limit` bytes.
     pub fn get_bytes(&self, path: &str, limit: u64) -> Result<Vec<u8>> {
+        self.get_document(path, limit).map(|(body, _)| body)
+    }
+
+    /// [`Http::get_bytes`], with the answer's headers.
+    fn get_document(
+        &self,
+        path: &str,
+        limit: u64,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap)> {
         let url = format!("{}/{path}", self.api);
         let resp = self.get(&url, 0)?;
+        let headers = resp.headers().clone();
         let deadline = self.deadline.get();
         let mut body = resp.take(limit + 1);
         let mut out = Vec::new();
@@ -140,7 +154,7 @@ impl Http {
         if out.len() as u64 > limit {
             return Err(Error::TooLarge { url, limit });
         }
-        Ok(out)
+        Ok((out, headers))
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, limit: u64) -> Result<T> {
@@ -283,11 +297,37 @@ impl Transport for Http {
         if self.folder {
             return layout::plan(self, product, from, to);
         }
-        let from = from.map_or("-", |f| f.as_str());
-        self.get_json(
-            &format!("v1/products/{product}/plans/{from}/{to}"),
-            MAX_PLAN_BYTES,
-        )
+        let path = format!(
+            "v1/products/{product}/plans/{}/{to}",
+            from.map_or("-", |f| f.as_str())
+        );
+        let url = format!("{}/{path}", self.api);
+        let (body, headers) = self.get_document(&path, MAX_PLAN_BYTES)?;
+        let trust = self.plan_trust.lock().expect("not poisoned").clone();
+        if let Some(trusted) = trust {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            deltaroot_format::answer::verify_plan(
+                &trusted,
+                (product, from.map(|f| f.as_str()), to),
+                &body,
+                header("deltaroot-signature"),
+                header("deltaroot-delegation"),
+            )
+            .map_err(|e| Error::Answer {
+                url: url.clone(),
+                source: e,
+            })?;
+        }
+        serde_json::from_slice(&body).map_err(|e| Error::Http {
+            url,
+            reason: format!("answer is not the expected JSON: {e}"),
+        })
+    }
+
+    fn trust_plans(&self, trusted: Vec<deltaroot_format::PublicKey>) {
+        if !self.folder {
+            *self.plan_trust.lock().expect("not poisoned") = Some(trusted);
+        }
     }
 
     fn download(

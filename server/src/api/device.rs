@@ -9,10 +9,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
+use deltaroot_format::answer::plan_message;
 use deltaroot_format::answer::Offer;
 use deltaroot_format::api::{AnswerKey, CheckResponse, EnrollRequest, EnrollResponse, UpdateOffer};
 use deltaroot_format::checkin::{CheckIn as SignedCheckIn, CHECKIN_SKEW_SECS};
-use deltaroot_format::{Answer, DeviceId, Hash, Name, Plan, PublicKey};
+use deltaroot_format::{Answer, DeviceId, Hash, Name, PublicKey};
 use serde::Deserialize;
 
 use super::extract::{Allowed, Enroll, JsonBody, NamePath, NameQuery, Publish, Read};
@@ -61,7 +62,7 @@ pub async fn manifest(
 pub async fn plan(
     State(app): State<App>,
     NamePath((product, from, to)): NamePath<(Name, PlanFrom, Name)>,
-) -> Result<Json<Plan>> {
+) -> Result<Response> {
     let to = find_release(&app, &product, &to).await?;
     // A device on a version the server does not know gets what a fresh install needs,
     // as the update check promised it.
@@ -70,16 +71,45 @@ pub async fn plan(
         PlanFrom::Version(v) => app.db.release(&product, &v).await?,
     };
     let plan = plan_for(&app, &product, from.as_ref(), &to).await?;
-    // The dashboard's bytes served against full images count plans as devices fetch them
-    // (downloads are by content and name no product). A failure here costs the count only.
+    let body = serde_json::to_vec(&plan)
+        .map_err(|e| Error::Corrupt(format!("a plan does not serialise: {e}")))?;
+    let mut headers = vec![(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
     if let Some(p) = app.fleet.product(&product).await? {
+        // The dashboard's bytes served against full images count plans as devices fetch
+        // them (downloads are by content and name no product). A failure here costs the
+        // count only.
         let image = to.image_bytes.max(0) as u64;
         if let Err(e) = app.db.count_plan(p.id, plan.download_bytes, image).await {
             tracing::warn!(error = %e, "counting a plan for the dashboard failed");
         }
+        // Signed by the answer key, with the release key's delegation to it.
+        if let Some(d) = &p.delegation {
+            let message = plan_message(
+                &product,
+                from.as_ref().map(|r| r.version.as_str()),
+                &to.version,
+                &body,
+            );
+            let sig = hex::encode(app.answers.key.sign(&message));
+            let delegation = format!("{}.{}", d.statement, d.signature);
+            for (name, value) in [(SIGNATURE, sig), (DELEGATION, delegation)] {
+                let value = HeaderValue::from_str(&value)
+                    .map_err(|e| Error::Corrupt(format!("a plan header: {e}")))?;
+                headers.push((header::HeaderName::from_static(name), value));
+            }
+        }
     }
-    Ok(Json(plan))
+    let mut r = body.into_response();
+    r.headers_mut().extend(headers);
+    Ok(r)
 }
+
+/// The answer key's signature of a plan (hex), and the delegation to it.
+const SIGNATURE: &str = "deltaroot-signature";
+const DELEGATION: &str = "deltaroot-delegation";
 
 /// The version a plan starts from: a name, or `-` for a device with nothing.
 pub enum PlanFrom {

@@ -116,6 +116,23 @@ fn signed_answers_hold_against_replay_freeze_and_mix_and_match(backend: Backend)
         .unwrap();
     assert_eq!(anon.status(), 401);
 
+    // Plans are signed by the answer key too, with the delegation beside them.
+    let http = Http::with_ca_cert(&f.server.url, None, Some(&f.server.ca_cert)).unwrap();
+    let (demo, one, two): (Name, Name, Name) = (
+        "demo".parse().unwrap(),
+        "1.0".parse().unwrap(),
+        "2.0".parse().unwrap(),
+    );
+    http.trust_plans(vec![f.key.public()]);
+    let plan = http.plan(&demo, Some(&one), &two).unwrap();
+    assert!(!plan.items.is_empty());
+    http.trust_plans(vec![SecretKey::from_seed([9; 32]).public()]);
+    let err = http.plan(&demo, Some(&one), &two).unwrap_err().to_string();
+    assert!(
+        err.contains("plans/1.0/2.0") && err.contains("does not verify"),
+        "{err}"
+    );
+
     // The channel moves to 2.0; the device takes that state.
     f.promote(promote_to("2.0"));
     f.server.advance(Duration::from_millis(1100));
