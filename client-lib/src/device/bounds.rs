@@ -1,9 +1,9 @@
 //! A plan's signature (a server's answer key; a release folder's plans have none) says who
 //! chose its fetches, not that they are right: before anything is downloaded, every size it
-//! declares is held to
-//! the bound the signed manifest gives ([`deltaroot_format::bounds`]). Every item must be a
-//! content of the manifest with the manifest's size; an object or a delta is at most the
-//! object bound of that size; a pack at most the sum of its items' bounds.
+//! declares is held to the bound the signed manifest gives ([`deltaroot_format::bounds`]).
+//! Every item must be a content of the manifest with the manifest's size; an object or a
+//! delta is at most the object bound of that size; a pack at most the sum of its items'
+//! bounds.
 
 use deltaroot_format::bounds::{delta_bound, object_bound};
 use deltaroot_format::{delta_path, object_path, pack_path, Fetch, Plan, VerifiedManifest};
