@@ -141,9 +141,11 @@ fn static_release_folder_installs_a_device() {
     );
 
     let web = Static::start(&out);
+    // A web server serving the folder is a release folder to the agent (`folder` with a
+    // URL): nothing there signs plans or answers, as a server does.
     let agent = Agent::new(Settings {
         root: Some(tmp.path().join("device")),
-        server: Some(web.1.clone()),
+        folder: Some(web.1.clone().into()),
         product: Some("demo".into()),
         trust: vec![key.with_extension("pub")],
         ..Settings::default()
