@@ -20,6 +20,11 @@ pub struct EngineOptions {
     pub install_level: i32,
     /// Files larger than this are not given to bsdiff (its suffix sort needs ~9x memory).
     pub bsdiff_max: u64,
+    /// Pairs whose two files together are larger than this are not given to zstd patch-from:
+    /// a device rebuilds such a content with the source, the target and the frame's window
+    /// in memory, where bsdiff and whole objects stream into the file in a few MiB
+    /// (`deltaroot_format::streamed`).
+    pub patch_from_max: u64,
     /// Only this method (`Zstd`: whole files only), to measure one method alone.
     pub only: Option<Method>,
     /// Methods never tried, inside `gzip` and `xz` deltas too (where a device's time to apply
@@ -64,12 +69,20 @@ impl Default for EngineOptions {
         EngineOptions {
             level: 19,
             install_level: 16,
-            bsdiff_max: 256 << 20,
+            bsdiff_max: 1 << 30,
+            patch_from_max: PATCH_FROM_MAX,
             only: None,
             skip: MethodSet::default(),
         }
     }
 }
+
+/// The default of [`EngineOptions::patch_from_max`]: 64 MiB for the two files together.
+pub const PATCH_FROM_MAX: u64 = 64 << 20;
+
+/// Largest window (as a log) of a bsdiff payload's frame: a device decompresses it as it
+/// rebuilds the file, through at most 8 MiB (a payload of a few MiB compresses the same).
+pub const BSDIFF_WINDOW_LOG_MAX: u32 = 23;
 
 /// Smallest window log (zstd's) that covers `n` bytes, clamped to what every decoder accepts.
 fn window_log_for(n: usize) -> u32 {
@@ -286,7 +299,8 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
             }
             Method::BsdiffZstd => {
                 let index = index.get_or_insert_with(|| crate::bsdiff::Index::new(old));
-                compress_payload(&crate::bsdiff::interleave(&index.diff(new)), opts.level)
+                let raw = crate::bsdiff::interleave(&index.diff(new));
+                compress_payload_within(&raw, opts.level, BSDIFF_WINDOW_LOG_MAX)
             }
             Method::Elf => match crate::elf::encode(old, new)? {
                 Some(raw) => compress_elf_payload(&raw, opts.level),
@@ -335,7 +349,13 @@ fn candidates_of(
     opts: &EngineOptions,
     only: Option<Method>,
 ) -> Result<Vec<Candidate>> {
-    let encoded = payloads(old, new, opts, &methods_for(old, new, opts, only))?;
+    let mut methods = methods_for(old, new, opts, only);
+    // Inside gzip and xz deltas the device holds the contents in memory whatever the inner
+    // method; only a file's own delta is held to the limit.
+    if (old.len() as u64).saturating_add(new.len() as u64) > opts.patch_from_max {
+        methods.retain(|m| *m != Method::ZstdPatchFrom);
+    }
+    let encoded = payloads(old, new, opts, &methods)?;
     let (source, target) = (Hash::of(old), Hash::of(new));
     let header = |method| DeltaHeader {
         method,
@@ -434,5 +454,30 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(apply_delta(&best.bytes, &old, None).unwrap(), new);
+    }
+
+    #[test]
+    fn pairs_over_the_patch_from_limit_go_as_bsdiff_a_device_streams() {
+        let old = pseudo_random(200_000, 1, 256);
+        let mut new = old.clone();
+        new[1000..1010].copy_from_slice(b"0123456789");
+        let opts = EngineOptions {
+            level: 3,
+            patch_from_max: 399_999,
+            ..Default::default()
+        };
+        let methods: Vec<Method> = candidates(&old, &new, &opts)
+            .unwrap()
+            .iter()
+            .map(|c| c.method)
+            .collect();
+        assert_eq!(methods, [Method::BsdiffZstd]);
+        // At the limit, both compete.
+        let opts = EngineOptions {
+            patch_from_max: 400_000,
+            ..opts
+        };
+        let with = candidates(&old, &new, &opts).unwrap();
+        assert!(with.iter().any(|c| c.method == Method::ZstdPatchFrom));
     }
 }

@@ -37,6 +37,7 @@ pub mod plan;
 pub mod rotation;
 pub mod sign;
 pub mod statement;
+pub mod streamed;
 pub mod tree;
 pub mod units;
 pub mod wire;

@@ -32,9 +32,14 @@ struct Engine {
     /// (level 19 compresses modules 4% smaller than 16, at a third of the speed).
     #[arg(long, default_value_t = 16)]
     install_level: i32,
-    /// Largest file given to bsdiff, in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Largest file given to bsdiff, in MiB (its suffix sort needs about 9x the file's size).
+    #[arg(long, default_value_t = 1024)]
     bsdiff_max_mib: u64,
+    /// Largest pair (both files together) given to zstd patch-from, in MiB: a device rebuilds
+    /// such a content with both files and the frame's window in memory, where bsdiff and
+    /// whole files stream into the file in a few MiB.
+    #[arg(long, default_value_t = 64)]
+    patch_from_max_mib: u64,
     /// Use only this delta method (zstd: whole files only) instead of the smallest of all,
     /// to measure what one method sends.
     #[arg(long, value_name = "METHOD", value_parser = method_parser(true))]
@@ -75,6 +80,7 @@ impl Engine {
             level: self.level,
             install_level: self.install_level,
             bsdiff_max: self.bsdiff_max_mib << 20,
+            patch_from_max: self.patch_from_max_mib << 20,
             only: self.method,
             skip,
         })

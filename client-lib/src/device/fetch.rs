@@ -13,9 +13,10 @@ use super::{DeployReport, Device, Job, CONTENT, DOWNLOADS, FETCH_THREADS};
 use crate::error::{Error, Result};
 use crate::transport::Transport;
 use deltaroot_format::bounds::{object_bound, pack_body_bound};
-use deltaroot_format::container::{apply_delta_to, apply_payload_to, Payload, Source};
+use deltaroot_format::container::{Payload, Source};
 use deltaroot_format::fsio::AtomicFile;
 use deltaroot_format::plan::entry_matches;
+use deltaroot_format::streamed::{apply_delta_file, apply_payload_into};
 use deltaroot_format::tree;
 use deltaroot_format::Error as FormatError;
 use deltaroot_format::{
@@ -174,10 +175,7 @@ impl Device {
         if let (Some(Fetch::Delta { source, bytes }), Some((_, base_dir))) = (fetch, base) {
             if let Some(src_path) = have.get(source) {
                 match self.fetch_delta(hash, size, *source, *bytes, src_path, base_dir, transport) {
-                    Ok(new) => {
-                        self.write_content(&dest, &new)?;
-                        return Ok(true);
-                    }
+                    Ok(()) => return Ok(true),
                     // A delta that is missing or does not give the content (damaged in
                     // storage, or a method this agent does not know) costs bytes, not the
                     // update: the whole object is verified the same way.
@@ -204,7 +202,8 @@ impl Device {
     }
 
     /// Downloads the delta `source` -> `hash` and applies it to the running tree's copy of
-    /// `source`, returning the verified content.
+    /// `source`, writing the verified content into the store as it is decoded
+    /// (`deltaroot_format::streamed`: bsdiff and whole-file deltas in bounded memory).
     #[allow(clippy::too_many_arguments)]
     fn fetch_delta(
         &self,
@@ -215,19 +214,24 @@ impl Device {
         src_path: &EntryPath,
         base_dir: &Dir,
         transport: &dyn Transport,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<()> {
         let rel = delta_path(&source, &hash);
         let dl = format!("{DOWNLOADS}/{source}-{hash}");
         self.download(transport, &rel, &dl, Some(bytes), bytes)?;
-        let delta = self.dir.read(&dl).map_err(self.io(&dl));
+        let applied = self.dir.open(&dl).map_err(self.io(&dl)).and_then(|delta| {
+            let old = open_source(base_dir, src_path)?;
+            let from = Source::File {
+                file: &old,
+                path: src_path.as_path(),
+            };
+            let (delta, dl_path) = (delta.into_std(), self.root.join(&dl));
+            self.write_content_with(&format!("{CONTENT}/{hash}"), |out, out_name| {
+                apply_delta_file(&delta, &dl_path, from, Some((hash, size)), out, out_name)
+            })
+        });
         // A download that does not apply is not kept for a resume.
         let _ = self.dir.remove_file(&dl);
-        let old = open_source(base_dir, src_path)?;
-        let source = Source::File {
-            file: &old,
-            path: src_path.as_path(),
-        };
-        Ok(apply_delta_to(&delta?, source, Some((hash, size)))?)
+        applied
     }
 
     /// Downloads a pack, checks its index against the plan's `items` of this pack and stores
@@ -361,8 +365,9 @@ impl Device {
                     file: &old,
                     path: src_path.as_path(),
                 };
-                let new = apply_payload_to(&h, Payload::Unwrapped(body), from)?;
-                self.write_content(&dest, &new)
+                self.write_content_with(&dest, |out, out_name| {
+                    apply_payload_into(&h, Payload::Unwrapped(body), from, out, out_name)
+                })
             }
             _ => {
                 let what = format!("{} in a pack", object_path(&e.target));
@@ -418,6 +423,20 @@ impl Device {
     fn write_content(&self, rel: &str, data: &[u8]) -> Result<()> {
         let mut f = AtomicFile::create_in(&self.dir, rel).map_err(self.io(rel))?;
         f.write_all(data).map_err(self.io(rel))?;
+        f.commit_unsynced().map_err(self.io(rel))
+    }
+
+    /// Writes a content into the store through `write`, which gets the temporary file and its
+    /// path and verifies what it writes; the file is renamed into place only when `write`
+    /// succeeds, and removed otherwise.
+    fn write_content_with(
+        &self,
+        rel: &str,
+        write: impl FnOnce(&mut dyn Write, &std::path::Path) -> Result<u64, FormatError>,
+    ) -> Result<()> {
+        let mut f = AtomicFile::create_in(&self.dir, rel).map_err(self.io(rel))?;
+        let name = self.root.join(f.temp_path());
+        write(&mut f, &name)?;
         f.commit_unsynced().map_err(self.io(rel))
     }
 

@@ -690,10 +690,17 @@ impl Device {
             if self.dir.exists(&dest) || self.dir.create_dir_all(CONTENT).is_err() {
                 continue;
             }
-            for (name, _) in deltaroot_format::tree::read_xattrs(&f.abs).unwrap_or_default() {
-                let _ = rustix::fs::lremovexattr(&f.abs, std::ffi::OsStr::from_bytes(&name));
-            }
             let from = Path::new(rel).join(f.path.as_path());
+            // Through the handle of its folder under the root: a folder of the killed tree
+            // swapped for a symlink since the walk leads nowhere else.
+            let parent = from.parent().map(|p| self.dir.open_dir(p));
+            let (Some(Ok(parent)), Some(name)) = (parent, from.file_name()) else {
+                continue;
+            };
+            let entry = stage::entry_through(&parent, name.as_bytes());
+            for (name, _) in deltaroot_format::tree::read_xattrs(&entry).unwrap_or_default() {
+                let _ = rustix::fs::lremovexattr(&entry, std::ffi::OsStr::from_bytes(&name));
+            }
             match self.dir.rename(&from, &self.dir, &dest) {
                 Ok(()) => moved = true,
                 Err(e) => {

@@ -219,6 +219,14 @@ impl Device {
     }
 }
 
+/// The entry `name` of the directory `dir` named through the directory's descriptor, for the
+/// calls that take a path (the `l*xattr` family): no component of the path the directory was
+/// opened by is looked up again, so a symlink planted above it is never followed.
+pub(super) fn entry_through(dir: &Dir, name: &[u8]) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()))
+        .join(std::ffi::OsStr::from_bytes(name))
+}
+
 /// Writes entries into the staging tree (or the shared folders) through its directory
 /// handle.
 pub(super) struct Builder<'a> {
@@ -296,8 +304,7 @@ impl Builder<'_> {
         if !meta.xattrs.is_empty() {
             // lsetxattr through the directory descriptor: never follows the entry itself,
             // and works for every entry type, fifos and devices included.
-            let proc = PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()))
-                .join(std::ffi::OsStr::from_bytes(name));
+            let proc = entry_through(&dir, name);
             for (k, v) in &meta.xattrs {
                 rustix::fs::lsetxattr(
                     &proc,
