@@ -315,6 +315,47 @@ pub fn verify_plan(
     Ok(())
 }
 
+/// Signs a plan of a release folder with the release key itself (a folder has no server
+/// and no answer key): hex of the signature over [`plan_message`], the file
+/// `plans/<from>/<to>.sig` beside the plan.
+pub fn sign_folder_plan(
+    key: &SecretKey,
+    (product, from, to): (&str, Option<&str>, &str),
+    body: &[u8],
+) -> String {
+    hex::encode(key.sign(&plan_message(product, from, to, body)))
+}
+
+/// Checks a release folder's plan against its `.sig` file (`sig`, `None` when the folder has
+/// none): signed by one of the `trusted` release keys over this pair and these bytes.
+pub fn verify_folder_plan(
+    trusted: &[PublicKey],
+    (product, from, to): (&str, Option<&str>, &str),
+    body: &[u8],
+    sig: Option<&[u8]>,
+) -> Result<(), Error> {
+    let what = "plan";
+    let sig = sig.ok_or_else(|| {
+        refused(
+            what,
+            "the folder holds no signature beside it (a .sig file; publish the folder again \
+             with this publisher)",
+        )
+    })?;
+    let sig = std::str::from_utf8(sig)
+        .ok()
+        .and_then(|t| hex::decode(t.trim()).ok())
+        .ok_or_else(|| refused(what, "its .sig file is not a hex signature"))?;
+    let message = plan_message(product, from, to, body);
+    if !trusted.iter().any(|k| k.verify(&message, &sig)) {
+        return Err(refused(
+            what,
+            "its signature does not verify against a trusted release key for this pair",
+        ));
+    }
+    Ok(())
+}
+
 /// What a device remembers of the answers it took (`state/answers.json`), so that an older
 /// one is refused: the newest delegation, and each channel's newest state and answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -370,6 +370,7 @@ impl Sink for DirSink {
     fn publish(&self, r: &Release<'_>) -> Result<PublishResponse> {
         let Release {
             signed,
+            key,
             channel,
             old,
             deltas,
@@ -399,17 +400,23 @@ impl Sink for DirSink {
             |t| to.get(t).cloned().unwrap_or_default(),
         )?;
         attach_packs(&mut plan, packs);
-        let from = old.map(|o| o.version.as_str()).unwrap_or("-");
-        let plan_json = serde_json::to_vec_pretty(&plan).expect("plans serialise");
-        self.write(
-            &format!("{base}/plans/{from}/{}", m.version),
-            &plan_json,
-            true,
-        )?;
+        // Each plan with its signature by the release key beside it (`.sig`): a device
+        // takes no plan the release key did not sign.
+        let write_plan = |from: Option<&str>, plan: &deltaroot_format::Plan| -> Result<()> {
+            let json = serde_json::to_vec_pretty(plan).expect("plans serialise");
+            let sig = deltaroot_format::answer::sign_folder_plan(
+                key,
+                (&m.product, from, &m.version),
+                &json,
+            );
+            let rel = format!("{base}/plans/{}/{}", from.unwrap_or("-"), m.version);
+            self.write(&format!("{rel}.sig"), format!("{sig}\n").as_bytes(), true)?;
+            self.write(&rel, &json, true)
+        };
+        write_plan(old.map(|o| o.version.as_str()), &plan)?;
         if old.is_some() {
             let fresh = compute_plan(None, m, |h| self.size(&object_path(h)), |_| Vec::new())?;
-            let json = serde_json::to_vec_pretty(&fresh).expect("plans serialise");
-            self.write(&format!("{base}/plans/-/{}", m.version), &json, true)?;
+            write_plan(None, &fresh)?;
         }
         let rel = format!("{base}/releases/{}", m.version);
         self.write(&format!("{rel}/manifest"), signed.bytes(), true)?;

@@ -37,6 +37,8 @@ pub struct Folder {
     dir: Dir,
     downloaded: AtomicU64,
     deadline: DeadlineSlot,
+    /// The release keys a plan's `.sig` must verify with ([`Transport::trust_plans`]).
+    plan_trust: std::sync::Mutex<Option<Vec<deltaroot_format::PublicKey>>>,
 }
 
 impl Folder {
@@ -48,6 +50,7 @@ impl Folder {
             dir,
             downloaded: AtomicU64::new(0),
             deadline: DeadlineSlot::default(),
+            plan_trust: Default::default(),
         })
     }
 
@@ -118,7 +121,12 @@ impl Transport for Folder {
     }
 
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
-        layout::plan(self, product, from, to)
+        let trust = self.plan_trust.lock().expect("not poisoned").clone();
+        layout::plan(self, product, from, to, trust.as_deref())
+    }
+
+    fn trust_plans(&self, trusted: Vec<deltaroot_format::PublicKey>) {
+        *self.plan_trust.lock().expect("not poisoned") = Some(trusted);
     }
 
     fn download(

@@ -295,7 +295,8 @@ impl Transport for Http {
 
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
         if self.folder {
-            return layout::plan(self, product, from, to);
+            let trust = self.plan_trust.lock().expect("not poisoned").clone();
+            return layout::plan(self, product, from, to, trust.as_deref());
         }
         let path = format!(
             "v1/products/{product}/plans/{}/{to}",
@@ -325,9 +326,7 @@ impl Transport for Http {
     }
 
     fn trust_plans(&self, trusted: Vec<deltaroot_format::PublicKey>) {
-        if !self.folder {
-            *self.plan_trust.lock().expect("not poisoned") = Some(trusted);
-        }
+        *self.plan_trust.lock().expect("not poisoned") = Some(trusted);
     }
 
     fn download(

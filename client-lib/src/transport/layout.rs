@@ -13,7 +13,11 @@
 //! not reported anywhere.
 //!
 //! **Plan.** `plans/<from>/<to>` when the folder holds it, else `plans/-/<to>` (the whole
-//! release), as the server does for a version it does not know.
+//! release), as the server does for a version it does not know. Beside each plan,
+//! `<plan>.sig`: the release key's signature over the pair and the plan's bytes
+//! (`deltaroot_format::answer::sign_folder_plan`). Once the agent has said which release keys
+//! it trusts ([`super::Transport::trust_plans`]), a plan without a signature by one of them is
+//! refused: whoever writes the folder cannot choose what a device downloads.
 
 use std::path::PathBuf;
 
@@ -21,7 +25,7 @@ use super::{CheckQuery, MAX_PLAN_BYTES};
 use crate::error::{Error, Result};
 use deltaroot_format::api::{CheckResponse, UpdateOffer};
 use deltaroot_format::sign::MAX_MANIFEST_BYTES;
-use deltaroot_format::{Name, Plan};
+use deltaroot_format::{Name, Plan, PublicKey};
 
 /// The files of a release folder.
 pub(crate) trait Files {
@@ -72,9 +76,10 @@ pub(crate) fn check(files: &impl Files, q: &CheckQuery<'_>) -> Result<CheckRespo
                     location: files.locate(&rel),
                 });
             }
-            let plan = plan(files, q.product, q.current, t)?;
+            // Sizes to show only: the plan a device downloads by is checked by `plan`.
+            let plan = plan(files, q.product, q.current, t, None)?;
             let whole = match q.current {
-                Some(_) => plan_of(files, &format!("v1/products/{}/plans/-/{t}", q.product))?,
+                Some(_) => plan_of(files, (q.product, None, t), None)?,
                 None => plan.clone(),
             };
             Some(UpdateOffer {
@@ -101,23 +106,47 @@ pub(crate) fn check(files: &impl Files, q: &CheckQuery<'_>) -> Result<CheckRespo
 
 /// The plan from `from` to `to`: the pair's when the folder holds it, else the whole
 /// release's.
+/// With `trust`, the plan must be signed by one of those release keys (its `.sig` file).
 pub(crate) fn plan(
     files: &impl Files,
     product: &Name,
     from: Option<&Name>,
     to: &Name,
+    trust: Option<&[PublicKey]>,
 ) -> Result<Plan> {
     if let Some(f) = from {
-        match plan_of(files, &format!("v1/products/{product}/plans/{f}/{to}")) {
+        match plan_of(files, (product, Some(f), to), trust) {
             Err(Error::Missing { .. }) => {}
             other => return other,
         }
     }
-    plan_of(files, &format!("v1/products/{product}/plans/-/{to}"))
+    plan_of(files, (product, None, to), trust)
 }
 
-fn plan_of(files: &impl Files, rel: &str) -> Result<Plan> {
+fn plan_of(
+    files: &impl Files,
+    (product, from, to): (&Name, Option<&Name>, &Name),
+    trust: Option<&[PublicKey]>,
+) -> Result<Plan> {
+    let rel = format!(
+        "v1/products/{product}/plans/{}/{to}",
+        from.map_or("-", |f| f.as_str())
+    );
+    let rel = rel.as_str();
     let bytes = files.read(rel, MAX_PLAN_BYTES)?;
+    if let Some(trusted) = trust {
+        let sig = match files.read(&format!("{rel}.sig"), 1024) {
+            Ok(sig) => Some(sig),
+            Err(Error::Missing { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let pair = (product.as_str(), from.map(|f| f.as_str()), to.as_str());
+        deltaroot_format::answer::verify_folder_plan(trusted, pair, &bytes, sig.as_deref())
+            .map_err(|e| Error::Answer {
+                url: files.locate(rel),
+                source: e,
+            })?;
+    }
     serde_json::from_slice(&bytes).map_err(|e| Error::Config {
         path: PathBuf::from(files.locate(rel)),
         what: format!("not a plan: {e}"),
