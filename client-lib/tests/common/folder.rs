@@ -116,12 +116,21 @@ impl Release {
         };
         let base = "v1/products/demo";
         let plan = compute_plan(old, &m, size, to).unwrap();
-        let from = old.map_or("-", |o| o.version.as_str());
-        let json = serde_json::to_vec(&plan).unwrap();
-        put(&self.root, &format!("{base}/plans/{from}/{version}"), &json);
+        // Each plan signed by the release key beside it, as the publisher writes them.
+        let put_plan = |from: Option<&str>, plan: &deltaroot_format::Plan| {
+            let json = serde_json::to_vec(plan).unwrap();
+            let rel = format!("{base}/plans/{}/{version}", from.unwrap_or("-"));
+            let sig = deltaroot_format::answer::sign_folder_plan(
+                &self.key,
+                ("demo", from, version),
+                &json,
+            );
+            put(&self.root, &rel, &json);
+            put(&self.root, &format!("{rel}.sig"), sig.as_bytes());
+        };
+        put_plan(old.map(|o| o.version.as_str()), &plan);
         let fresh = compute_plan(None, &m, size, |_| Vec::new()).unwrap();
-        let json = serde_json::to_vec(&fresh).unwrap();
-        put(&self.root, &format!("{base}/plans/-/{version}"), &json);
+        put_plan(None, &fresh);
         let signed = VerifiedManifest::sign(m.clone(), &self.key);
         let rel = format!("{base}/releases/{version}");
         put(&self.root, &format!("{rel}/manifest"), signed.bytes());

@@ -1,6 +1,8 @@
-//! Hostile plans with honest, signed manifests: a plan is not signed, so every size it
-//! declares is held to the bound the signed manifest gives (`deltaroot_format::bounds`),
-//! before anything is downloaded.
+//! Hostile plans with honest, signed manifests. A release folder's plan is signed by the
+//! release key: one edited, unsigned or signed by another key is refused. Behind that, every
+//! size a plan declares is held to the bound the signed manifest gives
+//! (`deltaroot_format::bounds`), before anything is downloaded (the hostile transport below
+//! hands the agent edited plans past the signature, as a compromised key would).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,4 +279,43 @@ fn the_free_space_is_checked_against_the_plans_bounded_entries_not_its_claimed_t
         std::fs::read(tmp.path().join("root/current/bin/tool")).unwrap(),
         tools().0
     );
+}
+
+#[test]
+fn a_folder_plan_not_signed_by_a_trusted_release_key_is_refused_before_any_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, _v1) = folder_and_agent(tmp.path());
+    let plan = f.root.join("v1/products/demo/plans/-/1");
+    let sig = PathBuf::from(format!("{}.sig", plan.display()));
+    let (body, good) = (std::fs::read(&plan).unwrap(), std::fs::read(&sig).unwrap());
+    let refused = |why: &str| {
+        let err = agent.install("1").unwrap_err().to_string();
+        assert!(err.contains(&plan.display().to_string()), "{err}");
+        assert!(err.contains(why), "{err}");
+        assert_eq!(agent.device.current().unwrap(), None);
+        let left = files_under(&tmp.path().join("root"), "staging");
+        assert!(left.is_empty(), "{left:?}");
+    };
+    // Edited: still a plan (one byte of white space more), no longer the one signed.
+    std::fs::write(&plan, [&body[..], b" "].concat()).unwrap();
+    refused("does not verify");
+    std::fs::write(&plan, &body).unwrap();
+    // Without its signature.
+    std::fs::remove_file(&sig).unwrap();
+    refused("no signature");
+    // Signed by a key the device does not trust, or over another pair.
+    let other = deltaroot_format::SecretKey::from_seed([9; 32]);
+    let by = |key: &deltaroot_format::SecretKey, to: &str| {
+        deltaroot_format::answer::sign_folder_plan(key, ("demo", None, to), &body)
+    };
+    std::fs::write(&sig, by(&other, "1")).unwrap();
+    refused("does not verify");
+    std::fs::write(&sig, by(&f.key, "2")).unwrap();
+    refused("does not verify");
+    std::fs::write(&sig, b"not hex").unwrap();
+    refused("not a hex signature");
+    // Put back, it installs.
+    std::fs::write(&sig, &good).unwrap();
+    agent.install("1").unwrap();
+    assert_eq!(agent.device.current().unwrap().as_deref(), Some("1"));
 }
