@@ -197,14 +197,24 @@ pub fn apply_payload_to(
         Method::Elf => decoders::elf(&part, source)?,
         _ => decoders::decode(&part, whole.as_deref().unwrap_or(&[]))?,
     };
-    if out.len() as u64 != h.target_size {
+    check_target(h, what, out.len() as u64, Hash::of(&out))?;
+    Ok(out)
+}
+
+/// The last step of every apply: the target decoded must have the header's size and hash.
+pub(crate) fn check_target(
+    h: &DeltaHeader,
+    what: String,
+    len: u64,
+    got: Hash,
+) -> Result<(), Error> {
+    if len != h.target_size {
         return Err(Error::ContentLength {
             what,
-            got: out.len() as u64,
+            got: len,
             want: h.target_size,
         });
     }
-    let got = Hash::of(&out);
     if got != h.target {
         return Err(Error::ContentHash {
             what,
@@ -212,7 +222,7 @@ pub fn apply_payload_to(
             want: h.target,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::container::{apply_payload_to, DeltaHeader, HEADER_LEN};
+use crate::container::{apply_payload_to, check_target, DeltaHeader, HEADER_LEN};
 use crate::error::Error;
 use crate::hash::{delta_path, Hash};
 use crate::method::{bsdiff_bound, framed, Method, Payload, Source, Watched, MAX_WINDOW_LOG};
@@ -169,20 +169,7 @@ fn stream(
     }
     flushed.map_err(|e| invalid(h, &what, e))?;
     let (got, len) = sink.finish();
-    if len != h.target_size {
-        return Err(Error::ContentLength {
-            what,
-            got: len,
-            want: h.target_size,
-        });
-    }
-    if got != h.target {
-        return Err(Error::ContentHash {
-            what,
-            got,
-            want: h.target,
-        });
-    }
+    check_target(h, what, len, got)?;
     Ok(len)
 }
 
@@ -506,40 +493,23 @@ mod tests {
             target: Hash::of(&new),
             target_size: new.len() as u64,
         };
+        let into = |payload| {
+            let mut out = Vec::new();
+            let n = apply_payload_into(&h, payload, Source::Bytes(b"x"), &mut out, Path::new("o"));
+            (n, out)
+        };
         let stored = zstd::bulk::compress(&new, 3).unwrap();
-        let mut out = Vec::new();
-        let n = apply_payload_into(
-            &h,
-            Payload::Stored(&stored),
-            Source::Bytes(b"anything"),
-            &mut out,
-            Path::new("out"),
-        )
-        .unwrap();
-        assert_eq!((n, &out), (new.len() as u64, &new));
+        let (n, out) = into(Payload::Stored(&stored));
+        assert_eq!((n.unwrap(), &out), (new.len() as u64, &new));
         // Endless data: refused one byte past the target, never written further.
         let long = zstd::bulk::compress(&[&new[..], b"more"].concat(), 3).unwrap();
-        let mut out = Vec::new();
-        let e = apply_payload_into(
-            &h,
-            Payload::Stored(&long),
-            Source::Bytes(b""),
-            &mut out,
-            Path::new("out"),
-        )
-        .unwrap_err();
+        let (e, out) = into(Payload::Stored(&long));
+        let e = e.unwrap_err();
         assert!(e.is_unusable_delta(), "{e}");
         assert!(out.len() <= new.len(), "{}", out.len());
         // Unwrapped, as a pack holds it.
-        let mut out = Vec::new();
-        apply_payload_into(
-            &h,
-            Payload::Unwrapped(&new),
-            Source::Bytes(b""),
-            &mut out,
-            Path::new("out"),
-        )
-        .unwrap();
+        let (n, out) = into(Payload::Unwrapped(&new));
+        n.unwrap();
         assert_eq!(out, new);
     }
 }
