@@ -528,9 +528,15 @@ impl Agent {
         let _lock = self.device.lock()?;
         let known = self.known_keys()?;
         let Some(m) = self.device.staged(&known)? else {
+            // A second run after the switch (a maintenance script run again) learns where
+            // the device stands.
+            let runs = match self.device.current()? {
+                Some(v) => format!("the device runs {v}"),
+                None => "the device runs no version".into(),
+            };
             return Err(Error::Device {
                 root: self.device.root().to_owned(),
-                what: "nothing is staged: run `update --download-only` first".into(),
+                what: format!("nothing is staged ({runs}): run `update --download-only` first"),
             });
         };
         let version = m.manifest().version.clone();

@@ -986,9 +986,17 @@ fn download_only_then_apply_staged_without_the_network() {
     let tmp = tempfile::tempdir().unwrap();
     let (f, agent, v1) = folder_and_agent(tmp.path());
     let root = tmp.path().join("root");
+    let err = agent.apply_staged().unwrap_err().to_string();
+    assert!(
+        err.contains("nothing is staged (the device runs no version)"),
+        "{err}"
+    );
     agent.install("1").unwrap();
     let err = agent.apply_staged().unwrap_err().to_string();
-    assert!(err.contains("nothing is staged"), "{err}");
+    assert!(
+        err.contains("nothing is staged (the device runs 1)"),
+        "{err}"
+    );
     publish_two(&f, &v1, b"setting = 2\n");
     let UpdateOutcome::Staged(r) = agent.download_update().unwrap() else {
         panic!("not staged")
@@ -1041,7 +1049,10 @@ fn download_only_then_apply_staged_without_the_network() {
         walk(&root.join("staging"))
     );
     let err = agent.apply_staged().unwrap_err().to_string();
-    assert!(err.contains("nothing is staged"), "{err}");
+    assert!(
+        err.contains("nothing is staged (the device runs 2)"),
+        "{err}"
+    );
 }
 
 /// Pruning keeps the running and previous deployments, the last one marked good, and the
