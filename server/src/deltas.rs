@@ -332,6 +332,10 @@ async fn build(app: &App, product: &str, from: &ReleaseRow, to: &ReleaseRow) -> 
             let opts = EngineOptions {
                 level,
                 skip,
+                // The server builds beside its requests: bsdiff's suffix sort (about 9x the
+                // file) is kept to files of at most 256 MiB, as publishers had it by default
+                // before their limit rose to 1 GiB.
+                bsdiff_max: 256 << 20,
                 ..EngineOptions::default()
             };
             candidates(&old, &new, &opts)
