@@ -421,9 +421,10 @@ impl Device {
     /// synced as a whole before anything points at it, and the store is re-verified by hash
     /// when an interrupted attempt is resumed.
     fn write_content(&self, rel: &str, data: &[u8]) -> Result<()> {
-        let mut f = AtomicFile::create_in(&self.dir, rel).map_err(self.io(rel))?;
-        f.write_all(data).map_err(self.io(rel))?;
-        f.commit_unsynced().map_err(self.io(rel))
+        self.write_content_with(rel, |out, name| {
+            out.write_all(data).map_err(FormatError::io(name))?;
+            Ok(data.len() as u64)
+        })
     }
 
     /// Writes a content into the store through `write`, which gets the temporary file and its

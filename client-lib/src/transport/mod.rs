@@ -194,8 +194,9 @@ pub trait Transport: Send + Sync {
     }
 
     /// From now on, take a plan only when signed by a key one of `trusted` delegated to (a
-    /// server's answer key). A release folder has no such key: its plans are held to the
-    /// signed manifest's bounds alone, as every plan is.
+    /// server's answer key) or, from a release folder, by one of `trusted` itself. This
+    /// default, for transports of an embedder's own, checks nothing: their plans are held to
+    /// the signed manifest's bounds alone, as every plan is.
     fn trust_plans(&self, _trusted: Vec<deltaroot_format::PublicKey>) {}
 
     /// Enrolls the device's public key (`.pub` text) with the server, with a token of the

@@ -268,7 +268,7 @@ fn a_download_cut_at_its_bound_leaves_no_partial_file_behind() {
 }
 
 /// The free space is checked against the downloads the plan's checked entries add up to,
-/// not against its `download_bytes`, which is one more unsigned claim.
+/// not against its `download_bytes`, a claim the signed manifest does not bound.
 #[test]
 fn the_free_space_is_checked_against_the_plans_bounded_entries_not_its_claimed_total() {
     let tmp = tempfile::tempdir().unwrap();
