@@ -5,7 +5,9 @@
 #   - OSTree (Debian's ostree): commit A and B to an archive repository, generate the static
 #     delta A -> B, apply it offline on a device repository holding A and check B out;
 #   - deltaroot: publish A as 1 and B as 2 to a deltaroot-server on loopback, install 1 on a
-#     device folder, update it to 2, and count the bytes the server served;
+#     device folder, update it to 2, and count the bytes the server served: objects, deltas
+#     and packs, and the metadata (check answer, manifest or manifest delta and signature,
+#     plan), with what a device would fetch of the manifest whole and the JSON plan beside;
 #   - deltaroot, --skip-method xz: the same full run (publish, install 1, update to 2, bytes
 #     served) on a second server of its own, so that nothing of the first run is reused, with
 #     the xz method skipped: what a fleet gets that trades download bytes for apply time;
@@ -80,8 +82,14 @@ serve() {
   server_pids="$server_pids $!"
   for _ in $(seq 50); do curl -fs "$url/healthz" >/dev/null && break; sleep 0.1; done
 }
-# served URL: the bytes the server at URL has served so far.
+# served URL: the bytes of objects, deltas and packs the server at URL has served so far.
 served() { curl -fs "$1/metrics" | awk '/^deltaroot_served_bytes_total/ {s += $2} END {printf "%d\n", s}'; }
+# metadata URL: the bytes of manifests, plans and check answers it has served so far, by kind
+# (manifest plan check).
+metadata() {
+  curl -fs "$1/metrics" | awk -F'[{}" ]+' '/^deltaroot_served_metadata_bytes_total/ {m[$3] = $4}
+    END {printf "%d %d %d\n", m["manifest"], m["plan"], m["check"]}'
+}
 # dr_run TREE URL TOKEN NAME KEYS CHOSEN [ARG...]: publish A as 1, then B as 2 with ARGs, to the
 # server at URL; install 1 on a device folder and update it to 2. Times NAME-publish-a,
 # NAME-publish and NAME-apply; records KEYS{dr_,}bytes (served by the server during the update)
@@ -99,10 +107,18 @@ dr_run() {
   local agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json)
   "${agent[@]}" install 1 >/dev/null
   before=$(served "$url")
+  read -r m0 p0 c0 <<<"$(metadata "$url")"
   sync
   timed "$t-$name-apply" "${agent[@]}" update >"$w/$name-update.json"
   after=$(served "$url")
+  read -r m1 p1 c1 <<<"$(metadata "$url")"
   record "$t" "${keys}bytes" "$((after - before))"
+  record "$t" "${keys}meta" "$((m1 - m0)) $((p1 - p0)) $((c1 - c0))"
+  # What an agent that asks for neither the manifest delta nor the binary plan fetches.
+  local whole json
+  whole=$(curl -fs "$url/v1/products/$t/releases/2/manifest" | wc -c)
+  json=$(curl -fs "$url/v1/products/$t/plans/1/2" | wc -c)
+  record "$t" "${keys}meta_whole" "$((whole + 64)) $json"
   record "$t" "${keys}promised" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/$name-pub2.json")"
   chosen "$t" "$w/$name-report.tsv" "$picked"
   if [ "$name" = dr ]; then cp "$w/$name-report.tsv" "$out/$t-report.tsv"; else cp "$w/$name-report.tsv" "$out/$t-$name-report.tsv"; fi

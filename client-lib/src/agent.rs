@@ -421,7 +421,7 @@ impl Agent {
     /// Fetches and verifies a release's manifest, checking it is the one asked for.
     pub fn fetch_manifest(&self, version: &str) -> Result<VerifiedManifest> {
         let version = Name::new("version", version)?;
-        let (bytes, sig) = self.transport.manifest(&self.product, &version)?;
+        let (bytes, sig) = self.manifest_bytes(&version)?;
         let ring = self.device.keyring()?;
         let m = match VerifiedManifest::verify(
             bytes.clone(),
@@ -465,6 +465,36 @@ impl Agent {
             });
         }
         Ok(m)
+    }
+
+    /// A release's manifest and signature, unverified. A device that runs a release asks
+    /// for the manifest as a delta from its own (FORMAT.md §3.8) and rebuilds it; a delta
+    /// it cannot apply costs one more request, for the manifest whole.
+    fn manifest_bytes(&self, version: &Name) -> Result<(Vec<u8>, Vec<u8>)> {
+        let running = match self.device.current()? {
+            Some(current) if current != *version => self
+                .device
+                .manifest(&current, &self.known_keys()?)
+                .ok()
+                .map(|m| (current, m)),
+            _ => None,
+        };
+        let Some((current, running)) = running else {
+            return self.transport.manifest(&self.product, version);
+        };
+        let (answer, sig) = self
+            .transport
+            .manifest_since(&self.product, version, &current)?;
+        if !deltaroot_format::manifest_delta::is_delta(&answer) {
+            return Ok((answer, sig));
+        }
+        match deltaroot_format::manifest_delta::apply(&answer, running.bytes()) {
+            Ok(bytes) => Ok((bytes, sig)),
+            Err(e) => {
+                tracing::warn!(%version, from = %current, error = %e, "the manifest delta does not apply: fetching the manifest whole");
+                self.transport.manifest(&self.product, version)
+            }
+        }
     }
 
     /// Installs exactly `version`, older or newer: an operator's explicit choice. The

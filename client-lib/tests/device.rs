@@ -1136,6 +1136,8 @@ fn a_running_file_changed_on_the_device_is_fetched_whole_by_the_next_update() {
 mod crash;
 #[path = "device/deadline.rs"]
 mod deadline;
+#[path = "device/metadata.rs"]
+mod metadata;
 #[path = "device/plans.rs"]
 mod plans;
 #[path = "device/shared.rs"]

@@ -100,6 +100,24 @@ pub fn compress_object(data: &[u8], level: i32) -> Result<Vec<u8>> {
     })
 }
 
+/// A manifest sent as a delta from an older one (FORMAT.md §3.8): a method 1 container,
+/// zstd level 19 with the old manifest's bytes as prefix, built by the server for devices
+/// that name the manifest they run.
+pub fn manifest_delta(old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
+    let payload = zstd_patch_from(old, new, 19, false).map_err(|e| Error::Encode {
+        method: "zstd-patch-from",
+        what: "a manifest delta".into(),
+        reason: e.to_string(),
+    })?;
+    let header = DeltaHeader {
+        method: Method::ZstdPatchFrom,
+        source: Hash::of(old),
+        target: Hash::of(new),
+        target_size: new.len() as u64,
+    };
+    Ok(encode_delta(&header, &payload))
+}
+
 /// zstd with `old` as a referenced prefix. `light` caps the match finder's tables at a quarter
 /// of the window each, for pairs where another method is expected to win (corpus `libcurl`:
 /// 69,304 bytes instead of 68,397, in 12 MiB instead of 30).
@@ -420,6 +438,20 @@ pub fn diff_file(old: &[u8], new: &[u8], opts: &EngineOptions) -> Result<Option<
 mod tests {
     use super::*;
     use crate::testing::pseudo_random;
+
+    /// The server's manifest delta is what the device's decoder rebuilds the manifest from.
+    #[test]
+    fn a_manifest_delta_rebuilds_the_new_manifest_from_the_old() {
+        let old = pseudo_random(100_000, 3, 256);
+        let mut new = old.clone();
+        new[5_000..5_032].copy_from_slice(&[7; 32]);
+        let d = manifest_delta(&old, &new).unwrap();
+        assert!(d.len() < 400, "{}", d.len());
+        assert_eq!(
+            deltaroot_format::manifest_delta::apply(&d, &old).unwrap(),
+            new
+        );
+    }
 
     #[test]
     fn every_candidate_round_trips_and_beats_whole_on_small_edits() {

@@ -50,6 +50,8 @@ pub enum Error {
     ContentLength { what: String, got: u64, want: u64 },
     #[error("pack {pack}: malformed: {reason}")]
     PackMalformed { pack: String, reason: String },
+    #[error("plan {what}: malformed: {reason}")]
+    PlanMalformed { what: String, reason: String },
     #[error("plan is missing content {0}: the server has no object for it")]
     MissingObject(Hash),
 

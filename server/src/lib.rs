@@ -43,6 +43,7 @@ pub mod error;
 pub mod files;
 pub mod fleet;
 pub mod gc;
+pub mod metadata;
 pub mod metrics;
 pub mod plans;
 pub mod releases;
@@ -162,6 +163,8 @@ pub struct App {
     pub ui: Arc<ui::Ui>,
     /// The online key that signs answers to checks, and how long they are valid.
     pub answers: Arc<answers::Signer>,
+    /// Manifest deltas and binary plans made for devices.
+    pub metadata: Arc<metadata::Metadata>,
 }
 
 /// Where the embedded default keeps its files.
@@ -264,6 +267,7 @@ impl App {
             clock: config.clock.clone(),
             ui: ui::Ui::new(config.secure_cookies, config.trusted_proxies.clone()),
             answers,
+            metadata: Arc::default(),
         })
     }
 }

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub token_object_bytes: AtomicU64,
     pub token_delta_bytes: AtomicU64,
     pub token_pack_bytes: AtomicU64,
+    /// Bytes of manifests (whole, as deltas, and their signatures), plans and check
+    /// answers sent: what a device fetches besides contents.
+    pub manifest_bytes: AtomicU64,
+    pub plan_bytes: AtomicU64,
+    pub check_bytes: AtomicU64,
     /// Delta builds started, and pairs not queued because the build queue was full.
     pub delta_builds_started: AtomicU64,
     pub delta_builds_refused: AtomicU64,
@@ -69,6 +74,9 @@ impl Default for Metrics {
             token_object_bytes: AtomicU64::new(0),
             token_delta_bytes: AtomicU64::new(0),
             token_pack_bytes: AtomicU64::new(0),
+            manifest_bytes: AtomicU64::new(0),
+            plan_bytes: AtomicU64::new(0),
+            check_bytes: AtomicU64::new(0),
             delta_builds_started: AtomicU64::new(0),
             delta_builds_refused: AtomicU64::new(0),
             checks: AtomicU64::new(0),
@@ -140,13 +148,21 @@ impl Metrics {
              # TYPE deltaroot_token_read_bytes_total counter\n\
              deltaroot_token_read_bytes_total{{kind=\"object\"}} {}\n\
              deltaroot_token_read_bytes_total{{kind=\"delta\"}} {}\n\
-             deltaroot_token_read_bytes_total{{kind=\"pack\"}} {}",
+             deltaroot_token_read_bytes_total{{kind=\"pack\"}} {}\n\
+             # HELP deltaroot_served_metadata_bytes_total Bytes of manifests (whole, as deltas, and signatures), plans and check answers sent.\n\
+             # TYPE deltaroot_served_metadata_bytes_total counter\n\
+             deltaroot_served_metadata_bytes_total{{kind=\"manifest\"}} {}\n\
+             deltaroot_served_metadata_bytes_total{{kind=\"plan\"}} {}\n\
+             deltaroot_served_metadata_bytes_total{{kind=\"check\"}} {}",
             self.object_bytes.load(Ordering::Relaxed),
             self.delta_bytes.load(Ordering::Relaxed),
             self.pack_bytes.load(Ordering::Relaxed),
             self.token_object_bytes.load(Ordering::Relaxed),
             self.token_delta_bytes.load(Ordering::Relaxed),
-            self.token_pack_bytes.load(Ordering::Relaxed)
+            self.token_pack_bytes.load(Ordering::Relaxed),
+            self.manifest_bytes.load(Ordering::Relaxed),
+            self.plan_bytes.load(Ordering::Relaxed),
+            self.check_bytes.load(Ordering::Relaxed)
         );
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         c(

@@ -439,7 +439,11 @@ impl Device {
         // Without the running manifest nothing of the running tree is verified: the plan
         // is that of a device with nothing installed (whole objects).
         let from = current.as_ref().filter(|_| base.is_some());
-        let plan = transport.plan(&product, from, &version)?;
+        let plan = transport.plan_between(
+            &product,
+            from.zip(base.as_ref().map(|(cm, _)| cm.manifest())),
+            (&version, m),
+        )?;
         // Signed by the server's answer key (checked by the transport) or not (a release
         // folder): either way its sizes are held to the signed manifest's before any download.
         let download_bytes = bounds::check_plan(target, &plan)?;

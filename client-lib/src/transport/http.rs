@@ -21,7 +21,7 @@ use super::{
 use super::{MAX_CHECK_BYTES, MAX_PLAN_BYTES};
 use crate::error::{Error, Result};
 use deltaroot_format::api::CheckResponse;
-use deltaroot_format::{DeviceId, Name, Plan};
+use deltaroot_format::{plan_binary, DeviceId, Manifest, Name, Plan};
 
 /// How many times a download is retried after a network error.
 const RETRIES: u32 = 4;
@@ -210,6 +210,54 @@ impl layout::Files for Http {
 }
 
 /// Names allow `+`, which a query string would read as a space.
+impl Http {
+    /// A server's plan, its signature checked when plans must be signed. With the pair's
+    /// manifests the binary plan is asked for (an older server answers JSON, which is
+    /// taken too).
+    fn server_plan(
+        &self,
+        product: &Name,
+        from: Option<&Name>,
+        to: &Name,
+        manifests: Option<(Option<&Manifest>, &Manifest)>,
+    ) -> Result<Plan> {
+        let mut path = format!(
+            "v1/products/{product}/plans/{}/{to}",
+            from.map_or("-", |f| f.as_str())
+        );
+        if manifests.is_some() {
+            path.push_str("?encoding=binary");
+        }
+        let url = format!("{}/{path}", self.api);
+        let (body, headers) = self.get_document(&path, MAX_PLAN_BYTES)?;
+        let trust = self.plan_trust.lock().expect("not poisoned").clone();
+        if let Some(trusted) = trust {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            deltaroot_format::answer::verify_plan(
+                &trusted,
+                (product, from.map(|f| f.as_str()), to),
+                &body,
+                header("deltaroot-signature"),
+                header("deltaroot-delegation"),
+            )
+            .map_err(|e| Error::Answer {
+                url: url.clone(),
+                source: e,
+            })?;
+        }
+        match manifests {
+            Some((from_m, to_m)) if body.starts_with(plan_binary::BINARY_PLAN_MAGIC) => {
+                plan_binary::decode(&body, from_m, to_m)
+                    .map_err(|e| Error::Answer { url, source: e })
+            }
+            _ => serde_json::from_slice(&body).map_err(|e| Error::Http {
+                url,
+                reason: format!("answer is not the expected JSON: {e}"),
+            }),
+        }
+    }
+}
+
 fn query_value(v: &str) -> String {
     v.replace('+', "%2B")
 }
@@ -293,36 +341,44 @@ impl Transport for Http {
         self.get_bytes(rel, limit)
     }
 
+    fn manifest_since(
+        &self,
+        product: &Name,
+        version: &Name,
+        running: &Name,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        if self.folder {
+            return self.manifest(product, version);
+        }
+        let base = format!("v1/products/{product}/releases/{version}");
+        let limit = deltaroot_format::sign::MAX_MANIFEST_BYTES as u64;
+        let manifest = self.get_bytes(
+            &format!("{base}/manifest?from={}", query_value(running)),
+            limit,
+        )?;
+        let sig = self.get_bytes(&format!("{base}/manifest.sig"), super::SIGNATURE_BYTES)?;
+        Ok((manifest, sig))
+    }
+
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {
         if self.folder {
             let trust = self.plan_trust.lock().expect("not poisoned").clone();
             return layout::plan(self, product, from, to, trust.as_deref());
         }
-        let path = format!(
-            "v1/products/{product}/plans/{}/{to}",
-            from.map_or("-", |f| f.as_str())
-        );
-        let url = format!("{}/{path}", self.api);
-        let (body, headers) = self.get_document(&path, MAX_PLAN_BYTES)?;
-        let trust = self.plan_trust.lock().expect("not poisoned").clone();
-        if let Some(trusted) = trust {
-            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            deltaroot_format::answer::verify_plan(
-                &trusted,
-                (product, from.map(|f| f.as_str()), to),
-                &body,
-                header("deltaroot-signature"),
-                header("deltaroot-delegation"),
-            )
-            .map_err(|e| Error::Answer {
-                url: url.clone(),
-                source: e,
-            })?;
+        self.server_plan(product, from, to, None)
+    }
+
+    fn plan_between(
+        &self,
+        product: &Name,
+        from: Option<(&Name, &Manifest)>,
+        to: (&Name, &Manifest),
+    ) -> Result<Plan> {
+        if self.folder {
+            return self.plan(product, from.map(|f| f.0), to.0);
         }
-        serde_json::from_slice(&body).map_err(|e| Error::Http {
-            url,
-            reason: format!("answer is not the expected JSON: {e}"),
-        })
+        let manifests = (from.map(|f| f.1), to.1);
+        self.server_plan(product, from.map(|f| f.0), to.0, Some(manifests))
     }
 
     fn trust_plans(&self, trusted: Vec<deltaroot_format::PublicKey>) {

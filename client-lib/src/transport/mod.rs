@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deltaroot_format::api::CheckResponse;
-use deltaroot_format::{DeviceId, Name, Plan};
+use deltaroot_format::{DeviceId, Manifest, Name, Plan};
 
 use crate::error::{Error, Result};
 
@@ -228,8 +228,36 @@ pub trait Transport: Send + Sync {
         Ok((manifest, sig))
     }
 
+    /// [`Transport::manifest`] for a device that runs release `running` and holds its
+    /// verified manifest: a server may answer with a manifest delta from that manifest
+    /// (FORMAT.md §3.8), which the caller applies
+    /// ([`deltaroot_format::manifest_delta::apply`]) before verifying. The default fetches
+    /// the manifest whole.
+    fn manifest_since(
+        &self,
+        product: &Name,
+        version: &Name,
+        running: &Name,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let _ = running;
+        self.manifest(product, version)
+    }
+
     /// The download plan from `from` (or from nothing) to `to`.
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan>;
+
+    /// The download plan from `from` (the running release and its verified manifest, or
+    /// nothing) to the release of the verified manifest `to`. A server is asked for the
+    /// binary plan (FORMAT.md §7.2), which names contents by their place in these
+    /// manifests; the default asks [`Transport::plan`].
+    fn plan_between(
+        &self,
+        product: &Name,
+        from: Option<(&Name, &Manifest)>,
+        to: (&Name, &Manifest),
+    ) -> Result<Plan> {
+        self.plan(product, from.map(|f| f.0), to.0)
+    }
 
     /// Downloads `rel` (an `objects/…`, `deltas/…` or `packs/…` path) into `file` (at
     /// `path`, which errors name), resuming after the bytes it holds (or starting again when

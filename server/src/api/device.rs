@@ -32,17 +32,34 @@ pub async fn list_releases(
     Ok(Json(crate::releases::list(&app, &product).await?))
 }
 
+/// `…/releases/{v}/manifest[?from=V]`, `…/manifest.sig`. A device that names the release
+/// it runs (`from`) gets the manifest as a delta from that release's when the delta is
+/// smaller (FORMAT.md §3.8), else the manifest itself.
 pub async fn manifest(
     State(app): State<App>,
     NamePath((product, version, file)): NamePath<(Name, Name, String)>,
+    NameQuery(q): NameQuery<ManifestQuery>,
 ) -> Result<Response> {
     let r = find_release(&app, &product, &version).await?;
     let (m, s) = app.db.manifest(r.id).await?;
     let body = match file.as_str() {
-        "manifest" => m,
+        "manifest" => match q.from.filter(|f| *f != version) {
+            // A `from` the server does not know gets the manifest whole.
+            Some(from) => match app.db.release(&product, &from).await? {
+                Some(f) => match crate::metadata::manifest_delta(&app, &f, &r, &m).await? {
+                    Some(d) => d.as_ref().clone(),
+                    None => m,
+                },
+                None => m,
+            },
+            None => m,
+        },
         "manifest.sig" => s,
         other => return Err(Error::NotFound(format!("release {version} has no {other}"))),
     };
+    app.metrics
+        .manifest_bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
     Ok((
         [
             (
@@ -59,10 +76,32 @@ pub async fn manifest(
         .into_response())
 }
 
+/// The query of a manifest request: the release the device runs, if it says.
+#[derive(Deserialize)]
+pub struct ManifestQuery {
+    from: Option<Name>,
+}
+
+/// The query of a plan request: `encoding=binary` asks for the binary plan (§7.2).
+#[derive(Deserialize)]
+pub struct PlanQuery {
+    encoding: Option<String>,
+}
+
 pub async fn plan(
     State(app): State<App>,
     NamePath((product, from, to)): NamePath<(Name, PlanFrom, Name)>,
+    NameQuery(q): NameQuery<PlanQuery>,
 ) -> Result<Response> {
+    let binary = match q.encoding.as_deref() {
+        None | Some("json") => false,
+        Some("binary") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "encoding {other:?}: a plan is json or binary"
+            )))
+        }
+    };
     let to = find_release(&app, &product, &to).await?;
     // A device on a version the server does not know gets what a fresh install needs,
     // as the update check promised it.
@@ -71,18 +110,26 @@ pub async fn plan(
         PlanFrom::Version(v) => app.db.release(&product, &v).await?,
     };
     let plan = plan_for(&app, &product, from.as_ref(), &to).await?;
-    let body = serde_json::to_vec(&plan)
+    let json = serde_json::to_vec(&plan)
         .map_err(|e| Error::Corrupt(format!("a plan does not serialise: {e}")))?;
-    let mut headers = vec![(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    )];
+    let download_bytes = plan.download_bytes;
+    let (body, kind) = if binary {
+        let b =
+            crate::metadata::binary_plan(&app, &product, from.as_ref(), &to, plan, &json).await?;
+        (b.as_ref().clone(), BINARY_PLAN_TYPE)
+    } else {
+        (json, "application/json")
+    };
+    app.metrics
+        .plan_bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    let mut headers = vec![(header::CONTENT_TYPE, HeaderValue::from_static(kind))];
     if let Some(p) = app.fleet.product(&product).await? {
         // The dashboard's bytes served against full images count plans as devices fetch
         // them (downloads are by content and name no product). A failure here costs the
         // count only.
         let image = to.image_bytes.max(0) as u64;
-        if let Err(e) = app.db.count_plan(p.id, plan.download_bytes, image).await {
+        if let Err(e) = app.db.count_plan(p.id, download_bytes, image).await {
             tracing::warn!(error = %e, "counting a plan for the dashboard failed");
         }
         // Signed by the answer key, with the release key's delegation to it.
@@ -106,6 +153,9 @@ pub async fn plan(
     r.headers_mut().extend(headers);
     Ok(r)
 }
+
+/// The media type of a binary plan.
+const BINARY_PLAN_TYPE: &str = "application/vnd.deltaroot.plan";
 
 /// The answer key's signature of a plan (hex), and the delegation to it.
 const SIGNATURE: &str = "deltaroot-signature";
@@ -207,7 +257,7 @@ pub async fn check(
     State(app): State<App>,
     NamePath((product, channel)): NamePath<(Name, Name)>,
     NameQuery(q): NameQuery<CheckQuery>,
-) -> Result<Json<CheckResponse>> {
+) -> Result<Response> {
     let ask = Ask {
         current: q.current.as_deref(),
         attempted: q.attempted.as_deref(),
@@ -322,7 +372,7 @@ pub async fn check(
         };
         app.answers.sign(answer, now, Some(delegation))
     });
-    Ok(Json(CheckResponse {
+    let answer = Json(CheckResponse {
         product,
         channel,
         latest: d.latest,
@@ -332,7 +382,12 @@ pub async fn check(
         paced,
         signed,
         rotations: p.rotations.clone(),
-    }))
+    })
+    .into_response();
+    if let Some(n) = axum::body::HttpBody::size_hint(answer.body()).exact() {
+        app.metrics.check_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(answer)
 }
 
 /// `GET /v1/answer-key`: the key that signs this server's answers, for a publisher to

@@ -192,7 +192,18 @@ async fn sign_out(c: &Client) {
     wait_path(c, "/ui/login").await;
 }
 
+/// The text of the page's `<main>`. A page still replacing itself (a form's redirect landing
+/// while it is read) can make the element found stale before its text is read: it is found
+/// again, a few times, before that counts as a failure.
 async fn text(c: &Client) -> String {
+    for _ in 0..4 {
+        if let Ok(m) = c.find(Locator::Css("main")).await {
+            if let Ok(t) = m.text().await {
+                return t;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     match c.find(Locator::Css("main")).await {
         Ok(m) => m.text().await.unwrap(),
         Err(e) => panic!(

@@ -30,6 +30,7 @@ on_both_backends!(
     interrupted_update_resumes_through_its_pack,
     first_release_by_another_key_is_forbidden,
     downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx,
+    a_device_on_a_release_gets_its_manifest_as_a_delta_and_a_binary_plan,
 );
 
 /// The fixture trees, made once per version of `make.py` and kept in the build's target
@@ -672,4 +673,97 @@ fn downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx(backend: Backen
             .unwrap(),
     );
     assert!(s == 400 || s == 422, "{s} {e}");
+}
+
+/// A device on 1.0 fetches 2.0's manifest as a delta from 1.0's and the plan in binary form,
+/// both far smaller than whole, and the binary plan says what the JSON plan says. Counted by
+/// the server as it sends them (`deltaroot_served_metadata_bytes_total`).
+fn a_device_on_a_release_gets_its_manifest_as_a_delta_and_a_binary_plan(backend: Backend) {
+    use std::sync::atomic::Ordering;
+    let w = world(backend);
+    let m = &w.server.app.metrics;
+    let sent = || {
+        (
+            m.manifest_bytes.load(Ordering::Relaxed),
+            m.plan_bytes.load(Ordering::Relaxed),
+        )
+    };
+    let (manifest_before, plan_before) = sent();
+    let a = agent(&w.server, w.root.path(), &w.trust);
+    assert!(matches!(a.update().unwrap(), UpdateOutcome::Updated(_)));
+    assert_same_tree(&fixture().join("v2"), &w.root.path().join("current"));
+    let (manifest_after, plan_after) = sent();
+    let whole = manifest_2(&w).len() as u64;
+    let json = w
+        .server
+        .http()
+        .get(format!("{}/v1/products/demo/plans/1.0/2.0", w.server.url))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let (manifest_sent, plan_sent) = (manifest_after - manifest_before, plan_after - plan_before);
+    assert!(
+        manifest_sent * 2 < whole,
+        "{manifest_sent} bytes of manifest sent for a manifest of {whole}"
+    );
+    assert!(
+        plan_sent * 3 < json.len() as u64,
+        "{plan_sent} bytes of plan sent for a JSON plan of {}",
+        json.len()
+    );
+    // The binary plan is the JSON plan, read against the two manifests.
+    let get = |path: &str| {
+        let r = w
+            .server
+            .http()
+            .get(format!("{}/{path}", w.server.url))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.bytes().unwrap().to_vec()
+    };
+    let binary = get("v1/products/demo/plans/1.0/2.0?encoding=binary");
+    let key = deltaroot_format::PublicKey::from_text(&std::fs::read_to_string(&w.trust).unwrap())
+        .unwrap();
+    let manifest = |v: &str| {
+        let base = format!("v1/products/demo/releases/{v}/manifest");
+        deltaroot_format::VerifiedManifest::verify(
+            get(&base),
+            get(&format!("{base}.sig")),
+            std::slice::from_ref(&key),
+        )
+        .unwrap()
+    };
+    let (m1, m2) = (manifest("1.0"), manifest("2.0"));
+    let decoded =
+        deltaroot_format::plan_binary::decode(&binary, Some(m1.manifest()), m2.manifest()).unwrap();
+    assert_eq!(decoded, serde_json::from_slice(&json).unwrap());
+    // The delta rebuilds 2.0's manifest from 1.0's; a `from` the server does not know, or
+    // the release itself, gets the manifest whole; an unknown encoding is a clear 400.
+    let delta = get("v1/products/demo/releases/2.0/manifest?from=1.0");
+    let old = get("v1/products/demo/releases/1.0/manifest");
+    assert_eq!(
+        deltaroot_format::manifest_delta::apply(&delta, &old).unwrap(),
+        manifest_2(&w)
+    );
+    assert_eq!(
+        get("v1/products/demo/releases/2.0/manifest?from=0.1"),
+        manifest_2(&w)
+    );
+    assert_eq!(
+        get("v1/products/demo/releases/2.0/manifest?from=2.0"),
+        manifest_2(&w)
+    );
+    let r = w
+        .server
+        .http()
+        .get(format!(
+            "{}/v1/products/demo/plans/1.0/2.0?encoding=xml",
+            w.server.url
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("json or binary"));
 }
