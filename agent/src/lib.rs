@@ -98,6 +98,11 @@ pub struct Cli {
     /// previous and last good ones, which are always kept.
     #[arg(long, value_name = "N")]
     pub keep_versions: Option<u32>,
+    /// Where a plan offers the whole object beside a delta slow to rebuild (a compressed
+    /// kernel's xz delta): bytes (always the delta), time (always the object) or auto
+    /// (default: whichever takes less time on the speeds this device measured).
+    #[arg(long, value_name = "POLICY")]
+    pub prefer: Option<deltaroot_client::device::prefer::Prefer>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -258,6 +263,7 @@ impl Cli {
             hooks: self.hooks.clone(),
             hook_timeout_secs: None,
             keep_versions: self.keep_versions,
+            prefer: self.prefer,
         }))
     }
 }

@@ -70,6 +70,10 @@ pub struct Settings {
     /// Deployments kept on the device, newest first (default 2), besides the running,
     /// previous and last good ones, which are always kept.
     pub keep_versions: Option<u32>,
+    /// Where a plan offers the whole object beside a delta slow to rebuild (a compressed
+    /// kernel's `xz` delta): `bytes`, `time` or `auto` (the default: whichever takes less
+    /// time on the link and processor speeds this device measured).
+    pub prefer: Option<crate::device::prefer::Prefer>,
 }
 
 /// How long a hook may run by default.
@@ -95,7 +99,8 @@ impl Settings {
             max_rate,
             hooks,
             hook_timeout_secs,
-            keep_versions
+            keep_versions,
+            prefer
         );
         if !over.trust.is_empty() {
             self.trust = over.trust;
@@ -272,6 +277,7 @@ impl Agent {
         if let Some(n) = s.keep_versions {
             device.set_keep_versions(n as usize);
         }
+        device.set_prefer(s.prefer.unwrap_or_default(), s.max_rate.filter(|r| *r > 0));
         device.set_hooks(s.hooks.map(|dir| crate::health::Hooks {
             dir,
             limit: std::time::Duration::from_secs(

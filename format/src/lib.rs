@@ -54,7 +54,9 @@ pub use manifest::{check_name, Entry, Kind, Manifest, Meta, Xattrs};
 pub use name::{DeviceId, Name};
 pub use pack::{EntryKind, PackEntry, PackReader, PackWriter};
 pub use path::{escape_bytes, EntryPath, PathError};
-pub use plan::{attach_packs, compute_plan, Fetch, PackIndex, PackRef, Plan, PlanItem};
+pub use plan::{
+    attach_packs, compute_plan, offer_objects, Fetch, PackIndex, PackRef, Plan, PlanItem,
+};
 pub use rotation::{Keyring, Rotation, RotationOffer};
 pub use sign::{PublicKey, SecretKey, VerifiedManifest};
 pub use units::{human_bytes, parse_bytes};

@@ -43,6 +43,11 @@ pub struct PlanItem {
     /// fetched alone, for `fetch.bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pack: Option<usize>,
+    /// The whole object's bytes, offered beside a delta that is slow to rebuild on the
+    /// device (an `xz` delta compresses the content again: [`offer_objects`]). A device
+    /// whose policy prefers time over bytes fetches the object instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_bytes: Option<u64>,
 }
 
 /// A pack a plan uses (§7.1).
@@ -111,7 +116,8 @@ impl Plan {
         costs
     }
 
-    fn total(&self) -> u64 {
+    /// The packs' bytes and those of the items no pack holds: what `download_bytes` says.
+    pub fn total(&self) -> u64 {
         let alone: u64 = self
             .items
             .iter()
@@ -173,6 +179,23 @@ pub fn attach_packs(plan: &mut Plan, packs: &[PackIndex]) {
     plan.download_bytes = plan.total();
 }
 
+/// Offers the whole object beside every delta of `plan` fetched alone that `slow` says is
+/// slow to rebuild (its source and target): the object's stored size from `object_bytes`
+/// goes in the item's `object_bytes`. `download_bytes` stays the fewest bytes.
+pub fn offer_objects(
+    plan: &mut Plan,
+    slow: impl Fn(&Hash, &Hash) -> bool,
+    object_bytes: impl Fn(&Hash) -> Option<u64>,
+) {
+    for item in &mut plan.items {
+        if let (Fetch::Delta { source, .. }, None) = (&item.fetch, item.pack) {
+            if slow(source, &item.target) {
+                item.object_bytes = object_bytes(&item.target);
+            }
+        }
+    }
+}
+
 /// Computes the cheapest plan from `from` (or from nothing) to `to`.
 ///
 /// `object_bytes` gives the stored size of a whole object; `deltas_to` lists the stored
@@ -203,6 +226,7 @@ pub fn compute_plan(
             size,
             fetch,
             pack: None,
+            object_bytes: None,
         });
     }
     let mut plan = Plan {

@@ -22,9 +22,11 @@ pub const BINARY_PLAN_MAGIC: &[u8; 8] = b"DRPLANB1";
 /// The zstd level the body is compressed at.
 const LEVEL: i32 = 19;
 
-/// Item tag bits: the fetch is a delta (else the object), the item is in a pack.
+/// Item tag bits: the fetch is a delta (else the object), the item is in a pack, the whole
+/// object is offered beside the delta (`object_bytes`).
 const TAG_DELTA: u8 = 1;
 const TAG_PACK: u8 = 2;
+const TAG_OBJECT: u8 = 4;
 
 /// A manifest's distinct file contents, sorted by address, with their sizes: what the
 /// indexes of a binary plan point into.
@@ -74,6 +76,9 @@ pub fn encode(plan: &Plan, from: Option<&Manifest>, to: &Manifest) -> Result<Vec
         if item.pack.is_some() {
             tag |= TAG_PACK;
         }
+        if item.object_bytes.is_some() {
+            tag |= TAG_OBJECT;
+        }
         body.push(tag);
         if let Fetch::Delta { source, .. } = &item.fetch {
             let s = index_of(&sources, source).ok_or_else(|| {
@@ -88,6 +93,9 @@ pub fn encode(plan: &Plan, from: Option<&Manifest>, to: &Manifest) -> Result<Vec
         if let Some(p) = item.pack {
             put_varint(&mut body, p as u64);
         }
+        if let Some(b) = item.object_bytes {
+            put_varint(&mut body, b);
+        }
     }
     put_varint(&mut body, plan.download_bytes);
     let frame = zstd::bulk::compress(&body, LEVEL).map_err(|e| bad(e.to_string()))?;
@@ -100,7 +108,7 @@ pub fn encode(plan: &Plan, from: Option<&Manifest>, to: &Manifest) -> Result<Vec
 /// pack and per item their largest encodings (a pack is used by at least one item).
 fn body_bound(targets: usize) -> u64 {
     let items = targets as u64;
-    3 * 75 + 2 * 10 + items * (32 + 10) + items * (10 + 1 + 10 + 10 + 10)
+    3 * 75 + 2 * 10 + items * (32 + 10) + items * (10 + 1 + 10 + 10 + 10 + 10)
 }
 
 /// Decodes a binary plan from `from` to `to`, the verified manifests of the device's running
@@ -167,7 +175,7 @@ pub fn decode(bytes: &[u8], from: Option<&Manifest>, to: &Manifest) -> Result<Pl
         next = t + 1;
         let (target, size) = targets[t as usize];
         let tag = r.u8("item tag").map_err(wire)?;
-        if tag & !(TAG_DELTA | TAG_PACK) != 0 {
+        if tag & !(TAG_DELTA | TAG_PACK | TAG_OBJECT) != 0 {
             return Err(bad(format!("item {target} has the unknown tag {tag}")));
         }
         let source = if tag & TAG_DELTA != 0 {
@@ -194,6 +202,11 @@ pub fn decode(bytes: &[u8], from: Option<&Manifest>, to: &Manifest) -> Result<Pl
         } else {
             None
         };
+        let object_bytes = if tag & TAG_OBJECT != 0 {
+            Some(r.varint("object bytes").map_err(wire)?)
+        } else {
+            None
+        };
         let fetch = match source {
             Some(source) => Fetch::Delta { source, bytes },
             None => Fetch::Object { bytes },
@@ -203,6 +216,7 @@ pub fn decode(bytes: &[u8], from: Option<&Manifest>, to: &Manifest) -> Result<Pl
             size,
             fetch,
             pack,
+            object_bytes,
         });
     }
     let download_bytes = r.varint("download bytes").map_err(wire)?;
@@ -281,6 +295,15 @@ mod tests {
             bytes: 12,
         });
         plan.items[0].pack = Some(0);
+        crate::plan::offer_objects(&mut plan, |_, _| true, |_| Some(20));
+        assert_eq!(
+            plan.items
+                .iter()
+                .filter(|i| i.object_bytes == Some(20))
+                .count(),
+            1,
+            "the delta fetched alone, not the packed one: {plan:?}"
+        );
         (a, b, plan)
     }
 
@@ -337,8 +360,8 @@ mod tests {
         assert!(e.contains("source index"), "{e}");
         let e = body(&|v| v.extend([0, 1, 0, 2, 3, 0, 0]));
         assert!(e.contains("pack index") || e.contains("has none"), "{e}");
-        let e = body(&|v| v.extend([0, 1, 0, 4, 3, 0]));
-        assert!(e.contains("unknown tag 4"), "{e}");
+        let e = body(&|v| v.extend([0, 1, 0, 8, 3, 0]));
+        assert!(e.contains("unknown tag 8"), "{e}");
         let e = body(&|v| v.extend([0, 0, 0, 7]));
         assert!(e.contains("1 bytes after"), "{e}");
         let e = decode(b"{\"product\":1}", Some(&a), &b)

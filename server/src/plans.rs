@@ -5,7 +5,13 @@
 
 use std::collections::HashMap;
 
-use deltaroot_format::{attach_packs, compute_plan, Fetch, Hash, Name, Plan};
+use deltaroot_format::{
+    attach_packs, compute_plan, offer_objects, Fetch, Hash, Method, Name, Plan,
+};
+
+/// Delta methods slow to rebuild on a device, beside which a plan offers the whole object:
+/// `xz` compresses the content again (corpus trees/kernel: 20 s of one core for vmlinuz).
+pub const SLOW_METHODS: &[Method] = &[Method::Xz];
 
 use crate::db::ReleaseRow;
 use crate::error::{blocking, Result};
@@ -88,6 +94,7 @@ async fn compute(
     let targets: Vec<Hash> = to_m.manifest().contents().into_keys().collect();
     let sizes = app.db.object_sizes(&targets).await?;
     let deltas: HashMap<Hash, Vec<(Hash, u64)>> = app.db.deltas_to(&targets).await?;
+    let slow = app.db.deltas_of_methods(&targets, SLOW_METHODS).await?;
     let with_packs = from.is_some();
     let packs = match from {
         Some(f) => app.db.plan_packs(Some(f.id), to.id).await?,
@@ -103,6 +110,11 @@ async fn compute(
         if with_packs {
             attach_packs(&mut plan, &packs);
         }
+        offer_objects(
+            &mut plan,
+            |s, t| slow.contains(&(*s, *t)),
+            |h| sizes.get(h).copied(),
+        );
         Ok(plan)
     })
     .await?;

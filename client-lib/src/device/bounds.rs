@@ -53,6 +53,14 @@ pub(super) fn check_plan(target: &VerifiedManifest, plan: &Plan) -> Result<u64> 
                 bound,
             });
         }
+        if let Some(declared) = item.object_bytes.filter(|b| *b > object_bound(size)) {
+            return Err(Error::PlanBound {
+                version: version(),
+                entry: object_path(&item.target),
+                declared,
+                bound: object_bound(size),
+            });
+        }
         if let Some(b) = item.pack.and_then(|p| pack_bounds.get_mut(p)) {
             *b = b.saturating_add(bound);
         }

@@ -218,6 +218,8 @@ impl Device {
         let rel = delta_path(&source, &hash);
         let dl = format!("{DOWNLOADS}/{source}-{hash}");
         self.download(transport, &rel, &dl, Some(bytes), bytes)?;
+        let started = std::time::Instant::now();
+        let mut slow = false;
         let applied = self.dir.open(&dl).map_err(self.io(&dl)).and_then(|delta| {
             let old = open_source(base_dir, src_path)?;
             let from = Source::File {
@@ -225,12 +227,16 @@ impl Device {
                 path: src_path.as_path(),
             };
             let (delta, dl_path) = (delta.into_std(), self.root.join(&dl));
+            slow = is_slow(&delta);
             self.write_content_with(&format!("{CONTENT}/{hash}"), |out, out_name| {
                 apply_delta_file(&delta, &dl_path, from, Some((hash, size)), out, out_name)
             })
         });
         // A download that does not apply is not kept for a resume.
         let _ = self.dir.remove_file(&dl);
+        if slow && applied.is_ok() {
+            self.count_rebuilt(size, started.elapsed());
+        }
         applied
     }
 
@@ -549,6 +555,14 @@ fn open_source(base_dir: &Dir, path: &EntryPath) -> Result<std::fs::File> {
         .open(path.as_path())
         .map_err(Error::io(path.as_path()))?
         .into_std())
+}
+
+/// Whether the delta in `file` is of a method slow to rebuild (`xz`: the content is
+/// compressed again), whose rebuild speed the device measures ([`super::prefer`]).
+fn is_slow(file: &std::fs::File) -> bool {
+    let mut head = [0u8; deltaroot_format::container::HEADER_LEN];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut head, 0).is_ok()
+        && DeltaHeader::decode(&head).is_ok_and(|(h, _)| h.method == deltaroot_format::Method::Xz)
 }
 
 #[cfg(test)]

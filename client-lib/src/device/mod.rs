@@ -56,6 +56,7 @@ mod answers;
 mod bounds;
 mod commit;
 mod fetch;
+pub mod prefer;
 mod shared;
 mod stage;
 mod trial;
@@ -154,6 +155,12 @@ pub struct Device {
     /// Deployments pruning keeps besides the running, previous and last good ones: the
     /// newest installed.
     keep_versions: usize,
+    /// Fewer bytes or less time, where a plan offers the choice ([`prefer`]).
+    prefer: prefer::Prefer,
+    /// The bandwidth limit, which caps the link speed the policy assumes.
+    max_rate: Option<u64>,
+    /// Content bytes rebuilt from slow deltas in this update, and the time they took.
+    rebuilt: std::sync::Mutex<(u64, std::time::Duration)>,
 }
 
 impl Device {
@@ -174,6 +181,9 @@ impl Device {
             dir,
             hooks: None,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            prefer: prefer::Prefer::default(),
+            max_rate: None,
+            rebuilt: Default::default(),
         })
     }
 
@@ -181,6 +191,22 @@ impl Device {
     /// good ones, which are always kept).
     pub fn set_keep_versions(&mut self, n: usize) {
         self.keep_versions = n;
+    }
+
+    /// Chooses between a delta slow to rebuild and the whole object by `prefer`, assuming
+    /// a link no faster than `max_rate` when set.
+    pub fn set_prefer(&mut self, prefer: prefer::Prefer, max_rate: Option<u64>) {
+        self.prefer = prefer;
+        self.max_rate = max_rate;
+    }
+
+    /// The speeds this device measured (none yet, or unreadable: the defaults).
+    pub fn rates(&self) -> prefer::Rates {
+        self.dir
+            .read(prefer::RATES)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     /// Runs `hooks` around every switch and revert of this device from now on.
@@ -439,11 +465,13 @@ impl Device {
         // Without the running manifest nothing of the running tree is verified: the plan
         // is that of a device with nothing installed (whole objects).
         let from = current.as_ref().filter(|_| base.is_some());
-        let plan = transport.plan_between(
+        let mut plan = transport.plan_between(
             &product,
             from.zip(base.as_ref().map(|(cm, _)| cm.manifest())),
             (&version, m),
         )?;
+        let rates = self.rates();
+        prefer::choose(&mut plan, self.prefer, rates, self.max_rate);
         // Signed by the server's answer key (checked by the transport) or not (a release
         // folder): either way its sizes are held to the signed manifest's before any download.
         let download_bytes = bounds::check_plan(target, &plan)?;
@@ -462,12 +490,21 @@ impl Device {
         };
         let base_ref = base.as_ref().map(|(cm, d)| (cm.manifest(), d));
         let none = std::collections::HashSet::new();
+        let fetch_started = std::time::Instant::now();
+        *self.rebuilt.lock().expect("not poisoned") = Default::default();
         let staged = self
             .check_space(target, base_ref.map(|b| b.0), download_bytes)
             .and_then(|()| self.write_atomic(STAGING_FOR, format!("{version}\n").as_bytes()))
             .and_then(|()| {
                 self.fetch_contents(target, base_ref, &plan, transport, &mut report, &none)
             });
+        if staged.is_ok() {
+            self.record_rates(
+                rates,
+                transport.downloaded() - before,
+                fetch_started.elapsed(),
+            );
+        }
         if download_only {
             report.downloaded_bytes = transport.downloaded() - before;
             let kept = staged

@@ -182,6 +182,38 @@ fn a_plan_naming_a_delta_past_its_bound_is_refused_by_name_before_any_download()
     assert_eq!(agent.device.current().unwrap().unwrap(), "1");
 }
 
+/// An object offered beside a slow delta is held to the object bound like any fetch, whatever
+/// the device's policy would choose.
+#[test]
+fn a_plan_offering_an_object_past_its_bound_is_refused_by_name_before_any_download() {
+    use super::folder::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, agent, v1) = folder_and_agent(tmp.path());
+    agent.install("1").unwrap();
+    let (one, two) = tools();
+    f.publish(
+        "2",
+        200,
+        vec![dir("bin"), file("bin/tool", &two, 0o4755)],
+        &[&two],
+        Some(&v1),
+        &[(&one, &two)],
+    );
+    let (agent, t) = hostile(tmp.path(), &f.root, |plan| {
+        for i in &mut plan.items {
+            if matches!(i.fetch, deltaroot_format::Fetch::Delta { .. }) {
+                i.object_bytes = Some(1 << 40);
+            }
+        }
+    });
+    let err = agent.install("2").unwrap_err().to_string();
+    assert!(err.contains(&object_path(&Hash::of(&two))), "{err}");
+    assert!(err.contains(&(1u64 << 40).to_string()), "{err}");
+    assert!(err.contains(&object_bound(64 << 10).to_string()), "{err}");
+    assert_eq!(t.downloads.load(Ordering::Relaxed), 0, "{:?}", t.asked);
+    assert_eq!(agent.device.current().unwrap().unwrap(), "1");
+}
+
 #[test]
 fn a_plan_item_whose_size_is_not_the_signed_one_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -405,6 +405,12 @@ impl Server {
             + self.app.metrics.pack_bytes.load(Ordering::Relaxed)
     }
 
+    /// Runs a statement without parameters.
+    pub fn exec(&self, q: &str) {
+        let pool = self.app.db.pool().clone();
+        self.rt.block_on(sqlx::query(q).execute(&pool)).unwrap();
+    }
+
     /// Runs a statement with one bytes parameter (`$1`).
     pub fn sql(&self, q: &str, bind: Vec<u8>) {
         let pool = self.app.db.pool().clone();

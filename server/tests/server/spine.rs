@@ -16,7 +16,7 @@ use deltaroot_format::{Entry, EntryPath, SecretKey};
 use deltaroot_publisher::publish::{publish, PublishOptions, Summary};
 use deltaroot_publisher::sink::ServerSink;
 
-use crate::common::{agent, key, Backend, Server};
+use crate::common::{agent, agent_with, key, Backend, Server};
 
 on_both_backends!(
     publish_install_update_and_roll_back_a_whole_tree,
@@ -31,6 +31,7 @@ on_both_backends!(
     first_release_by_another_key_is_forbidden,
     downloads_are_cacheable_ranged_and_bad_requests_get_clear_4xx,
     a_device_on_a_release_gets_its_manifest_as_a_delta_and_a_binary_plan,
+    beside_a_delta_slow_to_rebuild_the_device_policy_chooses_bytes_or_time,
 );
 
 /// The fixture trees, made once per version of `make.py` and kept in the build's target
@@ -766,4 +767,49 @@ fn a_device_on_a_release_gets_its_manifest_as_a_delta_and_a_binary_plan(backend:
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("json or binary"));
+}
+
+/// A plan offers the whole object beside every delta slow to rebuild (method `xz`; here the
+/// stored deltas are marked so) that it fetches alone. A device whose policy is `bytes` downloads
+/// exactly the plan's fewest bytes; one whose policy is `time` downloads the objects instead,
+/// exactly the difference more; both end with release 2.0.
+fn beside_a_delta_slow_to_rebuild_the_device_policy_chooses_bytes_or_time(backend: Backend) {
+    use deltaroot_client::device::prefer::Prefer;
+    let w = world(backend);
+    // Every delta marked slow, fetched alone (the packs forgotten), the plan made again.
+    w.server.exec("UPDATE deltas SET method = 6");
+    w.server.exec("DELETE FROM plan_packs");
+    w.server.exec("DELETE FROM plans");
+    let plan = plan_1_to_2(&w);
+    let offered: Vec<_> = plan
+        .items
+        .iter()
+        .filter_map(|i| Some((i.object_bytes?, i.fetch.bytes())))
+        .collect();
+    assert!(!offered.is_empty(), "no object offered: {plan:?}");
+    assert!(plan.items.iter().all(|i| i.object_bytes.is_none()
+        || (i.pack.is_none() && matches!(i.fetch, deltaroot_format::Fetch::Delta { .. }))));
+    let extra: u64 = offered.iter().map(|(o, d)| o - d).sum();
+    let update = |prefer: Prefer| {
+        let root = tempfile::tempdir().unwrap();
+        agent(&w.server, root.path(), &w.trust)
+            .install("1.0")
+            .unwrap();
+        let a = agent_with(&w.server, root.path(), &w.trust, |s| {
+            s.prefer = Some(prefer)
+        });
+        let before = w.server.served();
+        let report = match a.update().unwrap() {
+            UpdateOutcome::Updated(r) => r,
+            other => panic!("expected an update, got {other:?}"),
+        };
+        assert_same_tree(&fixture().join("v2"), &root.path().join("current"));
+        (w.server.served() - before, report)
+    };
+    let (bytes, by_bytes) = update(Prefer::Bytes);
+    let (time, by_time) = update(Prefer::Time);
+    assert_eq!(bytes, plan.download_bytes);
+    assert_eq!(time, plan.download_bytes + extra);
+    assert_eq!(by_time.objects, by_bytes.objects + offered.len() as u64);
+    assert_eq!(by_time.deltas + offered.len() as u64, by_bytes.deltas);
 }
