@@ -283,6 +283,57 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
     methods
 }
 
+/// Why `method` gives no delta for `old` -> `new` under `opts`: what a `diff --method` that
+/// finds none reports. Told from the options and the files' first bytes and headers, without
+/// encoding; where those allow the method, its encoder declined or failed, which it logs.
+pub fn why_not(old: &[u8], new: &[u8], opts: &EngineOptions, method: Method) -> String {
+    let larger = |limit: u64, option: &str| {
+        let (which, size) = if old.len() >= new.len() {
+            ("old", old.len())
+        } else {
+            ("new", new.len())
+        };
+        format!(
+            "the {which} file ({size} bytes) is larger than {option}'s {} MiB",
+            limit >> 20
+        )
+    };
+    let fits = |limit: u64| (old.len() as u64) <= limit && (new.len() as u64) <= limit;
+    if opts.skip.contains(method) {
+        return format!("--skip-method {method} skips it");
+    }
+    match method {
+        Method::Elf if !(is_elf(old) && is_elf(new)) => {
+            "both files must start with the ELF magic \\x7fELF".into()
+        }
+        Method::Elf | Method::BsdiffZstd if !fits(opts.bsdiff_max) => {
+            larger(opts.bsdiff_max, "--bsdiff-max-mib")
+        }
+        Method::Elf => crate::elf::refusal(old, new).unwrap_or_else(|| {
+            "its normalised image does not restore to the new file (RUST_LOG=debug tells more)"
+                .into()
+        }),
+        Method::ZstdPatchFrom
+            if (old.len() as u64).saturating_add(new.len() as u64) > opts.patch_from_max =>
+        {
+            format!(
+                "the two files together ({} bytes) are larger than --patch-from-max-mib's {} MiB",
+                old.len() as u64 + new.len() as u64,
+                opts.patch_from_max >> 20
+            )
+        }
+        Method::Gzip
+            if !(deltaroot_format::gzip::is_gzip(old) && deltaroot_format::gzip::is_gzip(new)) =>
+        {
+            "both files must be gzip files".into()
+        }
+        Method::Xz if !(crate::xz::holds_stream(old) && crate::xz::holds_stream(new)) => {
+            "both files must hold an xz stream".into()
+        }
+        _ => "its encoder declined or failed (RUST_LOG=debug tells more)".into(),
+    }
+}
+
 /// The payload of each of `methods` that encodes this pair, in order; an error of one method
 /// is kept beside it, so the others still compete.
 ///
@@ -383,7 +434,13 @@ fn candidates_of(
     };
     let mut out = Vec::new();
     for (method, payload) in encoded {
-        let Ok(payload) = payload else { continue };
+        let payload = match payload {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::debug!(%method, error = %e, "method failed to encode; the others compete");
+                continue;
+            }
+        };
         let h = header(method);
         let bytes = encode_delta(&h, &payload);
         // A candidate that does not round-trip is a bug to report, not a reason to stop a
@@ -450,6 +507,51 @@ mod tests {
         assert_eq!(
             deltaroot_format::manifest_delta::apply(&d, &old).unwrap(),
             new
+        );
+    }
+
+    const X86_64_PIE: &[u8] = include_bytes!("../../fixtures/elf-small/x86_64-pie");
+    const AARCH64_PIE: &[u8] = include_bytes!("../../fixtures/elf-small/aarch64-pie");
+
+    /// A `diff --method elf` that gives no delta says why: the size limit that left the method
+    /// out (an image larger than `--bsdiff-max-mib`, as a 300 MB browser was under the old
+    /// 256 MiB default), which file's headers the method refuses, or that the two differ.
+    #[test]
+    fn why_not_names_the_limit_or_the_refusal() {
+        let opts = EngineOptions {
+            level: 3,
+            only: Some(Method::Elf),
+            ..Default::default()
+        };
+        let mut big = X86_64_PIE.to_vec();
+        big.resize(3 << 20, 0);
+        let capped = EngineOptions {
+            bsdiff_max: 2 << 20,
+            ..opts
+        };
+        assert!(diff_file(X86_64_PIE, &big, &capped).unwrap().is_none());
+        assert_eq!(
+            why_not(X86_64_PIE, &big, &capped, Method::Elf),
+            "the new file (3145728 bytes) is larger than --bsdiff-max-mib's 2 MiB"
+        );
+        // Under the limit the same pair encodes.
+        assert!(diff_file(X86_64_PIE, &big, &opts).unwrap().is_some());
+
+        let mut x32 = X86_64_PIE.to_vec();
+        x32[4] = 1;
+        assert!(diff_file(X86_64_PIE, &x32, &opts).unwrap().is_none());
+        let why = why_not(X86_64_PIE, &x32, &opts, Method::Elf);
+        assert!(
+            why.starts_with("the new file: 32-bit little-endian ELF"),
+            "{why}"
+        );
+        assert_eq!(
+            why_not(X86_64_PIE, AARCH64_PIE, &opts, Method::Elf),
+            "the old file is X86_64 and the new file AArch64"
+        );
+        assert_eq!(
+            why_not(X86_64_PIE, b"text", &opts, Method::Elf),
+            "both files must start with the ELF magic \\x7fELF"
         );
     }
 

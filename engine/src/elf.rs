@@ -42,12 +42,9 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
 /// [`encode`] to a payload of revision 2 (`revised`, what the publisher sends) or 1 (what
 /// publishers made before it, which devices still apply: kept to test that they do).
 pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<Vec<u8>>> {
-    let (Ok(lo), Ok(ln)) = (Layout::parse(old), Layout::parse(new)) else {
+    let Ok((lo, ln)) = layouts(old, new) else {
         return Ok(None);
     };
-    if lo.arch != ln.arch || lo.relocatable != ln.relocatable {
-        return Ok(None);
-    }
     // Revision 2: executables at a fixed address hold pointers that no relocation names,
     // which phase E finds.
     let (lo, ln) = (lo.for_revision(revised), ln.for_revision(revised));
@@ -119,6 +116,28 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     payload.reserve_exact(tail.len());
     payload.extend_from_slice(&tail);
     Ok(Some(payload))
+}
+
+/// Why the method does not apply to `old` -> `new`, as far as their headers tell (`None`: it
+/// applies; it may still find that its normalisation does not round-trip, which is logged).
+pub fn refusal(old: &[u8], new: &[u8]) -> Option<String> {
+    layouts(old, new).err()
+}
+
+/// Both files' layouts, when both are supported ELF images of one architecture and kind.
+fn layouts(old: &[u8], new: &[u8]) -> std::result::Result<(Layout, Layout), String> {
+    let lo = Layout::parse(old).map_err(|e| format!("the old file: {e}"))?;
+    let ln = Layout::parse(new).map_err(|e| format!("the new file: {e}"))?;
+    if lo.arch != ln.arch {
+        return Err(format!(
+            "the old file is {:?} and the new file {:?}",
+            lo.arch, ln.arch
+        ));
+    }
+    if lo.relocatable != ln.relocatable {
+        return Err("one file is a relocatable object and the other is not".into());
+    }
+    Ok((lo, ln))
 }
 
 /// The shifts of BTF type ids and string offsets: each BTF field of the new file that the

@@ -230,6 +230,14 @@ enum Command {
         #[command(flatten)]
         engine: Engine,
     },
+    /// Say for each FILE whether the ELF method's layout parser accepts it (`PATH: ok: KIND`)
+    /// or why not (`PATH: refused: REASON`), reading its headers only; exits non-zero when any
+    /// is refused.
+    InspectElf {
+        /// The files to inspect.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Print the completion script for SHELL to stdout (e.g. `deltaroot completions bash >
     /// /etc/bash_completion.d/deltaroot`).
     Completions {
@@ -392,11 +400,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let n = std::fs::read(&new).map_err(Error::io(&new))?;
             let best = deltaroot_engine::diff_file(&o, &n, &opts)?.ok_or_else(|| Error::Input {
                 path: new.clone(),
-                what: format!(
-                    "method {} does not encode {} into this file",
-                    engine.method.map_or("", Method::name),
-                    old.display()
-                ),
+                what: match engine.method {
+                    Some(m) => format!(
+                        "method {m} does not encode {} into this file: {}",
+                        old.display(),
+                        deltaroot_engine::why_not(&o, &n, &opts, m)
+                    ),
+                    None => format!("no method encodes {} into this file", old.display()),
+                },
             })?;
             std::fs::write(&out, &best.bytes).map_err(Error::io(&out))?;
             println!(
@@ -414,6 +425,15 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             mode,
         } => apply(&old, &patch, &out, mode)?,
+        Command::InspectElf { files } => {
+            let refused = crate::inspect::report(&files, &mut std::io::stdout().lock())?;
+            if refused > 0 {
+                return Err(Error::ElfRefused {
+                    refused,
+                    files: files.len(),
+                });
+            }
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

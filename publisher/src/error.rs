@@ -33,6 +33,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// `inspect-elf`: the layout parser refused some of the files (each named on stdout).
+    #[error("the ELF method's layout parser refused {refused} of {files} files")]
+    ElfRefused { refused: usize, files: usize },
     /// `--version` names a release the destination holds already.
     #[error(
         "{at}: product {product} already has a release {version}; publish under another --version"

@@ -12,6 +12,7 @@
 //! - [`progress`]: progress bars on a terminal, plain lines in logs.
 //! - [`sink`]: uploading to a server or writing a static release folder.
 //! - [`keys`]: signing keys.
+//! - [`inspect`]: whether the ELF method's layout parser accepts a file, and why not.
 //! - [`cli`]: the `deltaroot` command line.
 
 pub mod checks;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod error;
 pub mod exclude;
 pub mod input;
+pub mod inspect;
 pub mod keys;
 pub mod matching;
 pub mod packing;

@@ -5,7 +5,10 @@
 use std::ops::Range;
 
 use goblin::container::{Container, Ctx};
-use goblin::elf::header::{EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
+use goblin::elf::header::{
+    et_to_str, machine_to_str, EI_CLASS, EI_DATA, ELFCLASS32, ELFCLASS64, ELFDATA2LSB, ELFDATA2MSB,
+    EM_AARCH64, EM_X86_64, ET_DYN, ET_EXEC, ET_REL,
+};
 use goblin::elf::program_header::PT_LOAD;
 use goblin::elf::section_header::SHT_PROGBITS;
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
@@ -67,6 +70,40 @@ impl Layout {
         })
     }
 
+    /// [`Layout::parse`] of an open file, reading its headers only (the cheap question "does
+    /// the method's layout parser accept this file, and if not, why").
+    pub fn from_file(file: &std::fs::File) -> Result<Layout, ElfError> {
+        let source = Source::File {
+            file,
+            path: std::path::Path::new(""),
+        };
+        let len = source
+            .size()
+            .map_err(|e| bad(format!("cannot read the file's length: {e}")))?;
+        Layout::read(len, &mut |at, buf| source.read_at(at, buf))
+    }
+
+    /// What kind of image this is, for people: `x86-64 PIE or shared object`, `AArch64
+    /// executable at a fixed address`, `x86-64 relocatable object`.
+    pub fn describe(&self) -> String {
+        let arch = match self.arch {
+            Arch::X86_64 => "x86-64",
+            Arch::AArch64 => "AArch64",
+        };
+        let kind = if self.relocatable {
+            "relocatable object"
+        } else if self.fixed {
+            "executable at a fixed address"
+        } else {
+            "PIE or shared object"
+        };
+        format!(
+            "{arch} {kind}, {} load segments, {} sections",
+            self.loads.len(),
+            self.sections.len()
+        )
+    }
+
     /// [`Layout::parse`] of a file of `len` bytes read by `read_at` (its headers only: at
     /// most 64 bytes, then the program and section header tables, each checked against `len`
     /// before it is read).
@@ -89,20 +126,55 @@ impl Layout {
             Ok(buf)
         };
         let header = Elf::parse_header(&head).map_err(|e| bad(format!("not an ELF file: {e}")))?;
-        if header.e_ident[goblin::elf::header::EI_CLASS] != goblin::elf::header::ELFCLASS64
-            || header.e_ident[goblin::elf::header::EI_DATA] != goblin::elf::header::ELFDATA2LSB
-        {
-            return Err(bad("only 64-bit little-endian ELF is supported"));
+        let (class, data) = (header.e_ident[EI_CLASS], header.e_ident[EI_DATA]);
+        let machine = || {
+            format!(
+                "{} ({})",
+                header.e_machine,
+                machine_to_str(header.e_machine)
+            )
+        };
+        if class != ELFCLASS64 || data != ELFDATA2LSB {
+            let class = match class {
+                ELFCLASS32 => "32-bit",
+                ELFCLASS64 => "64-bit",
+                _ => "unknown-class",
+            };
+            let data = match data {
+                ELFDATA2LSB => "little-endian",
+                ELFDATA2MSB => "big-endian",
+                _ => "unknown-byte-order",
+            };
+            // x32 (EM_X86_64 in a 32-bit file) is named: it is the one "x86-64" refused here.
+            let x32 = if class == "32-bit" && header.e_machine == EM_X86_64 {
+                ", the x32 ABI"
+            } else {
+                ""
+            };
+            return Err(bad(format!(
+                "{class} {data} ELF for machine {}{x32}: only 64-bit little-endian ELF is supported",
+                machine()
+            )));
         }
         let arch = match header.e_machine {
             EM_X86_64 => Arch::X86_64,
             EM_AARCH64 => Arch::AArch64,
-            m => return Err(bad(format!("ELF machine {m} is not supported"))),
+            _ => {
+                return Err(bad(format!(
+                    "ELF machine {} is not supported (only x86-64 and AArch64)",
+                    machine()
+                )))
+            }
         };
         let relocatable = match header.e_type {
             ET_REL => true,
             ET_DYN | ET_EXEC => false,
-            t => return Err(bad(format!("ELF type {t} is not supported"))),
+            t => {
+                return Err(bad(format!(
+                    "ELF type {t} ({}) is not supported (only REL, EXEC and DYN)",
+                    et_to_str(t)
+                )))
+            }
         };
         let fixed = header.e_type == ET_EXEC;
         let ctx = Ctx::new(Container::Big, goblin::container::Endian::Little);
@@ -256,6 +328,31 @@ mod tests {
         // Phase E's test of a word: an address of a loaded segment, never zero.
         assert!(layout.holds_address(0x1000) && !layout.holds_address(0x1010));
         assert!(!layout.holds_address(0));
+    }
+
+    /// Refusals say what the file is: class, byte order, machine (x32 named), type.
+    #[test]
+    fn refusals_name_class_machine_and_type() {
+        let edit = |at: usize, bytes: &[u8]| {
+            let mut image = X86_64_PIE.to_vec();
+            image[at..at + bytes.len()].copy_from_slice(bytes);
+            Layout::parse(&image).unwrap_err().to_string()
+        };
+        let x32 = edit(4, &[1]);
+        assert!(
+            x32.starts_with("32-bit little-endian ELF for machine 62 (X86_64), the x32 ABI"),
+            "{x32}"
+        );
+        let arm = edit(18, &40u16.to_le_bytes());
+        assert!(
+            arm.starts_with("ELF machine 40 (ARM) is not supported"),
+            "{arm}"
+        );
+        let core = edit(16, &4u16.to_le_bytes());
+        assert!(
+            core.starts_with("ELF type 4 (CORE) is not supported"),
+            "{core}"
+        );
     }
 
     #[test]
