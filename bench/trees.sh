@@ -8,16 +8,17 @@
 #     device folder, update it to 2, and count the bytes the server served: objects, deltas
 #     and packs, and the metadata (check answer, manifest or manifest delta and signature,
 #     plan), with what a device would fetch of the manifest whole and the JSON plan beside;
-#   - deltaroot, --skip-method xz: the same full run (publish, install 1, update to 2, bytes
+#   - deltaroot, --prefer bytes: the same full run (publish, install 1, update to 2, bytes
 #     served) on a second server of its own, so that nothing of the first run is reused, with
-#     the xz method skipped: what a fleet gets that trades download bytes for apply time;
+#     the device's policy set to the fewest bytes (the default, auto, takes the whole object
+#     instead of a delta slow to rebuild when the link it measured makes that faster);
 #   - deltaroot per method: B published from A with one delta method alone (objects always).
 # Writes bench/results/trees.md, trees.tsv and trees.svg.
 #
 #   bench/trees.sh                  # builds the corpus first if it is missing
 #   TREES=small bench/trees.sh      # one tree only
 #   PER_METHOD=0 bench/trees.sh     # skip the one-method runs
-#   SKIP_XZ_RUN=0 bench/trees.sh    # skip the --skip-method xz run
+#   BYTES_RUN=0 bench/trees.sh      # skip the --prefer bytes run
 #   MEMORY_MIB=2048                 # the publisher's memory budget (--memory-mib)
 #
 # Every tool runs with malloc asking for transparent huge pages, as deploy/'s agent unit
@@ -29,7 +30,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 CORPUS_DIR=${CORPUS_DIR:-$HOME/corpus}
 TREES=${TREES:-small kernel}
 PER_METHOD=${PER_METHOD:-1}
-SKIP_XZ_RUN=${SKIP_XZ_RUN:-1}
+BYTES_RUN=${BYTES_RUN:-1}
 MEMORY_MIB=${MEMORY_MIB:-2048}
 for t in $TREES; do
   if [ ! -d "$CORPUS_DIR/trees/$t/B" ]; then
@@ -104,7 +105,8 @@ dr_run() {
   sync
   timed "$t-$name-publish" "${pub[@]}" "$@" "$A" "$B" --from-version 1 --version 2 \
     --report "$w/$name-report.tsv" >"$w/$name-pub2.json"
-  local agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json)
+  local agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json
+    ${PREFER:+--prefer "$PREFER"})
   "${agent[@]}" install 1 >/dev/null
   before=$(served "$url")
   read -r m0 p0 c0 <<<"$(metadata "$url")"
@@ -124,9 +126,9 @@ dr_run() {
   if [ "$name" = dr ]; then cp "$w/$name-report.tsv" "$out/$t-report.tsv"; else cp "$w/$name-report.tsv" "$out/$t-$name-report.tsv"; fi
   rm -rf "$w/device"
 }
-if [ "$SKIP_XZ_RUN" = 1 ]; then
-  serve "$work/data-skip-xz"
-  skip_url=$url skip_token=$token
+if [ "$BYTES_RUN" = 1 ]; then
+  serve "$work/data-bytes"
+  bytes_url=$url bytes_token=$token
 fi
 serve "$work/data"
 
@@ -163,10 +165,10 @@ for t in $TREES; do
   dr_run "$t" "$url" "$token" dr dr_ ""
   record "$t" dr_unpacked "$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j["unpacked_bytes"], j["packs"], j["packed"])' "$w/dr-pub2.json")"
 
-  if [ "$SKIP_XZ_RUN" = 1 ]; then
-    echo "== $t: deltaroot, --skip-method xz" >&2
-    # The same steps on the second server, with the xz method skipped.
-    dr_run "$t" "$skip_url" "$skip_token" dr-skip-xz skip_xz_ skip_xz_ --skip-method xz
+  if [ "$BYTES_RUN" = 1 ]; then
+    echo "== $t: deltaroot, --prefer bytes" >&2
+    # The same steps on the second server, the device taking the fewest bytes.
+    PREFER=bytes dr_run "$t" "$bytes_url" "$bytes_token" dr-bytes bytes_ bytes_
   fi
 
   if [ "$PER_METHOD" = 1 ]; then

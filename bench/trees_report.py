@@ -56,9 +56,11 @@ p("(its objects, zlib) and generates the static delta; deltaroot publishes B fro
 p("fresh installs at zstd -19 and every delta). Apply: OSTree `static-delta apply-offline` then")
 p("`checkout` of B; deltaroot `deltaroot-agent update` (download from loopback, verify, build the")
 p("staging tree, switch). Peak memory is the peak RSS of the step's largest process.")
-p("deltaroot, `--skip-method xz`: the same publish and apply on a server of its own, with the `xz`")
-p("method skipped (a compressed kernel goes as another delta or whole instead of being compressed")
-p("again on the device): the configuration for fleets whose apply time matters more than bytes.")
+p("deltaroot runs with the agent's default policy, `--prefer auto`: where a plan offers the whole object")
+p("beside a delta slow to rebuild (a compressed kernel's `xz` delta), it takes the object when its extra")
+p("bytes download faster than the delta rebuilds, on the speeds the device measured (here: loopback).")
+p("deltaroot, `--prefer bytes`: the same publish and apply on a server of its own, the device taking")
+p("the fewest bytes: what a fleet on a metered or slow link gets.")
 thp = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
 p("Every tool ran with malloc asking for transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,"
   " as `deploy/deltaroot-agent.service` sets it).\n" if thp else
@@ -79,9 +81,9 @@ for tree in trees:
     row("OSTree static delta", ost, f"{oc_s + og_s:.1f} ({oc_s:.1f} commit + {og_s:.1f} delta)",
         f"{max(oc_m, og_m):.0f}", f"{oa_s:.1f}", f"{oa_m:.0f}")
     row("**deltaroot**", dr, f"**{dg_s:.1f}**", f"**{dg_m:.0f}**", f"**{da_s:.1f}**", f"**{da_m:.0f}**")
-    if "skip_xz_bytes" in d:
-        (sg_s, sg_m), (sa_s, sa_m) = t(tree, "dr-skip-xz-publish"), t(tree, "dr-skip-xz-apply")
-        row("deltaroot, `--skip-method xz`", whole(tree, "skip_xz_"), f"{sg_s:.1f}", f"{sg_m:.0f}",
+    if "bytes_bytes" in d:
+        (sg_s, sg_m), (sa_s, sa_m) = t(tree, "dr-bytes-publish"), t(tree, "dr-bytes-apply")
+        row("deltaroot, `--prefer bytes`", whole(tree, "bytes_"), f"{sg_s:.1f}", f"{sg_m:.0f}",
             f"{sa_s:.1f}", f"{sa_m:.0f}")
     if "dr_unpacked" in d:
         unpacked, packs, packed = map(int, d["dr_unpacked"].split())
@@ -89,8 +91,10 @@ for tree in trees:
             unpacked + sum(meta(tree, "dr_")))
     if "dr_meta_whole" in d:
         mw, pj = map(int, d["dr_meta_whole"].split())
-        row("deltaroot, the manifest whole and the JSON plan (an agent that asks for neither)",
-            f["dr_payload"] + mw + pj + meta(tree, "dr_")[2])
+        # An agent that asks for neither also knows no policy: it takes the fewest bytes.
+        payload = int(d.get("bytes_bytes", d["dr_bytes"]))
+        row("deltaroot, the manifest whole and the JSON plan (an agent that asks for neither,"
+            " the fewest bytes)", payload + mw + pj + meta(tree, "dr_")[2])
     for key in sorted(k for k in d if k.startswith("only_")):
         m = key[5:]
         s, mem = t(tree, f"only-{m}")
@@ -99,19 +103,12 @@ for tree in trees:
     p("")
     p("\\* one-method runs reuse the stored objects, so their times cover the deltas alone.\n")
     chosen = {k[7:]: d[k].split() for k in d if k.startswith("chosen_")}
-    skipped = {k[15:]: d[k].split() for k in d if k.startswith("skip_xz_chosen_")}
     if chosen:
-        p("What deltaroot's download is made of (the cheapest method per content):\n")
-        if skipped:
-            p("| method | contents | MB | contents, `--skip-method xz` | MB, `--skip-method xz` |")
-            p("|---|---:|---:|---:|---:|")
-        else:
-            p("| method | contents | MB |")
-            p("|---|---:|---:|")
-        for m in sorted(set(chosen) | set(skipped)):
-            cells = [c for by in ([chosen, skipped] if skipped else [chosen])
-                     for c in ((by[m][0], mb(int(by[m][1]))) if m in by else ("", ""))]
-            p(f"| {m} | {' | '.join(cells)} |")
+        p("What the publisher chose (the cheapest method per content, the fewest bytes):\n")
+        p("| method | contents | MB |")
+        p("|---|---:|---:|")
+        for m in sorted(chosen):
+            p(f"| {m} | {chosen[m][0]} | {mb(int(chosen[m][1]))} |")
         p("")
     if "dr_meta" in d:
         (mm, mp, mc), dl = meta(tree, "dr_"), f["dr_bytes"]
@@ -125,8 +122,8 @@ for tree in trees:
         p(f"| **all metadata** | **{mm + mp + mc:,}** | **{100 * (mm + mp + mc) / dl:.1f}%** | {mw + pj + mc:,} |")
         p("")
     p(f"Contents served / promised by the publisher: {f['dr_payload'] / f['dr_promised']:.4f}"
-      + (f"; with `--skip-method xz`, {int(d['skip_xz_bytes']) / int(d['skip_xz_promised']):.4f}"
-         if "skip_xz_bytes" in d else "") + ".\n")
+      + (f"; with `--prefer bytes`, {int(d['bytes_bytes']) / int(d['bytes_promised']):.4f}"
+         if "bytes_bytes" in d else "") + ".\n")
 
 p("## Targets\n")
 p("| tree | download vs OSTree | target | generation vs OSTree | target | apply vs OSTree | target | publish peak MiB | target |")
@@ -134,8 +131,8 @@ p("|---|---:|---|---:|---|---:|---|---:|---|")
 for tree in trees:
     f = figures(tree)
     runs = [(tree, f["dr_bytes"], "dr-publish", "dr-apply")]
-    if "skip_xz_bytes" in v[tree]:
-        runs.append((f"{tree}, `--skip-method xz`", whole(tree, "skip_xz_"), "dr-skip-xz-publish", "dr-skip-xz-apply"))
+    if "bytes_bytes" in v[tree]:
+        runs.append((f"{tree}, `--prefer bytes`", whole(tree, "bytes_"), "dr-bytes-publish", "dr-bytes-apply"))
     for name, b, publish, apply in runs:
         (dg_s, dg_m), da_s, oa_s = t(tree, publish), t(tree, apply)[0], f["ostree-apply"][0]
         p(f"| {name} | {b / f['ostree_bytes']:.3f} | <= {TARGETS[tree]} | {dg_s / f['ostree-gen']:.2f} | <= {GEN_TARGET} "
@@ -149,8 +146,8 @@ for tree in trees:
     d = v[tree]
     items = [("full image", int(d["full_bytes"]), "#bbbbbb"), ("OSTree", int(d["ostree_bytes"]), "#d9822b"),
              ("deltaroot", whole(tree, "dr_"), "#2b6cb0")]
-    if "skip_xz_bytes" in d:
-        items.append(("deltaroot, no xz", whole(tree, "skip_xz_"), "#5a8fd0"))
+    if "bytes_bytes" in d:
+        items.append(("deltaroot, bytes", whole(tree, "bytes_"), "#5a8fd0"))
     for key in sorted(k for k in d if k.startswith("only_") and k != "only_zstd"):
         items.append((f"{key[5:]} alone", int(d[key]), "#90b4e0"))
     bars.append((tree, items))

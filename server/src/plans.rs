@@ -94,13 +94,12 @@ async fn compute(
     let targets: Vec<Hash> = to_m.manifest().contents().into_keys().collect();
     let sizes = app.db.object_sizes(&targets).await?;
     let deltas: HashMap<Hash, Vec<(Hash, u64)>> = app.db.deltas_to(&targets).await?;
-    let slow = app.db.deltas_of_methods(&targets, SLOW_METHODS).await?;
     let with_packs = from.is_some();
     let packs = match from {
         Some(f) => app.db.plan_packs(Some(f.id), to.id).await?,
         None => Vec::new(),
     };
-    let plan = blocking("computing a plan", move || {
+    let (mut plan, sizes) = blocking("computing a plan", move || {
         let mut plan = compute_plan(
             from_m.as_ref().map(|m| m.manifest()),
             to_m.manifest(),
@@ -110,14 +109,27 @@ async fn compute(
         if with_packs {
             attach_packs(&mut plan, &packs);
         }
-        offer_objects(
-            &mut plan,
-            |s, t| slow.contains(&(*s, *t)),
-            |h| sizes.get(h).copied(),
-        );
-        Ok(plan)
+        Ok((plan, sizes))
     })
     .await?;
+    let fetched: Vec<(Hash, Hash)> = plan
+        .items
+        .iter()
+        .filter_map(|i| match i.fetch {
+            Fetch::Delta { source, .. } => Some((source, i.target)),
+            Fetch::Object { .. } => None,
+        })
+        .collect();
+    let methods = app.db.delta_methods(&fetched).await?;
+    offer_objects(
+        &mut plan,
+        |s, t| {
+            methods
+                .get(&(*s, *t))
+                .is_some_and(|m| SLOW_METHODS.iter().any(|slow| *slow as u8 == *m))
+        },
+        |h| sizes.get(h).copied(),
+    );
     app.db.save_plan(from.map(|r| r.id), to.id, &plan).await?;
     app.fleet
         .set_plan_size(from.map(|r| r.id), to.id, plan.download_bytes);

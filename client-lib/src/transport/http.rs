@@ -350,14 +350,8 @@ impl Transport for Http {
         if self.folder {
             return self.manifest(product, version);
         }
-        let base = format!("v1/products/{product}/releases/{version}");
-        let limit = deltaroot_format::sign::MAX_MANIFEST_BYTES as u64;
-        let manifest = self.get_bytes(
-            &format!("{base}/manifest?from={}", query_value(running)),
-            limit,
-        )?;
-        let sig = self.get_bytes(&format!("{base}/manifest.sig"), super::SIGNATURE_BYTES)?;
-        Ok((manifest, sig))
+        let query = format!("?from={}", query_value(running));
+        super::manifest_and_signature(self, product, version, &query)
     }
 
     fn plan(&self, product: &Name, from: Option<&Name>, to: &Name) -> Result<Plan> {

@@ -221,11 +221,7 @@ pub trait Transport: Send + Sync {
     /// A release's manifest bytes (at most `MAX_MANIFEST_BYTES`) and signature (64 bytes),
     /// unverified.
     fn manifest(&self, product: &Name, version: &Name) -> Result<(Vec<u8>, Vec<u8>)> {
-        let base = format!("v1/products/{product}/releases/{version}");
-        let limit = deltaroot_format::sign::MAX_MANIFEST_BYTES as u64;
-        let manifest = self.get(&format!("{base}/manifest"), limit)?;
-        let sig = self.get(&format!("{base}/manifest.sig"), SIGNATURE_BYTES)?;
-        Ok((manifest, sig))
+        manifest_and_signature(self, product, version, "")
     }
 
     /// [`Transport::manifest`] for a device that runs release `running` and holds its
@@ -280,6 +276,21 @@ pub trait Transport: Send + Sync {
     /// checks between chunks. A transport of the embedder's that ignores it (the default)
     /// is held to it only between downloads.
     fn set_deadline(&self, _deadline: Option<Deadline>) {}
+}
+
+/// A release's manifest (asked for with `query`, e.g. `?from=V`) and its signature, each
+/// bounded, through `t`'s [`Transport::get`].
+pub(crate) fn manifest_and_signature<T: Transport + ?Sized>(
+    t: &T,
+    product: &Name,
+    version: &Name,
+    query: &str,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let base = format!("v1/products/{product}/releases/{version}");
+    let limit = deltaroot_format::sign::MAX_MANIFEST_BYTES as u64;
+    let manifest = t.get(&format!("{base}/manifest{query}"), limit)?;
+    let sig = t.get(&format!("{base}/manifest.sig"), SIGNATURE_BYTES)?;
+    Ok((manifest, sig))
 }
 
 /// Where a download goes: the open file, and its path for errors.

@@ -91,11 +91,10 @@ fn container(source: &[u8], target: &[u8], payload: &[u8]) -> Vec<u8> {
     encode_delta(&h, payload)
 }
 
-/// A device on 1 updated to 2 through a [`DeltaServer`] answering with `answer`: how many
-/// manifests it fetched whole.
-fn update_with(answer: fn(&[u8], &[u8]) -> Vec<u8>) -> u64 {
-    let tmp = tempfile::tempdir().unwrap();
-    let (f, agent, v1) = folder_and_agent(tmp.path());
+/// A device on 1 (under `tmp`) and an agent that updates it to 2 through a [`DeltaServer`]
+/// answering with `answer`.
+fn device_on_1(tmp: &Path, answer: fn(&[u8], &[u8]) -> Vec<u8>) -> (Agent, &'static DeltaServer) {
+    let (f, agent, v1) = folder_and_agent(tmp);
     agent.install("1").unwrap();
     let (_, two) = tools();
     f.publish(
@@ -114,15 +113,23 @@ fn update_with(answer: fn(&[u8], &[u8]) -> Vec<u8>) -> u64 {
     }));
     let agent = Agent::with_transport(
         Settings {
-            root: Some(tmp.path().join("root")),
+            root: Some(tmp.join("root")),
             product: Some("demo".into()),
-            trust: vec![tmp.path().join("k.pub")],
+            trust: vec![tmp.join("k.pub")],
             device_id: Some("test-folder".into()),
             ..Settings::default()
         },
         Box::new(t),
     )
     .unwrap();
+    (agent, t)
+}
+
+/// A device on 1 updated to 2 through a [`DeltaServer`] answering with `answer`: how many
+/// manifests it fetched whole.
+fn update_with(answer: fn(&[u8], &[u8]) -> Vec<u8>) -> u64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let (agent, t) = device_on_1(tmp.path(), answer);
     let before = t.whole.load(Ordering::Relaxed);
     match agent.update().unwrap() {
         UpdateOutcome::Updated(r) => assert_eq!(r.version, "2"),
@@ -176,39 +183,12 @@ fn a_good_manifest_delta_is_used_and_one_that_rebuilds_another_is_refused() {
     // A well-formed delta that rebuilds other bytes than the signed manifest: its own
     // hash checks out, the release key's signature does not, and nothing is installed.
     let tmp = tempfile::tempdir().unwrap();
-    let (f, agent, v1) = folder_and_agent(tmp.path());
-    agent.install("1").unwrap();
-    let (_, two) = tools();
-    f.publish(
-        "2",
-        200,
-        vec![dir("bin"), file("bin/tool", &two, 0o4755)],
-        &[&two],
-        Some(&v1),
-        &[],
-    );
-    let t: &'static DeltaServer = Box::leak(Box::new(DeltaServer {
-        inner: Folder::open(&f.root).unwrap(),
-        answer: |old, new| {
-            let mut other = new.to_vec();
-            let n = other.len();
-            other[n - 40] ^= 1;
-            patch_from(old, &other)
-        },
-        since: AtomicU64::new(0),
-        whole: AtomicU64::new(0),
-    }));
-    let agent = Agent::with_transport(
-        Settings {
-            root: Some(tmp.path().join("root")),
-            product: Some("demo".into()),
-            trust: vec![tmp.path().join("k.pub")],
-            device_id: Some("test-folder".into()),
-            ..Settings::default()
-        },
-        Box::new(t),
-    )
-    .unwrap();
+    let (agent, _) = device_on_1(tmp.path(), |old, new| {
+        let mut other = new.to_vec();
+        let n = other.len();
+        other[n - 40] ^= 1;
+        patch_from(old, &other)
+    });
     let err = agent.update().unwrap_err().to_string();
     assert!(
         err.contains("signature of the manifest does not verify"),

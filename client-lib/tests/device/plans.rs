@@ -151,11 +151,11 @@ fn a_plan_naming_a_terabyte_object_is_refused_by_name_before_any_download() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-#[test]
-fn a_plan_naming_a_delta_past_its_bound_is_refused_by_name_before_any_download() {
+/// A device on 1 under `tmp`, and release 2 published with a delta of its tool: the release
+/// folder and the tool of 1 and of 2.
+fn on_1_with_2_by_delta(tmp: &Path) -> (super::folder::Release, Vec<u8>, Vec<u8>) {
     use super::folder::*;
-    let tmp = tempfile::tempdir().unwrap();
-    let (f, agent, v1) = folder_and_agent(tmp.path());
+    let (f, agent, v1) = folder_and_agent(tmp);
     agent.install("1").unwrap();
     let (one, two) = tools();
     f.publish(
@@ -166,6 +166,13 @@ fn a_plan_naming_a_delta_past_its_bound_is_refused_by_name_before_any_download()
         Some(&v1),
         &[(&one, &two)],
     );
+    (f, one, two)
+}
+
+#[test]
+fn a_plan_naming_a_delta_past_its_bound_is_refused_by_name_before_any_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, one, two) = on_1_with_2_by_delta(tmp.path());
     let (agent, t) = hostile(tmp.path(), &f.root, |plan| {
         for i in &mut plan.items {
             if let deltaroot_format::Fetch::Delta { bytes, .. } = &mut i.fetch {
@@ -186,19 +193,8 @@ fn a_plan_naming_a_delta_past_its_bound_is_refused_by_name_before_any_download()
 /// the device's policy would choose.
 #[test]
 fn a_plan_offering_an_object_past_its_bound_is_refused_by_name_before_any_download() {
-    use super::folder::*;
     let tmp = tempfile::tempdir().unwrap();
-    let (f, agent, v1) = folder_and_agent(tmp.path());
-    agent.install("1").unwrap();
-    let (one, two) = tools();
-    f.publish(
-        "2",
-        200,
-        vec![dir("bin"), file("bin/tool", &two, 0o4755)],
-        &[&two],
-        Some(&v1),
-        &[(&one, &two)],
-    );
+    let (f, _, two) = on_1_with_2_by_delta(tmp.path());
     let (agent, t) = hostile(tmp.path(), &f.root, |plan| {
         for i in &mut plan.items {
             if matches!(i.fetch, deltaroot_format::Fetch::Delta { .. }) {

@@ -162,34 +162,6 @@ impl Db {
         Ok(out)
     }
 
-    /// The stored deltas to `targets` whose method is one of `methods`, as (source, target).
-    pub async fn deltas_of_methods(
-        &self,
-        targets: &[Hash],
-        methods: &[deltaroot_format::Method],
-    ) -> Result<std::collections::HashSet<(Hash, Hash)>> {
-        let mut out = std::collections::HashSet::new();
-        let methods: Vec<i64> = methods.iter().map(|m| *m as i64).collect();
-        for chunk in targets.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT source, target, method FROM deltas WHERE target IN ({})",
-                params(1, chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for h in chunk {
-                q = q.bind(h.to_string());
-            }
-            for row in q.fetch_all(&self.pool).await? {
-                let (s, t, m): (String, String, i64) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                if let (true, Ok(s), Ok(t)) = (methods.contains(&m), s.parse(), t.parse()) {
-                    out.insert((s, t));
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Stored size of each (source, target) delta.
     pub async fn delta_sizes(&self, pairs: &[(Hash, Hash)]) -> Result<Vec<Option<u64>>> {
         let targets: Vec<Hash> = pairs.iter().map(|p| p.1).collect();
