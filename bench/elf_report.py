@@ -122,7 +122,7 @@ for p in pairs:
 # modules), in generation time, generation peak and apply peak.
 issue = [p for p in user + mods if "zucchini+zstd" in by[p]]
 if issue:
-    print(f"\ndeltaroot no worse than Zucchini+zstd on the {len(issue)} user-space and module pairs:")
+    print(f"\ndeltaroot no worse than Zucchini+zstd on the {len(issue)} user-space" + (" and module" if mods else "") + " pairs:")
     for label, tool, key in [("generation time", "deltaroot", "gen_s"),
                              ("generation peak RSS", "deltaroot", "gen_kib"),
                              ("apply peak RSS, `deltaroot-apply`", "deltaroot-apply", "apply_kib"),
