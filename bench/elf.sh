@@ -5,6 +5,14 @@
 # new file. Writes bench/results/elf.md (and elf.tsv with every measurement).
 #
 #   bench/elf.sh [PAIR ...]     # default: every pair under $CORPUS_DIR/elf
+#   ELF_ARCH=arm64 bench/elf.sh [PAIR ...]
+#
+# ELF_ARCH=arm64 measures the AArch64 pairs instead: the same programs and libraries from
+# Debian 12's arm64 packages, at the versions pinned in bench/corpus-arm64.sh (which downloads
+# and unpacks them into $CORPUS_DIR/elf-arm64), and writes bench/results/elf-arm64.md (.tsv).
+#
+# The workspace builds into $CARGO_TARGET_DIR when it is set (./target otherwise); the peers
+# always build into bench/peers/target.
 #
 # Patches are applied back with `deltaroot apply` (the publisher's CLI) and, for deltaroot's
 # own patch, also with `deltaroot-apply` (the device's stand-alone tool, the same decoder in a
@@ -16,7 +24,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 CORPUS_DIR=${CORPUS_DIR:-$HOME/corpus}
-[ -d "$CORPUS_DIR/elf" ] || CORPUS_DIR=$CORPUS_DIR bash "$here/../shared/corpus.sh"
+arch=${ELF_ARCH:-amd64}
+case $arch in
+  amd64) pairset=elf
+    [ -d "$CORPUS_DIR/elf" ] || CORPUS_DIR=$CORPUS_DIR bash "$here/../shared/corpus.sh" ;;
+  arm64) pairset=elf-arm64
+    CORPUS_DIR=$CORPUS_DIR bash "$here/bench/corpus-arm64.sh" ;;
+  *) echo "elf.sh: ELF_ARCH is amd64 (the default) or arm64, not $arch" >&2; exit 2 ;;
+esac
 need=()
 command -v bsdiff >/dev/null || need+=(bsdiff)
 command -v xdelta3 >/dev/null || need+=(xdelta3)
@@ -24,16 +39,17 @@ command -v clang++-19 >/dev/null || need+=(clang-19)  # Zucchini is C++23
 command -v zstd >/dev/null || need+=(zstd)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher -p deltaroot-agent
-CXX=clang++-19 cargo build --release --quiet --manifest-path "$here/bench/peers/Cargo.toml"
-dr=$here/target/release/deltaroot
-devapply=$here/target/release/deltaroot-apply
+target=${CARGO_TARGET_DIR:-$here/target}
+CARGO_TARGET_DIR=$target cargo build --release --quiet --manifest-path "$here/Cargo.toml" -p deltaroot-publisher -p deltaroot-agent
+CXX=clang++-19 CARGO_TARGET_DIR=$here/bench/peers/target cargo build --release --quiet --manifest-path "$here/bench/peers/Cargo.toml"
+dr=$target/release/deltaroot
+devapply=$target/release/deltaroot-apply
 peers=$here/bench/peers/target/release/deltaroot-bench-peers
 work=$(mktemp -d /tmp/deltaroot-elf.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 pairs=("$@")
-[ ${#pairs[@]} -gt 0 ] || pairs=($(ls "$CORPUS_DIR/elf"))
-tsv=$here/bench/results/elf.tsv
+[ ${#pairs[@]} -gt 0 ] || pairs=($(ls "$CORPUS_DIR/$pairset"))
+tsv=$here/bench/results/$pairset.tsv
 reps=${ELF_BENCH_REPS:-3}
 printf 'pair\ttool\told\tnew\tpatch\tgen_s\tgen_kib\tapply_s\tapply_kib\n' >"$tsv"
 
@@ -56,7 +72,7 @@ median() { # median RUNS FILE : writes to FILE the median seconds and the median
     paste -sd' ' >"$2"
 }
 for pair in "${pairs[@]}"; do
-  old=$CORPUS_DIR/elf/$pair/old new=$CORPUS_DIR/elf/$pair/new
+  old=$CORPUS_DIR/$pairset/$pair/old new=$CORPUS_DIR/$pairset/$pair/new
   [ -f "$old" ] || continue
   echo "== $pair ($(stat -c %s "$new") bytes)" >&2
   # deltaroot (the publisher's choice) and Zucchini+zstd, in turns; the patches are the same
@@ -107,5 +123,5 @@ for pair in "${pairs[@]}"; do
     row "$pair" zucchini+zstd "$work/zucchini"
   fi
 done
-python3 "$here/bench/elf_report.py" "$tsv" >"$here/bench/results/elf.md"
-cat "$here/bench/results/elf.md"
+python3 "$here/bench/elf_report.py" "$tsv" "$arch" >"$here/bench/results/$pairset.md"
+cat "$here/bench/results/$pairset.md"

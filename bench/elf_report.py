@@ -1,10 +1,21 @@
 #!/usr/bin/env python3
-"""Turns bench/results/elf.tsv into the markdown table of bench/results/elf.md."""
+"""Turns bench/results/elf.tsv into the markdown table of bench/results/elf.md.
+
+    elf_report.py TSV [amd64|arm64]
+
+With arm64 (the AArch64 pairs of bench/corpus-arm64.sh, in elf-arm64.tsv) the targets are the
+AArch64 ones, each marked met or missed, and the pairs are set beside their x86-64 builds when
+elf.tsv is found next to the TSV."""
 import collections, csv, os, sys
 
 USER = ["libcrypto", "libcrypto-1step", "libpython3.11", "python3.11", "postgres", "libc",
         "libsystemd-shared", "git", "libcurl", "libnode"]
 TOOLS = ["deltaroot", "deltaroot-elf", "zucchini+zstd", "bsdiff", "qbsdiff", "xdelta3", "zstd"]
+
+ARCH = sys.argv[2] if len(sys.argv) > 2 else "amd64"
+# AArch64 targets: the user-space pairs' total against C bsdiff and against Zucchini+zstd, and
+# the number of pairs whose patch is larger than Zucchini's.
+ARM64_VS_BSDIFF, ARM64_VS_ZUCCHINI = 0.5, 0.8
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 by = collections.defaultdict(dict)
@@ -13,8 +24,14 @@ for r in rows:
 pairs = [p for p in by]
 kb = lambda n: f"{int(n)/1000:,.1f}"
 
-print("# ELF benchmark\n")
-print(f"Real ELF pairs from the corpus, one run on this machine ({os.cpu_count()} cores). Patch sizes in kB;")
+if ARCH == "arm64":
+    print("# ELF benchmark, AArch64\n")
+    print("The programs and libraries of the x86-64 pairs, from Debian 12's arm64 packages at the same")
+    print("versions (pinned in `bench/corpus-arm64.sh`), measured as `bench/elf.sh` measures the x86-64 ones.")
+else:
+    print("# ELF benchmark\n")
+print(("" if ARCH == "arm64" else "Real ELF pairs from the corpus, ")
+      + f"{'O' if ARCH == 'arm64' else 'o'}ne run on this machine ({os.cpu_count()} cores). Patch sizes in kB;")
 print("every patch was applied back and compared with the new file. `deltaroot` is what the publisher")
 print("sends (the smallest of its methods), `deltaroot-elf` the ELF-aware method alone.\n")
 print("| pair | new size | " + " | ".join(TOOLS) + " | dr / zucchini | dr / bsdiff |")
@@ -33,9 +50,45 @@ def total(group, tool):
 user = [p for p in USER if p in by]
 mods = [p for p in by if p.startswith("ko-")]
 print("\n## Targets\n")
-print("| set | deltaroot | zucchini+zstd | C bsdiff | qbsdiff | ratio | target |")
-print("|---|---:|---:|---:|---:|---:|---|")
-if user:
+if user and ARCH == "arm64":
+    d, z, b = total(user, "deltaroot"), total(user, "zucchini+zstd"), total(user, "bsdiff")
+    nz = [p for p in user if "zucchini+zstd" in by[p]]
+    above = [p for p in nz if int(by[p]["deltaroot"]["patch"]) > int(by[p]["zucchini+zstd"]["patch"])]
+    def verdict(ratio, target, base):  # met, or missed by how much (ratio and kB over the target)
+        return "met" if ratio <= target else f"**missed** by {ratio - target:.3f} ({kb(d - target * base)} kB over)"
+    print("| set | deltaroot | zucchini+zstd | C bsdiff | ratio | target | |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    print(f"| {len(user)} AArch64 user-space pairs | {kb(d)} | {kb(z)} | {kb(b)} | {d/b:.3f} of C bsdiff "
+          f"| <= {ARM64_VS_BSDIFF} | {verdict(d/b, ARM64_VS_BSDIFF, b)} |")
+    if len(nz) == len(user):
+        print(f"| | | | | {d/z:.3f} of Zucchini | <= {ARM64_VS_ZUCCHINI} | {verdict(d/z, ARM64_VS_ZUCCHINI, z)} |")
+    else:
+        print(f"| | | | | Zucchini gave no patch for {len(user) - len(nz)} pairs | <= {ARM64_VS_ZUCCHINI} | – |")
+    print(f"| pairs above Zucchini | {len(above)} {' '.join(above)} | | | | 0 | {'met' if not above else '**missed**'} |")
+    worse = [p for p in user if int(by[p]["deltaroot"]["patch"]) > int(by[p]["bsdiff"]["patch"])]
+    print(f"| pairs above C bsdiff | {len(worse)} {' '.join(worse)} | | | | | |")
+    if above:
+        print("\nOver Zucchini+zstd (kB): " + ", ".join(
+            f"{p} +{kb(int(by[p]['deltaroot']['patch']) - int(by[p]['zucchini+zstd']['patch']))}" for p in above) + ".")
+    x86 = os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "elf.tsv")
+    if os.path.exists(x86):
+        xby = collections.defaultdict(dict)
+        for r in csv.DictReader(open(x86), delimiter="\t"):
+            xby[r["pair"]][r["tool"]] = r
+        ratio = lambda t, a, b: (f"{int(t[a]['patch'])/int(t[b]['patch']):.3f}"
+                                 if a in t and b in t else "–")
+        print("\n## Beside x86-64\n")
+        print("The same pairs built for x86-64 (`bench/results/elf.tsv`): deltaroot's patch over Zucchini+zstd's")
+        print("and over C bsdiff's on each architecture.\n")
+        print("| pair | AArch64 dr / zucchini | x86-64 dr / zucchini | AArch64 dr / bsdiff | x86-64 dr / bsdiff |")
+        print("|---|---:|---:|---:|---:|")
+        for p in user:
+            a, x = by[p], xby.get(p, {})
+            print(f"| {p} | {ratio(a, 'deltaroot', 'zucchini+zstd')} | {ratio(x, 'deltaroot', 'zucchini+zstd')} | "
+                  f"{ratio(a, 'deltaroot', 'bsdiff')} | {ratio(x, 'deltaroot', 'bsdiff')} |")
+elif user:
+    print("| set | deltaroot | zucchini+zstd | C bsdiff | qbsdiff | ratio | target |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     d, z, b = total(user, "deltaroot"), total(user, "zucchini+zstd"), total(user, "bsdiff")
     print(f"| {len(user)} x86-64 user-space pairs | {kb(d)} | {kb(z)} | {kb(b)} | | {d/z:.3f} of Zucchini | <= 0.9 |")
     print(f"| | | | | | {d/b:.3f} of C bsdiff | <= 0.6 |")
@@ -69,7 +122,7 @@ for p in pairs:
 # modules), in generation time, generation peak and apply peak.
 issue = [p for p in user + mods if "zucchini+zstd" in by[p]]
 if issue:
-    print(f"\ndeltaroot no worse than Zucchini+zstd on the {len(issue)} user-space and module pairs:")
+    print(f"\ndeltaroot no worse than Zucchini+zstd on the {len(issue)} user-space" + (" and module" if mods else "") + " pairs:")
     for label, tool, key in [("generation time", "deltaroot", "gen_s"),
                              ("generation peak RSS", "deltaroot", "gen_kib"),
                              ("apply peak RSS, `deltaroot-apply`", "deltaroot-apply", "apply_kib"),
