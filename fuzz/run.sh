@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the decoder fuzz targets (ELF payloads, delta containers, packs) for a bounded time
+# Runs the decoder fuzz targets (ELF payloads, delta containers, packs, manifest deltas and
+# binary plans) for a bounded time
 # each (default 60 s), seeded with real ELF patches built from fixtures/elf-pairs, and gzip
 # and xz deltas of files compressed by the real gzip and xz. Fails if a target finds a crash.
 #   fuzz/run.sh [SECONDS]
@@ -34,7 +35,7 @@ seq 1 60000 | gzip -9n >"$work/long1.gz"
 { echo "entry 0"; seq 1 59990; } | gzip -9n >"$work/long2.gz"
 "$target_dir/release/examples/fuzz_seed" --delta "$work/long1.gz" "$work/long2.gz" "$work/seeds/long-gz"
 cd "$here/fuzz"
-for target in elf_decode apply_delta pack_read; do
+for target in elf_decode apply_delta pack_read metadata; do
   mkdir -p "$work/corpus-$target"
   echo "fuzzing $target for ${secs}s" >&2
   cargo fuzz run "$target" "$work/corpus-$target" "$work/seeds" -- \
