@@ -271,8 +271,11 @@ impl BtfShifts {
                 if i > 0 && gap == 0 {
                     return Err(s.fail("BTF piece start", "pieces are not in increasing order"));
                 }
-                at = u32::try_from(u64::from(at) + gap)
-                    .map_err(|_| s.fail("BTF piece start", "past 2^32"))?;
+                // A gap up to 2^64 - 1 must not overflow on the way to the check.
+                at = u64::from(at)
+                    .checked_add(gap)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| s.fail("BTF piece start", "past 2^32"))?;
                 let change = i32::try_from(super::unzigzag(s.varint("BTF shift")?))
                     .map_err(|_| s.fail("BTF shift", "wider than 32 bits"))?;
                 shift = shift.wrapping_add(change as u32);
@@ -362,6 +365,8 @@ mod tests {
         };
         assert!(table(&[2, 5, 0, 0, 0, 0]).is_err(), "repeated start");
         assert!(table(&[1, 1 << 32, 0, 0]).is_err(), "start past 2^32");
+        // A second start whose gap overflows 64 bits on the way (found by fuzz/run.sh).
+        assert!(table(&[2, 5, 0, u64::MAX, 0, 0]).is_err(), "gap past 2^64");
         assert!(
             table(&[1, 0, 1 << 33, 0]).is_err(),
             "shift wider than 32 bits"
