@@ -5,8 +5,7 @@
 //! on one pair costs one computation and a client naming many pairs holds at most
 //! [`CAPACITY`] answers and one blocking thread.
 
-use std::sync::Arc;
-
+use bytes::Bytes;
 use deltaroot_format::{plan_binary, Hash, Plan};
 
 use crate::cache::Bounded;
@@ -35,7 +34,7 @@ enum Key {
 
 /// The cache of manifest deltas and binary plans.
 pub struct Metadata {
-    made: Bounded<Key, Arc<Vec<u8>>>,
+    made: Bounded<Key, Bytes>,
     computing: tokio::sync::Mutex<()>,
 }
 
@@ -54,7 +53,7 @@ impl Metadata {
         app: &App,
         key: Key,
         make: impl std::future::Future<Output = Result<Vec<u8>>>,
-    ) -> Result<Arc<Vec<u8>>> {
+    ) -> Result<Bytes> {
         if let Some(v) = self.made.get(&key, app.clock.now_ms()) {
             return Ok(v);
         }
@@ -62,7 +61,7 @@ impl Metadata {
         if let Some(v) = self.made.get(&key, app.clock.now_ms()) {
             return Ok(v);
         }
-        let v = Arc::new(make.await?);
+        let v = Bytes::from(make.await?);
         self.made.insert(key, v.clone(), app.clock.now_ms());
         Ok(v)
     }
@@ -75,17 +74,17 @@ pub async fn manifest_delta(
     from: &ReleaseRow,
     to: &ReleaseRow,
     manifest: &[u8],
-) -> Result<Option<Arc<Vec<u8>>>> {
+) -> Result<Option<Bytes>> {
     let key = Key::ManifestDelta {
         from: from.id,
         to: to.id,
     };
-    let new = manifest.to_vec();
     let (from_id, from_version, to_version) = (from.id, from.version.clone(), to.version.clone());
     let d = app
         .metadata
         .get_or_make(app, key, async move {
             let (old, _) = app.db.manifest(from_id).await?;
+            let new = manifest.to_vec();
             blocking("making a manifest delta", move || {
                 let d = deltaroot_engine::manifest_delta(&old, &new).map_err(|e| {
                     Error::Corrupt(format!(
@@ -109,7 +108,7 @@ pub async fn binary_plan(
     to: &ReleaseRow,
     plan: Plan,
     json: &[u8],
-) -> Result<Arc<Vec<u8>>> {
+) -> Result<Bytes> {
     let key = Key::BinaryPlan {
         from: from.map(|r| r.id),
         to: to.id,

@@ -209,7 +209,6 @@ impl layout::Files for Http {
     }
 }
 
-/// Names allow `+`, which a query string would read as a space.
 impl Http {
     /// A server's plan, its signature checked when plans must be signed. With the pair's
     /// manifests the binary plan is asked for (an older server answers JSON, which is
@@ -258,6 +257,7 @@ impl Http {
     }
 }
 
+/// Names allow `+`, which a query string would read as a space.
 fn query_value(v: &str) -> String {
     v.replace('+', "%2B")
 }

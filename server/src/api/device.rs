@@ -46,15 +46,14 @@ pub async fn manifest(
         "manifest" => match q.from.filter(|f| *f != version) {
             // A `from` the server does not know gets the manifest whole.
             Some(from) => match app.db.release(&product, &from).await? {
-                Some(f) => match crate::metadata::manifest_delta(&app, &f, &r, &m).await? {
-                    Some(d) => d.as_ref().clone(),
-                    None => m,
-                },
-                None => m,
+                Some(f) => crate::metadata::manifest_delta(&app, &f, &r, &m)
+                    .await?
+                    .unwrap_or_else(|| m.into()),
+                None => m.into(),
             },
-            None => m,
+            None => m.into(),
         },
-        "manifest.sig" => s,
+        "manifest.sig" => s.into(),
         other => return Err(Error::NotFound(format!("release {version} has no {other}"))),
     };
     app.metrics
@@ -116,9 +115,9 @@ pub async fn plan(
     let (body, kind) = if binary {
         let b =
             crate::metadata::binary_plan(&app, &product, from.as_ref(), &to, plan, &json).await?;
-        (b.as_ref().clone(), BINARY_PLAN_TYPE)
+        (b, BINARY_PLAN_TYPE)
     } else {
-        (json, "application/json")
+        (json.into(), "application/json")
     };
     app.metrics
         .plan_bytes
