@@ -14,25 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
 use deltaroot_format::api::{DelegationOffer, DowngradeOffer};
-use deltaroot_format::{Downgrade, Name, PublicKey};
-use tokio::sync::{mpsc, oneshot};
+use deltaroot_format::{Downgrade, Name};
 
 use crate::cache::Bounded;
 use crate::clock::Clock;
-use crate::db::{ChannelRow, CheckIn, CheckInResult, Db, ReleaseRow, RolloutState};
+use crate::db::{ChannelRow, CheckInResult, Db, ReleaseRow, RolloutState};
 use crate::error::{Error, Result};
 use crate::Metrics;
-
-/// Check-ins waiting to be written; past this, polls are still answered but not recorded.
-const QUEUE: usize = 1 << 16;
-/// Most check-ins written in one transaction.
-const BATCH: usize = 16384;
-/// Least time from the start of one check-in transaction to the next: what arrives meanwhile
-/// goes in one transaction, so a B-tree page that many check-ins change is written once.
-/// (Under the load benchmark, writing each batch as soon as the last one was done spent a
-/// third of the SQLite writer's time writing pages to the WAL.)
-const PACE: Duration = Duration::from_millis(200);
 
 /// How often devices should poll.
 #[derive(Clone, Copy, Debug)]
@@ -83,11 +73,6 @@ pub struct Decision {
     pub offer: Option<(Arc<ReleaseRow>, Option<DowngradeOffer>)>,
 }
 
-enum Msg {
-    CheckIn(CheckIn),
-    Flush(oneshot::Sender<()>),
-}
-
 /// A value with the time (milliseconds, by the fleet's clock) it was read. Only what exists
 /// is cached: a name nobody published costs a query each time, not memory for ever.
 type Cached<K, V> = Bounded<K, Arc<V>>;
@@ -111,12 +96,44 @@ pub struct Fleet {
     products: Cached<String, ProductView>,
     channels: Cached<(i64, String), ChannelView>,
     plan_sizes: Bounded<(i64, i64), u64>,
-    /// Enrolled devices' keys, and devices known to have none.
-    device_keys: Bounded<(i64, String), Option<PublicKey>>,
-    queue: mpsc::Sender<Msg>,
+    /// Answers made this second, by what they depend on (at most `cache_capacity`).
+    answers_made: Bounded<CheckKey, Arc<MadeAnswer>>,
+    checkins: crate::checkins::Queue,
     metrics: Arc<Metrics>,
     /// Which delegations name this server's answer key.
     answers: Arc<crate::answers::Signer>,
+}
+
+/// How long a made answer is kept: its key names the second it was issued in.
+const ANSWER_MS: i64 = 1000;
+
+/// How many poll intervals answers spread devices over.
+const JITTER_STEPS: u32 = 16;
+
+/// What the answer to a check depends on. Equal keys within the same second (`second`, the
+/// answer's issue time) get the same bytes: the product's and channel's cached state (by
+/// address; see [`Fleet::answer`]), the channel asked for, and what was decided.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckKey {
+    pub product: usize,
+    pub channel_state: usize,
+    pub channel: Name,
+    pub current: Option<Name>,
+    pub latest: Option<Name>,
+    /// The version offered, its download size, whether as a signed downgrade.
+    pub offer: Option<(Name, u64, bool)>,
+    pub paused: bool,
+    pub paced: bool,
+    pub next_check_secs: u64,
+    pub second: i64,
+}
+
+/// An answer's bytes, with the state they were made from (held so that its address is not
+/// reused while the entry lives).
+struct MadeAnswer {
+    _product: Arc<ProductView>,
+    _channel: Option<Arc<ChannelView>>,
+    body: Bytes,
 }
 
 /// Where a device falls in a rollout: a stable number in [0, 100) from its id.
@@ -251,28 +268,27 @@ impl Fleet {
         metrics: Arc<Metrics>,
         answers: Arc<crate::answers::Signer>,
     ) -> Arc<Fleet> {
-        let (tx, rx) = mpsc::channel(QUEUE);
         let ttl_ms = i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX);
-        let fleet = Arc::new(Fleet {
+        Arc::new(Fleet {
             clock: db.clock().clone(),
             db: db.clone(),
             poll,
             products: Bounded::new(cache.capacity, ttl_ms),
             channels: Bounded::new(cache.capacity, ttl_ms),
             plan_sizes: Bounded::new(cache.capacity, ttl_ms),
-            device_keys: Bounded::new(cache.capacity, ttl_ms),
-            queue: tx,
+            answers_made: Bounded::new(cache.capacity, ANSWER_MS),
+            checkins: crate::checkins::Queue::start(db.clone(), metrics.clone()),
             metrics: metrics.clone(),
             answers,
-        });
-        tokio::spawn(write_checkins(db, rx, metrics));
-        fleet
+        })
     }
 
     /// Entries held by the caches (products, channels, plan sizes).
     pub fn cache_entries(&self) -> u64 {
-        (self.products.len() + self.channels.len() + self.plan_sizes.len() + self.device_keys.len())
-            as u64
+        (self.products.len()
+            + self.channels.len()
+            + self.plan_sizes.len()
+            + self.answers_made.len()) as u64
     }
 
     /// The fleet's clock: what check-ins, rollout steps and retention are measured by.
@@ -384,49 +400,14 @@ impl Fleet {
             .insert((from.unwrap_or(0), to), bytes, self.clock.now_ms());
     }
 
-    /// The key device `device` of the product enrolled, if any (cached like channel state;
-    /// an enrollment on another replica shows within the cache's time).
-    pub async fn device_key(&self, product_id: i64, device: &str) -> Result<Option<PublicKey>> {
-        let k = (product_id, device.to_string());
-        if let Some(v) = self.device_keys.get(&k, self.clock.now_ms()) {
-            return Ok(v);
-        }
-        let key = self
-            .db
-            .device_key(product_id, device)
-            .await?
-            .map(|t| {
-                PublicKey::from_text(&t)
-                    .map_err(|e| Error::Corrupt(format!("key of device {device}: {e}")))
-            })
-            .transpose()?;
-        self.device_keys.insert(k, key.clone(), self.clock.now_ms());
-        Ok(key)
-    }
-
-    /// Forgets a device's cached key (it enrolled one just now).
-    pub fn forget_device_key(&self, product_id: i64, device: &str) {
-        self.device_keys
-            .remove_if(|(p, d)| *p == product_id && d == device);
-    }
-
     /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).
-    pub fn record(&self, c: CheckIn) {
-        match self.queue.try_send(Msg::CheckIn(c)) {
-            Ok(()) => self.metrics.checkins.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self
-                .metrics
-                .checkins_dropped
-                .fetch_add(1, Ordering::Relaxed),
-        };
+    pub fn record(&self, r: crate::checkins::Report) {
+        self.checkins.record(r);
     }
 
-    /// Waits until every check-in queued before this call is written.
+    /// Waits until every check-in queued before this call is written (or refused).
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.queue.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.checkins.flush().await;
     }
 
     /// Forgets devices whose last check-in is older than `keep` by the fleet's clock (their
@@ -447,11 +428,39 @@ impl Fleet {
         Ok(n)
     }
 
-    /// A time-based poll interval around the configured one.
+    /// A time-based poll interval around the configured one: one of [`JITTER_STEPS`]
+    /// evenly spread values, so that answers stay few enough to be signed once a second
+    /// each (see [`Fleet::answer`]).
     pub fn next_check_secs(&self) -> u64 {
         let spread = self.poll.jitter.clamp(0.0, 1.0);
-        let f = 1.0 - spread + 2.0 * spread * unit_random();
+        let step = (unit_random() * JITTER_STEPS as f64).floor() + 0.5;
+        let f = 1.0 - spread + 2.0 * spread * step / JITTER_STEPS as f64;
         ((self.poll.secs as f64) * f).round().max(1.0) as u64
+    }
+
+    /// The answer to a check, as bytes: made by `make` (which signs it) the first time
+    /// `key` is asked for, then shared by every check with that key within the same second
+    /// (the answer's issue time). An entry keeps the product and channel state it was made
+    /// from, so a key naming them by address can never match newer state.
+    pub fn answer(
+        &self,
+        key: CheckKey,
+        product: &Arc<ProductView>,
+        channel: Option<&Arc<ChannelView>>,
+        make: impl FnOnce() -> Result<Bytes>,
+    ) -> Result<Bytes> {
+        let now_ms = self.clock.now_ms();
+        if let Some(a) = self.answers_made.get(&key, now_ms) {
+            return Ok(a.body.clone());
+        }
+        let body = make()?;
+        let entry = MadeAnswer {
+            _product: product.clone(),
+            _channel: channel.cloned(),
+            body: body.clone(),
+        };
+        self.answers_made.insert(key, Arc::new(entry), now_ms);
+        Ok(body)
     }
 
     /// Stops every watched rollout whose failure rate is over its limit; returns the ids
@@ -516,44 +525,6 @@ fn unit_random() -> f64 {
         s.set(x);
         (x >> 11) as f64 / (1u64 << 53) as f64
     })
-}
-
-/// Writes queued check-ins: whatever has piled up since the last batch started, at most one
-/// transaction per [`PACE`] unless the queue holds a full batch.
-async fn write_checkins(db: Db, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
-    let mut buf = Vec::with_capacity(BATCH);
-    loop {
-        buf.clear();
-        if rx.recv_many(&mut buf, BATCH).await == 0 {
-            return;
-        }
-        let started = tokio::time::Instant::now();
-        let full = buf.len() == BATCH;
-        let mut batch = Vec::with_capacity(buf.len());
-        let mut acks = Vec::new();
-        for m in buf.drain(..) {
-            match m {
-                Msg::CheckIn(c) => batch.push(c),
-                Msg::Flush(tx) => acks.push(tx),
-            }
-        }
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            match db.record_checkins(&batch).await {
-                Ok(()) => metrics.checkins_written.fetch_add(n, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::error!(error = %e, count = n, "writing check-ins failed");
-                    metrics.checkins_failed.fetch_add(n, Ordering::Relaxed)
-                }
-            };
-        }
-        for a in acks {
-            let _ = a.send(());
-        }
-        if !full {
-            tokio::time::sleep_until(started + PACE).await;
-        }
-    }
 }
 
 #[cfg(test)]

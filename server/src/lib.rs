@@ -33,6 +33,7 @@ pub mod api;
 pub mod backup;
 pub mod cache;
 pub mod channels;
+pub mod checkins;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -29,7 +29,7 @@ const READ: usize = 1 << 20;
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// `file:///…` or `s3://bucket/prefix`, for messages.
-    url: String,
+    url: Arc<str>,
     /// The folder of a local store: what `put` makes durable before it returns.
     local: Option<Arc<std::path::Path>>,
 }
@@ -93,7 +93,7 @@ impl Store {
         let fs = LocalFileSystem::new_with_prefix(dir).map_err(err("/"))?;
         Ok(Store {
             inner: Arc::new(fs),
-            url: format!("file://{}", dir.display()),
+            url: format!("file://{}", dir.display()).into(),
             local: Some(Arc::from(dir)),
         })
     }
@@ -138,7 +138,7 @@ impl Store {
         };
         Ok(Store {
             inner,
-            url: url.to_string(),
+            url: url.into(),
             local: None,
         })
     }

@@ -3,23 +3,26 @@
 //! [`crate::plans`].
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
+use bytes::Bytes;
 use deltaroot_format::answer::plan_message;
 use deltaroot_format::answer::Offer;
 use deltaroot_format::api::{AnswerKey, CheckResponse, EnrollRequest, EnrollResponse, UpdateOffer};
-use deltaroot_format::checkin::{CheckIn as SignedCheckIn, CHECKIN_SKEW_SECS};
+use deltaroot_format::checkin::CHECKIN_SKEW_SECS;
 use deltaroot_format::{Answer, DeviceId, Hash, Name, PublicKey};
 use serde::Deserialize;
 
 use super::extract::{Allowed, Enroll, JsonBody, NamePath, NameQuery, Publish, Read};
+use crate::checkins::{Proof, Report};
 use crate::db::{CheckIn, ReleaseRow};
 use crate::error::{Error, Result};
-use crate::fleet::{decide, paced_by, Ask, ProductView};
+use crate::fleet::{decide, paced_by, Ask, CheckKey};
 use crate::plans::plan_for;
 use crate::releases::find_release;
 use crate::App;
@@ -192,37 +195,20 @@ pub struct CheckQuery {
     sig: Option<String>,
 }
 
-/// Whether a check-in is recorded, and as signed: a device that enrolled a key must sign
-/// it (within [`CHECKIN_SKEW_SECS`] of the server's time); one that did not is recorded
-/// unsigned.
-async fn signed_checkin(
-    app: &App,
-    product: &ProductView,
-    channel: &str,
-    device: &str,
-    q: &CheckQuery,
-    now: i64,
-) -> Result<Option<bool>> {
-    let Some(key) = app.fleet.device_key(product.id, device).await? else {
-        return Ok(Some(false));
+/// The device's signature of its check-in, if it sent one dated within
+/// [`CHECKIN_SKEW_SECS`] of the server's time; the check-in writer verifies it
+/// (`crate::checkins`).
+fn proof(product: &Name, q: &CheckQuery, now: i64) -> Option<Proof> {
+    let (Some(at), Some(sig)) = (q.at, q.sig.as_ref()) else {
+        return None;
     };
-    let (Some(at), Some(sig)) = (q.at, q.sig.as_deref()) else {
-        return Ok(None);
-    };
-    if now.max(0).abs_diff(at as i64) > CHECKIN_SKEW_SECS {
-        return Ok(None);
-    }
-    let c = SignedCheckIn {
-        product: &product.name,
-        channel,
-        device,
-        current: q.current.as_deref(),
-        result: q.result.as_deref(),
-        attempted: q.attempted.as_deref(),
-        pin: q.pin.as_deref(),
+    (now.max(0).abs_diff(at as i64) <= CHECKIN_SKEW_SECS).then(|| Proof {
+        product: product.to_string(),
+        result: q.result.clone(),
+        pin: q.pin.as_ref().map(|p| p.to_string()),
         at,
-    };
-    Ok(c.verify(&key, sig).then_some(true))
+        sig: sig.clone(),
+    })
 }
 
 /// `POST /v1/products/{product}/devices/{device}/key`: enrolls the key a device signs its
@@ -243,7 +229,6 @@ pub async fn enroll(
     app.db
         .enroll(&product, id, &device, &key.to_text(), &caller.name)
         .await?;
-    app.fleet.forget_device_key(id, &device);
     tracing::info!(%product, device = %device, key = key.id(), by = caller.name, "device enrolled");
     Ok(Json(EnrollResponse {
         product,
@@ -284,27 +269,19 @@ pub async fn check(
     }
     let now = app.clock.now();
     let d = decide(&p, &channel, ch.as_deref(), &ask, now)?;
-    let signed = match ask.device {
-        Some(device) => signed_checkin(&app, &p, &channel, device, &q, now).await?,
-        None => None,
-    };
-    if ask.device.is_some() && signed.is_none() {
-        // An enrolled device's check-in that it did not sign: answered, never recorded,
-        // so that a forged report neither counts nor hides the device's own.
-        app.metrics
-            .checkins_unsigned
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    if let (Some(device), Some(signed)) = (ask.device, signed) {
-        app.fleet.record(CheckIn {
-            signed,
-            product_id: p.id,
-            device_id: device.to_string(),
-            channel: channel.to_string(),
-            current: ask.current.map(str::to_string),
-            result: ask.result,
-            attempted: ask.attempted.map(str::to_string),
-            at: now,
+    if let Some(device) = ask.device {
+        app.fleet.record(Report {
+            proof: proof(&product, &q, now),
+            checkin: CheckIn {
+                signed: false,
+                product_id: p.id,
+                device_id: device.to_string(),
+                channel: channel.to_string(),
+                current: ask.current.map(str::to_string),
+                result: ask.result,
+                attempted: ask.attempted.map(str::to_string),
+                at: now,
+            },
         });
     }
     let mut paced = false;
@@ -345,48 +322,73 @@ pub async fn check(
         None => None,
     };
     let next_check_secs = app.fleet.next_check_secs();
-    // What the device acts on: the same answer, signed and expiring, when the product's
-    // release key delegated to this server's key.
-    let signed = p.delegation.as_ref().map(|delegation| {
-        let answer = Answer {
+    // Checks that get the same answer within one second share its bytes, signed once.
+    let key = CheckKey {
+        product: Arc::as_ptr(&p) as usize,
+        channel_state: ch.as_ref().map_or(0, |c| Arc::as_ptr(c) as usize),
+        channel: channel.clone(),
+        current: q.current.clone(),
+        latest: d.latest.clone(),
+        offer: update
+            .as_ref()
+            .map(|u| (u.version.clone(), u.download_bytes, u.downgrade.is_some())),
+        paused: d.paused,
+        paced,
+        next_check_secs,
+        second: now,
+    };
+    let body = app.fleet.answer(key, &p, ch.as_ref(), || {
+        // What the device acts on: the same answer, signed and expiring, when the product's
+        // release key delegated to this server's key.
+        let signed = p.delegation.as_ref().map(|delegation| {
+            let answer = Answer {
+                product: product.clone(),
+                channel: channel.clone(),
+                current: q.current.clone(),
+                latest: d.latest.clone(),
+                offer: update.as_ref().map(|u| Offer {
+                    version: u.version.clone(),
+                    download_bytes: u.download_bytes,
+                    image_bytes: u.image_bytes,
+                    downgrade: u.downgrade.as_ref().and_then(|d| {
+                        let b64 = base64::engine::general_purpose::STANDARD;
+                        b64.decode(&d.statement).ok().map(|b| Hash::of(&b))
+                    }),
+                }),
+                paused: d.paused,
+                paced,
+                next_check_secs,
+                channel_serial: ch.as_ref().map_or(0, |c| c.row.serial),
+                issued: 0,
+                expires: 0,
+            };
+            app.answers.sign(answer, now, Some(delegation))
+        });
+        serde_json::to_vec(&CheckResponse {
             product: product.clone(),
             channel: channel.clone(),
-            current: q.current.clone(),
             latest: d.latest.clone(),
-            offer: update.as_ref().map(|u| Offer {
-                version: u.version.clone(),
-                download_bytes: u.download_bytes,
-                image_bytes: u.image_bytes,
-                downgrade: u.downgrade.as_ref().and_then(|d| {
-                    let b64 = base64::engine::general_purpose::STANDARD;
-                    b64.decode(&d.statement).ok().map(|b| Hash::of(&b))
-                }),
-            }),
+            update: update.clone(),
             paused: d.paused,
+            next_check_secs: Some(next_check_secs),
             paced,
-            next_check_secs,
-            channel_serial: ch.as_ref().map_or(0, |c| c.row.serial),
-            issued: 0,
-            expires: 0,
-        };
-        app.answers.sign(answer, now, Some(delegation))
-    });
-    let answer = Json(CheckResponse {
-        product,
-        channel,
-        latest: d.latest,
-        update,
-        paused: d.paused,
-        next_check_secs: Some(next_check_secs),
-        paced,
-        signed,
-        rotations: p.rotations.clone(),
-    })
-    .into_response();
-    if let Some(n) = axum::body::HttpBody::size_hint(answer.body()).exact() {
-        app.metrics.check_bytes.fetch_add(n, Ordering::Relaxed);
-    }
-    Ok(answer)
+            signed,
+            rotations: p.rotations.clone(),
+        })
+        .map(Bytes::from)
+        .map_err(|e| Error::Corrupt(format!("a check answer does not serialise: {e}")))
+    })?;
+    app.metrics
+        .check_bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /v1/answer-key`: the key that signs this server's answers, for a publisher to

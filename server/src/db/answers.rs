@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::bulk::{self, Col};
 use super::{audit, Db};
 use crate::error::{Error, Result};
 use deltaroot_format::SecretKey;
@@ -142,16 +143,30 @@ impl Db {
         Ok(())
     }
 
-    /// The key a device enrolled, as its `.pub` text.
-    pub async fn device_key(&self, product_id: i64, device: &str) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT public_key FROM device_keys WHERE product_id = $1 AND device_id = $2",
-        )
-        .bind(product_id)
-        .bind(device)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    /// The keys enrolled by those of `devices` (product id, device id) that enrolled one,
+    /// as `.pub` text: one query for a whole batch of check-ins.
+    pub async fn device_keys(
+        &self,
+        devices: &[(i64, &str)],
+    ) -> Result<Vec<((i64, String), String)>> {
+        let rows = bulk::rows(
+            self.backend,
+            1,
+            &[("product_id", Col::Int), ("device_id", Col::Text)],
+        );
+        let sql = format!(
+            "SELECT k.product_id, k.device_id, k.public_key FROM device_keys k
+             JOIN {rows} r ON k.product_id = r.product_id AND k.device_id = r.device_id"
+        );
+        let json = serde_json::to_string(devices)
+            .map_err(|e| Error::Corrupt(format!("device ids do not serialise: {e}")))?;
+        sqlx::query(&sql)
+            .bind(json)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+            .collect()
     }
 
     /// Enrolls (or re-enrolls) a device's key, audited as `who`.

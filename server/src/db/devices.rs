@@ -5,16 +5,17 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
+use super::bulk::{self, Col};
 use super::daily::{count_checkin, VersionDeltas};
-use super::{params, Db};
+use super::Db;
 use crate::error::Result;
 
-/// Devices written by one `INSERT` of a check-in batch (7 parameters each). sqlx looks up
-/// SQLite parameters by name, which costs time quadratic in their number: at 100 rows that
-/// lookup was a third of the check-in writer's time under the load benchmark.
-const CHECKIN_ROWS: usize = 20;
-/// Devices whose previous check-in one `SELECT` reads (2 parameters each).
-const PREVIOUS_ROWS: usize = 50;
+/// A batch as the JSON parameter of [`bulk::rows`].
+fn json(rows: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| {
+        crate::error::Error::Corrupt(format!("a check-in batch does not serialise: {e}"))
+    })
+}
 
 text_enum! {
     /// What a device reports of its last update attempt (`result=` of a check).
@@ -98,31 +99,29 @@ impl Db {
         &self,
         rows: &[&CheckIn],
     ) -> Result<HashMap<(i64, String), (i64, Option<String>)>> {
+        let keys: Vec<(i64, &str)> = rows
+            .iter()
+            .map(|c| (c.product_id, c.device_id.as_str()))
+            .collect();
+        let src = bulk::rows(
+            self.backend,
+            1,
+            &[("product_id", Col::Int), ("device_id", Col::Text)],
+        );
+        let sql = format!(
+            "SELECT d.product_id, d.device_id, d.seen_at, d.current_version FROM devices d
+             JOIN {src} r ON d.product_id = r.product_id AND d.device_id = r.device_id"
+        );
         let mut out = HashMap::with_capacity(rows.len());
-        for chunk in rows.chunks(PREVIOUS_ROWS) {
-            let cond = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "(product_id = ${} AND device_id = ${})",
-                        2 * i + 1,
-                        2 * i + 2
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            let sql = format!(
-                "SELECT product_id, device_id, seen_at, current_version FROM devices WHERE {cond}"
+        for r in sqlx::query(&sql)
+            .bind(json(&keys)?)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.insert(
+                (r.try_get(0)?, r.try_get(1)?),
+                (r.try_get(2)?, r.try_get(3)?),
             );
-            let mut q = sqlx::query(&sql);
-            for c in chunk {
-                q = q.bind(c.product_id).bind(c.device_id.clone());
-            }
-            for r in q.fetch_all(&self.pool).await? {
-                out.insert(
-                    (r.try_get(0)?, r.try_get(1)?),
-                    (r.try_get(2)?, r.try_get(3)?),
-                );
-            }
         }
         Ok(out)
     }
@@ -153,32 +152,48 @@ impl Db {
             );
         }
         let mut tx = self.pool.begin().await?;
-        for chunk in rows.chunks(CHECKIN_ROWS) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", params(i * 8 + 1, 8)))
-                .collect::<Vec<_>>()
-                .join(",");
-            let sql = format!(
-                "INSERT INTO devices (product_id, device_id, channel, current_version, last_result, attempted, seen_at, signed)
-                 VALUES {values}
-                 ON CONFLICT (product_id, device_id) DO UPDATE SET channel = excluded.channel,
-                    current_version = excluded.current_version, last_result = excluded.last_result,
-                    attempted = excluded.attempted, seen_at = excluded.seen_at, signed = excluded.signed"
-            );
-            let mut q = sqlx::query(&sql);
-            for c in chunk {
-                q = q
-                    .bind(c.product_id)
-                    .bind(c.device_id.clone())
-                    .bind(c.channel.clone())
-                    .bind(c.current.clone())
-                    .bind(c.result)
-                    .bind(c.attempted.clone())
-                    .bind(c.at)
-                    .bind(i64::from(c.signed));
-            }
-            q.execute(&mut *tx).await?;
-        }
+        let src = bulk::rows(
+            self.backend,
+            1,
+            &[
+                ("product_id", Col::Int),
+                ("device_id", Col::Text),
+                ("channel", Col::Text),
+                ("current_version", Col::Text),
+                ("last_result", Col::Text),
+                ("attempted", Col::Text),
+                ("seen_at", Col::Int),
+                ("signed", Col::Int),
+            ],
+        );
+        // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
+        let sql = format!(
+            "INSERT INTO devices (product_id, device_id, channel, current_version, last_result, attempted, seen_at, signed)
+             SELECT product_id, device_id, channel, current_version, last_result, attempted, seen_at, signed
+             FROM {src} AS r WHERE true
+             ON CONFLICT (product_id, device_id) DO UPDATE SET channel = excluded.channel,
+                current_version = excluded.current_version, last_result = excluded.last_result,
+                attempted = excluded.attempted, seen_at = excluded.seen_at, signed = excluded.signed"
+        );
+        let values: Vec<_> = rows
+            .iter()
+            .map(|c| {
+                (
+                    c.product_id,
+                    &c.device_id,
+                    &c.channel,
+                    &c.current,
+                    c.result.map(|r| r.as_str()),
+                    &c.attempted,
+                    c.at,
+                    i64::from(c.signed),
+                )
+            })
+            .collect();
+        sqlx::query(&sql)
+            .bind(json(&values)?)
+            .execute(&mut *tx)
+            .await?;
         Db::add_version_days(&mut tx, deltas).await?;
         tx.commit().await?;
         Ok(())

@@ -11,6 +11,7 @@
 //! deltas and packs) and [`plans`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
@@ -29,6 +30,7 @@ pub use tokens::TokenRow;
 pub use users::UserRow;
 
 mod answers;
+mod bulk;
 mod channels;
 pub mod daily;
 mod devices;
@@ -55,9 +57,9 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     /// The URL without its password, for messages.
-    shown: String,
+    shown: Arc<str>,
     /// The URL as given, for PostgreSQL's own tools (`backup`).
-    given: String,
+    given: Arc<str>,
     /// Where every time the database records comes from.
     clock: Clock,
 }
@@ -141,8 +143,8 @@ impl Db {
         Ok(Db {
             pool,
             backend,
-            shown,
-            given: url.to_string(),
+            shown: shown.into(),
+            given: url.into(),
             clock: Clock::system(),
         })
     }

@@ -13,6 +13,7 @@ use deltaroot_format::api::{PublishResponse, StoredRequest, StoredResponse};
 use deltaroot_format::{delta_path, object_path, Hash};
 use deltaroot_publisher::publish::{publish, PublishOptions};
 use deltaroot_publisher::sink::{Release, ServerSink, Sink};
+use deltaroot_server::checkins::Report;
 use deltaroot_server::db::{CheckIn, NewRollout, StoredFile};
 use deltaroot_server::files::Body;
 use sqlx::Row;
@@ -310,15 +311,18 @@ fn devices_past_the_retention_period_are_forgotten(backend: Backend) {
     // Devices that checked in once, under ids nobody will use again.
     let n = 10_000;
     for i in 0..n {
-        fleet.record(CheckIn {
-            product_id: id,
-            device_id: format!("invented-{i}"),
-            channel: "stable".into(),
-            current: None,
-            result: None,
-            attempted: None,
-            at: fleet.now(),
-            signed: false,
+        fleet.record(Report {
+            checkin: CheckIn {
+                product_id: id,
+                device_id: format!("invented-{i}"),
+                channel: "stable".into(),
+                current: None,
+                result: None,
+                attempted: None,
+                at: fleet.now(),
+                signed: false,
+            },
+            proof: None,
         });
     }
     server.flush();
@@ -462,6 +466,58 @@ fn caches_keep_no_misses_and_stay_within_their_capacity() {
         fleet.cache_entries()
     );
     eprintln!("cache entries after {names} unknown products and 5000 plan sizes: {entries}");
+}
+
+/// Check answers are made (and signed) once per key and second, and the checks of invented
+/// versions cannot grow their cache past its capacity.
+#[test]
+fn check_answers_are_made_once_per_second_and_stay_within_capacity() {
+    use deltaroot_server::fleet::CheckKey;
+    use std::cell::Cell;
+    let server = Server::start_with(Backend::Sqlite, |c| c.cache_capacity = 64);
+    let fleet = &server.app.fleet;
+    product(&server, "demo");
+    let p = server
+        .op(fleet.product(&"demo".parse().unwrap()))
+        .unwrap()
+        .unwrap();
+    let key = |current: &str, second: i64| CheckKey {
+        product: std::sync::Arc::as_ptr(&p) as usize,
+        channel_state: 0,
+        channel: "stable".parse().unwrap(),
+        current: Some(current.parse().unwrap()),
+        latest: None,
+        offer: None,
+        paused: false,
+        paced: false,
+        next_check_secs: 600,
+        second,
+    };
+    let made = Cell::new(0);
+    let answer = |k: CheckKey| {
+        fleet
+            .answer(k, &p, None, || {
+                made.set(made.get() + 1);
+                Ok(Bytes::from(format!("answer {}", made.get())))
+            })
+            .unwrap()
+    };
+    let now = fleet.now();
+    assert_eq!(answer(key("1.0", now)), "answer 1");
+    assert_eq!(answer(key("1.0", now)), "answer 1", "made again");
+    assert_eq!(answer(key("2.0", now)), "answer 2");
+    // Another second is another answer (its issue time differs).
+    assert_eq!(answer(key("1.0", now + 1)), "answer 3");
+    let before = fleet.cache_entries();
+    for i in 0..5000 {
+        answer(key(&format!("invented-{i}"), now));
+    }
+    let entries = fleet.cache_entries();
+    assert!(
+        entries <= before + 64,
+        "{entries} entries after 5000 invented versions"
+    );
+    assert_eq!(made.get(), 5003);
 }
 
 /// A publisher stopped after its uploads, before the release became visible.

@@ -1,0 +1,212 @@
+//! Check-ins: queued by the update check without waiting, written in batches by one task.
+//!
+//! Whether a check-in counts as signed is decided here, per batch, not on the check's path:
+//! the keys of the batch's devices are read in one query (not one per check), each
+//! signature is verified off the async workers, and then
+//! - a device with no enrolled key is recorded unsigned;
+//! - an enrolled device's check-in is recorded signed when its signature verifies, and
+//!   never recorded otherwise (counted in `deltaroot_checkins_unsigned_total`), so that a
+//!   forged report neither counts nor hides the device's own.
+//!
+//! The answer to a check does not depend on any of this, so the device is answered at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltaroot_format::checkin::CheckIn as SignedCheckIn;
+use deltaroot_format::PublicKey;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{CheckIn, Db};
+use crate::Metrics;
+
+/// Check-ins waiting to be written; past this, polls are still answered but not recorded.
+const QUEUE: usize = 1 << 16;
+/// Most check-ins written in one transaction.
+const BATCH: usize = 16384;
+/// Least time from the start of one check-in transaction to the next: what arrives meanwhile
+/// goes in one transaction, so a B-tree page that many check-ins change is written once.
+/// (Under the load benchmark, writing each batch as soon as the last one was done spent a
+/// third of the SQLite writer's time writing pages to the WAL.)
+const PACE: Duration = Duration::from_millis(200);
+
+/// A check-in as the check received it: what is recorded, and the device's signature of it
+/// if it sent one within the allowed clock skew.
+pub struct Report {
+    pub checkin: CheckIn,
+    pub proof: Option<Proof>,
+}
+
+/// What a signed check-in's signature covers beyond what is recorded (`format::checkin`).
+pub struct Proof {
+    pub product: String,
+    /// The `result` parameter exactly as sent.
+    pub result: Option<String>,
+    pub pin: Option<String>,
+    pub at: u64,
+    /// Hex, as the `sig` parameter carries it.
+    pub sig: String,
+}
+
+impl Report {
+    /// Whether `key` signed this check-in.
+    fn verifies(&self, key: &PublicKey) -> bool {
+        let (c, Some(p)) = (&self.checkin, &self.proof) else {
+            return false;
+        };
+        SignedCheckIn {
+            product: &p.product,
+            channel: &c.channel,
+            device: &c.device_id,
+            current: c.current.as_deref(),
+            result: p.result.as_deref(),
+            attempted: c.attempted.as_deref(),
+            pin: p.pin.as_deref(),
+            at: p.at,
+        }
+        .verify(key, &p.sig)
+    }
+}
+
+// Nearly every message is a report: boxing it would add an allocation to every check.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Report(Report),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue the update check puts check-ins on.
+pub struct Queue {
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Starts the writer on the current tokio runtime.
+    pub fn start(db: Db, metrics: Arc<Metrics>) -> Queue {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write(db, rx, metrics.clone()));
+        Queue { tx, metrics }
+    }
+
+    /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).
+    pub fn record(&self, r: Report) {
+        match self.tx.try_send(Msg::Report(r)) {
+            Ok(()) => self.metrics.checkins.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self
+                .metrics
+                .checkins_dropped
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Waits until every check-in queued before this call is written (or refused).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Writes queued check-ins: whatever has piled up since the last batch started, at most one
+/// transaction per [`PACE`] unless the queue holds a full batch.
+async fn write(db: Db, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        buf.clear();
+        if rx.recv_many(&mut buf, BATCH).await == 0 {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let full = buf.len() == BATCH;
+        let mut reports = Vec::with_capacity(buf.len());
+        let mut acks = Vec::new();
+        for m in buf.drain(..) {
+            match m {
+                Msg::Report(r) => reports.push(r),
+                Msg::Flush(tx) => acks.push(tx),
+            }
+        }
+        if !reports.is_empty() {
+            let n = reports.len() as u64;
+            let written = match settle(&db, reports, &metrics).await {
+                Ok(batch) if batch.is_empty() => Ok(0),
+                Ok(batch) => db.record_checkins(&batch).await.map(|()| batch.len()),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(w) => metrics
+                    .checkins_written
+                    .fetch_add(w as u64, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::error!(error = %e, count = n, "writing check-ins failed");
+                    metrics.checkins_failed.fetch_add(n, Ordering::Relaxed)
+                }
+            };
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+        if !full {
+            tokio::time::sleep_until(started + PACE).await;
+        }
+    }
+}
+
+/// The check-ins of a batch to record, each marked signed or not; an enrolled device's
+/// check-in that its key did not sign is left out and counted.
+async fn settle(
+    db: &Db,
+    reports: Vec<Report>,
+    metrics: &Metrics,
+) -> crate::error::Result<Vec<CheckIn>> {
+    let devices: Vec<(i64, &str)> = reports
+        .iter()
+        .map(|r| (r.checkin.product_id, r.checkin.device_id.as_str()))
+        .collect();
+    let keys: HashMap<(i64, String), String> =
+        db.device_keys(&devices).await?.into_iter().collect();
+    drop(devices);
+    if keys.is_empty() {
+        return Ok(reports.into_iter().map(|r| r.checkin).collect());
+    }
+    // Ed25519 verification is CPU work: done beside the async workers, not on them.
+    let (batch, refused) = tokio::task::spawn_blocking(move || {
+        let mut parsed: HashMap<&str, Option<PublicKey>> = HashMap::new();
+        let mut batch = Vec::with_capacity(reports.len());
+        let mut refused = 0u64;
+        for r in reports {
+            let k = (r.checkin.product_id, r.checkin.device_id.clone());
+            match keys.get(&k) {
+                None => batch.push(r.checkin),
+                Some(text) => {
+                    let key = parsed
+                        .entry(text.as_str())
+                        .or_insert_with(|| PublicKey::from_text(text).ok());
+                    match key {
+                        Some(key) if r.verifies(key) => {
+                            let mut c = r.checkin;
+                            c.signed = true;
+                            batch.push(c);
+                        }
+                        Some(_) => refused += 1,
+                        None => {
+                            tracing::error!(device = %r.checkin.device_id, "the enrolled key of a device does not parse");
+                            refused += 1;
+                        }
+                    }
+                }
+            }
+        }
+        (batch, refused)
+    })
+    .await
+    .map_err(|e| crate::error::Error::Corrupt(format!("verifying check-ins: {e}")))?;
+    metrics
+        .checkins_unsigned
+        .fetch_add(refused, Ordering::Relaxed);
+    Ok(batch)
+}
