@@ -116,6 +116,14 @@ request = function()
 end
 LUA
 
+# The same checks without a device id: nothing is recorded, which shows what recording costs.
+cat >"$work/anon.lua" <<'LUA'
+request = function()
+  local cur = (math.random(1, 4) == 1) and "2.0" or "1.0"
+  return wrk.format("GET", "/v1/products/bench/channels/stable/check?current=" .. cur)
+end
+LUA
+
 run() { # name, then wrk arguments; prints the wrk output to $work/$name.txt
   local name=$1; shift
   wrk -t2 -d"$DURATION" --latency "$@" >"$work/$name.txt" 2>&1
@@ -128,6 +136,8 @@ before=$(curl -sk "$url/metrics")
 run dr-checks -c"$CONNS" -s "$work/checks.lua" "$url/"
 sleep 1
 after=$(curl -sk "$url/metrics")
+echo "== deltaroot: update checks without a device id, $CONNS connections" >&2
+run dr-checks-anon -c"$CONNS" -s "$work/anon.lua" "$url/"
 echo "== nginx: 64 MiB object, 16 connections" >&2
 run nginx-object -c16 --timeout 30s "$nurl/$obj"
 echo "== deltaroot: 64 MiB object, 16 connections" >&2
@@ -222,7 +232,7 @@ def parse(name):
     sock = re.search(r"Socket errors: (.*)", t)
     return dict(rps=rps, bps=float(tr.group(1)) * mult, p99=ms,
                 non2xx=int(errs.group(1)) if errs else 0, sock=sock.group(1) if sock else "none")
-ns, dc, no, do = (parse(n) for n in ["nginx-small", "dr-checks", "nginx-object", "dr-object"])
+ns, dc, no, do, da = (parse(n) for n in ["nginx-small", "dr-checks", "nginx-object", "dr-object", "dr-checks-anon"])
 r_checks = dc["rps"] / ns["rps"]
 r_obj = do["bps"] / no["bps"]
 pg = os.environ.get("LOAD_PG") == "1"
@@ -241,6 +251,8 @@ HTTPS with OpenSSL, same certificate).
 |---|---|---|---|---|
 | update checks/s, {os.environ['CONNS']} connections, SQLite (nginx: small static file) | {dc['rps']:,.0f} | {ns['rps']:,.0f} | **{r_checks:.2f}** | ≥ 1.0: {ok(r_checks >= 1.0)} |
 | p99 latency, same runs | {dc['p99']:.2f} ms | {ns['p99']:.2f} ms | | < 10 ms: {ok(dc['p99'] < 10)} |
+| the same checks without a device id (nothing recorded: what recording costs) | {da['rps']:,.0f} | {ns['rps']:,.0f} | {da['rps'] / ns['rps']:.2f} | |
+| p99 latency, same runs | {da['p99']:.2f} ms | {ns['p99']:.2f} ms | | |
 """ + (f"""| update checks/s, {os.environ['CONNS']} connections, PostgreSQL | {dp['rps']:,.0f} | {ns['rps']:,.0f} | **{dp['rps'] / ns['rps']:.2f}** | ≥ 0.8: {ok(dp['rps'] / ns['rps'] >= 0.8)} |
 | p99 latency, PostgreSQL | {dp['p99']:.2f} ms | {ns['p99']:.2f} ms | | < 10 ms: {ok(dp['p99'] < 10)} |
 """ if pg else "") + f"""| object download throughput, 64 MiB object, 16 connections | {do['bps']/2**20:,.0f} MiB/s | {no['bps']/2**20:,.0f} MiB/s | **{r_obj:.2f}** | ≥ 0.9: {ok(r_obj >= 0.9)} |
@@ -279,7 +291,7 @@ over 1.0, so each answer hashed the device id into the wave.
 Raw wrk output:
 
 """)
-for n in ["nginx-small", "dr-checks", "nginx-object", "dr-object"] + (["dr-checks-pg", "fleet"] if pg else []):
+for n in ["nginx-small", "dr-checks", "dr-checks-anon", "nginx-object", "dr-object"] + (["dr-checks-pg", "fleet"] if pg else []):
     print(f"### {n}\n\n```\n{open(f'{work}/{n}.txt').read().strip()}\n```\n")
 PY
 cat bench/results/load.md
