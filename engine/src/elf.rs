@@ -15,14 +15,17 @@
 //!    to one the table sends to it. A data word found by its value keeps it where its
 //!    normalised value would not read as an address: the device must find the same words.
 //! 4. Diff the old image against the normalised one with bsdiff; the device derives its
-//!    equivalence map from this diff's control records.
+//!    equivalence map from this diff's control records. Over a section that relocations fill
+//!    (zeros in the file, `elf::filled_pieces`), the records of both diffs are replaced by
+//!    ones that follow the alignment the relocations show ([`follow`]), so that the map
+//!    sends each slot to the same slot of the old file.
 //! 5. Run the device's restore over the normalised image and record, for each reference whose
 //!    predicted value is not the real one, the correction. The candidate exists only if the
 //!    restore gives the new image back byte for byte.
 
 use std::collections::HashMap;
 
-use deltaroot_format::elf::{self, AddressMap, BtfShifts, Equivalences, Layout, RefKind};
+use deltaroot_format::elf::{self, AddressMap, BtfShifts, Control, Equivalences, Layout, RefKind};
 
 use crate::bsdiff::Index;
 use crate::error::Result;
@@ -55,14 +58,22 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     };
     // The new file with its references blanked; normalised in place below.
     let mut work = new.to_vec();
-    let eq0 = {
+    let (eq0, filled) = {
         let mut blank_old = old.to_vec();
         elf::for_each_ref(&lo, old, |r| elf::write_ref(r, &mut blank_old, 0));
         elf::for_each_ref(&ln, new, |r| elf::write_ref(r, &mut work, 0));
         let index = Index::new(&blank_old);
-        let eq0 = Equivalences::from_controls(&index.controls(&work, switch), revised);
+        let controls = index.controls(&work, switch);
         index.release();
-        eq0
+        let eq0 = Equivalences::from_controls(&controls, revised);
+        // Sections that relocations fill are aligned as their relocations say (`filled`).
+        let filled = elf::filled_pieces(&lo, old, &ln, new, &eq0);
+        if filled.is_empty() {
+            (eq0, filled)
+        } else {
+            let shaped = follow(&controls, &filled);
+            (Equivalences::from_controls(&shaped, revised), filled)
+        }
     };
     let btf = btf_shifts(&lo, old, &ln, new, &eq0);
     let map0 = AddressMap {
@@ -86,8 +97,11 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     });
     drop(eq0);
     let index = Index::new(old);
-    let controls = index.controls(&work, switch);
+    let mut controls = index.controls(&work, switch);
     index.release();
+    if !filled.is_empty() {
+        controls = follow(&controls, &filled);
+    }
     let eq1 = Equivalences::from_controls(&controls, revised);
     let payload = elf::build_payload(ln.arch, &btf, revised, &controls, old, &work);
     drop(controls);
@@ -173,5 +187,148 @@ fn btf_shifts(lo: &Layout, old: &[u8], ln: &Layout, new: &[u8], eq: &Equivalence
     BtfShifts {
         types: BtfShifts::fit(types),
         strings: BtfShifts::fit(strings),
+    }
+}
+
+/// A stretch of the new file in a patch's records: mixed from `old` on, or copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stretch {
+    Mix { new: u64, old: u64, len: u64 },
+    Copy { new: u64, len: u64 },
+}
+
+impl Stretch {
+    fn new_range(self) -> (u64, u64) {
+        match self {
+            Stretch::Mix { new, len, .. } | Stretch::Copy { new, len } => (new, new + len),
+        }
+    }
+
+    /// The part of this stretch within new offsets `[from, to)`, if any.
+    fn within(self, from: u64, to: u64) -> Option<Stretch> {
+        let (start, end) = self.new_range();
+        let (a, b) = (start.max(from), end.min(to));
+        (a < b).then(|| match self {
+            Stretch::Mix { old, .. } => Stretch::Mix {
+                new: a,
+                old: old + (a - start),
+                len: b - a,
+            },
+            Stretch::Copy { .. } => Stretch::Copy { new: a, len: b - a },
+        })
+    }
+}
+
+/// `controls` with the new ranges of `pieces` ((new start, old start, length), sorted and
+/// disjoint) mixed from the old ranges they name instead, and everything else as it was.
+fn follow(controls: &[Control], pieces: &[(u64, u64, u64)]) -> Vec<Control> {
+    let mut stretches = Vec::with_capacity(controls.len() * 2 + pieces.len());
+    let (mut old, mut new) = (0i128, 0u64);
+    for c in controls {
+        if c.mix > 0 {
+            stretches.push(Stretch::Mix {
+                new,
+                old: u64::try_from(old).unwrap_or(0),
+                len: c.mix,
+            });
+        }
+        new += c.mix;
+        if c.copy > 0 {
+            stretches.push(Stretch::Copy { new, len: c.copy });
+        }
+        new += c.copy;
+        old += i128::from(c.mix) + i128::from(c.seek);
+    }
+    // Cut the pieces' ranges out of the stretches, then put the pieces in.
+    let mut kept = Vec::with_capacity(stretches.len() + pieces.len() * 2);
+    let mut p = 0;
+    for s in stretches {
+        let (start, end) = s.new_range();
+        let mut at = start;
+        while p < pieces.len() && pieces[p].0 + pieces[p].2 <= at {
+            p += 1;
+        }
+        for &(n, _, len) in &pieces[p..] {
+            if n >= end {
+                break;
+            }
+            kept.extend(s.within(at, n));
+            at = at.max(n + len);
+        }
+        kept.extend(s.within(at, end));
+    }
+    kept.extend(
+        pieces
+            .iter()
+            .map(|&(new, old, len)| Stretch::Mix { new, old, len }),
+    );
+    kept.sort_unstable_by_key(|s| s.new_range().0);
+    let mut out: Vec<Control> = Vec::with_capacity(kept.len());
+    let mut old_end = 0i128;
+    for s in kept {
+        match s {
+            Stretch::Mix { old, len, .. } => {
+                if let Some(last) = out.last_mut() {
+                    last.seek = i64::try_from(i128::from(old) - old_end).unwrap_or(0);
+                }
+                out.push(Control {
+                    mix: len,
+                    copy: 0,
+                    seek: 0,
+                });
+                old_end = i128::from(old) + i128::from(len);
+            }
+            Stretch::Copy { len, .. } => match out.last_mut() {
+                Some(last) => last.copy += len,
+                None => out.push(Control {
+                    mix: 0,
+                    copy: len,
+                    seek: 0,
+                }),
+            },
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stretches(controls: &[Control]) -> Vec<(u64, Option<u64>, u64)> {
+        let (mut old, mut new, mut out) = (0i64, 0u64, Vec::new());
+        for c in controls {
+            if c.mix > 0 {
+                out.push((new, Some(old as u64), c.mix));
+            }
+            new += c.mix;
+            if c.copy > 0 {
+                out.push((new, None, c.copy));
+            }
+            new += c.copy;
+            old += c.mix as i64 + c.seek;
+        }
+        out
+    }
+
+    #[test]
+    fn records_follow_the_pieces_and_keep_the_rest() {
+        let c = |mix, copy, seek| Control { mix, copy, seek };
+        // new [0,100) from old 0, 20 copied, new [120,300) from old 500, 10 copied.
+        let controls = [c(100, 20, 400), c(180, 10, 0)];
+        let shaped = follow(&controls, &[(50, 1000, 100), (200, 2000, 64)]);
+        assert_eq!(
+            stretches(&shaped),
+            vec![
+                (0, Some(0), 50),
+                (50, Some(1000), 100),
+                (150, Some(530), 50),
+                (200, Some(2000), 64),
+                (264, Some(644), 36),
+                (300, None, 10),
+            ]
+        );
+        // Nothing to follow: the same stretches.
+        assert_eq!(stretches(&follow(&controls, &[])), stretches(&controls));
     }
 }

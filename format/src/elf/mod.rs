@@ -43,13 +43,15 @@
 
 //!
 //! The files: [`layout`] (the headers), [`refs`] (reference fields), [`discover`] (phases A
-//! to E), [`btf`] (phase D), [`equivalence`] (the maps), [`restore`] (the restore walk),
+//! to E), [`btf`] (phase D), [`equivalence`] (the maps), [`filled`] (the encoder's alignment
+//! of sections that relocations fill), [`restore`] (the restore walk),
 //! [`payload`] (the payload's bytes) and [`decode`] (the decoder).
 
 mod btf;
 mod decode;
 mod discover;
 mod equivalence;
+mod filled;
 mod layout;
 mod payload;
 mod refs;
@@ -62,6 +64,7 @@ pub use decode::{decode, decode_frames, decode_from};
 pub(crate) use decode::{decode_frames_from, decode_source};
 use discover::Visit;
 pub use equivalence::{AddressMap, Equivalences, MIN_EQUIVALENCE, NEAR_RANGES};
+pub use filled::filled_pieces;
 pub use layout::Layout;
 pub use payload::{
     build_payload, diff_range, encode_corrections, Control, Corrections, SplitPatch,

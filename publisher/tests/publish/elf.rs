@@ -256,6 +256,39 @@ fn elf_method_follows_the_pointers_of_fixed_executables() {
     }
 }
 
+/// A section that only relocations fill (`__mcount_loc`: zeros in the file, a slot per
+/// function) after functions were inserted before and among the others: the records of the
+/// patch follow the slots as the relocations pair them, so the relocation table that fills
+/// them is patched only where entries were inserted, instead of in every entry after the
+/// first insertion.
+#[test]
+fn elf_method_follows_the_slots_relocations_fill() {
+    let (old, new) = elf_pair("x86_64/slots-o", "gcc");
+    let elf = goblin::elf::Elf::parse(&new).unwrap();
+    let rela = elf
+        .section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".rela__mcount_loc"))
+        .expect("gcc -mrecord-mcount made __mcount_loc");
+    let table = rela.sh_offset as usize..(rela.sh_offset + rela.sh_size) as usize;
+    let raw = deltaroot_engine::elf::encode(&old, &new).unwrap().unwrap();
+    let back = deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
+    assert_eq!(back, new);
+    let patched: Vec<usize> = diff_byte_offsets(&raw)
+        .into_iter()
+        .filter(|d| table.contains(d))
+        .collect();
+    // Three functions were inserted. Without the records following the slots, each entry
+    // after the middle insertion differed in a byte (36 bytes); with them, only the inserted
+    // entries do (6 bytes).
+    assert!(
+        patched.len() <= 24,
+        "{} bytes of the {}-byte relocation table patched: {patched:?}",
+        patched.len(),
+        table.len()
+    );
+}
+
 #[test]
 fn hostile_elf_patches_fail_cleanly() {
     for arch in ["x86_64", "aarch64"] {
