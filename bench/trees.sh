@@ -172,6 +172,13 @@ for t in $TREES; do
   fi
 
   if [ "$PER_METHOD" = 1 ]; then
+    # Release 1 in a folder of its own (its objects are stored already), whose release
+    # files each one-method run starts from: B is published as 2 from 1.
+    rm -rf "$w/base"
+    mkdir -p "$w/base"
+    cp -al "$work/data/store/objects" "$w/base/objects"
+    "$bin/deltaroot" publish --product "$t" --key "$work/release.key" --out "$w/base" \
+      --quiet --json --version 1 "$A" >/dev/null
     for m in zstd zstd-patch-from bsdiff elf gzip xz; do
       echo "== $t: deltaroot, $m alone" >&2
       # The objects are stored already (hardlinked from the server's folder), so each run
@@ -180,11 +187,12 @@ for t in $TREES; do
       rm -rf "$w/only"
       mkdir -p "$w/only"
       [ "$m" = zstd ] || cp -al "$work/data/store/objects" "$w/only/objects"
+      cp -a "$w/base/v1" "$w/only/v1"
       timed "$t-only-$m" "$bin/deltaroot" publish --product "$t" --key "$work/release.key" --out "$w/only" \
         --memory-mib "$MEMORY_MIB" --quiet --json --method "$m" "$A" "$B" --from-version 1 --version 2 >"$w/only.json"
       record "$t" "only_$m" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["download_bytes"])' "$w/only.json")"
     done
-    rm -rf "$w/only"
+    rm -rf "$w/only" "$w/base"
   fi
 done
 
