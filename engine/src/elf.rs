@@ -219,14 +219,13 @@ impl Stretch {
     }
 }
 
-/// `controls` with the new ranges of `pieces` ((new start, old start, length), sorted and
-/// disjoint) mixed from the old ranges they name instead, and everything else as it was.
-fn follow(controls: &[Control], pieces: &[(u64, u64, u64)]) -> Vec<Control> {
-    let mut stretches = Vec::with_capacity(controls.len() * 2 + pieces.len());
+/// The stretches of the new file that `controls` make, in order (empty ones left out).
+fn stretches(controls: &[Control]) -> Vec<Stretch> {
+    let mut out = Vec::with_capacity(controls.len() * 2);
     let (mut old, mut new) = (0i128, 0u64);
     for c in controls {
         if c.mix > 0 {
-            stretches.push(Stretch::Mix {
+            out.push(Stretch::Mix {
                 new,
                 old: u64::try_from(old).unwrap_or(0),
                 len: c.mix,
@@ -234,15 +233,21 @@ fn follow(controls: &[Control], pieces: &[(u64, u64, u64)]) -> Vec<Control> {
         }
         new += c.mix;
         if c.copy > 0 {
-            stretches.push(Stretch::Copy { new, len: c.copy });
+            out.push(Stretch::Copy { new, len: c.copy });
         }
         new += c.copy;
         old += i128::from(c.mix) + i128::from(c.seek);
     }
+    out
+}
+
+/// `controls` with the new ranges of `pieces` ((new start, old start, length), sorted and
+/// disjoint) mixed from the old ranges they name instead, and everything else as it was.
+fn follow(controls: &[Control], pieces: &[(u64, u64, u64)]) -> Vec<Control> {
     // Cut the pieces' ranges out of the stretches, then put the pieces in.
-    let mut kept = Vec::with_capacity(stretches.len() + pieces.len() * 2);
+    let mut kept = Vec::with_capacity(controls.len() * 2 + pieces.len() * 2);
     let mut p = 0;
-    for s in stretches {
+    for s in stretches(controls) {
         let (start, end) = s.new_range();
         let mut at = start;
         while p < pieces.len() && pieces[p].0 + pieces[p].2 <= at {
@@ -295,20 +300,15 @@ fn follow(controls: &[Control], pieces: &[(u64, u64, u64)]) -> Vec<Control> {
 mod tests {
     use super::*;
 
-    fn stretches(controls: &[Control]) -> Vec<(u64, Option<u64>, u64)> {
-        let (mut old, mut new, mut out) = (0i64, 0u64, Vec::new());
-        for c in controls {
-            if c.mix > 0 {
-                out.push((new, Some(old as u64), c.mix));
-            }
-            new += c.mix;
-            if c.copy > 0 {
-                out.push((new, None, c.copy));
-            }
-            new += c.copy;
-            old += c.mix as i64 + c.seek;
-        }
-        out
+    /// (new start, old start of a mixed stretch, length) of each stretch.
+    fn spans(controls: &[Control]) -> Vec<(u64, Option<u64>, u64)> {
+        stretches(controls)
+            .into_iter()
+            .map(|s| match s {
+                Stretch::Mix { new, old, len } => (new, Some(old), len),
+                Stretch::Copy { new, len } => (new, None, len),
+            })
+            .collect()
     }
 
     #[test]
@@ -318,7 +318,7 @@ mod tests {
         let controls = [c(100, 20, 400), c(180, 10, 0)];
         let shaped = follow(&controls, &[(50, 1000, 100), (200, 2000, 64)]);
         assert_eq!(
-            stretches(&shaped),
+            spans(&shaped),
             vec![
                 (0, Some(0), 50),
                 (50, Some(1000), 100),
@@ -329,6 +329,6 @@ mod tests {
             ]
         );
         // Nothing to follow: the same stretches.
-        assert_eq!(stretches(&follow(&controls, &[])), stretches(&controls));
+        assert_eq!(spans(&follow(&controls, &[])), spans(&controls));
     }
 }

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::bulk::{self, Col};
+use super::bulk;
 use super::{audit, Db};
 use crate::error::{Error, Result};
 use deltaroot_format::SecretKey;
@@ -149,19 +149,13 @@ impl Db {
         &self,
         devices: &[(i64, &str)],
     ) -> Result<Vec<((i64, String), String)>> {
-        let rows = bulk::rows(
-            self.backend,
-            1,
-            &[("product_id", Col::Int), ("device_id", Col::Text)],
-        );
+        let rows = bulk::rows(self.backend, 1, &bulk::DEVICES);
         let sql = format!(
             "SELECT k.product_id, k.device_id, k.public_key FROM device_keys k
              JOIN {rows} r ON k.product_id = r.product_id AND k.device_id = r.device_id"
         );
-        let json = serde_json::to_string(devices)
-            .map_err(|e| Error::Corrupt(format!("device ids do not serialise: {e}")))?;
         sqlx::query(&sql)
-            .bind(json)
+            .bind(bulk::json(&devices)?)
             .fetch_all(&self.pool)
             .await?
             .iter()

@@ -4,12 +4,23 @@
 //! and cost PostgreSQL one round trip per few dozen rows.
 
 use super::Backend;
+use crate::error::{Error, Result};
 
 /// The SQL type a column is read back as.
 #[derive(Clone, Copy)]
 pub(super) enum Col {
     Int,
     Text,
+}
+
+/// The columns of a batch of devices: (product id, device id).
+pub(super) const DEVICES: [(&str, Col); 2] = [("product_id", Col::Int), ("device_id", Col::Text)];
+
+/// A batch of rows (each a tuple or array of the columns, in order) as the JSON parameter
+/// that [`rows`] reads.
+pub(super) fn json(batch: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(batch)
+        .map_err(|e| Error::Corrupt(format!("a batch of rows does not serialise: {e}")))
 }
 
 /// A sub-query yielding one row per element of the JSON array bound at `$param`, each

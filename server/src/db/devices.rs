@@ -10,13 +10,6 @@ use super::daily::{count_checkin, VersionDeltas};
 use super::Db;
 use crate::error::Result;
 
-/// A batch as the JSON parameter of [`bulk::rows`].
-fn json(rows: &impl serde::Serialize) -> Result<String> {
-    serde_json::to_string(rows).map_err(|e| {
-        crate::error::Error::Corrupt(format!("a check-in batch does not serialise: {e}"))
-    })
-}
-
 text_enum! {
     /// What a device reports of its last update attempt (`result=` of a check).
     pub enum CheckInResult ("result") {
@@ -103,18 +96,14 @@ impl Db {
             .iter()
             .map(|c| (c.product_id, c.device_id.as_str()))
             .collect();
-        let src = bulk::rows(
-            self.backend,
-            1,
-            &[("product_id", Col::Int), ("device_id", Col::Text)],
-        );
+        let src = bulk::rows(self.backend, 1, &bulk::DEVICES);
         let sql = format!(
             "SELECT d.product_id, d.device_id, d.seen_at, d.current_version FROM devices d
              JOIN {src} r ON d.product_id = r.product_id AND d.device_id = r.device_id"
         );
         let mut out = HashMap::with_capacity(rows.len());
         for r in sqlx::query(&sql)
-            .bind(json(&keys)?)
+            .bind(bulk::json(&keys)?)
             .fetch_all(&self.pool)
             .await?
         {
@@ -191,7 +180,7 @@ impl Db {
             })
             .collect();
         sqlx::query(&sql)
-            .bind(json(&values)?)
+            .bind(bulk::json(&values)?)
             .execute(&mut *tx)
             .await?;
         Db::add_version_days(&mut tx, deltas).await?;
