@@ -1,15 +1,17 @@
-//! bsdiff's matching, on a suffix array built with SA-IS (the `suffix_array` crate).
+//! bsdiff's matching, on a suffix array built by libsais on all cores.
 //!
 //! The `bsdiff` crate's own diff sorts suffixes with qsufsort into 64-bit indices: slow, and
-//! sixteen bytes of memory per byte of the old file. SA-IS with 32-bit indices is several
-//! times faster and needs four. The matching loop is Colin Percival's: extend an approximate
-//! match forwards and backwards, and emit a record whenever a better exact match appears.
+//! sixteen bytes of memory per byte of the old file. libsais (induced sorting, OpenMP) with
+//! 32-bit indices needs four, and sorts corpus `libnode` (47 MB) in 1.3 s on two cores where
+//! divsufsort took 2.4 s, a 280 MB Chromium in 9.6 s where it took 21.2 s. The matching loop is Colin Percival's: extend an approximate
+//! match forwards and backwards, and emit a record whenever a better exact match appears; it
+//! runs over pieces of the new file in parallel ([`PIECE`]).
 //! The output is a [`SplitPatch`]: records, diff bytes and extra bytes as separate streams,
 //! which the ELF method stores as they are and method 2 interleaves into the `bsdiff` crate's
 //! stream format (so devices apply it with that crate's `patch`).
 
 use deltaroot_format::elf::{Control, SplitPatch};
-use suffix_array::SuffixArray;
+use libsais::{SuffixArrayConstruction, ThreadCount};
 
 /// Exact matches at least this long that do not end a search are stepped over ([`diff`]).
 const SKIP_MIN: isize = 256;
@@ -29,6 +31,23 @@ pub const SWITCH: isize = 8;
 /// grow 1.2% with it.
 pub const RELOCATABLE_SWITCH: isize = 6;
 
+/// The shortest exact match the ELF method leaves an alignment for: floor(log2(old size)) -
+/// 10, so 10 bytes in a 1 MiB file and 18 in a 256 MiB one. Where the new file holds code that
+/// the old one does not, every longer exact match anywhere in the old file started a record
+/// of its own, a few bytes long: in a larger file, more of them are chance. Corpus, ELF
+/// method, bytes against no minimum: python3.11 676,391 -> 670,565 (12), ko-btrfs 83,948 ->
+/// 82,891 (11), libc 23,738 -> 23,619 (10), libnode 87,734 -> 87,010 (14 of 15); Chromium 150
+/// -> 156 (279 MB, `ELF_ARCH=big bench/elf.sh`) 62.6 MB -> 58.7 with 20, 60.6 with 32, in
+/// 1.5 M records instead of 4.5 M.
+pub fn min_match(old_len: usize) -> isize {
+    (old_len.max(1).ilog2() as isize - 10).max(0)
+}
+
+/// Files smaller than this are sorted on one thread: the publisher already diffs one file per
+/// core, and a sort's extra threads would wait for cores that other files hold (OpenMP's
+/// threads spin while they wait). A file this large is where the time goes.
+const PARALLEL_SORT_MIN: usize = 16 << 20;
+
 /// Length of the common prefix of two slices.
 fn common(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -39,15 +58,44 @@ fn common(a: &[u8], b: &[u8]) -> usize {
 /// normalised image).
 pub struct Index<'a> {
     old: &'a [u8],
-    sa: SuffixArray<'a>,
+    /// The old file's suffixes in order (their start positions).
+    sa: Vec<i32>,
+    /// Where the suffixes starting with each two bytes begin in `sa`: those starting with
+    /// bytes `a b` are `sa[bucket[a * 256 + b]..bucket[a * 256 + b + 1]]`; the one-byte suffix
+    /// at the end of the file sorts first among those starting with its byte.
+    bucket: Vec<u32>,
 }
 
 impl<'a> Index<'a> {
-    /// Sorts the suffixes of `old` (SA-IS, four bytes of memory per byte of `old`).
+    /// Sorts the suffixes of `old` (four bytes of memory per byte of `old`; on as many threads
+    /// as rayon's pool has for files of [`PARALLEL_SORT_MIN`] or more).
+    ///
+    /// # Panics
+    /// If `old` is 2 GiB or larger (`--bsdiff-max-mib` keeps files below 1 GiB).
     pub fn new(old: &'a [u8]) -> Index<'a> {
-        let mut sa = SuffixArray::new(old);
-        sa.enable_buckets();
-        Index { old, sa }
+        let sort = SuffixArrayConstruction::for_text(old).in_owned_buffer32();
+        let threads = rayon::current_num_threads().clamp(1, u16::MAX.into()) as u16;
+        let sa = if old.len() >= PARALLEL_SORT_MIN && threads > 1 {
+            sort.multi_threaded(ThreadCount::fixed(threads)).run()
+        } else {
+            sort.single_threaded().run()
+        }
+        .expect("libsais sorts any text below 2 GiB")
+        .into_vec();
+        let mut bucket = vec![0u32; 65_537];
+        for &i in &sa {
+            bucket[Self::key(old, i as usize) + 1] += 1;
+        }
+        for k in 1..bucket.len() {
+            bucket[k] += bucket[k - 1];
+        }
+        Index { old, sa, bucket }
+    }
+
+    /// The bucket of the suffix at `i` (its first two bytes; a last byte alone counts as
+    /// followed by 0, and sorts first in that bucket).
+    fn key(old: &[u8], i: usize) -> usize {
+        usize::from(old[i]) << 8 | usize::from(old.get(i + 1).copied().unwrap_or(0))
     }
 
     /// Frees the index. Its suffix array is first shrunk in place to one entry: glibc returns
@@ -56,7 +104,7 @@ impl<'a> Index<'a> {
     /// of the same size, would then be carved from the heap, whose pages stay with the
     /// process once freed (corpus `ko-e1000e`: 2.6 MiB more at the peak of a `diff`).
     pub fn release(self) {
-        let (_, mut sa) = self.sa.into_parts();
+        let mut sa = self.sa;
         sa.truncate(1);
         sa.shrink_to_fit();
     }
@@ -66,27 +114,68 @@ impl<'a> Index<'a> {
         self.old
     }
 
-    /// The longest match of `pattern` in the old file: (position, length).
+    /// The longest match of `pattern` in the old file: (position, length); (0, 0) when no
+    /// byte of it occurs.
+    ///
+    /// A binary search among the suffixes that share the pattern's first two bytes, which
+    /// starts each comparison after the bytes that both bounds are known to share with the
+    /// pattern: a long match is compared about once, not once per step.
     fn search(&self, pattern: &[u8]) -> (usize, usize) {
-        let r = self.sa.search_lcp(pattern);
-        if r.start >= self.old.len() {
+        let (old, sa) = (self.old, &self.sa);
+        let Some(&first) = pattern.first() else {
             return (0, 0);
+        };
+        let suffix = |k: usize| sa[k] as usize;
+        let b = match pattern.get(1) {
+            Some(&second) => usize::from(first) << 8 | usize::from(second),
+            None => usize::from(first) << 8,
+        };
+        let (mut lo, mut hi) = (self.bucket[b] as usize, self.bucket[b + 1] as usize);
+        if pattern.len() < 2 || lo == hi || (hi - lo == 1 && suffix(lo) + 1 == old.len()) {
+            // No suffix shares two bytes with the pattern: one that shares its first, if any.
+            let row = usize::from(first) << 8;
+            let (a, z) = (self.bucket[row] as usize, self.bucket[row + 256] as usize);
+            return if a < z { (suffix(a), 1) } else { (0, 0) };
         }
-        (r.start, common(&self.old[r.start..], pattern))
+        // lo and hi - 1 are the first and last suffixes of the bucket; the pattern sorts
+        // between them or next to one of them, and so does its longest match.
+        hi -= 1;
+        let lcp = |k: usize, from: usize| from + common(&old[suffix(k) + from..], &pattern[from..]);
+        let (mut llo, mut lhi) = (lcp(lo, 0), lcp(hi, 0));
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let l = lcp(mid, llo.min(lhi));
+            if l == pattern.len() {
+                return (suffix(mid), l);
+            }
+            // The suffix sorts before the pattern if it ends first or has the smaller byte.
+            if old.get(suffix(mid) + l).is_none_or(|&c| c < pattern[l]) {
+                (lo, llo) = (mid, l);
+            } else {
+                (hi, lhi) = (mid, l);
+            }
+        }
+        if llo > lhi {
+            (suffix(lo), llo)
+        } else {
+            (suffix(hi), lhi)
+        }
     }
 
     /// Diffs the indexed old file against `new`.
     pub fn diff(&self, new: &[u8]) -> SplitPatch {
         let mut patch = SplitPatch::default();
-        patch.controls = diff_indexed(self, new, SWITCH, Some(&mut patch));
+        patch.controls = diff_indexed(self, new, SWITCH, 0, PIECE, Some(&mut patch));
         patch
     }
 
     /// The records alone of [`Self::diff`] (the diff and extra bytes follow from them and
     /// the two files), leaving an alignment for a match `switch` bytes better ([`SWITCH`]):
     /// what the ELF method needs, without holding a copy of the new file.
-    pub fn controls(&self, new: &[u8], switch: isize) -> Vec<Control> {
-        diff_indexed(self, new, switch, None)
+    /// It starts a record only at exact matches of `min_match` bytes or more ([`min_match`];
+    /// 0 for bsdiff's own rule).
+    pub fn controls(&self, new: &[u8], switch: isize, min_match: isize) -> Vec<Control> {
+        diff_indexed(self, new, switch, min_match, PIECE, None)
     }
 }
 
@@ -95,11 +184,81 @@ pub fn diff(old: &[u8], new: &[u8]) -> SplitPatch {
     Index::new(old).diff(new)
 }
 
+/// The new file is matched in pieces of this many bytes, on all cores: each piece is matched
+/// as a file of its own against the whole old file, and its records are joined to those
+/// before it by the seek of the piece's last record, which returns the old cursor to where
+/// the next piece's records start (0). The pieces depend on the file alone, never on the
+/// number of cores, so a publisher makes the same patch on any machine. A piece boundary
+/// costs at most one record that a whole-file scan would not have cut (corpus, ELF method:
+/// see `bench/results/elf.md`).
+pub const PIECE: usize = 8 << 20;
+
 /// The matcher: returns the records, and fills `bytes`' diff and extra streams when given.
 fn diff_indexed(
     index: &Index<'_>,
     new: &[u8],
     switch: isize,
+    min_match: isize,
+    piece: usize,
+    mut bytes: Option<&mut SplitPatch>,
+) -> Vec<Control> {
+    use rayon::prelude::*;
+    if new.len() <= piece {
+        return match_piece(index, new, switch, min_match, bytes);
+    }
+    let streams = bytes.is_some();
+    let pieces: Vec<(Vec<Control>, SplitPatch)> = new
+        .par_chunks(piece)
+        .map(|piece| {
+            let mut patch = SplitPatch::default();
+            let controls = match_piece(
+                index,
+                piece,
+                switch,
+                min_match,
+                streams.then_some(&mut patch),
+            );
+            (controls, patch)
+        })
+        .collect();
+    let mut controls: Vec<Control> = Vec::with_capacity(pieces.iter().map(|p| p.0.len()).sum());
+    for (piece, streams) in pieces {
+        let mut records = piece.into_iter();
+        if !controls.is_empty() {
+            // Back to the start of the old file, where the piece's records begin; a piece's
+            // first record that only seeks (it does when its start matches) joins this one.
+            let back = -cursor_after(&controls);
+            let first = records.as_slice().first();
+            let joined = first.filter(|c| c.mix == 0 && c.copy == 0).map(|c| c.seek);
+            if joined.is_some() {
+                records.next();
+            }
+            if let Some(before) = controls.last_mut() {
+                before.seek = back + joined.unwrap_or(0);
+            }
+        }
+        controls.extend(records);
+        if let Some(patch) = bytes.as_deref_mut() {
+            patch.diff.extend_from_slice(&streams.diff);
+            patch.extra.extend_from_slice(&streams.extra);
+        }
+    }
+    controls
+}
+
+/// Where the old cursor stands after the diff bytes of the last of `records`, relative to
+/// where it stood before the first: the sum of their moves but for the last one's seek.
+fn cursor_after(records: &[Control]) -> i64 {
+    let last_seek = records.last().map_or(0, |c| c.seek);
+    records.iter().map(|c| c.mix as i64 + c.seek).sum::<i64>() - last_seek
+}
+
+/// The matcher over one piece of the new file (all of it when it is small).
+fn match_piece(
+    index: &Index<'_>,
+    new: &[u8],
+    switch: isize,
+    min_match: isize,
     mut bytes: Option<&mut SplitPatch>,
 ) -> Vec<Control> {
     let old = index.old;
@@ -121,7 +280,7 @@ fn diff_indexed(
                 }
                 scsc += 1;
             }
-            if (len == oldscore && len != 0) || len > oldscore + switch {
+            if (len == oldscore && len != 0) || (len > oldscore + switch && len >= min_match) {
                 break;
             }
             // A long exact match no better than the current alignment: the positions inside
@@ -254,7 +413,7 @@ mod tests {
             let p = diff(o, n);
             assert_eq!(&p.apply(o).unwrap(), n);
             // The records alone give the same streams back (what the ELF method stores).
-            let controls = Index::new(o).controls(n, SWITCH);
+            let controls = Index::new(o).controls(n, SWITCH, 0);
             assert_eq!(SplitPatch::from_controls(controls, o, n).unwrap(), p);
             let mut back = Vec::new();
             bsdiff::patch(o, &mut &interleave(&p)[..], &mut back).unwrap();
@@ -262,6 +421,37 @@ mod tests {
         }
         let p = diff(&old, &new);
         assert!(p.extra.len() < 64, "extra {} bytes", p.extra.len());
+    }
+
+    #[test]
+    fn pieces_join_into_a_patch_that_applies() {
+        // A file matched in pieces of 4 kB: the same streams as the records say, applied back
+        // by both decoders, and each piece boundary costs little against one whole scan.
+        let old = pseudo_random(60_000, 5, 7);
+        let mut new = old.clone();
+        new.splice(2000..2000, b"inserted".iter().copied());
+        new.drain(30_000..30_500);
+        new[41_000] ^= 0xff;
+        let index = Index::new(&old);
+        let whole = diff_indexed(&index, &new, SWITCH, 0, usize::MAX, None);
+        let mut patch = SplitPatch::default();
+        let controls = diff_indexed(&index, &new, SWITCH, 0, 4096, Some(&mut patch));
+        assert!(
+            controls.len() > whole.len() && controls.len() <= whole.len() + 15,
+            "{} records in pieces, {} whole",
+            controls.len(),
+            whole.len()
+        );
+        patch.controls = controls.clone();
+        assert_eq!(patch.apply(&old).unwrap(), new);
+        assert_eq!(
+            SplitPatch::from_controls(controls, &old, &new).unwrap(),
+            patch
+        );
+        let mut back = Vec::new();
+        bsdiff::patch(&old, &mut &interleave(&patch)[..], &mut back).unwrap();
+        assert_eq!(back, new);
+        assert!(patch.extra.len() < 64, "extra {} bytes", patch.extra.len());
     }
 
     #[test]
@@ -279,8 +469,10 @@ mod tests {
         old.extend_from_slice(&new[1000..1100]);
         old.extend_from_slice(&pseudo_random(500, 13, 256));
         let index = Index::new(&old);
-        let stays = index.controls(&new, SWITCH);
-        let leaves = index.controls(&new, RELOCATABLE_SWITCH);
+        let stays = index.controls(&new, SWITCH, 0);
+        let leaves = index.controls(&new, RELOCATABLE_SWITCH, 0);
+        // The span's exact copy is 100 bytes long: a minimum above that keeps the alignment.
+        assert_eq!(index.controls(&new, RELOCATABLE_SWITCH, 101).len(), 1);
         assert_eq!(stays.len(), 1, "{stays:?}");
         assert!(leaves.len() > 1, "{leaves:?}");
         // The span is then read from its exact copy.

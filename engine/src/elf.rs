@@ -56,6 +56,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     } else {
         crate::bsdiff::SWITCH
     };
+    let min_match = crate::bsdiff::min_match(old.len());
     // The new file with its references blanked; normalised in place below.
     let mut work = new.to_vec();
     let (eq0, filled) = {
@@ -63,7 +64,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
         elf::for_each_ref(&lo, old, |r| elf::write_ref(r, &mut blank_old, 0));
         elf::for_each_ref(&ln, new, |r| elf::write_ref(r, &mut work, 0));
         let index = Index::new(&blank_old);
-        let controls = index.controls(&work, switch);
+        let controls = index.controls(&work, switch, min_match);
         index.release();
         let eq0 = Equivalences::from_controls(&controls, revised);
         // Sections that relocations fill are aligned as their relocations say (`filled`).
@@ -97,7 +98,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
     });
     drop(eq0);
     let index = Index::new(old);
-    let mut controls = index.controls(&work, switch);
+    let mut controls = index.controls(&work, switch, min_match);
     index.release();
     if !filled.is_empty() {
         controls = follow(&controls, &filled);
