@@ -6,10 +6,15 @@
 #
 #   bench/elf.sh [PAIR ...]     # default: every pair under $CORPUS_DIR/elf
 #   ELF_ARCH=arm64 bench/elf.sh [PAIR ...]
+#   ELF_ARCH=big bench/elf.sh [PAIR ...]
 #
 # ELF_ARCH=arm64 measures the AArch64 pairs instead: the same programs and libraries from
-# Debian 12's arm64 packages, at the versions pinned in bench/corpus-arm64.sh (which downloads
+# Debian 12's arm64 packages, at the versions pinned in bench/corpus-pinned.sh (which downloads
 # and unpacks them into $CORPUS_DIR/elf-arm64), and writes bench/results/elf-arm64.md (.tsv).
+# ELF_ARCH=big measures the browser-sized pairs of the same script (Chromium, Firefox's libxul:
+# $CORPUS_DIR/elf-big) against Zucchini alone, once each (ELF_BENCH_REPS=1 unless set): C
+# bsdiff and qbsdiff sort 64-bit suffix arrays (8 to 17 bytes per byte: over 5 GiB), and zstd
+# and xdelta3 take a quarter of an hour more per pair; writes bench/results/elf-big.md (.tsv).
 #
 # The workspace builds into $CARGO_TARGET_DIR when it is set (./target otherwise); the peers
 # always build into bench/peers/target.
@@ -28,9 +33,9 @@ arch=${ELF_ARCH:-amd64}
 case $arch in
   amd64) pairset=elf
     [ -d "$CORPUS_DIR/elf" ] || CORPUS_DIR=$CORPUS_DIR bash "$here/../shared/corpus.sh" ;;
-  arm64) pairset=elf-arm64
-    CORPUS_DIR=$CORPUS_DIR bash "$here/bench/corpus-arm64.sh" ;;
-  *) echo "elf.sh: ELF_ARCH is amd64 (the default) or arm64, not $arch" >&2; exit 2 ;;
+  arm64|big) pairset=elf-$arch
+    CORPUS_DIR=$CORPUS_DIR bash "$here/bench/corpus-pinned.sh" "$arch" ;;
+  *) echo "elf.sh: ELF_ARCH is amd64 (the default), arm64 or big, not $arch" >&2; exit 2 ;;
 esac
 need=()
 command -v bsdiff >/dev/null || need+=(bsdiff)
@@ -51,6 +56,8 @@ pairs=("$@")
 [ ${#pairs[@]} -gt 0 ] || pairs=($(ls "$CORPUS_DIR/$pairset"))
 tsv=$here/bench/results/$pairset.tsv
 reps=${ELF_BENCH_REPS:-3}
+peers_all=yes
+if [ "$arch" = big ]; then reps=${ELF_BENCH_REPS:-1} peers_all=no; fi
 printf 'pair\ttool\told\tnew\tpatch\tgen_s\tgen_kib\tapply_s\tapply_kib\n' >"$tsv"
 
 measure() { # measure FILE CMD... : appends "seconds kib" of the command to FILE
@@ -100,22 +107,24 @@ for pair in "${pairs[@]}"; do
   median "$work/dev-apply.runs" "$work/apply.t"
   "$devapply" "$old" "$work/dr" --out "$work/out" >/dev/null
   row "$pair" deltaroot-apply "$work/dr"
-  if measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr-elf" --level 19 --method elf 2>/dev/null; then
+  if [ $peers_all = yes ] && measure "$work/gen.t" "$dr" diff "$old" "$new" --out "$work/dr-elf" --level 19 --method elf 2>/dev/null; then
     measure "$work/apply.t" "$dr" apply "$old" "$work/dr-elf" --out "$work/out"
     row "$pair" deltaroot-elf "$work/dr-elf"
   fi
-  measure "$work/gen.t" bsdiff "$old" "$new" "$work/bsdiff"
-  measure "$work/apply.t" bspatch "$old" "$work/out" "$work/bsdiff"
-  row "$pair" bsdiff "$work/bsdiff"
-  measure "$work/gen.t" "$peers" qbsdiff "$old" "$new" "$work/qbsdiff"
-  measure "$work/apply.t" "$peers" qbspatch "$old" "$work/qbsdiff" "$work/out"
-  row "$pair" qbsdiff "$work/qbsdiff"
-  measure "$work/gen.t" xdelta3 -9 -e -f -s "$old" "$new" "$work/xdelta3"
-  measure "$work/apply.t" xdelta3 -d -f -s "$old" "$work/xdelta3" "$work/out"
-  row "$pair" xdelta3 "$work/xdelta3"
-  measure "$work/gen.t" zstd -q -f -19 --long=31 --patch-from="$old" "$new" -o "$work/zstd"
-  measure "$work/apply.t" zstd -q -f -d --long=31 --patch-from="$old" "$work/zstd" -o "$work/out"
-  row "$pair" zstd "$work/zstd"
+  if [ $peers_all = yes ]; then
+    measure "$work/gen.t" bsdiff "$old" "$new" "$work/bsdiff"
+    measure "$work/apply.t" bspatch "$old" "$work/out" "$work/bsdiff"
+    row "$pair" bsdiff "$work/bsdiff"
+    measure "$work/gen.t" "$peers" qbsdiff "$old" "$new" "$work/qbsdiff"
+    measure "$work/apply.t" "$peers" qbspatch "$old" "$work/qbsdiff" "$work/out"
+    row "$pair" qbsdiff "$work/qbsdiff"
+    measure "$work/gen.t" xdelta3 -9 -e -f -s "$old" "$new" "$work/xdelta3"
+    measure "$work/apply.t" xdelta3 -d -f -s "$old" "$work/xdelta3" "$work/out"
+    row "$pair" xdelta3 "$work/xdelta3"
+    measure "$work/gen.t" zstd -q -f -19 --long=31 --patch-from="$old" "$new" -o "$work/zstd"
+    measure "$work/apply.t" zstd -q -f -d --long=31 --patch-from="$old" "$work/zstd" -o "$work/out"
+    row "$pair" zstd "$work/zstd"
+  fi
   if [ $zucchini = yes ]; then
     median "$work/z-gen.runs" "$work/gen.t"
     median "$work/z-apply.runs" "$work/apply.t"

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Turns bench/results/elf.tsv into the markdown table of bench/results/elf.md.
 
-    elf_report.py TSV [amd64|arm64]
+    elf_report.py TSV [amd64|arm64|big]
 
-With arm64 (the AArch64 pairs of bench/corpus-arm64.sh, in elf-arm64.tsv) the targets are the
+With arm64 (the AArch64 pairs of bench/corpus-pinned.sh, in elf-arm64.tsv) the targets are the
 AArch64 ones, each marked met or missed, and the pairs are set beside their x86-64 builds when
-elf.tsv is found next to the TSV."""
+elf.tsv is found next to the TSV. With big (the browser-sized pairs of the same script, in
+elf-big.tsv) they are the browser-sized ones, against Zucchini alone."""
 import collections, csv, os, sys
 
 USER = ["libcrypto", "libcrypto-1step", "libpython3.11", "python3.11", "postgres", "libc",
@@ -16,6 +17,9 @@ ARCH = sys.argv[2] if len(sys.argv) > 2 else "amd64"
 # AArch64 targets: the user-space pairs' total against C bsdiff and against Zucchini+zstd, and
 # the number of pairs whose patch is larger than Zucchini's.
 ARM64_VS_BSDIFF, ARM64_VS_ZUCCHINI = 0.5, 0.8
+# Browser-sized targets: the pairs' total against Zucchini+zstd; generation time, generation
+# peak and apply peak no larger than Zucchini's on each pair.
+BIG_VS_ZUCCHINI = 0.8
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 by = collections.defaultdict(dict)
@@ -27,11 +31,16 @@ kb = lambda n: f"{int(n)/1000:,.1f}"
 if ARCH == "arm64":
     print("# ELF benchmark, AArch64\n")
     print("The programs and libraries of the x86-64 pairs, from Debian 12's arm64 packages at the same")
-    print("versions (pinned in `bench/corpus-arm64.sh`), measured as `bench/elf.sh` measures the x86-64 ones.")
+    print("versions (pinned in `bench/corpus-pinned.sh`), measured as `bench/elf.sh` measures the x86-64 ones.")
+elif ARCH == "big":
+    print("# ELF benchmark, browser-sized binaries\n")
+    print("Chromium's executable and Firefox ESR's libxul.so from Debian 12's release to its security")
+    print("update (pinned in `bench/corpus-pinned.sh`), against Zucchini: C bsdiff and qbsdiff need over")
+    print("5 GiB on such pairs, and the other peers add a quarter of an hour each.")
 else:
     print("# ELF benchmark\n")
-print(("" if ARCH == "arm64" else "Real ELF pairs from the corpus, ")
-      + f"{'O' if ARCH == 'arm64' else 'o'}ne run on this machine ({os.cpu_count()} cores). Patch sizes in kB;")
+print(("" if ARCH in ("arm64", "big") else "Real ELF pairs from the corpus, ")
+      + f"{'O' if ARCH in ('arm64', 'big') else 'o'}ne run on this machine ({os.cpu_count()} cores). Patch sizes in kB;")
 print("every patch was applied back and compared with the new file. `deltaroot` is what the publisher")
 print("sends (the smallest of its methods), `deltaroot-elf` the ELF-aware method alone.\n")
 print("| pair | new size | " + " | ".join(TOOLS) + " | dr / zucchini | dr / bsdiff |")
@@ -50,7 +59,21 @@ def total(group, tool):
 user = [p for p in USER if p in by]
 mods = [p for p in by if p.startswith("ko-")]
 print("\n## Targets\n")
-if user and ARCH == "arm64":
+if ARCH == "big":
+    big = [p for p in pairs if "zucchini+zstd" in by[p]]
+    d, z = total(big, "deltaroot"), total(big, "zucchini+zstd")
+    print("| set | deltaroot | zucchini+zstd | ratio | target | |")
+    print("|---|---:|---:|---:|---|---|")
+    if big:
+        verdict = "met" if d / z <= BIG_VS_ZUCCHINI else f"**missed** by {d / z - BIG_VS_ZUCCHINI:.3f} ({kb(d - BIG_VS_ZUCCHINI * z)} kB over)"
+        print(f"| {len(big)} browser-sized pairs | {kb(d)} | {kb(z)} | {d/z:.3f} of Zucchini | <= {BIG_VS_ZUCCHINI} | {verdict} |")
+    for label, tool, key in [("generation time", "deltaroot", "gen_s"),
+                             ("generation peak RSS", "deltaroot", "gen_kib"),
+                             ("apply peak RSS, `deltaroot-apply`", "deltaroot-apply", "apply_kib")]:
+        worse = [p for p in big if tool in by[p] and float(by[p][tool][key]) > float(by[p]["zucchini+zstd"][key])]
+        print(f"| {label} <= Zucchini's | {len(big) - len(worse)} of {len(big)} pairs | | | all | "
+              + ("met" if not worse else f"**missed**: {', '.join(worse)}") + " |")
+elif user and ARCH == "arm64":
     d, z, b = total(user, "deltaroot"), total(user, "zucchini+zstd"), total(user, "bsdiff")
     nz = [p for p in user if "zucchini+zstd" in by[p]]
     above = [p for p in nz if int(by[p]["deltaroot"]["patch"]) > int(by[p]["zucchini+zstd"]["patch"])]

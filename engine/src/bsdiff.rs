@@ -424,6 +424,48 @@ mod tests {
     }
 
     #[test]
+    fn the_search_finds_a_longest_match() {
+        // Against every position of the old file, for patterns that match long, short, at
+        // the file's end, by one byte only, and not at all.
+        let mut old = pseudo_random(3000, 21, 4);
+        old.extend_from_slice(&old.clone()[100..600]);
+        old.extend_from_slice(b"\xfe\xfd");
+        let index = Index::new(&old);
+        let longest = |p: &[u8]| (0..old.len()).map(|i| common(&old[i..], p)).max().unwrap();
+        let mut patterns: Vec<Vec<u8>> = (0..old.len())
+            .step_by(37)
+            .map(|i| {
+                let mut p = old[i..(i + 300).min(old.len())].to_vec();
+                p.extend_from_slice(&pseudo_random(20, i as u64, 256));
+                p
+            })
+            .collect();
+        patterns.extend([
+            vec![0xfe],
+            vec![0xfd, 0x00],
+            vec![0xfe, 0xfd, 0xfc],
+            vec![0xff; 4],
+        ]);
+        patterns.extend((0..200).map(|i| pseudo_random(40, 100 + i, 6)));
+        for p in &patterns {
+            let (pos, len) = index.search(p);
+            assert_eq!(len, longest(p), "pattern {:?}", &p[..p.len().min(8)]);
+            assert_eq!(common(&old[pos..], p), len);
+        }
+        assert_eq!(index.search(&[0xff; 4]), (0, 0));
+        assert_eq!(index.search(&[]), (0, 0));
+    }
+
+    #[test]
+    fn the_minimum_match_grows_with_the_old_file() {
+        assert_eq!(min_match(0), 0);
+        assert_eq!(min_match(1000), 0);
+        assert_eq!(min_match(1 << 20), 10);
+        assert_eq!(min_match(6_834_488), 12);
+        assert_eq!(min_match(279_452_424), 18);
+    }
+
+    #[test]
     fn pieces_join_into_a_patch_that_applies() {
         // A file matched in pieces of 4 kB: the same streams as the records say, applied back
         // by both decoders, and each piece boundary costs little against one whole scan.
