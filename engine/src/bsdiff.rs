@@ -3,9 +3,10 @@
 //! The `bsdiff` crate's own diff sorts suffixes with qsufsort into 64-bit indices: slow, and
 //! sixteen bytes of memory per byte of the old file. libsais (induced sorting, OpenMP) with
 //! 32-bit indices needs four, and sorts corpus `libnode` (47 MB) in 1.3 s on two cores where
-//! divsufsort took 2.4 s, a 280 MB Chromium in 9.6 s where it took 21.2 s. The matching loop is Colin Percival's: extend an approximate
-//! match forwards and backwards, and emit a record whenever a better exact match appears; it
-//! runs over pieces of the new file in parallel ([`PIECE`]).
+//! divsufsort took 2.4 s, a 280 MB Chromium in 9.6 s where it took 21.2 s. The matching loop
+//! is Colin Percival's: extend an approximate match forwards and backwards, and emit a record
+//! whenever a better exact match appears; it runs over pieces of the new file in parallel
+//! ([`PIECE`]).
 //! The output is a [`SplitPatch`]: records, diff bytes and extra bytes as separate streams,
 //! which the ELF method stores as they are and method 2 interleaves into the `bsdiff` crate's
 //! stream format (so devices apply it with that crate's `patch`).
@@ -222,21 +223,23 @@ fn diff_indexed(
         })
         .collect();
     let mut controls: Vec<Control> = Vec::with_capacity(pieces.iter().map(|p| p.0.len()).sum());
+    // Where the old cursor stands after the last record's diff bytes: each piece's records
+    // start at 0, and the join keeps them there.
+    let mut end = 0i64;
     for (piece, streams) in pieces {
+        let piece_end = cursor_after(&piece);
         let mut records = piece.into_iter();
-        if !controls.is_empty() {
+        if let Some(before) = controls.last_mut() {
             // Back to the start of the old file, where the piece's records begin; a piece's
             // first record that only seeks (it does when its start matches) joins this one.
-            let back = -cursor_after(&controls);
             let first = records.as_slice().first();
             let joined = first.filter(|c| c.mix == 0 && c.copy == 0).map(|c| c.seek);
             if joined.is_some() {
                 records.next();
             }
-            if let Some(before) = controls.last_mut() {
-                before.seek = back + joined.unwrap_or(0);
-            }
+            before.seek = joined.unwrap_or(0) - end;
         }
+        end = piece_end;
         controls.extend(records);
         if let Some(patch) = bytes.as_deref_mut() {
             patch.diff.extend_from_slice(&streams.diff);
@@ -247,7 +250,8 @@ fn diff_indexed(
 }
 
 /// Where the old cursor stands after the diff bytes of the last of `records`, relative to
-/// where it stood before the first: the sum of their moves but for the last one's seek.
+/// where it stood before the first: the sum of their moves but for the last one's seek
+/// (0 for no records).
 fn cursor_after(records: &[Control]) -> i64 {
     let last_seek = records.last().map_or(0, |c| c.seek);
     records.iter().map(|c| c.mix as i64 + c.seek).sum::<i64>() - last_seek
@@ -397,6 +401,19 @@ mod tests {
     use super::*;
     use crate::testing::pseudo_random;
 
+    /// `patch` gives `new` back from `old` through both decoders, and `controls` alone give
+    /// its streams back (what the ELF method stores).
+    fn applies_back(old: &[u8], new: &[u8], patch: &SplitPatch, controls: Vec<Control>) {
+        assert_eq!(patch.apply(old).unwrap(), new);
+        assert_eq!(
+            &SplitPatch::from_controls(controls, old, new).unwrap(),
+            patch
+        );
+        let mut back = Vec::new();
+        bsdiff::patch(old, &mut &interleave(patch)[..], &mut back).unwrap();
+        assert_eq!(back, new);
+    }
+
     #[test]
     fn patches_apply_back_through_both_decoders() {
         let old = pseudo_random(50_000, 3, 7);
@@ -410,14 +427,7 @@ mod tests {
             (&old, &Vec::new()),
             (&new, &old),
         ] {
-            let p = diff(o, n);
-            assert_eq!(&p.apply(o).unwrap(), n);
-            // The records alone give the same streams back (what the ELF method stores).
-            let controls = Index::new(o).controls(n, SWITCH, 0);
-            assert_eq!(SplitPatch::from_controls(controls, o, n).unwrap(), p);
-            let mut back = Vec::new();
-            bsdiff::patch(o, &mut &interleave(&p)[..], &mut back).unwrap();
-            assert_eq!(&back, n);
+            applies_back(o, n, &diff(o, n), Index::new(o).controls(n, SWITCH, 0));
         }
         let p = diff(&old, &new);
         assert!(p.extra.len() < 64, "extra {} bytes", p.extra.len());
@@ -485,14 +495,7 @@ mod tests {
             whole.len()
         );
         patch.controls = controls.clone();
-        assert_eq!(patch.apply(&old).unwrap(), new);
-        assert_eq!(
-            SplitPatch::from_controls(controls, &old, &new).unwrap(),
-            patch
-        );
-        let mut back = Vec::new();
-        bsdiff::patch(&old, &mut &interleave(&patch)[..], &mut back).unwrap();
-        assert_eq!(back, new);
+        applies_back(&old, &new, &patch, controls);
         assert!(patch.extra.len() < 64, "extra {} bytes", patch.extra.len());
     }
 
