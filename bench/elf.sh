@@ -132,5 +132,5 @@ for pair in "${pairs[@]}"; do
     row "$pair" zucchini+zstd "$work/zucchini"
   fi
 done
-python3 "$here/bench/elf_report.py" "$tsv" "$arch" >"$here/bench/results/$pairset.md"
+python3 "$here/bench/elf_report.py" "$tsv" "$arch" "$reps" >"$here/bench/results/$pairset.md"
 cat "$here/bench/results/$pairset.md"

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns bench/results/elf.tsv into the markdown table of bench/results/elf.md.
 
-    elf_report.py TSV [amd64|arm64|big]
+    elf_report.py TSV [amd64|arm64|big] [RUNS]
+
+RUNS is how many times deltaroot and Zucchini ran on each pair (`ELF_BENCH_REPS`), for the text.
 
 With arm64 (the AArch64 pairs of bench/corpus-pinned.sh, in elf-arm64.tsv) the targets are the
 AArch64 ones, each marked met or missed, and the pairs are set beside their x86-64 builds when
@@ -14,6 +16,7 @@ USER = ["libcrypto", "libcrypto-1step", "libpython3.11", "python3.11", "postgres
 TOOLS = ["deltaroot", "deltaroot-elf", "zucchini+zstd", "bsdiff", "qbsdiff", "xdelta3", "zstd"]
 
 ARCH = sys.argv[2] if len(sys.argv) > 2 else "amd64"
+RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 # AArch64 targets: the user-space pairs' total against C bsdiff and against Zucchini+zstd, and
 # the number of pairs whose patch is larger than Zucchini's.
 ARM64_VS_BSDIFF, ARM64_VS_ZUCCHINI = 0.5, 0.8
@@ -124,8 +127,12 @@ if mods:
     print(f"| {len(mods)} kernel modules | {kb(d)} | {kb(total(mods, 'zucchini+zstd'))} | {kb(b)} | {kb(q)} | {d/min(b, q):.3f} of the better bsdiff | <= 0.5 {'met' if d / min(b, q) <= 0.5 else '**missed**'} |")
 
 print("\n## Time and memory\n")
-print("Generation and apply wall time (s) and peak RSS (MiB), each the median of deltaroot's and")
-print("Zucchini's runs, taken in turns (`ELF_BENCH_REPS`, 3 by default); ratios are deltaroot over Zucchini+zstd.")
+if RUNS == 1:
+    print("Generation and apply wall time (s) and peak RSS (MiB) of one run of deltaroot and one of")
+    print("Zucchini (`ELF_BENCH_REPS=1`); ratios are deltaroot over Zucchini+zstd.")
+else:
+    print("Generation and apply wall time (s) and peak RSS (MiB), each the median of deltaroot's and")
+    print(f"Zucchini's {RUNS} runs, taken in turns (`ELF_BENCH_REPS`); ratios are deltaroot over Zucchini+zstd.")
 print("deltaroot's patch is applied by `deltaroot-apply` (the device's stand-alone tool) and by")
 print("`deltaroot apply` (the publisher's CLI, whose process is larger: same decoder, same heap).\n")
 print("| pair | MB | dr gen s | zucc gen s | gen ratio | dr gen MiB | zucc gen MiB | dr MB/s | deltaroot-apply MiB | deltaroot apply MiB | zucc apply MiB |")
