@@ -25,7 +25,9 @@
 
 use std::collections::HashMap;
 
-use deltaroot_format::elf::{self, AddressMap, BtfShifts, Control, Equivalences, Layout, RefKind};
+use deltaroot_format::elf::{
+    self, AddressMap, BtfShifts, Control, Equivalences, Layout, RefKind, Revision,
+};
 
 use crate::bsdiff::Index;
 use crate::error::Result;
@@ -39,18 +41,25 @@ use crate::error::Result;
 /// so that the next one is mapped apart and returned when freed, and the payload once the
 /// second is freed. References are found as they are used, never collected.
 pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
-    encode_revision(old, new, true)
+    encode_revision(old, new, Revision::Three)
 }
 
-/// [`encode`] to a payload of revision 2 (`revised`, what the publisher sends) or 1 (what
-/// publishers made before it, which devices still apply: kept to test that they do).
-pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<Vec<u8>>> {
+/// [`encode`] to a payload of `revision` (the publisher sends the newest; the older ones are
+/// what earlier publishers made, which devices still apply: kept to test that they do).
+pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Option<Vec<u8>>> {
+    let revised = revision >= Revision::Two;
+    let pairs = revision >= Revision::Three;
     let Ok((lo, ln)) = layouts(old, new) else {
         return Ok(None);
     };
     // Revision 2: executables at a fixed address hold pointers that no relocation names,
     // which phase E finds.
-    let (lo, ln) = (lo.for_revision(revised), ln.for_revision(revised));
+    // Revision 3: an AArch64 ADRP and the instruction adding its low 12 bits are one
+    // reference.
+    let (lo, ln) = (
+        lo.for_revision(revised).with_adrp_pairs(pairs),
+        ln.for_revision(revised).with_adrp_pairs(pairs),
+    );
     let switch = if lo.relocatable {
         crate::bsdiff::RELOCATABLE_SWITCH
     } else {
@@ -104,7 +113,15 @@ pub fn encode_revision(old: &[u8], new: &[u8], revised: bool) -> Result<Option<V
         controls = follow(&controls, &filled);
     }
     let eq1 = Equivalences::from_controls(&controls, revised);
-    let payload = elf::build_payload(ln.arch, &btf, revised, &controls, old, &work);
+    let payload = elf::build_payload(
+        ln.arch,
+        &btf,
+        revised,
+        ln.adrp_pairs(),
+        &controls,
+        old,
+        &work,
+    );
     drop(controls);
     let found = payload.and_then(|p| {
         Ok((

@@ -339,8 +339,16 @@ pub(crate) mod tests {
         let mut target = old.clone();
         target[len as usize / 2..][..8].fill(1);
         let arch = Layout::parse(&old).unwrap().arch;
-        let mut raw =
-            build_payload(arch, &BtfShifts::default(), false, &controls, &old, &target).unwrap();
+        let mut raw = build_payload(
+            arch,
+            &BtfShifts::default(),
+            false,
+            false,
+            &controls,
+            &old,
+            &target,
+        )
+        .unwrap();
         raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
         let new = crate::elf::decode(&old, raw.clone(), len).unwrap();
         let header = DeltaHeader {

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use super::payload::{unzigzag, PendingCorrections, Stream, HAS_BTF};
 use super::{bad, walk_restore, Arch, BtfShifts, Control, ElfError, Equivalences, Layout};
-use super::{HAS_REVISION_2, WINDOW_LOG_MAX};
+use super::{HAS_ADRP_PAIRS, HAS_REVISION_2, WINDOW_LOG_MAX};
 use crate::method::{Source, Watched};
 
 /// Decodes a method-4 payload held in memory (already decompressed); see [`decode_from`].
@@ -147,9 +147,15 @@ impl Head {
         max_output: u64,
     ) -> Result<Head, ElfError> {
         let byte = s.u8("architecture")?;
-        let Some(arch) = Arch::from_u8(byte & !(HAS_BTF | HAS_REVISION_2)) else {
+        let Some(arch) = Arch::from_u8(byte & !(HAS_BTF | HAS_REVISION_2 | HAS_ADRP_PAIRS)) else {
             return Err(bad(format!("payload names unknown architecture {byte}")));
         };
+        let pairs = byte & HAS_ADRP_PAIRS != 0;
+        if pairs && (arch != Arch::AArch64 || byte & HAS_REVISION_2 == 0) {
+            return Err(bad(format!(
+                "payload's architecture byte {byte:#04x} sets ADRP pairs without AArch64 revision 2"
+            )));
+        }
         let btf = if byte & HAS_BTF != 0 {
             BtfShifts::read(s)?
         } else {
@@ -159,7 +165,8 @@ impl Head {
             .source
             .size()
             .map_err(|e| bad(format!("old file: {e}")))?;
-        let old_layout = Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?;
+        let old_layout =
+            Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.with_adrp_pairs(pairs);
         if old_layout.arch != arch {
             return Err(bad("payload is for another architecture than the source"));
         }
@@ -543,8 +550,16 @@ mod tests {
         target[a..a + 8].fill(1);
         target[b..b + 5].fill(2);
         let arch = Layout::parse(&old).unwrap().arch;
-        let mut raw =
-            build_payload(arch, &BtfShifts::default(), false, &controls, &old, &target).unwrap();
+        let mut raw = build_payload(
+            arch,
+            &BtfShifts::default(),
+            false,
+            false,
+            &controls,
+            &old,
+            &target,
+        )
+        .unwrap();
         raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
         let streamed = decode_from(&old, raw.as_slice(), len).unwrap();
         let frame = |with_size: bool| {
@@ -646,6 +661,16 @@ mod tests {
         short.extend_from_slice(&[0; 16]);
         put_varint(&mut short, 1 << 20);
         assert!(decode(&old, short, len).is_err());
+        // ADRP pairs (revision 3) on x86-64, or without revision 2.
+        let flags = if arch == Arch::AArch64 as u8 {
+            HAS_ADRP_PAIRS
+        } else {
+            HAS_ADRP_PAIRS | HAS_REVISION_2
+        };
+        let mut p = payload.clone();
+        p[0] = arch | flags;
+        let err = decode(&old, p, len).unwrap_err();
+        assert!(err.0.contains("ADRP pairs"), "{err}");
         // A record reading before or past the old file.
         for seek in [1i64, -100] {
             let mut p = vec![arch];

@@ -28,6 +28,9 @@ pub struct Layout {
     /// Phase E runs: data words whose value is an address of the image are references (for
     /// fixed executables in payloads of revision 2: [`Layout::for_revision`]).
     pub(super) pointers: bool,
+    /// Phase C takes an AArch64 ADRP together with the instruction that adds its low 12 bits
+    /// (payloads of revision 3: [`Layout::with_adrp_pairs`]).
+    pub(super) adrp_pairs: bool,
     pub(super) loads: Vec<Load>,
     pub(super) sections: Vec<Section>,
 }
@@ -246,6 +249,7 @@ impl Layout {
             relocatable,
             fixed,
             pointers: false,
+            adrp_pairs: false,
             loads,
             sections,
         })
@@ -280,6 +284,18 @@ impl Layout {
         self
     }
 
+    /// This layout as a payload of revision 3 (`pairs`, [`super::HAS_ADRP_PAIRS`]) reads it:
+    /// an AArch64 ADRP and the instruction adding its low 12 bits are one reference.
+    pub fn with_adrp_pairs(mut self, pairs: bool) -> Layout {
+        self.adrp_pairs = pairs && self.arch == Arch::AArch64;
+        self
+    }
+
+    /// Whether the references read as revision 3 says ([`Layout::with_adrp_pairs`]).
+    pub fn adrp_pairs(&self) -> bool {
+        self.adrp_pairs
+    }
+
     /// Whether `value` may be an address of this image for phase E: inside a loaded segment
     /// (`.bss` included), and not zero.
     pub fn holds_address(&self, value: u64) -> bool {
@@ -308,6 +324,7 @@ mod tests {
             relocatable: false,
             fixed: true,
             pointers: true,
+            adrp_pairs: false,
             loads: vec![
                 Load {
                     vaddr: 0x1000,

@@ -67,8 +67,8 @@ pub use equivalence::{AddressMap, Equivalences, MIN_EQUIVALENCE, NEAR_RANGES};
 pub use filled::filled_pieces;
 pub use layout::Layout;
 pub use payload::{
-    build_payload, diff_range, encode_corrections, Control, Corrections, SplitPatch,
-    HAS_REVISION_2, WINDOW_LOG_MAX,
+    build_payload, diff_range, encode_corrections, Control, Corrections, Revision, SplitPatch,
+    HAS_ADRP_PAIRS, HAS_REVISION_2, WINDOW_LOG_MAX,
 };
 use payload::{unzigzag, zigzag, Stream};
 pub use refs::{Ref, RefKind};

@@ -145,20 +145,40 @@ pub fn encode_corrections(corrections: &[(usize, i64)]) -> Vec<u8> {
     out
 }
 
+/// The revisions of the method-4 payload (FORMAT.md §6.4). Devices apply every one; an
+/// encoder writes the newest unless a test asks for an older one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Revision {
+    /// The first: no flag.
+    One = 1,
+    /// [`HAS_REVISION_2`]: the maps of [`super::Equivalences`] revision 2, phase E, learned
+    /// targets.
+    Two = 2,
+    /// Revision 2 and, in AArch64 payloads, [`HAS_ADRP_PAIRS`]. (x86-64 payloads of
+    /// revision 3 are revision 2's.)
+    Three = 3,
+}
+
 /// Set in the architecture byte when BTF shift tables follow it.
 pub(super) const HAS_BTF: u8 = 0x80;
 /// Set in the architecture byte of payloads of revision 2 (FORMAT.md §6.4): the maps of
 /// [`Equivalences`] revision 2, and phase E for executables at a fixed address.
 pub const HAS_REVISION_2: u8 = 0x40;
+/// Set in the architecture byte of AArch64 payloads of revision 3 (FORMAT.md §6.4): an ADRP
+/// and the instruction that adds its address's low 12 bits are one reference
+/// ([`super::RefKind::A64AdrpPair`]). Only with [`HAS_REVISION_2`].
+pub const HAS_ADRP_PAIRS: u8 = 0x20;
 
 /// Builds a method-4 payload (before compression) up to its corrections: the architecture
-/// byte (with [`HAS_REVISION_2`] when `revised`, and [`HAS_BTF`] and the tables when
+/// byte (with [`HAS_REVISION_2`] when `revised`, [`HAS_ADRP_PAIRS`] when `pairs`, and
+/// [`HAS_BTF`] and the tables when
 /// there are any), then the records, diff bytes and extra bytes that turn `old` into
 /// `normalised`. The corrections ([`encode_corrections`]) are appended by the caller.
 pub fn build_payload(
     arch: Arch,
     btf: &BtfShifts,
     revised: bool,
+    pairs: bool,
     controls: &[Control],
     old: &[u8],
     normalised: &[u8],
@@ -166,6 +186,9 @@ pub fn build_payload(
     let mut out = vec![arch as u8];
     if revised {
         out[0] |= HAS_REVISION_2;
+    }
+    if pairs {
+        out[0] |= HAS_ADRP_PAIRS;
     }
     if !btf.is_empty() {
         out[0] |= HAS_BTF;

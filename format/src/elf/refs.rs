@@ -21,6 +21,14 @@ pub enum RefKind {
     A64Adr,
     /// AArch64 ADRP: a 21-bit offset in 4 KiB pages from the instruction's page.
     A64Adrp,
+    /// AArch64 ADRP and the instruction `gap` words after it that adds the low 12 bits of the
+    /// same address (revision 3, [`super::HAS_ADRP_PAIRS`]): an ADD (immediate), whose imm12
+    /// is those bits, or a load or store (unsigned offset) of `1 << scale` bytes, whose imm12
+    /// holds them divided by its size. One 33-bit byte offset from the ADRP's page: the
+    /// page offset times 4096 plus the low 12 bits. A load's imm12 bits above the low 12
+    /// address bits (an offset past the page, rare) are part of the instruction, not of the
+    /// value, and are kept as they are.
+    A64AdrpPair { gap: u8, scale: u8 },
     /// BTF: a 32-bit little-endian type id (phase D, predicted by [`BtfShifts`]).
     BtfType,
     /// BTF: a 32-bit little-endian string offset (phase D, predicted by [`BtfShifts`]).
@@ -34,10 +42,10 @@ impl RefKind {
     }
 
     pub(super) fn size(self) -> usize {
-        if self.is_64() {
-            8
-        } else {
-            4
+        match self {
+            RefKind::Abs64 | RefKind::Ptr64 => 8,
+            RefKind::A64AdrpPair { gap, .. } => 4 * (usize::from(gap) + 1),
+            _ => 4,
         }
     }
 
@@ -54,6 +62,7 @@ impl RefKind {
             RefKind::A64Imm19 => 19,
             RefKind::A64Imm14 => 14,
             RefKind::A64Adr | RefKind::A64Adrp => 21,
+            RefKind::A64AdrpPair { .. } => 33,
         }
     }
 
@@ -65,7 +74,8 @@ impl RefKind {
             | RefKind::Rel32
             | RefKind::A64Adr
             | RefKind::BtfType
-            | RefKind::BtfStr => 0,
+            | RefKind::BtfStr
+            | RefKind::A64AdrpPair { .. } => 0,
             RefKind::A64Branch26 | RefKind::A64Imm19 | RefKind::A64Imm14 => 2,
             RefKind::A64Adrp => 12,
         }
@@ -76,6 +86,11 @@ impl RefKind {
         if self.is_64() {
             return i64::from_le_bytes(b.try_into().expect("8 bytes"));
         }
+        if let RefKind::A64AdrpPair { gap, scale } = self {
+            let (page, lo) = pair_words(b, gap);
+            let page = sign_extend(u64::from(adr_imm(page)), 21) << 12;
+            return page | i64::from((lo >> 10 & 0xfff) << scale & 0xfff);
+        }
         let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
         if self.is_btf() {
             return i64::from(w);
@@ -85,7 +100,7 @@ impl RefKind {
             RefKind::A64Branch26 => w & 0x03ff_ffff,
             RefKind::A64Imm19 => (w >> 5) & 0x7ffff,
             RefKind::A64Imm14 => (w >> 5) & 0x3fff,
-            _ => ((w >> 5) & 0x7ffff) << 2 | (w >> 29) & 3,
+            _ => adr_imm(w),
         };
         sign_extend(u64::from(raw), self.bits())
     }
@@ -96,6 +111,16 @@ impl RefKind {
             b.copy_from_slice(&value.to_le_bytes());
             return;
         }
+        if let RefKind::A64AdrpPair { gap, scale } = self {
+            let (page, lo) = pair_words(b, gap);
+            let page = with_adr_imm(page, (value >> 12) as u32);
+            // The address's low 12 bits, in the imm12 bits that hold them.
+            let held = (0xfff >> scale) << 10;
+            let lo = (lo & !held) | ((value as u32 & 0xfff) >> scale) << 10;
+            b[..4].copy_from_slice(&page.to_le_bytes());
+            b[4 * usize::from(gap)..].copy_from_slice(&lo.to_le_bytes());
+            return;
+        }
         let v = value as u32;
         let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
         let w = match self {
@@ -103,10 +128,26 @@ impl RefKind {
             RefKind::A64Branch26 => (w & !0x03ff_ffff) | (v & 0x03ff_ffff),
             RefKind::A64Imm19 => (w & !(0x7ffff << 5)) | (v & 0x7ffff) << 5,
             RefKind::A64Imm14 => (w & !(0x3fff << 5)) | (v & 0x3fff) << 5,
-            _ => (w & !(0x7ffff << 5 | 3 << 29)) | ((v >> 2) & 0x7ffff) << 5 | (v & 3) << 29,
+            _ => with_adr_imm(w, v),
         };
         b.copy_from_slice(&w.to_le_bytes());
     }
+}
+
+/// The 21-bit immediate of an ADR or ADRP (immhi at bits 5-23, immlo at 29-30).
+fn adr_imm(w: u32) -> u32 {
+    ((w >> 5) & 0x7ffff) << 2 | (w >> 29) & 3
+}
+
+/// `w` with its ADR/ADRP immediate set to the low 21 bits of `v`.
+fn with_adr_imm(w: u32, v: u32) -> u32 {
+    (w & !(0x7ffff << 5 | 3 << 29)) | ((v >> 2) & 0x7ffff) << 5 | (v & 3) << 29
+}
+
+/// The ADRP word and the low-bits word `gap` words after it, of a pair's bytes.
+fn pair_words(b: &[u8], gap: u8) -> (u32, u32) {
+    let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+    (word(0), word(usize::from(gap)))
 }
 
 pub(super) fn sign_extend(v: u64, bits: u32) -> i64 {
@@ -152,7 +193,7 @@ impl Ref {
 
     /// The address the base stands for: ADRP counts from the instruction's page.
     pub(super) fn anchor(&self, base: u64) -> u64 {
-        if self.kind == RefKind::A64Adrp {
+        if matches!(self.kind, RefKind::A64Adrp | RefKind::A64AdrpPair { .. }) {
             base & !0xfff
         } else {
             base
@@ -183,4 +224,53 @@ pub(super) fn read_u16(image: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(
         image.get(at..at.checked_add(2)?)?.try_into().ok()?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(ws: &[u32]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// An ADRP and its ADD or load read as one byte offset from the page, and writing a
+    /// value the instructions can hold reads back as it; a load's imm12 bits above the low
+    /// 12 address bits stay as they were.
+    #[test]
+    fn adrp_pairs_read_and_write_one_offset() {
+        // adrp x1, #+0x12345000; nop; add x1, x1, #0x678
+        let add = RefKind::A64AdrpPair { gap: 2, scale: 0 };
+        let mut b = words(&[0x9000_0001, 0xd503_201f, 0x9100_0021]);
+        add.set(&mut b, 0x1234_5678);
+        assert_eq!(add.get(&b), 0x1234_5678);
+        assert_eq!(RefKind::A64Adrp.get(&b[..4]), 0x12345);
+        assert_eq!(
+            b[4..8],
+            0xd503_201fu32.to_le_bytes(),
+            "the word between is kept"
+        );
+        assert_eq!(
+            u32::from_le_bytes(b[8..].try_into().unwrap()) >> 10 & 0xfff,
+            0x678
+        );
+        // Backward, by more than the ADRP's 21 bits reach: wraps like the field.
+        add.set(&mut b, -0x1000);
+        assert_eq!(add.get(&b), -0x1000);
+        add.set(&mut b, 1 << 32);
+        assert_eq!(add.get(&b), -(1 << 32));
+
+        // ldr x2, [x1, #8 * imm12], imm12 = 0x801: 0x4008 bytes, 0x8 of them the low bits.
+        let ldr = RefKind::A64AdrpPair { gap: 1, scale: 3 };
+        let mut b = words(&[0x9000_0001, 0xf940_0022 | 0x801 << 10]);
+        assert_eq!(ldr.get(&b), 0x8);
+        ldr.set(&mut b, 0x7000 | 0xff8);
+        assert_eq!(ldr.get(&b), 0x7ff8);
+        let imm12 = u32::from_le_bytes(b[4..].try_into().unwrap()) >> 10 & 0xfff;
+        assert_eq!(imm12, 0x800 | 0xff8 >> 3, "the bit past the page is kept");
+        // A value the load cannot hold loses its low bits (the restore's correction makes
+        // every written value one it can).
+        ldr.set(&mut b, 0x7004);
+        assert_eq!(ldr.get(&b), 0x7000);
+    }
 }

@@ -25,7 +25,10 @@ pub fn walk_restore(
     revised: bool,
     mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
-    let new = Layout::parse(image)?.for_revision(revised);
+    // The new file's references are read as the payload says the old one's are.
+    let new = Layout::parse(image)?
+        .for_revision(revised)
+        .with_adrp_pairs(old.adrp_pairs);
     let map = AddressMap {
         old,
         new: &new,

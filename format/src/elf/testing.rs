@@ -49,10 +49,12 @@ pub(super) fn identity_payload_of(
         copy: 0,
         seek: 0,
     }];
+    let arch = Layout::parse(old).unwrap().arch;
     let mut p = build_payload(
-        Layout::parse(old).unwrap().arch,
+        arch,
         &BtfShifts::default(),
         revised,
+        revised && arch == super::Arch::AArch64,
         &controls,
         old,
         old,

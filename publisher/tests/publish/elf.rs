@@ -3,6 +3,7 @@
 //! BTF against a renumbered base, pointers of fixed executables, hostile patches.
 
 use crate::common::{elf_pairs, fixture};
+use deltaroot_format::elf::Revision;
 
 fn elf_candidate(old: &[u8], new: &[u8]) -> (usize, Vec<u8>) {
     use deltaroot_format::Method;
@@ -65,7 +66,7 @@ fn elf_pairs_round_trip_and_beat_bsdiff(arch: &str) {
         let back = deltaroot_format::apply_delta(&elf, &old, None).unwrap();
         assert_eq!(back, new, "{arch}/{pair}");
         // Payloads of revision 1, which publishers made before revision 2, still apply.
-        let raw = deltaroot_engine::elf::encode_revision(&old, &new, false)
+        let raw = deltaroot_engine::elf::encode_revision(&old, &new, Revision::One)
             .unwrap()
             .unwrap();
         assert_eq!(raw[0] & 0x40, 0);
@@ -235,7 +236,12 @@ fn elf_method_follows_the_pointers_of_fixed_executables() {
         let moved = moved_pointer_words(&old, &new);
         assert!(moved.len() >= 8, "{arch}: {} pointers moved", moved.len());
         let touched = |revised: bool| {
-            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revised)
+            let revision = if revised {
+                Revision::Two
+            } else {
+                Revision::One
+            };
+            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revision)
                 .unwrap()
                 .unwrap();
             assert_eq!(raw[0] & 0x40 != 0, revised, "{arch}: revision flag");
@@ -254,6 +260,58 @@ fn elf_method_follows_the_pointers_of_fixed_executables() {
             moved.len()
         );
     }
+}
+
+/// AArch64 code reaches data with an ADRP (the page) and an ADD or a load (the low 12
+/// bits). Revision 3 takes the two as one reference, so when the data moves within its page
+/// the low bits are predicted too, where revision 2 leaves them as diff bytes. Revisions 2
+/// and 3 both apply (devices apply what earlier publishers made).
+#[test]
+fn aarch64_adrp_pairs_predict_the_low_bits() {
+    let (mut low2, mut low3) = (0, 0);
+    for pair in ["calc-pie", "calc-static", "shapes-so"] {
+        let (old, new) = elf_pair(&format!("aarch64/{pair}"), "the compiler for aarch64");
+        let encode = |revision| {
+            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revision)
+                .unwrap()
+                .unwrap();
+            let back = deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
+            assert_eq!(back, new, "{pair}: {revision:?}");
+            raw
+        };
+        let (r2, r3) = (encode(Revision::Two), encode(Revision::Three));
+        assert_eq!(r2[0] & 0x60, 0x40, "{pair}: revision 2's flags");
+        assert_eq!(r3[0] & 0x60, 0x60, "{pair}: revision 3's flags");
+        // The words right after an ADRP that add its low bits (ADD x, xd, #imm12), and the
+        // nonzero diff bytes each payload leaves in them.
+        let words: Vec<usize> = (4..new.len() / 4 * 4)
+            .step_by(4)
+            .filter(|&at| {
+                let w = |at: usize| u32::from_le_bytes(new[at..at + 4].try_into().unwrap());
+                let (adrp, add) = (w(at - 4), w(at));
+                adrp & 0x9f00_0000 == 0x9000_0000
+                    && add & 0xffc0_0000 == 0x9100_0000
+                    && add >> 5 & 31 == adrp & 31
+            })
+            .collect();
+        let low = |raw: &[u8]| {
+            let diff = diff_byte_offsets(raw);
+            words
+                .iter()
+                .filter(|&&w| diff.iter().any(|&d| (w..w + 4).contains(&d)))
+                .count()
+        };
+        let (d2, d3) = (low(&r2), low(&r3));
+        eprintln!(
+            "{pair}: {} pairs; low bits left in diff bytes: revision 2 {d2}, revision 3 {d3}",
+            words.len()
+        );
+        (low2, low3) = (low2 + d2, low3 + d3);
+    }
+    assert!(
+        low2 >= 8 && low3 * 4 <= low2,
+        "low-bit words left as diff bytes: revision 2 {low2}, revision 3 {low3}"
+    );
 }
 
 /// A section that only relocations fill (`__mcount_loc`: zeros in the file, a slot per
