@@ -179,7 +179,7 @@ for t in $TREES; do
     cp -al "$work/data/store/objects" "$w/base/objects"
     "$bin/deltaroot" publish --product "$t" --key "$work/release.key" --out "$w/base" \
       --quiet --json --version 1 "$A" >/dev/null
-    for m in zstd zstd-patch-from bsdiff elf gzip xz; do
+    for m in zstd zstd-patch-from bsdiff elf gzip xz bitcode; do
       echo "== $t: deltaroot, $m alone" >&2
       # The objects are stored already (hardlinked from the server's folder), so each run
       # encodes only its deltas; its summary says what a device would download. Whole files

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the decoder fuzz targets (ELF payloads, delta containers, packs, manifest deltas and
 # binary plans) for a bounded time
-# each (default 60 s), seeded with real ELF patches built from fixtures/elf-pairs, and gzip
-# and xz deltas of files compressed by the real gzip and xz. Fails if a target finds a crash.
+# each (default 60 s), seeded with real ELF patches built from fixtures/elf-pairs, gzip
+# and xz deltas of files compressed by the real gzip and xz, and bitcode deltas of
+# fixtures/bitcode-pairs. Fails if a target finds a crash.
 #   fuzz/run.sh [SECONDS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,10 @@ for v in 1 2; do
 done
 for ext in gz xz; do
   "$target_dir/release/examples/fuzz_seed" --delta "$work/text1.$ext" "$work/text2.$ext" "$work/seeds/text-$ext"
+done
+# Real LLVM bitcode in two versions (the bitcode method).
+for pair in "$here"/fixtures/bitcode-pairs/*/; do
+  "$target_dir/release/examples/fuzz_seed" --delta "$pair/old.bc" "$pair/new.bc" "$work/seeds/bitcode-$(basename "$pair")"
 done
 # Many deflate blocks: only GNU gzip's own deflater rebuilds these.
 seq 1 60000 | gzip -9n >"$work/long1.gz"

@@ -1,7 +1,7 @@
 //! Writes a fuzz seed from a real pair of files:
 //! - `fuzz_seed OLD NEW OUT`: for the ELF decoder, `[u32 LE len(OLD)][OLD][ELF payload]`;
 //! - `fuzz_seed --delta OLD NEW OUT`: for `apply_delta`, `[u32 LE len(OLD)][OLD][container]`
-//!   with the smallest delta the engine makes (gzip and xz pairs seed those methods).
+//!   with the smallest delta the engine makes (gzip, xz and bitcode pairs seed those methods).
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let (delta, rest) = match a.split_first() {

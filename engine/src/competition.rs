@@ -272,6 +272,9 @@ fn methods_for(old: &[u8], new: &[u8], opts: &EngineOptions, only: Option<Method
     if crate::xz::holds_stream(new) && crate::xz::holds_stream(old) {
         methods.push(Method::Xz);
     }
+    if deltaroot_format::bitcode::is_bitcode(old) && deltaroot_format::bitcode::is_bitcode(new) {
+        methods.push(Method::Bitcode);
+    }
     if (old.len() as u64) <= opts.bsdiff_max && (new.len() as u64) <= opts.bsdiff_max {
         if is_elf(old) && is_elf(new) {
             methods.push(Method::Elf);
@@ -330,6 +333,12 @@ pub fn why_not(old: &[u8], new: &[u8], opts: &EngineOptions, method: Method) -> 
         Method::Xz if !(crate::xz::holds_stream(old) && crate::xz::holds_stream(new)) => {
             "both files must hold an xz stream".into()
         }
+        Method::Bitcode
+            if !(deltaroot_format::bitcode::is_bitcode(old)
+                && deltaroot_format::bitcode::is_bitcode(new)) =>
+        {
+            "both files must be raw LLVM bitcode (BC C0 DE)".into()
+        }
         _ => "its encoder declined or failed (RUST_LOG=debug tells more)".into(),
     }
 }
@@ -381,6 +390,11 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
                 Err(e) => Err(e),
             },
             Method::Xz => match crate::xz::encode(old, new, opts) {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            },
+            Method::Bitcode => match crate::bitcode::encode(old, new, opts) {
                 Ok(Some(p)) => Ok(p),
                 Ok(None) => continue,
                 Err(e) => Err(e),

@@ -12,6 +12,7 @@
 //!
 //! No I/O of its own beyond what its callers hand it, no HTTP, no command line.
 
+pub mod bitcode;
 pub mod bsdiff;
 pub mod budget;
 pub mod competition;

@@ -110,6 +110,7 @@ mod tests {
             Method::Elf,
             Method::Gzip,
             Method::Xz,
+            Method::Bitcode,
         ] {
             assert!(
                 pack_body_bound(EntryKind::Delta(m), 121_000) < 3 << 30,

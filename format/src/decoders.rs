@@ -1,8 +1,8 @@
 //! The table of decoders, one per method: the container decodes its header and checks the
 //! source, then hands the payload to the method's decoder here. The methods' modules
-//! (`elf`, `gzip`, `xz`) know nothing of the container: they take a payload and a source
-//! ([`crate::method`]) and give bytes; gzip and xz deltas hold an inner delta's payload, which
-//! they decode through this table again.
+//! (`elf`, `gzip`, `xz`, `bitcode`) know nothing of the container: they take a payload and a
+//! source ([`crate::method`]) and give bytes; gzip, xz and bitcode deltas hold an inner
+//! delta's payload, which they decode through this table again.
 
 use std::io::Read;
 
@@ -29,7 +29,7 @@ impl Part<'_> {
         }
     }
 
-    /// Methods 1, 5 and 6 read the same bytes either way.
+    /// Methods 1, 5, 6 and 7 read the same bytes either way.
     fn bytes(&self) -> &[u8] {
         let (Payload::Stored(p) | Payload::Unwrapped(p)) = self.payload;
         p
@@ -54,6 +54,7 @@ fn decoder(method: Method) -> Decode {
         Method::Elf => elf_bytes,
         Method::Gzip => gzip,
         Method::Xz => xz,
+        Method::Bitcode => bitcode,
     }
 }
 
@@ -153,6 +154,42 @@ fn gzip(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
         });
     }
     gzip::rebuild(p.header, &raw_new, p.deflater).map_err(fail)
+}
+
+fn bitcode(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
+    use crate::bitcode;
+    let (what, fail) = (part.what, |e: std::io::Error| part.invalid(e.to_string()));
+    let p = bitcode::Patch::decode(part.bytes(), source.len() as u64, part.target_size)
+        .map_err(fail)?;
+    let raw_old = bitcode::unpack(source, p.source_size).map_err(|e| {
+        part.invalid(format!(
+            "source does not unpack within the patch's {} bytes: {e}",
+            p.source_size
+        ))
+    })?;
+    if raw_old.len() as u64 != p.source_size {
+        return Err(part.invalid(format!(
+            "source unpacks to {} bytes, the patch says {}",
+            raw_old.len(),
+            p.source_size
+        )));
+    }
+    let inner = Part {
+        method: p.inner,
+        target_size: p.target_size,
+        payload: Payload::Stored(p.payload),
+        what,
+    };
+    let raw_new = decode(&inner, &raw_old)?;
+    drop(raw_old);
+    if raw_new.len() as u64 != p.target_size {
+        return Err(Error::ContentLength {
+            what: format!("{what} (unpacked)"),
+            got: raw_new.len() as u64,
+            want: p.target_size,
+        });
+    }
+    bitcode::pack(&raw_new, part.target_size).map_err(fail)
 }
 
 fn xz(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {

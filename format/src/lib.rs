@@ -17,6 +17,7 @@
 pub mod answer;
 pub mod api;
 pub mod apply;
+pub mod bitcode;
 pub mod bounds;
 pub mod channel;
 pub mod checkin;

@@ -39,6 +39,9 @@ pub enum Method {
     /// Files holding an xz stream (a compressed kernel): the contents and the bytes around the
     /// stream diffed apart, the stream compressed again bit for bit (see `crate::xz`).
     Xz = 6,
+    /// LLVM bitcode: a delta between the bitstreams unpacked to byte-aligned values, packed
+    /// again bit for bit (see `crate::bitcode`).
+    Bitcode = 7,
 }
 
 impl Method {
@@ -50,6 +53,7 @@ impl Method {
             4 => Method::Elf,
             5 => Method::Gzip,
             6 => Method::Xz,
+            7 => Method::Bitcode,
             _ => return None,
         })
     }
@@ -62,16 +66,18 @@ impl Method {
             Method::Elf => "elf",
             Method::Gzip => "gzip",
             Method::Xz => "xz",
+            Method::Bitcode => "bitcode",
         }
     }
 
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Method::ZstdPatchFrom,
         Method::BsdiffZstd,
         Method::Zstd,
         Method::Elf,
         Method::Gzip,
         Method::Xz,
+        Method::Bitcode,
     ];
 
     /// The method named `name` ([`Method::name`]).
