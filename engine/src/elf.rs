@@ -48,17 +48,17 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
 /// what earlier publishers made, which devices still apply: kept to test that they do).
 pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Option<Vec<u8>>> {
     let revised = revision >= Revision::Two;
-    let pairs = revision >= Revision::Three;
+    let revision_3 = revision >= Revision::Three;
     let Ok((lo, ln)) = layouts(old, new) else {
         return Ok(None);
     };
     // Revision 2: executables at a fixed address hold pointers that no relocation names,
     // which phase E finds.
     // Revision 3: an AArch64 ADRP and the instruction adding its low 12 bits are one
-    // reference.
+    // reference; so is each relocation's symbol index in a relocatable object.
     let (lo, ln) = (
-        lo.for_revision(revised).with_adrp_pairs(pairs),
-        ln.for_revision(revised).with_adrp_pairs(pairs),
+        lo.for_revision(revised).with_revision_3(revision_3),
+        ln.for_revision(revised).with_revision_3(revision_3),
     );
     let switch = if lo.relocatable {
         crate::bsdiff::RELOCATABLE_SWITCH
@@ -121,7 +121,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Opt
         ln.arch,
         &btf,
         revised,
-        ln.adrp_pairs(),
+        ln.revision_3(),
         &controls,
         old,
         &work,

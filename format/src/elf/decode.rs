@@ -6,7 +6,7 @@ use std::io::Read;
 
 use super::payload::{unzigzag, PendingCorrections, Stream, HAS_BTF};
 use super::{bad, walk_restore, Arch, BtfShifts, Control, ElfError, Equivalences, Layout};
-use super::{HAS_ADRP_PAIRS, HAS_REVISION_2, WINDOW_LOG_MAX};
+use super::{HAS_REVISION_2, HAS_REVISION_3, WINDOW_LOG_MAX};
 use crate::method::{Source, Watched};
 
 /// Decodes a method-4 payload held in memory (already decompressed); see [`decode_from`].
@@ -147,13 +147,13 @@ impl Head {
         max_output: u64,
     ) -> Result<Head, ElfError> {
         let byte = s.u8("architecture")?;
-        let Some(arch) = Arch::from_u8(byte & !(HAS_BTF | HAS_REVISION_2 | HAS_ADRP_PAIRS)) else {
+        let Some(arch) = Arch::from_u8(byte & !(HAS_BTF | HAS_REVISION_2 | HAS_REVISION_3)) else {
             return Err(bad(format!("payload names unknown architecture {byte}")));
         };
-        let pairs = byte & HAS_ADRP_PAIRS != 0;
-        if pairs && (arch != Arch::AArch64 || byte & HAS_REVISION_2 == 0) {
+        let revision_3 = byte & HAS_REVISION_3 != 0;
+        if revision_3 && byte & HAS_REVISION_2 == 0 {
             return Err(bad(format!(
-                "payload's architecture byte {byte:#04x} sets ADRP pairs without AArch64 revision 2"
+                "payload's architecture byte {byte:#04x} sets revision 3 without revision 2"
             )));
         }
         let btf = if byte & HAS_BTF != 0 {
@@ -166,7 +166,7 @@ impl Head {
             .size()
             .map_err(|e| bad(format!("old file: {e}")))?;
         let old_layout =
-            Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.with_adrp_pairs(pairs);
+            Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.with_revision_3(revision_3);
         if old_layout.arch != arch {
             return Err(bad("payload is for another architecture than the source"));
         }
@@ -661,16 +661,11 @@ mod tests {
         short.extend_from_slice(&[0; 16]);
         put_varint(&mut short, 1 << 20);
         assert!(decode(&old, short, len).is_err());
-        // ADRP pairs (revision 3) on x86-64, or without revision 2.
-        let flags = if arch == Arch::AArch64 as u8 {
-            HAS_ADRP_PAIRS
-        } else {
-            HAS_ADRP_PAIRS | HAS_REVISION_2
-        };
+        // Revision 3 without revision 2.
         let mut p = payload.clone();
-        p[0] = arch | flags;
+        p[0] = arch | HAS_REVISION_3;
         let err = decode(&old, p, len).unwrap_err();
-        assert!(err.0.contains("ADRP pairs"), "{err}");
+        assert!(err.0.contains("revision 3 without revision 2"), "{err}");
         // A record reading before or past the old file.
         for seek in [1i64, -100] {
             let mut p = vec![arch];

@@ -61,6 +61,18 @@ pub(super) fn phase_a<I: AsRef<[u8]>>(
             SHT_RELA => {
                 let symtab = layout.sections.get(s.link as usize);
                 for e in entries(s, len, 24) {
+                    // Revision 3: the symbol index first, so that what follows reads it
+                    // restored.
+                    if layout.symbol_indices() {
+                        visit(
+                            &Ref {
+                                loc: e + 12,
+                                kind: RefKind::SymIndex,
+                                base: 0,
+                            },
+                            image,
+                        )?;
+                    }
                     let Some(info) = read_u64(image.as_ref(), e + 8) else {
                         continue;
                     };
@@ -223,7 +235,7 @@ pub(super) fn phase_c<I: AsRef<[u8]>>(
             let base = ip.wrapping_add((at - range.start) as u64);
             let used = match layout.arch {
                 Arch::X86_64 => x86_code(code, at, base, &mut found),
-                Arch::AArch64 => a64_code(code, at, base, layout.adrp_pairs, &mut found),
+                Arch::AArch64 => a64_code(code, at, base, layout.adrp_pairs(), &mut found),
             };
             for r in &found {
                 visit(r, image)?;

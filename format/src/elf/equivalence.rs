@@ -2,7 +2,7 @@
 //! records of the bsdiff stream), and the address map built on them ([`AddressMap`]): how
 //! the encoder normalises a reference and the decoder predicts it.
 
-use super::{BtfShifts, Control, Layout, Ref};
+use super::{BtfShifts, Control, Layout, Ref, RefKind};
 
 /// Shortest aligned range that counts as a match between the files.
 pub const MIN_EQUIVALENCE: u64 = 64;
@@ -194,10 +194,46 @@ impl AddressMap<'_> {
         exact.unwrap_or_else(|| self.base_to_old(addr))
     }
 
+    /// Where symbol `index` of the old symbol table went in the new one: the entry the
+    /// forward map sends its first byte to, when it sends it to the first byte of one; else
+    /// `index` itself.
+    pub fn symbol_to_new(&self, index: u32) -> u32 {
+        let (Some((old, old_n)), Some((new, new_n))) = (self.old.symtab(), self.new.symtab())
+        else {
+            return index;
+        };
+        let to = (u64::from(index) < old_n)
+            .then(|| self.eq.forward(old + 24 * u64::from(index)))
+            .flatten()
+            .and_then(|o| o.checked_sub(new))
+            .filter(|o| o % 24 == 0 && o / 24 < new_n);
+        to.map_or(index, |o| (o / 24) as u32)
+    }
+
+    /// A symbol of the old table that [`Self::symbol_to_new`] sends to new symbol `index`
+    /// (the encoder's normalisation); else `index` itself.
+    pub fn symbol_to_old(&self, index: u32) -> u32 {
+        let (Some((old, old_n)), Some((new, new_n))) = (self.old.symtab(), self.new.symtab())
+        else {
+            return index;
+        };
+        let from = (u64::from(index) < new_n)
+            .then(|| self.eq.to_old(new + 24 * u64::from(index)))
+            .flatten()
+            .and_then(|o| o.checked_sub(old))
+            .filter(|o| o % 24 == 0 && o / 24 < old_n)
+            .map(|o| (o / 24) as u32)
+            .filter(|&o| self.symbol_to_new(o) == index);
+        from.unwrap_or(index)
+    }
+
     /// The field value a reference of the new image takes once normalised to the old image.
     pub fn normalise(&self, r: &Ref, value: i64) -> i64 {
         if r.kind.is_btf() {
             return self.btf.normalise(r.kind, value);
+        }
+        if r.kind == RefKind::SymIndex {
+            return i64::from(self.symbol_to_old(value as u32));
         }
         let target = r.target_of(r.base, value);
         if r.base == 0 {
@@ -211,6 +247,8 @@ impl AddressMap<'_> {
     pub fn predict(&self, r: &Ref, normalised: i64) -> i64 {
         if r.kind.is_btf() {
             self.btf.predict(r.kind, normalised)
+        } else if r.kind == RefKind::SymIndex {
+            i64::from(self.symbol_to_new(normalised as u32))
         } else if r.base == 0 {
             self.to_new(normalised as u64) as i64
         } else {

@@ -28,9 +28,10 @@ pub struct Layout {
     /// Phase E runs: data words whose value is an address of the image are references (for
     /// fixed executables in payloads of revision 2: [`Layout::for_revision`]).
     pub(super) pointers: bool,
-    /// Phase C takes an AArch64 ADRP together with the instruction that adds its low 12 bits
-    /// (payloads of revision 3: [`Layout::with_adrp_pairs`]).
-    pub(super) adrp_pairs: bool,
+    /// Payloads of revision 3 ([`Layout::with_revision_3`]): phase C takes an AArch64 ADRP
+    /// together with the instruction that adds its low 12 bits, and phase A takes the symbol
+    /// index of a relocatable object's relocations.
+    pub(super) revision_3: bool,
     pub(super) loads: Vec<Load>,
     pub(super) sections: Vec<Section>,
 }
@@ -249,7 +250,7 @@ impl Layout {
             relocatable,
             fixed,
             pointers: false,
-            adrp_pairs: false,
+            revision_3: false,
             loads,
             sections,
         })
@@ -284,16 +285,37 @@ impl Layout {
         self
     }
 
-    /// This layout as a payload of revision 3 (`pairs`, [`super::HAS_ADRP_PAIRS`]) reads it:
-    /// an AArch64 ADRP and the instruction adding its low 12 bits are one reference.
-    pub fn with_adrp_pairs(mut self, pairs: bool) -> Layout {
-        self.adrp_pairs = pairs && self.arch == Arch::AArch64;
+    /// This layout as a payload of revision 3 (`on`, [`super::HAS_REVISION_3`]) reads it: an
+    /// AArch64 ADRP and the instruction adding its low 12 bits are one reference, and so is
+    /// the symbol index of each relocation of a relocatable object.
+    pub fn with_revision_3(mut self, on: bool) -> Layout {
+        self.revision_3 = on;
         self
     }
 
-    /// Whether the references read as revision 3 says ([`Layout::with_adrp_pairs`]).
-    pub fn adrp_pairs(&self) -> bool {
-        self.adrp_pairs
+    /// Whether the references are read as revision 3 says ([`Layout::with_revision_3`]).
+    pub fn revision_3(&self) -> bool {
+        self.revision_3
+    }
+
+    /// Phase C pairs ADRPs (revision 3, AArch64).
+    pub(super) fn adrp_pairs(&self) -> bool {
+        self.revision_3 && self.arch == Arch::AArch64
+    }
+
+    /// Phase A takes relocations' symbol indices (revision 3, relocatable objects).
+    pub(super) fn symbol_indices(&self) -> bool {
+        self.revision_3 && self.relocatable
+    }
+
+    /// Where the first `SHT_SYMTAB` section with 24-byte entries is: (file offset, entry
+    /// count).
+    pub(super) fn symtab(&self) -> Option<(u64, u64)> {
+        let s = self
+            .sections
+            .iter()
+            .find(|s| s.kind == goblin::elf::section_header::SHT_SYMTAB && s.entsize == 24)?;
+        Some((s.offset, s.size / 24))
     }
 
     /// Whether `value` may be an address of this image for phase E: inside a loaded segment
@@ -324,7 +346,7 @@ mod tests {
             relocatable: false,
             fixed: true,
             pointers: true,
-            adrp_pairs: false,
+            revision_3: false,
             loads: vec![
                 Load {
                     vaddr: 0x1000,

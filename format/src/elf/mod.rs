@@ -68,7 +68,7 @@ pub use filled::filled_pieces;
 pub use layout::Layout;
 pub use payload::{
     build_payload, diff_range, encode_corrections, Control, Corrections, Revision, SplitPatch,
-    HAS_ADRP_PAIRS, HAS_REVISION_2, WINDOW_LOG_MAX,
+    HAS_REVISION_2, HAS_REVISION_3, WINDOW_LOG_MAX,
 };
 use payload::{unzigzag, zigzag, Stream};
 pub use refs::{Ref, RefKind};

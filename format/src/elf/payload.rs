@@ -154,8 +154,8 @@ pub enum Revision {
     /// [`HAS_REVISION_2`]: the maps of [`super::Equivalences`] revision 2, phase E, learned
     /// targets.
     Two = 2,
-    /// Revision 2 and, in AArch64 payloads, [`HAS_ADRP_PAIRS`]. (x86-64 payloads of
-    /// revision 3 are revision 2's.)
+    /// Revision 2 and [`HAS_REVISION_3`]: AArch64 ADRP pairs, relocatable objects'
+    /// relocation symbol indices.
     Three = 3,
 }
 
@@ -164,13 +164,14 @@ pub(super) const HAS_BTF: u8 = 0x80;
 /// Set in the architecture byte of payloads of revision 2 (FORMAT.md §6.4): the maps of
 /// [`Equivalences`] revision 2, and phase E for executables at a fixed address.
 pub const HAS_REVISION_2: u8 = 0x40;
-/// Set in the architecture byte of AArch64 payloads of revision 3 (FORMAT.md §6.4): an ADRP
+/// Set in the architecture byte of payloads of revision 3 (FORMAT.md §6.4): an AArch64 ADRP
 /// and the instruction that adds its address's low 12 bits are one reference
-/// ([`super::RefKind::A64AdrpPair`]). Only with [`HAS_REVISION_2`].
-pub const HAS_ADRP_PAIRS: u8 = 0x20;
+/// ([`super::RefKind::A64AdrpPair`]), and a relocatable object's relocations' symbol indices
+/// are references ([`super::RefKind::SymIndex`]). Only with [`HAS_REVISION_2`].
+pub const HAS_REVISION_3: u8 = 0x20;
 
 /// Builds a method-4 payload (before compression) up to its corrections: the architecture
-/// byte (with [`HAS_REVISION_2`] when `revised`, [`HAS_ADRP_PAIRS`] when `pairs`, and
+/// byte (with [`HAS_REVISION_2`] when `revised`, [`HAS_REVISION_3`] when `revision_3`, and
 /// [`HAS_BTF`] and the tables when
 /// there are any), then the records, diff bytes and extra bytes that turn `old` into
 /// `normalised`. The corrections ([`encode_corrections`]) are appended by the caller.
@@ -178,7 +179,7 @@ pub fn build_payload(
     arch: Arch,
     btf: &BtfShifts,
     revised: bool,
-    pairs: bool,
+    revision_3: bool,
     controls: &[Control],
     old: &[u8],
     normalised: &[u8],
@@ -187,8 +188,8 @@ pub fn build_payload(
     if revised {
         out[0] |= HAS_REVISION_2;
     }
-    if pairs {
-        out[0] |= HAS_ADRP_PAIRS;
+    if revision_3 {
+        out[0] |= HAS_REVISION_3;
     }
     if !btf.is_empty() {
         out[0] |= HAS_BTF;

@@ -31,14 +31,23 @@ pub enum RefKind {
     A64AdrpPair { gap: u8, scale: u8 },
     /// BTF: a 32-bit little-endian type id (phase D, predicted by [`BtfShifts`]).
     BtfType,
+    /// A relocatable object's relocation: the symbol index, the high 32 bits of `r_info`
+    /// (revision 3, phase A), predicted through the symbol tables' alignment.
+    SymIndex,
     /// BTF: a 32-bit little-endian string offset (phase D, predicted by [`BtfShifts`]).
     BtfStr,
 }
 
 impl RefKind {
-    /// A BTF field, whose value is not an address.
+    /// A BTF field.
     pub fn is_btf(self) -> bool {
         matches!(self, RefKind::BtfType | RefKind::BtfStr)
+    }
+
+    /// A field whose value is an index or an offset of a table, not an address: a BTF field
+    /// or a symbol index.
+    pub fn is_index(self) -> bool {
+        self.is_btf() || self == RefKind::SymIndex
     }
 
     pub(super) fn size(self) -> usize {
@@ -57,7 +66,7 @@ impl RefKind {
     pub(super) fn bits(self) -> u32 {
         match self {
             RefKind::Abs64 | RefKind::Ptr64 => 64,
-            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => 32,
+            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr | RefKind::SymIndex => 32,
             RefKind::A64Branch26 => 26,
             RefKind::A64Imm19 => 19,
             RefKind::A64Imm14 => 14,
@@ -75,6 +84,7 @@ impl RefKind {
             | RefKind::A64Adr
             | RefKind::BtfType
             | RefKind::BtfStr
+            | RefKind::SymIndex
             | RefKind::A64AdrpPair { .. } => 0,
             RefKind::A64Branch26 | RefKind::A64Imm19 | RefKind::A64Imm14 => 2,
             RefKind::A64Adrp => 12,
@@ -92,7 +102,7 @@ impl RefKind {
             return page | i64::from((lo >> 10 & 0xfff) << scale & 0xfff);
         }
         let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
-        if self.is_btf() {
+        if self.is_index() {
             return i64::from(w);
         }
         let raw = match self {
@@ -124,7 +134,7 @@ impl RefKind {
         let v = value as u32;
         let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
         let w = match self {
-            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr => v,
+            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr | RefKind::SymIndex => v,
             RefKind::A64Branch26 => (w & !0x03ff_ffff) | (v & 0x03ff_ffff),
             RefKind::A64Imm19 => (w & !(0x7ffff << 5)) | (v & 0x7ffff) << 5,
             RefKind::A64Imm14 => (w & !(0x3fff << 5)) | (v & 0x3fff) << 5,

@@ -28,7 +28,7 @@ pub fn walk_restore(
     // The new file's references are read as the payload says the old one's are.
     let new = Layout::parse(image)?
         .for_revision(revised)
-        .with_adrp_pairs(old.adrp_pairs);
+        .with_revision_3(old.revision_3);
     let map = AddressMap {
         old,
         new: &new,
@@ -43,7 +43,7 @@ pub fn walk_restore(
             return Ok(());
         };
         let mut predicted = map.predict(r, normalised);
-        let target = (revised && !r.kind.is_btf()).then(|| r.target_of(r.base, predicted));
+        let target = (revised && !r.kind.is_index()).then(|| r.target_of(r.base, predicted));
         if let Some(better) = target.and_then(|t| learned.get(t)) {
             predicted = r.value_of(r.base, better);
         }

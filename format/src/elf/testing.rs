@@ -54,7 +54,7 @@ pub(super) fn identity_payload_of(
         arch,
         &BtfShifts::default(),
         revised,
-        revised && arch == super::Arch::AArch64,
+        revised,
         &controls,
         old,
         old,

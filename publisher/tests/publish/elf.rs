@@ -314,6 +314,69 @@ fn aarch64_adrp_pairs_predict_the_low_bits() {
     );
 }
 
+/// A relocatable object's relocations name their symbols by index (the high half of
+/// `r_info`); a symbol inserted early renumbers every later one. Revision 3 predicts each
+/// index through the alignment of the symbol tables, where revision 2 leaves the moved ones as
+/// diff bytes. Both apply.
+#[test]
+fn relocation_symbol_indices_follow_the_symbol_table() {
+    use goblin::elf::section_header::SHT_RELA;
+    for arch in ["x86_64", "aarch64"] {
+        let (old, new) = elf_pair(
+            &format!("{arch}/syms-o"),
+            &format!("the compiler for {arch}"),
+        );
+        let encode = |revision| {
+            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revision)
+                .unwrap()
+                .unwrap();
+            let back = deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
+            assert_eq!(back, new, "{arch}: {revision:?}");
+            raw
+        };
+        let (r2, r3) = (encode(Revision::Two), encode(Revision::Three));
+        assert_eq!(r3[0] & 0x60, 0x60, "{arch}: revision 3's flags");
+        // The symbol index bytes of every relocation of `new`, and those whose index differs
+        // from the relocation at the same place of `old`'s table of the same name.
+        let (eo, en) = (
+            goblin::elf::Elf::parse(&old).unwrap(),
+            goblin::elf::Elf::parse(&new).unwrap(),
+        );
+        let mut fields = Vec::new();
+        let mut renumbered = 0;
+        for s in en.section_headers.iter().filter(|s| s.sh_type == SHT_RELA) {
+            let name = en.shdr_strtab.get_at(s.sh_name);
+            let o = eo
+                .section_headers
+                .iter()
+                .find(|o| eo.shdr_strtab.get_at(o.sh_name) == name)
+                .unwrap();
+            for k in (0..s.sh_size as usize).step_by(24) {
+                let at = s.sh_offset as usize + k + 12;
+                fields.push(at);
+                let o_at = o.sh_offset as usize + k + 12;
+                if k < o.sh_size as usize && old[o_at..o_at + 4] != new[at..at + 4] {
+                    renumbered += 1;
+                }
+            }
+        }
+        let left = |raw: &[u8]| {
+            let diff = diff_byte_offsets(raw);
+            fields
+                .iter()
+                .filter(|&&f| diff.iter().any(|&d| (f..f + 4).contains(&d)))
+                .count()
+        };
+        let (d2, d3) = (left(&r2), left(&r3));
+        // What is left names the symbols the new version added (no old index to map).
+        assert!(
+            renumbered >= 8 && d2 >= 8 && d3 * 2 <= d2,
+            "{arch}: {renumbered} of {} indices renumbered; left as diff bytes: revision 2 {d2}, revision 3 {d3}",
+            fields.len()
+        );
+    }
+}
+
 /// A section that only relocations fill (`__mcount_loc`: zeros in the file, a slot per
 /// function) after functions were inserted before and among the others: the records of the
 /// patch follow the slots as the relocations pair them, so the relocation table that fills
