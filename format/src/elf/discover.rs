@@ -98,6 +98,19 @@ pub(super) fn phase_a<I: AsRef<[u8]>>(
             }
             SHT_SYMTAB | SHT_DYNSYM => {
                 for e in entries(s, len, 24) {
+                    // Revision 3: the name, an offset into the linked string table.
+                    if layout.revision_3 {
+                        visit(
+                            &Ref {
+                                loc: e,
+                                kind: RefKind::SymName {
+                                    dynamic: s.kind == SHT_DYNSYM,
+                                },
+                                base: 0,
+                            },
+                            image,
+                        )?;
+                    }
                     let Some(shndx) = read_u16(image.as_ref(), e + 6) else {
                         continue;
                     };

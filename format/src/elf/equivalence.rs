@@ -227,8 +227,47 @@ impl AddressMap<'_> {
         from.unwrap_or(index)
     }
 
+    /// Where offset `at` of the old string table of the first symbol table (`dynamic`: of
+    /// dynamic symbols) went in the new one, when the forward map sends it inside it; else
+    /// `at` itself.
+    pub fn name_to_new(&self, dynamic: bool, at: u32) -> u32 {
+        let (Some((old, old_len)), Some((new, new_len))) = (
+            self.old.symbol_names(dynamic),
+            self.new.symbol_names(dynamic),
+        ) else {
+            return at;
+        };
+        let to = (u64::from(at) < old_len)
+            .then(|| self.eq.forward(old + u64::from(at)))
+            .flatten()
+            .and_then(|o| o.checked_sub(new))
+            .filter(|&o| o < new_len);
+        to.map_or(at, |o| o as u32)
+    }
+
+    /// An old string table offset that [`Self::name_to_new`] sends to `at`; else `at`.
+    pub fn name_to_old(&self, dynamic: bool, at: u32) -> u32 {
+        let (Some((old, old_len)), Some((new, new_len))) = (
+            self.old.symbol_names(dynamic),
+            self.new.symbol_names(dynamic),
+        ) else {
+            return at;
+        };
+        let from = (u64::from(at) < new_len)
+            .then(|| self.eq.to_old(new + u64::from(at)))
+            .flatten()
+            .and_then(|o| o.checked_sub(old))
+            .filter(|&o| o < old_len)
+            .map(|o| o as u32)
+            .filter(|&o| self.name_to_new(dynamic, o) == at);
+        from.unwrap_or(at)
+    }
+
     /// The field value a reference of the new image takes once normalised to the old image.
     pub fn normalise(&self, r: &Ref, value: i64) -> i64 {
+        if let RefKind::SymName { dynamic } = r.kind {
+            return i64::from(self.name_to_old(dynamic, value as u32));
+        }
         if r.kind.is_btf() {
             return self.btf.normalise(r.kind, value);
         }
@@ -249,6 +288,8 @@ impl AddressMap<'_> {
             self.btf.predict(r.kind, normalised)
         } else if r.kind == RefKind::SymIndex {
             i64::from(self.symbol_to_new(normalised as u32))
+        } else if let RefKind::SymName { dynamic } = r.kind {
+            i64::from(self.name_to_new(dynamic, normalised as u32))
         } else if r.base == 0 {
             self.to_new(normalised as u64) as i64
         } else {

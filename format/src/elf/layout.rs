@@ -29,8 +29,8 @@ pub struct Layout {
     /// fixed executables in payloads of revision 2: [`Layout::for_revision`]).
     pub(super) pointers: bool,
     /// Payloads of revision 3 ([`Layout::with_revision_3`]): phase C takes an AArch64 ADRP
-    /// together with the instruction that adds its low 12 bits, and phase A takes the symbol
-    /// index of a relocatable object's relocations.
+    /// together with the instruction that adds its low 12 bits, and phase A takes symbols'
+    /// names and the symbol index of a relocatable object's relocations.
     pub(super) revision_3: bool,
     pub(super) loads: Vec<Load>,
     pub(super) sections: Vec<Section>,
@@ -286,8 +286,9 @@ impl Layout {
     }
 
     /// This layout as a payload of revision 3 (`on`, [`super::HAS_REVISION_3`]) reads it: an
-    /// AArch64 ADRP and the instruction adding its low 12 bits are one reference, and so is
-    /// the symbol index of each relocation of a relocatable object.
+    /// AArch64 ADRP and the instruction adding its low 12 bits are one reference, each
+    /// symbol's name is one, and so is the symbol index of each relocation of a relocatable
+    /// object.
     pub fn with_revision_3(mut self, on: bool) -> Layout {
         self.revision_3 = on;
         self
@@ -311,11 +312,26 @@ impl Layout {
     /// Where the first `SHT_SYMTAB` section with 24-byte entries is: (file offset, entry
     /// count).
     pub(super) fn symtab(&self) -> Option<(u64, u64)> {
+        let s = self.first_symbols(false)?;
+        Some((s.offset, s.size / 24))
+    }
+
+    /// The first `SHT_SYMTAB` (or, `dynamic`, `SHT_DYNSYM`) section with 24-byte entries.
+    fn first_symbols(&self, dynamic: bool) -> Option<&Section> {
+        use goblin::elf::section_header::{SHT_DYNSYM, SHT_SYMTAB};
+        let kind = if dynamic { SHT_DYNSYM } else { SHT_SYMTAB };
+        self.sections
+            .iter()
+            .find(|s| s.kind == kind && s.entsize == 24)
+    }
+
+    /// Where the string table that the first symbol table of its kind links is: (file
+    /// offset, size).
+    pub(super) fn symbol_names(&self, dynamic: bool) -> Option<(u64, u64)> {
         let s = self
             .sections
-            .iter()
-            .find(|s| s.kind == goblin::elf::section_header::SHT_SYMTAB && s.entsize == 24)?;
-        Some((s.offset, s.size / 24))
+            .get(self.first_symbols(dynamic)?.link as usize)?;
+        (s.kind == goblin::elf::section_header::SHT_STRTAB).then_some((s.offset, s.size))
     }
 
     /// Whether `value` may be an address of this image for phase E: inside a loaded segment

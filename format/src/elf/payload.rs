@@ -155,7 +155,7 @@ pub enum Revision {
     /// targets.
     Two = 2,
     /// Revision 2 and [`HAS_REVISION_3`]: AArch64 ADRP pairs, relocatable objects'
-    /// relocation symbol indices.
+    /// relocation symbol indices, symbol names.
     Three = 3,
 }
 
@@ -166,8 +166,9 @@ pub(super) const HAS_BTF: u8 = 0x80;
 pub const HAS_REVISION_2: u8 = 0x40;
 /// Set in the architecture byte of payloads of revision 3 (FORMAT.md §6.4): an AArch64 ADRP
 /// and the instruction that adds its address's low 12 bits are one reference
-/// ([`super::RefKind::A64AdrpPair`]), and a relocatable object's relocations' symbol indices
-/// are references ([`super::RefKind::SymIndex`]). Only with [`HAS_REVISION_2`].
+/// ([`super::RefKind::A64AdrpPair`]), a relocatable object's relocations' symbol indices
+/// are references ([`super::RefKind::SymIndex`]), and so are symbols' names
+/// ([`super::RefKind::SymName`]). Only with [`HAS_REVISION_2`].
 pub const HAS_REVISION_3: u8 = 0x20;
 
 /// Builds a method-4 payload (before compression) up to its corrections: the architecture

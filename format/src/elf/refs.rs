@@ -34,6 +34,10 @@ pub enum RefKind {
     /// A relocatable object's relocation: the symbol index, the high 32 bits of `r_info`
     /// (revision 3, phase A), predicted through the symbol tables' alignment.
     SymIndex,
+    /// A symbol's name (`st_name`, revision 3, phase A): an offset into the string table
+    /// the first `SHT_SYMTAB` (or, `dynamic`, `SHT_DYNSYM`) section links, predicted
+    /// through the alignment of the two string tables.
+    SymName { dynamic: bool },
     /// BTF: a 32-bit little-endian string offset (phase D, predicted by [`BtfShifts`]).
     BtfStr,
 }
@@ -47,7 +51,7 @@ impl RefKind {
     /// A field whose value is an index or an offset of a table, not an address: a BTF field
     /// or a symbol index.
     pub fn is_index(self) -> bool {
-        self.is_btf() || self == RefKind::SymIndex
+        self.is_btf() || matches!(self, RefKind::SymIndex | RefKind::SymName { .. })
     }
 
     pub(super) fn size(self) -> usize {
@@ -66,7 +70,11 @@ impl RefKind {
     pub(super) fn bits(self) -> u32 {
         match self {
             RefKind::Abs64 | RefKind::Ptr64 => 64,
-            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr | RefKind::SymIndex => 32,
+            RefKind::Rel32
+            | RefKind::BtfType
+            | RefKind::BtfStr
+            | RefKind::SymIndex
+            | RefKind::SymName { .. } => 32,
             RefKind::A64Branch26 => 26,
             RefKind::A64Imm19 => 19,
             RefKind::A64Imm14 => 14,
@@ -85,6 +93,7 @@ impl RefKind {
             | RefKind::BtfType
             | RefKind::BtfStr
             | RefKind::SymIndex
+            | RefKind::SymName { .. }
             | RefKind::A64AdrpPair { .. } => 0,
             RefKind::A64Branch26 | RefKind::A64Imm19 | RefKind::A64Imm14 => 2,
             RefKind::A64Adrp => 12,
@@ -134,7 +143,11 @@ impl RefKind {
         let v = value as u32;
         let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
         let w = match self {
-            RefKind::Rel32 | RefKind::BtfType | RefKind::BtfStr | RefKind::SymIndex => v,
+            RefKind::Rel32
+            | RefKind::BtfType
+            | RefKind::BtfStr
+            | RefKind::SymIndex
+            | RefKind::SymName { .. } => v,
             RefKind::A64Branch26 => (w & !0x03ff_ffff) | (v & 0x03ff_ffff),
             RefKind::A64Imm19 => (w & !(0x7ffff << 5)) | (v & 0x7ffff) << 5,
             RefKind::A64Imm14 => (w & !(0x3fff << 5)) | (v & 0x3fff) << 5,

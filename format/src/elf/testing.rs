@@ -54,7 +54,7 @@ pub(super) fn identity_payload_of(
         arch,
         &BtfShifts::default(),
         revised,
-        revised,
+        false,
         &controls,
         old,
         old,

@@ -315,9 +315,10 @@ fn aarch64_adrp_pairs_predict_the_low_bits() {
 }
 
 /// A relocatable object's relocations name their symbols by index (the high half of
-/// `r_info`); a symbol inserted early renumbers every later one. Revision 3 predicts each
-/// index through the alignment of the symbol tables, where revision 2 leaves the moved ones as
-/// diff bytes. Both apply.
+/// `r_info`); a symbol inserted early renumbers every later one, and moves the names after
+/// its own in the string table. Revision 3 predicts each index through the alignment of the
+/// symbol tables, and each name offset through that of the string tables, where revision 2
+/// leaves the moved ones as diff bytes. Both apply.
 #[test]
 fn relocation_symbol_indices_follow_the_symbol_table() {
     use goblin::elf::section_header::SHT_RELA;
@@ -360,19 +361,36 @@ fn relocation_symbol_indices_follow_the_symbol_table() {
                 }
             }
         }
-        let left = |raw: &[u8]| {
+        // How many 4-byte fields at `fields` a payload leaves as nonzero diff bytes.
+        let left = |raw: &[u8], fields: &[usize]| {
             let diff = diff_byte_offsets(raw);
             fields
                 .iter()
                 .filter(|&&f| diff.iter().any(|&d| (f..f + 4).contains(&d)))
                 .count()
         };
-        let (d2, d3) = (left(&r2), left(&r3));
+        let (d2, d3) = (left(&r2, &fields), left(&r3, &fields));
         // What is left names the symbols the new version added (no old index to map).
         assert!(
             renumbered >= 8 && d2 >= 8 && d3 * 2 <= d2,
             "{arch}: {renumbered} of {} indices renumbered; left as diff bytes: revision 2 {d2}, revision 3 {d3}",
             fields.len()
+        );
+        // The names of the symbols after the new ones moved in the string table: revision 3
+        // predicts each symbol's name offset through the string tables' alignment.
+        let symtab = en
+            .section_headers
+            .iter()
+            .find(|s| s.sh_type == goblin::elf::section_header::SHT_SYMTAB)
+            .unwrap();
+        let names: Vec<usize> = (0..symtab.sh_size as usize)
+            .step_by(24)
+            .map(|k| symtab.sh_offset as usize + k)
+            .collect();
+        let (n2, n3) = (left(&r2, &names), left(&r3, &names));
+        assert!(
+            n2 >= 8 && n3 * 2 <= n2,
+            "{arch}: symbol names left as diff bytes: revision 2 {n2}, revision 3 {n3}"
         );
     }
 }
