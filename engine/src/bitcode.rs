@@ -7,7 +7,6 @@
 //! generic methods compete alone. The decoder is `deltaroot_format::bitcode`.
 
 use deltaroot_format::bitcode::{self, Patch};
-use deltaroot_format::Method;
 
 use crate::competition::{self as engine, EngineOptions};
 
@@ -30,13 +29,7 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
     let Ok(raw_old) = bitcode::unpack(old, limit(old.len())) else {
         return Ok(None);
     };
-    let inner = engine::smallest_payload(
-        &raw_old,
-        &raw_new,
-        opts,
-        &[Method::ZstdPatchFrom, Method::BsdiffZstd],
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let inner = engine::smallest_payload(&raw_old, &raw_new, opts, &engine::GENERIC)?;
     let Some((method, payload)) = inner else {
         return Ok(None);
     };

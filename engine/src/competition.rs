@@ -406,20 +406,25 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
     Ok(encoded)
 }
 
+/// The inner methods of a `gzip` or `bitcode` delta: the generic ones.
+pub(crate) const GENERIC: [Method; 2] = [Method::ZstdPatchFrom, Method::BsdiffZstd];
+
 /// The smallest payload among `allowed` of the methods that apply to this pair (what the
-/// `gzip` and `xz` methods send between decompressed contents), not applied back on its own:
-/// the enclosing candidate is.
+/// `gzip`, `xz` and `bitcode` methods send between decompressed or unpacked contents), not
+/// applied back on its own: the enclosing candidate is.
 pub(crate) fn smallest_payload(
     old: &[u8],
     new: &[u8],
     opts: &EngineOptions,
     allowed: &[Method],
-) -> Result<Option<(Method, Vec<u8>)>> {
+) -> std::io::Result<Option<(Method, Vec<u8>)>> {
     let methods: Vec<Method> = methods_for(old, new, opts, None)
         .into_iter()
         .filter(|m| allowed.contains(m))
         .collect();
-    Ok(payloads(old, new, opts, &methods)?
+    let payloads =
+        payloads(old, new, opts, &methods).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(payloads
         .into_iter()
         .filter_map(|(m, p)| p.ok().map(|p| (m, p)))
         .min_by_key(|(_, p)| p.len()))

@@ -12,7 +12,6 @@
 //! The decoder is `deltaroot_format::gzip`.
 
 use deltaroot_format::gzip::{self, Deflater, Patch, MAX_RATIO};
-use deltaroot_format::Method;
 
 use crate::competition::{self as engine, EngineOptions};
 
@@ -71,13 +70,7 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
     let Ok(raw_old) = gzip::inflate(o.deflate, limit(old.len())) else {
         return Ok(None);
     };
-    let inner = engine::smallest_payload(
-        &raw_old,
-        &raw_new,
-        opts,
-        &[Method::ZstdPatchFrom, Method::BsdiffZstd],
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let inner = engine::smallest_payload(&raw_old, &raw_new, opts, &engine::GENERIC)?;
     let Some((method, payload)) = inner else {
         return Ok(None);
     };
@@ -97,6 +90,7 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deltaroot_format::Method;
     use deltaroot_format::{apply_delta, DeltaHeader, Hash};
 
     fn gz(raw: &[u8], level: u8) -> Vec<u8> {

@@ -87,8 +87,7 @@ pub fn encode(old: &[u8], new: &[u8], opts: &EngineOptions) -> std::io::Result<O
         opts.level,
         false,
     )?;
-    let inner = engine::smallest_payload(&raw_old, &raw_new, opts, &INNER)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let inner = engine::smallest_payload(&raw_old, &raw_new, opts, &INNER)?;
     let Some((inner, payload)) = inner else {
         return Ok(None);
     };

@@ -592,11 +592,7 @@ impl<'a> Patch<'a> {
         let target_size = r
             .varint_max(unpacked_limit(bc_size), "target size")
             .map_err(wire)?;
-        let inner = match r.u8("inner method").map_err(wire)? {
-            1 => Method::ZstdPatchFrom,
-            2 => Method::BsdiffZstd,
-            m => return Err(bad(format!("inner method {m} is not 1 or 2"))),
-        };
+        let inner = crate::method::generic_inner(r.u8("inner method").map_err(wire)?)?;
         Ok(Patch {
             source_size,
             target_size,
@@ -643,12 +639,7 @@ mod tests {
         };
         // Block-info (id 0), width 2: SETBID 8, DEFINE_ABBREV [literal 7, fixed 3, vbr 6,
         // array of char6].
-        s.write(1, 2);
-        s.vbr(0, 8);
-        s.vbr(2, 4);
-        s.align();
-        starts.push(s.out.len());
-        s.write(0, 32);
+        enter(&mut s, &mut starts, 2, 0, 2);
         s.write(3, 2);
         s.vbr(1, 6);
         s.vbr(1, 6);
@@ -668,12 +659,7 @@ mod tests {
         }
         end(&mut s, &mut starts, 2);
         // Block 8, width 3.
-        s.write(1, 2);
-        s.vbr(8, 8);
-        s.vbr(3, 4);
-        s.align();
-        starts.push(s.out.len());
-        s.write(0, 32);
+        enter(&mut s, &mut starts, 2, 8, 3);
         // Abbreviated record 4: fixed 5, vbr 1000, "ab".
         s.write(4, 3);
         s.write(5, 3);

@@ -124,9 +124,38 @@ pub(crate) fn elf(part: &Part<'_>, source: Source<'_>) -> Result<Vec<u8>, Error>
     })
 }
 
+/// The inner delta of a gzip or bitcode delta: `payload` of `method` applied to `raw_old`
+/// (the source decompressed, or unpacked: `form` names which), which must give exactly
+/// `target_size` bytes. `raw_old` is freed before the result is returned.
+fn inner(
+    part: &Part<'_>,
+    method: Method,
+    target_size: u64,
+    payload: &[u8],
+    raw_old: Vec<u8>,
+    form: &str,
+) -> Result<Vec<u8>, Error> {
+    let inner = Part {
+        method,
+        target_size,
+        payload: Payload::Stored(payload),
+        what: part.what,
+    };
+    let raw_new = decode(&inner, &raw_old)?;
+    drop(raw_old);
+    if raw_new.len() as u64 != target_size {
+        return Err(Error::ContentLength {
+            what: format!("{} ({form})", part.what),
+            got: raw_new.len() as u64,
+            want: target_size,
+        });
+    }
+    Ok(raw_new)
+}
+
 fn gzip(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
     use crate::gzip;
-    let (what, fail) = (part.what, |e: std::io::Error| part.invalid(e.to_string()));
+    let fail = |e: std::io::Error| part.invalid(e.to_string());
     let p =
         gzip::Patch::decode(part.bytes(), source.len() as u64, part.target_size).map_err(fail)?;
     let old = gzip::member(source).map_err(fail)?;
@@ -138,27 +167,20 @@ fn gzip(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
             p.source_size
         )));
     }
-    let inner = Part {
-        method: p.inner,
-        target_size: p.target_size,
-        payload: Payload::Stored(p.payload),
-        what,
-    };
-    let raw_new = decode(&inner, &raw_old)?;
-    drop(raw_old);
-    if raw_new.len() as u64 != p.target_size {
-        return Err(Error::ContentLength {
-            what: format!("{what} (decompressed)"),
-            got: raw_new.len() as u64,
-            want: p.target_size,
-        });
-    }
+    let raw_new = inner(
+        part,
+        p.inner,
+        p.target_size,
+        p.payload,
+        raw_old,
+        "decompressed",
+    )?;
     gzip::rebuild(p.header, &raw_new, p.deflater).map_err(fail)
 }
 
 fn bitcode(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
     use crate::bitcode;
-    let (what, fail) = (part.what, |e: std::io::Error| part.invalid(e.to_string()));
+    let fail = |e: std::io::Error| part.invalid(e.to_string());
     let p = bitcode::Patch::decode(part.bytes(), source.len() as u64, part.target_size)
         .map_err(fail)?;
     let raw_old = bitcode::unpack(source, p.source_size).map_err(|e| {
@@ -174,21 +196,7 @@ fn bitcode(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
             p.source_size
         )));
     }
-    let inner = Part {
-        method: p.inner,
-        target_size: p.target_size,
-        payload: Payload::Stored(p.payload),
-        what,
-    };
-    let raw_new = decode(&inner, &raw_old)?;
-    drop(raw_old);
-    if raw_new.len() as u64 != p.target_size {
-        return Err(Error::ContentLength {
-            what: format!("{what} (unpacked)"),
-            got: raw_new.len() as u64,
-            want: p.target_size,
-        });
-    }
+    let raw_new = inner(part, p.inner, p.target_size, p.payload, raw_old, "unpacked")?;
     bitcode::pack(&raw_new, part.target_size).map_err(fail)
 }
 

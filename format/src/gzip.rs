@@ -72,11 +72,7 @@ impl<'a> Patch<'a> {
             .varint_max(limit(source_len), "source size")
             .map_err(wire)?;
         let target_size = r.varint_max(limit(gz_size), "target size").map_err(wire)?;
-        let inner = match r.u8("inner method").map_err(wire)? {
-            1 => Method::ZstdPatchFrom,
-            2 => Method::BsdiffZstd,
-            m => return Err(bad(format!("inner method {m} is not 1 or 2"))),
-        };
+        let inner = crate::method::generic_inner(r.u8("inner method").map_err(wire)?)?;
         Ok(Patch {
             deflater,
             header,

@@ -86,6 +86,18 @@ impl Method {
     }
 }
 
+/// The inner method of a `gzip` or `bitcode` payload, from its byte: 1 or 2.
+pub(crate) fn generic_inner(byte: u8) -> std::io::Result<Method> {
+    match byte {
+        1 => Ok(Method::ZstdPatchFrom),
+        2 => Ok(Method::BsdiffZstd),
+        m => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("inner method {m} is not 1 or 2"),
+        )),
+    }
+}
+
 /// Methods cross the API by name (FORMAT.md §8).
 impl serde::Serialize for Method {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
