@@ -384,20 +384,17 @@ fn payloads(old: &[u8], new: &[u8], opts: &EngineOptions, methods: &[Method]) ->
                 Some(raw) => compress_elf_payload(&raw, opts.level),
                 None => continue,
             },
-            Method::Gzip => match crate::gzip::encode(old, new, opts) {
-                Ok(Some(p)) => Ok(p),
-                Ok(None) => continue,
-                Err(e) => Err(e),
+            Method::Gzip => match crate::gzip::encode(old, new, opts).transpose() {
+                Some(p) => p,
+                None => continue,
             },
-            Method::Xz => match crate::xz::encode(old, new, opts) {
-                Ok(Some(p)) => Ok(p),
-                Ok(None) => continue,
-                Err(e) => Err(e),
+            Method::Xz => match crate::xz::encode(old, new, opts).transpose() {
+                Some(p) => p,
+                None => continue,
             },
-            Method::Bitcode => match crate::bitcode::encode(old, new, opts) {
-                Ok(Some(p)) => Ok(p),
-                Ok(None) => continue,
-                Err(e) => Err(e),
+            Method::Bitcode => match crate::bitcode::encode(old, new, opts).transpose() {
+                Some(p) => p,
+                None => continue,
             },
             Method::Zstd => unreachable!("whole objects are not deltas"),
         };

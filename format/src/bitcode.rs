@@ -21,7 +21,7 @@
 
 use std::io;
 
-use crate::method::{Method, MAX_TARGET_SIZE};
+use crate::method::{expanded_limit, Contents, Method};
 use crate::wire::{put_varint, Reader};
 
 /// The raw bitcode magic: `BC` then `0xC0DE`.
@@ -260,8 +260,8 @@ impl Sink {
 /// Where values go when unpacking, or come from when packing; one walk over the structure
 /// serves both, so they cannot disagree.
 trait Side {
-    /// A field of `bits` fixed bits (0 for a block's abbreviation id width, which is never
-    /// 0 here).
+    /// A field of `bits` fixed bits (a block of abbreviation width 0 reads id 0 from no bits:
+    /// it ends at once).
     fn fixed(&mut self, bits: u8, what: &str) -> io::Result<u64>;
     fn vbr(&mut self, bits: u8, what: &str) -> io::Result<u64>;
     /// Padding to 32 bits and a block's length word.
@@ -574,39 +574,36 @@ pub struct Patch<'a> {
 impl<'a> Patch<'a> {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.payload.len() + 24);
-        put_varint(&mut out, self.source_size);
-        put_varint(&mut out, self.target_size);
-        out.push(self.inner as u8);
-        out.extend_from_slice(self.payload);
+        Contents {
+            source_size: self.source_size,
+            target_size: self.target_size,
+            inner: self.inner,
+            payload: self.payload,
+        }
+        .write(&mut out);
         out
     }
 
     /// Parses a payload for a target of `bc_size` bytes from a source of `source_len` bytes,
     /// checking the sizes against what bitcode files of those sizes unpack to.
     pub fn decode(payload: &'a [u8], source_len: u64, bc_size: u64) -> io::Result<Patch<'a>> {
-        let mut r = Reader::new(payload);
-        let wire = |e: crate::wire::WireError| bad(e.to_string());
-        let source_size = r
-            .varint_max(unpacked_limit(source_len), "source size")
-            .map_err(wire)?;
-        let target_size = r
-            .varint_max(unpacked_limit(bc_size), "target size")
-            .map_err(wire)?;
-        let inner = crate::method::generic_inner(r.u8("inner method").map_err(wire)?)?;
+        let c = Contents::read(
+            &mut Reader::new(payload),
+            unpacked_limit(source_len),
+            unpacked_limit(bc_size),
+        )?;
         Ok(Patch {
-            source_size,
-            target_size,
-            inner,
-            payload: r.rest(),
+            source_size: c.source_size,
+            target_size: c.target_size,
+            inner: c.inner,
+            payload: c.payload,
         })
     }
 }
 
 /// The most a bitcode file of `len` bytes unpacks to.
 pub fn unpacked_limit(len: u64) -> u64 {
-    len.saturating_mul(MAX_RATIO)
-        .saturating_add(1024)
-        .min(MAX_TARGET_SIZE)
+    expanded_limit(len, MAX_RATIO)
 }
 
 #[cfg(test)]

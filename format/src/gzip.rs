@@ -16,8 +16,8 @@ use std::io;
 
 use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::method::{Method, MAX_TARGET_SIZE};
-use crate::wire::{put_bytes, put_varint, Reader};
+use crate::method::{expanded_limit, Contents, Method};
+use crate::wire::{put_bytes, Reader};
 
 /// Most bytes deflate can expand to per compressed byte (a 258-byte match costs at least
 /// two bits), plus slack for a stream's tail: bounds what a `gzip` patch may claim.
@@ -44,10 +44,13 @@ impl<'a> Patch<'a> {
         let mut out = Vec::with_capacity(self.header.len() + self.payload.len() + 32);
         out.push(self.deflater.byte());
         put_bytes(&mut out, self.header);
-        put_varint(&mut out, self.source_size);
-        put_varint(&mut out, self.target_size);
-        out.push(self.inner as u8);
-        out.extend_from_slice(self.payload);
+        Contents {
+            source_size: self.source_size,
+            target_size: self.target_size,
+            inner: self.inner,
+            payload: self.payload,
+        }
+        .write(&mut out);
         out
     }
 
@@ -57,29 +60,24 @@ impl<'a> Patch<'a> {
         let mut r = Reader::new(payload);
         let wire = |e: crate::wire::WireError| bad(e.to_string());
         let deflater = Deflater::from_byte(r.u8("deflater").map_err(wire)?)?;
-        let limit = |n: u64| {
-            n.saturating_mul(MAX_RATIO)
-                .saturating_add(1024)
-                .min(MAX_TARGET_SIZE)
-        };
         let header = r
             .bytes(
                 usize::try_from(gz_size).unwrap_or(usize::MAX),
                 "gzip header",
             )
             .map_err(wire)?;
-        let source_size = r
-            .varint_max(limit(source_len), "source size")
-            .map_err(wire)?;
-        let target_size = r.varint_max(limit(gz_size), "target size").map_err(wire)?;
-        let inner = crate::method::generic_inner(r.u8("inner method").map_err(wire)?)?;
+        let c = Contents::read(
+            &mut r,
+            expanded_limit(source_len, MAX_RATIO),
+            expanded_limit(gz_size, MAX_RATIO),
+        )?;
         Ok(Patch {
             deflater,
             header,
-            source_size,
-            target_size,
-            inner,
-            payload: r.rest(),
+            source_size: c.source_size,
+            target_size: c.target_size,
+            inner: c.inner,
+            payload: c.payload,
         })
     }
 }

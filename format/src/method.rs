@@ -86,16 +86,54 @@ impl Method {
     }
 }
 
-/// The inner method of a `gzip` or `bitcode` payload, from its byte: 1 or 2.
-pub(crate) fn generic_inner(byte: u8) -> std::io::Result<Method> {
-    match byte {
-        1 => Ok(Method::ZstdPatchFrom),
-        2 => Ok(Method::BsdiffZstd),
-        m => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("inner method {m} is not 1 or 2"),
-        )),
+/// The contents' delta a `gzip` or `bitcode` payload ends with (FORMAT.md §6.5, §6.7): the
+/// source's and the target's decompressed (or unpacked) sizes, the inner method, 1 or 2, and
+/// its payload to the end.
+pub(crate) struct Contents<'a> {
+    pub source_size: u64,
+    pub target_size: u64,
+    pub inner: Method,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Contents<'a> {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        crate::wire::put_varint(out, self.source_size);
+        crate::wire::put_varint(out, self.target_size);
+        out.push(self.inner as u8);
+        out.extend_from_slice(self.payload);
     }
+
+    /// Reads the rest of `r`, the sizes at most `source_max` and `target_max`.
+    pub(crate) fn read(
+        r: &mut crate::wire::Reader<'a>,
+        source_max: u64,
+        target_max: u64,
+    ) -> std::io::Result<Contents<'a>> {
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let wire = |e: crate::wire::WireError| bad(e.to_string());
+        let source_size = r.varint_max(source_max, "source size").map_err(wire)?;
+        let target_size = r.varint_max(target_max, "target size").map_err(wire)?;
+        let inner = match r.u8("inner method").map_err(wire)? {
+            1 => Method::ZstdPatchFrom,
+            2 => Method::BsdiffZstd,
+            m => return Err(bad(format!("inner method {m} is not 1 or 2"))),
+        };
+        Ok(Contents {
+            source_size,
+            target_size,
+            inner,
+            payload: r.rest(),
+        })
+    }
+}
+
+/// The most a compressed or packed file of `len` bytes may claim to hold, at most `ratio`
+/// bytes per byte and 1 KiB of slack, within [`MAX_TARGET_SIZE`].
+pub(crate) fn expanded_limit(len: u64, ratio: u64) -> u64 {
+    len.saturating_mul(ratio)
+        .saturating_add(1024)
+        .min(MAX_TARGET_SIZE)
 }
 
 /// Methods cross the API by name (FORMAT.md §8).

@@ -431,8 +431,8 @@ pub(super) fn adrp_pair(w: u32, next: impl Fn(usize) -> Option<u32>) -> Option<(
             let vector_q = v & 1 << 26 != 0 && size == 0 && v & 1 << 23 != 0;
             return Some((gap as u8, if vector_q { 4 } else { size }));
         }
-        let control = v & 0x1c00_0000 == 0x1400_0000 || v & 0x1f00_0000 == 0x1000_0000;
-        if control {
+        // Branch, exception and system instructions; ADR and ADRP.
+        if v & 0x1c00_0000 == 0x1400_0000 || v & 0x1f00_0000 == 0x1000_0000 {
             return None;
         }
     }

@@ -153,6 +153,15 @@ impl Equivalences {
     }
 }
 
+/// One kind of table in both files, whose entries references name by number: (file offset,
+/// length in bytes) of each, and the size of an entry.
+#[derive(Clone, Copy)]
+struct Tables {
+    old: (u64, u64),
+    new: (u64, u64),
+    entry: u64,
+}
+
 /// Maps addresses between the old and new images through the equivalences.
 pub struct AddressMap<'a> {
     pub old: &'a Layout,
@@ -194,85 +203,66 @@ impl AddressMap<'_> {
         exact.unwrap_or_else(|| self.base_to_old(addr))
     }
 
-    /// Where symbol `index` of the old symbol table went in the new one: the entry the
-    /// forward map sends its first byte to, when it sends it to the first byte of one; else
-    /// `index` itself.
-    pub fn symbol_to_new(&self, index: u32) -> u32 {
-        let (Some((old, old_n)), Some((new, new_n))) = (self.old.symtab(), self.new.symtab())
-        else {
-            return index;
-        };
-        let to = (u64::from(index) < old_n)
-            .then(|| self.eq.forward(old + 24 * u64::from(index)))
-            .flatten()
-            .and_then(|o| o.checked_sub(new))
-            .filter(|o| o % 24 == 0 && o / 24 < new_n);
-        to.map_or(index, |o| (o / 24) as u32)
+    /// The symbol tables of both files (the first `SHT_SYMTAB` of each), numbered by symbol.
+    fn symbol_tables(&self) -> Option<Tables> {
+        Some(Tables {
+            old: self.old.symtab()?,
+            new: self.new.symtab()?,
+            entry: 24,
+        })
     }
 
-    /// A symbol of the old table that [`Self::symbol_to_new`] sends to new symbol `index`
-    /// (the encoder's normalisation); else `index` itself.
-    pub fn symbol_to_old(&self, index: u32) -> u32 {
-        let (Some((old, old_n)), Some((new, new_n))) = (self.old.symtab(), self.new.symtab())
-        else {
+    /// The string tables that the first symbol table of each file links (`dynamic`: the
+    /// first `SHT_DYNSYM`'s), numbered by byte.
+    fn name_tables(&self, dynamic: bool) -> Option<Tables> {
+        Some(Tables {
+            old: self.old.symbol_names(dynamic)?,
+            new: self.new.symbol_names(dynamic)?,
+            entry: 1,
+        })
+    }
+
+    /// Where entry `index` of the old table went in the new one: the entry the forward map
+    /// sends its first byte to, when it sends it to the first byte of one; else `index`
+    /// itself (and where there are no tables).
+    fn entry_to_new(&self, tables: Option<Tables>, index: u32) -> u32 {
+        let Some(Tables { old, new, entry }) = tables else {
             return index;
         };
-        let from = (u64::from(index) < new_n)
-            .then(|| self.eq.to_old(new + 24 * u64::from(index)))
+        let to = (u64::from(index) < old.1 / entry)
+            .then(|| self.eq.forward(old.0 + entry * u64::from(index)))
             .flatten()
-            .and_then(|o| o.checked_sub(old))
-            .filter(|o| o % 24 == 0 && o / 24 < old_n)
-            .map(|o| (o / 24) as u32)
-            .filter(|&o| self.symbol_to_new(o) == index);
+            .and_then(|o| o.checked_sub(new.0))
+            .filter(|o| o % entry == 0 && o / entry < new.1 / entry);
+        to.map_or(index, |o| (o / entry) as u32)
+    }
+
+    /// An entry of the old table that [`Self::entry_to_new`] sends to new entry `index` (the
+    /// encoder's normalisation); else `index` itself.
+    fn entry_to_old(&self, tables: Option<Tables>, index: u32) -> u32 {
+        let Some(Tables { old, new, entry }) = tables else {
+            return index;
+        };
+        let from = (u64::from(index) < new.1 / entry)
+            .then(|| self.eq.to_old(new.0 + entry * u64::from(index)))
+            .flatten()
+            .and_then(|o| o.checked_sub(old.0))
+            .filter(|o| o % entry == 0 && o / entry < old.1 / entry)
+            .map(|o| (o / entry) as u32)
+            .filter(|&o| self.entry_to_new(tables, o) == index);
         from.unwrap_or(index)
-    }
-
-    /// Where offset `at` of the old string table of the first symbol table (`dynamic`: of
-    /// dynamic symbols) went in the new one, when the forward map sends it inside it; else
-    /// `at` itself.
-    pub fn name_to_new(&self, dynamic: bool, at: u32) -> u32 {
-        let (Some((old, old_len)), Some((new, new_len))) = (
-            self.old.symbol_names(dynamic),
-            self.new.symbol_names(dynamic),
-        ) else {
-            return at;
-        };
-        let to = (u64::from(at) < old_len)
-            .then(|| self.eq.forward(old + u64::from(at)))
-            .flatten()
-            .and_then(|o| o.checked_sub(new))
-            .filter(|&o| o < new_len);
-        to.map_or(at, |o| o as u32)
-    }
-
-    /// An old string table offset that [`Self::name_to_new`] sends to `at`; else `at`.
-    pub fn name_to_old(&self, dynamic: bool, at: u32) -> u32 {
-        let (Some((old, old_len)), Some((new, new_len))) = (
-            self.old.symbol_names(dynamic),
-            self.new.symbol_names(dynamic),
-        ) else {
-            return at;
-        };
-        let from = (u64::from(at) < new_len)
-            .then(|| self.eq.to_old(new + u64::from(at)))
-            .flatten()
-            .and_then(|o| o.checked_sub(old))
-            .filter(|&o| o < old_len)
-            .map(|o| o as u32)
-            .filter(|&o| self.name_to_new(dynamic, o) == at);
-        from.unwrap_or(at)
     }
 
     /// The field value a reference of the new image takes once normalised to the old image.
     pub fn normalise(&self, r: &Ref, value: i64) -> i64 {
-        if let RefKind::SymName { dynamic } = r.kind {
-            return i64::from(self.name_to_old(dynamic, value as u32));
-        }
-        if r.kind.is_btf() {
-            return self.btf.normalise(r.kind, value);
-        }
-        if r.kind == RefKind::SymIndex {
-            return i64::from(self.symbol_to_old(value as u32));
+        let index = value as u32;
+        match r.kind {
+            RefKind::SymIndex => return i64::from(self.entry_to_old(self.symbol_tables(), index)),
+            RefKind::SymName { dynamic } => {
+                return i64::from(self.entry_to_old(self.name_tables(dynamic), index))
+            }
+            RefKind::BtfType | RefKind::BtfStr => return self.btf.normalise(r.kind, value),
+            _ => {}
         }
         let target = r.target_of(r.base, value);
         if r.base == 0 {
@@ -287,9 +277,9 @@ impl AddressMap<'_> {
         if r.kind.is_btf() {
             self.btf.predict(r.kind, normalised)
         } else if r.kind == RefKind::SymIndex {
-            i64::from(self.symbol_to_new(normalised as u32))
+            i64::from(self.entry_to_new(self.symbol_tables(), normalised as u32))
         } else if let RefKind::SymName { dynamic } = r.kind {
-            i64::from(self.name_to_new(dynamic, normalised as u32))
+            i64::from(self.entry_to_new(self.name_tables(dynamic), normalised as u32))
         } else if r.base == 0 {
             self.to_new(normalised as u64) as i64
         } else {

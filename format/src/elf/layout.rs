@@ -309,11 +309,10 @@ impl Layout {
         self.revision_3 && self.relocatable
     }
 
-    /// Where the first `SHT_SYMTAB` section with 24-byte entries is: (file offset, entry
-    /// count).
+    /// Where the first `SHT_SYMTAB` section with 24-byte entries is: (file offset, size).
     pub(super) fn symtab(&self) -> Option<(u64, u64)> {
         let s = self.first_symbols(false)?;
-        Some((s.offset, s.size / 24))
+        Some((s.offset, s.size))
     }
 
     /// The first `SHT_SYMTAB` (or, `dynamic`, `SHT_DYNSYM`) section with 24-byte entries.

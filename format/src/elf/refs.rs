@@ -22,7 +22,7 @@ pub enum RefKind {
     /// AArch64 ADRP: a 21-bit offset in 4 KiB pages from the instruction's page.
     A64Adrp,
     /// AArch64 ADRP and the instruction `gap` words after it that adds the low 12 bits of the
-    /// same address (revision 3, [`super::HAS_ADRP_PAIRS`]): an ADD (immediate), whose imm12
+    /// same address (revision 3, [`super::HAS_REVISION_3`]): an ADD (immediate), whose imm12
     /// is those bits, or a load or store (unsigned offset) of `1 << scale` bytes, whose imm12
     /// holds them divided by its size. One 33-bit byte offset from the ADRP's page: the
     /// page offset times 4096 plus the low 12 bits. A load's imm12 bits above the low 12
