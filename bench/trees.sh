@@ -20,6 +20,7 @@
 #   PER_METHOD=0 bench/trees.sh     # skip the one-method runs
 #   BYTES_RUN=0 bench/trees.sh      # skip the --prefer bytes run
 #   MEMORY_MIB=2048                 # the publisher's memory budget (--memory-mib)
+#   APPLY_REPS=3                    # applies timed per run; the median is reported
 #
 # Every tool runs with malloc asking for transparent huge pages, as deploy/'s agent unit
 # sets it (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; THP_MALLOC=0 to leave malloc alone): it
@@ -32,6 +33,7 @@ TREES=${TREES:-small kernel}
 PER_METHOD=${PER_METHOD:-1}
 BYTES_RUN=${BYTES_RUN:-1}
 MEMORY_MIB=${MEMORY_MIB:-2048}
+APPLY_REPS=${APPLY_REPS:-3}
 for t in $TREES; do
   if [ ! -d "$CORPUS_DIR/trees/$t/B" ]; then
     CORPUS_DIR=$CORPUS_DIR bash "$here/../shared/corpus.sh"
@@ -57,6 +59,25 @@ mkdir -p "$out"
 
 # timed NAME CMD... : wall seconds and peak RSS (KiB) of CMD into $out/NAME.time
 timed() { /usr/bin/time -f '%e %M' -o "$out/$1.time" "${@:2}"; }
+# Applies are timed APPLY_REPS times, each on a device freshly set up at A: one run's wall time
+# swings by a fifth or more with what the filesystem did just before (inodes freed by the
+# previous step make new ones slower to allocate, for OSTree and deltaroot alike).
+# median TREE NAME: NAME.time becomes the median seconds (and the largest peak) of the
+# NAME~I.time runs, which are recorded as TREE reps_NAME.
+median() {
+  python3 - "$out" "$1" "$2" >>"$out/values.tsv" <<'PY'
+import glob, os, sys
+out, tree, name = sys.argv[1:]
+files = sorted(glob.glob(f"{out}/{tree}-{name}~*.time"))
+runs = [tuple(map(float, open(f).read().split())) for f in files]
+secs = sorted(r[0] for r in runs)
+mid = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
+open(f"{out}/{tree}-{name}.time", "w").write(f"{mid:.2f} {max(int(r[1]) for r in runs)}\n")
+for f in files:
+    os.remove(f)
+print(f"{tree}\treps_{name}\t{' '.join(f'{r[0]:.2f}' for r in runs)}")
+PY
+}
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$out/values.tsv"; } # tree key value
 # chosen TREE REPORT PREFIX: contents and bytes per method of the downloads in a --report TSV
 chosen() {
@@ -107,13 +128,18 @@ dr_run() {
     --report "$w/$name-report.tsv" >"$w/$name-pub2.json"
   local agent=("$bin/deltaroot-agent" --root "$w/device" --server "$url" --product "$t" --trust "$work/release.pub" --json
     ${PREFER:+--prefer "$PREFER"})
-  "${agent[@]}" install 1 >/dev/null
-  before=$(served "$url")
-  read -r m0 p0 c0 <<<"$(metadata "$url")"
-  sync
-  timed "$t-$name-apply" "${agent[@]}" update >"$w/$name-update.json"
-  after=$(served "$url")
-  read -r m1 p1 c1 <<<"$(metadata "$url")"
+  local i m0 p0 c0 m1 p1 c1
+  for i in $(seq "$APPLY_REPS"); do
+    rm -rf "$w/device"
+    "${agent[@]}" install 1 >/dev/null
+    before=$(served "$url")
+    read -r m0 p0 c0 <<<"$(metadata "$url")"
+    sync
+    timed "$t-$name-apply~$i" "${agent[@]}" update >"$w/$name-update.json"
+    after=$(served "$url")
+    read -r m1 p1 c1 <<<"$(metadata "$url")"
+  done
+  median "$t" "$name-apply"
   record "$t" "${keys}bytes" "$((after - before))"
   record "$t" "${keys}meta" "$((m1 - m0)) $((p1 - p0)) $((c1 - c0))"
   # What an agent that asks for neither the manifest delta nor the binary plan fetches.
@@ -153,12 +179,16 @@ for t in $TREES; do
     --inline --filename="$w/ostree.delta" >/dev/null
   record "$t" ostree_bytes "$(stat -c %s "$w/ostree.delta")"
   dev=$w/ostree-device
-  ostree --repo="$dev" init --mode=bare-user
-  ostree --repo="$dev" pull-local "$repo" "$(ostree --repo="$repo" rev-parse "$t^")" >/dev/null
   bcommit=$(ostree --repo="$repo" rev-parse "$t")
-  sync
-  timed "$t-ostree-apply" sh -c "ostree --repo='$dev' static-delta apply-offline '$w/ostree.delta' &&
-    ostree --repo='$dev' checkout -U '$bcommit' '$w/ostree-deploy'"
+  for i in $(seq "$APPLY_REPS"); do
+    rm -rf "$dev" "$w/ostree-deploy"
+    ostree --repo="$dev" init --mode=bare-user
+    ostree --repo="$dev" pull-local "$repo" "$(ostree --repo="$repo" rev-parse "$t^")" >/dev/null
+    sync
+    timed "$t-ostree-apply~$i" sh -c "ostree --repo='$dev' static-delta apply-offline '$w/ostree.delta' &&
+      ostree --repo='$dev' checkout -U '$bcommit' '$w/ostree-deploy'"
+  done
+  median "$t" ostree-apply
   rm -rf "$repo" "$dev" "$w/ostree-deploy" "$w/ostree.delta"
 
   echo "== $t: deltaroot" >&2

@@ -55,7 +55,9 @@ p("the one the device runs, its signature, and the plan, in binary form). Genera
 p("(its objects, zlib) and generates the static delta; deltaroot publishes B from A (objects for")
 p("fresh installs at zstd -19 and every delta). Apply: OSTree `static-delta apply-offline` then")
 p("`checkout` of B; deltaroot `deltaroot-agent update` (download from loopback, verify, build the")
-p("staging tree, switch). Peak memory is the peak RSS of the step's largest process.")
+p("staging tree, switch), each on a device freshly set up at A; an apply's time is the median of its")
+p("runs (listed under each tree: one run swings by a fifth or more with what the filesystem did just")
+p("before). Peak memory is the peak RSS of the step's largest process.")
 p("deltaroot runs with the agent's default policy, `--prefer auto`: where a plan offers the whole object")
 p("beside a delta slow to rebuild (a compressed kernel's `xz` delta), it takes the object when its extra")
 p("bytes download faster than the delta rebuilds, on the speeds the device measured (here: loopback).")
@@ -102,6 +104,10 @@ for tree in trees:
         row(label, int(d[key]), f"{s:.1f}*", f"{mem:.0f}*")
     p("")
     p("\\* one-method runs reuse the stored objects, so their times cover the deltas alone.\n")
+    reps = [(k[5:], d[k]) for k in sorted(d) if k.startswith("reps_")]
+    if reps:
+        p("Apply runs (seconds; the median is in the table): "
+          + "; ".join(f"{name}: {runs.replace(' ', ', ')}" for name, runs in reps) + ".\n")
     chosen = {k[7:]: d[k].split() for k in d if k.startswith("chosen_")}
     if chosen:
         p("What the publisher chose (the cheapest method per content, the fewest bytes):\n")
