@@ -41,14 +41,14 @@ use crate::error::Result;
 /// so that the next one is mapped apart and returned when freed, and the payload once the
 /// second is freed. References are found as they are used, never collected.
 pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
-    encode_revision(old, new, Revision::Three)
+    encode_revision(old, new, Revision::Four)
 }
 
 /// [`encode`] to a payload of `revision` (the publisher sends the newest; the older ones are
 /// what earlier publishers made, which devices still apply: kept to test that they do).
 pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Option<Vec<u8>>> {
     let revised = revision >= Revision::Two;
-    let revision_3 = revision >= Revision::Three;
+    let (revision_3, revision_4) = (revision >= Revision::Three, revision >= Revision::Four);
     let Ok((lo, ln)) = layouts(old, new) else {
         return Ok(None);
     };
@@ -56,9 +56,14 @@ pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Opt
     // which phase E finds.
     // Revision 3: an AArch64 ADRP and the instruction adding its low 12 bits are one
     // reference; so is each relocation's symbol index in a relocatable object.
+    // Revision 4: the unwind tables' addresses are references.
     let (lo, ln) = (
-        lo.for_revision(revised).with_revision_3(revision_3),
-        ln.for_revision(revised).with_revision_3(revision_3),
+        lo.for_revision(revised)
+            .with_revision_3(revision_3)
+            .with_revision_4(revision_4),
+        ln.for_revision(revised)
+            .with_revision_3(revision_3)
+            .with_revision_4(revision_4),
     );
     let switch = if lo.relocatable {
         crate::bsdiff::RELOCATABLE_SWITCH
@@ -117,15 +122,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Opt
         controls = follow(&controls, &filled);
     }
     let eq1 = Equivalences::from_controls(&controls, revised);
-    let payload = elf::build_payload(
-        ln.arch,
-        &btf,
-        revised,
-        ln.revision_3(),
-        &controls,
-        old,
-        &work,
-    );
+    let payload = elf::build_payload(ln.arch, &btf, revision, &controls, old, &work);
     drop(controls);
     let found = payload.and_then(|p| {
         Ok((

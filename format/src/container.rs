@@ -342,8 +342,7 @@ pub(crate) mod tests {
         let mut raw = build_payload(
             arch,
             &BtfShifts::default(),
-            false,
-            false,
+            crate::elf::Revision::One,
             &controls,
             &old,
             &target,

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use super::payload::{unzigzag, PendingCorrections, Stream, HAS_BTF};
 use super::{bad, walk_restore, Arch, BtfShifts, Control, ElfError, Equivalences, Layout};
-use super::{HAS_REVISION_2, HAS_REVISION_3, WINDOW_LOG_MAX};
+use super::{HAS_REVISION_2, HAS_REVISION_3, HAS_REVISION_4, WINDOW_LOG_MAX};
 use crate::method::{Source, Watched};
 
 /// Decodes a method-4 payload held in memory (already decompressed); see [`decode_from`].
@@ -147,13 +147,20 @@ impl Head {
         max_output: u64,
     ) -> Result<Head, ElfError> {
         let byte = s.u8("architecture")?;
-        let Some(arch) = Arch::from_u8(byte & !(HAS_BTF | HAS_REVISION_2 | HAS_REVISION_3)) else {
+        let flags = HAS_BTF | HAS_REVISION_2 | HAS_REVISION_3 | HAS_REVISION_4;
+        let Some(arch) = Arch::from_u8(byte & !flags) else {
             return Err(bad(format!("payload names unknown architecture {byte}")));
         };
         let revision_3 = byte & HAS_REVISION_3 != 0;
         if revision_3 && byte & HAS_REVISION_2 == 0 {
             return Err(bad(format!(
                 "payload's architecture byte {byte:#04x} sets revision 3 without revision 2"
+            )));
+        }
+        let revision_4 = byte & HAS_REVISION_4 != 0;
+        if revision_4 && !revision_3 {
+            return Err(bad(format!(
+                "payload's architecture byte {byte:#04x} sets revision 4 without revision 3"
             )));
         }
         let btf = if byte & HAS_BTF != 0 {
@@ -165,8 +172,9 @@ impl Head {
             .source
             .size()
             .map_err(|e| bad(format!("old file: {e}")))?;
-        let old_layout =
-            Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.with_revision_3(revision_3);
+        let old_layout = Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?
+            .with_revision_3(revision_3)
+            .with_revision_4(revision_4);
         if old_layout.arch != arch {
             return Err(bad("payload is for another architecture than the source"));
         }
@@ -553,8 +561,7 @@ mod tests {
         let mut raw = build_payload(
             arch,
             &BtfShifts::default(),
-            false,
-            false,
+            Revision::One,
             &controls,
             &old,
             &target,
@@ -666,6 +673,11 @@ mod tests {
         p[0] = arch | HAS_REVISION_3;
         let err = decode(&old, p, len).unwrap_err();
         assert!(err.0.contains("revision 3 without revision 2"), "{err}");
+        // Revision 4 without revision 3.
+        let mut p = payload.clone();
+        p[0] = arch | HAS_REVISION_2 | HAS_REVISION_4;
+        let err = decode(&old, p, len).unwrap_err();
+        assert!(err.0.contains("revision 4 without revision 3"), "{err}");
         // A record reading before or past the old file.
         for seek in [1i64, -100] {
             let mut p = vec![arch];

@@ -35,7 +35,7 @@ pub(super) type Visit<'v, I> = dyn FnMut(&Ref, &mut I) -> Result<(), ElfError> +
 /// Phase C finds at most this many references before handing them on (bounded memory).
 pub(super) const CODE_CHUNK: usize = 1024;
 
-/// Finds every reference of `image` in restore order (phases A, B, C, D) and visits each as it
+/// Finds every reference of `image` in restore order (phases A to F) and visits each as it
 /// is found. Nothing is collected: memory does not grow with the number of references.
 pub(super) fn discover<I: AsRef<[u8]>>(
     layout: &Layout,
@@ -46,7 +46,8 @@ pub(super) fn discover<I: AsRef<[u8]>>(
     phase_b(layout, image, visit)?;
     phase_c(layout, image, visit)?;
     btf::phase_d(layout, image, visit)?;
-    phase_e(layout, image, visit)
+    phase_e(layout, image, visit)?;
+    super::unwind::phase_f(layout, image, visit)
 }
 
 /// Phase A: address fields of relocation and symbol tables.

@@ -175,6 +175,13 @@ impl AddressMap<'_> {
     /// Where an address of the new image was in the old one, for a base: approximate, and
     /// computed the same way by encoder and decoder (identity when unknown).
     pub fn base_to_old(&self, addr: u64) -> u64 {
+        // Revision 4: the base of `.eh_frame_hdr`'s rows is that section's start, which is
+        // the old one's (equivalences near a small section's start may be a neighbour's).
+        if let (Some(new), Some(old)) = (self.new.unwind_index(), self.old.unwind_index()) {
+            if addr == new {
+                return old;
+            }
+        }
         self.new
             .to_offset(addr)
             .and_then(|o| self.eq.backward_approx(o))

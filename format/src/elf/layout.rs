@@ -32,6 +32,11 @@ pub struct Layout {
     /// together with the instruction that adds its low 12 bits, and phase A takes symbols'
     /// names and the symbol index of a relocatable object's relocations.
     pub(super) revision_3: bool,
+    /// Payloads of revision 4 ([`Layout::with_revision_4`]): the unwind tables' addresses
+    /// are references (phase F, [`super::unwind`]).
+    pub(super) revision_4: bool,
+    /// The address of the first `.eh_frame_hdr` section.
+    pub(super) index_addr: Option<u64>,
     pub(super) loads: Vec<Load>,
     pub(super) sections: Vec<Section>,
 }
@@ -55,6 +60,17 @@ pub(super) struct Section {
     pub(super) entsize: u64,
     /// Named `.BTF`: split BTF type records (phase D).
     pub(super) btf: bool,
+    /// Named `.eh_frame` or `.eh_frame_hdr`: unwind tables (phase F).
+    pub(super) unwind: Option<Unwind>,
+}
+
+/// The two unwind sections of phase F.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unwind {
+    /// `.eh_frame`: CIE and FDE records.
+    Frames,
+    /// `.eh_frame_hdr`: the sorted table of functions and their FDEs.
+    Index,
 }
 
 impl Section {
@@ -220,37 +236,59 @@ impl Layout {
                 memsz: p.p_memsz.max(p.p_filesz),
             })
             .collect();
-        // Section names are read only to find `.BTF`: five bytes of the section name table.
+        // Section names are read only to find `.BTF`, `.eh_frame` and `.eh_frame_hdr`: at
+        // most 14 bytes of the section name table each.
         let names = shs.get(usize::from(header.e_shstrndx)).map(|n| n.sh_offset);
-        let mut is_btf = |s: &SectionHeader| {
-            let mut name = [0u8; 5];
-            let at = names
-                .and_then(|n| n.checked_add(s.sh_name as u64))
-                .filter(|at| at.checked_add(5).is_some_and(|end| end <= len));
-            s.sh_type == SHT_PROGBITS
-                && at.is_some_and(|at| read_at(at, &mut name).is_ok())
-                && &name == b".BTF\0"
+        let mut name_of = |s: &SectionHeader| {
+            let mut name = [0u8; 14];
+            let Some(at) = names.and_then(|n| n.checked_add(s.sh_name as u64)) else {
+                return name;
+            };
+            let n = len.saturating_sub(at).min(14) as usize;
+            // PROGBITS, or SHT_X86_64_UNWIND (some linkers' `.eh_frame`).
+            let named = s.sh_type == SHT_PROGBITS || s.sh_type == 0x7000_0001;
+            if !named || read_at(at, &mut name[..n]).is_err() {
+                name = [0; 14];
+            }
+            name
         };
         let sections = shs
             .iter()
-            .map(|s| Section {
-                kind: s.sh_type,
-                flags: s.sh_flags,
-                addr: s.sh_addr,
-                offset: s.sh_offset,
-                size: s.sh_size,
-                link: s.sh_link,
-                info: s.sh_info,
-                entsize: s.sh_entsize,
-                btf: is_btf(s),
+            .map(|s| {
+                let name = name_of(s);
+                let unwind = if name.starts_with(b".eh_frame\0") {
+                    Some(Unwind::Frames)
+                } else if name.starts_with(b".eh_frame_hdr\0") {
+                    Some(Unwind::Index)
+                } else {
+                    None
+                };
+                Section {
+                    kind: s.sh_type,
+                    flags: s.sh_flags,
+                    addr: s.sh_addr,
+                    offset: s.sh_offset,
+                    size: s.sh_size,
+                    link: s.sh_link,
+                    info: s.sh_info,
+                    entsize: s.sh_entsize,
+                    btf: s.sh_type == SHT_PROGBITS && name.starts_with(b".BTF\0"),
+                    unwind,
+                }
             })
-            .collect();
+            .collect::<Vec<Section>>();
+        let index_addr = sections
+            .iter()
+            .find(|s| s.unwind == Some(Unwind::Index))
+            .map(|s| s.addr);
         Ok(Layout {
             arch,
             relocatable,
             fixed,
             pointers: false,
             revision_3: false,
+            revision_4: false,
+            index_addr,
             loads,
             sections,
         })
@@ -297,6 +335,29 @@ impl Layout {
     /// Whether the references are read as revision 3 says ([`Layout::with_revision_3`]).
     pub fn revision_3(&self) -> bool {
         self.revision_3
+    }
+
+    /// This layout as a payload of revision 4 (`on`, [`super::HAS_REVISION_4`]) reads it: the
+    /// addresses of `.eh_frame` and `.eh_frame_hdr` are references (phase F), in images that
+    /// are not relocatable.
+    pub fn with_revision_4(mut self, on: bool) -> Layout {
+        self.revision_4 = on;
+        self
+    }
+
+    /// Whether the references are read as revision 4 says ([`Layout::with_revision_4`]).
+    pub fn revision_4(&self) -> bool {
+        self.revision_4
+    }
+
+    /// Phase F runs (revision 4, images at their addresses).
+    pub(super) fn unwind_tables(&self) -> bool {
+        self.revision_4 && !self.relocatable
+    }
+
+    /// The address of `.eh_frame_hdr`, the base of its table's rows, when phase F runs.
+    pub(super) fn unwind_index(&self) -> Option<u64> {
+        self.index_addr.filter(|_| self.unwind_tables())
     }
 
     /// Phase C pairs ADRPs (revision 3, AArch64).
@@ -362,6 +423,8 @@ mod tests {
             fixed: true,
             pointers: true,
             revision_3: false,
+            revision_4: false,
+            index_addr: None,
             loads: vec![
                 Load {
                     vaddr: 0x1000,

@@ -21,7 +21,9 @@
 //!   offsets of `.BTF` type records (kernel modules' split BTF, [`btf`]), predicted by the
 //!   shift tables ([`BtfShifts`]) the payload carries; (E) in payloads of revision 2
 //!   ([`HAS_REVISION_2`]) and executables at a fixed address, the data words whose value is an
-//!   address of the image. References are handed on as they are found, never collected:
+//!   address of the image; (F) in payloads of revision 4 ([`HAS_REVISION_4`]), the addresses
+//!   the unwind tables hold ([`unwind`]). References are handed on as they are found, never
+//!   collected (phase F collects one unwind section's field offsets before visiting them):
 //!   memory does not grow with their number.
 //! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
 //!   recovered from the control records of the bsdiff stream in the patch, so the decoder
@@ -58,6 +60,7 @@ mod refs;
 mod restore;
 #[cfg(test)]
 mod testing;
+mod unwind;
 
 pub use btf::BtfShifts;
 pub use decode::{decode, decode_frames, decode_from};
@@ -68,7 +71,7 @@ pub use filled::filled_pieces;
 pub use layout::Layout;
 pub use payload::{
     build_payload, diff_range, encode_corrections, Control, Corrections, Revision, SplitPatch,
-    HAS_REVISION_2, HAS_REVISION_3, WINDOW_LOG_MAX,
+    HAS_REVISION_2, HAS_REVISION_3, HAS_REVISION_4, WINDOW_LOG_MAX,
 };
 use payload::{unzigzag, zigzag, Stream};
 pub use refs::{Ref, RefKind};

@@ -157,6 +157,8 @@ pub enum Revision {
     /// Revision 2 and [`HAS_REVISION_3`]: AArch64 ADRP pairs, relocatable objects'
     /// relocation symbol indices, symbol names.
     Three = 3,
+    /// Revision 3 and [`HAS_REVISION_4`]: the unwind tables' addresses (phase F).
+    Four = 4,
 }
 
 /// Set in the architecture byte when BTF shift tables follow it.
@@ -170,27 +172,33 @@ pub const HAS_REVISION_2: u8 = 0x40;
 /// are references ([`super::RefKind::SymIndex`]), and so are symbols' names
 /// ([`super::RefKind::SymName`]). Only with [`HAS_REVISION_2`].
 pub const HAS_REVISION_3: u8 = 0x20;
+/// Set in the architecture byte of payloads of revision 4 (FORMAT.md §6.4): the addresses
+/// that `.eh_frame` and `.eh_frame_hdr` hold are references (phase F). Only with
+/// [`HAS_REVISION_3`].
+pub const HAS_REVISION_4: u8 = 0x10;
 
 /// Builds a method-4 payload (before compression) up to its corrections: the architecture
-/// byte (with [`HAS_REVISION_2`] when `revised`, [`HAS_REVISION_3`] when `revision_3`, and
-/// [`HAS_BTF`] and the tables when
+/// byte (with the flags of `revision`: [`HAS_REVISION_2`] from revision 2 on,
+/// [`HAS_REVISION_3`] from 3, [`HAS_REVISION_4`] from 4; and [`HAS_BTF`] and the tables when
 /// there are any), then the records, diff bytes and extra bytes that turn `old` into
 /// `normalised`. The corrections ([`encode_corrections`]) are appended by the caller.
 pub fn build_payload(
     arch: Arch,
     btf: &BtfShifts,
-    revised: bool,
-    revision_3: bool,
+    revision: Revision,
     controls: &[Control],
     old: &[u8],
     normalised: &[u8],
 ) -> Result<Vec<u8>, ElfError> {
     let mut out = vec![arch as u8];
-    if revised {
-        out[0] |= HAS_REVISION_2;
-    }
-    if revision_3 {
-        out[0] |= HAS_REVISION_3;
+    for (from, flag) in [
+        (Revision::Two, HAS_REVISION_2),
+        (Revision::Three, HAS_REVISION_3),
+        (Revision::Four, HAS_REVISION_4),
+    ] {
+        if revision >= from {
+            out[0] |= flag;
+        }
     }
     if !btf.is_empty() {
         out[0] |= HAS_BTF;

@@ -28,7 +28,8 @@ pub fn walk_restore(
     // The new file's references are read as the payload says the old one's are.
     let new = Layout::parse(image)?
         .for_revision(revised)
-        .with_revision_3(old.revision_3);
+        .with_revision_3(old.revision_3)
+        .with_revision_4(old.revision_4);
     let map = AddressMap {
         old,
         new: &new,

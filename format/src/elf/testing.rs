@@ -53,8 +53,11 @@ pub(super) fn identity_payload_of(
     let mut p = build_payload(
         arch,
         &BtfShifts::default(),
-        revised,
-        false,
+        if revised {
+            super::Revision::Two
+        } else {
+            super::Revision::One
+        },
         &controls,
         old,
         old,
