@@ -188,6 +188,16 @@ fn moved_pointer_words(old: &[u8], new: &[u8]) -> Vec<usize> {
 
 /// The new-file offsets of the nonzero diff bytes of a method-4 payload without BTF tables
 /// (FORMAT.md §6.4: architecture byte, records, diff bytes in record order).
+/// A payload of `revision` from `old` to `new`, checked to decode to `new`.
+fn encode_and_apply(old: &[u8], new: &[u8], revision: Revision, label: &str) -> Vec<u8> {
+    let raw = deltaroot_engine::elf::encode_revision(old, new, revision)
+        .unwrap()
+        .unwrap();
+    let back = deltaroot_format::elf::decode(old, raw.clone(), new.len() as u64).unwrap();
+    assert_eq!(back, new, "{label}: {revision:?}");
+    raw
+}
+
 fn diff_byte_offsets(raw: &[u8]) -> Vec<usize> {
     assert_eq!(raw[0] & 0x80, 0, "no BTF tables expected");
     let mut at = 1;
@@ -271,14 +281,7 @@ fn aarch64_adrp_pairs_predict_the_low_bits() {
     let (mut low2, mut low3) = (0, 0);
     for pair in ["calc-pie", "calc-static", "shapes-so"] {
         let (old, new) = elf_pair(&format!("aarch64/{pair}"), "the compiler for aarch64");
-        let encode = |revision| {
-            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revision)
-                .unwrap()
-                .unwrap();
-            let back = deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
-            assert_eq!(back, new, "{pair}: {revision:?}");
-            raw
-        };
+        let encode = |revision| encode_and_apply(&old, &new, revision, pair);
         let (r2, r3) = (encode(Revision::Two), encode(Revision::Three));
         assert_eq!(r2[0] & 0x60, 0x40, "{pair}: revision 2's flags");
         assert_eq!(r3[0] & 0x60, 0x60, "{pair}: revision 3's flags");
@@ -327,14 +330,7 @@ fn relocation_symbol_indices_follow_the_symbol_table() {
             &format!("{arch}/syms-o"),
             &format!("the compiler for {arch}"),
         );
-        let encode = |revision| {
-            let raw = deltaroot_engine::elf::encode_revision(&old, &new, revision)
-                .unwrap()
-                .unwrap();
-            let back = deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
-            assert_eq!(back, new, "{arch}: {revision:?}");
-            raw
-        };
+        let encode = |revision| encode_and_apply(&old, &new, revision, arch);
         let (r2, r3) = (encode(Revision::Two), encode(Revision::Three));
         assert_eq!(r3[0] & 0x60, 0x60, "{arch}: revision 3's flags");
         // The symbol index bytes of every relocation of `new`, and those whose index differs
@@ -487,15 +483,8 @@ fn unwind_tables_follow_the_code() {
                 &format!("{arch}/{pair}"),
                 &format!("the compiler for {arch}"),
             );
-            let encode = |revision| {
-                let raw = deltaroot_engine::elf::encode_revision(&old, &new, revision)
-                    .unwrap()
-                    .unwrap();
-                let back =
-                    deltaroot_format::elf::decode(&old, raw.clone(), new.len() as u64).unwrap();
-                assert_eq!(back, new, "{arch}/{pair}: {revision:?}");
-                raw
-            };
+            let label = format!("{arch}/{pair}");
+            let encode = |revision| encode_and_apply(&old, &new, revision, &label);
             let (r3, r4) = (encode(Revision::Three), encode(Revision::Four));
             assert_eq!(r3[0] & 0x70, 0x60, "{arch}/{pair}: revision 3's flags");
             assert_eq!(r4[0] & 0x70, 0x70, "{arch}/{pair}: revision 4's flags");
