@@ -21,7 +21,7 @@
 
 use std::io;
 
-use crate::method::{expanded_limit, Contents, Method};
+use crate::method::{expanded_limit, Contents};
 use crate::wire::{put_varint, Reader};
 
 /// The raw bitcode magic: `BC` then `0xC0DE`.
@@ -168,6 +168,19 @@ struct Bits<'a> {
 }
 
 impl Bits<'_> {
+    /// The 8 bytes from the current byte, shifted to start at the current bit, and how many
+    /// of their bits are the stream's (57 to 64); `None` within 8 bytes of the end.
+    #[inline]
+    fn word(&self) -> Option<(u64, u64)> {
+        let at = (self.pos / 8) as usize;
+        let bytes = self.data.get(at..at + 8)?;
+        let shift = self.pos % 8;
+        Some((
+            u64::from_le_bytes(bytes.try_into().expect("8 bytes")) >> shift,
+            64 - shift,
+        ))
+    }
+
     #[inline]
     fn read(&mut self, n: u8) -> io::Result<u64> {
         if n == 0 {
@@ -180,14 +193,11 @@ impl Bits<'_> {
                 self.pos
             )));
         }
-        let at = (self.pos / 8) as usize;
-        let shift = self.pos % 8;
-        let v = match self.data.get(at..at + 8) {
+        let v = match self.word() {
             // One load serves any field that fits the word after the shift.
-            Some(word) if u64::from(n) + shift <= 64 => {
-                u64::from_le_bytes(word.try_into().expect("8 bytes")) >> shift
-            }
+            Some((word, avail)) if u64::from(n) <= avail => word,
             _ => {
+                let (at, shift) = ((self.pos / 8) as usize, self.pos % 8);
                 let mut buf = [0u8; 16];
                 let take = (self.data.len() - at).min(16);
                 buf[..take].copy_from_slice(&self.data[at..at + take]);
@@ -202,11 +212,8 @@ impl Bits<'_> {
     fn vbr(&mut self, n: u8) -> io::Result<u64> {
         // Most values end within one 8-byte load: take their chunks from it. Whole chunks
         // in at most 64 bits carry fewer than 64 value bits, so nothing overflows here.
-        let at = (self.pos / 8) as usize;
-        if let Some(word) = self.data.get(at..at + 8) {
-            let shift = self.pos % 8;
-            let word = u64::from_le_bytes(word.try_into().expect("8 bytes")) >> shift;
-            let (n, avail) = (u64::from(n), 64 - shift);
+        if let Some((word, avail)) = self.word() {
+            let n = u64::from(n);
             let (high, mut used, mut v) = (1u64 << (n - 1), 0, 0);
             while used + n <= avail {
                 let chunk = word >> used;
@@ -627,46 +634,18 @@ pub fn pack(unpacked: &[u8], max: u64) -> io::Result<Vec<u8>> {
     Ok(side.sink.out)
 }
 
-/// The payload of a `bitcode` delta (FORMAT.md §6.7).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Patch<'a> {
-    /// Unpacked sizes of the source and the target.
-    pub source_size: u64,
-    pub target_size: u64,
-    /// Method of the inner delta between the unpacked forms: 1 or 2.
-    pub inner: Method,
-    /// The inner delta's payload (its delta header left out).
-    pub payload: &'a [u8],
-}
+/// The payload of a `bitcode` delta (FORMAT.md §6.7): the unpacked sizes of the source and
+/// the target, the inner method (1 or 2) and its payload (its delta header left out).
+pub type Patch<'a> = Contents<'a>;
 
-impl<'a> Patch<'a> {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.payload.len() + 24);
-        Contents {
-            source_size: self.source_size,
-            target_size: self.target_size,
-            inner: self.inner,
-            payload: self.payload,
-        }
-        .write(&mut out);
-        out
-    }
-
-    /// Parses a payload for a target of `bc_size` bytes from a source of `source_len` bytes,
-    /// checking the sizes against what bitcode files of those sizes unpack to.
-    pub fn decode(payload: &'a [u8], source_len: u64, bc_size: u64) -> io::Result<Patch<'a>> {
-        let c = Contents::read(
-            &mut Reader::new(payload),
-            unpacked_limit(source_len),
-            unpacked_limit(bc_size),
-        )?;
-        Ok(Patch {
-            source_size: c.source_size,
-            target_size: c.target_size,
-            inner: c.inner,
-            payload: c.payload,
-        })
-    }
+/// Parses a payload for a target of `bc_size` bytes from a source of `source_len` bytes,
+/// checking the sizes against what bitcode files of those sizes unpack to.
+pub fn decode_patch(payload: &[u8], source_len: u64, bc_size: u64) -> io::Result<Patch<'_>> {
+    Contents::read(
+        &mut Reader::new(payload),
+        unpacked_limit(source_len),
+        unpacked_limit(bc_size),
+    )
 }
 
 /// The most a bitcode file of `len` bytes unpacks to.
@@ -677,6 +656,7 @@ pub fn unpacked_limit(len: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Method;
 
     /// A small bitstream written by hand: a block-info block defining an abbreviation for
     /// block 8, then block 8 using it (a fixed field, a VBR field, a char6 array and a blob),
@@ -877,15 +857,15 @@ mod tests {
             payload: b"inner",
         };
         let bytes = p.encode();
-        assert_eq!(Patch::decode(&bytes, 10, 10).unwrap(), p);
-        assert!(Patch::decode(&bytes, 0, 10).is_ok(), "1024 bytes of slack");
+        assert_eq!(decode_patch(&bytes, 10, 10).unwrap(), p);
+        assert!(decode_patch(&bytes, 0, 10).is_ok(), "1024 bytes of slack");
         let big = Patch {
             source_size: 64 * 100 + 1025,
             ..p
         };
-        assert!(Patch::decode(&big.encode(), 100, 10).is_err());
+        assert!(decode_patch(&big.encode(), 100, 10).is_err());
         let mut wrong = bytes.clone();
         wrong[3] = 3;
-        assert!(Patch::decode(&wrong, 10, 10).is_err());
+        assert!(decode_patch(&wrong, 10, 10).is_err());
     }
 }

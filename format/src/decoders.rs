@@ -181,8 +181,8 @@ fn gzip(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
 fn bitcode(part: &Part<'_>, source: &[u8]) -> Result<Vec<u8>, Error> {
     use crate::bitcode;
     let fail = |e: std::io::Error| part.invalid(e.to_string());
-    let p = bitcode::Patch::decode(part.bytes(), source.len() as u64, part.target_size)
-        .map_err(fail)?;
+    let p =
+        bitcode::decode_patch(part.bytes(), source.len() as u64, part.target_size).map_err(fail)?;
     let raw_old = bitcode::unpack(source, p.source_size).map_err(|e| {
         part.invalid(format!(
             "source does not unpack within the patch's {} bytes: {e}",

@@ -88,8 +88,9 @@ impl Method {
 
 /// The contents' delta a `gzip` or `bitcode` payload ends with (FORMAT.md §6.5, §6.7): the
 /// source's and the target's decompressed (or unpacked) sizes, the inner method, 1 or 2, and
-/// its payload to the end.
-pub(crate) struct Contents<'a> {
+/// its payload to the end. A `bitcode` payload is this alone ([`crate::bitcode::Patch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contents<'a> {
     pub source_size: u64,
     pub target_size: u64,
     pub inner: Method,
@@ -97,6 +98,13 @@ pub(crate) struct Contents<'a> {
 }
 
 impl<'a> Contents<'a> {
+    /// The encoded contents' delta.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len() + 24);
+        self.write(&mut out);
+        out
+    }
+
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         crate::wire::put_varint(out, self.source_size);
         crate::wire::put_varint(out, self.target_size);
