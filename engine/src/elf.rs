@@ -48,7 +48,6 @@ pub fn encode(old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
 /// what earlier publishers made, which devices still apply: kept to test that they do).
 pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Option<Vec<u8>>> {
     let revised = revision >= Revision::Two;
-    let (revision_3, revision_4) = (revision >= Revision::Three, revision >= Revision::Four);
     let Ok((lo, ln)) = layouts(old, new) else {
         return Ok(None);
     };
@@ -57,14 +56,7 @@ pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Opt
     // Revision 3: an AArch64 ADRP and the instruction adding its low 12 bits are one
     // reference; so is each relocation's symbol index in a relocatable object.
     // Revision 4: the unwind tables' addresses are references.
-    let (lo, ln) = (
-        lo.for_revision(revised)
-            .with_revision_3(revision_3)
-            .with_revision_4(revision_4),
-        ln.for_revision(revised)
-            .with_revision_3(revision_3)
-            .with_revision_4(revision_4),
-    );
+    let (lo, ln) = (lo.for_payload(revision), ln.for_payload(revision));
     let switch = if lo.relocatable {
         crate::bsdiff::RELOCATABLE_SWITCH
     } else {

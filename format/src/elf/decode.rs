@@ -5,7 +5,9 @@
 use std::io::Read;
 
 use super::payload::{unzigzag, PendingCorrections, Stream, HAS_BTF};
-use super::{bad, walk_restore, Arch, BtfShifts, Control, ElfError, Equivalences, Layout};
+use super::{
+    bad, walk_restore, Arch, BtfShifts, Control, ElfError, Equivalences, Layout, Revision,
+};
 use super::{HAS_REVISION_2, HAS_REVISION_3, HAS_REVISION_4, WINDOW_LOG_MAX};
 use crate::method::{Source, Watched};
 
@@ -172,9 +174,14 @@ impl Head {
             .source
             .size()
             .map_err(|e| bad(format!("old file: {e}")))?;
-        let old_layout = Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?
-            .with_revision_3(revision_3)
-            .with_revision_4(revision_4);
+        let old_layout = Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.for_payload(
+            match (revision_4, revision_3, byte & HAS_REVISION_2 != 0) {
+                (true, _, _) => Revision::Four,
+                (_, true, _) => Revision::Three,
+                (_, _, true) => Revision::Two,
+                _ => Revision::One,
+            },
+        );
         if old_layout.arch != arch {
             return Err(bad("payload is for another architecture than the source"));
         }

@@ -100,7 +100,7 @@ pub(super) fn phase_a<I: AsRef<[u8]>>(
             SHT_SYMTAB | SHT_DYNSYM => {
                 for e in entries(s, len, 24) {
                     // Revision 3: the name, an offset into the linked string table.
-                    if layout.revision_3 {
+                    if layout.symbol_names_are_refs() {
                         visit(
                             &Ref {
                                 loc: e,
@@ -275,7 +275,7 @@ pub(super) fn phase_e<I: AsRef<[u8]>>(
     image: &mut I,
     visit: &mut Visit<'_, I>,
 ) -> Result<(), ElfError> {
-    if !layout.pointers {
+    if !layout.pointers() {
         return Ok(());
     }
     let len = image.as_ref().len();

@@ -13,7 +13,7 @@ use goblin::elf::program_header::PT_LOAD;
 use goblin::elf::section_header::SHT_PROGBITS;
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
 
-use super::{bad, Arch, ElfError};
+use super::{bad, Arch, ElfError, Revision};
 use crate::method::Source;
 
 /// An ELF file's headers, as far as this method needs them.
@@ -25,16 +25,8 @@ pub struct Layout {
     /// An executable at a fixed address (`ET_EXEC`, not position-independent): its data holds
     /// addresses that no relocation names.
     pub fixed: bool,
-    /// Phase E runs: data words whose value is an address of the image are references (for
-    /// fixed executables in payloads of revision 2: [`Layout::for_revision`]).
-    pub(super) pointers: bool,
-    /// Payloads of revision 3 ([`Layout::with_revision_3`]): phase C takes an AArch64 ADRP
-    /// together with the instruction that adds its low 12 bits, and phase A takes symbols'
-    /// names and the symbol index of a relocatable object's relocations.
-    pub(super) revision_3: bool,
-    /// Payloads of revision 4 ([`Layout::with_revision_4`]): the unwind tables' addresses
-    /// are references (phase F, [`super::unwind`]).
-    pub(super) revision_4: bool,
+    /// The payload revision the references are read as ([`Layout::for_payload`]).
+    pub(super) revision: Revision,
     /// The address of the first `.eh_frame_hdr` section.
     pub(super) index_addr: Option<u64>,
     pub(super) loads: Vec<Load>,
@@ -285,9 +277,7 @@ impl Layout {
             arch,
             relocatable,
             fixed,
-            pointers: false,
-            revision_3: false,
-            revision_4: false,
+            revision: Revision::One,
             index_addr,
             loads,
             sections,
@@ -316,43 +306,31 @@ impl Layout {
             .and_then(|l| (offset - l.offset).checked_add(l.vaddr))
     }
 
-    /// This layout as a payload of revision 2 (`revised`, [`HAS_REVISION_2`]) or 1 reads it:
-    /// phase E runs for an executable at a fixed address in revision 2.
-    pub fn for_revision(mut self, revised: bool) -> Layout {
-        self.pointers = revised && self.fixed;
+    /// This layout as a payload of `revision` reads it: in revision 2
+    /// ([`super::HAS_REVISION_2`]) phase E runs for an executable at a fixed address; in
+    /// revision 3 ([`super::HAS_REVISION_3`]) an AArch64 ADRP and the instruction adding its
+    /// low 12 bits are one reference, each symbol's name is one, and so is the symbol index
+    /// of each relocation of a relocatable object; in revision 4 ([`super::HAS_REVISION_4`])
+    /// the addresses of `.eh_frame` and `.eh_frame_hdr` are references (phase F), in images
+    /// that are not relocatable.
+    pub fn for_payload(mut self, revision: Revision) -> Layout {
+        self.revision = revision;
         self
     }
 
-    /// This layout as a payload of revision 3 (`on`, [`super::HAS_REVISION_3`]) reads it: an
-    /// AArch64 ADRP and the instruction adding its low 12 bits are one reference, each
-    /// symbol's name is one, and so is the symbol index of each relocation of a relocatable
-    /// object.
-    pub fn with_revision_3(mut self, on: bool) -> Layout {
-        self.revision_3 = on;
-        self
+    /// Phase E runs (revision 2, executables at a fixed address).
+    pub(super) fn pointers(&self) -> bool {
+        self.revision >= Revision::Two && self.fixed
     }
 
-    /// Whether the references are read as revision 3 says ([`Layout::with_revision_3`]).
-    pub fn revision_3(&self) -> bool {
-        self.revision_3
-    }
-
-    /// This layout as a payload of revision 4 (`on`, [`super::HAS_REVISION_4`]) reads it: the
-    /// addresses of `.eh_frame` and `.eh_frame_hdr` are references (phase F), in images that
-    /// are not relocatable.
-    pub fn with_revision_4(mut self, on: bool) -> Layout {
-        self.revision_4 = on;
-        self
-    }
-
-    /// Whether the references are read as revision 4 says ([`Layout::with_revision_4`]).
-    pub fn revision_4(&self) -> bool {
-        self.revision_4
+    /// Phase A takes symbols' names (revision 3).
+    pub(super) fn symbol_names_are_refs(&self) -> bool {
+        self.revision >= Revision::Three
     }
 
     /// Phase F runs (revision 4, images at their addresses).
     pub(super) fn unwind_tables(&self) -> bool {
-        self.revision_4 && !self.relocatable
+        self.revision >= Revision::Four && !self.relocatable
     }
 
     /// The address of `.eh_frame_hdr`, the base of its table's rows, when phase F runs.
@@ -362,12 +340,12 @@ impl Layout {
 
     /// Phase C pairs ADRPs (revision 3, AArch64).
     pub(super) fn adrp_pairs(&self) -> bool {
-        self.revision_3 && self.arch == Arch::AArch64
+        self.revision >= Revision::Three && self.arch == Arch::AArch64
     }
 
     /// Phase A takes relocations' symbol indices (revision 3, relocatable objects).
     pub(super) fn symbol_indices(&self) -> bool {
-        self.revision_3 && self.relocatable
+        self.revision >= Revision::Three && self.relocatable
     }
 
     /// Where the first `SHT_SYMTAB` section with 24-byte entries is: (file offset, size).
@@ -421,9 +399,7 @@ mod tests {
             arch: Arch::X86_64,
             relocatable: false,
             fixed: true,
-            pointers: true,
-            revision_3: false,
-            revision_4: false,
+            revision: Revision::Two,
             index_addr: None,
             loads: vec![
                 Load {

@@ -26,10 +26,7 @@ pub fn walk_restore(
     mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
     // The new file's references are read as the payload says the old one's are.
-    let new = Layout::parse(image)?
-        .for_revision(revised)
-        .with_revision_3(old.revision_3)
-        .with_revision_4(old.revision_4);
+    let new = Layout::parse(image)?.for_payload(old.revision);
     let map = AddressMap {
         old,
         new: &new,
