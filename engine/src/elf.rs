@@ -116,12 +116,8 @@ pub fn encode_revision(old: &[u8], new: &[u8], revision: Revision) -> Result<Opt
     let eq1 = Equivalences::from_controls(&controls, revised);
     let payload = elf::build_payload(ln.arch, &btf, revision, &controls, old, &work);
     drop(controls);
-    let found = payload.and_then(|p| {
-        Ok((
-            p,
-            elf::find_corrections(&lo, &mut work, new, &eq1, &btf, revised)?,
-        ))
-    });
+    let found =
+        payload.and_then(|p| Ok((p, elf::find_corrections(&lo, &mut work, new, &eq1, &btf)?)));
     let (mut payload, corrections) = match found {
         Ok(found) => found,
         Err(e) => {

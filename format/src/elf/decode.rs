@@ -246,14 +246,9 @@ impl Head {
         let eq = Equivalences::from_controls(&self.controls, self.revised);
         drop(self.controls);
         let mut pending = PendingCorrections::start(s)?;
-        let visited = walk_restore(
-            &self.old_layout,
-            &mut image,
-            &eq,
-            &self.btf,
-            self.revised,
-            |i, _, _| pending.take(s, i),
-        )?;
+        let visited = walk_restore(&self.old_layout, &mut image, &eq, &self.btf, |i, _, _| {
+            pending.take(s, i)
+        })?;
         if let Some((at, _)) = pending.next {
             return Err(bad(format!(
                 "correction for reference {at}, but the image has only {visited} references"

@@ -5,7 +5,7 @@
 
 use super::discover::discover;
 use super::refs::sign_extend;
-use super::{bad, btf, AddressMap, BtfShifts, ElfError, Equivalences, Layout, Ref};
+use super::{bad, btf, AddressMap, BtfShifts, ElfError, Equivalences, Layout, Ref, Revision};
 
 /// The difference between an actual and a predicted field value, modulo the field.
 pub(super) fn correction(r: &Ref, actual: i64, predicted: i64) -> i64 {
@@ -15,18 +15,18 @@ pub(super) fn correction(r: &Ref, actual: i64, predicted: i64) -> i64 {
 /// Runs the decoder's restore over `image` (the normalised image, restored in place),
 /// calling `fix(index, ref, predicted)` to learn the correction of each reference.
 /// References are found as they are restored (FORMAT.md §6.4, step 3): each in the image as
-/// restored up to it; for a payload of revision 2 (`revised`), phase E runs on executables
-/// at a fixed address. Returns the number of references visited.
+/// restored up to it, as the payload revision `old` is read for says
+/// ([`Layout::for_payload`]). Returns the number of references visited.
 pub fn walk_restore(
     old: &Layout,
     image: &mut [u8],
     eq: &Equivalences,
     btf: &BtfShifts,
-    revised: bool,
     mut fix: impl FnMut(usize, &Ref, i64) -> Result<i64, ElfError>,
 ) -> Result<usize, ElfError> {
     // The new file's references are read as the payload says the old one's are.
     let new = Layout::parse(image)?.for_payload(old.revision);
+    let revised = old.revision >= Revision::Two;
     let map = AddressMap {
         old,
         new: &new,
@@ -120,10 +120,9 @@ pub fn find_corrections(
     new: &[u8],
     eq: &Equivalences,
     btf: &BtfShifts,
-    revised: bool,
 ) -> Result<Vec<(usize, i64)>, ElfError> {
     let mut out = Vec::new();
-    walk_restore(old, image, eq, btf, revised, |i, r, predicted| {
+    walk_restore(old, image, eq, btf, |i, r, predicted| {
         let actual = r
             .read(new)
             .ok_or_else(|| bad("reference outside the new image"))?;
