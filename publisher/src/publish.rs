@@ -470,12 +470,22 @@ fn encode_one(
         Some(b) => b,
         None => {
             // Where a delta sends this content, its object serves fresh installs only: the
-            // faster install level, unless the delta does not clearly win.
-            let mut z = deltaroot_engine::compress_object(&new, eng.install_level.min(eng.level))?;
-            let clear_win = delta_bytes.is_some_and(|d| d.saturating_mul(2) < z.len() as u64);
-            if !clear_win && eng.install_level < eng.level {
-                z = deltaroot_engine::compress_object(&new, eng.level)?;
-            }
+            // faster install level, unless the delta does not clearly win. Without a delta
+            // (a first release, a new file) the object is what devices download: the full
+            // level at once (a first publish of trees/kernel compressed 61 s of CPU at the
+            // install level only to throw it away).
+            let object_level = |level| deltaroot_engine::compress_object(&new, level);
+            let z = match delta_bytes {
+                Some(d) if eng.install_level < eng.level => {
+                    let z = object_level(eng.install_level)?;
+                    if d.saturating_mul(2) < z.len() as u64 {
+                        z
+                    } else {
+                        object_level(eng.level)?
+                    }
+                }
+                _ => object_level(eng.level)?,
+            };
             sink.put(&object_path(&hash), &z)?;
             uploaded = (1, 0, z.len() as u64);
             z.len() as u64
