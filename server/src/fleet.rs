@@ -5,7 +5,8 @@
 //! Update checks are answered from memory: product and channel state and plan sizes are
 //! cached for `cache_ttl` by the fleet's clock (this replica drops its copy at once when an
 //! operator changes something through it; other replicas see the change within
-//! `cache_ttl`). Each cache holds at most `cache_capacity` entries, and only what exists: a
+//! `cache_ttl` and one database read, twice `cache_ttl` at most: an expired product or
+//! channel still answers while one check reads it again, [`Bounded::lookup`]). Each cache holds at most `cache_capacity` entries, and only what exists: a
 //! product or channel nobody published is looked up each time, never remembered.
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use deltaroot_format::api::{DelegationOffer, DowngradeOffer};
 use deltaroot_format::{Downgrade, Name};
 
-use crate::cache::Bounded;
+use crate::cache::{Bounded, Lookup};
 use crate::clock::Clock;
 use crate::db::{ChannelRow, CheckInResult, Db, ReleaseRow, RolloutState};
 use crate::error::{Error, Result};
@@ -303,7 +304,7 @@ impl Fleet {
 
     /// A product with its releases, or `None` if it does not exist.
     pub async fn product(&self, name: &Name) -> Result<Option<Arc<ProductView>>> {
-        if let Some(v) = self.products.get(name.as_str(), self.clock.now_ms()) {
+        if let Lookup::Hit(v) = self.products.lookup(name.as_str(), self.clock.now_ms()) {
             return Ok(Some(v));
         }
         let view = match self.db.product(name).await? {
@@ -349,7 +350,7 @@ impl Fleet {
     /// A channel's state, or `None` if the channel was never set.
     pub async fn channel(&self, product_id: i64, name: &str) -> Result<Option<Arc<ChannelView>>> {
         let key = (product_id, name.to_string());
-        if let Some(v) = self.channels.get(&key, self.clock.now_ms()) {
+        if let Lookup::Hit(v) = self.channels.lookup(&key, self.clock.now_ms()) {
             return Ok(Some(v));
         }
         let view = match self.db.channel_state(product_id, name).await? {

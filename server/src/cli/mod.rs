@@ -181,7 +181,8 @@ enum Command {
         /// device took). At least 60; allow for the error of devices' clocks.
         #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(u64).range(60..))]
         answer_ttl: u64,
-        /// How long a replica answers checks from cached channel state, in milliseconds.
+        /// How long a replica answers checks from cached channel state, in milliseconds (once
+        /// expired, for up to as long again while one check reads the state anew).
         #[arg(long, default_value_t = 1000)]
         cache_ms: u64,
         /// Most products, channels and plan sizes each in-memory cache holds.
