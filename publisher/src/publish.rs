@@ -474,17 +474,17 @@ fn encode_one(
             // (a first release, a new file) the object is what devices download: the full
             // level at once (a first publish of trees/kernel compressed 61 s of CPU at the
             // install level only to throw it away).
-            let object_level = |level| deltaroot_engine::compress_object(&new, level);
+            let compress = |level| deltaroot_engine::compress_object(&new, level);
             let z = match delta_bytes {
                 Some(d) if eng.install_level < eng.level => {
-                    let z = object_level(eng.install_level)?;
+                    let z = compress(eng.install_level)?;
                     if d.saturating_mul(2) < z.len() as u64 {
                         z
                     } else {
-                        object_level(eng.level)?
+                        compress(eng.level)?
                     }
                 }
-                _ => object_level(eng.level)?,
+                _ => compress(eng.level)?,
             };
             sink.put(&object_path(&hash), &z)?;
             uploaded = (1, 0, z.len() as u64);
