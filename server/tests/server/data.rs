@@ -25,6 +25,7 @@ on_both_backends!(
     racing_uploads_keep_the_first_file_and_size,
     orphan_uploads_are_swept_after_the_grace_period,
     devices_past_the_retention_period_are_forgotten,
+    the_last_check_in_of_a_batch_is_the_one_kept,
     failure_limits_bind_as_integers,
 );
 
@@ -352,6 +353,52 @@ fn devices_past_the_retention_period_are_forgotten(backend: Backend) {
         .op(server.app.db.device(id, "invented-7"))
         .unwrap()
         .is_none());
+}
+
+/// Check-ins written in one batch: for each device the last one queued is what its row
+/// holds, whatever order the devices came in.
+fn the_last_check_in_of_a_batch_is_the_one_kept(backend: Backend) {
+    let server = Server::start(backend);
+    let id = product(&server, "demo");
+    let fleet = &server.app.fleet;
+    let checkin = |device: String, version: &str| Report {
+        checkin: CheckIn {
+            product_id: id,
+            device_id: device,
+            channel: "stable".into(),
+            current: Some(version.into()),
+            result: None,
+            attempted: None,
+            at: fleet.now(),
+            signed: false,
+        },
+        proof: None,
+    };
+    // Device i checks in (i % 3) + 1 times, the devices interleaved in descending order.
+    for round in 1..=3 {
+        for i in (0..300).rev() {
+            if i % 3 + 1 >= round {
+                fleet.record(checkin(format!("d-{i}"), &format!("{round}.0")));
+            }
+        }
+    }
+    server.flush();
+    assert_eq!(metric(&server, "deltaroot_devices"), 300);
+    for i in [0, 1, 2, 150, 298, 299] {
+        let row = server
+            .op(server.app.db.device(id, &format!("d-{i}")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.current, Some(format!("{}.0", i % 3 + 1)), "d-{i}");
+    }
+    let counts = server.op(server.app.db.version_counts(id)).unwrap();
+    let expect: Vec<(Option<String>, u64)> = ["1.0", "2.0", "3.0"]
+        .iter()
+        .map(|v| (Some(v.to_string()), 100))
+        .collect();
+    let mut counts = counts;
+    counts.sort();
+    assert_eq!(counts, expect);
 }
 
 /// A release row (its manifest is never read here); its id.
