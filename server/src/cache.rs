@@ -61,11 +61,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
     {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         match map.get(k) {
-            Some(e) if (0..self.ttl_ms).contains(&now_ms.saturating_sub(e.at)) => {
-                Some(e.value.clone())
-            }
+            Some(e) if self.within(e.at, now_ms, 1) => Some(e.value.clone()),
             _ => None,
         }
+    }
+
+    /// Whether an entry stored at `at` is younger than `lifetimes` lifetimes at `now_ms`.
+    fn within(&self, at: i64, now_ms: i64, lifetimes: i64) -> bool {
+        (0..self.ttl_ms.saturating_mul(lifetimes)).contains(&now_ms.saturating_sub(at))
     }
 
     /// [`Bounded::get`], except that an entry past its lifetime (but not past twice it) is
@@ -81,11 +84,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
         let Some(e) = map.get(k) else {
             return Lookup::Read;
         };
-        let age = now_ms.saturating_sub(e.at);
-        if (0..self.ttl_ms).contains(&age) {
+        if self.within(e.at, now_ms, 1) {
             return Lookup::Hit(e.value.clone());
         }
-        if !(0..self.ttl_ms.saturating_mul(2)).contains(&age) {
+        if !self.within(e.at, now_ms, 2) {
             return Lookup::Read;
         }
         if e.claimed.swap(true, Ordering::Relaxed) {
@@ -98,8 +100,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
     pub fn insert(&self, k: K, v: V, now_ms: i64) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= self.capacity && !map.contains_key(&k) {
-            let ttl = self.ttl_ms;
-            map.retain(|_, e| (0..ttl).contains(&now_ms.saturating_sub(e.at)));
+            map.retain(|_, e| self.within(e.at, now_ms, 1));
             if map.len() >= self.capacity {
                 if let Some(old) = map.keys().next().cloned() {
                     map.remove(&old);

@@ -6,8 +6,9 @@
 //! cached for `cache_ttl` by the fleet's clock (this replica drops its copy at once when an
 //! operator changes something through it; other replicas see the change within
 //! `cache_ttl` and one database read, twice `cache_ttl` at most: an expired product or
-//! channel still answers while one check reads it again, [`Bounded::lookup`]). Each cache holds at most `cache_capacity` entries, and only what exists: a
-//! product or channel nobody published is looked up each time, never remembered.
+//! channel still answers while one check reads it again, [`Bounded::lookup`]). Each cache
+//! holds at most `cache_capacity` entries, and only what exists: a product or channel nobody
+//! published is looked up each time, never remembered.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -134,8 +134,6 @@ pub(super) type PayloadStream<'a> = Stream<Box<dyn Read + 'a>>;
 pub(super) struct Head {
     pub(super) old_layout: Layout,
     pub(super) btf: BtfShifts,
-    /// Revision 2 ([`HAS_REVISION_2`]).
-    pub(super) revised: bool,
     pub(super) old_len: u64,
     pub(super) controls: Vec<Control>,
     pub(super) total_mix: u64,
@@ -153,18 +151,7 @@ impl Head {
         let Some(arch) = Arch::from_u8(byte & !flags) else {
             return Err(bad(format!("payload names unknown architecture {byte}")));
         };
-        let revision_3 = byte & HAS_REVISION_3 != 0;
-        if revision_3 && byte & HAS_REVISION_2 == 0 {
-            return Err(bad(format!(
-                "payload's architecture byte {byte:#04x} sets revision 3 without revision 2"
-            )));
-        }
-        let revision_4 = byte & HAS_REVISION_4 != 0;
-        if revision_4 && !revision_3 {
-            return Err(bad(format!(
-                "payload's architecture byte {byte:#04x} sets revision 4 without revision 3"
-            )));
-        }
+        let revision = Revision::of_byte(byte)?;
         let btf = if byte & HAS_BTF != 0 {
             BtfShifts::read(s)?
         } else {
@@ -174,14 +161,8 @@ impl Head {
             .source
             .size()
             .map_err(|e| bad(format!("old file: {e}")))?;
-        let old_layout = Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.for_payload(
-            match (revision_4, revision_3, byte & HAS_REVISION_2 != 0) {
-                (true, _, _) => Revision::Four,
-                (_, true, _) => Revision::Three,
-                (_, _, true) => Revision::Two,
-                _ => Revision::One,
-            },
-        );
+        let old_layout =
+            Layout::read(old_len, &mut |at, buf| old.read_at(at, buf))?.for_payload(revision);
         if old_layout.arch != arch {
             return Err(bad("payload is for another architecture than the source"));
         }
@@ -213,7 +194,6 @@ impl Head {
         Ok(Head {
             old_layout,
             btf,
-            revised: byte & HAS_REVISION_2 != 0,
             old_len,
             controls,
             total_mix,
@@ -243,7 +223,8 @@ impl Head {
         mut image: Vec<u8>,
         s: &mut Stream<R>,
     ) -> Result<Vec<u8>, ElfError> {
-        let eq = Equivalences::from_controls(&self.controls, self.revised);
+        let revised = self.old_layout.revision >= Revision::Two;
+        let eq = Equivalences::from_controls(&self.controls, revised);
         drop(self.controls);
         let mut pending = PendingCorrections::start(s)?;
         let visited = walk_restore(&self.old_layout, &mut image, &eq, &self.btf, |i, _, _| {

@@ -161,6 +161,44 @@ pub enum Revision {
     Four = 4,
 }
 
+/// Each revision's flag in the architecture byte, oldest first: a payload of a revision sets
+/// its flag and every one before it.
+const REVISION_FLAGS: [(Revision, u8); 3] = [
+    (Revision::Two, HAS_REVISION_2),
+    (Revision::Three, HAS_REVISION_3),
+    (Revision::Four, HAS_REVISION_4),
+];
+
+impl Revision {
+    /// The flags an architecture byte of this revision sets.
+    fn flags(self) -> u8 {
+        REVISION_FLAGS
+            .iter()
+            .filter(|(from, _)| self >= *from)
+            .fold(0, |flags, (_, flag)| flags | flag)
+    }
+
+    /// The revision an architecture byte names; a flag set without the one before it is
+    /// refused.
+    pub(super) fn of_byte(byte: u8) -> Result<Revision, ElfError> {
+        let mut revision = Revision::One;
+        for (r, flag) in REVISION_FLAGS {
+            if byte & flag == 0 {
+                continue;
+            }
+            if revision as u8 + 1 != r as u8 {
+                return Err(bad(format!(
+                    "payload's architecture byte {byte:#04x} sets revision {} without revision {}",
+                    r as u8,
+                    r as u8 - 1
+                )));
+            }
+            revision = r;
+        }
+        Ok(revision)
+    }
+}
+
 /// Set in the architecture byte when BTF shift tables follow it.
 pub(super) const HAS_BTF: u8 = 0x80;
 /// Set in the architecture byte of payloads of revision 2 (FORMAT.md §6.4): the maps of
@@ -190,16 +228,7 @@ pub fn build_payload(
     old: &[u8],
     normalised: &[u8],
 ) -> Result<Vec<u8>, ElfError> {
-    let mut out = vec![arch as u8];
-    for (from, flag) in [
-        (Revision::Two, HAS_REVISION_2),
-        (Revision::Three, HAS_REVISION_3),
-        (Revision::Four, HAS_REVISION_4),
-    ] {
-        if revision >= from {
-            out[0] |= flag;
-        }
-    }
+    let mut out = vec![arch as u8 | revision.flags()];
     if !btf.is_empty() {
         out[0] |= HAS_BTF;
         btf.write(&mut out);

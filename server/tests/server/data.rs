@@ -391,13 +391,12 @@ fn the_last_check_in_of_a_batch_is_the_one_kept(backend: Backend) {
             .unwrap();
         assert_eq!(row.current, Some(format!("{}.0", i % 3 + 1)), "d-{i}");
     }
-    let counts = server.op(server.app.db.version_counts(id)).unwrap();
+    let mut counts = server.op(server.app.db.version_counts(id)).unwrap();
+    counts.sort();
     let expect: Vec<(Option<String>, u64)> = ["1.0", "2.0", "3.0"]
         .iter()
         .map(|v| (Some(v.to_string()), 100))
         .collect();
-    let mut counts = counts;
-    counts.sort();
     assert_eq!(counts, expect);
 }
 
