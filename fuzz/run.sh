@@ -42,6 +42,8 @@ seq 1 60000 | gzip -9n >"$work/long1.gz"
 cd "$here/fuzz"
 for target in elf_decode apply_delta pack_read metadata; do
   mkdir -p "$work/corpus-$target"
+  # What broke this target before starts its corpus (fixtures/fuzz-regressions).
+  cp "$here"/fixtures/fuzz-regressions/"$target"-* "$work/corpus-$target"/ 2>/dev/null || true
   echo "fuzzing $target for ${secs}s" >&2
   cargo fuzz run "$target" "$work/corpus-$target" "$work/seeds" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1 2>&1 | tail -n 15

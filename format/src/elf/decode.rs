@@ -420,6 +420,24 @@ mod tests {
         }
     }
 
+    /// Inputs on which `fuzz/run.sh` found a panic (fixtures/fuzz-regressions), read as the
+    /// `elf_decode` target reads them: each is refused with an error naming what is wrong.
+    #[test]
+    fn fuzz_regressions_are_refused_not_panics() {
+        let found: &[(&str, &[u8], &str)] = &[(
+            "symtab-offset-overflow",
+            include_bytes!("../../../fixtures/fuzz-regressions/elf_decode-symtab-offset-overflow"),
+            "correction for reference 1787, but the image has only 153 references",
+        )];
+        for (name, data, why) in found {
+            let (len, rest) = data.split_first_chunk::<4>().unwrap();
+            let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
+            let (source, payload) = rest.split_at(len);
+            let err = decode_from(source, payload, 1 << 22).unwrap_err();
+            assert!(err.0.contains(why), "{name}: {err}");
+        }
+    }
+
     #[test]
     fn decoder_reads_the_payload_as_it_arrives() {
         for old in images() {

@@ -236,9 +236,12 @@ impl AddressMap<'_> {
         let Some(Tables { old, new, entry }) = tables else {
             return index;
         };
+        // A hostile section header may put a table anywhere: its entries' offsets are added
+        // with a check (an entry past 2^64 names nothing).
         let to = (u64::from(index) < old.1 / entry)
-            .then(|| self.eq.forward(old.0 + entry * u64::from(index)))
+            .then(|| old.0.checked_add(entry * u64::from(index)))
             .flatten()
+            .and_then(|at| self.eq.forward(at))
             .and_then(|o| o.checked_sub(new.0))
             .filter(|o| o % entry == 0 && o / entry < new.1 / entry);
         to.map_or(index, |o| (o / entry) as u32)
@@ -251,8 +254,9 @@ impl AddressMap<'_> {
             return index;
         };
         let from = (u64::from(index) < new.1 / entry)
-            .then(|| self.eq.to_old(new.0 + entry * u64::from(index)))
+            .then(|| new.0.checked_add(entry * u64::from(index)))
             .flatten()
+            .and_then(|at| self.eq.to_old(at))
             .and_then(|o| o.checked_sub(old.0))
             .filter(|o| o % entry == 0 && o / entry < old.1 / entry)
             .map(|o| (o / entry) as u32)
