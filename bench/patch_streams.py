@@ -7,8 +7,9 @@ not equal to, the patch: the patch compresses its streams together).
     patch_streams.py zucchini RAWPATCH   # Zucchini's patch before zstd (`zucchini-gen`)
 
 Needs the `zstandard` module (pip install zstandard). deltaroot's streams (docs/FORMAT.md
-§6.4): the records (mix, copy, seek), the diff bytes over the mixed ranges, the extra bytes,
-and the corrections of references the map mispredicts. Zucchini's (its patch_writer.cc):
+§6.4): the records (mix, copy, seek), the diff bytes over the mixed ranges (from revision 5
+the gaps and values of the nonzero ones), the extra bytes, and the corrections of references
+the map mispredicts. Zucchini's (its patch_writer.cc):
 equivalences (source skip, destination skip, length), extra data, raw deltas (skip, byte),
 reference deltas and extra targets."""
 import io
@@ -53,12 +54,26 @@ def deltaroot(path):
             _, pos = varints(raw, pos, 2 * count)
     start = pos
     (n,), pos = varints(raw, pos, 1)
-    records, pos = varints(raw, pos, 3 * n)
+    sparse = arch & 0x08  # revision 5: records by column, sparse diff bytes
+    records, pos = varints(raw, pos, 3 * n - (1 if sparse and n else 0))
     streams = {"records": (raw[start:pos], f"{n:,} records")}
     (dl,), pos = varints(raw, pos, 1)
-    diff = raw[pos:pos + dl]
-    pos += dl
-    streams["diff"] = (diff, f"{sum(1 for x in diff if x):,} nonzero")
+    if sparse:
+        (m,), pos = varints(raw, pos, 1)
+        gaps, values = bytearray(), bytearray()
+        for block in range(0, m, 1 << 16):
+            count = min(1 << 16, m - block)
+            start = pos
+            _, pos = varints(raw, pos, count)
+            gaps += raw[start:pos]
+            values += raw[pos:pos + count]
+            pos += count
+        streams["diff gaps"] = (gaps, f"{m:,} nonzero of {dl:,}")
+        streams["diff values"] = (values, "")
+    else:
+        diff = raw[pos:pos + dl]
+        pos += dl
+        streams["diff"] = (diff, f"{sum(1 for x in diff if x):,} nonzero")
     (el,), pos = varints(raw, pos, 1)
     streams["extra"] = (raw[pos:pos + el], "")
     pos += el

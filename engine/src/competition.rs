@@ -234,9 +234,15 @@ fn compress_payload_within(raw: &[u8], level: i32, max_wlog: u32) -> std::io::Re
 /// `ko-i915`; `libpython3.11` gained 34 bytes) but up to 4% below (`ko-btrfs`: 154,599 ->
 /// 160,628 bytes, `libc` 2.2%), where the payload stays one frame. (Making both and keeping
 /// the smaller cost `ko-btrfs` a second level-19 pass: 1 s.)
+///
+/// A payload of revision 5 ([`deltaroot_format::elf::HAS_REVISION_5`]) is always one frame:
+/// its diff bytes are sparse, so it is a small part of the image, read as a stream.
 fn compress_elf_payload(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     let max = deltaroot_format::elf::WINDOW_LOG_MAX;
-    if raw.len() <= 4 << 20 {
+    let sparse = raw
+        .first()
+        .is_some_and(|b| b & deltaroot_format::elf::HAS_REVISION_5 != 0);
+    if raw.len() <= 4 << 20 || sparse {
         return compress_payload_within(raw, level, max);
     }
     let diff =

@@ -4,11 +4,14 @@
 
 use std::io::Read;
 
-use super::payload::{unzigzag, PendingCorrections, Stream, HAS_BTF};
+use super::payload::{
+    add_sparse, max_records, read_old_starts, unzigzag, PendingCorrections, Stream, HAS_BTF,
+    REVISION_BITS,
+};
+use super::WINDOW_LOG_MAX;
 use super::{
     bad, walk_restore, Arch, BtfShifts, Control, ElfError, Equivalences, Layout, Revision,
 };
-use super::{HAS_REVISION_2, HAS_REVISION_3, HAS_REVISION_4, WINDOW_LOG_MAX};
 use crate::method::{Source, Watched};
 
 /// Decodes a method-4 payload held in memory (already decompressed); see [`decode_from`].
@@ -77,6 +80,11 @@ pub(crate) fn decode_frames_from(
         Ok(Stream::new(Box::new(d.take(bound))))
     }
     match cut[..] {
+        // Revision 5's diff bytes are sparse: the payload is far smaller than the image and
+        // is read as a stream.
+        [whole] if stream(whole, bound)?.revision()? >= Revision::Five => {
+            decode_core(old, stream(whole, bound)?, None, max_output)
+        }
         [whole] => match decode_whole(old, whole, max_output, bound)? {
             Some(image) => Ok(image),
             None => decode_core(old, stream(whole, bound)?, None, max_output),
@@ -147,7 +155,7 @@ impl Head {
         max_output: u64,
     ) -> Result<Head, ElfError> {
         let byte = s.u8("architecture")?;
-        let flags = HAS_BTF | HAS_REVISION_2 | HAS_REVISION_3 | HAS_REVISION_4;
+        let flags = HAS_BTF | REVISION_BITS;
         let Some(arch) = Arch::from_u8(byte & !flags) else {
             return Err(bad(format!("payload names unknown architecture {byte}")));
         };
@@ -167,26 +175,52 @@ impl Head {
             return Err(bad("payload is for another architecture than the source"));
         }
         let n = s.varint("record count")?;
+        let columns = revision >= Revision::Five;
+        if columns && n > max_records(max_output) {
+            return Err(s.fail(
+                "record count",
+                format!("{n} records, more than an image of {max_output} bytes may have"),
+            ));
+        }
         // Each record takes at least three bytes of the (bounded) payload.
         let mut controls = Vec::with_capacity(n.min(1 << 16) as usize);
         let (mut total_mix, mut total_copy) = (0u64, 0u64);
-        for _ in 0..n {
-            let mix = s.varint("mix length")?;
-            let copy = s.varint("copy length")?;
-            let seek = unzigzag(s.varint("seek")?);
-            total_mix = total_mix
-                .checked_add(mix)
+        let grow = |total: &mut u64, by: u64, other: u64| {
+            *total = total
+                .checked_add(by)
                 .ok_or_else(|| bad("patch lengths overflow"))?;
-            total_copy = total_copy
-                .checked_add(copy)
-                .ok_or_else(|| bad("patch lengths overflow"))?;
-            if total_mix.saturating_add(total_copy) > max_output {
+            if total.saturating_add(other) > max_output {
                 return Err(bad(format!(
                     "patch produces {} bytes, more than the {max_output} announced",
-                    total_mix.saturating_add(total_copy)
+                    total.saturating_add(other)
                 )));
             }
-            controls.push(Control { mix, copy, seek });
+            Ok(())
+        };
+        if columns {
+            for _ in 0..n {
+                let mix = s.varint("mix length")?;
+                grow(&mut total_mix, mix, 0)?;
+                controls.push(Control {
+                    mix,
+                    copy: 0,
+                    seek: 0,
+                });
+            }
+            for c in controls.iter_mut() {
+                c.copy = s.varint("copy length")?;
+                grow(&mut total_copy, c.copy, total_mix)?;
+            }
+            read_old_starts(s, &mut controls)?;
+        } else {
+            for _ in 0..n {
+                let mix = s.varint("mix length")?;
+                let copy = s.varint("copy length")?;
+                let seek = unzigzag(s.varint("seek")?);
+                grow(&mut total_mix, mix, total_copy)?;
+                grow(&mut total_copy, copy, total_mix)?;
+                controls.push(Control { mix, copy, seek });
+            }
         }
         if s.varint("diff length")? != total_mix {
             return Err(bad("diff stream does not match the records"));
@@ -293,6 +327,9 @@ pub(super) fn decode_whole(
     }
     let mut s = Stream::over(&buf);
     let head = Head::read(old, &mut s, max_output)?;
+    if head.old_layout.revision >= Revision::Five {
+        return Err(bad("a payload of revision 5 is read as a stream"));
+    }
     let total = head.total()?;
     // Where the diff bytes start and end, where the extra bytes start and end.
     let d0 = usize::try_from(s.offset).map_err(|_| bad("payload too large"))?;
@@ -347,6 +384,10 @@ pub(super) fn decode_core<'a>(
     max_output: u64,
 ) -> Result<Vec<u8>, ElfError> {
     let head = Head::read(old, &mut s, max_output)?;
+    let sparse = head.old_layout.revision >= Revision::Five;
+    if sparse && split.is_some() {
+        return Err(bad("a payload of revision 5 is one zstd frame, not three"));
+    }
     let total = head.total()?;
     let mut image = zeroed(total)?;
     // Step 1, the diff stream: each record's mixed range, diff bytes plus the old file's.
@@ -374,7 +415,7 @@ pub(super) fn decode_core<'a>(
         if split.is_some() {
             image.copy_within(placed..placed + mix, pos);
             placed += mix;
-        } else {
+        } else if !sparse {
             s.read(&mut image[pos..pos + mix], "diff bytes")?;
         }
         add_old(old, start, &mut image[pos..pos + mix], &mut chunk)?;
@@ -382,6 +423,9 @@ pub(super) fn decode_core<'a>(
         oldpos += i128::from(c.mix) + i128::from(c.seek);
     }
     drop(chunk);
+    if sparse {
+        add_sparse(&mut s, &head.controls, head.total_mix, &mut image)?;
+    }
     if let Some((_, tail)) = split {
         s = tail;
     }
@@ -402,6 +446,7 @@ pub(super) fn decode_core<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf::payload::{apply_records, max_records, zigzag};
     use crate::elf::testing::*;
     use crate::elf::*;
     use crate::method::{Source, Watched};
@@ -621,6 +666,156 @@ mod tests {
         tmp.as_file().set_len(len / 2).unwrap();
         let short = Watched::new(from_file);
         assert!(decode_frames_from(&short, &f, len, bound).is_err());
+    }
+
+    /// Revision 5 sends only the nonzero diff bytes, by position, and the records a column at
+    /// a time: the records and bytes that give an image in revision 4 give the same image in
+    /// revision 5, read as a stream, trickled, as one zstd frame (three are refused) and
+    /// from the old file on disk, in a payload a small part of the image.
+    #[test]
+    fn revision_5_payloads_give_the_image_revision_4_gives() {
+        for image in images() {
+            revision_5_gives_the_image_of_revision_4(padded(&image, LARGE));
+        }
+    }
+
+    /// Records with copies between them and seeks both ways over `old` (padded: past its
+    /// headers), and a target they make with a few changed bytes inside the mixed ranges.
+    fn mixed_and_copied(old: &[u8]) -> ([Control; 3], Vec<u8>) {
+        let len = old.len() as u64;
+        let (a, b) = (len / 3, 2 * len / 3);
+        let controls = [
+            Control {
+                mix: a,
+                copy: 8,
+                seek: -50,
+            },
+            Control {
+                mix: b - a - 8,
+                copy: 5,
+                seek: 63,
+            },
+            Control {
+                mix: len - b - 5,
+                copy: 0,
+                seek: 7,
+            },
+        ];
+        let mix = controls.iter().map(|c| c.mix as usize).sum();
+        let mut target = apply_records(
+            &controls,
+            &vec![0; mix],
+            &[[1; 8], [2; 8]].concat()[..13],
+            old,
+        )
+        .unwrap();
+        let (a, b) = (a as usize, b as usize);
+        for at in [a - 100, a - 99, a + 8, a + 300, b + 5, old.len() - 1] {
+            target[at] = target[at].wrapping_add(3);
+        }
+        (controls, target)
+    }
+
+    fn payload_of(old: &[u8], controls: &[Control], target: &[u8], revision: Revision) -> Vec<u8> {
+        let arch = Layout::parse(old).unwrap().arch;
+        let mut raw =
+            build_payload(arch, &BtfShifts::default(), revision, controls, old, target).unwrap();
+        raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
+        raw
+    }
+
+    fn revision_5_gives_the_image_of_revision_4(old: Vec<u8>) {
+        let len = old.len() as u64;
+        let (controls, target) = mixed_and_copied(&old);
+        let r4 = payload_of(&old, &controls, &target, Revision::Four);
+        let r5 = payload_of(&old, &controls, &target, Revision::Five);
+        assert_eq!(r5[0] & 0x78, 0x78, "revision 5 sets the flags of 2 to 5");
+        assert!(r5.len() < 100, "{} bytes", r5.len());
+        let four = decode_from(&old, r4.as_slice(), len).unwrap();
+        assert!(four != old);
+        assert!(decode_from(&old, r5.as_slice(), len).unwrap() == four);
+        assert!(decode_from(&old, Trickle(&r5), len).unwrap() == four);
+        let frame = |part: &[u8]| zstd::bulk::compress(part, 3).unwrap();
+        let bound = u64::MAX;
+        assert!(decode_frames(&old, &frame(&r5), len, bound).unwrap() == four);
+        let file = Watched::new(Source::Bytes(&old));
+        let err = decode_whole(&file, &frame(&r5), len, bound).unwrap_err();
+        assert!(err.0.contains("read as a stream"), "{err}");
+        let cut = r5.len() / 2;
+        let three = [frame(&r5[..cut]), frame(&[]), frame(&r5[cut..])].concat();
+        let err = decode_frames(&old, &three, len, bound).unwrap_err();
+        assert!(err.0.contains("one zstd frame, not three"), "{err}");
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&old).unwrap();
+        let on_disk = Watched::new(Source::File {
+            file: tmp.as_file(),
+            path: tmp.path(),
+        });
+        assert!(decode_frames_from(&on_disk, &frame(&r5), len, bound).unwrap() == four);
+        // Cut anywhere: refused.
+        for n in 0..r5.len() {
+            assert!(decode_from(&old, &r5[..n], len).is_err(), "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn hostile_revision_5_payloads_fail_cleanly() {
+        for image in images() {
+            hostile_revision_5_on(padded(&image, LARGE));
+        }
+    }
+
+    fn hostile_revision_5_on(old: Vec<u8>) {
+        let len = old.len() as u64;
+        let arch = Layout::parse(&old).unwrap().arch as u8;
+        let flags = HAS_REVISION_2 | HAS_REVISION_3 | HAS_REVISION_4 | HAS_REVISION_5;
+        let refused = |p: Vec<u8>, why: &str| {
+            let err = decode(&old, p, len).unwrap_err();
+            assert!(err.0.contains(why), "{err}, expected {why:?}");
+        };
+        // One record over the whole file, `count` nonzero diff bytes with these gaps.
+        let one = |count: u64, gaps: &[u64]| {
+            let mut p = vec![arch | flags];
+            for v in [1, len, 0, len, count] {
+                put_varint(&mut p, v);
+            }
+            gaps.iter().for_each(|&g| put_varint(&mut p, g));
+            p.extend(gaps.iter().map(|_| 1u8));
+            put_varint(&mut p, 0);
+            put_varint(&mut p, 0);
+            p
+        };
+        let image = decode(&old, one(2, &[len - 3, 1]), len).unwrap();
+        let n = len as usize;
+        assert_eq!(
+            (image[n - 3], image[n - 2], image[n - 1]),
+            (old[n - 3] + 1, old[n - 2], old[n - 1] + 1)
+        );
+        refused(one(len + 1, &[]), "more than the");
+        refused(one(1, &[len]), "position past the diff bytes");
+        refused(one(2, &[len - 1, 0]), "position past the diff bytes");
+        refused(one(2, &[u64::MAX, 1]), "position past the diff bytes");
+        refused(one(2, &[0]), "truncated");
+        // Revision 5 without revision 4.
+        let mut p = one(0, &[]);
+        p[0] = arch | HAS_REVISION_2 | HAS_REVISION_3 | HAS_REVISION_5;
+        refused(p, "revision 5 without revision 4");
+        // More records than an image of this size may have: refused before they are read.
+        let mut p = vec![arch | flags];
+        put_varint(&mut p, max_records(len) + 1);
+        refused(p, "more than an image of");
+        // A second record whose old start lies before the old file or past it.
+        for diagonal in [-(len as i64), len as i64] {
+            let mut p = vec![arch | flags];
+            for v in [2, len / 2, len - len / 2, 0, 0] {
+                put_varint(&mut p, v);
+            }
+            put_varint(&mut p, zigzag(diagonal) << 2);
+            for v in [len, 0, 0, 0] {
+                put_varint(&mut p, v);
+            }
+            refused(p, "old file");
+        }
     }
 
     #[test]

@@ -248,7 +248,10 @@ pub(super) fn phase_c<I: AsRef<[u8]>>(
             let code = &image.as_ref()[at..range.end];
             let base = ip.wrapping_add((at - range.start) as u64);
             let used = match layout.arch {
-                Arch::X86_64 => x86_code(code, at, base, &mut found),
+                Arch::X86_64 => {
+                    let absolute = layout.absolute_code().then_some(layout);
+                    x86_code(code, at, base, absolute, &mut found)
+                }
                 Arch::AArch64 => a64_code(code, at, base, layout.adrp_pairs(), &mut found),
             };
             for r in &found {
@@ -323,8 +326,19 @@ pub(super) fn phase_e<I: AsRef<[u8]>>(
 }
 
 /// rel32 branches and RIP-relative operands, by a linear sweep with iced-x86, until
-/// [`CODE_CHUNK`] are found; returns the bytes swept.
-pub(super) fn x86_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) -> usize {
+/// [`CODE_CHUNK`] are found; returns the bytes swept. With `absolute` (revision 5, an
+/// executable at a fixed address) also every other 32-bit displacement, then 32-bit
+/// immediate, of an instruction whose value, zero-extended, `absolute` finds an address
+/// ([`RefKind::Abs32`]): such code names its data by absolute address. Found by value, so
+/// the value is read as the image holds it when the chunk is found; a visit changes only its
+/// own field, so that is the value it has when its turn comes.
+pub(super) fn x86_code(
+    code: &[u8],
+    start: usize,
+    ip: u64,
+    absolute: Option<&Layout>,
+    out: &mut Vec<Ref>,
+) -> usize {
     use iced_x86::{Decoder, DecoderOptions, Instruction};
     let mut dec = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut ins = Instruction::default();
@@ -348,6 +362,23 @@ pub(super) fn x86_code(code: &[u8], start: usize, ip: u64, out: &mut Vec<Ref>) -
                 kind: RefKind::Rel32,
                 base: next_ip,
             });
+        } else if let Some(layout) = absolute {
+            let field = |offset: usize| {
+                let loc = start + at + offset;
+                let b = code.get(loc - start..loc - start + 4)?;
+                let v = u32::from_le_bytes(b.try_into().ok()?);
+                layout.finds(RefKind::Abs32, u64::from(v)).then_some(Ref {
+                    loc,
+                    kind: RefKind::Abs32,
+                    base: 0,
+                })
+            };
+            if offs.displacement_size() == 4 && !ins.is_ip_rel_memory_operand() {
+                out.extend(field(offs.displacement_offset()));
+            }
+            if offs.immediate_size() == 4 {
+                out.extend(field(offs.immediate_offset()));
+            }
         }
     }
     dec.position()

@@ -13,7 +13,7 @@ use goblin::elf::program_header::PT_LOAD;
 use goblin::elf::section_header::SHT_PROGBITS;
 use goblin::elf::{Elf, ProgramHeader, SectionHeader};
 
-use super::{bad, Arch, ElfError, Revision};
+use super::{bad, Arch, ElfError, RefKind, Revision};
 use crate::method::Source;
 
 /// An ELF file's headers, as far as this method needs them.
@@ -376,6 +376,18 @@ impl Layout {
     /// (`.bss` included), and not zero.
     pub fn holds_address(&self, value: u64) -> bool {
         value != 0 && !self.relocatable && self.to_offset(value).is_some()
+    }
+
+    /// Whether a field of `kind` found by its value ([`RefKind::found_by_value`]) that holds
+    /// `value` is found: the value fits the field and is an address of the image.
+    pub fn finds(&self, kind: RefKind, value: u64) -> bool {
+        (kind != RefKind::Abs32 || value <= u64::from(u32::MAX)) && self.holds_address(value)
+    }
+
+    /// Phase C takes the 32-bit immediates and displacements that hold addresses
+    /// ([`RefKind::Abs32`]): revision 5, x86-64 executables at a fixed address.
+    pub(super) fn absolute_code(&self) -> bool {
+        self.revision >= Revision::Five && self.fixed && self.arch == Arch::X86_64
     }
 
     /// Where a section's content starts, as an address of this method's address space.

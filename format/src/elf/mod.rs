@@ -24,7 +24,8 @@
 //!   address of the image; (F) in payloads of revision 4 ([`HAS_REVISION_4`]), the addresses
 //!   the unwind tables hold ([`unwind`]). References are handed on as they are found, never
 //!   collected (phase F collects one unwind section's field offsets before visiting them):
-//!   memory does not grow with their number.
+//!   memory does not grow with their number. From revision 5 ([`HAS_REVISION_5`]) the
+//!   payload sends only the nonzero diff bytes, by position ([`SPARSE_BLOCK`]).
 //! - [`Equivalences`]: which ranges of the old file match which ranges of the new one,
 //!   recovered from the control records of the bsdiff stream in the patch, so the decoder
 //!   derives the same map the encoder used to check its work.
@@ -71,7 +72,7 @@ pub use filled::filled_pieces;
 pub use layout::Layout;
 pub use payload::{
     build_payload, diff_range, encode_corrections, Control, Corrections, Revision, SplitPatch,
-    HAS_REVISION_2, HAS_REVISION_3, HAS_REVISION_4, WINDOW_LOG_MAX,
+    HAS_REVISION_2, HAS_REVISION_3, HAS_REVISION_4, HAS_REVISION_5, SPARSE_BLOCK, WINDOW_LOG_MAX,
 };
 use payload::{unzigzag, zigzag, Stream};
 pub use refs::{Ref, RefKind};

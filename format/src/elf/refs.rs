@@ -11,6 +11,10 @@ pub enum RefKind {
     Ptr64,
     /// x86-64: a 32-bit little-endian displacement from the next instruction.
     Rel32,
+    /// x86-64, an executable at a fixed address (revision 5, phase C): a 32-bit immediate or
+    /// displacement other than a rel32 whose value, zero-extended, is an address of the image
+    /// (`mov $addr, %edi`, `jmp *addr(,%rax,8)`): found by its value, like [`RefKind::Ptr64`].
+    Abs32,
     /// AArch64 B/BL: imm26 words from the instruction.
     A64Branch26,
     /// AArch64 B.cond, CBZ/CBNZ, LDR literal: imm19 words from the instruction.
@@ -48,6 +52,12 @@ impl RefKind {
         matches!(self, RefKind::BtfType | RefKind::BtfStr)
     }
 
+    /// A field found by its value, not named by a table or an opcode: the encoder normalises
+    /// it only to a value the device also finds ([`super::Layout::finds`]).
+    pub fn found_by_value(self) -> bool {
+        matches!(self, RefKind::Ptr64 | RefKind::Abs32)
+    }
+
     /// A field whose value is an index or an offset of a table, not an address: a BTF field
     /// or a symbol index.
     pub fn is_index(self) -> bool {
@@ -71,6 +81,7 @@ impl RefKind {
         match self {
             RefKind::Abs64 | RefKind::Ptr64 => 64,
             RefKind::Rel32
+            | RefKind::Abs32
             | RefKind::BtfType
             | RefKind::BtfStr
             | RefKind::SymIndex
@@ -89,6 +100,7 @@ impl RefKind {
             RefKind::Abs64
             | RefKind::Ptr64
             | RefKind::Rel32
+            | RefKind::Abs32
             | RefKind::A64Adr
             | RefKind::BtfType
             | RefKind::BtfStr
@@ -111,7 +123,7 @@ impl RefKind {
             return page | i64::from((lo >> 10 & 0xfff) << scale & 0xfff);
         }
         let w = u32::from_le_bytes(b.try_into().expect("4 bytes"));
-        if self.is_index() {
+        if self.is_index() || self == RefKind::Abs32 {
             return i64::from(w);
         }
         let raw = match self {
@@ -144,6 +156,7 @@ impl RefKind {
         let w = u32::from_le_bytes((&*b).try_into().expect("4 bytes"));
         let w = match self {
             RefKind::Rel32
+            | RefKind::Abs32
             | RefKind::BtfType
             | RefKind::BtfStr
             | RefKind::SymIndex
