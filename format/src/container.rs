@@ -375,6 +375,46 @@ pub(crate) mod tests {
         }
     }
 
+    /// A payload whose architecture byte sets a revision flag this decoder does not know (as
+    /// revision 5's `0x08` is to an agent of the release before it) is refused as an
+    /// unusable delta, whose whole object the device fetches instead; the same payload with
+    /// the flags it knows applies.
+    #[test]
+    fn an_elf_payload_of_an_unknown_revision_is_an_unusable_delta() {
+        use crate::elf::{build_payload, encode_corrections, BtfShifts, Control, Layout, Revision};
+        let old = include_bytes!("../../fixtures/elf-small/x86_64-pie").to_vec();
+        let controls = [Control {
+            mix: old.len() as u64,
+            copy: 0,
+            seek: 0,
+        }];
+        let arch = Layout::parse(&old).unwrap().arch;
+        let mut raw = build_payload(
+            arch,
+            &BtfShifts::default(),
+            Revision::Five,
+            &controls,
+            &old,
+            &old,
+        )
+        .unwrap();
+        raw.extend_from_slice(&encode_corrections(&[]));
+        let delta = |raw: &[u8]| {
+            let header = DeltaHeader {
+                method: Method::Elf,
+                source: Hash::of(&old),
+                target: Hash::of(&old),
+                target_size: old.len() as u64,
+            };
+            encode_delta(&header, &zstd::bulk::compress(raw, 3).unwrap())
+        };
+        assert!(apply_delta(&delta(&raw), &old, None).unwrap() == old);
+        raw[0] |= 0x04;
+        let err = apply_delta(&delta(&raw), &old, None).unwrap_err();
+        assert!(err.is_unusable_delta(), "{err}");
+        assert!(err.to_string().contains("architecture"), "{err}");
+    }
+
     #[test]
     fn truncated_and_flipped_deltas_fail_cleanly() {
         let source = b"old contents".repeat(100);
