@@ -580,40 +580,8 @@ mod tests {
     fn one_frame_rearranged_in_place(old: Vec<u8>) {
         use crate::{apply_delta, encode_delta, DeltaHeader, Hash, Method};
         let len = old.len() as u64;
-        let (a, b) = (len / 3, 2 * len / 3);
-        // The old file with 8 and 5 bytes replaced, its middle taken from 50 bytes earlier.
-        let controls = [
-            Control {
-                mix: a,
-                copy: 8,
-                seek: -50,
-            },
-            Control {
-                mix: b - a - 8,
-                copy: 5,
-                seek: 63,
-            },
-            Control {
-                mix: len - b - 5,
-                copy: 0,
-                seek: 0,
-            },
-        ];
-        let mut target = old.clone();
-        let (a, b) = (a as usize, b as usize);
-        target[a..a + 8].fill(1);
-        target[b..b + 5].fill(2);
-        let arch = Layout::parse(&old).unwrap().arch;
-        let mut raw = build_payload(
-            arch,
-            &BtfShifts::default(),
-            Revision::One,
-            &controls,
-            &old,
-            &target,
-        )
-        .unwrap();
-        raw.extend_from_slice(&encode_corrections(&[(1, 3)]));
+        let (controls, target) = mixed_and_copied(&old);
+        let raw = payload_of(&old, &controls, &target, Revision::One);
         let streamed = decode_from(&old, raw.as_slice(), len).unwrap();
         let frame = |with_size: bool| {
             let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();

@@ -511,44 +511,52 @@ fn hostile_patches_fail_cleanly((old, new): (Vec<u8>, Vec<u8>)) {
     }
 }
 
+/// The fixture pairs of executables and libraries for both architectures: (`arch/pair`, old,
+/// new).
+fn executables_and_libraries() -> impl Iterator<Item = (String, Vec<u8>, Vec<u8>)> {
+    ["x86_64", "aarch64"].into_iter().flat_map(|arch| {
+        ["calc-pie", "calc-static", "shapes-so"].map(move |pair| {
+            let label = format!("{arch}/{pair}");
+            let (old, new) = elf_pair(&label, &format!("the compiler for {arch}"));
+            (label, old, new)
+        })
+    })
+}
+
 /// When code moves, every function's row in `.eh_frame_hdr` (and the first address of its
 /// FDE in `.eh_frame`) changes with it. Revision 4 takes them as references, predicted
 /// through the address map, where revision 3 leaves them as diff bytes. Both apply.
 #[test]
 fn unwind_tables_follow_the_code() {
     let (mut left3, mut left4) = (0, 0);
-    for arch in ["x86_64", "aarch64"] {
-        for pair in ["calc-pie", "calc-static", "shapes-so"] {
-            let (old, new) = elf_pair(
-                &format!("{arch}/{pair}"),
-                &format!("the compiler for {arch}"),
-            );
-            let label = format!("{arch}/{pair}");
-            let encode = |revision| encode_and_apply(&old, &new, revision, &label);
-            let (r3, r4) = (encode(Revision::Three), encode(Revision::Four));
-            assert_eq!(r3[0] & 0x70, 0x60, "{arch}/{pair}: revision 3's flags");
-            assert_eq!(r4[0] & 0x70, 0x70, "{arch}/{pair}: revision 4's flags");
-            // The rows of `.eh_frame_hdr`'s table: references alone (the FDEs of `.eh_frame`
-            // also hold call-frame programs, which change with the code they describe).
-            let en = goblin::elf::Elf::parse(&new).unwrap();
-            let Some(table) = en
-                .section_headers
+    for (label, old, new) in executables_and_libraries() {
+        let encode = |revision| encode_and_apply(&old, &new, revision, &label);
+        let (r3, r4) = (encode(Revision::Three), encode(Revision::Four));
+        assert_eq!(r3[0] & 0x70, 0x60, "{label}: revision 3's flags");
+        assert_eq!(r4[0] & 0x70, 0x70, "{label}: revision 4's flags");
+        // The rows of `.eh_frame_hdr`'s table: references alone (the FDEs of `.eh_frame`
+        // also hold call-frame programs, which change with the code they describe).
+        let en = goblin::elf::Elf::parse(&new).unwrap();
+        let Some(table) = en
+            .section_headers
+            .iter()
+            .find(|s| en.shdr_strtab.get_at(s.sh_name) == Some(".eh_frame_hdr"))
+            .map(|s| s.sh_offset as usize + 12..(s.sh_offset + s.sh_size) as usize)
+        else {
+            continue; // built without unwind tables
+        };
+        let left = |raw: &[u8]| {
+            diff_byte_offsets(raw)
                 .iter()
-                .find(|s| en.shdr_strtab.get_at(s.sh_name) == Some(".eh_frame_hdr"))
-                .map(|s| s.sh_offset as usize + 12..(s.sh_offset + s.sh_size) as usize)
-            else {
-                continue; // built without unwind tables
-            };
-            let left = |raw: &[u8]| {
-                diff_byte_offsets(raw)
-                    .iter()
-                    .filter(|&d| table.contains(d))
-                    .count()
-            };
-            let (d3, d4) = (left(&r3), left(&r4));
-            eprintln!("{arch}/{pair}: {} table rows; bytes left as diff bytes: revision 3 {d3}, revision 4 {d4}", table.len() / 8);
-            (left3, left4) = (left3 + d3, left4 + d4);
-        }
+                .filter(|&d| table.contains(d))
+                .count()
+        };
+        let (d3, d4) = (left(&r3), left(&r4));
+        eprintln!(
+            "{label}: {} table rows; bytes left as diff bytes: revision 3 {d3}, revision 4 {d4}",
+            table.len() / 8
+        );
+        (left3, left4) = (left3 + d3, left4 + d4);
     }
     assert!(
         left3 >= 16 && left4 * 4 <= left3,
@@ -560,21 +568,14 @@ fn unwind_tables_follow_the_code() {
 /// the same image as revision 4 from every fixture pair, and fewer bytes once compressed.
 #[test]
 fn revision_5_sends_fewer_bytes_than_revision_4() {
-    for arch in ["x86_64", "aarch64"] {
-        for pair in ["calc-pie", "calc-static", "shapes-so"] {
-            let (old, new) = elf_pair(
-                &format!("{arch}/{pair}"),
-                &format!("the compiler for {arch}"),
-            );
-            let label = format!("{arch}/{pair}");
-            let encode = |revision| encode_and_apply(&old, &new, revision, &label);
-            let (r4, r5) = (encode(Revision::Four), encode(Revision::Five));
-            assert_eq!(r5[0] & 0x78, 0x78, "{label}: revision 5's flags");
-            let packed = |raw: &[u8]| zstd::bulk::compress(raw, 19).unwrap().len();
-            let (p4, p5) = (packed(&r4), packed(&r5));
-            eprintln!("{label}: revision 4 {p4} bytes, revision 5 {p5}");
-            assert!(p5 < p4, "{label}: revision 5 {p5} bytes, revision 4 {p4}");
-        }
+    for (label, old, new) in executables_and_libraries() {
+        let encode = |revision| encode_and_apply(&old, &new, revision, &label);
+        let (r4, r5) = (encode(Revision::Four), encode(Revision::Five));
+        assert_eq!(r5[0] & 0x78, 0x78, "{label}: revision 5's flags");
+        let packed = |raw: &[u8]| zstd::bulk::compress(raw, 19).unwrap().len();
+        let (p4, p5) = (packed(&r4), packed(&r5));
+        eprintln!("{label}: revision 4 {p4} bytes, revision 5 {p5}");
+        assert!(p5 < p4, "{label}: revision 5 {p5} bytes, revision 4 {p4}");
     }
 }
 
