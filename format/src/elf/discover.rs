@@ -269,7 +269,7 @@ pub(super) fn phase_c<I: AsRef<[u8]>>(
 /// Phase E, when `layout.pointers` is set: every 8-byte-aligned word of the loaded data
 /// sections (not code, not `.BTF`, not a section a relocation table names as its target,
 /// which phase B covers) whose value, as the image holds it when the word is reached, is an
-/// address of the image ([`Layout::holds_address`]). An executable at a fixed address
+/// address of the image ([`Layout::finds`]). An executable at a fixed address
 /// stores its pointers (function tables, string tables, jump tables in `.rodata`) as plain
 /// words with no relocation to name them. A word of other data that happens to look like an
 /// address costs a correction, never a wrong result: encoder and decoder judge the same words.
@@ -309,7 +309,7 @@ pub(super) fn phase_e<I: AsRef<[u8]>>(
         let skip = (8 - (s.addr % 8) as usize) % 8;
         let mut at = range.start.saturating_add(skip);
         while at.checked_add(8).is_some_and(|end| end <= range.end) {
-            if read_u64(image.as_ref(), at).is_some_and(|v| layout.holds_address(v)) {
+            if read_u64(image.as_ref(), at).is_some_and(|v| layout.finds(RefKind::Ptr64, v)) {
                 visit(
                     &Ref {
                         loc: at,
@@ -364,11 +364,10 @@ pub(super) fn x86_code(
             });
         } else if let Some(layout) = absolute {
             let field = |offset: usize| {
-                let loc = start + at + offset;
-                let b = code.get(loc - start..loc - start + 4)?;
+                let b = code.get(at + offset..at + offset + 4)?;
                 let v = u32::from_le_bytes(b.try_into().ok()?);
                 layout.finds(RefKind::Abs32, u64::from(v)).then_some(Ref {
-                    loc,
+                    loc: start + at + offset,
                     kind: RefKind::Abs32,
                     base: 0,
                 })

@@ -222,9 +222,16 @@ pub const HAS_REVISION_4: u8 = 0x10;
 /// sent sparse, the nonzero ones' positions and values in blocks of at most [`SPARSE_BLOCK`].
 /// Only with [`HAS_REVISION_4`].
 pub const HAS_REVISION_5: u8 = 0x08;
-/// Every flag of a revision: the bits of the architecture byte that are not the architecture.
-pub(super) const REVISION_BITS: u8 =
-    HAS_REVISION_2 | HAS_REVISION_3 | HAS_REVISION_4 | HAS_REVISION_5;
+/// Every revision's flag ([`REVISION_FLAGS`]): with [`HAS_BTF`], the bits of the architecture
+/// byte that are not the architecture.
+pub(super) const REVISION_BITS: u8 = {
+    let (mut bits, mut i) = (0, 0);
+    while i < REVISION_FLAGS.len() {
+        bits |= REVISION_FLAGS[i].1;
+        i += 1;
+    }
+    bits
+};
 
 /// Most nonzero diff bytes in one block of a revision-5 payload: the block's gaps come first,
 /// then its values, so a decoder holds the positions of one block at most. Two streams
@@ -242,11 +249,7 @@ pub fn max_records(max_output: u64) -> u64 {
 
 /// Revision 5's records, a column at a time: every `mix`, every `copy`, then for each record
 /// after the first its old start, coded against the diagonals ([`Diagonals`]).
-fn put_columns(out: &mut Vec<u8>, controls: &[Control]) -> Result<(), ElfError> {
-    let image = controls
-        .iter()
-        .map(|c| c.mix.saturating_add(c.copy))
-        .fold(0u64, u64::saturating_add);
+fn put_columns(out: &mut Vec<u8>, controls: &[Control], image: u64) -> Result<(), ElfError> {
     if controls.len() as u64 > max_records(image) {
         return Err(bad("more records than a payload may hold"));
     }
@@ -353,18 +356,16 @@ pub fn build_payload(
         btf.write(&mut out);
     }
     put_varint(&mut out, controls.len() as u64);
-    let (mut mix, mut copy) = (0u64, 0u64);
+    let total = |part: fn(&Control) -> u64| controls.iter().map(part).fold(0, u64::saturating_add);
+    let (mix, copy) = (total(|c| c.mix), total(|c| c.copy));
     if revision >= Revision::Five {
-        put_columns(&mut out, controls)?;
-    }
-    for c in controls {
-        if revision < Revision::Five {
+        put_columns(&mut out, controls, mix.saturating_add(copy))?;
+    } else {
+        for c in controls {
             put_varint(&mut out, c.mix);
             put_varint(&mut out, c.copy);
             put_varint(&mut out, zigzag(c.seek));
         }
-        mix = mix.saturating_add(c.mix);
-        copy = copy.saturating_add(c.copy);
     }
     let mut diff = Vec::with_capacity(usize::try_from(mix).unwrap_or(0));
     record_bytes(controls, old, normalised, |src, mixed, _| {
