@@ -106,28 +106,22 @@ nginx -c "$work/nginx.conf" -p "$work/nginx"
 nurl=https://127.0.0.1:$np
 wait_up "$nurl/small.json" || { cat "$work/nginx-error.log" >&2; exit 1; }
 
-cat >"$work/checks.lua" <<'LUA'
-local n = 0
-request = function()
-  n = n + 1
-  local id = math.random(1, 1000000)
-  local cur = (id % 4 == 0) and "2.0" or "1.0"
-  return wrk.format("GET", "/v1/products/bench/channels/stable/check?device=dev-" .. id ..
-    "&current=" .. cur .. "&result=ok&attempted=" .. cur)
-end
-LUA
-
-# nginx's small file asked for with checks.lua's requests: the same Lua work in wrk per request
-# (a random device id formatted into the query, which nginx ignores), so that the client, on
-# the same 2 cores, takes as much from nginx as from deltaroot-server.
-cat >"$work/nginx.lua" <<'LUA'
+# checks_lua PATH: a wrk script asking for PATH with each check's query (a random device id of
+# a million, its current version and last result). deltaroot's checks use it, and so does
+# nginx's small file (which ignores the query): the same Lua work in wrk per request, so that
+# the client, on the same 2 cores, takes as much from nginx as from deltaroot-server.
+checks_lua() {
+  cat <<LUA
 request = function()
   local id = math.random(1, 1000000)
   local cur = (id % 4 == 0) and "2.0" or "1.0"
-  return wrk.format("GET", "/small.json?device=dev-" .. id ..
+  return wrk.format("GET", "$1?device=dev-" .. id ..
     "&current=" .. cur .. "&result=ok&attempted=" .. cur)
 end
 LUA
+}
+checks_lua /v1/products/bench/channels/stable/check >"$work/checks.lua"
+checks_lua /small.json >"$work/nginx.lua"
 
 # The same checks without a device id: nothing is recorded, which shows what recording costs.
 cat >"$work/anon.lua" <<'LUA'
