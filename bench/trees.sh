@@ -141,12 +141,12 @@ dr_run() {
   sync
   timed "$t-$name-publish" "${pub[@]}" "$@" "$A" "$B" --from-version 1 --version 2 \
     --report "$w/$name-report.tsv" >"$w/$name-pub2.json"
-  local agent=("$bin/deltaroot-agent" --root "$w/device-1" --server "$url" --product "$t" --trust "$work/release.pub" --json
-    ${PREFER:+--prefer "$PREFER"})
+  # The agent's options but its root: each rep's device has a folder of its own.
+  local opts=(--server "$url" --product "$t" --trust "$work/release.pub" --json ${PREFER:+--prefer "$PREFER"})
   local i m0 p0 c0 m1 p1 c1
   settle
   for i in $(seq "$APPLY_REPS"); do
-    agent[2]=$w/device-$i
+    local agent=("$bin/deltaroot-agent" --root "$w/device-$i" "${opts[@]}")
     "${agent[@]}" install 1 >/dev/null
     before=$(served "$url")
     read -r m0 p0 c0 <<<"$(metadata "$url")"
