@@ -13,6 +13,7 @@ the map mispredicts. Zucchini's (its patch_writer.cc):
 equivalences (source skip, destination skip, length), extra data, raw deltas (skip, byte),
 reference deltas and extra targets."""
 import io
+import lzma
 import struct
 import sys
 
@@ -44,9 +45,12 @@ def varints(buf, pos, n):
 
 def deltaroot(path):
     data = open(path, "rb").read()
-    reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(
-        io.BytesIO(data[HEADER_LEN:]), read_across_frames=True)
-    raw = reader.read()
+    if data[HEADER_LEN:].startswith(b"\xfd7zXZ\x00"):  # framed as xz (FORMAT.md §6.2)
+        raw = lzma.decompress(data[HEADER_LEN:], format=lzma.FORMAT_XZ)
+    else:
+        reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(
+            io.BytesIO(data[HEADER_LEN:]), read_across_frames=True)
+        raw = reader.read()
     arch, pos = raw[0], 1
     if arch & 0x80:  # BTF shift tables: two tables of (count, pairs)
         for _ in range(2):

@@ -20,6 +20,8 @@ cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p deltaroot-en
 for pair in "$work"/pairs/*/*; do
   name=$(basename "$(dirname "$pair")")-$(basename "$pair")
   "$target_dir/release/examples/fuzz_seed" "$pair/old" "$pair/new" "$work/seeds/$name"
+  # The whole container too: its ELF payload framed as the publisher frames it (xz or zstd).
+  "$target_dir/release/examples/fuzz_seed" --delta "$pair/old" "$pair/new" "$work/seeds/$name-delta"
 done
 # Two versions of a short text, compressed as Debian does (gzip -9n) and as a kernel is (xz).
 seq 1 2000 >"$work/text1"

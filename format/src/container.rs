@@ -91,7 +91,12 @@ pub fn unwrap_payload(h: &DeltaHeader, payload: &[u8], max: u64) -> Result<Vec<u
     if !unwraps(h.method) {
         return Ok(payload.to_vec());
     }
-    decompress(payload, max).map_err(|e| Error::DeltaPayload {
+    let out = if h.method == Method::Elf && crate::elf::is_xz(payload) {
+        crate::elf::decompress_xz(payload, max)
+    } else {
+        decompress(payload, max)
+    };
+    out.map_err(|e| Error::DeltaPayload {
         what: delta_path(&h.source, &h.target),
         method: h.method.name(),
         reason: e.to_string(),

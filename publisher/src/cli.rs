@@ -32,6 +32,10 @@ struct Engine {
     /// (level 19 compresses modules 4% smaller than 16, at a third of the speed).
     #[arg(long, default_value_t = 16)]
     install_level: i32,
+    /// Keep ELF deltas' payloads in zstd frames, as agents that predate xz-framed payloads
+    /// read (they fetch the whole file otherwise); xz sends 5-7% less of such deltas.
+    #[arg(long)]
+    elf_zstd: bool,
     /// Largest file given to bsdiff, in MiB (its suffix sort needs about 9x the file's size).
     #[arg(long, default_value_t = 1024)]
     bsdiff_max_mib: u64,
@@ -82,6 +86,7 @@ impl Engine {
             bsdiff_max: self.bsdiff_max_mib << 20,
             patch_from_max: self.patch_from_max_mib << 20,
             only: self.method,
+            elf_xz: !self.elf_zstd,
             skip,
         })
     }

@@ -57,6 +57,17 @@ pub(crate) fn decode_frames_from(
     max_output: u64,
     bound: u64,
 ) -> Result<Vec<u8>, ElfError> {
+    if super::is_xz(frames) {
+        // An xz-framed payload (FORMAT.md §6.2) is of revision 5 or later, read as a stream.
+        let xz = || -> Result<PayloadStream<'_>, ElfError> {
+            let d = super::XzPayload::new(frames).map_err(|e| bad(format!("payload: {e}")))?;
+            Ok(Stream::new(Box::new(d.take(bound))))
+        };
+        if xz()?.revision()? < Revision::Five {
+            return Err(bad("an xz-framed payload must be of revision 5 or later"));
+        }
+        return decode_core(old, xz()?, None, max_output);
+    }
     let mut cut = Vec::with_capacity(3);
     let mut rest = frames;
     while !rest.is_empty() && cut.len() < 3 {
@@ -645,6 +656,58 @@ mod tests {
         for image in images() {
             revision_5_gives_the_image_of_revision_4(padded(&image, LARGE));
         }
+    }
+
+    /// A revision-5 payload framed as one xz stream gives the image its zstd frame gives, from
+    /// memory, from the file on disk, in a container and unwrapped for a pack; an xz frame
+    /// of an earlier revision, a cut or padded stream and a dictionary over 8 MiB are refused.
+    #[test]
+    fn xz_framed_payloads_give_the_image_zstd_frames_give() {
+        for image in images() {
+            xz_framed(padded(&image, LARGE));
+        }
+    }
+
+    fn xz_framed(old: Vec<u8>) {
+        use crate::container::{apply_delta, encode_delta, unwrap_payload, DeltaHeader};
+        use crate::elf::testing::xz_frame;
+        let len = old.len() as u64;
+        let (controls, target) = mixed_and_copied(&old);
+        let r5 = payload_of(&old, &controls, &target, Revision::Five);
+        let want = decode_from(&old, r5.as_slice(), len).unwrap();
+        let xz = xz_frame(&r5, 1 << 16);
+        let bound = u64::MAX;
+        assert!(decode_frames(&old, &xz, len, bound).unwrap() == want);
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&old).unwrap();
+        let on_disk = Watched::new(Source::File {
+            file: tmp.as_file(),
+            path: tmp.path(),
+        });
+        assert!(decode_frames_from(&on_disk, &xz, len, bound).unwrap() == want);
+        let header = DeltaHeader {
+            method: crate::Method::Elf,
+            source: crate::Hash::of(&old),
+            target: crate::Hash::of(&want),
+            target_size: len,
+        };
+        assert!(apply_delta(&encode_delta(&header, &xz), &old, None).unwrap() == want);
+        assert_eq!(unwrap_payload(&header, &xz, u64::MAX).unwrap(), r5);
+        let refused = |p: &[u8], why: &str| {
+            let err = decode_frames(&old, p, len, bound).unwrap_err();
+            assert!(err.0.contains(why), "{err}, expected {why:?}");
+            assert!(apply_delta(&encode_delta(&header, p), &old, None).is_err());
+        };
+        let r4 = payload_of(&old, &controls, &target, Revision::Four);
+        refused(&xz_frame(&r4, 1 << 16), "revision 5 or later");
+        refused(&xz[..xz.len() - 1], "xz stream");
+        refused(&[&xz[..], b"\0"].concat(), "1 bytes follow the xz stream");
+        refused(
+            &xz_frame(&r5, XZ_DICT_MAX * 2),
+            "dictionary is over the limit",
+        );
+        // Bounded like a zstd frame: a payload longer than the bound is cut and fails.
+        assert!(decode_frames(&old, &xz, len, r5.len() as u64 / 2).is_err());
     }
 
     /// Records with copies between them and seeks both ways over `old` (padded: past its

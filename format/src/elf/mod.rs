@@ -48,7 +48,8 @@
 //! The files: [`layout`] (the headers), [`refs`] (reference fields), [`discover`] (phases A
 //! to E), [`btf`] (phase D), [`equivalence`] (the maps), [`filled`] (the encoder's alignment
 //! of sections that relocations fill), [`restore`] (the restore walk),
-//! [`payload`] (the payload's bytes) and [`decode`] (the decoder).
+//! [`payload`] (the payload's bytes), [`decode`] (the decoder) and [`xzframe`] (payloads
+//! framed as xz rather than zstd).
 
 mod btf;
 mod decode;
@@ -62,6 +63,7 @@ mod restore;
 #[cfg(test)]
 mod testing;
 mod unwind;
+mod xzframe;
 
 pub use btf::BtfShifts;
 pub use decode::{decode, decode_frames, decode_from};
@@ -79,6 +81,8 @@ pub use refs::{Ref, RefKind};
 pub use restore::{
     find_corrections, for_each_btf_ref, for_each_ref, read_ref, ref_target, walk_restore, write_ref,
 };
+pub(crate) use xzframe::XzPayload;
+pub use xzframe::{decompress_xz, is_xz, XZ_DICT_MAX};
 
 /// Architectures the method understands; the byte is stored in the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

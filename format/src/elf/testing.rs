@@ -67,3 +67,17 @@ pub(super) fn identity_payload_of(
     p.extend_from_slice(trailing);
     p
 }
+
+/// `raw` as one xz stream (LZMA2, preset 6, no check) with a dictionary of `dict` bytes: a
+/// method-4 payload framed as the publisher frames large ones.
+pub(super) fn xz_frame(raw: &[u8], dict: u32) -> Vec<u8> {
+    use liblzma::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
+    let mut filters = Filters::new();
+    filters.lzma2(LzmaOptions::new_preset(6).unwrap().dict_size(dict));
+    let mut s = Stream::new_stream_encoder(&filters, Check::None).unwrap();
+    let mut out = Vec::with_capacity(raw.len() + 1024);
+    while s.process_vec(raw, &mut out, Action::Finish).unwrap() != Status::StreamEnd {
+        out.reserve(1 << 16);
+    }
+    out
+}

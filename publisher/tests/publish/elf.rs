@@ -480,7 +480,24 @@ fn hostile_elf_patches_fail_cleanly() {
 
 fn hostile_patches_fail_cleanly((old, new): (Vec<u8>, Vec<u8>)) {
     let (_, elf) = elf_candidate(&old, &new);
-    let apply = |p: &[u8]| deltaroot_format::apply_delta(p, &old, None);
+    // The same payload framed both ways a publisher frames it (FORMAT.md §6.2).
+    let header = &elf[..deltaroot_format::container::HEADER_LEN];
+    let (h, payload) = deltaroot_format::DeltaHeader::decode(&elf).unwrap();
+    let raw = deltaroot_format::container::unwrap_payload(&h, payload, 1 << 30).unwrap();
+    let xz = deltaroot_engine::compress_xz_payload(&raw).unwrap();
+    let zstd = zstd::bulk::compress(&raw, 19).unwrap();
+    for framed in [xz, zstd] {
+        let delta = [header, &framed].concat();
+        assert_eq!(
+            deltaroot_format::apply_delta(&delta, &old, None).unwrap(),
+            new
+        );
+        hostile_containers_fail_cleanly(&old, &new, delta);
+    }
+}
+
+fn hostile_containers_fail_cleanly(old: &[u8], new: &[u8], elf: Vec<u8>) {
+    let apply = |p: &[u8]| deltaroot_format::apply_delta(p, old, None);
     for n in 0..elf.len() {
         assert!(apply(&elf[..n]).is_err(), "prefix of {n} bytes accepted");
     }
@@ -505,9 +522,12 @@ fn hostile_patches_fail_cleanly((old, new): (Vec<u8>, Vec<u8>)) {
         b"\x01\xff\xff\xff\xff\x0f".to_vec(),
         vec![2, 0, 0, 0, 0],
     ] {
-        let mut p = header.to_vec();
-        p.extend(zstd::bulk::compress(&junk, 3).unwrap());
-        assert!(apply(&p).is_err());
+        for framed in [
+            zstd::bulk::compress(&junk, 3).unwrap(),
+            deltaroot_engine::compress_xz_payload(&junk).unwrap(),
+        ] {
+            assert!(apply(&[header, &framed].concat()).is_err());
+        }
     }
 }
 
