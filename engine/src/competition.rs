@@ -71,7 +71,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             level: 19,
-            install_level: 16,
+            install_level: 14,
             bsdiff_max: 1 << 30,
             patch_from_max: PATCH_FROM_MAX,
             only: None,

@@ -486,6 +486,7 @@ fn encode_one(
                 }
                 _ => compress(eng.level)?,
             };
+            tracing::debug!(content = %hash, size = new.len(), delta = ?delta_bytes, object = z.len(), "object compressed");
             sink.put(&object_path(&hash), &z)?;
             uploaded = (1, 0, z.len() as u64);
             z.len() as u64
