@@ -1,7 +1,8 @@
 //! Check-ins: queued by the update check without waiting, written in batches by one task.
 //!
 //! Whether a check-in counts as signed is decided here, per batch, not on the check's path:
-//! the keys of the batch's devices are read in one query (not one per check), each
+//! the keys of the batch's devices are read in one query (not one per check), with their
+//! previous check-ins (which the daily version counts start from), each
 //! signature is verified off the async workers, and then
 //! - a device with no enrolled key is recorded unsigned;
 //! - an enrolled device's check-in is recorded signed when its signature verifies, and
@@ -19,7 +20,7 @@ use deltaroot_format::checkin::CheckIn as SignedCheckIn;
 use deltaroot_format::PublicKey;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{CheckIn, Db};
+use crate::db::{CheckIn, Db, KnownDevices};
 use crate::Metrics;
 
 /// Check-ins waiting to be written; past this, polls are still answered but not recorded.
@@ -133,8 +134,11 @@ async fn write(db: Db, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
         if !reports.is_empty() {
             let n = reports.len() as u64;
             let written = match settle(&db, reports, &metrics).await {
-                Ok(batch) if batch.is_empty() => Ok(0),
-                Ok(batch) => db.record_checkins(&batch).await.map(|()| batch.len()),
+                Ok((batch, _)) if batch.is_empty() => Ok(0),
+                Ok((batch, known)) => db
+                    .record_checkins(&batch, &known)
+                    .await
+                    .map(|()| batch.len()),
                 Err(e) => Err(e),
             };
             match written {
@@ -156,22 +160,26 @@ async fn write(db: Db, mut rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
     }
 }
 
-/// The check-ins of a batch to record, each marked signed or not; an enrolled device's
-/// check-in that its key did not sign is left out and counted.
+/// The check-ins of a batch to record, each marked signed or not, and what the database
+/// knows of their devices; an enrolled device's check-in that its key did not sign is left
+/// out and counted.
 async fn settle(
     db: &Db,
     reports: Vec<Report>,
     metrics: &Metrics,
-) -> crate::error::Result<Vec<CheckIn>> {
+) -> crate::error::Result<(Vec<CheckIn>, KnownDevices)> {
     let devices: Vec<(i64, &str)> = reports
         .iter()
         .map(|r| (r.checkin.product_id, r.checkin.device_id.as_str()))
         .collect();
-    let keys: HashMap<(i64, String), String> =
-        db.device_keys(&devices).await?.into_iter().collect();
+    let known = db.known_devices(&devices).await?;
     drop(devices);
+    let keys: HashMap<(i64, String), String> = known
+        .iter()
+        .filter_map(|(device, k)| Some((device.clone(), k.key.clone()?)))
+        .collect();
     if keys.is_empty() {
-        return Ok(reports.into_iter().map(|r| r.checkin).collect());
+        return Ok((reports.into_iter().map(|r| r.checkin).collect(), known));
     }
     // Ed25519 verification is CPU work: done beside the async workers, not on them.
     let (batch, refused) = tokio::task::spawn_blocking(move || {
@@ -208,5 +216,5 @@ async fn settle(
     metrics
         .checkins_unsigned
         .fetch_add(refused, Ordering::Relaxed);
-    Ok(batch)
+    Ok((batch, known))
 }

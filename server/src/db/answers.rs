@@ -3,7 +3,6 @@
 
 use sqlx::Row;
 
-use super::bulk;
 use super::{audit, Db};
 use crate::error::{Error, Result};
 use deltaroot_format::SecretKey;
@@ -141,26 +140,6 @@ impl Db {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// The keys enrolled by those of `devices` (product id, device id) that enrolled one,
-    /// as `.pub` text: one query for a whole batch of check-ins.
-    pub async fn device_keys(
-        &self,
-        devices: &[(i64, &str)],
-    ) -> Result<Vec<((i64, String), String)>> {
-        let rows = bulk::rows(self.backend, 1, &bulk::DEVICES);
-        let sql = format!(
-            "SELECT k.product_id, k.device_id, k.public_key FROM device_keys k
-             JOIN {rows} r ON k.product_id = r.product_id AND k.device_id = r.device_id"
-        );
-        sqlx::query(&sql)
-            .bind(bulk::json(&devices)?)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
-            .collect()
     }
 
     /// Enrolls (or re-enrolls) a device's key, audited as `who`.

@@ -44,6 +44,18 @@ pub struct DeviceRow {
     pub seen_at: i64,
 }
 
+/// What the database holds of a device before a batch of its check-ins is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Its last check-in: time and version.
+    pub previous: Option<(i64, Option<String>)>,
+    /// The key it enrolled, as `.pub` text.
+    pub key: Option<String>,
+}
+
+/// Known devices by (product id, device id).
+pub type KnownDevices = HashMap<(i64, String), Known>;
+
 /// The columns every device query selects, in this order.
 const DEVICE_COLS: &str = "device_id, channel, current_version, last_result, attempted, seen_at";
 
@@ -86,38 +98,40 @@ impl Db {
         Ok((n as u64, f as u64))
     }
 
-    /// The previous check-in (time, version) of each device of `rows`, read before the
-    /// batch's transaction so that it starts with a write (SQLite replicas sharing a file).
-    async fn previous(
-        &self,
-        rows: &[&CheckIn],
-    ) -> Result<HashMap<(i64, String), (i64, Option<String>)>> {
-        let keys: Vec<(i64, &str)> = rows
-            .iter()
-            .map(|c| (c.product_id, c.device_id.as_str()))
-            .collect();
+    /// The last check-in and the enrolled key of each of `devices` (product id, device id)
+    /// that has either: one query for a whole batch, read before the batch's transaction so
+    /// that the transaction starts with a write (SQLite replicas sharing a file).
+    pub async fn known_devices(&self, devices: &[(i64, &str)]) -> Result<KnownDevices> {
         let src = bulk::rows(self.backend, 1, &bulk::DEVICES);
         let sql = format!(
-            "SELECT d.product_id, d.device_id, d.seen_at, d.current_version FROM devices d
-             JOIN {src} r ON d.product_id = r.product_id AND d.device_id = r.device_id"
+            "SELECT r.product_id, r.device_id, d.seen_at, d.current_version, k.public_key
+             FROM {src} r
+             LEFT JOIN devices d ON d.product_id = r.product_id AND d.device_id = r.device_id
+             LEFT JOIN device_keys k ON k.product_id = r.product_id AND k.device_id = r.device_id
+             WHERE d.seen_at IS NOT NULL OR k.public_key IS NOT NULL"
         );
-        let mut out = HashMap::with_capacity(rows.len());
+        let mut out = KnownDevices::new();
         for r in sqlx::query(&sql)
-            .bind(bulk::json(&keys)?)
+            .bind(bulk::json(&devices)?)
             .fetch_all(&self.pool)
             .await?
         {
-            out.insert(
-                (r.try_get(0)?, r.try_get(1)?),
-                (r.try_get(2)?, r.try_get(3)?),
-            );
+            let seen: Option<i64> = r.try_get(2)?;
+            let known = Known {
+                previous: seen
+                    .map(|s| Ok::<_, sqlx::Error>((s, r.try_get(3)?)))
+                    .transpose()?,
+                key: r.try_get(4)?,
+            };
+            out.insert((r.try_get(0)?, r.try_get(1)?), known);
         }
         Ok(out)
     }
 
     /// Writes a batch of check-ins: the last one of each device wins. The daily version
-    /// counts (`version_days`) change in the same transaction.
-    pub async fn record_checkins(&self, batch: &[CheckIn]) -> Result<()> {
+    /// counts (`version_days`) change in the same transaction, from what `known` (read by
+    /// [`Db::known_devices`] for the same devices) says of each device's previous check-in.
+    pub async fn record_checkins(&self, batch: &[CheckIn], known: &KnownDevices) -> Result<()> {
         let mut last: HashMap<(i64, &str), &CheckIn> = HashMap::new();
         for c in batch {
             last.insert((c.product_id, c.device_id.as_str()), c);
@@ -128,10 +142,11 @@ impl Db {
         rows.sort_unstable_by(|a, b| {
             (a.product_id, &a.device_id).cmp(&(b.product_id, &b.device_id))
         });
-        let previous = self.previous(&rows).await?;
         let mut deltas = VersionDeltas::new();
         for c in &rows {
-            let before = previous.get(&(c.product_id, c.device_id.clone()));
+            let before = known
+                .get(&(c.product_id, c.device_id.clone()))
+                .and_then(|k| k.previous.as_ref());
             count_checkin(
                 &mut deltas,
                 c.product_id,
