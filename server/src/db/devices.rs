@@ -116,11 +116,12 @@ impl Db {
             .fetch_all(&self.pool)
             .await?
         {
-            let seen: Option<i64> = r.try_get(2)?;
+            let previous = match r.try_get::<Option<i64>, _>(2)? {
+                Some(seen) => Some((seen, r.try_get(3)?)),
+                None => None,
+            };
             let known = Known {
-                previous: seen
-                    .map(|s| Ok::<_, sqlx::Error>((s, r.try_get(3)?)))
-                    .transpose()?,
+                previous,
                 key: r.try_get(4)?,
             };
             out.insert((r.try_get(0)?, r.try_get(1)?), known);
@@ -255,7 +256,8 @@ impl Db {
         rows.iter().map(device_row).collect()
     }
 
-    /// Forgets devices whose last check-in is older than `before`; how many.
+    /// Forgets devices whose last check-in is older than `before`; how many. It reads the
+    /// whole table (migration 0014), once per housekeeping interval.
     pub async fn prune_devices(&self, before: i64) -> Result<u64> {
         let n = sqlx::query("DELETE FROM devices WHERE seen_at < $1")
             .bind(before)
