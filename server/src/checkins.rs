@@ -174,21 +174,17 @@ async fn settle(
         .collect();
     let known = db.known_devices(&devices).await?;
     drop(devices);
-    let keys: HashMap<(i64, String), String> = known
-        .iter()
-        .filter_map(|(device, k)| Some((device.clone(), k.key.clone()?)))
-        .collect();
-    if keys.is_empty() {
+    if known.values().all(|k| k.key.is_none()) {
         return Ok((reports.into_iter().map(|r| r.checkin).collect(), known));
     }
     // Ed25519 verification is CPU work: done beside the async workers, not on them.
-    let (batch, refused) = tokio::task::spawn_blocking(move || {
+    let (batch, refused, known) = tokio::task::spawn_blocking(move || {
         let mut parsed: HashMap<&str, Option<PublicKey>> = HashMap::new();
         let mut batch = Vec::with_capacity(reports.len());
         let mut refused = 0u64;
         for r in reports {
             let k = (r.checkin.product_id, r.checkin.device_id.clone());
-            match keys.get(&k) {
+            match known.get(&k).and_then(|k| k.key.as_ref()) {
                 None => batch.push(r.checkin),
                 Some(text) => {
                     let key = parsed
@@ -209,7 +205,8 @@ async fn settle(
                 }
             }
         }
-        (batch, refused)
+        drop(parsed);
+        (batch, refused, known)
     })
     .await
     .map_err(|e| crate::error::Error::Corrupt(format!("verifying check-ins: {e}")))?;
