@@ -10,6 +10,11 @@
 //!   forged report neither counts nor hides the device's own.
 //!
 //! The answer to a check does not depend on any of this, so the device is answered at once.
+//!
+//! Under more check-ins than the writer keeps up with, the queue fills and check-ins are
+//! dropped (counted), but not alike: the last [`RESERVED`] places are kept for reports of a
+//! failed or rolled-back update, which a rollout's failure-rate stop counts, so that a storm
+//! of routine polls cannot hide a bad release from it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -20,11 +25,15 @@ use deltaroot_format::checkin::CheckIn as SignedCheckIn;
 use deltaroot_format::PublicKey;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{CheckIn, Db, KnownDevices};
+use crate::db::{CheckIn, CheckInResult, Db, KnownDevices};
 use crate::Metrics;
 
 /// Check-ins waiting to be written; past this, polls are still answered but not recorded.
 const QUEUE: usize = 1 << 16;
+/// Places at the end of the queue that only reports of a failed or rolled-back update take.
+/// The writer takes up to [`BATCH`] check-ins per transaction, so under overload such
+/// reports find places again after each one.
+const RESERVED: usize = 4096;
 /// Most check-ins written in one transaction.
 const BATCH: usize = 16384;
 /// Least time from the start of one check-in transaction to the next: what arrives meanwhile
@@ -92,11 +101,17 @@ impl Queue {
         Queue { tx, metrics }
     }
 
-    /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`).
+    /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`); one
+    /// that reports no failure is dropped when only the [`RESERVED`] places are left.
     pub fn record(&self, r: Report) {
-        match self.tx.try_send(Msg::Report(r)) {
-            Ok(()) => self.metrics.checkins.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self
+        let failure = matches!(
+            r.checkin.result,
+            Some(CheckInResult::Failed | CheckInResult::RolledBack)
+        );
+        let room = failure || self.tx.capacity() > RESERVED;
+        match room && self.tx.try_send(Msg::Report(r)).is_ok() {
+            true => self.metrics.checkins.fetch_add(1, Ordering::Relaxed),
+            false => self
                 .metrics
                 .checkins_dropped
                 .fetch_add(1, Ordering::Relaxed),
@@ -214,4 +229,76 @@ async fn settle(
         .checkins_unsigned
         .fetch_add(refused, Ordering::Relaxed);
     Ok((batch, known))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    fn report(device: usize, result: Option<CheckInResult>) -> Report {
+        Report {
+            checkin: CheckIn {
+                product_id: 1,
+                device_id: format!("dev-{device}"),
+                channel: "stable".into(),
+                current: Some("1.0".into()),
+                result,
+                attempted: result.map(|_| "2.0".into()),
+                at: 1_700_000_000,
+                signed: false,
+            },
+            proof: None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_keeps_its_last_places_for_failure_reports() {
+        let metrics = Arc::new(Metrics::default());
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let q = Queue {
+            tx,
+            metrics: metrics.clone(),
+        };
+        let count = |m: &AtomicU64| m.load(Ordering::Relaxed) as usize;
+        // Routine polls, no writer draining the queue: all but the reserved places fill.
+        for i in 0..QUEUE {
+            q.record(report(i, Some(CheckInResult::Ok)));
+        }
+        assert_eq!(count(&metrics.checkins), QUEUE - RESERVED);
+        assert_eq!(count(&metrics.checkins_dropped), RESERVED);
+        q.record(report(0, None));
+        assert_eq!(
+            count(&metrics.checkins_dropped),
+            RESERVED + 1,
+            "a poll with no result"
+        );
+        // Reports of failed and rolled-back updates still get in, up to the queue's bound.
+        for i in 0..RESERVED {
+            let r = [CheckInResult::Failed, CheckInResult::RolledBack][i % 2];
+            q.record(report(QUEUE + i, Some(r)));
+        }
+        assert_eq!(count(&metrics.checkins), QUEUE);
+        q.record(report(0, Some(CheckInResult::Failed)));
+        assert_eq!(
+            count(&metrics.checkins_dropped),
+            RESERVED + 2,
+            "the queue is bounded"
+        );
+        // The writer gets them in order, the failures last.
+        let mut got = Vec::new();
+        while let Ok(Msg::Report(r)) = rx.try_recv() {
+            got.push(r.checkin);
+        }
+        assert_eq!(got.len(), QUEUE);
+        assert!(got[..QUEUE - RESERVED]
+            .iter()
+            .all(|c| c.result == Some(CheckInResult::Ok)));
+        assert_eq!(got[QUEUE - RESERVED].device_id, format!("dev-{QUEUE}"));
+        assert_eq!(got[QUEUE - 1].result, Some(CheckInResult::RolledBack));
+        // Once the writer has taken them, routine polls are queued again.
+        q.record(report(1, Some(CheckInResult::Ok)));
+        assert_eq!(count(&metrics.checkins), QUEUE + 1);
+    }
 }
