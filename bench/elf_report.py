@@ -165,3 +165,15 @@ if issue:
                  if float(by[p][tool][key]) > float(by[p]["zucchini+zstd"][key])]
         print(f"- {label}: {len(issue) - len(worse)} of {len(issue)}"
               + (f" (worse: {', '.join(worse)})" if worse else ""))
+
+# Chart beside the TSV (elf.svg, elf-arm64.svg, elf-big.svg): each pair's patch by tool, kB.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import barchart  # noqa: E402
+
+COLOURS = {"deltaroot": barchart.DELTAROOT, "zucchini+zstd": barchart.PEER, "bsdiff": barchart.PEER_LIGHT,
+           "qbsdiff": barchart.PEER_LIGHT, "xdelta3": barchart.REFERENCE, "zstd": barchart.REFERENCE}
+panels = [(f"{p} ({int(by[p]['deltaroot']['new']) / 1e6:.1f} MB)",
+           [(x, int(by[p][x]["patch"]), COLOURS[x]) for x in COLOURS if x in by[p]]) for p in pairs]
+with open(os.path.splitext(sys.argv[1])[0] + ".svg", "w") as f:
+    f.write(barchart.svg({"arm64": "AArch64 ELF pairs: patch, kB", "big": "Browser-sized ELF pairs: patch, kB"}
+                         .get(ARCH, "x86-64 ELF pairs: patch, kB"), panels, lambda b: f"{b / 1000:,.1f} kB"))

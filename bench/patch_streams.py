@@ -5,6 +5,7 @@ not equal to, the patch: the patch compresses its streams together).
 
     patch_streams.py deltaroot DELTA     # a container of method 4 (`deltaroot diff --method elf`)
     patch_streams.py zucchini RAWPATCH   # Zucchini's patch before zstd (`zucchini-gen`)
+    patch_streams.py deltaroot DELTA --dump DIR   # and each stream's raw bytes to DIR/<stream>
 
 Needs the `zstandard` module (pip install zstandard). deltaroot's streams (docs/FORMAT.md
 §6.4): the records (mix, copy, seek), the diff bytes over the mixed ranges (from revision 5
@@ -14,6 +15,7 @@ equivalences (source skip, destination skip, length), extra data, raw deltas (sk
 reference deltas and extra targets."""
 import io
 import lzma
+import os
 import struct
 import sys
 
@@ -123,10 +125,20 @@ def zucchini(path):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("deltaroot", "zucchini"):
+    args = sys.argv[1:]
+    dump = None
+    if len(args) == 4 and args[2] == "--dump":
+        dump = args.pop()
+        args.pop()
+    if len(args) != 2 or args[0] not in ("deltaroot", "zucchini"):
         sys.exit(__doc__)
-    size, streams = (deltaroot if sys.argv[1] == "deltaroot" else zucchini)(sys.argv[2])
-    print(f"{sys.argv[2]}: {size:,} bytes")
+    size, streams = (deltaroot if args[0] == "deltaroot" else zucchini)(args[1])
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        for name, (raw, _) in streams.items():
+            with open(os.path.join(dump, name.replace(" ", "-")), "wb") as f:
+                f.write(raw)
+    print(f"{args[1]}: {size:,} bytes")
     print("| stream | raw | zstd -19 alone | |\n|---|---:|---:|---|")
     total = 0
     for name, (raw, note) in streams.items():

@@ -149,32 +149,18 @@ p("")
 open(md_path, "w").write("\n".join(out))
 
 # Chart: download MB per approach, one panel per tree.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import barchart  # noqa: E402
+
 bars = []
 for tree in trees:
     d = v[tree]
-    items = [("full image", int(d["full_bytes"]), "#bbbbbb"), ("OSTree", int(d["ostree_bytes"]), "#d9822b"),
-             ("deltaroot", whole(tree, "dr_"), "#2b6cb0")]
+    items = [("full image", int(d["full_bytes"]), barchart.REFERENCE),
+             ("OSTree", int(d["ostree_bytes"]), barchart.PEER),
+             ("deltaroot", whole(tree, "dr_"), barchart.DELTAROOT)]
     if "bytes_bytes" in d:
-        items.append(("deltaroot, bytes", whole(tree, "bytes_"), "#5a8fd0"))
+        items.append(("deltaroot, bytes", whole(tree, "bytes_"), barchart.DELTAROOT_LIGHT))
     for key in sorted(k for k in d if k.startswith("only_") and k != "only_zstd"):
-        items.append((f"{key[5:]} alone", int(d[key]), "#90b4e0"))
-    bars.append((tree, items))
-W, row_h, left, right = 760, 22, 150, 110
-height = sum(40 + row_h * len(items) for _, items in bars) + 40
-svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" font-family="sans-serif" font-size="12">',
-       f'<rect width="{W}" height="{height}" fill="white"/>',
-       f'<text x="10" y="20" font-size="14" font-weight="bold">Download from A to B, MB</text>']
-y = 40
-for tree, items in bars:
-    scale = (W - left - right) / max(b for _, b, _ in items)
-    svg.append(f'<text x="10" y="{y + 14}" font-weight="bold">trees/{tree}</text>')
-    y += 22
-    for name, b, color in items:
-        w = max(1, b * scale)
-        svg.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{name}</text>')
-        svg.append(f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row_h - 6}" fill="{color}"/>')
-        svg.append(f'<text x="{left + w + 4:.1f}" y="{y + 14}">{b / 1e6:.2f} MB</text>')
-        y += row_h
-    y += 18
-svg.append("</svg>")
-open(svg_path, "w").write("\n".join(svg))
+        items.append((f"{key[5:]} alone", int(d[key]), barchart.DELTAROOT_PALE))
+    bars.append((f"trees/{tree}", items))
+open(svg_path, "w").write(barchart.svg("Download from A to B, MB", bars, lambda b: f"{b / 1e6:.2f} MB"))
