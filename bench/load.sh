@@ -14,7 +14,7 @@
 #     until the devices table holds them all (or FLEET_SECS pass): the check-ins written per
 #     second, the server's peak RSS and the database's bytes per device.
 #
-# Writes bench/results/load.md. Needs nginx, wrk, openssl, curl (apt-get install nginx wrk).
+# Writes bench/results/load.md and load.svg. Needs nginx, wrk, openssl, curl (apt-get install nginx wrk).
 # Targets: checks/s >= 1.0 x nginx's small-file requests/s on SQLite and >= 0.8 x on
 # PostgreSQL, p99 < 10 ms on both; object throughput >= 0.9 x nginx's. LOAD_PG=0 skips 3-4.
 set -euo pipefail
@@ -66,7 +66,8 @@ kill "$pid"; wait "$pid" 2>/dev/null || true
 dp=$(port)
 "$bin/deltaroot-server" serve --listen "127.0.0.1:$dp" --data "$work/data" \
   --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --threads "$THREADS" 2>"$work/server.log" &
-pids+=($!)
+dpid=$!
+pids+=($dpid)
 url=https://127.0.0.1:$dp
 wait_up "$url/healthz"
 op() { "$bin/deltaroot-server" "$@" --server "$url" --token "$token" --ca-cert "$work/cert.pem" --product bench; }
@@ -131,15 +132,29 @@ request = function()
 end
 LUA
 
+# The CPU time (clock ticks) the processes PID... and their descendants have used so far: what a
+# server spends per request is read from /proc around each run, not guessed from throughput.
+family() { local p; for p in "$@"; do echo "$p"; family $(pgrep -P "$p" || true); done; }
+ticks() {
+  local t=0 p
+  for p in $(family "$@"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
+serving=() # the PIDs whose CPU a run charges to the server: set before each run
 run() { # name, then wrk arguments; prints the wrk output to $work/$name.txt
   local name=$1; shift
-  wrk -t2 -d"$DURATION" --latency "$@" >"$work/$name.txt" 2>&1
+  local t0; t0=$(ticks "${serving[@]}")
+  # `times` in the same shell: wrk's own CPU (user and system, its second line).
+  bash -c 'wrk "$@"; times' wrk -t2 -d"$DURATION" --latency "$@" >"$work/$name.txt" 2>&1
+  echo "$(( $(ticks "${serving[@]}") - t0 ))" >"$work/$name.ticks"
   cat "$work/$name.txt" >&2
 }
+serving=("$(cat "$work/nginx.pid")")
 echo "== nginx: small file, $CONNS connections" >&2
 run nginx-small -c"$CONNS" "$nurl/small.json"
 echo "== nginx: small file, checks.lua's requests, $CONNS connections" >&2
 run nginx-lua -c"$CONNS" -s "$work/nginx.lua" "$nurl/"
+serving=("$dpid")
 echo "== deltaroot: update checks, $CONNS connections" >&2
 before=$(curl -sk "$url/metrics")
 run dr-checks -c"$CONNS" -s "$work/checks.lua" "$url/"
@@ -148,8 +163,10 @@ after=$(curl -sk "$url/metrics")
 echo "== deltaroot: update checks without a device id, $CONNS connections" >&2
 run dr-checks-anon -c"$CONNS" -s "$work/anon.lua" "$url/"
 echo "== nginx: 64 MiB object, 16 connections" >&2
+serving=("$(cat "$work/nginx.pid")")
 run nginx-object -c16 --timeout 30s "$nurl/$obj"
 echo "== deltaroot: 64 MiB object, 16 connections" >&2
+serving=("$dpid")
 run dr-object -c16 --timeout 30s "$url/$obj"
 
 metric() { awk -v m="$1" '$1 == m {print $2}' <<<"$2"; }
@@ -176,6 +193,7 @@ if [ "$LOAD_PG" = 1 ]; then
   gop() { "$bin/deltaroot-server" "$@" --server "$gurl" --token "$pgtoken" --ca-cert "$work/cert.pem" --product bench; }
   gop promote --channel stable 1.0 >/dev/null
   gop promote --channel stable 2.0 --percent 50 >/dev/null
+  serving=("$pgpid" "$(head -1 "$work/services/pg/postmaster.pid")")
   echo "== deltaroot on PostgreSQL: update checks, $CONNS connections" >&2
   run dr-checks-pg -c"$CONNS" -s "$work/checks.lua" "$gurl/"
   sleep 1
@@ -227,7 +245,7 @@ fi
 export LOAD_PG
 export SAMPLE="$sample" CONNS DURATION THREADS
 mkdir -p bench/results
-python3 - "$work" >bench/results/load.md <<'PY'
+python3 - "$work" "$PWD/bench" >bench/results/load.md <<'PY'
 import os, re, sys, subprocess, datetime
 work = sys.argv[1]
 def parse(name):
@@ -239,7 +257,16 @@ def parse(name):
     ms = float(p99.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[p99.group(2)]
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
     sock = re.search(r"Socket errors: (.*)", t)
-    return dict(rps=rps, bps=float(tr.group(1)) * mult, p99=ms,
+    n = int(re.search(r"(\d+) requests in", t).group(1))
+    # CPU seconds: the serving processes' (from /proc), and wrk's (`times`, its children line).
+    tck = os.sysconf("SC_CLK_TCK")
+    served = int(open(f"{work}/{name}.ticks").read()) / tck if os.path.exists(f"{work}/{name}.ticks") else None
+    secs = lambda m: int(m[0]) * 60 + float(m[1])
+    tl = re.findall(r"^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$", t, re.M)
+    client = secs(tl[-1][:2]) + secs(tl[-1][2:]) if tl else None
+    return dict(rps=rps, bps=float(tr.group(1)) * mult, p99=ms, n=n,
+                served_us=served * 1e6 / n if served is not None else None,
+                client_us=client * 1e6 / n if client is not None else None,
                 non2xx=int(errs.group(1)) if errs else 0, sock=sock.group(1) if sock else "none")
 ns, nl, dc, no, do, da = (parse(n) for n in ["nginx-small", "nginx-lua", "dr-checks", "nginx-object", "dr-object", "dr-checks-anon"])
 r_checks = dc["rps"] / nl["rps"]
@@ -273,6 +300,17 @@ fixed path, wrk's cheapest request, is listed beside it.
 | p99 latency, PostgreSQL | {dp['p99']:.2f} ms | {nl['p99']:.2f} ms | | < 10 ms: {ok(dp['p99'] < 10)} |
 """ if pg else "") + f"""| object download throughput, 64 MiB object, 16 connections | {do['bps']/2**20:,.0f} MiB/s | {no['bps']/2**20:,.0f} MiB/s | **{r_obj:.2f}** | ≥ 0.9: {ok(r_obj >= 0.9)} |
 
+CPU per request (µs: user and system time over requests answered, the server's processes
+read from /proc before and after each run, PostgreSQL's with the server's in its row; wrk's
+by `times`): what throughput on shared cores comes down to.
+
+| run | server | wrk | requests |
+|---|---:|---:|---:|
+""" + "".join(f"| {label} | {r['served_us']:.1f} | {r['client_us']:.1f} | {r['n']:,} |\n"
+              for label, r in [("nginx, small file, the checks' requests", nl),
+                               ("deltaroot, update checks, SQLite", dc),
+                               ("deltaroot, the same checks without a device id", da)]
+              + ([("deltaroot, update checks, PostgreSQL (server + database)", dp)] if pg else [])) + f"""
 Errors: checks non-2xx {dc['non2xx']}, socket errors {dc['sock']}; nginx small non-2xx
 {ns['non2xx']} and {nl['non2xx']} with the checks' requests; objects non-2xx {do['non2xx']} / nginx {no['non2xx']}.
 
@@ -309,5 +347,16 @@ Raw wrk output:
 """)
 for n in ["nginx-small", "nginx-lua", "dr-checks", "dr-checks-anon", "nginx-object", "dr-object"] + (["dr-checks-pg", "fleet"] if pg else []):
     print(f"### {n}\n\n```\n{open(f'{work}/{n}.txt').read().strip()}\n```\n")
+
+sys.path.insert(0, sys.argv[2])
+import barchart
+runs = [("nginx, small file", nl, barchart.PEER), ("deltaroot, SQLite", dc, barchart.DELTAROOT),
+        ("deltaroot, nothing recorded", da, barchart.DELTAROOT_PALE)] + (
+       [("deltaroot, PostgreSQL", dp, barchart.DELTAROOT_LIGHT)] if pg else [])
+open(os.path.join(sys.argv[2], "results", "load.svg"), "w").write(barchart.svg(
+    "Update checks on 2 shared cores (bench/load.sh)",
+    [("checks answered per second", [(l, r["rps"], c) for l, r, c in runs]),
+     ("server CPU per check, µs (PostgreSQL's included)", [(l, r["served_us"], c) for l, r, c in runs])],
+    lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"))
 PY
 cat bench/results/load.md
