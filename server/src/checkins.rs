@@ -12,8 +12,8 @@
 //! The answer to a check does not depend on any of this, so the device is answered at once.
 //!
 //! Under more check-ins than the writer keeps up with, the queue fills and check-ins are
-//! dropped (counted), but not alike: the last [`RESERVED`] places are kept for reports of a
-//! failed or rolled-back update, which a rollout's failure-rate stop counts, so that a storm
+//! dropped (counted), but not alike: [`RESERVED`] places after the [`QUEUE`] are kept for
+//! reports of a failed or rolled-back update, which a rollout's failure-rate stop counts, so that a storm
 //! of routine polls cannot hide a bad release from it.
 
 use std::collections::HashMap;
@@ -28,11 +28,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::db::{CheckIn, CheckInResult, Db, KnownDevices};
 use crate::Metrics;
 
-/// Check-ins waiting to be written; past this, polls are still answered but not recorded.
+/// Check-ins waiting to be written that any check may queue; past this, polls are still
+/// answered but not recorded.
 const QUEUE: usize = 1 << 16;
-/// Places at the end of the queue that only reports of a failed or rolled-back update take.
-/// The writer takes up to [`BATCH`] check-ins per transaction, so under overload such
-/// reports find places again after each one.
+/// Places after [`QUEUE`] that only reports of a failed or rolled-back update take. The
+/// writer takes up to [`BATCH`] check-ins per transaction, so under overload such reports
+/// find places again after each one.
 const RESERVED: usize = 4096;
 /// Most check-ins written in one transaction.
 const BATCH: usize = 16384;
@@ -96,13 +97,20 @@ pub struct Queue {
 impl Queue {
     /// Starts the writer on the current tokio runtime.
     pub fn start(db: Db, metrics: Arc<Metrics>) -> Queue {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write(db, rx, metrics.clone()));
-        Queue { tx, metrics }
+        let (queue, rx) = Queue::new(metrics.clone());
+        tokio::spawn(write(db, rx, metrics));
+        queue
+    }
+
+    /// The queue and the end the writer reads.
+    fn new(metrics: Arc<Metrics>) -> (Queue, mpsc::Receiver<Msg>) {
+        let (tx, rx) = mpsc::channel(QUEUE + RESERVED);
+        (Queue { tx, metrics }, rx)
     }
 
     /// Queues a check-in; never waits. A full queue drops it (counted in `/metrics`); one
-    /// that reports no failure is dropped when only the [`RESERVED`] places are left.
+    /// that reports no failure is dropped once [`QUEUE`] wait, leaving the [`RESERVED`]
+    /// places to failure reports.
     pub fn record(&self, r: Report) {
         let failure = matches!(
             r.checkin.result,
@@ -256,17 +264,14 @@ mod tests {
     #[test]
     fn a_full_queue_keeps_its_last_places_for_failure_reports() {
         let metrics = Arc::new(Metrics::default());
-        let (tx, mut rx) = mpsc::channel(QUEUE);
-        let q = Queue {
-            tx,
-            metrics: metrics.clone(),
-        };
+        let (q, mut rx) = Queue::new(metrics.clone());
+        let full = QUEUE + RESERVED;
         let count = |m: &AtomicU64| m.load(Ordering::Relaxed) as usize;
         // Routine polls, no writer draining the queue: all but the reserved places fill.
-        for i in 0..QUEUE {
+        for i in 0..full {
             q.record(report(i, Some(CheckInResult::Ok)));
         }
-        assert_eq!(count(&metrics.checkins), QUEUE - RESERVED);
+        assert_eq!(count(&metrics.checkins), QUEUE);
         assert_eq!(count(&metrics.checkins_dropped), RESERVED);
         q.record(report(0, None));
         assert_eq!(
@@ -277,9 +282,9 @@ mod tests {
         // Reports of failed and rolled-back updates still get in, up to the queue's bound.
         for i in 0..RESERVED {
             let r = [CheckInResult::Failed, CheckInResult::RolledBack][i % 2];
-            q.record(report(QUEUE + i, Some(r)));
+            q.record(report(full + i, Some(r)));
         }
-        assert_eq!(count(&metrics.checkins), QUEUE);
+        assert_eq!(count(&metrics.checkins), full);
         q.record(report(0, Some(CheckInResult::Failed)));
         assert_eq!(
             count(&metrics.checkins_dropped),
@@ -291,14 +296,14 @@ mod tests {
         while let Ok(Msg::Report(r)) = rx.try_recv() {
             got.push(r.checkin);
         }
-        assert_eq!(got.len(), QUEUE);
-        assert!(got[..QUEUE - RESERVED]
+        assert_eq!(got.len(), full);
+        assert!(got[..QUEUE]
             .iter()
             .all(|c| c.result == Some(CheckInResult::Ok)));
-        assert_eq!(got[QUEUE - RESERVED].device_id, format!("dev-{QUEUE}"));
-        assert_eq!(got[QUEUE - 1].result, Some(CheckInResult::RolledBack));
+        assert_eq!(got[QUEUE].device_id, format!("dev-{full}"));
+        assert_eq!(got[full - 1].result, Some(CheckInResult::RolledBack));
         // Once the writer has taken them, routine polls are queued again.
         q.record(report(1, Some(CheckInResult::Ok)));
-        assert_eq!(count(&metrics.checkins), QUEUE + 1);
+        assert_eq!(count(&metrics.checkins), full + 1);
     }
 }
