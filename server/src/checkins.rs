@@ -197,7 +197,7 @@ async fn settle(
         .collect();
     let known = db.known_devices(&devices).await?;
     drop(devices);
-    if known.values().all(|k| k.key.is_none()) {
+    if !known.any_key() {
         return Ok((reports.into_iter().map(|r| r.checkin).collect(), known));
     }
     // Ed25519 verification is CPU work: done beside the async workers, not on them.
@@ -206,8 +206,10 @@ async fn settle(
         let mut batch = Vec::with_capacity(reports.len());
         let mut refused = 0u64;
         for r in reports {
-            let k = (r.checkin.product_id, r.checkin.device_id.clone());
-            match known.get(&k).and_then(|k| k.key.as_ref()) {
+            match known
+                .get(r.checkin.product_id, &r.checkin.device_id)
+                .and_then(|k| k.key.as_ref())
+            {
                 None => batch.push(r.checkin),
                 Some(text) => {
                     let key = parsed

@@ -53,8 +53,29 @@ pub struct Known {
     pub key: Option<String>,
 }
 
-/// Known devices by (product id, device id).
-pub type KnownDevices = HashMap<(i64, String), Known>;
+/// Known devices by product id and device id, looked up by `&str` (a batch's lookups
+/// allocate nothing).
+#[derive(Debug, Default)]
+pub struct KnownDevices(HashMap<i64, HashMap<String, Known>>);
+
+impl KnownDevices {
+    /// What is known of `device` of product `product_id`.
+    pub fn get(&self, product_id: i64, device: &str) -> Option<&Known> {
+        self.0.get(&product_id)?.get(device)
+    }
+
+    /// Whether any of the devices enrolled a key.
+    pub fn any_key(&self) -> bool {
+        self.0
+            .values()
+            .flat_map(HashMap::values)
+            .any(|k| k.key.is_some())
+    }
+
+    fn insert(&mut self, product_id: i64, device: String, known: Known) {
+        self.0.entry(product_id).or_default().insert(device, known);
+    }
+}
 
 /// The columns every device query selects, in this order.
 const DEVICE_COLS: &str = "device_id, channel, current_version, last_result, attempted, seen_at";
@@ -110,7 +131,7 @@ impl Db {
              LEFT JOIN device_keys k ON k.product_id = r.product_id AND k.device_id = r.device_id
              WHERE d.seen_at IS NOT NULL OR k.public_key IS NOT NULL"
         );
-        let mut out = KnownDevices::new();
+        let mut out = KnownDevices::default();
         for r in sqlx::query(&sql)
             .bind(bulk::json(&devices)?)
             .fetch_all(&self.pool)
@@ -124,7 +145,7 @@ impl Db {
                 previous,
                 key: r.try_get(4)?,
             };
-            out.insert((r.try_get(0)?, r.try_get(1)?), known);
+            out.insert(r.try_get(0)?, r.try_get(1)?, known);
         }
         Ok(out)
     }
@@ -146,7 +167,7 @@ impl Db {
         let mut deltas = VersionDeltas::new();
         for c in &rows {
             let before = known
-                .get(&(c.product_id, c.device_id.clone()))
+                .get(c.product_id, &c.device_id)
                 .and_then(|k| k.previous.as_ref());
             count_checkin(
                 &mut deltas,
