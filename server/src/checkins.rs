@@ -13,8 +13,8 @@
 //!
 //! Under more check-ins than the writer keeps up with, the queue fills and check-ins are
 //! dropped (counted), but not alike: [`RESERVED`] places after the [`QUEUE`] are kept for
-//! reports of a failed or rolled-back update, which a rollout's failure-rate stop counts, so that a storm
-//! of routine polls cannot hide a bad release from it.
+//! reports of a failed or rolled-back update, which a rollout's failure-rate stop counts,
+//! so that a storm of routine polls cannot hide a bad release from it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
