@@ -17,8 +17,8 @@ python3 "$here/patch_streams.py" deltaroot "$delta" --dump "$work/streams" >/dev
 extra=$work/streams/extra
 lz=lc=3,lp=0,pb=0
 size() { wc -c | tr -d ' '; }
-row() { printf '| %s | %s |\n' "$1" "$(printf "%'d" "$2")"; }
-echo "$delta: extra bytes $(printf "%'d" "$(stat -c %s "$extra")")"
+row() { printf '| %s | %s |\n' "$1" "$2"; }
+echo "$delta: extra bytes $(stat -c %s "$extra")"
 echo
 echo "| coder | bytes |"
 echo "|---|---:|"

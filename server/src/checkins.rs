@@ -117,13 +117,12 @@ impl Queue {
             Some(CheckInResult::Failed | CheckInResult::RolledBack)
         );
         let room = failure || self.tx.capacity() > RESERVED;
-        match room && self.tx.try_send(Msg::Report(r)).is_ok() {
-            true => self.metrics.checkins.fetch_add(1, Ordering::Relaxed),
-            false => self
-                .metrics
-                .checkins_dropped
-                .fetch_add(1, Ordering::Relaxed),
+        let counter = if room && self.tx.try_send(Msg::Report(r)).is_ok() {
+            &self.metrics.checkins
+        } else {
+            &self.metrics.checkins_dropped
         };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until every check-in queued before this call is written (or refused).

@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 
 pub use channels::{AuditRow, ChannelRow, NewRollout, Rollout, RolloutChange, RolloutState};
-pub use devices::{CheckIn, CheckInResult, DeviceRow, Known, KnownDevices};
+pub use devices::{CheckIn, CheckInResult, DeviceRow, KnownDevices};
 pub use egress::Egress;
 pub use releases::{NewRelease, ReleaseRow};
 pub use sessions::SessionRow;
